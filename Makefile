@@ -1,0 +1,72 @@
+# netsnoop: build, run, test and benchmark on a Debian/Ubuntu machine as root.
+# Every target installs what it is missing (apt packages, a venv) before it runs.
+
+PYTHON      ?= python3
+VENV        ?= .venv
+VPY         := $(VENV)/bin/python
+BPF_DIR     := netsnoop/bpf
+BPF_SRCS    := $(wildcard $(BPF_DIR)/*.bpf.c)
+BPF_OBJS    := $(BPF_SRCS:.bpf.c=.bpf.o)
+BPF_HDRS    := $(wildcard $(BPF_DIR)/*.h)
+VMLINUX_H   := $(BPF_DIR)/vmlinux.h
+CLANG       ?= clang
+LLVM_STRIP  ?= llvm-strip
+BPFTOOL     ?= bpftool
+ARCH        := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/' -e 's/ppc64le/powerpc/' -e 's/s390x/s390/')
+APT_PKGS    := clang llvm libbpf-dev libbpf1 bpftool nftables iproute2 util-linux procps python3-venv
+ARGS        ?=
+
+.PHONY: all bpf deps apt venv run test test-unit bench check-env clean
+
+all: bpf
+
+## BPF objects (built against the running kernel's BTF; CO-RE makes them portable)
+bpf: $(BPF_OBJS)
+
+$(VMLINUX_H):
+	@command -v $(BPFTOOL) >/dev/null || $(MAKE) apt
+	$(BPFTOOL) btf dump file /sys/kernel/btf/vmlinux format c > $@.tmp && mv $@.tmp $@
+
+$(BPF_DIR)/%.bpf.o: $(BPF_DIR)/%.bpf.c $(BPF_HDRS) $(VMLINUX_H)
+	@command -v $(CLANG) >/dev/null || $(MAKE) apt
+	$(CLANG) -g -O2 -Wall -Werror -target bpf -D__TARGET_ARCH_$(ARCH) -I$(BPF_DIR) -c $< -o $@
+	$(LLVM_STRIP) -g $@
+
+## system packages, only when something is missing
+apt:
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+## a venv with netsnoop (editable) and the test tools
+$(VENV)/.installed: pyproject.toml setup.py
+	@$(MAKE) apt
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+deps: apt venv bpf
+
+## the main job: what this kernel offers, then a live trace (Ctrl-C ends it)
+run: deps
+	$(VENV)/bin/netsnoop check
+	$(VENV)/bin/netsnoop $(if $(ARGS),$(ARGS),states)
+
+## the test suite (integration tests need root and kernel BTF; CI=true makes skips fail)
+test: deps
+	$(VPY) -m pytest -q -rs tests
+
+test-unit: deps
+	$(VPY) -m pytest -q -m "not integration" tests
+
+## benchmarks: start-up, memory, throughput, overhead (not part of make test)
+bench: deps
+	$(VPY) bench/run.py $(ARGS)
+
+clean:
+	rm -rf $(BPF_DIR)/*.bpf.o $(VMLINUX_H) build dist *.egg-info netsnoop.egg-info

@@ -1,0 +1,3 @@
+from netsnoop.cli import main
+
+main()

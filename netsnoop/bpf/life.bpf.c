@@ -1,0 +1,113 @@
+// SPDX-License-Identifier: GPL-2.0
+/* life: one record per TCP session when it closes, with its owner, duration and
+ * payload bytes from the socket's own counters (tcplife). */
+#include "hooks.h"
+
+struct event {
+	__u64 ts_ns;
+	__u64 span_ns;
+	__u64 rx_bytes;
+	__u64 tx_bytes;
+	__u32 pid;
+	__u16 family;
+	__u16 lport;
+	__u16 rport;
+	__u8 laddr[16];
+	__u8 raddr[16];
+	char comm[TASK_COMM_LEN];
+};
+EXPORT_STRUCT(event);
+
+/* A live session: when it began and the process that owns it (pid 0 until a
+ * process-context hook names one). */
+struct session {
+	__u64 birth_ns;
+	__u32 pid;
+	char comm[TASK_COMM_LEN];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 131072);
+	__type(key, __u64);
+	__type(value, struct session);
+} sessions SEC(".maps");
+
+static __always_inline void claim(struct session *s)
+{
+	s->pid = current_pid();
+	bpf_get_current_comm(s->comm, sizeof(s->comm));
+}
+
+/* Process context: the caller uses the socket, so it owns it. */
+static __always_inline int on_io(const struct sock *sk)
+{
+	__u64 key = (__u64)sk;
+	struct session *s = bpf_map_lookup_elem(&sessions, &key);
+
+	if (s && s->pid != current_pid())
+		claim(s);
+	return 0;
+}
+
+static __always_inline int on_state(const struct sock *sk, int oldstate, int newstate)
+{
+	__u64 key = (__u64)sk, now;
+	struct session *s, fresh = {};
+	struct sock_tuple t;
+	struct event *e;
+
+	if (newstate < TCP_FIN_WAIT1) {
+		/* SYN_SENT, SYN_RECV, ESTABLISHED: the session is being born. */
+		s = bpf_map_lookup_elem(&sessions, &key);
+		if (!s) {
+			if (!sock_is_tcp(sk))
+				return 0;
+			fresh.birth_ns = bpf_ktime_get_ns();
+			if (newstate == TCP_SYN_SENT) /* connect(): process context */
+				claim(&fresh);
+			bpf_map_update_elem(&sessions, &key, &fresh, BPF_ANY);
+		}
+		return 0;
+	}
+	if ((oldstate == TCP_ESTABLISHED && newstate == TCP_FIN_WAIT1) ||
+	    (oldstate == TCP_CLOSE_WAIT && newstate == TCP_LAST_ACK)) {
+		/* close()/shutdown() by the owner: process context. */
+		s = bpf_map_lookup_elem(&sessions, &key);
+		if (s && s->pid != current_pid())
+			claim(s);
+		return 0;
+	}
+	if (newstate != TCP_CLOSE)
+		return 0;
+
+	s = bpf_map_lookup_elem(&sessions, &key);
+	if (!s)
+		return 0; /* born before we started */
+	now = bpf_ktime_get_ns();
+	read_sock_tuple(sk, &t);
+	if (!family_allowed(t.family) || !ports_allowed(t.sport, t.dport) || !pid_allowed(s->pid))
+		goto done;
+
+	e = reserve_event(sizeof(*e));
+	if (!e)
+		goto done;
+	e->ts_ns = now;
+	e->span_ns = now - s->birth_ns;
+	e->rx_bytes = BPF_CORE_READ((struct tcp_sock *)sk, bytes_received);
+	e->tx_bytes = BPF_CORE_READ((struct tcp_sock *)sk, bytes_acked);
+	e->pid = s->pid;
+	e->family = t.family;
+	e->lport = t.sport;
+	e->rport = t.dport;
+	__builtin_memcpy(e->laddr, t.saddr, 16);
+	__builtin_memcpy(e->raddr, t.daddr, 16);
+	__builtin_memcpy(e->comm, s->comm, TASK_COMM_LEN);
+	bpf_ringbuf_submit(e, 0);
+done:
+	bpf_map_delete_elem(&sessions, &key);
+	return 0;
+}
+
+SET_STATE_HOOKS(on_state)
+SOCK_IO_HOOKS(on_io)

@@ -1,0 +1,132 @@
+/* Shared by every netsnoop BPF program: the event channel, the lost-event counter,
+ * the common filters (set from user space before load), and socket readers.
+ * Each tool includes this once; its own event struct lives in its .bpf.c. */
+#ifndef __NETSNOOP_H
+#define __NETSNOOP_H
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_endian.h>
+
+#define AF_INET 2
+#define AF_INET6 10
+#define TASK_COMM_LEN 16
+#define MAX_PORTS 16
+
+char LICENSE[] SEC("license") = "GPL";
+
+/* Keep a struct in the object's BTF even though only pointers to it are used, so
+ * user space can decode it from there (the layout is written down only once). */
+#define EXPORT_STRUCT(name) const struct name *__export_##name __attribute__((unused))
+
+/* ---- delivery -------------------------------------------------------------------- */
+
+/* Size set by the loader (default 8 MiB). */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 23);
+} events SEC(".maps");
+
+/* Events that could not be reserved in the ring buffer, per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} lost_events SEC(".maps");
+
+static __always_inline void *reserve_event(__u64 size)
+{
+	void *e = bpf_ringbuf_reserve(&events, size, 0);
+	if (!e) {
+		__u32 zero = 0;
+		__u64 *lost = bpf_map_lookup_elem(&lost_events, &zero);
+		if (lost)
+			*lost += 1;
+	}
+	return e;
+}
+
+/* ---- filters (read-only globals, set before load) -------------------------------- */
+
+const volatile __u32 filter_pid = 0;      /* tgid, 0 = any */
+const volatile __u16 filter_family = 0;   /* AF_INET / AF_INET6, 0 = both */
+const volatile __u16 filter_lports[MAX_PORTS] = {};
+const volatile __u16 filter_rports[MAX_PORTS] = {};
+const volatile __u16 filter_ports[MAX_PORTS] = {}; /* either end */
+
+static __always_inline bool port_in(const volatile __u16 *ports, __u16 port)
+{
+	if (ports[0] == 0)
+		return true;
+#pragma unroll
+	for (int i = 0; i < MAX_PORTS; i++) {
+		if (ports[i] == 0)
+			return false;
+		if (ports[i] == port)
+			return true;
+	}
+	return false;
+}
+
+/* Local/remote/either-end port filters, host byte order. */
+static __always_inline bool ports_allowed(__u16 lport, __u16 rport)
+{
+	if (!port_in(filter_lports, lport) || !port_in(filter_rports, rport))
+		return false;
+	if (filter_ports[0] && !port_in(filter_ports, lport) && !port_in(filter_ports, rport))
+		return false;
+	return true;
+}
+
+static __always_inline bool family_allowed(__u16 family)
+{
+	return !filter_family || filter_family == family;
+}
+
+static __always_inline bool pid_allowed(__u32 pid)
+{
+	return !filter_pid || filter_pid == pid;
+}
+
+static __always_inline __u32 current_pid(void)
+{
+	return bpf_get_current_pid_tgid() >> 32;
+}
+
+/* ---- sockets --------------------------------------------------------------------- */
+
+/* Addresses and ports of a socket, host byte order ports, addresses as 16 bytes
+ * (IPv4 in the first 4). */
+struct sock_tuple {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u16 sport;
+	__u16 dport;
+	__u16 family;
+};
+
+static __always_inline void read_sock_tuple(const struct sock *sk, struct sock_tuple *t)
+{
+	t->family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	/* inet_sport, not skc_num: the latter is already 0 when CLOSE is traced */
+	t->sport = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
+	t->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (t->family == AF_INET6) {
+		BPF_CORE_READ_INTO(t->saddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+		BPF_CORE_READ_INTO(t->daddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+	} else {
+		BPF_CORE_READ_INTO((__u32 *)t->saddr, sk, __sk_common.skc_rcv_saddr);
+		BPF_CORE_READ_INTO((__u32 *)t->daddr, sk, __sk_common.skc_daddr);
+	}
+}
+
+static __always_inline bool sock_is_tcp(const struct sock *sk)
+{
+	/* a bitfield before 5.6, a plain u16 since: the probed read copes with both */
+	return BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol) == IPPROTO_TCP;
+}
+
+#endif /* __NETSNOOP_H */

@@ -1,0 +1,72 @@
+// SPDX-License-Identifier: GPL-2.0
+/* states: every TCP state change, with the time spent in the old state (tcpstates). */
+#include "hooks.h"
+
+struct event {
+	__u64 skaddr;
+	__u64 ts_ns;
+	__u64 delta_ns; /* time in oldstate, 0 when its start was not seen */
+	__u32 pid;
+	__u16 family;
+	__u16 lport;
+	__u16 rport;
+	__u8 oldstate;
+	__u8 newstate;
+	__u8 laddr[16];
+	__u8 raddr[16];
+	char comm[TASK_COMM_LEN];
+};
+EXPORT_STRUCT(event);
+
+/* When each socket entered its current state; deleted at CLOSE, LRU-bounded. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, __u64);
+} entered SEC(".maps");
+
+static __always_inline int on_state(const struct sock *sk, int oldstate, int newstate)
+{
+	struct sock_tuple t;
+	__u64 key = (__u64)sk, now = bpf_ktime_get_ns(), delta = 0, *since;
+	__u32 pid;
+	struct event *e;
+
+	if (!sock_is_tcp(sk))
+		return 0;
+	read_sock_tuple(sk, &t);
+	if (!family_allowed(t.family) || !ports_allowed(t.sport, t.dport))
+		return 0;
+
+	since = bpf_map_lookup_elem(&entered, &key);
+	if (since)
+		delta = now - *since;
+	if (newstate == TCP_CLOSE)
+		bpf_map_delete_elem(&entered, &key);
+	else
+		bpf_map_update_elem(&entered, &key, &now, BPF_ANY);
+
+	pid = current_pid();
+	if (!pid_allowed(pid))
+		return 0;
+	e = reserve_event(sizeof(*e));
+	if (!e)
+		return 0;
+	e->skaddr = key;
+	e->ts_ns = now;
+	e->delta_ns = delta;
+	e->pid = pid;
+	e->family = t.family;
+	e->lport = t.sport;
+	e->rport = t.dport;
+	e->oldstate = oldstate;
+	e->newstate = newstate;
+	__builtin_memcpy(e->laddr, t.saddr, 16);
+	__builtin_memcpy(e->raddr, t.daddr, 16);
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SET_STATE_HOOKS(on_state)

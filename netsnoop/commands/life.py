@@ -1,0 +1,61 @@
+"""netsnoop life: TCP sessions as they close (bcc tcplife), owned by the right process."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from netsnoop import options as o
+from netsnoop.fmt import addr, comm, ip_version
+from netsnoop.output import Column, OutputOptions
+from netsnoop.runner import open_tracer, stream
+
+# The owner hooks (send/recv in process context) are an improvement, not a requirement.
+OPTIONAL_HOOKS = frozenset({"send", "recv"})
+
+
+def columns(wide: bool) -> list[Column]:
+    a, kb = (26, 6) if wide else (15, 5)
+    return [
+        Column("PID", 5 if not wide else 7),
+        Column("COMM", 16 if wide else 10, truncate=True),
+        Column("IP", 2, text=wide),
+        Column("LADDR", a),
+        Column("LPORT", 5),
+        Column("RADDR", a),
+        Column("RPORT", 5),
+        Column("TX_KB", kb, align=">"),
+        Column("RX_KB", kb, align=">"),
+        Column("MS", spec=".2f"),
+        Column("TX_BYTES", text=False),
+        Column("RX_BYTES", text=False),
+    ]
+
+
+@click.command("life")
+@o.output_options()
+@o.pid_option("only trace sessions owned by this process ID")
+@o.ports_option("-L", "--localport", "lports", help="only trace these local ports (e.g. 80,81)")
+@o.ports_option("-D", "--remoteport", "rports", help="only trace these remote ports")
+@o.ports_option("-P", "--port", "ports", help="only trace these ports at either end (local OR remote)")
+@o.family_option
+@o.duration_option
+def command(out: OutputOptions, pid: int | None, lports: Any, rports: Any, ports: Any, family: int | None, duration: float | None) -> None:
+    """Trace the lifespan of TCP sessions: one line per session when it closes.
+
+    PID/COMM are the process that used the socket (connect, send, recv or close in its
+    own context), not whichever task happened to be on the CPU. TX_KB/RX_KB are the
+    socket's own counters of payload bytes acked and received.
+    """
+    rodata = {**o.port_filters(lports, rports, ports), "filter_pid": pid, "filter_family": family}
+
+    def row(e: Any) -> tuple[Any, ...]:
+        return (
+            e.pid, comm(e.comm) if e.pid else "?", ip_version(e.family),
+            addr(e.family, e.laddr), e.lport, addr(e.family, e.raddr), e.rport,
+            e.tx_bytes // 1024, e.rx_bytes // 1024, e.span_ns / 1e6, e.tx_bytes, e.rx_bytes,
+        )
+
+    with open_tracer("life", rodata=rodata, optional=OPTIONAL_HOOKS) as obj:
+        stream(obj, columns(out.wide), row, out, duration)

@@ -1,0 +1,58 @@
+"""netsnoop states: every TCP state change (bcc tcpstates), with -P for either port."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from netsnoop import options as o
+from netsnoop.fmt import addr, comm, ip_version, tcp_state
+from netsnoop.output import Column, OutputOptions
+from netsnoop.runner import open_tracer, stream
+
+
+def columns(wide: bool) -> list[Column]:
+    a = 26 if wide else 15
+    return [
+        Column("SKADDR", 16, spec="x"),
+        Column("C-PID", 5),
+        Column("C-COMM", 16 if wide else 10, truncate=True),
+        Column("IP", 2, text=wide),
+        Column("LADDR", a),
+        Column("LPORT", 5),
+        Column("RADDR", a),
+        Column("RPORT", 5),
+        Column("OLDSTATE", 11),
+        Column("->", 2, json=False),
+        Column("NEWSTATE", 11),
+        Column("MS", spec=".3f"),
+    ]
+
+
+@click.command("states")
+@o.output_options()
+@o.ports_option("-L", "--localport", "lports", help="only trace these local ports (e.g. 80,81)")
+@o.ports_option("-D", "--remoteport", "rports", help="only trace these remote ports")
+@o.ports_option("-P", "--port", "ports", help="only trace these ports at either end (local OR remote)")
+@o.pid_option("only trace state changes made in the context of this process ID")
+@o.family_option
+@o.duration_option
+def command(out: OutputOptions, lports: Any, rports: Any, ports: Any, pid: int | None, family: int | None, duration: float | None) -> None:
+    """Trace TCP state changes, and how long each socket spent in the old state.
+
+    C-PID/C-COMM are the task on the CPU when the state changed: for changes driven by
+    incoming packets (SYN_RECV, ESTABLISHED on the passive side) that may be another
+    process or a kernel thread. `netsnoop life` names sockets' owners.
+    """
+    rodata = {**o.port_filters(lports, rports, ports), "filter_pid": pid, "filter_family": family}
+
+    def row(e: Any) -> tuple[Any, ...]:
+        return (
+            e.skaddr, e.pid, comm(e.comm), ip_version(e.family),
+            addr(e.family, e.laddr), e.lport, addr(e.family, e.raddr), e.rport,
+            tcp_state(e.oldstate), "->", tcp_state(e.newstate), e.delta_ns / 1e6,
+        )
+
+    with open_tracer("states", rodata=rodata) as obj:
+        stream(obj, columns(out.wide), row, out, duration)

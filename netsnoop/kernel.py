@@ -1,0 +1,110 @@
+"""Facts about the running kernel and process that decide what netsnoop can do.
+
+Everything here is cheap and side-effect free except :func:`ensure_tracefs`, which
+mounts tracefs when a classic tracepoint needs it (as root, as perf and bpftool do).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import platform
+from functools import lru_cache
+
+from netsnoop.errors import MissingFeature, MissingPrivilege
+
+VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
+TRACEFS_DIRS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+
+CAP_SYS_ADMIN = 21
+CAP_PERFMON = 38
+CAP_BPF = 39
+
+
+def kernel_release() -> str:
+    return platform.release()
+
+
+def btf_path() -> str:
+    """Kernel BTF to use: ``NETSNOOP_BTF`` (e.g. from BTFHub) or the kernel's own."""
+    return os.environ.get("NETSNOOP_BTF", VMLINUX_BTF)
+
+
+def require_btf() -> str:
+    path = btf_path()
+    if not os.path.exists(path):
+        raise MissingFeature(
+            f"kernel BTF not found at {path}: netsnoop needs a kernel built with "
+            "CONFIG_DEBUG_INFO_BTF=y (or NETSNOOP_BTF=/path/to/vmlinux.btf)"
+        )
+    return path
+
+
+def effective_caps() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    return 0
+
+
+def missing_caps() -> list[str]:
+    """Capabilities still needed to load and attach tracing programs ([] when fine)."""
+    caps = effective_caps()
+    if caps & (1 << CAP_SYS_ADMIN):
+        return []
+    missing = [name for bit, name in ((CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")) if not caps & (1 << bit)]
+    return missing
+
+
+def require_privileges() -> None:
+    missing = missing_caps()
+    if missing:
+        raise MissingPrivilege(
+            f"netsnoop needs root, or CAP_BPF and CAP_PERFMON (missing: {', '.join(missing)}); try: sudo netsnoop ..."
+        )
+
+
+def tracefs_dir() -> str | None:
+    """The mounted tracefs, if any."""
+    for d in TRACEFS_DIRS:
+        if os.path.isdir(os.path.join(d, "events")):
+            return d
+    return None
+
+
+def ensure_tracefs() -> str:
+    """Mount tracefs at /sys/kernel/tracing if nothing is mounted yet."""
+    found = tracefs_dir()
+    if found:
+        return found
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    target = TRACEFS_DIRS[0]
+    if libc.mount(b"nodev", target.encode(), b"tracefs", 0, None) != 0:
+        err = ctypes.get_errno()
+        raise MissingFeature(f"tracefs is not mounted and mounting it at {target} failed: {os.strerror(err)}")
+    return target
+
+
+def tracefs_event_exists(category: str, name: str) -> bool:
+    try:
+        d = ensure_tracefs()
+    except MissingFeature:
+        return False
+    return os.path.isdir(os.path.join(d, "events", category, name))
+
+
+@lru_cache(maxsize=None)
+def kallsyms_functions() -> frozenset[str]:
+    """Names of the kernel's text symbols (t/T), for kprobe availability."""
+    names = set()
+    try:
+        with open("/proc/kallsyms") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 3 and parts[1] in ("t", "T"):
+                    names.add(parts[2])
+    except OSError:
+        pass
+    return frozenset(names)

@@ -1,0 +1,443 @@
+"""The one place that opens, configures, loads, attaches and tears down BPF objects.
+
+A subcommand names its object (``netsnoop/bpf/<name>.bpf.o``) and hands over filter
+values; everything else is decided here:
+
+* **Attach variants.** A program named ``<group>__<kind>`` is one way to implement
+  ``<group>``; only one variant per group is loaded. Kinds are tried in the order
+  tp_btf, tracepoint, fentry, kprobe (``NETSNOOP_PREFER`` puts chosen kinds first),
+  and a variant that the kernel refuses at load or attach time is dropped and the
+  object reloaded without it. So a kernel without ``tp_btf`` falls back to the
+  classic tracepoint, and one without the tracepoint to fentry or a kprobe.
+* **Filters** are ``const volatile`` globals in ``.rodata``; their offsets and types
+  come from the object's BTF, so Python never restates them.
+* **Cleanup**: links, ring buffers and the object are released on ``close()``, which
+  the context manager always runs. Nothing is pinned, so the kernel also detaches
+  everything if the process is killed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import re
+import struct
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Callable, Iterator
+
+from netsnoop import kernel
+from netsnoop.btf import BTF, StructDecoder
+from netsnoop.errors import LoadError, MissingFeature
+from netsnoop.libbpf import SAMPLE_FN, OpenOpts, capture_log, errno_message, last_errno, lib
+
+log = logging.getLogger("netsnoop.loader")
+
+HOOK_KINDS = ("tp_btf", "tracepoint", "fentry", "fexit", "kprobe", "kretprobe")
+DEFAULT_ORDER = ("tp_btf", "tracepoint", "fentry", "fexit", "kprobe", "kretprobe")
+DEFAULT_RINGBUF_BYTES = 8 << 20
+BPF_MAP_TYPE_PERCPU_ARRAY = 6
+BPF_MAP_TYPE_PERCPU_HASH = 5
+BPF_MAP_TYPE_LRU_PERCPU_HASH = 10
+PERCPU_MAP_TYPES = {BPF_MAP_TYPE_PERCPU_HASH, BPF_MAP_TYPE_PERCPU_ARRAY, BPF_MAP_TYPE_LRU_PERCPU_HASH}
+
+
+def object_path(name: str) -> str:
+    """Path of the compiled object shipped as package data."""
+    path = resources.files("netsnoop") / "bpf" / f"{name}.bpf.o"
+    if not path.is_file():
+        raise MissingFeature(f"BPF object {name}.bpf.o is missing from the installation (was it built? try: make)")
+    return str(path)
+
+
+def hook_order() -> tuple[str, ...]:
+    preferred = [k for k in os.environ.get("NETSNOOP_PREFER", "").split(",") if k in HOOK_KINDS]
+    return tuple(preferred) + tuple(k for k in DEFAULT_ORDER if k not in preferred)
+
+
+@dataclass
+class Program:
+    handle: int
+    name: str
+    section: str
+
+    @property
+    def kind(self) -> str:
+        return self.section.split("/", 1)[0].replace(".s", "")
+
+    @property
+    def group(self) -> str:
+        return self.name.rsplit("__", 1)[0] if "__" in self.name else self.name
+
+    @property
+    def is_variant(self) -> bool:
+        return "__" in self.name and self.kind in HOOK_KINDS
+
+    @property
+    def target(self) -> str:
+        """What it hooks: ``category:event`` for tracepoints, else the kernel name."""
+        rest = self.section.split("/", 1)[1] if "/" in self.section else ""
+        return rest.replace("/", ":")
+
+    def available(self) -> bool:
+        """Cheap pre-check before trying: classic tracepoints need the event in tracefs."""
+        if self.kind == "tracepoint":
+            category, _, event = self.target.partition(":")
+            return kernel.tracefs_event_exists(category, event)
+        return True
+
+
+class Map:
+    """A loaded map: typed by the sizes libbpf reports, decoded by BTF-derived decoders."""
+
+    def __init__(self, handle: int) -> None:
+        L = lib()
+        self.handle = handle
+        self.name = L.bpf_map__name(handle).decode()
+        self.fd = L.bpf_map__fd(handle)
+        self.type = L.bpf_map__type(handle)
+        self.key_size = L.bpf_map__key_size(handle)
+        self.value_size = L.bpf_map__value_size(handle)
+        self.ncpus = L.libbpf_num_possible_cpus() if self.type in PERCPU_MAP_TYPES else 1
+        self._stride = (self.value_size + 7) // 8 * 8 if self.ncpus > 1 or self.type in PERCPU_MAP_TYPES else self.value_size
+
+    def _value_buf(self) -> ctypes.Array:
+        return ctypes.create_string_buffer(self._stride * self.ncpus)
+
+    def lookup(self, key: bytes) -> list[bytes] | bytes | None:
+        """The value (a list of per-CPU values for per-CPU maps), or None."""
+        buf = self._value_buf()
+        if lib().bpf_map_lookup_elem(self.fd, key, buf) != 0:
+            return None
+        raw = buf.raw
+        if self.type in PERCPU_MAP_TYPES:
+            return [raw[i * self._stride : i * self._stride + self.value_size] for i in range(self.ncpus)]
+        return raw[: self.value_size]
+
+    def update(self, key: bytes, value: bytes, flags: int = 0) -> None:
+        if lib().bpf_map_update_elem(self.fd, key, value, flags) != 0:
+            raise LoadError(f"updating map {self.name} failed: {errno_message(last_errno())}")
+
+    def delete(self, key: bytes) -> bool:
+        return lib().bpf_map_delete_elem(self.fd, key) == 0
+
+    def keys(self) -> Iterator[bytes]:
+        L = lib()
+        key = ctypes.create_string_buffer(self.key_size)
+        nxt = ctypes.create_string_buffer(self.key_size)
+        prev = None
+        while L.bpf_map_get_next_key(self.fd, prev, nxt) == 0:
+            yield nxt.raw
+            ctypes.memmove(key, nxt, self.key_size)
+            prev = key
+
+    def items(self) -> list[tuple[bytes, Any]]:
+        out = []
+        for k in list(self.keys()):
+            v = self.lookup(k)
+            if v is not None:
+                out.append((k, v))
+        return out
+
+    def pop_all(self) -> list[tuple[bytes, Any]]:
+        """Read every entry and delete it: one interval's worth of an aggregation map."""
+        out = self.items()
+        for k, _ in out:
+            self.delete(k)
+        return out
+
+    def sum_u64(self, key: bytes) -> int:
+        """Sum of a u64 value over CPUs (or the plain value)."""
+        v = self.lookup(key)
+        if v is None:
+            return 0
+        if isinstance(v, list):
+            return sum(struct.unpack_from("=Q", x)[0] for x in v)
+        return struct.unpack_from("=Q", v)[0]
+
+
+class RingBuffer:
+    """A libbpf ring buffer whose records are collected into a list per poll.
+
+    The C callback only copies the record; decoding happens in a batch afterwards so
+    the per-event path stays in one Python loop.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._batch: list[bytes] = []
+        batch = self._batch
+        string_at = ctypes.string_at
+
+        def sample(_ctx: int, data: int, size: int) -> int:
+            batch.append(string_at(data, size))
+            return 0
+
+        self._cb = SAMPLE_FN(sample)  # keep alive as long as the ring buffer
+        self.handle = lib().ring_buffer__new(fd, self._cb, None, None)
+        if not self.handle:
+            raise LoadError(f"creating the ring buffer failed: {errno_message(last_errno())}")
+
+    def poll(self, timeout_ms: int) -> list[bytes]:
+        """Wait up to ``timeout_ms`` for records; return (and forget) all received."""
+        lib().ring_buffer__poll(self.handle, timeout_ms)
+        return self.drain()
+
+    def consume(self) -> list[bytes]:
+        lib().ring_buffer__consume(self.handle)
+        return self.drain()
+
+    def drain(self) -> list[bytes]:
+        if not self._batch:
+            return []
+        out = self._batch[:]
+        del self._batch[:]
+        return out
+
+    def close(self) -> None:
+        if self.handle:
+            lib().ring_buffer__free(self.handle)
+            self.handle = 0
+
+
+_FAILED_PROG = re.compile(r"prog '([^']+)'")
+
+
+class BPFObject:
+    """One compiled object, from open to close.
+
+    >>> with BPFObject("states", rodata={"filter_pid": 42}) as obj:
+    ...     obj.attach()
+    """
+
+    def __init__(
+        self,
+        name: str,
+        rodata: dict[str, Any] | None = None,
+        max_entries: dict[str, int] | None = None,
+        variants: dict[str, str] | None = None,
+        optional: frozenset[str] = frozenset(),
+    ) -> None:
+        self.name = name
+        self.path = object_path(name)
+        self.rodata = {k: v for k, v in (rodata or {}).items() if v is not None}
+        self.max_entries = {"events": DEFAULT_RINGBUF_BYTES, **(max_entries or {})}
+        self.forced = dict(variants or {})
+        self.optional = optional
+        self.handle = 0
+        self.links: list[int] = []
+        self.rings: list[RingBuffer] = []
+        self.chosen: dict[str, str | None] = {}
+        self._maps: dict[str, Map] = {}
+        self._btf: BTF | None = None
+        self._rejected: set[str] = set()
+        self.loaded = False
+
+    # -- lifecycle --------------------------------------------------------------------
+    def __enter__(self) -> "BPFObject":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _open(self) -> None:
+        L = lib()
+        opts = OpenOpts(sz=ctypes.sizeof(OpenOpts))
+        custom = os.environ.get("NETSNOOP_BTF")
+        if custom:
+            opts.btf_custom_path = kernel.require_btf().encode()
+        with capture_log() as messages:
+            handle = L.bpf_object__open_file(self.path.encode(), ctypes.byref(opts))
+        if not handle:
+            raise LoadError(f"opening {self.path} failed: {errno_message(last_errno())}" + _tail(messages))
+        self.handle = handle
+        self._btf = BTF(L.bpf_object__btf(handle))
+
+    def programs(self) -> list[Program]:
+        L, out, prog = lib(), [], None
+        while True:
+            prog = L.bpf_object__next_program(self.handle, prog)
+            if not prog:
+                return out
+            out.append(Program(prog, L.bpf_program__name(prog).decode(), L.bpf_program__section_name(prog).decode()))
+
+    def _choose_variants(self) -> None:
+        """Enable one variant per group: forced, else the first not yet rejected."""
+        L, order = lib(), hook_order()
+        groups: dict[str, list[Program]] = {}
+        for p in self.programs():
+            if p.is_variant:
+                groups.setdefault(p.group, []).append(p)
+        self.chosen = {}
+        for group, progs in groups.items():
+            if group in self.forced:
+                pick = [p for p in progs if p.kind == self.forced[group]]
+                if not pick:
+                    raise LoadError(f"{self.name}: no {self.forced[group]} variant for {group}")
+            else:
+                ranked = sorted(progs, key=lambda p: order.index(p.kind))
+                pick = [p for p in ranked if p.name not in self._rejected and p.available()]
+            if not pick and group not in self.optional:
+                tried = ", ".join(f"{p.kind} {p.target}" for p in progs)
+                raise MissingFeature(f"this kernel offers no hook for {self.name}'s {group} (tried: {tried})")
+            for p in progs:
+                L.bpf_program__set_autoload(p.handle, bool(pick) and p is pick[0])
+            self.chosen[group] = pick[0].kind if pick else None
+
+    def _set_rodata(self) -> None:
+        if not self.rodata:
+            return
+        L = lib()
+        ro = next((m for m in self._map_handles() if L.bpf_map__name(m).decode().endswith(".rodata")), None)
+        if ro is None:
+            raise LoadError(f"{self.name}: object has no .rodata but filters were given: {sorted(self.rodata)}")
+        size = ctypes.c_size_t()
+        ptr = L.bpf_map__initial_value(ro, ctypes.byref(size))
+        buf = (ctypes.c_char * size.value).from_address(ptr)
+        variables = {v.name: v for v in self._btf.datasec(".rodata")}  # type: ignore[union-attr]
+        for key, value in self.rodata.items():
+            var = variables.get(key)
+            if var is None:
+                raise LoadError(f"{self.name}: no filter variable {key!r} in the object")
+            if var.count > 1:
+                values = list(value)[: var.count]
+                values += [0] * (var.count - len(values))
+                struct.pack_into(f"={var.count}{var.code}", buf, var.offset, *values)
+            elif var.code == "s":
+                struct.pack_into(f"={var.size}s", buf, var.offset, value)
+            else:
+                struct.pack_into(f"={var.code}", buf, var.offset, int(value))
+
+    def _map_handles(self) -> list[int]:
+        L, out, m = lib(), [], None
+        while True:
+            m = L.bpf_object__next_map(self.handle, m)
+            if not m:
+                return out
+            out.append(m)
+
+    def _configure(self) -> None:
+        L = lib()
+        for m in self._map_handles():
+            name = L.bpf_map__name(m).decode()
+            if name in self.max_entries:
+                L.bpf_map__set_max_entries(m, self.max_entries[name])
+        self._set_rodata()
+
+    def load(self) -> "BPFObject":
+        """Open, pick variants, set filters, and load; retry without refused variants."""
+        kernel.require_btf()
+        L = lib()
+        while True:
+            self._open()
+            self._choose_variants()
+            self._configure()
+            with capture_log() as messages:
+                err = L.bpf_object__load(self.handle)
+            if err == 0:
+                self.loaded = True
+                return self
+            failed = self._failed_variant(messages)
+            self._close_object()
+            if failed is None or self.forced:
+                raise LoadError(f"loading {self.name} failed: {errno_message(err)}" + _tail(messages))
+            log.info("%s: variant %s refused by the kernel, trying the next one", self.name, failed)
+            self._rejected.add(failed)
+
+    def _failed_variant(self, messages: list[str]) -> str | None:
+        enabled = {f"{g}__{k}" for g, k in self.chosen.items() if k}
+        for line in reversed(messages):
+            m = _FAILED_PROG.search(line)
+            if m and m.group(1) in enabled:
+                return m.group(1)
+        return None
+
+    def attach(self) -> "BPFObject":
+        """Attach every loaded program; a refused variant triggers a reload without it."""
+        if not self.loaded:
+            self.load()
+        L = lib()
+        while True:
+            failed = None
+            for p in self.programs():
+                if not L.bpf_program__autoload(p.handle):
+                    continue
+                with capture_log() as messages:
+                    link = L.bpf_program__attach(p.handle)
+                if not link:
+                    err = last_errno()
+                    if p.is_variant and not self.forced:
+                        failed = p.name
+                        break
+                    raise LoadError(f"attaching {p.name} ({p.section}) failed: {errno_message(err)}" + _tail(messages))
+                self.links.append(link)
+            if failed is None:
+                return self
+            log.info("%s: attaching %s failed, trying the next variant", self.name, failed)
+            self._rejected.add(failed)
+            self._close_object()
+            self.load()
+
+    def _close_object(self) -> None:
+        L = lib()
+        for ring in self.rings:
+            ring.close()
+        self.rings = []
+        for link in self.links:
+            L.bpf_link__destroy(link)
+        self.links = []
+        self._maps = {}
+        if self.handle:
+            L.bpf_object__close(self.handle)
+        self.handle = 0
+        self._btf = None
+        self.loaded = False
+
+    def close(self) -> None:
+        self._close_object()
+
+    # -- data -------------------------------------------------------------------------
+    @property
+    def btf(self) -> BTF:
+        assert self._btf is not None, "object not open"
+        return self._btf
+
+    def decoder(self, struct_name: str = "event") -> StructDecoder:
+        return StructDecoder(self.btf, struct_name)
+
+    def map(self, name: str) -> Map:
+        if name not in self._maps:
+            L = lib()
+            for m in self._map_handles():
+                if L.bpf_map__name(m).decode() == name:
+                    self._maps[name] = Map(m)
+                    break
+            else:
+                raise KeyError(f"{self.name} has no map {name!r}")
+        return self._maps[name]
+
+    def has_map(self, name: str) -> bool:
+        try:
+            self.map(name)
+            return True
+        except KeyError:
+            return False
+
+    def ring_buffer(self, map_name: str = "events") -> RingBuffer:
+        ring = RingBuffer(self.map(map_name).fd)
+        self.rings.append(ring)
+        return ring
+
+    def lost_events(self) -> int:
+        """Events the BPF side could not hand over (ring buffer full), over all CPUs."""
+        if not self.has_map("lost_events"):
+            return 0
+        return self.map("lost_events").sum_u64(struct.pack("=I", 0))
+
+
+def _tail(messages: list[str]) -> str:
+    """Point at libbpf's log (shown by --verbose) without breaking the one-line error."""
+    if not messages or log.isEnabledFor(logging.INFO):
+        return ""
+    last = next((m for m in reversed(messages) if m.strip() and not m.startswith(("processed", "verification"))), "")
+    return f" [libbpf: {last.strip()[:160]}; --verbose shows its full log]" if last else ""

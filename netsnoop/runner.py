@@ -1,0 +1,124 @@
+"""The run loop every tracing subcommand shares: signals, duration, polling, summary.
+
+SIGINT and SIGTERM only set a flag; the loop notices within one poll interval, drains
+what the kernel already produced, prints the summary (with lost events) and returns
+normally, so the BPF object's context manager detaches everything.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from types import FrameType
+from typing import Any, Callable, Iterator, Sequence
+
+from netsnoop import kernel
+from netsnoop.fmt import Clock
+from netsnoop.loader import BPFObject
+from netsnoop.output import Column, OutputOptions, make_sink, time_columns
+
+POLL_MS = 100
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM, or when the duration has passed."""
+
+    def __init__(self, duration: float | None = None) -> None:
+        self.stopped = False
+        self.deadline = time.monotonic() + duration if duration else None
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.stopped = True
+
+    def __enter__(self) -> "StopFlag":
+        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+    def __bool__(self) -> bool:
+        if not self.stopped and self.deadline is not None and time.monotonic() >= self.deadline:
+            self.stopped = True
+        return self.stopped
+
+    def remaining_ms(self, cap_ms: int) -> int:
+        if self.deadline is None:
+            return cap_ms
+        return max(0, min(cap_ms, int((self.deadline - time.monotonic()) * 1000)))
+
+
+def open_tracer(name: str, **kwargs: Any) -> BPFObject:
+    """Check privileges and BTF, then load and attach ``name``."""
+    kernel.require_privileges()
+    kernel.require_btf()
+    obj = BPFObject(name, **kwargs)
+    try:
+        obj.attach()
+    except BaseException:
+        obj.close()
+        raise
+    return obj
+
+
+def stream(
+    obj: BPFObject,
+    columns: Sequence[Column],
+    row: Callable[[Any], Sequence[Any] | None],
+    out: OutputOptions,
+    duration: float | None = None,
+    banner: str | None = None,
+) -> int:
+    """Print one row per event until stopped; return the number of rows shown.
+
+    ``row`` maps a decoded event to a tuple in ``columns`` order, or None to skip it.
+    The TIME/TIME(s) columns (and JSON's ``timestamp``) are added here, once.
+    """
+    clock = Clock()
+    tcols = time_columns(out)
+    extra = [Column("timestamp", text=False)] if out.json else []
+    sink = make_sink(out, tcols + list(columns) + extra)
+    decode = obj.decoder("event").decode
+    ring = obj.ring_buffer()
+    with_time, with_ts, with_json = out.time, out.timestamp, out.json
+
+    def rows(batch: list[bytes]) -> Iterator[Sequence[Any]]:
+        for raw in batch:
+            e = decode(raw)
+            r = row(e)
+            if r is None:
+                continue
+            if with_time or with_ts or with_json:
+                prefix: tuple[Any, ...] = ()
+                if with_time:
+                    prefix += (clock.hms(e.ts_ns),)
+                if with_ts:
+                    prefix += (clock.since_first(e.ts_ns),)
+                r = prefix + tuple(r) + ((round(clock.wall(e.ts_ns), 6),) if with_json else ())
+            yield r
+
+    if banner and not out.json and not out.csv:
+        print(banner, file=sys.stderr, flush=True)
+    sink.header()
+    try:
+        with StopFlag(duration) as stop:
+            while not stop:
+                batch = ring.poll(stop.remaining_ms(POLL_MS))
+                if batch:
+                    sink.write(rows(batch))
+            sink.write(rows(ring.consume()))
+    except BrokenPipeError:
+        _silence_stdout()
+        return sink.count
+    sink.summary({"events": sink.count, "lost_events": obj.lost_events()})
+    return sink.count
+
+
+def _silence_stdout() -> None:
+    """The reader went away (``| head``): stop quietly, without a flush error at exit."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
