@@ -253,6 +253,14 @@ class BPFObject:
         self.handle = handle
         self._btf = BTF(L.bpf_object__btf(handle))
 
+    def inspect(self) -> list[Program]:
+        """Open (without loading) to list the programs; leaves the object closed."""
+        self._open()
+        try:
+            return self.programs()
+        finally:
+            self._close_object()
+
     def programs(self) -> list[Program]:
         L, out, prog = lib(), [], None
         while True:

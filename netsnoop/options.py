@@ -63,6 +63,41 @@ def family_option(f: F) -> F:
     return f
 
 
+class CgroupPath(click.ParamType):
+    """A cgroup v2 directory, turned into the id the kernel reports for it (its inode)."""
+
+    name = "PATH"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        import os
+
+        if isinstance(value, int):
+            return value
+        path = value if os.path.isabs(value) else os.path.join("/sys/fs/cgroup", value)
+        if not os.path.isdir(path):
+            self.fail(f"{value!r} is not a cgroup v2 directory", param, ctx)
+        return os.stat(path).st_ino
+
+
+def cgroup_option(f: F) -> F:
+    """--cgroup PATH -> ``cgroup`` (an id for the ``filter_cgroup`` global)."""
+    return click.option(
+        "--cgroup", type=CgroupPath(), default=None,
+        help="only trace processes in this cgroup v2 directory (e.g. /sys/fs/cgroup/system.slice)",
+    )(f)
+
+
+def interval_count_arguments(default_interval: float = 1.0) -> Callable[[F], F]:
+    """bcc's positional ``[interval] [count]`` for the summarising tools."""
+
+    def decorate(f: F) -> F:
+        f = click.argument("count", type=click.IntRange(min=1), required=False)(f)
+        f = click.argument("interval", type=click.FloatRange(min=0, min_open=True), default=default_interval, required=False)(f)
+        return f
+
+    return decorate
+
+
 def duration_option(f: F) -> F:
     return click.option(
         "-d", "--duration", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",

@@ -168,3 +168,10 @@ def make_sink(opts: OutputOptions, columns: Sequence[Column], stream: IO[str] | 
     if opts.csv:
         return CsvSink(columns, stream)
     return TextSink(columns, stream)
+
+
+def write_table(opts: OutputOptions, columns: Sequence[Column], rows: Iterable[Sequence[Any]], stream: IO[str] | None = None) -> None:
+    """A whole table at once (the ``-c/--count`` summaries), in the user's format."""
+    sink = make_sink(opts, columns, stream)
+    sink.header()
+    sink.write(list(rows))

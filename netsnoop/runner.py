@@ -10,6 +10,7 @@ from __future__ import annotations
 import signal
 import sys
 import time
+from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, Callable, Iterator, Sequence
 
@@ -50,17 +51,60 @@ class StopFlag:
         return max(0, min(cap_ms, int((self.deadline - time.monotonic()) * 1000)))
 
 
-def open_tracer(name: str, **kwargs: Any) -> BPFObject:
-    """Check privileges and BTF, then load and attach ``name``."""
-    kernel.require_privileges()
-    kernel.require_btf()
-    obj = BPFObject(name, **kwargs)
-    try:
-        obj.attach()
-    except BaseException:
-        obj.close()
-        raise
-    return obj
+@dataclass(frozen=True)
+class Tracer:
+    """What a subcommand loads: its object and which hook groups it can do without.
+
+    Declared at module level by each command, so ``netsnoop check`` can try every
+    subcommand's object on this kernel exactly as the subcommand would load it.
+    """
+
+    obj: str
+    optional: frozenset[str] = frozenset()
+    max_entries: dict[str, int] = field(default_factory=dict)
+
+    def open(self, rodata: dict[str, Any] | None = None, **kwargs: Any) -> BPFObject:
+        """Check privileges and BTF, then load and attach (closed again on failure)."""
+        kernel.require_privileges()
+        kernel.require_btf()
+        obj = BPFObject(self.obj, rodata=rodata, optional=self.optional,
+                        max_entries={**self.max_entries, **kwargs.pop("max_entries", {})}, **kwargs)
+        try:
+            obj.attach()
+        except BaseException:
+            obj.close()
+            raise
+        return obj
+
+    def probe(self) -> dict[str, str | None]:
+        """Load and attach for real, then detach: the hooks this kernel gave us."""
+        with self.open() as obj:
+            return dict(obj.chosen)
+
+
+def wait(duration: float | None, tick: Callable[[], None] | None = None, interval: float | None = None,
+         count: int | None = None) -> None:
+    """Block until SIGINT/SIGTERM or ``duration``; call ``tick`` every ``interval``
+    seconds (at most ``count`` times) -- the loop of the summarising tools."""
+    with StopFlag(duration) as stop:
+        next_tick = time.monotonic() + interval if interval else None
+        ticks = 0
+        while not stop:
+            timeout = 0.1 if next_tick is None else max(0.0, min(0.1, next_tick - time.monotonic()))
+            if stop.deadline is not None:
+                timeout = min(timeout, max(0.0, stop.deadline - time.monotonic()))
+            time.sleep(timeout)
+            if next_tick is not None and time.monotonic() >= next_tick and tick is not None:
+                tick()
+                ticks += 1
+                next_tick += interval  # type: ignore[operator]
+                if count is not None and ticks >= count:
+                    return
+
+
+def ready(message: str) -> None:
+    """Tell the user (and test harnesses) that tracing has started; stderr, always."""
+    print(message, file=sys.stderr, flush=True)
 
 
 def stream(
@@ -69,7 +113,7 @@ def stream(
     row: Callable[[Any], Sequence[Any] | None],
     out: OutputOptions,
     duration: float | None = None,
-    banner: str | None = None,
+    banner: str = "Tracing... Hit Ctrl-C to end.",
 ) -> int:
     """Print one row per event until stopped; return the number of rows shown.
 
@@ -99,8 +143,7 @@ def stream(
                 r = prefix + tuple(r) + ((round(clock.wall(e.ts_ns), 6),) if with_json else ())
             yield r
 
-    if banner and not out.json and not out.csv:
-        print(banner, file=sys.stderr, flush=True)
+    ready(banner)
     sink.header()
     try:
         with StopFlag(duration) as stop:

@@ -56,6 +56,7 @@ const volatile __u16 filter_family = 0;   /* AF_INET / AF_INET6, 0 = both */
 const volatile __u16 filter_lports[MAX_PORTS] = {};
 const volatile __u16 filter_rports[MAX_PORTS] = {};
 const volatile __u16 filter_ports[MAX_PORTS] = {}; /* either end */
+const volatile __u64 filter_cgroup = 0;   /* cgroup v2 id (inode of its directory), 0 = any */
 
 static __always_inline bool port_in(const volatile __u16 *ports, __u16 port)
 {
@@ -89,6 +90,12 @@ static __always_inline bool family_allowed(__u16 family)
 static __always_inline bool pid_allowed(__u32 pid)
 {
 	return !filter_pid || filter_pid == pid;
+}
+
+/* The current task's cgroup v2 id against --cgroup. */
+static __always_inline bool cgroup_allowed(void)
+{
+	return !filter_cgroup || bpf_get_current_cgroup_id() == filter_cgroup;
 }
 
 static __always_inline __u32 current_pid(void)

@@ -9,10 +9,10 @@ import click
 from netsnoop import options as o
 from netsnoop.fmt import addr, comm, ip_version
 from netsnoop.output import Column, OutputOptions
-from netsnoop.runner import open_tracer, stream
+from netsnoop.runner import Tracer, stream
 
 # The owner hooks (send/recv in process context) are an improvement, not a requirement.
-OPTIONAL_HOOKS = frozenset({"send", "recv"})
+TRACER = Tracer("life", optional=frozenset({"send", "recv"}))
 
 
 def columns(wide: bool) -> list[Column]:
@@ -57,5 +57,5 @@ def command(out: OutputOptions, pid: int | None, lports: Any, rports: Any, ports
             e.tx_bytes // 1024, e.rx_bytes // 1024, e.span_ns / 1e6, e.tx_bytes, e.rx_bytes,
         )
 
-    with open_tracer("life", rodata=rodata, optional=OPTIONAL_HOOKS) as obj:
+    with TRACER.open(rodata) as obj:
         stream(obj, columns(out.wide), row, out, duration)

@@ -9,7 +9,9 @@ import click
 from netsnoop import options as o
 from netsnoop.fmt import addr, comm, ip_version, tcp_state
 from netsnoop.output import Column, OutputOptions
-from netsnoop.runner import open_tracer, stream
+from netsnoop.runner import Tracer, stream
+
+TRACER = Tracer("states")
 
 
 def columns(wide: bool) -> list[Column]:
@@ -54,5 +56,5 @@ def command(out: OutputOptions, lports: Any, rports: Any, ports: Any, pid: int |
             tcp_state(e.oldstate), "->", tcp_state(e.newstate), e.delta_ns / 1e6,
         )
 
-    with open_tracer("states", rodata=rodata) as obj:
+    with TRACER.open(rodata) as obj:
         stream(obj, columns(out.wide), row, out, duration)

@@ -1,0 +1,269 @@
+"""Test helpers: run netsnoop for real, and make real traffic for it to see.
+
+Everything talks to loopback or to network namespaces the test creates itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from typing import Any, Iterator
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NETSNOOP = [sys.executable, "-m", "netsnoop"]
+READY_TIMEOUT = 20.0
+
+
+def bpf_unavailable_reason() -> str | None:
+    """Why integration tests cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "needs root (CAP_BPF + CAP_PERFMON) to load BPF programs"
+    if not os.path.exists("/sys/kernel/btf/vmlinux"):
+        return "needs kernel BTF (/sys/kernel/btf/vmlinux)"
+    bpf_dir = os.path.join(ROOT, "netsnoop", "bpf")
+    if not any(f.endswith(".bpf.o") for f in os.listdir(bpf_dir)):
+        return "BPF objects not built (run: make bpf)"
+    return None
+
+
+def run(args: list[str], timeout: float = 60, **kw: Any) -> subprocess.CompletedProcess[str]:
+    """Run netsnoop to completion (e.g. with -d) and capture its output."""
+    return subprocess.run(NETSNOOP + args, capture_output=True, text=True, timeout=timeout, cwd=ROOT, **kw)
+
+
+class Trace:
+    """A netsnoop subcommand running in the background, ready once it says so.
+
+    >>> with Trace(["states", "--json"]) as t:
+    ...     make_traffic()
+    >>> t.records  # parsed JSON lines (or t.lines for text)
+    """
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+        self.args = args
+        self.env = {**os.environ, **(env or {})}
+        self.stdout = ""
+        self.stderr = ""
+        self.returncode: int | None = None
+
+    def __enter__(self) -> "Trace":
+        self.proc = subprocess.Popen(
+            NETSNOOP + self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=self.env,
+        )
+        self._err_lines: list[str] = []
+        ready = threading.Event()
+
+        def read_stderr() -> None:
+            assert self.proc.stderr is not None
+            for line in self.proc.stderr:
+                self._err_lines.append(line)
+                if line.startswith("Tracing"):
+                    ready.set()
+            ready.set()
+
+        self._err_thread = threading.Thread(target=read_stderr, daemon=True)
+        self._err_thread.start()
+        if not ready.wait(READY_TIMEOUT) or self.proc.poll() is not None:
+            self.stop()
+            raise AssertionError(f"netsnoop {' '.join(self.args)} did not start: rc={self.returncode} {self.stderr}")
+        time.sleep(0.05)
+        return self
+
+    def stop(self, sig: int = signal.SIGINT, settle: float = 0.3) -> "Trace":
+        if self.returncode is None:
+            time.sleep(settle)  # let the last events reach the ring buffer
+            if self.proc.poll() is None:
+                self.proc.send_signal(sig)
+            try:
+                out, _ = self.proc.communicate(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                out, _ = self.proc.communicate()
+            self._err_thread.join(5)
+            self.stdout = out
+            self.stderr = "".join(self._err_lines)
+            self.returncode = self.proc.returncode
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def lines(self) -> list[str]:
+        return self.stdout.splitlines()
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        """Parsed JSON lines, without the final summary record."""
+        return [r for r in self.all_records if r.get("type") != "summary"]
+
+    @property
+    def all_records(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.lines if line.startswith("{")]
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return next(r for r in self.all_records if r.get("type") == "summary")
+
+
+def free_port(family: int = socket.AF_INET) -> int:
+    with socket.socket(family) as s:
+        s.bind(("::1" if family == socket.AF_INET6 else "127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def closed_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on (bound then released)."""
+    return free_port(socket.AF_INET6 if ":" in host else socket.AF_INET)
+
+
+class PayloadServer:
+    """A TCP server in this process that sends ``size`` bytes to each client, after
+    reading whatever the client sent until EOF or ``request_bytes``."""
+
+    def __init__(self, host: str = "127.0.0.1", size: int = 0, request_bytes: int = 0, backlog: int = 128) -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, 0))
+        self.sock.listen(backlog)
+        self.host, self.port = host, self.sock.getsockname()[1]
+        self.size, self.request_bytes = size, request_bytes
+        self.accepted: list[tuple[str, int]] = []
+        self._stop = False
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        self.sock.settimeout(0.2)
+        while not self._stop:
+            try:
+                conn, peer = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            self.accepted.append(peer[:2])
+            with conn:
+                got = 0
+                while got < self.request_bytes:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    got += len(chunk)
+                if self.size:
+                    conn.sendall(b"x" * self.size)
+
+    def __enter__(self) -> "PayloadServer":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop = True
+        self._thread.join(2)
+        self.sock.close()
+
+
+def fetch(host: str, port: int, send: int = 0, expect: int = 0) -> tuple[int, int]:
+    """Connect, send ``send`` bytes, shut down writing, read until EOF.
+    Returns (local port, bytes received)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect((host, port))
+        lport = s.getsockname()[1]
+        if send:
+            s.sendall(b"y" * send)
+        s.shutdown(socket.SHUT_WR)
+        got = 0
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            got += len(chunk)
+        return lport, got
+
+
+def refused_connect(host: str = "127.0.0.1", port: int | None = None) -> int:
+    """Connect to a closed port; returns the port that refused."""
+    port = port or closed_port(host)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        try:
+            s.connect((host, port))
+        except ConnectionRefusedError:
+            return port
+    raise AssertionError(f"connect to {host}:{port} was not refused")
+
+
+def bpf_prog_ids() -> set[int]:
+    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, check=True).stdout
+    return {p["id"] for p in json.loads(out or "[]")}
+
+
+def wait_progs_gone(before: set[int], timeout: float = 10.0) -> set[int]:
+    """Programs loaded since ``before`` that are still there after ``timeout``
+    (the kernel frees them asynchronously once the last reference is gone)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        extra = bpf_prog_ids() - before
+        if not extra or time.monotonic() > deadline:
+            return extra
+        time.sleep(0.2)
+
+
+def sh(cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, shell=True, capture_output=True, text=True, check=check)
+
+
+class NetnsPair:
+    """Two private network namespaces joined by a veth pair, on addresses private to
+    them (IPv4 10.77.N.1/2, IPv6 fd77:N::1/2). Nothing on the host changes; both
+    namespaces are deleted on exit.
+    """
+
+    def __init__(self) -> None:
+        tag = uuid.uuid4().hex[:6]
+        self.a, self.b = f"nsa{tag}", f"nsb{tag}"
+        self.dev_a, self.dev_b = f"va{tag}", f"vb{tag}"
+        n = int(tag[:2], 16) % 250 + 1
+        self.addr_a, self.addr_b = f"10.77.{n}.1", f"10.77.{n}.2"
+        self.addr6_a, self.addr6_b = f"fd77:{n:x}::1", f"fd77:{n:x}::2"
+
+    def __enter__(self) -> "NetnsPair":
+        sh(f"ip netns add {self.a} && ip netns add {self.b}")
+        sh(f"ip link add {self.dev_a} netns {self.a} type veth peer name {self.dev_b} netns {self.b}")
+        for ns, dev, a4, a6 in ((self.a, self.dev_a, self.addr_a, self.addr6_a), (self.b, self.dev_b, self.addr_b, self.addr6_b)):
+            sh(f"ip -n {ns} link set lo up && ip -n {ns} link set {dev} up")
+            sh(f"ip -n {ns} addr add {a4}/24 dev {dev} && ip -n {ns} addr add {a6}/64 dev {dev} nodad")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        sh(f"ip netns del {self.a}", check=False)
+        sh(f"ip netns del {self.b}", check=False)
+
+    def exec(self, ns: str, cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return sh(f"ip netns exec {ns} {cmd}", check=check)
+
+    def popen(self, ns: str, args: list[str]) -> subprocess.Popen[str]:
+        return subprocess.Popen(["ip", "netns", "exec", ns, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@contextlib.contextmanager
+def listening(host: str = "127.0.0.1", backlog: int = 128) -> Iterator[socket.socket]:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((host, 0))
+    s.listen(backlog)
+    try:
+        yield s
+    finally:
+        s.close()
