@@ -29,7 +29,8 @@ class Column:
     ``width`` pads text output (0: last column, unpadded); ``truncate`` cuts strings
     to the width like ``%-10.10s``; ``spec`` formats values in text and CSV (``.2f``);
     ``text=False`` makes a JSON-only field (typed extras such as exact byte counts),
-    ``json=False`` a text-only decoration such as bcc's ``->``.
+    ``json=False`` a text-only decoration such as bcc's ``->``; ``csv`` overrides
+    ``text`` for CSV, where bcc's layouts differ slightly (IP always, no ``->``).
     """
 
     header: str
@@ -40,6 +41,7 @@ class Column:
     key: str = ""
     text: bool = True
     json: bool = True
+    csv: bool | None = None  # None: as in text
 
     @property
     def json_key(self) -> str:
@@ -126,7 +128,7 @@ class CsvSink(Sink):
 
     def __init__(self, columns: Sequence[Column], stream: IO[str] | None = None) -> None:
         super().__init__(columns, stream)
-        self._indexes = [i for i, c in enumerate(self.columns) if c.text]
+        self._indexes = [i for i, c in enumerate(self.columns) if (c.text if c.csv is None else c.csv)]
         self._line = ",".join(f"{{{i}:{self.columns[i].spec}}}" for i in self._indexes).format
 
     def header(self) -> None:

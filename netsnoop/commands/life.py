@@ -20,7 +20,7 @@ def columns(wide: bool) -> list[Column]:
     return [
         Column("PID", 5 if not wide else 7),
         Column("COMM", 16 if wide else 10, truncate=True),
-        Column("IP", 2, text=wide),
+        Column("IP", 2, text=wide, csv=True),
         Column("LADDR", a),
         Column("LPORT", 5),
         Column("RADDR", a),
