@@ -41,6 +41,13 @@ class LazyGroup(click.Group):
             ctx.exit(err.exit_code)
         except KeyboardInterrupt:
             ctx.exit(130)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
+            raise
+        except Exception as err:  # a bug: still one line, the traceback behind --verbose
+            if ctx.obj and ctx.obj.get("verbose"):
+                raise
+            click.echo(f"netsnoop: internal error: {type(err).__name__}: {err} (--verbose shows the traceback)", err=True)
+            ctx.exit(1)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -52,8 +52,12 @@ def object_path(name: str) -> str:
 
 
 def hook_order() -> tuple[str, ...]:
+    """Kinds to try, best first. ``NETSNOOP_PREFER`` moves kinds to the front;
+    ``NETSNOOP_HOOKS`` allows only the kinds it lists (to rule out a broken hook)."""
     preferred = [k for k in os.environ.get("NETSNOOP_PREFER", "").split(",") if k in HOOK_KINDS]
-    return tuple(preferred) + tuple(k for k in DEFAULT_ORDER if k not in preferred)
+    order = tuple(preferred) + tuple(k for k in DEFAULT_ORDER if k not in preferred)
+    allowed = [k for k in os.environ.get("NETSNOOP_HOOKS", "").split(",") if k in HOOK_KINDS]
+    return tuple(k for k in order if k in allowed) if allowed else order
 
 
 @dataclass
@@ -283,7 +287,7 @@ class BPFObject:
                 if not pick:
                     raise LoadError(f"{self.name}: no {self.forced[group]} variant for {group}")
             else:
-                ranked = sorted(progs, key=lambda p: order.index(p.kind))
+                ranked = sorted((p for p in progs if p.kind in order), key=lambda p: order.index(p.kind))
                 pick = [p for p in ranked if p.name not in self._rejected and p.available()]
             if not pick and group not in self.optional:
                 tried = ", ".join(f"{p.kind} {p.target}" for p in progs)

@@ -58,19 +58,25 @@ class Trace:
         self.proc = subprocess.Popen(
             NETSNOOP + self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=self.env,
         )
-        self._err_lines: list[str] = []
+        self._out: list[str] = []
+        self._err: list[str] = []
         ready = threading.Event()
 
-        def read_stderr() -> None:
-            assert self.proc.stderr is not None
-            for line in self.proc.stderr:
-                self._err_lines.append(line)
-                if line.startswith("Tracing"):
+        def pump(stream: Any, sink: list[str], watch: bool) -> None:
+            for line in stream:
+                sink.append(line)
+                if watch and line.startswith("Tracing"):
                     ready.set()
-            ready.set()
+            if watch:
+                ready.set()
 
-        self._err_thread = threading.Thread(target=read_stderr, daemon=True)
-        self._err_thread.start()
+        # both pipes drained continuously, so a chatty trace never blocks on a full pipe
+        self._threads = [
+            threading.Thread(target=pump, args=(self.proc.stdout, self._out, False), daemon=True),
+            threading.Thread(target=pump, args=(self.proc.stderr, self._err, True), daemon=True),
+        ]
+        for th in self._threads:
+            th.start()
         if not ready.wait(READY_TIMEOUT) or self.proc.poll() is not None:
             self.stop()
             raise AssertionError(f"netsnoop {' '.join(self.args)} did not start: rc={self.returncode} {self.stderr}")
@@ -83,13 +89,14 @@ class Trace:
             if self.proc.poll() is None:
                 self.proc.send_signal(sig)
             try:
-                out, _ = self.proc.communicate(timeout=20)
+                self.proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-                out, _ = self.proc.communicate()
-            self._err_thread.join(5)
-            self.stdout = out
-            self.stderr = "".join(self._err_lines)
+                self.proc.wait()
+            for th in self._threads:
+                th.join(5)
+            self.stdout = "".join(self._out)
+            self.stderr = "".join(self._err)
             self.returncode = self.proc.returncode
         return self
 

@@ -1,0 +1,107 @@
+"""The command as a user meets it: errors, privileges, clean exits, hook fallback, check."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+
+import pytest
+from helpers import NETSNOOP, ROOT, Trace, bpf_prog_ids, refused_connect, run, wait_progs_gone
+
+from netsnoop.loader import BPFObject
+
+pytestmark = pytest.mark.integration
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, *needles: str) -> None:
+    assert result.returncode == code, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    for needle in needles:
+        assert needle in lines[0]
+
+
+def test_without_capabilities_says_what_is_missing() -> None:
+    # still uid 0, but with every capability dropped from the bounding set
+    result = subprocess.run(
+        ["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--", *NETSNOOP, "states"],
+        capture_output=True, text=True, cwd=ROOT, timeout=30,
+    )
+    assert_one_line_error(result, 1, "CAP_BPF", "CAP_PERFMON", "root")
+
+
+def test_without_kernel_btf_names_it() -> None:
+    result = run(["life"], env={"PATH": "/usr/bin:/bin", "NETSNOOP_BTF": "/nonexistent/vmlinux"})
+    assert_one_line_error(result, 1, "BTF", "/nonexistent/vmlinux")
+
+
+def test_no_usable_hook_names_the_tracepoint() -> None:
+    # allow only fentry and kprobe: here fentry is refused (EPERM) and kprobes cannot
+    # attach, so the loader really tries both, then gives up naming what it tried
+    result = run(["states"], env={"PATH": "/usr/bin:/bin", "NETSNOOP_HOOKS": "fentry,kprobe"})
+    assert_one_line_error(result, 1, "set_state", "fentry tcp_set_state", "kprobe tcp_set_state")
+
+
+@pytest.mark.parametrize("args", [["states", "-L", "70000"], ["life", "-p", "-5"], ["states", "-P", "abc"]])
+def test_bad_values_are_usage_errors(args: list[str]) -> None:
+    result = run(args)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "Invalid value" in result.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_ends_cleanly_and_detaches(sig: int) -> None:
+    before = bpf_prog_ids()
+    port = refused_connect()
+    with Trace(["states", "--json", "-D", str(port)]) as t:
+        assert bpf_prog_ids() - before, "no program loaded while tracing"
+        refused_connect(port=port)
+        t.stop(sig)
+    assert t.returncode == 0
+    assert t.summary == {"type": "summary", "events": 2, "lost_events": 0}
+    assert not wait_progs_gone(before)
+
+
+def test_text_summary_on_stderr() -> None:
+    port = refused_connect()
+    with Trace(["states", "-D", str(port)]) as t:
+        refused_connect(port=port)
+    assert t.returncode == 0
+    assert "2 events, 0 lost events" in t.stderr
+
+
+def test_sigkill_leaves_nothing_attached() -> None:
+    before = bpf_prog_ids()
+    with Trace(["life"]) as t:
+        assert bpf_prog_ids() - before
+        t.stop(signal.SIGKILL, settle=0)
+    assert t.returncode == -signal.SIGKILL
+    assert not wait_progs_gone(before)
+
+
+def test_duration_stops_by_itself() -> None:
+    result = run(["states", "-d", "0.5", "--json"])
+    assert result.returncode == 0
+    assert json.loads(result.stdout.splitlines()[-1])["type"] == "summary"
+
+
+@pytest.mark.parametrize("name,groups", [("states", ["set_state"]), ("life", ["set_state", "send", "recv"])])
+def test_kprobe_fallbacks_pass_the_verifier(name: str, groups: list[str]) -> None:
+    for group in groups:
+        with BPFObject(name, variants={group: "kprobe"}) as obj:
+            obj.load()
+            assert obj.chosen[group] == "kprobe"
+
+
+def test_check_reports_hooks_and_runnable_subcommands() -> None:
+    result = run(["check", "--json"])
+    assert result.returncode == 0, result.stderr
+    found = {r["item"]: r for r in map(json.loads, result.stdout.splitlines())}
+    assert found["kernel BTF"]["ok"] and found["ring buffer"]["ok"]
+    for kind in ("tp_btf", "tracepoint", "fentry", "kprobe"):
+        assert isinstance(found[kind]["ok"], bool)
+    assert found["tp_btf"]["ok"]
+    assert found["tracepoint sock:inet_sock_set_state"]["ok"]
+    assert found["netsnoop states"]["ok"] and "set_state=" in found["netsnoop states"]["detail"]
+    assert found["netsnoop life"]["ok"]

@@ -1,0 +1,116 @@
+"""netsnoop life: a real HTTP download between two processes on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from typing import Iterator
+
+import pytest
+from helpers import PayloadServer, Trace, fetch, free_port
+
+pytestmark = pytest.mark.integration
+
+SIZE = 2 * 1024 * 1024
+CLIENT = "import sys, urllib.request; data = urllib.request.urlopen(sys.argv[1]).read(); print(len(data))"
+
+
+@contextlib.contextmanager
+def http_server(host: str = "127.0.0.1") -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """A separate server process (so its pid differs from the client's) serving SIZE bytes."""
+    with tempfile.TemporaryDirectory() as d:
+        with open(os.path.join(d, "blob"), "wb") as f:
+            f.write(os.urandom(SIZE))
+        port = free_port()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "http.server", "--bind", host, "--directory", d, str(port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        try:
+            url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
+            for _ in range(100):
+                try:
+                    urllib.request.urlopen(url + "blob", timeout=1).read(1)
+                    break
+                except OSError:
+                    time.sleep(0.05)
+            yield proc, port
+        finally:
+            proc.terminate()
+            proc.wait()
+
+
+def download(host: str, port: int) -> subprocess.CompletedProcess[str]:
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/blob"
+    done = subprocess.run([sys.executable, "-c", CLIENT, url], capture_output=True, text=True, check=True)
+    assert int(done.stdout) == SIZE
+    return done
+
+
+def near(value: int, expected: int, pct: float = 3.0) -> bool:
+    return abs(value - expected) <= expected * pct / 100
+
+
+def test_http_download_rows_name_server_and_client() -> None:
+    with http_server() as (server, port), Trace(["life", "--json", "-P", str(port)]) as t:
+        client = subprocess.Popen([sys.executable, "-c", CLIENT, f"http://127.0.0.1:{port}/blob"], stdout=subprocess.PIPE, text=True)
+        out, _ = client.communicate(timeout=30)
+        assert int(out) == SIZE
+    rows = t.records
+    server_rows = [r for r in rows if r["lport"] == port]
+    client_rows = [r for r in rows if r["rport"] == port]
+    assert len(server_rows) == 1 and len(client_rows) == 1, rows
+    srv, cli = server_rows[0], client_rows[0]
+    # the passive side belongs to the server process, not the client on the CPU
+    assert srv["pid"] == server.pid and srv["comm"].startswith("python")
+    assert cli["pid"] == client.pid
+    assert srv["rport"] == cli["lport"] and srv["laddr"] == cli["raddr"] == "127.0.0.1"
+    assert near(srv["tx_bytes"], SIZE) and srv["rx_bytes"] < 4096
+    assert near(cli["rx_bytes"], SIZE) and cli["tx_bytes"] < 4096
+    assert srv["tx_kb"] == srv["tx_bytes"] // 1024 and cli["rx_kb"] == cli["rx_bytes"] // 1024
+    assert srv["ms"] > 0 and isinstance(srv["ms"], float)
+    assert t.summary["lost_events"] == 0
+
+
+def test_local_and_remote_port_filters() -> None:
+    with http_server() as (server, port):
+        with Trace(["life", "--json", "-L", str(port)]) as local:
+            download("127.0.0.1", port)
+        with Trace(["life", "--json", "-D", str(port)]) as remote:
+            download("127.0.0.1", port)
+    assert [r["lport"] for r in local.records] == [port]
+    assert local.records[0]["pid"] == server.pid
+    assert [r["rport"] for r in remote.records] == [port]
+    assert remote.records[0]["pid"] != server.pid
+
+
+def test_pid_filter_uses_the_socket_owner() -> None:
+    with http_server() as (server, port), Trace(["life", "--json", "-p", str(server.pid)]) as t:
+        download("127.0.0.1", port)
+    assert [(r["pid"], r["lport"]) for r in t.records] == [(server.pid, port)]
+
+
+def test_ipv6_and_text_layout() -> None:
+    with PayloadServer(host="::1", size=100_000, request_bytes=5000) as srv, Trace(["life", "-w", "-P", str(srv.port)]) as t:
+        lport, got = fetch("::1", srv.port, send=5000)
+    assert got == 100_000
+    header, *rows = t.lines
+    assert header.split() == ["PID", "COMM", "IP", "LADDR", "LPORT", "RADDR", "RPORT", "TX_KB", "RX_KB", "MS"]
+    fields = {int(r.split()[4]): r.split() for r in rows}
+    assert set(fields) == {lport, srv.port}
+    client = fields[lport]
+    assert client[0] == str(os.getpid()) and client[2] == "6" and client[3] == "::1"
+    assert int(client[7]) == 4 and int(client[8]) == 97  # 5000 B sent, 100000 B received, in KiB
+
+
+def test_text_default_layout_matches_bcc() -> None:
+    with PayloadServer(size=10) as srv, Trace(["life", "-T", "-D", str(srv.port)]) as t:
+        fetch("127.0.0.1", srv.port)
+    header, row = t.lines
+    assert header == "TIME     PID   COMM       LADDR           LPORT RADDR           RPORT TX_KB RX_KB MS"
+    assert row[8:].split()[5] == str(srv.port)
