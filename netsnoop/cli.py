@@ -50,11 +50,30 @@ class LazyGroup(click.Group):
             ctx.exit(1)
 
 
+class RingSize(click.ParamType):
+    """``8M``, ``512K`` or bytes: a power of two of at least one page (the kernel's rule)."""
+
+    name = "SIZE"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        text = str(value).strip().upper()
+        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+        try:
+            size = int(text[:-1] if scale > 1 else text) * scale
+        except ValueError:
+            self.fail(f"{value!r} is not a size like 8M or 512K", param, ctx)
+        if size < 4096 or size & (size - 1):
+            self.fail(f"{value!r} must be a power of two, at least 4K", param, ctx)
+        return size
+
+
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="netsnoop")
 @click.option("-v", "--verbose", is_flag=True, help="show libbpf's log and full errors")
+@click.option("--ringbuf", type=RingSize(), default="8M", show_default=True,
+              help="kernel-to-user event buffer size; raise it if events are lost")
 @click.pass_context
-def cli(ctx: click.Context, verbose: bool) -> None:
+def cli(ctx: click.Context, verbose: bool, ringbuf: int) -> None:
     """Trace the kernel's TCP stack with eBPF: connections, states, bytes, drops.
 
     Each subcommand is one of the bcc network tools, rebuilt on libbpf and CO-RE
@@ -62,6 +81,9 @@ def cli(ctx: click.Context, verbose: bool) -> None:
     see what this kernel supports.
     """
     ctx.obj = {"verbose": verbose}
+    from netsnoop import loader
+
+    loader.ringbuf_bytes = ringbuf
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.ERROR + 10,
         format="netsnoop: %(name)s: %(message)s",

@@ -37,6 +37,7 @@ log = logging.getLogger("netsnoop.loader")
 HOOK_KINDS = ("tp_btf", "tracepoint", "fentry", "fexit", "kprobe", "kretprobe")
 DEFAULT_ORDER = ("tp_btf", "tracepoint", "fentry", "fexit", "kprobe", "kretprobe")
 DEFAULT_RINGBUF_BYTES = 8 << 20
+ringbuf_bytes = DEFAULT_RINGBUF_BYTES  # set by `netsnoop --ringbuf SIZE`
 BPF_MAP_TYPE_PERCPU_ARRAY = 6
 BPF_MAP_TYPE_PERCPU_HASH = 5
 BPF_MAP_TYPE_LRU_PERCPU_HASH = 10
@@ -225,7 +226,7 @@ class BPFObject:
         self.name = name
         self.path = object_path(name)
         self.rodata = {k: v for k, v in (rodata or {}).items() if v is not None}
-        self.max_entries = {"events": DEFAULT_RINGBUF_BYTES, **(max_entries or {})}
+        self.max_entries = {"events": ringbuf_bytes, **(max_entries or {})}
         self.forced = dict(variants or {})
         self.optional = optional
         self.handle = 0

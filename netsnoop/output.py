@@ -111,7 +111,12 @@ class TextSink(Sink):
         self._header = " ".join(head).rstrip()
 
     def header(self) -> None:
-        self.stream.write(self._header + "\n")
+        if self.stream.isatty():  # colour for people; rich is imported only then
+            from rich.console import Console
+
+            Console(file=self.stream, highlight=False).print(self._header, style="bold", markup=False, soft_wrap=True)
+        else:
+            self.stream.write(self._header + "\n")
         self.stream.flush()
 
     def write(self, rows: Iterable[Sequence[Any]]) -> None:

@@ -105,3 +105,26 @@ def test_check_reports_hooks_and_runnable_subcommands() -> None:
     assert found["tracepoint sock:inet_sock_set_state"]["ok"]
     assert found["netsnoop states"]["ok"] and "set_state=" in found["netsnoop states"]["detail"]
     assert found["netsnoop life"]["ok"]
+
+
+def test_lost_events_are_counted_exactly() -> None:
+    """A reader that cannot keep up loses events, and says exactly how many: a stalled
+    trace with a one-page buffer, beside a reference trace of the same traffic."""
+    from helpers import PayloadServer, fetch
+
+    with PayloadServer(size=10) as srv:
+        port = str(srv.port)
+        with Trace(["states", "--json", "-P", port]) as ref, Trace(["--ringbuf", "4K", "states", "--json", "-P", port]) as tiny:
+            tiny.proc.send_signal(signal.SIGSTOP)
+            for _ in range(200):
+                fetch("127.0.0.1", srv.port)
+            tiny.proc.send_signal(signal.SIGCONT)
+    assert ref.summary["lost_events"] == 0
+    assert tiny.summary["lost_events"] > 0
+    assert len(tiny.records) + tiny.summary["lost_events"] == len(ref.records) >= 200 * 8
+
+
+@pytest.mark.parametrize("size", ["5K", "abc", "1K"])
+def test_bad_ringbuf_size_is_a_usage_error(size: str) -> None:
+    result = run(["--ringbuf", size, "states"])
+    assert result.returncode == 2 and "--ringbuf" in result.stderr and "Traceback" not in result.stderr
