@@ -123,8 +123,20 @@ class BTF:
     def enum_values(self, name: str) -> dict[int, str]:
         """Value -> name of the enumerators of ``enum name`` (ENUM or ENUM64)."""
         tid = self.find(name, ENUM) or self.find(name, ENUM64)
-        if not tid:
-            return {}
+        return self.enum_by_id(tid) if tid else {}
+
+    def enum_containing(self, enumerator: str) -> dict[int, str]:
+        """Value -> name of the enum declaring ``enumerator``, for the kernel's anonymous
+        enums (e.g. ``NET_RX_SOFTIRQ``'s); {} if none. Scans the types: call it once."""
+        for tid in range(1, self._lib.btf__type_cnt(self.handle)):
+            if self._raw(tid)[0] in (ENUM, ENUM64):
+                values = self.enum_by_id(tid)
+                if enumerator in values.values():
+                    return values
+        return {}
+
+    def enum_by_id(self, tid: int) -> dict[int, str]:
+        """Value -> name of the enumerators of the ENUM/ENUM64 type ``tid``."""
         kind, vlen, kflag, _n, _size, extra = self._raw(tid)
         out: dict[int, str] = {}
         if kind == ENUM:
