@@ -105,6 +105,15 @@ def duration_option(f: F) -> F:
     )(f)
 
 
+def interval_option(f: F) -> F:
+    """-i SECONDS for the histogram tools (tcprtt, tcpsynbl): print and clear every
+    interval; without it, once at the end (Ctrl-C or -d)."""
+    return click.option(
+        "-i", "--interval", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
+        help="print a summary every SECONDS (default: once, at the end)",
+    )(f)
+
+
 def output_options(*, csv: bool = True, wide: bool = True, time: bool = True, timestamp: bool = True) -> Callable[[F], F]:
     """Add the output flags a tool supports; the command receives them as ``out``."""
 
