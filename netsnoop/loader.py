@@ -312,12 +312,12 @@ class BPFObject:
             var = variables.get(key)
             if var is None:
                 raise LoadError(f"{self.name}: no filter variable {key!r} in the object")
-            if var.count > 1:
+            if var.code == "s":  # char arrays (count > 1 too): one bytes value, NUL-padded
+                struct.pack_into(f"={var.size}s", buf, var.offset, value)
+            elif var.count > 1:
                 values = list(value)[: var.count]
                 values += [0] * (var.count - len(values))
                 struct.pack_into(f"={var.count}{var.code}", buf, var.offset, *values)
-            elif var.code == "s":
-                struct.pack_into(f"={var.size}s", buf, var.offset, value)
             else:
                 struct.pack_into(f"={var.code}", buf, var.offset, int(value))
 
