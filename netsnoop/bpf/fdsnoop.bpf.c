@@ -1,0 +1,185 @@
+// SPDX-License-Identifier: GPL-2.0
+/* fdsnoop: file descriptors passed over Unix sockets as SCM_RIGHTS control
+ * messages, on send and on receive (sofdsnoop).
+ *
+ * Only syscall tracepoints see the caller's message header, so the socket fd and
+ * the user pointer are remembered at sys_enter and the control messages are read
+ * from user memory at sys_exit, once the call has succeeded: a send that failed
+ * passed nothing, and a receive has only then written the new descriptors. */
+#include "netsnoop.h"
+
+#define SOL_SOCKET 1
+#define SCM_RIGHTS 1
+#define CMSG_HDR_LEN ((sizeof(struct cmsghdr) + 7) & ~7UL) /* CMSG_ALIGN */
+#define MAX_MSGS 8   /* messages looked at per sendmmsg/recvmmsg */
+#define MAX_CMSGS 4  /* control messages looked at per message */
+#define MAX_FDS 32   /* descriptors reported per control message */
+
+enum action { ACTION_SEND, ACTION_RECV };
+
+/* One passed descriptor (a message carrying n descriptors gives n events). */
+struct event {
+	__u64 ts_ns;
+	__u32 pid;
+	__u32 tid;
+	__s32 sock_fd;
+	__s32 fd;
+	__u8 action;
+	char comm[TASK_COMM_LEN];
+};
+EXPORT_STRUCT(event);
+
+const volatile __u32 filter_tid = 0;                 /* 0 = any */
+const volatile char filter_comm[TASK_COMM_LEN] = {}; /* substring of comm, "" = any */
+
+/* A send/receive in flight on one thread, from sys_enter to sys_exit. */
+struct call {
+	__u64 msgs;     /* user pointer: one struct user_msghdr, or a struct mmsghdr array */
+	__s32 sock_fd;
+	__u8 action;
+	__u8 multi;     /* sendmmsg/recvmmsg */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct call);
+} calls SEC(".maps");
+
+/* Does the current comm contain filter_comm (bcc's -n: a substring match)? */
+static __always_inline bool comm_allowed(void)
+{
+	char comm[TASK_COMM_LEN];
+	int i, j;
+
+	if (!filter_comm[0])
+		return true;
+	bpf_get_current_comm(comm, sizeof(comm));
+	for (i = 0; i < TASK_COMM_LEN && comm[i]; i++) {
+		for (j = 0; i + j < TASK_COMM_LEN && filter_comm[j]; j++)
+			if (comm[i + j] != filter_comm[j])
+				break;
+		/* comm ends in NUL, so a full match always stops before its end */
+		if (!filter_comm[j & (TASK_COMM_LEN - 1)])
+			return true;
+	}
+	return false;
+}
+
+static __always_inline bool thread_allowed(__u64 id)
+{
+	return pid_allowed(id >> 32) && (!filter_tid || filter_tid == (__u32)id) && comm_allowed();
+}
+
+static __always_inline int on_enter(int sock_fd, __u64 msgs, __u8 action, __u8 multi)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct call c = { .msgs = msgs, .sock_fd = sock_fd, .action = action, .multi = multi };
+	__u64 controllen;
+
+	/* The common case, a single message without control data, costs no map update. */
+	if (!multi &&
+	    (bpf_probe_read_user(&controllen, sizeof(controllen),
+				 &((struct user_msghdr *)msgs)->msg_controllen) ||
+	     controllen < sizeof(struct cmsghdr)))
+		return 0;
+	if (!thread_allowed(id))
+		return 0;
+	bpf_map_update_elem(&calls, &id, &c, BPF_ANY);
+	return 0;
+}
+
+/* The loops below live in global (non-inlined) functions: the verifier checks each
+ * once on its own instead of once per iteration of the loop that calls it. */
+
+/* One event per descriptor in a SCM_RIGHTS payload of n ints at user address data. */
+__noinline int emit_fds(__u64 data, __u32 n, __s32 sock_fd, __u32 action)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct event *e;
+	__s32 fd;
+	int k;
+
+	for (k = 0; k < MAX_FDS && k < n; k++) {
+		if (bpf_probe_read_user(&fd, sizeof(fd), (void *)(data + k * sizeof(fd))))
+			return 0;
+		e = reserve_event(sizeof(*e));
+		if (!e)
+			return 0;
+		e->ts_ns = bpf_ktime_get_ns();
+		e->pid = id >> 32;
+		e->tid = (__u32)id;
+		e->sock_fd = sock_fd;
+		e->fd = fd;
+		e->action = action;
+		bpf_get_current_comm(e->comm, sizeof(e->comm));
+		bpf_ringbuf_submit(e, 0);
+	}
+	return 0;
+}
+
+/* Every SCM_RIGHTS control message of one message header (user memory). */
+__noinline int scan_msg(__u64 uhdr, __s32 sock_fd, __u32 action)
+{
+	struct user_msghdr h;
+	struct cmsghdr cm;
+	__u64 pos, end, data, len;
+	int i;
+
+	if (bpf_probe_read_user(&h, sizeof(h), (void *)uhdr))
+		return 0;
+	pos = (__u64)h.msg_control;
+	end = pos + h.msg_controllen;
+	for (i = 0; i < MAX_CMSGS; i++) {
+		if (pos + sizeof(cm) > end || bpf_probe_read_user(&cm, sizeof(cm), (void *)pos))
+			return 0;
+		if (cm.cmsg_len < sizeof(cm))
+			return 0;
+		if (cm.cmsg_level == SOL_SOCKET && cm.cmsg_type == SCM_RIGHTS) {
+			data = pos + CMSG_HDR_LEN;
+			len = pos + cm.cmsg_len > end ? end - data : cm.cmsg_len - CMSG_HDR_LEN;
+			emit_fds(data, len / sizeof(__s32), sock_fd, action);
+		}
+		pos += (cm.cmsg_len + 7) & ~7UL;
+	}
+	return 0;
+}
+
+static __always_inline int on_exit(long ret)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct call *found = bpf_map_lookup_elem(&calls, &id), c;
+	int i;
+
+	if (!found)
+		return 0;
+	c = *found;
+	bpf_map_delete_elem(&calls, &id);
+	if (ret < 0)
+		return 0;
+	if (!c.multi)
+		return scan_msg(c.msgs, c.sock_fd, c.action);
+	/* sendmmsg/recvmmsg return how many messages went through */
+	for (i = 0; i < MAX_MSGS && i < ret; i++)
+		scan_msg(c.msgs + i * sizeof(struct mmsghdr), c.sock_fd, c.action);
+	return 0;
+}
+
+/* sys_enter_<name>(fd, msg, ...) and sys_exit_<name> for one syscall. */
+#define SYSCALL_HOOKS(name, action, multi)                                              \
+	SEC("tracepoint/syscalls/sys_enter_" #name)                                     \
+	int name##_enter__tracepoint(struct trace_event_raw_sys_enter *ctx)             \
+	{                                                                               \
+		return on_enter((int)ctx->args[0], ctx->args[1], action, multi);        \
+	}                                                                               \
+	SEC("tracepoint/syscalls/sys_exit_" #name)                                      \
+	int name##_exit__tracepoint(struct trace_event_raw_sys_exit *ctx)               \
+	{                                                                               \
+		return on_exit(ctx->ret);                                               \
+	}
+
+SYSCALL_HOOKS(sendmsg, ACTION_SEND, 0)
+SYSCALL_HOOKS(recvmsg, ACTION_RECV, 0)
+SYSCALL_HOOKS(sendmmsg, ACTION_SEND, 1)
+SYSCALL_HOOKS(recvmmsg, ACTION_RECV, 1)
