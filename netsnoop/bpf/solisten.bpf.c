@@ -1,0 +1,103 @@
+// SPDX-License-Identifier: GPL-2.0
+/* solisten: every successful listen() on a TCP socket (solisten).
+ *
+ * Hooked at the listen syscall rather than at the CLOSE->LISTEN state change: the
+ * state change is traced before an unbound socket gets its port (so the port would
+ * read 0), and a listen() that only changes the backlog of a listening socket
+ * changes no state at all. At sys_exit the socket is found from the fd. */
+#include "netsnoop.h"
+
+struct event {
+	__u64 ts_ns;
+	__u32 pid;
+	__u32 netns;
+	__u32 backlog;
+	__u16 family;
+	__u16 lport;
+	__u8 laddr[16];
+	char comm[TASK_COMM_LEN];
+};
+EXPORT_STRUCT(event);
+
+const volatile __u32 filter_netns = 0; /* network namespace inode, 0 = any */
+
+/* The fd passed to listen(), per thread, from sys_enter to sys_exit. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, __s32);
+} listen_fds SEC(".maps");
+
+/* The sock behind one of the current task's fds, or NULL if it is not a socket. */
+static __always_inline struct sock *fd_sock(int fd)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	struct file **fds, *file;
+	struct socket *sock;
+
+	if (fd < 0 || fd >= BPF_CORE_READ(fdt, max_fds))
+		return NULL;
+	fds = BPF_CORE_READ(fdt, fd);
+	if (bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]) || !file)
+		return NULL;
+	sock = BPF_CORE_READ(file, private_data);
+	/* a socket's file and its struct socket point at each other */
+	if (!sock || BPF_CORE_READ(sock, file) != file)
+		return NULL;
+	return BPF_CORE_READ(sock, sk);
+}
+
+SEC("tracepoint/syscalls/sys_enter_listen")
+int listen_enter__tracepoint(struct trace_event_raw_sys_enter *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__s32 fd = ctx->args[0];
+
+	if (!pid_allowed(id >> 32))
+		return 0;
+	bpf_map_update_elem(&listen_fds, &id, &fd, BPF_ANY);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_listen")
+int listen_exit__tracepoint(struct trace_event_raw_sys_exit *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__s32 *fd = bpf_map_lookup_elem(&listen_fds, &id), sock_fd;
+	struct sock_tuple t;
+	struct sock *sk;
+	struct event *e;
+	__u32 netns;
+
+	if (!fd)
+		return 0;
+	sock_fd = *fd;
+	bpf_map_delete_elem(&listen_fds, &id);
+	if (ctx->ret != 0)
+		return 0;
+	sk = fd_sock(sock_fd);
+	if (!sk || !sock_is_tcp(sk))
+		return 0;
+	read_sock_tuple(sk, &t);
+	if (t.family != AF_INET && t.family != AF_INET6)
+		return 0;
+	netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	if (filter_netns && netns != filter_netns)
+		return 0;
+
+	e = reserve_event(sizeof(*e));
+	if (!e)
+		return 0;
+	e->ts_ns = bpf_ktime_get_ns();
+	e->pid = id >> 32;
+	e->netns = netns;
+	e->backlog = BPF_CORE_READ(sk, sk_max_ack_backlog);
+	e->family = t.family;
+	e->lport = t.sport;
+	__builtin_memcpy(e->laddr, t.saddr, 16);
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}

@@ -1,0 +1,78 @@
+"""netsnoop solisten against sockets this test puts into LISTEN."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+
+import pytest
+from click.testing import CliRunner
+from helpers import NetnsPair, Trace
+
+from netsnoop.cli import cli
+
+integration = pytest.mark.integration
+
+
+def netns_inode(path: str = "/proc/self/ns/net") -> int:
+    return os.stat(path).st_ino
+
+
+def mine(records: list[dict], port: int) -> list[dict]:
+    return [r for r in records if r["pid"] == os.getpid() and r["port"] == port]
+
+
+@integration
+@pytest.mark.parametrize("family,host,proto", [(socket.AF_INET, "127.0.0.1", "TCPv4"), (socket.AF_INET6, "::1", "TCPv6")])
+def test_listen_row_with_backlog_port_and_address(family: int, host: str, proto: str) -> None:
+    with socket.socket(family) as s, Trace(["solisten", "--json", "-p", str(os.getpid())]) as t:
+        s.bind((host, 0))
+        port = s.getsockname()[1]
+        s.listen(37)
+    rows = mine(t.records, port)
+    assert len(rows) == 1, t.records
+    row = rows[0]
+    assert (row["proto"], row["backlog"], row["addr"]) == (proto, 37, host)
+    with open("/proc/self/comm") as f:
+        assert row["comm"] == f.read().strip()
+    assert row["netns"] == netns_inode()
+    assert t.summary["lost_events"] == 0
+
+
+@integration
+def test_unbound_listen_reports_its_port_and_relisten_its_new_backlog() -> None:
+    with socket.socket() as s, socket.socket(socket.AF_UNIX) as unix, \
+            Trace(["solisten", "--json", "-p", str(os.getpid())]) as t:
+        s.listen(5)  # the kernel picks the port during listen()
+        s.listen(9)  # only changes the backlog
+        unix.bind(f"\0netsnoop-solisten-{os.getpid()}")
+        unix.listen(3)  # not TCP: not shown
+        port = s.getsockname()[1]
+    assert [(r["port"], r["backlog"], r["addr"]) for r in t.records] == [(port, 5, "0.0.0.0"), (port, 9, "0.0.0.0")]
+
+
+LISTENER = "import socket; s = socket.socket(); s.bind(('0.0.0.0', 0)); s.listen(11); print(s.getsockname()[1], flush=True)"
+
+
+@integration
+def test_netns_filter_and_column() -> None:
+    with NetnsPair() as pair:
+        inode = netns_inode(f"/run/netns/{pair.a}")
+        with socket.socket() as host_sock, Trace(["solisten", "--show-netns", "-n", str(inode)]) as t:
+            host_sock.listen(4)  # the host namespace: filtered out
+            child = pair.popen(pair.a, [sys.executable, "-c", LISTENER])
+            port, _ = child.communicate(timeout=20)
+    header, *rows = t.lines
+    assert header.split() == ["PID", "COMM", "NETNS", "PROTO", "BACKLOG", "PORT", "ADDR"]
+    assert len(rows) == 1, t.stdout
+    pid, _comm, netns, *rest = rows[0].split()
+    assert (int(pid), int(netns)) == (child.pid, inode)
+    assert rest == ["TCPv4", "11", port.strip(), "0.0.0.0"]
+
+
+def test_bad_values_are_usage_errors() -> None:
+    for args in (["-n", "abc"], ["-n", "0"], ["-p", "x"]):
+        result = CliRunner().invoke(cli, ["solisten", *args])
+        assert result.exit_code == 2, result.output
+        assert "Traceback" not in result.output
