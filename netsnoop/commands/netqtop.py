@@ -1,0 +1,181 @@
+"""netsnoop netqtop: packets per TX/RX queue of one interface, by size (bcc netqtop)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import click
+
+from netsnoop import options as o
+from netsnoop.btf import StructDecoder
+from netsnoop.loader import BPFObject
+from netsnoop.output import Column, OutputOptions, make_sink, write_table
+from netsnoop.runner import Tracer, _silence_stdout, ready, wait
+
+# No ring buffer events: keep the shared one small.
+TRACER = Tracer("netqtop", max_entries={"events": 4096})
+
+SIZE_HEADERS = ("[0, 64)", "[64, 512)", "[512, 2K)", "[2K, 16K)", "[16K, 64K)")
+SIZE_KEYS = ("size_0_64", "size_64_512", "size_512_2k", "size_2k_16k", "size_16k_64k")
+DIRECTIONS = ((0, "TX"), (1, "RX"))  # queue_key.rx
+
+
+@dataclass(frozen=True)
+class Interface:
+    name: str
+    ifindex: int
+    queues: dict[int, int]  # rx flag -> number of queues
+
+
+class InterfaceName(click.ParamType):
+    """A network interface of this network namespace, with its queue counts."""
+
+    name = "NAME"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Interface:
+        if isinstance(value, Interface):
+            return value
+        try:
+            ifindex = socket.if_nametoindex(value)
+        except OSError:
+            self.fail(f"network interface {value!r} does not exist (in this network namespace)", param, ctx)
+        return Interface(value, ifindex, queue_counts(value))
+
+
+def queue_counts(name: str) -> dict[int, int]:
+    """Queues per direction from sysfs (tx-N, rx-N); 1 each when sysfs cannot tell."""
+    try:
+        entries = os.listdir(f"/sys/class/net/{name}/queues")
+    except OSError:
+        entries = []
+    return {rx: max(1, sum(e.startswith(prefix) for e in entries)) for rx, prefix in ((0, "tx-"), (1, "rx-"))}
+
+
+def human(n: float) -> str:
+    """bcc netqtop's compact numbers: 1.5K, 2.25M."""
+    if n > 1_000_000:
+        return f"{round(n / (1024 * 1024), 2)}M"
+    if n > 1000:
+        return f"{round(n / 1024, 2)}K"
+    return str(round(n, 2) if isinstance(n, float) else n)
+
+
+def columns(throughput: bool) -> list[Column]:
+    return [
+        Column("direction", text=False),
+        Column("QueueID", 7, ">", key="queue"),
+        Column("avg_size", 10, ">"),
+        *[Column(h, 10, ">", key=k) for h, k in zip(SIZE_HEADERS, SIZE_KEYS)],
+        Column("BPS", 10, ">", text=throughput),
+        Column("PPS", 10, ">", text=throughput),
+        Column("packets", text=False),
+        Column("bytes", text=False),
+        Column("timestamp", text=False),
+    ]
+
+
+class QueueCounters:
+    """The kernel keeps cumulative per-CPU counters; each read returns what was added
+    since the previous one (never deleting entries, so no increment is lost)."""
+
+    def __init__(self, obj: BPFObject) -> None:
+        self.map = obj.map("stats")
+        self.key = StructDecoder(obj.btf, "queue_key")
+        self.value = StructDecoder(obj.btf, "queue_stats")
+        self.last: dict[tuple[int, int], list[int]] = {}
+
+    def _totals(self, per_cpu: list[bytes]) -> list[int]:
+        """[bytes, packets, size buckets...] summed over CPUs."""
+        rows = [(v.bytes, v.packets, *v.sizes) for v in map(self.value.decode, per_cpu)]
+        return [sum(col) for col in zip(*rows)]
+
+    def delta(self) -> dict[tuple[int, int], list[int]]:
+        now = {}
+        for raw_key, per_cpu in self.map.items():
+            k = self.key.decode(raw_key)
+            now[(k.rx, k.queue)] = self._totals(per_cpu)
+        out = {k: [a - b for a, b in zip(v, self.last.get(k, [0] * len(v)))] for k, v in now.items()}
+        self.last = now
+        return out
+
+
+def table(delta: dict[tuple[int, int], list[int]], rx: int, nqueues: int, elapsed: float, show: Callable[[Any], Any],
+          now: float, with_total: bool) -> list[tuple[Any, ...]]:
+    """One direction's rows (every queue, busy or not), then bcc's Total line."""
+    seen = [q for (r, q) in delta if r == rx]
+    last = max([nqueues - 1, *seen])
+    per_queue = [(q, delta.get((rx, q)) or [0] * (2 + len(SIZE_KEYS))) for q in range(last + 1)]
+    if with_total:
+        per_queue.append(("Total", [sum(col) for col in zip(*(c for _q, c in per_queue))]))
+    direction = DIRECTIONS[rx][1]
+    rows = []
+    for queue, (nbytes, packets, *sizes) in per_queue:
+        avg = nbytes // packets if packets else 0
+        rows.append((direction, queue, show(avg), *map(show, sizes), show(nbytes / elapsed), show(packets / elapsed),
+                     packets, nbytes, now))
+    return rows
+
+
+class Report:
+    """Prints one interval: the time, then the TX and RX tables (bcc's layout)."""
+
+    def __init__(self, out: OutputOptions, iface: Interface, throughput: bool, counters: QueueCounters) -> None:
+        self.out, self.iface, self.throughput, self.counters = out, iface, throughput, counters
+        self.cols = columns(throughput)
+        self.show: Callable[[Any], Any] = (lambda v: round(v, 2) if isinstance(v, float) else v) if out.json else human
+        self.since = time.monotonic()
+        self.intervals = 0
+
+    def _text(self, line: str) -> None:
+        if not self.out.json:
+            print(line, flush=True)
+
+    def __call__(self, final: bool = False) -> None:
+        """One interval; ``final`` (at exit) prints only if packets came since the last."""
+        now = time.monotonic()
+        elapsed, self.since = max(now - self.since, 1e-9), now
+        delta = self.counters.delta()
+        if final and not any(c[1] for c in delta.values()):
+            return
+        wall = round(time.time(), 6)
+        self._text(time.asctime())
+        for rx, label in DIRECTIONS:
+            self._text(("\n" if rx else "") + label)
+            rows = table(delta, rx, self.iface.queues[rx], elapsed, self.show, wall, not self.out.json)
+            write_table(self.out, self.cols, rows)
+        self._text("-" * (95 if self.throughput else 76))
+        self.intervals += 1
+
+
+@click.command("netqtop")
+@o.output_options(csv=False, wide=False, time=False, timestamp=False)
+@click.option("-n", "--name", "iface", type=InterfaceName(), required=True,
+              help="the network interface to watch (in this network namespace)")
+@click.option("-i", "--interval", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              metavar="SECONDS", help="print every this many seconds")
+@click.option("-t", "--throughput", is_flag=True, help="add BPS and PPS columns (bytes and packets per second)")
+@o.duration_option
+def command(out: OutputOptions, iface: Interface, interval: float, throughput: bool, duration: float | None) -> None:
+    """Show packets per TX and RX queue of one network interface, by packet size.
+
+    Every interval: for each queue, the average packet size and the number of
+    packets in bcc's size ranges (packets of 64K and more count in the last one).
+    TX is what the stack hands to the driver (net_dev_start_xmit), RX what the
+    driver hands to the stack (netif_receive_skb). On exit, what arrived since the
+    last interval is printed too.
+    """
+    rodata = {"filter_ifindex": iface.ifindex, "filter_netns": os.stat("/proc/self/ns/net").st_ino}
+    with TRACER.open(rodata) as obj:
+        report = Report(out, iface, throughput, QueueCounters(obj))
+        ready(f"Tracing {iface.name}... Hit Ctrl-C to end.")
+        try:
+            wait(duration, report, interval)
+            report(final=True)
+        except BrokenPipeError:
+            _silence_stdout()
+            return
+        make_sink(out, report.cols).summary({"intervals": report.intervals, "lost_events": obj.lost_events()})

@@ -1,0 +1,98 @@
+"""netsnoop netqtop on a veth pair in private namespaces, with UDP traffic the test makes."""
+
+from __future__ import annotations
+
+import sys
+from typing import Iterator
+
+import helpers
+import pytest
+from click.testing import CliRunner
+from helpers import NetnsPair, Trace
+
+from netsnoop.cli import cli
+
+integration = pytest.mark.integration
+COUNT, PAYLOAD = 5, 1000  # 1000-byte UDP payloads: 1028-byte IP packets, in [512, 2K)
+
+ECHO_SERVER = (
+    "import socket\n"
+    "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', 9999)); print('up', flush=True)\n"
+    "while True:\n"
+    "    data, peer = s.recvfrom(65536); s.sendto(data, peer)\n"
+)
+# COUNT echoes over the veth, then as many large datagrams over the namespace's own
+# loopback (another interface, which must not be counted)
+CLIENT = (
+    "import socket, sys\n"
+    "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(10)\n"
+    f"for _ in range({COUNT}):\n"
+    f"    s.sendto(b'x' * {PAYLOAD}, (sys.argv[1], 9999)); s.recvfrom(65536)\n"
+    f"    s.sendto(b'y' * {PAYLOAD}, ('127.0.0.1', 9))\n"
+)
+
+
+@pytest.fixture
+def pair(monkeypatch: pytest.MonkeyPatch) -> Iterator[NetnsPair]:
+    """A veth pair with a UDP echo server on side B; netsnoop runs inside side A
+    (interface names are looked up in the tool's own namespace)."""
+    with NetnsPair() as p:
+        server = p.popen(p.b, [sys.executable, "-c", ECHO_SERVER])
+        assert server.stdout is not None and server.stdout.readline().strip() == "up"
+        monkeypatch.setattr(helpers, "NETSNOOP", ["ip", "netns", "exec", p.a, *helpers.NETSNOOP])
+        try:
+            yield p
+        finally:
+            server.kill()
+            server.communicate()
+
+
+def echo_traffic(p: NetnsPair) -> None:
+    p.exec(p.a, f"{sys.executable} -c \"{CLIENT}\" {p.addr_b}")
+
+
+def totals(records: list[dict], direction: str) -> dict[str, int]:
+    """Sum of every interval's per-queue counters in one direction."""
+    rows = [r for r in records if r["direction"] == direction]
+    keys = ("packets", "bytes", "size_0_64", "size_64_512", "size_512_2k", "size_2k_16k", "size_16k_64k")
+    return {k: sum(r[k] for r in rows) for k in keys}
+
+
+@integration
+@pytest.mark.parametrize("prefer", ["tp_btf", "tracepoint"])
+def test_counts_per_queue_and_size_on_the_veth(pair: NetnsPair, prefer: str) -> None:
+    with Trace(["netqtop", "-n", pair.dev_a, "-i", "0.5", "--json"], env={"NETSNOOP_PREFER": prefer}) as t:
+        echo_traffic(pair)
+    tx, rx = totals(t.records, "TX"), totals(t.records, "RX")
+    # exactly our echoes: not the loopback datagrams, and not the peer's same-ifindex
+    # veth in the other namespace (which would double both counts)
+    assert tx["size_512_2k"] == COUNT and rx["size_512_2k"] == COUNT
+    assert rx["bytes"] >= COUNT * (PAYLOAD + 28) and tx["bytes"] >= COUNT * (PAYLOAD + 28)
+    assert {r["queue"] for r in t.records} == {0}  # veth: one queue each way
+    busy = [r for r in t.records if r["packets"]]
+    assert all(r["avg_size"] == r["bytes"] // r["packets"] and r["pps"] > 0 for r in busy)
+    assert t.summary["lost_events"] == 0 and t.summary["intervals"] >= 1
+
+
+@integration
+def test_text_tables_with_throughput(pair: NetnsPair) -> None:
+    with Trace(["netqtop", "-n", pair.dev_a, "-i", "0.5", "-t"]) as t:
+        echo_traffic(pair)
+    lines = t.lines
+    header = ["QueueID", "avg_size", "[0,", "64)", "[64,", "512)", "[512,", "2K)", "[2K,", "16K)", "[16K,", "64K)", "BPS", "PPS"]
+    assert lines.count("TX") == lines.count("RX") >= 1
+    assert all(lines[i + 1].split() == header for i, line in enumerate(lines) if line in ("TX", "RX"))
+    totals_512 = [int(line.split()[4]) for line in lines if line.split()[:1] == ["Total"]]
+    assert sum(totals_512) == 2 * COUNT  # TX and RX tables both count our echoes
+    assert lines[-1] == "-" * 95
+
+
+def test_missing_interface_is_a_clear_error() -> None:
+    result = CliRunner().invoke(cli, ["netqtop", "-n", "nosuchif0"])
+    assert result.exit_code == 2
+    assert "'nosuchif0' does not exist" in result.output and "Traceback" not in result.output
+
+
+def test_interface_is_required() -> None:
+    result = CliRunner().invoke(cli, ["netqtop"])
+    assert result.exit_code == 2 and "Missing option '-n'" in result.output
