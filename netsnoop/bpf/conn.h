@@ -1,0 +1,206 @@
+/* Connection tracing shared by connect, accept, tracer and connlat: who opened a
+ * socket and when (recorded once, in the opener's process context, and recalled when
+ * the handshake resolves in softirq), the one event layout these tools emit, and the
+ * accept() hooks that turn the returned fd into its socket. */
+#ifndef __NETSNOOP_CONN_H
+#define __NETSNOOP_CONN_H
+
+#include "hooks.h"
+
+enum conn_kind {
+	CONN_CONNECT = 1, /* an active open (attempt, or its outcome) */
+	CONN_ACCEPT = 2,  /* accept() returned it */
+	CONN_CLOSE = 3,   /* an established connection was closed */
+};
+
+/* One row of any of the four tools; each uses the fields its columns need. */
+struct event {
+	__u64 ts_ns;
+	__u64 lat_ns;   /* connect() to this event, when the opener was seen */
+	__u32 pid;
+	__u32 uid;
+	__u32 netns;
+	__s32 err;      /* sk_err: why a connect attempt ended in CLOSE */
+	__u16 family;
+	__u16 lport;
+	__u16 rport;
+	__u8 kind;      /* enum conn_kind */
+	__u8 state;     /* the TCP state the socket reached */
+	__u8 laddr[16];
+	__u8 raddr[16];
+	char comm[TASK_COMM_LEN];
+};
+EXPORT_STRUCT(event);
+
+/* The process a connection is attributed to, and when it opened it. */
+struct conn_owner {
+	__u64 start_ns;
+	__u64 cgroup;
+	__u32 pid;
+	__u32 uid;
+	char comm[TASK_COMM_LEN];
+};
+
+const volatile __u32 filter_uid = 0xffffffff; /* any */
+const volatile __u32 filter_netns = 0;        /* inode of a network namespace, 0 = any */
+
+/* Sockets between open and resolution (or close, for tracer). LRU-bounded, and each
+ * tool deletes its entry as soon as it has reported the socket. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct conn_owner);
+} conn_owners SEC(".maps");
+
+/* Only valid in process context: the caller is the owner. */
+static __always_inline void owner_current(struct conn_owner *o, __u64 now)
+{
+	o->start_ns = now;
+	o->cgroup = bpf_get_current_cgroup_id();
+	o->pid = current_pid();
+	o->uid = (__u32)bpf_get_current_uid_gid();
+	bpf_get_current_comm(o->comm, sizeof(o->comm));
+}
+
+static __always_inline bool owner_allowed(const struct conn_owner *o)
+{
+	return pid_allowed(o->pid) && (filter_uid == 0xffffffff || o->uid == filter_uid) &&
+	       (!filter_cgroup || o->cgroup == filter_cgroup);
+}
+
+static __always_inline __u32 sock_netns(const struct sock *sk)
+{
+	return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+}
+
+/* Family, port and namespace filters against a socket; fills the tuple. */
+static __always_inline bool sock_allowed(const struct sock *sk, struct sock_tuple *t)
+{
+	read_sock_tuple(sk, t);
+	if (!family_allowed(t->family) || !ports_allowed(t->sport, t->dport))
+		return false;
+	return !filter_netns || sock_netns(sk) == filter_netns;
+}
+
+static __always_inline void conn_remember(const struct sock *sk, const struct conn_owner *o)
+{
+	__u64 key = (__u64)sk;
+
+	bpf_map_update_elem(&conn_owners, &key, o, BPF_ANY);
+}
+
+static __always_inline struct conn_owner *conn_recall(const struct sock *sk)
+{
+	__u64 key = (__u64)sk;
+
+	return bpf_map_lookup_elem(&conn_owners, &key);
+}
+
+static __always_inline void conn_forget(const struct sock *sk)
+{
+	__u64 key = (__u64)sk;
+
+	bpf_map_delete_elem(&conn_owners, &key);
+}
+
+/* CLOSE -> SYN_SENT happens inside connect(), in the caller's context (the local
+ * port is not chosen yet). Fills the owner and tuple; false when filtered out. */
+static __always_inline bool connect_begins(const struct sock *sk, struct conn_owner *o,
+					   struct sock_tuple *t, __u64 now)
+{
+	if (!sock_is_tcp(sk))
+		return false;
+	owner_current(o, now);
+	return owner_allowed(o) && sock_allowed(sk, t);
+}
+
+/* ---- context -------------------------------------------------------------------- */
+
+/* Whether a task holds the socket lock (lock_sock()): then the state change comes
+ * from a system call such as close(), or from the backlog that task processes on
+ * release, and current is the socket's user. Packets and timers handled in softirq
+ * never run while a task owns the socket, so there current means nothing. */
+static __always_inline bool sock_owned_by_task(const struct sock *sk)
+{
+	return BPF_CORE_READ(sk, sk_lock.owned) != 0;
+}
+
+/* ---- events --------------------------------------------------------------------- */
+
+static __always_inline int emit(const struct sock *sk, const struct sock_tuple *t,
+				const struct conn_owner *o, __u8 kind, __u8 state, __u64 now)
+{
+	struct event *e = reserve_event(sizeof(*e));
+
+	if (!e)
+		return 0;
+	e->ts_ns = now;
+	e->lat_ns = o->start_ns ? now - o->start_ns : 0;
+	e->pid = o->pid;
+	e->uid = o->uid;
+	e->netns = sock_netns(sk);
+	e->err = BPF_CORE_READ(sk, sk_err);
+	e->family = t->family;
+	e->lport = t->sport;
+	e->rport = t->dport;
+	e->kind = kind;
+	e->state = state;
+	__builtin_memcpy(e->laddr, t->saddr, 16);
+	__builtin_memcpy(e->raddr, t->daddr, 16);
+	__builtin_memcpy(e->comm, o->comm, TASK_COMM_LEN);
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+/* ---- accept() --------------------------------------------------------------------- */
+
+/* The layout of every syscalls:sys_exit_* tracepoint record. */
+struct syscall_exit {
+	__u64 common;
+	__s32 nr;
+	__s64 ret;
+};
+
+/* The socket behind one of the current task's file descriptors. */
+static __always_inline const struct sock *fd_sock(long fd)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct file **fds, *file = NULL;
+	struct socket *sock;
+
+	if (fd < 0 || fd >= BPF_CORE_READ(task, files, fdt, max_fds))
+		return NULL;
+	fds = BPF_CORE_READ(task, files, fdt, fd);
+	if (bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]) || !file)
+		return NULL;
+	sock = BPF_CORE_READ(file, private_data); /* accept() only returns sockets */
+	return sock ? BPF_CORE_READ(sock, sk) : NULL;
+}
+
+/* handler(const struct sock *sk): a connection accept()ed, in the accepting process's
+ * context. The syscall exits are tracepoints everywhere (accept may not exist on an
+ * architecture: optional group); the kretprobe covers both where they are missing. */
+#define ACCEPT_HOOKS(handler)                                                           \
+	static __always_inline int handler##_fd(long fd)                                \
+	{                                                                               \
+		const struct sock *sk = fd_sock(fd);                                    \
+		return sk ? handler(sk) : 0;                                            \
+	}                                                                               \
+	SEC("tracepoint/syscalls/sys_exit_accept4")                                     \
+	int accept4__tracepoint(struct syscall_exit *ctx)                               \
+	{                                                                               \
+		return handler##_fd(ctx->ret);                                          \
+	}                                                                               \
+	SEC("kretprobe/inet_csk_accept")                                                \
+	int BPF_KRETPROBE(accept4__kretprobe, struct sock *sk)                          \
+	{                                                                               \
+		return sk ? handler(sk) : 0;                                            \
+	}                                                                               \
+	SEC("tracepoint/syscalls/sys_exit_accept")                                      \
+	int accept__tracepoint(struct syscall_exit *ctx)                                \
+	{                                                                               \
+		return handler##_fd(ctx->ret);                                          \
+	}
+
+#endif /* __NETSNOOP_CONN_H */

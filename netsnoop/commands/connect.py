@@ -1,0 +1,87 @@
+"""netsnoop connect: active TCP connects (bcc tcpconnect), failed ones too, with their
+outcome (--outcome) or counted per destination (-c)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from netsnoop import conn
+from netsnoop import options as o
+from netsnoop.btf import StructDecoder
+from netsnoop.fmt import addr
+from netsnoop.loader import BPFObject
+from netsnoop.output import Column, OutputOptions, make_sink, write_table
+from netsnoop.runner import Tracer, ready, wait
+
+# sys_exit_connect only makes -L rows appear before the handshake resolves.
+TRACER = Tracer("connect", optional=frozenset({"connect_exit"}))
+BANNER = "Tracing connect ... Hit Ctrl-C to end"
+# enum report_mode in connect.bpf.c
+ATTEMPT, LPORT, OUTCOME, COUNT = range(4)
+
+COUNT_COLUMNS = [Column("LADDR", 25), Column("RADDR", 25), Column("RPORT", 20), Column("CONNECTS")]
+
+
+def columns(uid: bool, lport: bool, outcome: bool) -> list[Column]:
+    """bcc's layout; UID is always in JSON, LPORT wherever it is known."""
+    cols = [
+        Column("UID", 5, text=uid), Column("PID", 6), Column("COMM", 12, truncate=True), Column("IP", 2),
+        Column("SADDR", 16), Column("LPORT", 6, text=lport, json=lport or outcome), Column("DADDR", 16),
+        Column("DPORT", 5),
+    ]
+    if outcome:
+        cols += [Column("RESULT", 15), Column("LAT(ms)", spec=".2f")]
+    return cols
+
+
+def count_rows(obj: BPFObject) -> list[tuple[Any, ...]]:
+    """The kernel's per-destination counters, busiest first."""
+    key, value = StructDecoder(obj.btf, "count_key"), StructDecoder(obj.btf, "count_value")
+    rows = []
+    for raw_key, raw_value in obj.map("counts").items():
+        k = key.decode(raw_key)
+        rows.append((addr(k.family, k.laddr), addr(k.family, k.raddr), k.rport, value.decode(raw_value).connects))
+    return sorted(rows, key=lambda r: (-r[3], r[:3]))
+
+
+def show_counts(obj: BPFObject, out: OutputOptions, duration: float | None) -> None:
+    """-c: count in the kernel until stopped, then one table (nothing per connect)."""
+    ready(BANNER)
+    wait(duration)
+    rows = count_rows(obj)
+    write_table(out, COUNT_COLUMNS, rows)
+    make_sink(out, COUNT_COLUMNS).summary({"connects": sum(r[3] for r in rows), "lost_events": obj.lost_events()})
+
+
+@click.command("connect")
+@o.output_options(csv=False, wide=False, time=False)
+@o.pid_option("only trace connects made by this process ID")
+@o.ports_option("-P", "--port", "ports", help="only trace these destination ports (e.g. 80,81)")
+@click.option("-u", "--uid", type=click.IntRange(0, 0xFFFFFFFE), default=None, help="only trace this UID")
+@click.option("-U", "--print-uid", is_flag=True, help="include a UID column")
+@click.option("-L", "--lport", is_flag=True, help="include the local port (LPORT)")
+@click.option("-c", "--count", is_flag=True, help="count connects per source and destination, print on exit")
+@click.option("--outcome", is_flag=True, help="one row per attempt once it resolves: RESULT and LAT(ms)")
+@o.family_option
+@o.cgroup_option
+@o.duration_option
+def command(out: OutputOptions, pid: int | None, ports: Any, uid: int | None, print_uid: bool, lport: bool,
+            count: bool, outcome: bool, family: int | None, cgroup: int | None, duration: float | None) -> None:
+    """Trace active TCP connects (connect()), including those that fail.
+
+    PID/COMM/UID are the process that called connect(). Without --outcome a row is
+    printed as connect() starts (with -L, once the local port is chosen); with
+    --outcome once the handshake resolves: ESTABLISHED, REFUSED, TIMEOUT (the SYN got
+    no answer), UNREACHABLE... with the time it took.
+    """
+    if count and outcome:
+        raise click.UsageError("-c/--count and --outcome cannot be combined")
+    mode = COUNT if count else OUTCOME if outcome else LPORT if lport else ATTEMPT
+    rodata = {**conn.filters(pid=pid, family=family, cgroup=cgroup, uid=uid, rports=ports), "report_mode": mode}
+    with TRACER.open(rodata) as obj:
+        if count:
+            show_counts(obj, out, duration)
+        else:
+            conn.show(obj, columns(print_uid, lport, outcome), out, duration, BANNER)

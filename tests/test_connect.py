@@ -1,0 +1,314 @@
+"""netsnoop connect: real connects on loopback and between private namespaces."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from helpers import NetnsPair, PayloadServer, Trace, closed_port, fetch, refused_connect, run
+
+from netsnoop.cli import cli
+from netsnoop.conn import outcome
+
+integration = pytest.mark.integration
+MY_COMM = open("/proc/self/comm").read().strip()
+
+# A child that connects to argv[1]:argv[2] once told to on stdin (so a test can learn its
+# pid, and start a filtered trace, before the connect).
+CHILD = """
+import encodings.idna, os, socket, sys  # idna: loaded before any setuid
+print(flush=True)
+sys.stdin.readline()
+if len(sys.argv) > 3:  # connect as this uid
+    os.setgid(int(sys.argv[3]))
+    os.setuid(int(sys.argv[3]))
+with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5) as s:
+    print(s.getsockname()[1], flush=True)
+"""
+
+
+def child(host: str, port: int, *uid: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, host, str(port), *uid], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline() == "\n"
+    return proc
+
+
+def go(proc: subprocess.Popen[str]) -> int:
+    """Let the child connect; its local port."""
+    out, _ = proc.communicate("go\n", timeout=10)
+    return int(out)
+
+
+def mine(records: list[dict[str, Any]], port: int) -> list[dict[str, Any]]:
+    return [r for r in records if r["dport"] == port]
+
+
+# ---- unit ------------------------------------------------------------------------------
+
+def test_outcome_names() -> None:
+    assert outcome(1, 0) == "ESTABLISHED"
+    assert outcome(7, 111) == "REFUSED"
+    assert outcome(7, 110) == "TIMEOUT"
+    assert outcome(7, 113) == "UNREACHABLE"
+    assert outcome(7, 0) == "ABORTED"
+    assert outcome(7, 71) == "EPROTO"
+
+
+@pytest.mark.parametrize("args", [["-c", "--outcome"], ["-u", "-1"], ["-P", "0"], ["-p", "x"], ["--cgroup", "/nonexistent"]])
+def test_bad_options_are_usage_errors(args: list[str]) -> None:
+    result = CliRunner().invoke(cli, ["connect", *args])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+
+
+# ---- integration -------------------------------------------------------------------------
+
+@integration
+def test_open_port_row_names_the_connecting_process() -> None:
+    with PayloadServer() as srv, Trace(["connect", "--json", "-P", str(srv.port)]) as t:
+        fetch("127.0.0.1", srv.port)
+    rows = mine(t.records, srv.port)
+    assert len(rows) == 1, t.stdout
+    r = rows[0]
+    assert (r["pid"], r["comm"], r["uid"]) == (os.getpid(), MY_COMM, os.getuid())
+    assert (r["ip"], r["saddr"], r["daddr"], r["dport"]) == (4, "127.0.0.1", "127.0.0.1", srv.port)
+    assert all(isinstance(r[k], int) for k in ("pid", "uid", "ip", "dport"))
+    assert isinstance(r["timestamp"], float) and "lport" not in r
+    assert t.summary["lost_events"] == 0
+
+
+@integration
+def test_closed_port_is_traced_and_its_outcome_is_refused() -> None:
+    port = closed_port()
+    with Trace(["connect", "--json", "-P", str(port)]) as plain, \
+            Trace(["connect", "--json", "--outcome", "-P", str(port)]) as out:
+        refused_connect("127.0.0.1", port)
+    assert [r["pid"] for r in mine(plain.records, port)] == [os.getpid()]
+    [r] = mine(out.records, port)
+    assert (r["pid"], r["result"]) == (os.getpid(), "REFUSED")
+    assert isinstance(r["lat_ms"], float) and r["lat_ms"] >= 0
+    assert isinstance(r["lport"], int) and r["lport"] > 0
+
+
+@integration
+def test_ipv6_row() -> None:
+    with PayloadServer("::1") as srv, Trace(["connect", "--json", "-P", str(srv.port)]) as t:
+        fetch("::1", srv.port)
+    [r] = mine(t.records, srv.port)
+    assert (r["ip"], r["saddr"], r["daddr"], r["pid"]) == (6, "::1", "::1", os.getpid())
+
+
+@integration
+def test_family_filter() -> None:
+    with PayloadServer() as v4, PayloadServer("::1") as v6, \
+            Trace(["connect", "--json", "-6", "-P", f"{v4.port},{v6.port}"]) as t:
+        fetch("127.0.0.1", v4.port)
+        fetch("::1", v6.port)
+    assert [r["dport"] for r in t.records] == [v6.port]
+
+
+@integration
+def test_port_filter_keeps_only_those_destination_ports() -> None:
+    with PayloadServer() as a, PayloadServer() as b, Trace(["connect", "--json", "-P", str(a.port)]) as t:
+        fetch("127.0.0.1", b.port)
+        fetch("127.0.0.1", a.port)
+        fetch("127.0.0.1", b.port)
+    assert [r["dport"] for r in t.records] == [a.port]
+
+
+@integration
+def test_pid_filter_keeps_only_that_process() -> None:
+    with PayloadServer() as srv:
+        proc = child("127.0.0.1", srv.port)
+        with Trace(["connect", "--json", "-p", str(proc.pid)]) as t:
+            fetch("127.0.0.1", srv.port)  # this process: filtered out
+            go(proc)
+    rows = t.records
+    assert [(r["pid"], r["dport"]) for r in rows] == [(proc.pid, srv.port)]
+
+
+@integration
+def test_uid_filter_and_column() -> None:
+    nobody = 65534
+    with PayloadServer() as srv:
+        proc = child("127.0.0.1", srv.port, str(nobody))
+        with Trace(["connect", "-U", "-u", str(nobody), "-P", str(srv.port)]) as t:
+            fetch("127.0.0.1", srv.port)  # root: filtered out
+            go(proc)
+    assert t.lines[0].split() == ["UID", "PID", "COMM", "IP", "SADDR", "DADDR", "DPORT"]
+    assert [line.split()[:2] for line in t.lines[1:]] == [[str(nobody), str(proc.pid)]]
+
+
+def cgroup2_root() -> str:
+    with open("/proc/mounts") as f:
+        for line in f:
+            dev, where, kind, *_ = line.split()
+            if kind == "cgroup2":
+                return where
+    raise AssertionError("no cgroup v2 hierarchy mounted")
+
+
+@integration
+def test_cgroup_filter() -> None:
+    path = os.path.join(cgroup2_root(), f"netsnoop-test-{os.getpid()}")
+    os.mkdir(path)
+    try:
+        with PayloadServer() as srv:
+            proc = child("127.0.0.1", srv.port)
+            try:
+                with open(os.path.join(path, "cgroup.procs"), "w") as f:
+                    f.write(str(proc.pid))
+                with Trace(["connect", "--json", "--cgroup", path, "-P", str(srv.port)]) as t:
+                    fetch("127.0.0.1", srv.port)  # this process is not in that cgroup
+                    go(proc)
+            finally:
+                proc.kill()
+                proc.wait()
+        assert [r["pid"] for r in t.records] == [proc.pid]
+    finally:
+        os.rmdir(path)
+
+
+@integration
+def test_lport_matches_the_client_port_blocking_and_non_blocking() -> None:
+    with PayloadServer() as srv, Trace(["connect", "--json", "-L", "-P", str(srv.port)]) as t:
+        blocking, _ = fetch("127.0.0.1", srv.port)
+        s = socket.socket()
+        s.setblocking(False)
+        assert s.connect_ex(("127.0.0.1", srv.port)) in (0, 115)  # EINPROGRESS
+        nonblocking = s.getsockname()[1]
+        time.sleep(0.2)
+        s.close()
+    assert sorted(r["lport"] for r in t.records) == sorted([blocking, nonblocking])
+
+
+@integration
+def test_text_layout_keeps_bcc_columns() -> None:
+    with PayloadServer() as srv, Trace(["connect", "-t", "-L", "-P", str(srv.port)]) as t:
+        lport, _ = fetch("127.0.0.1", srv.port)
+    head, row = t.lines[0], t.lines[1]
+    assert head.split() == ["TIME(s)", "PID", "COMM", "IP", "SADDR", "LPORT", "DADDR", "DPORT"]
+    assert head.index("PID") == 10 and head.index("COMM") == 17 and head.index("IP") == 30
+    assert row.split()[1:] == [str(os.getpid()), MY_COMM[:12], "4", "127.0.0.1", str(lport), "127.0.0.1", str(srv.port)]
+
+
+@integration
+def test_count_equals_the_connects_made() -> None:
+    n = 25
+    with PayloadServer() as srv, Trace(["connect", "-c", "--json", "-P", str(srv.port)]) as t:
+        for _ in range(n):
+            fetch("127.0.0.1", srv.port)
+    assert t.records == [{"laddr": "127.0.0.1", "raddr": "127.0.0.1", "rport": srv.port, "connects": n}]
+    assert t.summary["connects"] == n and t.summary["lost_events"] == 0
+
+
+@integration
+def test_count_text_table() -> None:
+    port = closed_port()
+    with Trace(["connect", "-c", "-P", str(port)]) as t:
+        for _ in range(3):
+            refused_connect("127.0.0.1", port)
+    assert t.lines[0].split() == ["LADDR", "RADDR", "RPORT", "CONNECTS"]
+    assert t.lines[1].split() == ["127.0.0.1", "127.0.0.1", str(port), "3"]
+    assert "3 connects, 0 lost events" in t.stderr
+
+
+# A connect from namespace a to b, where b's firewall makes the SYN go unanswered (TIMEOUT)
+# or answers it with ICMP host-unreachable (UNREACHABLE). TCP_USER_TIMEOUT ends the
+# unanswered attempt at its first retransmission (about 1 s) instead of minutes later.
+NS_CLIENT = """
+import socket, sys
+for port in map(int, sys.argv[2:]):
+    s = socket.socket()
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 200)
+    try:
+        s.connect((sys.argv[1], port))
+    except OSError as e:
+        print(port, e.errno, flush=True)
+"""
+
+
+@integration
+def test_outcome_timeout_and_unreachable_in_namespaces() -> None:
+    silent, unreachable = 5001, 5002
+    with NetnsPair() as ns:
+        ns.exec(ns.b, "nft add table inet t")
+        ns.exec(ns.b, "nft add chain inet t in '{ type filter hook input priority 0; }'")
+        ns.exec(ns.b, f"nft add rule inet t in tcp dport {silent} tcp flags syn drop")
+        ns.exec(ns.b, f"nft add rule inet t in tcp dport {unreachable} reject with icmp type host-unreachable")
+        ns.exec(ns.a, "sysctl -q -w net.ipv4.tcp_syn_retries=1")
+        with Trace(["connect", "--json", "--outcome", "-P", f"{silent},{unreachable}"]) as t:
+            proc = ns.popen(ns.a, [sys.executable, "-c", NS_CLIENT, ns.addr_b, str(silent), str(unreachable)])
+            out, err = proc.communicate(timeout=20)
+    assert out.split() == [str(silent), "110", str(unreachable), "113"], err
+    rows = {r["dport"]: r for r in t.records}
+    assert rows[silent]["result"] == "TIMEOUT" and rows[unreachable]["result"] == "UNREACHABLE"
+    for r in rows.values():
+        assert (r["pid"], r["saddr"], r["daddr"]) == (proc.pid, ns.addr_a, ns.addr_b)
+        assert r["lat_ms"] > 0
+
+
+@integration
+def test_kprobe_variant_passes_the_verifier() -> None:
+    from netsnoop.loader import BPFObject
+
+    with BPFObject("connect", variants={"set_state": "kprobe"}) as obj:
+        obj.load()
+        assert obj.chosen["set_state"] == "kprobe"
+
+
+LOAD_SERVER = """
+import socket, sys
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen(4096)
+print(s.getsockname()[1], flush=True)
+for _ in range(int(sys.argv[1])):
+    s.accept()[0].close()
+"""
+
+
+@integration
+def test_load_20000_connects_are_counted_exactly() -> None:
+    """Counted in the kernel (-c) and streamed (--json) at once: each reports every
+    connect, or exactly as many fewer as it says it lost."""
+    n = 20000
+    server = subprocess.Popen([sys.executable, "-c", LOAD_SERVER, str(n)], stdout=subprocess.PIPE, text=True)
+    assert server.stdout is not None
+    port = int(server.stdout.readline())
+    linger0 = struct.pack("ii", 1, 0)  # close with a reset: no TIME_WAIT left behind
+    try:
+        with Trace(["connect", "-c", "--json", "-P", str(port)]) as counted, \
+                Trace(["connect", "--json", "-P", str(port)]) as streamed:
+            deadline = time.monotonic() + 45
+            for _ in range(n):
+                with socket.socket() as s:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger0)
+                    s.connect(("127.0.0.1", port))
+                assert time.monotonic() < deadline, "load generation took too long"
+            server.wait(timeout=20)
+            time.sleep(0.5)
+    finally:
+        server.kill()
+    lost = counted.summary["lost_events"]
+    total = sum(r["connects"] for r in counted.records)
+    assert total == n - lost and lost == 0
+    assert counted.records == [{"laddr": "127.0.0.1", "raddr": "127.0.0.1", "rport": port, "connects": n}]
+    rows = [r for r in streamed.records if r["pid"] == os.getpid()]
+    assert len(rows) == n - streamed.summary["lost_events"]
+    assert streamed.summary["events"] == len(streamed.records) == len(rows)
+
+
+@integration
+def test_duration_ends_the_trace() -> None:
+    done = run(["connect", "-d", "0.5", "-P", str(closed_port())], timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["PID", "COMM", "IP", "SADDR", "DADDR", "DPORT"]
