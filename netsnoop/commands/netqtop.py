@@ -103,23 +103,6 @@ class QueueCounters:
         return out
 
 
-def table(delta: dict[tuple[int, int], list[int]], rx: int, nqueues: int, elapsed: float, show: Callable[[Any], Any],
-          now: float, with_total: bool) -> list[tuple[Any, ...]]:
-    """One direction's rows (every queue, busy or not), then bcc's Total line."""
-    seen = [q for (r, q) in delta if r == rx]
-    last = max([nqueues - 1, *seen])
-    per_queue = [(q, delta.get((rx, q)) or [0] * (2 + len(SIZE_KEYS))) for q in range(last + 1)]
-    if with_total:
-        per_queue.append(("Total", [sum(col) for col in zip(*(c for _q, c in per_queue))]))
-    direction = DIRECTIONS[rx][1]
-    rows = []
-    for queue, (nbytes, packets, *sizes) in per_queue:
-        avg = nbytes // packets if packets else 0
-        rows.append((direction, queue, show(avg), *map(show, sizes), show(nbytes / elapsed), show(packets / elapsed),
-                     packets, nbytes, now))
-    return rows
-
-
 class Report:
     """Prints one interval: the time, then the TX and RX tables (bcc's layout)."""
 
@@ -134,6 +117,19 @@ class Report:
         if not self.out.json:
             print(line, flush=True)
 
+    def _rows(self, delta: dict[tuple[int, int], list[int]], rx: int, elapsed: float, wall: float) -> list[tuple[Any, ...]]:
+        """One direction: every queue, busy or not, then (in text) bcc's Total line."""
+        last = max([self.iface.queues[rx] - 1, *(q for (r, q) in delta if r == rx)])
+        per_queue = [(q, delta.get((rx, q)) or [0] * (2 + len(SIZE_KEYS))) for q in range(last + 1)]
+        if not self.out.json:
+            per_queue.append(("Total", [sum(col) for col in zip(*(c for _q, c in per_queue))]))
+        show, rows = self.show, []
+        for queue, (nbytes, packets, *sizes) in per_queue:
+            avg = nbytes // packets if packets else 0
+            rows.append((DIRECTIONS[rx][1], queue, show(avg), *map(show, sizes), show(nbytes / elapsed),
+                         show(packets / elapsed), packets, nbytes, wall))
+        return rows
+
     def __call__(self, final: bool = False) -> None:
         """One interval; ``final`` (at exit) prints only if packets came since the last."""
         now = time.monotonic()
@@ -145,8 +141,7 @@ class Report:
         self._text(time.asctime())
         for rx, label in DIRECTIONS:
             self._text(("\n" if rx else "") + label)
-            rows = table(delta, rx, self.iface.queues[rx], elapsed, self.show, wall, not self.out.json)
-            write_table(self.out, self.cols, rows)
+            write_table(self.out, self.cols, self._rows(delta, rx, elapsed, wall))
         self._text("-" * (95 if self.throughput else 76))
         self.intervals += 1
 
@@ -166,7 +161,8 @@ def command(out: OutputOptions, iface: Interface, interval: float, throughput: b
     packets in bcc's size ranges (packets of 64K and more count in the last one).
     TX is what the stack hands to the driver (net_dev_start_xmit), RX what the
     driver hands to the stack (netif_receive_skb). On exit, what arrived since the
-    last interval is printed too.
+    last interval is printed too. --json gives one object per queue and interval
+    (with exact packets and bytes, and no Total line).
     """
     rodata = {"filter_ifindex": iface.ifindex, "filter_netns": os.stat("/proc/self/ns/net").st_ino}
     with TRACER.open(rodata) as obj:
