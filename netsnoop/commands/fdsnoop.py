@@ -60,7 +60,7 @@ def row(e: Any) -> tuple[Any, ...]:
 @o.output_options(csv=False, wide=False, time=False, timestamp=False)
 @o.pid_option()
 @click.option("-t", "--tid", type=o.PID, default=None, help="only trace this thread ID")
-@click.option("-n", "--name", callback=comm_filter, default=None, help="only trace process names containing NAME")
+@click.option("-n", "--name", callback=comm_filter, default=None, metavar="NAME", help="only trace process names containing NAME")
 @o.duration_option
 def command(out: OutputOptions, pid: int | None, tid: int | None, name: bytes | None, duration: float | None) -> None:
     """Trace file descriptors passed over Unix sockets (SCM_RIGHTS).
@@ -70,7 +70,9 @@ def command(out: OutputOptions, pid: int | None, tid: int | None, name: bytes | 
     HTTP server and its clients, for example) passes no descriptors and shows
     nothing. SOCKET is the socket's fd and what it refers to; NAME is the passed
     descriptor's file, both looked up in /proc when the row is printed (N/A when
-    the process or the descriptor is already gone).
+    the process or the descriptor is already gone). Not seen: messages sent
+    through io_uring, and 32-bit processes (their compat syscalls have no
+    syscall tracepoints).
     """
     rodata = {"filter_pid": pid, "filter_tid": tid, "filter_comm": name}
     with TRACER.open(rodata) as obj:
