@@ -1,0 +1,183 @@
+// SPDX-License-Identifier: GPL-2.0
+/* retrans: TCP retransmits, SYN-ACK retransmits and (where a kprobe can reach
+ * tcp_send_loss_probe) tail loss probes, as events or counted per flow (tcpretrans). */
+#include "traffic.h"
+
+#define RETRANSMIT 1
+#define TLP 2
+
+struct event {
+	__u64 ts_ns;
+	__u32 pid;
+	__u32 seq;
+	__u16 family;
+	__u16 lport;
+	__u16 rport;
+	__u8 state;
+	__u8 type; /* RETRANSMIT or TLP */
+	__u8 laddr[16];
+	__u8 raddr[16];
+};
+EXPORT_STRUCT(event);
+
+struct flow_key {
+	__u8 laddr[16];
+	__u8 raddr[16];
+	__u16 family;
+	__u16 lport;
+	__u16 rport;
+	__u16 pad;
+};
+EXPORT_STRUCT(flow_key);
+
+/* -c: count per flow here instead of sending events */
+const volatile __u8 count_only = 0;
+/* -l: report tail loss probes (the hook is attached whenever the kernel allows it) */
+const volatile __u8 with_tlp = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct flow_key);
+	__type(value, __u64);
+} counts SEC(".maps");
+
+static __always_inline void count_flow(const struct sock_tuple *t)
+{
+	struct flow_key key = {};
+	__u64 one = 1, *n;
+
+	__builtin_memcpy(key.laddr, t->saddr, 16);
+	__builtin_memcpy(key.raddr, t->daddr, 16);
+	key.family = t->family;
+	key.lport = t->sport;
+	key.rport = t->dport;
+	n = bpf_map_lookup_elem(&counts, &key);
+	if (n) {
+		__sync_fetch_and_add(n, 1);
+		return;
+	}
+	if (bpf_map_update_elem(&counts, &key, &one, BPF_NOEXIST) == 0)
+		return;
+	n = bpf_map_lookup_elem(&counts, &key); /* created by another CPU meanwhile? */
+	if (n)
+		__sync_fetch_and_add(n, 1);
+	else
+		count_lost();
+}
+
+static __always_inline int report(const struct sock_tuple *t, __u8 state, __u8 type, __u32 seq)
+{
+	struct event *e;
+
+	if (!family_allowed(t->family) || !ports_allowed(t->sport, t->dport))
+		return 0;
+	if (count_only) {
+		count_flow(t);
+		return 0;
+	}
+	e = reserve_event(sizeof(*e));
+	if (!e)
+		return 0;
+	e->ts_ns = bpf_ktime_get_ns();
+	e->pid = current_pid();
+	e->seq = seq;
+	e->family = t->family;
+	e->lport = t->sport;
+	e->rport = t->dport;
+	e->state = state;
+	e->type = type;
+	__builtin_memcpy(e->laddr, t->saddr, 16);
+	__builtin_memcpy(e->raddr, t->daddr, 16);
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+/* A data or SYN segment sent again; seq from the skb's TCP control block. */
+static __always_inline int on_retransmit(const struct sock *sk, const struct sk_buff *skb)
+{
+	struct sock_tuple t;
+	__u32 seq = 0;
+
+	if (!sk)
+		return 0;
+	read_sock_tuple(sk, &t);
+	if (skb) /* struct tcp_skb_cb starts with seq, at the start of skb->cb */
+		bpf_core_read(&seq, sizeof(seq), &skb->cb);
+	return report(&t, BPF_CORE_READ(sk, __sk_common.skc_state), RETRANSMIT, seq);
+}
+
+/* A SYN-ACK sent again: the 4-tuple lives in the request sock, not the listener. */
+static __always_inline int on_synack(const struct request_sock *req)
+{
+	const struct sock_common *c = &req->__req_common;
+	struct sock_tuple t = {};
+
+	t.family = BPF_CORE_READ(c, skc_family);
+	t.sport = BPF_CORE_READ(c, skc_num);
+	t.dport = bpf_ntohs(BPF_CORE_READ(c, skc_dport));
+	if (t.family == AF_INET6) {
+		BPF_CORE_READ_INTO(t.saddr, c, skc_v6_rcv_saddr.in6_u.u6_addr8);
+		BPF_CORE_READ_INTO(t.daddr, c, skc_v6_daddr.in6_u.u6_addr8);
+	} else {
+		BPF_CORE_READ_INTO((__u32 *)t.saddr, c, skc_rcv_saddr);
+		BPF_CORE_READ_INTO((__u32 *)t.daddr, c, skc_daddr);
+	}
+	return report(&t, BPF_CORE_READ(c, skc_state), RETRANSMIT,
+		      BPF_CORE_READ((struct tcp_request_sock *)req, snt_isn));
+}
+
+/* Since Linux 6.14 the tracepoint also fires for failed attempts, with err set;
+ * only segments that really left count, as on older kernels. */
+SEC("tp_btf/tcp_retransmit_skb")
+int BPF_PROG(retransmit__tp_btf, const struct sock *sk, const struct sk_buff *skb)
+{
+	if (bpf_core_field_exists(struct trace_event_raw_tcp_retransmit_skb, err) && (int)ctx[2])
+		return 0;
+	return on_retransmit(sk, skb);
+}
+
+SEC("tracepoint/tcp/tcp_retransmit_skb")
+int retransmit__tracepoint(struct trace_event_raw_tcp_retransmit_skb *ctx)
+{
+	if (bpf_core_field_exists(ctx->err) && ctx->err)
+		return 0;
+	return on_retransmit((const struct sock *)ctx->skaddr, (const struct sk_buff *)ctx->skbaddr);
+}
+
+SEC("kprobe/tcp_retransmit_skb")
+int BPF_KPROBE(retransmit__kprobe, struct sock *sk, struct sk_buff *skb)
+{
+	return on_retransmit(sk, skb);
+}
+
+SEC("tp_btf/tcp_retransmit_synack")
+int BPF_PROG(synack__tp_btf, const struct sock *sk, const struct request_sock *req)
+{
+	return on_synack(req);
+}
+
+SEC("tracepoint/tcp/tcp_retransmit_synack")
+int synack__tracepoint(struct trace_event_raw_tcp_retransmit_synack *ctx)
+{
+	return on_synack((const struct request_sock *)ctx->req);
+}
+
+SEC("kprobe/tcp_rtx_synack")
+int BPF_KPROBE(synack__kprobe, const struct sock *sk, struct request_sock *req)
+{
+	return on_synack(req);
+}
+
+/* No tracepoint marks a tail loss probe; only a kprobe (or fentry) can see it. */
+SEC("kprobe/tcp_send_loss_probe")
+int BPF_KPROBE(tlp__kprobe, struct sock *sk)
+{
+	struct sock_tuple t;
+
+	if (!with_tlp)
+		return 0;
+	read_sock_tuple(sk, &t);
+	return report(&t, BPF_CORE_READ(sk, __sk_common.skc_state), TLP,
+		      BPF_CORE_READ((struct tcp_sock *)sk, snd_nxt));
+}

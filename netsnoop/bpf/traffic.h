@@ -1,0 +1,68 @@
+/* Byte-count hooks shared by top and subnet: how many payload bytes a process just
+ * sent on / received from a socket, in that process's context.
+ *
+ * The sock_send_length / sock_recv_length tracepoints (Linux 6.0+) fire after the
+ * sendmsg/recvmsg with the real byte count; older kernels fall back to kprobes on
+ * tcp_sendmsg (the requested size, as bcc's tcptop counts it) and tcp_cleanup_rbuf
+ * (bytes copied to the user). Variants are named <group>__<kind> like hooks.h's. */
+#ifndef __NETSNOOP_TRAFFIC_H
+#define __NETSNOOP_TRAFFIC_H
+
+#include "netsnoop.h"
+
+#define MSG_PEEK 2
+
+/* handler(const struct sock *sk, long bytes): bytes handed to TCP by sendmsg(). */
+#define SOCK_SEND_HOOKS(handler)                                                        \
+	SEC("tp_btf/sock_send_length")                                                  \
+	int BPF_PROG(send__tp_btf, struct sock *sk, int ret, int flags)                 \
+	{                                                                               \
+		return handler(sk, ret);                                                \
+	}                                                                               \
+	SEC("tracepoint/sock/sock_send_length")                                         \
+	int send__tracepoint(struct trace_event_raw_sock_msg_length *ctx)               \
+	{                                                                               \
+		if (ctx->protocol != IPPROTO_TCP)                                       \
+			return 0;                                                       \
+		return handler((const struct sock *)ctx->sk, ctx->ret);                 \
+	}                                                                               \
+	SEC("kprobe/tcp_sendmsg")                                                       \
+	int BPF_KPROBE(send__kprobe, struct sock *sk, void *msg, size_t size)           \
+	{                                                                               \
+		return handler(sk, size);                                               \
+	}
+
+/* handler(const struct sock *sk, long bytes): bytes recvmsg() gave the process
+ * (MSG_PEEK reads are skipped: the same bytes are read again later). */
+#define SOCK_RECV_HOOKS(handler)                                                        \
+	SEC("tp_btf/sock_recv_length")                                                  \
+	int BPF_PROG(recv__tp_btf, struct sock *sk, int ret, int flags)                 \
+	{                                                                               \
+		if (flags & MSG_PEEK)                                                   \
+			return 0;                                                       \
+		return handler(sk, ret);                                                \
+	}                                                                               \
+	SEC("tracepoint/sock/sock_recv_length")                                         \
+	int recv__tracepoint(struct trace_event_raw_sock_msg_length *ctx)               \
+	{                                                                               \
+		if (ctx->protocol != IPPROTO_TCP || (ctx->flags & MSG_PEEK))            \
+			return 0;                                                       \
+		return handler((const struct sock *)ctx->sk, ctx->ret);                 \
+	}                                                                               \
+	SEC("kprobe/tcp_cleanup_rbuf")                                                  \
+	int BPF_KPROBE(recv__kprobe, struct sock *sk, int copied)                       \
+	{                                                                               \
+		return handler(sk, copied);                                             \
+	}
+
+/* Count an entry that did not fit in a full map as lost, like a ring buffer miss. */
+static __always_inline void count_lost(void)
+{
+	__u32 zero = 0;
+	__u64 *lost = bpf_map_lookup_elem(&lost_events, &zero);
+
+	if (lost)
+		__sync_fetch_and_add(lost, 1);
+}
+
+#endif /* __NETSNOOP_TRAFFIC_H */
