@@ -1,0 +1,161 @@
+"""netsnoop accept: a server process accepting real loopback connections."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import sys
+import time
+from typing import Iterator
+
+import pytest
+from click.testing import CliRunner
+from helpers import Trace, closed_port, listening, refused_connect
+
+from netsnoop.cli import cli
+
+integration = pytest.mark.integration
+
+# A server process: listens, prints its port, accepts argv[2] connections (with accept4,
+# Python's default, or libc's accept(), the accept syscall on x86_64), then waits.
+SERVER = """
+import ctypes, socket, sys
+host, n, how = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+s.bind((host, 0))
+s.listen(16)
+print(s.getsockname()[1], flush=True)
+libc = ctypes.CDLL(None, use_errno=True)
+for _ in range(n):
+    if how == "accept":
+        assert libc.accept(s.fileno(), None, None) >= 0  # the accept syscall where there is one
+    else:
+        s.accept()
+print("done", flush=True)
+sys.stdin.read()
+"""
+
+
+@contextlib.contextmanager
+def server(host: str = "127.0.0.1", n: int = 1, how: str = "accept4") -> Iterator[tuple[subprocess.Popen[str], int]]:
+    proc = subprocess.Popen([sys.executable, "-c", SERVER, host, str(n), how], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        yield proc, int(proc.stdout.readline())
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def connect(host: str, port: int) -> socket.socket:
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    s.connect((host, port))
+    return s
+
+
+def wait_done(proc: subprocess.Popen[str]) -> None:
+    assert proc.stdout is not None and proc.stdout.readline() == "done\n"
+
+
+def comm_of(pid: int) -> str:
+    with open(f"/proc/{pid}/comm") as f:
+        return f.read().strip()
+
+
+# ---- unit ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args", [["-P", "70000"], ["-p", "0"], ["-4", "--json", "-s"]])
+def test_bad_options_are_usage_errors(args: list[str]) -> None:
+    result = CliRunner().invoke(cli, ["accept", *args])
+    assert result.exit_code == 2, result.output
+
+
+# ---- integration -------------------------------------------------------------------------
+
+@integration
+def test_n_accepts_give_n_rows_with_server_pid_and_client_ports() -> None:
+    n = 5
+    with server(n=n) as (proc, port), Trace(["accept", "--json", "-P", str(port)]) as t:
+        clients = [connect("127.0.0.1", port) for _ in range(n)]
+        lports = sorted(c.getsockname()[1] for c in clients)
+        wait_done(proc)
+        comm = comm_of(proc.pid)
+        for c in clients:
+            c.close()
+    rows = t.records
+    assert len(rows) == n, t.stdout
+    assert {r["pid"] for r in rows} == {proc.pid} and {r["comm"] for r in rows} == {comm}
+    assert sorted(r["rport"] for r in rows) == lports
+    assert {(r["laddr"], r["lport"], r["raddr"], r["ip"]) for r in rows} == {("127.0.0.1", port, "127.0.0.1", 4)}
+    assert all(isinstance(r[k], int) for r in rows for k in ("pid", "rport", "lport", "ip"))
+    assert t.summary["lost_events"] == 0
+
+
+@integration
+def test_plain_accept_syscall_is_traced_too() -> None:
+    with server(n=2, how="accept") as (proc, port), Trace(["accept", "--json", "-P", str(port)]) as t:
+        clients = [connect("127.0.0.1", port) for _ in range(2)]
+        wait_done(proc)
+        for c in clients:
+            c.close()
+    assert [r["pid"] for r in t.records] == [proc.pid, proc.pid]
+
+
+@integration
+def test_refused_and_unaccepted_connects_produce_no_row() -> None:
+    port = closed_port()
+    with listening() as lsock, Trace(["accept", "--json", "-P", f"{port},{lsock.getsockname()[1]}"]) as t:
+        refused_connect("127.0.0.1", port)
+        waiting = connect("127.0.0.1", lsock.getsockname()[1])  # handshake done, never accepted
+        time.sleep(0.1)
+        waiting.close()
+    assert t.records == [] and t.summary["events"] == 0
+
+
+@integration
+def test_ipv6() -> None:
+    with server("::1") as (proc, port), Trace(["accept", "--json", "-P", str(port)]) as t:
+        c = connect("::1", port)
+        lport = c.getsockname()[1]
+        wait_done(proc)
+        c.close()
+    [r] = t.records
+    assert (r["ip"], r["laddr"], r["raddr"], r["rport"], r["pid"]) == (6, "::1", "::1", lport, proc.pid)
+
+
+@integration
+def test_pid_and_family_filters() -> None:
+    with server() as (p4, port4), server("::1") as (p6, port6), \
+            Trace(["accept", "--json", "-p", str(p6.pid)]) as by_pid, Trace(["accept", "--json", "-4", "-P", f"{port4},{port6}"]) as by_family:
+        clients = [connect("127.0.0.1", port4), connect("::1", port6)]
+        wait_done(p4)
+        wait_done(p6)
+        for c in clients:
+            c.close()
+    assert [(r["pid"], r["lport"]) for r in by_pid.records] == [(p6.pid, port6)]
+    assert [(r["pid"], r["lport"]) for r in by_family.records] == [(p4.pid, port4)]
+
+
+@integration
+def test_text_layout_with_time() -> None:
+    with server() as (proc, port), Trace(["accept", "-T", "-P", str(port)]) as t:
+        c = connect("127.0.0.1", port)
+        lport = c.getsockname()[1]
+        wait_done(proc)
+        c.close()
+    head, row = t.lines[0], t.lines[1].split()
+    assert head.split() == ["TIME", "PID", "COMM", "IP", "RADDR", "RPORT", "LADDR", "LPORT"]
+    assert head.index("PID") == 9 and head.index("COMM") == 17 and head.index("RADDR") == 33
+    assert len(row[0]) == 8 and row[1] == str(proc.pid)
+    assert row[4:] == ["127.0.0.1", str(lport), "127.0.0.1", str(port)]
+
+
+@integration
+def test_kretprobe_variant_passes_the_verifier() -> None:
+    from netsnoop.loader import BPFObject
+
+    with BPFObject("accept", variants={"accept4": "kretprobe"}) as obj:
+        obj.load()
+        assert obj.chosen["accept4"] == "kretprobe"
