@@ -1,0 +1,187 @@
+// SPDX-License-Identifier: GPL-2.0
+/* drop: TCP packets the kernel frees as dropped (skb:kfree_skb), with the packet's
+ * addresses and flags, the socket state, the kernel's drop reason and the kernel
+ * stack of the drop point (tcpdrop); or, with -c, counted per reason and 4-tuple. */
+#include "traffic.h"
+
+#define MAX_STACK 32
+#define MAX_REASONS 16
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+
+struct event {
+	__u64 ts_ns;
+	__u64 location; /* return address into the function that dropped it */
+	__u32 pid;
+	__u32 reason; /* enum skb_drop_reason; names come from kernel BTF */
+	__u16 family;
+	__u16 sport;
+	__u16 dport;
+	__u8 state; /* 0 when no socket is attached */
+	__u8 tcpflags;
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__s32 stack_bytes; /* bytes of stack[] filled, or a negative error */
+	__u32 pad;
+	__u64 stack[MAX_STACK];
+};
+EXPORT_STRUCT(event);
+
+struct drop_key {
+	__u32 reason;
+	__u16 family;
+	__u16 sport;
+	__u16 dport;
+	__u16 pad;
+	__u8 saddr[16];
+	__u8 daddr[16];
+};
+EXPORT_STRUCT(drop_key);
+
+const volatile __u32 filter_reasons[MAX_REASONS] = {}; /* 0-terminated, empty = all */
+const volatile __u8 count_only = 0;
+const volatile __u8 with_stack = 1;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct drop_key);
+	__type(value, __u64);
+} counts SEC(".maps");
+
+static __always_inline bool reason_allowed(__u32 reason)
+{
+	if (filter_reasons[0] == 0)
+		return true;
+#pragma unroll
+	for (int i = 0; i < MAX_REASONS; i++) {
+		if (filter_reasons[i] == 0)
+			return false;
+		if (filter_reasons[i] == reason)
+			return true;
+	}
+	return false;
+}
+
+/* The IP and TCP headers of the packet, by wire offsets (not kernel structs). */
+static __always_inline bool parse_tcp(const struct sk_buff *skb, struct sock_tuple *t, __u8 *flags)
+{
+	unsigned char *head = BPF_CORE_READ(skb, head);
+	__u32 off = BPF_CORE_READ(skb, network_header);
+	__u16 proto = bpf_ntohs(BPF_CORE_READ(skb, protocol));
+	__u8 ip[40], th[14];
+
+	if (proto == ETH_P_IP) {
+		if (bpf_probe_read_kernel(ip, 20, head + off) || ip[0] >> 4 != 4 || ip[9] != IPPROTO_TCP)
+			return false;
+		t->family = AF_INET;
+		__builtin_memcpy(t->saddr, &ip[12], 4);
+		__builtin_memcpy(t->daddr, &ip[16], 4);
+		off += (ip[0] & 0xf) * 4;
+	} else if (proto == ETH_P_IPV6) {
+		if (bpf_probe_read_kernel(ip, 40, head + off) || ip[0] >> 4 != 6 || ip[6] != IPPROTO_TCP)
+			return false;
+		t->family = AF_INET6;
+		__builtin_memcpy(t->saddr, &ip[8], 16);
+		__builtin_memcpy(t->daddr, &ip[24], 16);
+		off += 40;
+	} else {
+		return false;
+	}
+	if (bpf_probe_read_kernel(th, sizeof(th), head + off))
+		return false;
+	t->sport = (th[0] << 8) | th[1];
+	t->dport = (th[2] << 8) | th[3];
+	*flags = th[13];
+	return true;
+}
+
+static __always_inline void count_drop(const struct sock_tuple *t, __u32 reason)
+{
+	struct drop_key key = {.reason = reason, .family = t->family, .sport = t->sport, .dport = t->dport};
+	__u64 one = 1, *n;
+
+	__builtin_memcpy(key.saddr, t->saddr, 16);
+	__builtin_memcpy(key.daddr, t->daddr, 16);
+	n = bpf_map_lookup_elem(&counts, &key);
+	if (n) {
+		__sync_fetch_and_add(n, 1);
+		return;
+	}
+	if (bpf_map_update_elem(&counts, &key, &one, BPF_NOEXIST) == 0)
+		return;
+	n = bpf_map_lookup_elem(&counts, &key);
+	if (n)
+		__sync_fetch_and_add(n, 1);
+	else
+		count_lost();
+}
+
+static __always_inline int on_drop(void *ctx, const struct sk_buff *skb, void *location, __u32 reason,
+				   const struct sock *rx_sk)
+{
+	struct sock_tuple t = {};
+	const struct sock *sk;
+	struct event *e;
+	__u8 flags = 0;
+
+	if (bpf_core_enum_value_exists(enum skb_drop_reason, SKB_CONSUMED) &&
+	    reason == bpf_core_enum_value(enum skb_drop_reason, SKB_CONSUMED))
+		return 0; /* freed after use, not dropped */
+	if (!reason_allowed(reason) || !parse_tcp(skb, &t, &flags))
+		return 0;
+	if (!family_allowed(t.family) || !ports_allowed(t.sport, t.dport))
+		return 0;
+	if (count_only) {
+		count_drop(&t, reason);
+		return 0;
+	}
+	e = reserve_event(sizeof(*e));
+	if (!e)
+		return 0;
+	sk = BPF_CORE_READ(skb, sk);
+	if (!sk)
+		sk = rx_sk;
+	e->ts_ns = bpf_ktime_get_ns();
+	e->location = (__u64)location;
+	e->pid = current_pid();
+	e->reason = reason;
+	e->family = t.family;
+	e->sport = t.sport;
+	e->dport = t.dport;
+	e->state = sk ? BPF_CORE_READ(sk, __sk_common.skc_state) : 0;
+	e->tcpflags = flags;
+	__builtin_memcpy(e->saddr, t.saddr, 16);
+	__builtin_memcpy(e->daddr, t.daddr, 16);
+	e->stack_bytes = with_stack ? bpf_get_stack(ctx, e->stack, sizeof(e->stack), 0) : 0;
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+/* Arguments grew over time: (skb, location) before 5.17, + reason, + rx_sk in 6.11.
+ * Only the ones this kernel passes are read. */
+SEC("tp_btf/kfree_skb")
+int drop__tp_btf(__u64 *ctx)
+{
+	__u32 reason = 0;
+	const struct sock *rx_sk = NULL;
+
+	if (bpf_core_field_exists(struct trace_event_raw_kfree_skb, reason))
+		reason = ctx[2];
+	if (bpf_core_field_exists(struct trace_event_raw_kfree_skb, rx_sk))
+		rx_sk = (const struct sock *)ctx[3];
+	return on_drop(ctx, (const struct sk_buff *)ctx[0], (void *)ctx[1], reason, rx_sk);
+}
+
+SEC("tracepoint/skb/kfree_skb")
+int drop__tracepoint(struct trace_event_raw_kfree_skb *ctx)
+{
+	__u32 reason = 0;
+	const struct sock *rx_sk = NULL;
+
+	if (bpf_core_field_exists(ctx->reason))
+		reason = ctx->reason;
+	if (bpf_core_field_exists(ctx->rx_sk))
+		rx_sk = ctx->rx_sk;
+	return on_drop(ctx, ctx->skbaddr, ctx->location, reason, rx_sk);
+}
