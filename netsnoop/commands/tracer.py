@@ -1,0 +1,46 @@
+"""netsnoop tracer: connect (C), accept (A) and close (X) of established TCP
+connections (bcc tcptracer), each charged to the process that did it."""
+
+from __future__ import annotations
+
+import click
+
+from netsnoop import conn
+from netsnoop import options as o
+from netsnoop.output import Column, OutputOptions
+from netsnoop.runner import Tracer
+
+# Without an accept hook, C and X rows still work.
+TRACER = Tracer("tracer", optional=frozenset({"accept4", "accept"}))
+
+
+def columns(verbose: bool) -> list[Column]:
+    """bcc's layout; -v swaps T for long TYPE names and adds NETNS (both always in JSON)."""
+    return [
+        Column("T", 2, text=not verbose, json=False), Column("TYPE", 12, text=verbose),
+        Column("PID", 6), Column("COMM", 16, truncate=True), Column("IP", 2), Column("SADDR", 16),
+        Column("DADDR", 16), Column("SPORT", 6), Column("DPORT", 6), Column("NETNS", text=verbose),
+    ]
+
+
+@click.command("tracer")
+@o.output_options(csv=False, wide=False, time=False)
+@click.option("-v", "--verbose", is_flag=True, help="long event type names and a NETNS column")
+@o.pid_option("only trace events made by this process ID")
+@click.option("-N", "--netns", type=click.IntRange(1, 0xFFFFFFFF), default=None, metavar="ID",
+              help="only trace this network namespace (the inode of /proc/PID/ns/net)")
+@o.family_option
+@o.cgroup_option
+@o.duration_option
+def command(out: OutputOptions, verbose: bool, pid: int | None, netns: int | None, family: int | None,
+            cgroup: int | None, duration: float | None) -> None:
+    """Trace TCP established connections: connect (C), accept (A) and close (X).
+
+    C is printed when a connect() seen starting completes its handshake, A when
+    accept() returns the connection, X when the connection is first closed: PID is
+    the process that called close()/shutdown() (for a reset from the peer, the
+    process that opened it).
+    """
+    rodata = conn.filters(pid=pid, family=family, cgroup=cgroup, netns=netns)
+    with TRACER.open(rodata) as obj:
+        conn.show(obj, columns(verbose), out, duration, "Tracing TCP established connections. Ctrl-C to end.")

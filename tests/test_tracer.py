@@ -1,0 +1,188 @@
+"""netsnoop tracer: connect, accept and close of real connections, by the right pids."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from helpers import NetnsPair, Trace, listening
+
+from netsnoop.cli import cli
+
+integration = pytest.mark.integration
+
+# A client process: connects to argv[1]:argv[2], prints its local port, closes when
+# stdin says so (or hands the socket to nobody and exits when stdin closes).
+CLIENT = """
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+print(s.getsockname()[1], flush=True)
+sys.stdin.readline()
+s.close()
+"""
+
+
+def client(host: str, port: int, ns: NetnsPair | None = None, netns: str = "") -> tuple[subprocess.Popen[str], int]:
+    args = [sys.executable, "-c", CLIENT, host, str(port)]
+    if ns is not None:
+        args = ["ip", "netns", "exec", netns, *args]
+    proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    return proc, int(proc.stdout.readline())
+
+
+def close_client(proc: subprocess.Popen[str]) -> None:
+    proc.communicate("close\n", timeout=10)
+
+
+def drain_and_close(conn: socket.socket) -> None:
+    """Wait for the peer's FIN, then close: the passive close (CLOSE_WAIT -> LAST_ACK)."""
+    conn.settimeout(5)
+    while conn.recv(4096):
+        pass
+    conn.close()
+
+
+def rows_for(records: list[dict[str, Any]], port: int) -> list[tuple[Any, ...]]:
+    """(type, pid, saddr, sport, daddr, dport) of the rows about connections to ``port``."""
+    return [(r["type"], r["pid"], r["saddr"], r["sport"], r["daddr"], r["dport"])
+            for r in records if port in (r["sport"], r["dport"])]
+
+
+# ---- unit ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args", [["-N", "0"], ["-N", "abc"], ["-p", "-3"]])
+def test_bad_options_are_usage_errors(args: list[str]) -> None:
+    result = CliRunner().invoke(cli, ["tracer", *args])
+    assert result.exit_code == 2, result.output
+
+
+# ---- integration -------------------------------------------------------------------------
+
+def one_connection(env: dict[str, str] | None = None) -> None:
+    """Client process connects, this process accepts; client closes first, then us."""
+    me, lo = os.getpid(), "127.0.0.1"
+    with listening() as lsock, Trace(["tracer", "--json"], env=env) as t:
+        port = lsock.getsockname()[1]
+        proc, lport = client(lo, port)
+        conn, _ = lsock.accept()
+        close_client(proc)
+        drain_and_close(conn)
+    assert rows_for(t.records, port) == [
+        ("connect", proc.pid, lo, lport, lo, port),
+        ("accept", me, lo, port, lo, lport),
+        ("close", proc.pid, lo, lport, lo, port),
+        ("close", me, lo, port, lo, lport),
+    ]
+    assert t.summary["lost_events"] == 0
+
+
+@integration
+def test_one_connection_yields_connect_accept_and_close_rows() -> None:
+    one_connection()
+
+
+@integration
+def test_classic_tracepoint_variant_gives_the_same_rows() -> None:
+    one_connection(env={"NETSNOOP_PREFER": "tracepoint"})
+
+
+@integration
+def test_close_is_charged_to_the_process_that_closed() -> None:
+    """This process connects, hands the socket to a child and lets go: the child's
+    close() is the one that closes the connection."""
+    me, lo = os.getpid(), "127.0.0.1"
+    with listening() as lsock, Trace(["tracer", "--json"]) as t:
+        port = lsock.getsockname()[1]
+        sock = socket.create_connection((lo, port))
+        lport = sock.getsockname()[1]
+        conn, _ = lsock.accept()
+        heir = subprocess.Popen([sys.executable, "-c", "import os, sys; sys.stdin.readline(); os.close(int(sys.argv[1]))",
+                                 str(sock.fileno())], stdin=subprocess.PIPE, text=True, pass_fds=[sock.fileno()])
+        sock.close()  # not the last reference: nothing happens yet
+        heir.communicate("close\n", timeout=10)
+        drain_and_close(conn)
+    rows = rows_for(t.records, port)
+    assert ("connect", me, lo, lport, lo, port) in rows
+    assert ("close", heir.pid, lo, lport, lo, port) in rows
+    assert [r for r in rows if r[0] == "close" and r[3] == lport] == [("close", heir.pid, lo, lport, lo, port)]
+
+
+@integration
+def test_reset_by_the_peer_is_charged_to_the_socket_owner() -> None:
+    """We abort with SO_LINGER 0 (our close, in our context); the client's side closes
+    when the reset arrives, in softirq on our CPU: still the client's row."""
+    me, lo = os.getpid(), "127.0.0.1"
+    with listening() as lsock, Trace(["tracer", "--json"]) as t:
+        port = lsock.getsockname()[1]
+        proc, lport = client(lo, port)
+        conn, _ = lsock.accept()
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()
+        close_client(proc)
+    rows = rows_for(t.records, port)
+    closes = sorted(r for r in rows if r[0] == "close")
+    assert closes == sorted([("close", me, lo, port, lo, lport), ("close", proc.pid, lo, lport, lo, port)])
+
+
+@integration
+def test_pid_filter() -> None:
+    lo = "127.0.0.1"
+    with listening() as lsock:
+        port = lsock.getsockname()[1]
+        proc, lport = client(lo, port)  # connected before the trace: no C row
+        with Trace(["tracer", "--json", "-p", str(proc.pid)]) as t:
+            conn, _ = lsock.accept()  # our accept: filtered out
+            close_client(proc)
+            drain_and_close(conn)
+    assert rows_for(t.records, port) == [("close", proc.pid, lo, lport, lo, port)]
+
+
+@integration
+def test_netns_filter_and_column() -> None:
+    server = "import socket, sys; s = socket.create_server(('', 7070)); print(flush=True); c = s.accept()[0]; c.recv(1); c.close()"
+    with NetnsPair() as ns:
+        inode = os.stat(f"/run/netns/{ns.a}").st_ino
+        srv = ns.popen(ns.b, [sys.executable, "-c", server])
+        assert srv.stdout is not None and srv.stdout.readline() == "\n"
+        with Trace(["tracer", "--json", "-N", str(inode)]) as t:
+            proc, lport = client(ns.addr_b, 7070, ns, ns.a)
+            close_client(proc)
+            srv.wait(timeout=10)
+    rows = [r for r in t.records if 7070 in (r["sport"], r["dport"])]
+    assert [(r["type"], r["pid"], r["sport"], r["netns"]) for r in rows] == [
+        ("connect", proc.pid, lport, inode), ("close", proc.pid, lport, inode),
+    ]
+
+
+@integration
+def test_text_layouts() -> None:
+    lo = "127.0.0.1"
+    with listening() as lsock, Trace(["tracer"]) as short, Trace(["tracer", "-v", "-t"]) as long:
+        port = lsock.getsockname()[1]
+        proc, lport = client(lo, port)
+        conn, _ = lsock.accept()
+        close_client(proc)
+        drain_and_close(conn)
+    assert short.lines[0].split() == ["T", "PID", "COMM", "IP", "SADDR", "DADDR", "SPORT", "DPORT"]
+    assert short.lines[0].index("PID") == 3 and short.lines[0].index("COMM") == 10
+    assert [str(proc.pid), "4", lo, lo, str(lport), str(port)] in [[f[1], *f[-5:]] for f in map(str.split, short.lines[1:]) if f[0] == "C"]
+    assert long.lines[0].split() == ["TIME(s)", "TYPE", "PID", "COMM", "IP", "SADDR", "DADDR", "SPORT", "DPORT", "NETNS"]
+    netns = str(os.stat("/proc/self/ns/net").st_ino)
+    mine = [f for f in map(str.split, long.lines[1:]) if str(port) in f]
+    assert [f[1] for f in mine] == ["connect", "accept", "close", "close"] and {f[-1] for f in mine} == {netns}
+
+
+@integration
+def test_kprobe_variants_pass_the_verifier() -> None:
+    from netsnoop.loader import BPFObject
+
+    with BPFObject("tracer", variants={"set_state": "kprobe", "accept4": "kretprobe"}) as obj:
+        obj.load()
+        assert (obj.chosen["set_state"], obj.chosen["accept4"]) == ("kprobe", "kretprobe")
