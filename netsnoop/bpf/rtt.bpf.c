@@ -1,0 +1,90 @@
+// SPDX-License-Identifier: GPL-2.0
+/* rtt: log2 histograms of the smoothed TCP round-trip time of established sockets,
+ * sampled on every segment they receive (tcprtt). */
+#include "hist.h"
+
+#define KEY_NONE 0
+#define KEY_LADDR 1
+#define KEY_RADDR 2
+
+/* One histogram per local or remote address (-b/-B), or a single one (all zero). */
+struct rtt_key {
+	__u8 addr[16];
+	__u16 family;
+};
+EXPORT_STRUCT(rtt_key);
+
+HIST_MAP(rtts, struct rtt_key, 10240);
+
+const volatile __u8 key_by = KEY_NONE;
+const volatile __u32 unit_div = 1;       /* 1: microseconds, 1000: milliseconds */
+/* -a / -A: only this local / remote address (family 0 = no filter). */
+const volatile __u16 filter_laddr_family = 0;
+const volatile __u8 filter_laddr[16] = {};
+const volatile __u16 filter_raddr_family = 0;
+const volatile __u8 filter_raddr[16] = {};
+
+static __always_inline bool addr_allowed(__u16 want_family, const volatile __u8 *want, __u16 family,
+					 const __u8 *addr)
+{
+	int len = family == AF_INET6 ? 16 : 4;
+
+	if (!want_family)
+		return true;
+	if (want_family != family)
+		return false;
+#pragma unroll
+	for (int i = 0; i < 16; i++) {
+		if (i < len && want[i] != addr[i])
+			return false;
+	}
+	return true;
+}
+
+/* An established socket received a segment: sample its smoothed RTT. */
+static __always_inline int on_segment(const struct sock *sk)
+{
+	struct rtt_key key = {};
+	struct sock_tuple t;
+	__u32 srtt;
+
+	/* srtt_us holds 8x the smoothed RTT in microseconds; 0 means no sample yet */
+	srtt = BPF_CORE_READ((struct tcp_sock *)sk, srtt_us) >> 3;
+	if (!srtt)
+		return 0;
+	read_sock_tuple(sk, &t);
+	if (!family_allowed(t.family) || !ports_allowed(t.sport, t.dport))
+		return 0;
+	if (!addr_allowed(filter_laddr_family, filter_laddr, t.family, t.saddr) ||
+	    !addr_allowed(filter_raddr_family, filter_raddr, t.family, t.daddr))
+		return 0;
+	if (key_by == KEY_LADDR) {
+		key.family = t.family;
+		__builtin_memcpy(key.addr, t.saddr, 16);
+	} else if (key_by == KEY_RADDR) {
+		key.family = t.family;
+		__builtin_memcpy(key.addr, t.daddr, 16);
+	}
+	hist_add_scaled(&rtts, &key, srtt, unit_div);
+	return 0;
+}
+
+/* tcp:tcp_probe fires at the top of tcp_rcv_established(), i.e. for every segment an
+ * established socket receives, loopback included; that is where bcc's kprobe sits. */
+SEC("tp_btf/tcp_probe")
+int BPF_PROG(segment__tp_btf, struct sock *sk, const struct sk_buff *skb)
+{
+	return on_segment(sk);
+}
+
+SEC("tracepoint/tcp/tcp_probe")
+int segment__tracepoint(struct trace_event_raw_tcp_probe *ctx)
+{
+	return on_segment((const struct sock *)ctx->skaddr);
+}
+
+SEC("kprobe/tcp_rcv_established")
+int BPF_KPROBE(segment__kprobe, struct sock *sk)
+{
+	return on_segment(sk);
+}
