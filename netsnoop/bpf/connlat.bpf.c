@@ -1,0 +1,31 @@
+// SPDX-License-Identifier: GPL-2.0
+/* connlat: time from connect() to the connection being established (tcpconnlat). */
+#include "conn.h"
+
+const volatile __u64 min_lat_ns = 0; /* only report slower connects */
+
+static __always_inline int on_state(const struct sock *sk, int oldstate, int newstate)
+{
+	__u64 now = bpf_ktime_get_ns();
+	struct conn_owner o, *owner;
+	struct sock_tuple t;
+
+	if (newstate == TCP_SYN_SENT) {
+		if (connect_begins(sk, &o, &t, now))
+			conn_remember(sk, &o);
+		return 0;
+	}
+	if (oldstate != TCP_SYN_SENT)
+		return 0;
+	owner = conn_recall(sk);
+	if (!owner)
+		return 0;
+	if (newstate == TCP_ESTABLISHED && now - owner->start_ns >= min_lat_ns) {
+		read_sock_tuple(sk, &t);
+		emit(sk, &t, owner, CONN_CONNECT, newstate, now);
+	}
+	conn_forget(sk);
+	return 0;
+}
+
+SET_STATE_HOOKS(on_state)

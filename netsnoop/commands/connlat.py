@@ -1,0 +1,41 @@
+"""netsnoop connlat: latency from connect() to the connection being established
+(bcc tcpconnlat)."""
+
+from __future__ import annotations
+
+import click
+
+from netsnoop import conn
+from netsnoop import options as o
+from netsnoop.output import Column, OutputOptions
+from netsnoop.runner import Tracer
+
+TRACER = Tracer("connlat")
+
+
+def columns(lport: bool) -> list[Column]:
+    return [
+        Column("PID", 6), Column("COMM", 12, truncate=True), Column("IP", 2), Column("SADDR", 16),
+        Column("LPORT", 6, text=lport, json=lport), Column("DADDR", 16), Column("DPORT", 5),
+        Column("LAT(ms)", spec=".2f"),
+    ]
+
+
+@click.command("connlat")
+@o.output_options(csv=False, wide=False, time=False)
+@click.argument("min_ms", type=click.FloatRange(min=0), required=False, metavar="[MIN_MS]")
+@o.pid_option("only trace connects made by this process ID")
+@click.option("-L", "--lport", is_flag=True, help="include the local port (LPORT)")
+@o.family_option
+@o.duration_option
+def command(out: OutputOptions, min_ms: float | None, pid: int | None, lport: bool, family: int | None,
+            duration: float | None) -> None:
+    """Trace TCP connect latency: connect() to ESTABLISHED, per connection.
+
+    MIN_MS shows only connects slower than that many milliseconds (e.g. 0.5); the
+    filter runs in the kernel. Attempts that fail are not shown (see
+    `netsnoop connect --outcome`).
+    """
+    rodata = {**conn.filters(pid=pid, family=family), "min_lat_ns": int(min_ms * 1e6) if min_ms else None}
+    with TRACER.open(rodata) as obj:
+        conn.show(obj, columns(lport), out, duration, "Tracing... Hit Ctrl-C to end.")

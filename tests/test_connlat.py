@@ -1,0 +1,84 @@
+"""netsnoop connlat: connect latency of real connects, fast (loopback) and slow (a SYN
+dropped once between two private namespaces)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+from helpers import NetnsPair, PayloadServer, Trace, closed_port, fetch, refused_connect
+
+from netsnoop.cli import cli
+
+integration = pytest.mark.integration
+CONNECT = "import socket, sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10).close()"
+
+
+@pytest.mark.parametrize("args", [["abc"], ["-1"], ["1", "2"], ["-L", "-p", "0"]])
+def test_bad_arguments_are_usage_errors(args: list[str]) -> None:
+    result = CliRunner().invoke(cli, ["connlat", *args])
+    assert result.exit_code == 2, result.output
+
+
+@integration
+def test_latency_is_present_and_not_negative() -> None:
+    with PayloadServer() as srv, Trace(["connlat", "--json", "-L"]) as t:
+        lport, _ = fetch("127.0.0.1", srv.port)
+    [r] = [r for r in t.records if r["dport"] == srv.port]
+    assert (r["pid"], r["ip"], r["saddr"], r["lport"], r["daddr"]) == (os.getpid(), 4, "127.0.0.1", lport, "127.0.0.1")
+    assert isinstance(r["lat_ms"], float) and r["lat_ms"] >= 0
+
+
+@integration
+def test_failed_connects_and_other_processes_are_not_shown() -> None:
+    port = closed_port()
+    with PayloadServer() as srv, Trace(["connlat", "--json", "-p", str(os.getpid())]) as t:
+        refused_connect("127.0.0.1", port)
+        subprocess.run([sys.executable, "-c", CONNECT, "127.0.0.1", str(srv.port)], check=True)
+        fetch("127.0.0.1", srv.port)
+    assert [(r["pid"], r["dport"]) for r in t.records] == [(os.getpid(), srv.port)]
+
+
+@integration
+def test_min_ms_drops_fast_connects_and_keeps_slow_ones() -> None:
+    """The namespace server drops the first SYN it sees, so that connect waits for the
+    retransmission (about 1 s); loopback connects take well under a millisecond."""
+    slow_port = 7071
+    with NetnsPair() as ns, PayloadServer() as srv:
+        ns.exec(ns.b, "nft add table inet t")
+        ns.exec(ns.b, "nft add chain inet t in '{ type filter hook input priority 0; }'")
+        ns.exec(ns.b, f"nft add rule inet t in tcp dport {slow_port} tcp flags syn numgen inc mod 2 0 drop")
+        server = ns.popen(ns.b, [sys.executable, "-c", f"import socket; s = socket.create_server(('', {slow_port})); print(flush=True); s.accept()"])
+        assert server.stdout is not None and server.stdout.readline() == "\n"
+        with Trace(["connlat", "--json", "300"]) as slow_only, Trace(["connlat", "--json"]) as every:
+            fetch("127.0.0.1", srv.port)
+            client = ns.popen(ns.a, [sys.executable, "-c", CONNECT, ns.addr_b, str(slow_port)])
+            assert client.wait(timeout=10) == 0
+            server.wait(timeout=10)
+    mine = {srv.port, slow_port}
+    assert sorted(r["dport"] for r in every.records if r["dport"] in mine) == sorted(mine)
+    [r] = [r for r in slow_only.records if r["dport"] in mine]
+    assert (r["dport"], r["pid"], r["daddr"]) == (slow_port, client.pid, ns.addr_b)
+    assert r["lat_ms"] >= 300
+
+
+@integration
+def test_text_layout_keeps_bcc_columns() -> None:
+    with PayloadServer() as srv, Trace(["connlat", "-t"]) as t:
+        fetch("127.0.0.1", srv.port)
+    assert t.lines[0].split() == ["TIME(s)", "PID", "COMM", "IP", "SADDR", "DADDR", "DPORT", "LAT(ms)"]
+    [row] = [line.split() for line in t.lines[1:] if str(srv.port) in line.split()]
+    assert row[1] == str(os.getpid()) and row[-2] == str(srv.port)
+    assert float(row[-1]) >= 0 and len(row[-1].split(".")[1]) == 2
+
+
+@integration
+def test_kprobe_variant_passes_the_verifier() -> None:
+    from netsnoop.loader import BPFObject
+
+    with BPFObject("connlat", variants={"set_state": "kprobe"}) as obj:
+        obj.load()
+        assert obj.chosen["set_state"] == "kprobe"
