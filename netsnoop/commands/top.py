@@ -1,0 +1,162 @@
+"""netsnoop top: TCP throughput per process and connection, every interval (bcc tcptop)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, NamedTuple, Sequence
+
+import click
+
+from netsnoop import options as o
+from netsnoop.btf import StructDecoder
+from netsnoop.fmt import AF_INET6, comm, ip_version
+from netsnoop.live import LiveView, use_live
+from netsnoop.loader import BPFObject
+from netsnoop.output import Column, JsonSink, TextSink
+from netsnoop.runner import Tracer, _silence_stdout, ready
+from netsnoop.traffic import endpoints, run_intervals, take_all
+
+# No ring buffer traffic: the kernel sums bytes in the conns map.
+TRACER = Tracer("top", max_entries={"events": 4096})
+
+
+def columns(v6: bool) -> list[Column]:
+    """bcc's two tables (IPv6 addresses need wider columns); JSON gets typed fields."""
+    a, suffix = (32, "6") if v6 else (21, "")
+    return [
+        Column("PID", 6),
+        Column("COMM", 12, truncate=True),
+        Column("LADDR" + suffix, a, json=False),
+        Column("RADDR" + suffix, a, json=False),
+        Column("RX_KB", 6, align=">"),
+        Column("TX_KB", 6, align=">"),
+        Column("IP", text=False),
+        Column("LADDR", text=False),
+        Column("LPORT", text=False),
+        Column("RADDR", text=False),
+        Column("RPORT", text=False),
+        Column("RX_BYTES", text=False),
+        Column("TX_BYTES", text=False),
+        Column("timestamp", text=False),
+    ]
+
+
+class Interval(NamedTuple):
+    ipv4: list[tuple[Any, ...]]
+    ipv6: list[tuple[Any, ...]]
+
+
+def collect(obj: BPFObject, keys: StructDecoder, values: StructDecoder) -> Interval:
+    """Take (read and clear) the interval's counts, busiest connection first."""
+    now = round(time.time(), 6)
+    entries = [(keys.decode(k), values.decode(v)) for k, v in take_all(obj.map("conns"))]
+    entries.sort(key=lambda kv: kv[1].rx + kv[1].tx, reverse=True)
+    out = Interval([], [])
+    for k, v in entries:
+        local, remote, *typed = endpoints(k.family, k.laddr, k.lport, k.raddr, k.rport)
+        row = (k.pid, comm(v.comm), local, remote, v.rx // 1024, v.tx // 1024, ip_version(k.family), *typed,
+               v.rx, v.tx, now)
+        (out.ipv6 if k.family == AF_INET6 else out.ipv4).append(row)
+    return out
+
+
+def loadavg_line() -> str:
+    with open("/proc/loadavg") as f:
+        return f"{time.strftime('%H:%M:%S'):<8} loadavg: {f.read().strip()}"
+
+
+class TextView:
+    """bcc's scrolling layout: a blank line, the loadavg line, then the tables."""
+
+    def __init__(self, summary: bool) -> None:
+        self.summary_line = summary
+        self.sinks = (TextSink(columns(False)), TextSink(columns(True)))
+
+    def show(self, interval: Interval) -> None:
+        out = sys.stdout
+        out.write("\n" + (loadavg_line() + "\n\n" if self.summary_line else ""))
+        for n, (sink, rows) in enumerate(zip(self.sinks, interval)):
+            if rows:
+                if n:
+                    out.write("\n")
+                sink.header()
+                sink.write(rows)
+        out.flush()
+
+    def summary(self, record: dict[str, Any]) -> None:
+        self.sinks[0].summary(record)  # to stderr
+
+    def close(self) -> None:
+        pass
+
+
+class JsonLines:
+    """One object per connection per interval, stamped with the interval's end."""
+
+    def __init__(self) -> None:
+        self.sink = JsonSink(columns(False))
+
+    def show(self, interval: Interval) -> None:
+        self.sink.write(interval.ipv4 + interval.ipv6)
+
+    def summary(self, record: dict[str, Any]) -> None:
+        self.sink.summary(record)
+
+    def close(self) -> None:
+        pass
+
+
+class Live(TextView):
+    """The same tables, redrawn in place on a terminal."""
+
+    def __init__(self, summary: bool) -> None:
+        super().__init__(summary)
+        self.view = LiveView()
+
+    def show(self, interval: Interval) -> None:
+        title = loadavg_line() if self.summary_line else None
+        self.view.show(title, [(columns(False), interval.ipv4), (columns(True), interval.ipv6)])
+
+    def close(self) -> None:
+        self.view.close()
+
+
+def run(obj: BPFObject, view: Any, interval: float, count: int | None) -> int:
+    """Show every interval until Ctrl-C or ``count``; returns the intervals shown."""
+    keys, values = StructDecoder(obj.btf, "conn_key"), StructDecoder(obj.btf, "conn_bytes")
+    return run_intervals(lambda: view.show(collect(obj, keys, values)), interval, count)
+
+
+@click.command("top")
+@click.option("-C", "--noclear", is_flag=True, help="don't clear the screen (scroll plain text)")
+@click.option("-S", "--nosummary", is_flag=True, help="skip the system summary (loadavg) line")
+@o.pid_option()
+@o.ports_option("-P", "--port", "ports", help="only count these ports at either end (e.g. 80,443)")
+@o.family_option
+@o.cgroup_option
+@click.option("--json", is_flag=True, help="one JSON object per connection per interval")
+@o.interval_count_arguments()
+def command(noclear: bool, nosummary: bool, pid: int | None, ports: Any, family: int | None, cgroup: int | None,
+            json: bool, interval: float, count: int | None) -> None:
+    """Summarise TCP send/receive throughput by process and connection.
+
+    Every INTERVAL seconds (default 1), COUNT times (default: until Ctrl-C). Bytes are
+    counted in the kernel as sendmsg/recvmsg return them, in the calling process's
+    context, so PID/COMM are the socket's user. RX_KB/TX_KB are the interval's KiB;
+    --json adds exact rx_bytes/tx_bytes. On a terminal the view is redrawn in place
+    unless -C.
+    """
+    rodata = {**o.port_filters(ports=ports), "filter_pid": pid, "filter_family": family, "filter_cgroup": cgroup}
+    with TRACER.open(rodata) as obj:
+        view: Any = JsonLines() if json else Live(not nosummary) if use_live(noclear, json) else TextView(not nosummary)
+        ready(f"Tracing... Output every {interval:g} secs. Hit Ctrl-C to end")
+        try:
+            try:
+                shown = run(obj, view, interval, count)
+            finally:
+                view.close()
+        except BrokenPipeError:
+            _silence_stdout()
+            return
+        view.summary({"intervals": shown, "lost_events": obj.lost_events()})
