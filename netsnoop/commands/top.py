@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import click
 

@@ -1,0 +1,129 @@
+"""netsnoop subnet: TCP bytes sent, summed per destination subnet (bcc tcpsubnet)."""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+import sys
+import time
+from typing import Any, NamedTuple
+
+import click
+
+from netsnoop import options as o
+from netsnoop.fmt import AF_INET, AF_INET6
+from netsnoop.loader import BPFObject
+from netsnoop.output import Column, make_sink, OutputOptions
+from netsnoop.runner import Tracer, _silence_stdout, ready
+from netsnoop.traffic import run_intervals
+
+TRACER = Tracer("subnet", max_entries={"events": 4096})
+MAX_SUBNETS = 32  # subnet.bpf.c
+DEFAULT_SUBNETS = "127.0.0.1/32,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,0.0.0.0/0"
+# -f: bcc's units (lower case: bits), plus G
+UNITS = {"b": (8, 1), "k": (8, 1024), "m": (8, 1024**2), "g": (8, 1024**3),
+         "B": (1, 1), "K": (1, 1024), "M": (1, 1024**2), "G": (1, 1024**3)}
+
+COLUMNS = [
+    Column("SUBNET", 21),
+    Column("SENT", 6, align=">"),  # in the -f unit
+    Column("BYTES", text=False),
+    Column("DATE", text=False),
+    Column("TIME", text=False),
+    Column("timestamp", text=False),
+]
+
+
+class Subnet(NamedTuple):
+    text: str  # as the user wrote it
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class SubnetList(click.ParamType):
+    """``10.0.0.0/8,fd00::/8``: up to 32 CIDR networks, IPv4 or IPv6, in order."""
+
+    name = "SUBNETS"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> list[Subnet]:
+        if isinstance(value, list):
+            return value
+        out = []
+        for part in (p.strip() for p in str(value).split(",")):
+            try:
+                out.append(Subnet(part, ipaddress.ip_network(part, strict=False)))
+            except ValueError:
+                self.fail(f"{part!r} is not a subnet in CIDR notation (e.g. 10.0.0.0/8)", param, ctx)
+        if len(out) > MAX_SUBNETS:
+            self.fail(f"at most {MAX_SUBNETS} subnets can be matched in the kernel, got {len(out)}", param, ctx)
+        return out
+
+
+def subnet_filters(subnets: list[Subnet]) -> dict[str, Any]:
+    """The subnets as the kernel's read-only tables: 4 words of address and mask each,
+    in memory order, so the kernel compares ``daddr & mask`` word by word."""
+    addrs: list[int] = []
+    masks: list[int] = []
+    for s in subnets:
+        addrs.extend(struct.unpack("=4I", s.network.network_address.packed.ljust(16, b"\0")))
+        masks.extend(struct.unpack("=4I", s.network.netmask.packed.ljust(16, b"\0")))
+    families = [AF_INET6 if s.network.version == 6 else AF_INET for s in subnets]
+    return {"subnet_count": len(subnets), "subnet_family": families, "subnet_addr": addrs, "subnet_mask": masks}
+
+
+class Totals:
+    """Per-subnet byte counts since the previous interval, from the kernel's per-CPU
+    running totals (they only grow, so nothing is lost between two reads)."""
+
+    def __init__(self, obj: BPFObject, n: int) -> None:
+        self.map, self.keys = obj.map("sent"), [struct.pack("=I", i) for i in range(n)]
+        self.last = [0] * n
+
+    def interval(self) -> list[int]:
+        now = [self.map.sum_u64(k) for k in self.keys]
+        delta = [b - a for a, b in zip(self.last, now)]
+        self.last = now
+        return delta
+
+
+@click.command("subnet")
+@click.argument("subnets", type=SubnetList(), default=DEFAULT_SUBNETS, required=False)
+@click.option("-f", "--format", "unit", type=click.Choice(list(UNITS)), default="B", show_default=True,
+              help="unit: B K M G bytes, or b k m g bits")
+@click.option("-i", "--interval", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="output interval, in seconds")
+@click.option("-J", "--json", is_flag=True, help="one JSON object per subnet per interval")
+@click.option("-v", "--verbose", is_flag=True, help="print the subnet table given to the kernel")
+@o.duration_option
+def command(subnets: list[Subnet], unit: str, interval: float, json: bool, verbose: bool,
+            duration: float | None) -> None:
+    """Summarise TCP bytes sent, by destination subnet.
+
+    SUBNETS is a comma-separated list of CIDR networks (IPv4 or IPv6); each send is
+    counted in the first one that contains its destination, so put narrow subnets
+    before wide ones. Only subnets that received bytes in an interval are listed.
+    """
+    if verbose:
+        for i, s in enumerate(subnets):
+            click.echo(f"subnet {i}: {s.text} = {s.network.network_address} mask {s.network.netmask}", err=True)
+    bits, divisor = UNITS[unit]
+    sink = make_sink(OutputOptions(json=json), COLUMNS)
+
+    def show(totals: Totals) -> None:
+        now = time.time()
+        stamp = time.localtime(now)
+        date, hms = time.strftime("%x", stamp), time.strftime("%X", stamp)
+        sent = sorted(((b, s) for b, s in zip(totals.interval(), subnets) if b), key=lambda bs: -bs[0])
+        if not json:
+            sys.stdout.write(f"[{date} {hms}]\n")
+        sink.write([(s.text, int(b * bits / divisor), b, date, hms, round(now, 6)) for b, s in sent])
+        sys.stdout.flush()
+
+    with TRACER.open(subnet_filters(subnets)) as obj:
+        totals = Totals(obj, len(subnets))
+        ready(f"Tracing... Output every {interval:g} secs. Hit Ctrl-C to end")
+        try:
+            shown = run_intervals(lambda: show(totals), interval, duration=duration)
+        except BrokenPipeError:
+            _silence_stdout()
+            return
+        sink.summary({"intervals": shown, "lost_events": obj.lost_events()})
