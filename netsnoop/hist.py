@@ -10,7 +10,7 @@ The API, for every histogram tool:
 * :func:`read_hists` -- ``(key, Log2Hist)`` pairs of a map, CPUs added up, optionally
   clearing the map (one interval's worth).
 * :class:`Section` -- one histogram to show, with its labels (``backlog_max = 128``)
-  and extra facts printed under it (``avg = ...``).
+  and extra facts printed under it (``overflows = 3``).
 * :func:`write_sections` -- one interval's sections, in the user's format.
 * :func:`render` -- the bcc text lines of one histogram.
 * :func:`run_intervals` -- the report-every-interval loop these tools share.

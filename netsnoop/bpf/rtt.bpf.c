@@ -70,7 +70,9 @@ static __always_inline int on_segment(const struct sock *sk)
 }
 
 /* tcp:tcp_probe fires at the top of tcp_rcv_established(), i.e. for every segment an
- * established socket receives, loopback included; that is where bcc's kprobe sits. */
+ * established socket receives (pure ACKs included, loopback included): where bcc's
+ * kprobe sits. tcp:tcp_rcv_space_adjust would only fire when the application reads,
+ * so a bulk sender, which receives nothing but ACKs, would never be sampled. */
 SEC("tp_btf/tcp_probe")
 int BPF_PROG(segment__tp_btf, struct sock *sk, const struct sk_buff *skb)
 {

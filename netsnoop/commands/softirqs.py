@@ -37,11 +37,14 @@ def table_columns(label: str) -> list[Column]:
     return [Column("SOFTIRQ", 16), Column(f"TOTAL_{label}", 11, align=">"), Column("timestamp", text=False)]
 
 
-def totals(hists: list[tuple[str, Log2Hist]], events: bool, div: int) -> list[tuple[str, int]]:
+def write_totals(out: OutputOptions, hists: list[tuple[str, Log2Hist]], events: bool, label: str, div: int) -> None:
     """bcc's table: per vector the time (in the display unit) or the number of events,
-    smallest first."""
-    rows = [(name, h.count if events else h.total // div) for name, h in hists]
-    return sorted(rows, key=lambda r: r[1])
+    smallest first; JSON rows carry the time they were taken."""
+    rows = sorted(((name, h.count if events else h.total // div) for name, h in hists), key=lambda r: r[1])
+    if not out.json:
+        click.echo("\n".join(interval_heading(out)))
+    now = round(time.time(), 6)
+    write_table(out, table_columns("count" if events else label), [(*r, now) for r in rows])
 
 
 @click.command("softirqs")
@@ -63,19 +66,15 @@ def command(out: OutputOptions, nanoseconds: bool, events: bool, dist: bool, cpu
     if events and dist:
         raise click.UsageError("-C and -d cannot be combined")
     label, div = ("nsecs", 1) if nanoseconds else ("usecs", 1000)
-    rodata = {"unit_div": div, **({"filter_cpu": cpu} if cpu is not None else {})}
-
-    with TRACER.open(rodata) as obj:
+    with TRACER.open({"unit_div": div, "filter_cpu": cpu}) as obj:
 
         def report() -> None:
-            hists = sorted((vector_name(k.vec), h) for k, h in read_hists(obj, "softirqs", "softirq_key"))
+            keyed = read_hists(obj, "softirqs", "softirq_key")
+            hists = sorted(((vector_name(k.vec), h) for k, h in keyed), key=lambda nh: nh[0])
             if dist:
                 write_sections([Section(h, {"softirq": name}) for name, h in hists], label, out, div=div)
-                return
-            if not out.json:
-                click.echo("\n".join(interval_heading(out)))
-            rows = [(*r, round(time.time(), 6)) for r in totals(hists, events, div)]
-            write_table(out, table_columns("count" if events else label), rows)
+            else:
+                write_totals(out, hists, events, label, div)
 
         ready("Tracing soft irq event time... Hit Ctrl-C to end.")
         run_intervals(report, None, interval, count)

@@ -34,11 +34,33 @@ def listen_overflows(path: str = NETSTAT) -> int | None:
     return None
 
 
+class NetnsOverflows:
+    """ListenOverflows of this network namespace since the previous reading."""
+
+    def __init__(self) -> None:
+        self.last = listen_overflows()
+
+    def since_last(self) -> dict[str, int]:
+        now, before = listen_overflows(), self.last
+        self.last = now
+        return {} if now is None or before is None else {"listen_overflows": now - before}
+
+
 def pop_overflows(obj: BPFObject) -> dict[int, int]:
     """backlog_max -> final ACKs dropped for a full accept queue since the last call."""
     key = StructDecoder(obj.btf, "synbl_key")
     return {key.decode(k).backlog_max: sum(struct.unpack("=Q", c)[0] for c in v)
             for k, v in obj.map("overflows").pop_all()}
+
+
+def sections(obj: BPFObject) -> list[Section]:
+    """One section per backlog limit seen since the last call: its histogram and, when
+    the overflow hook is attached, its final-ACK overflows."""
+    drops = pop_overflows(obj) if obj.chosen.get("overflow") else None
+    hists = {k.backlog_max: h for k, h in read_hists(obj, "backlog", "synbl_key")}
+    return [Section(hists.get(limit, EMPTY), {"backlog_max": limit},
+                    {} if drops is None else {"overflows": drops.get(limit, 0)})
+            for limit in sorted(set(hists) | set(drops or {}))]
 
 
 @click.command("synbl")
@@ -61,22 +83,11 @@ def command(interval: float | None, duration: float | None, out: OutputOptions, 
     ListenOverflows: SYNs and ACKs, all listeners of the network namespace netsnoop
     runs in, not filtered by -4/-6).
     """
-    rodata = {"filter_family": family}
-    with TRACER.open(rodata) as obj:
-        last = listen_overflows()
+    with TRACER.open({"filter_family": family}) as obj:
+        netns = NetnsOverflows()
 
         def report() -> None:
-            nonlocal last
-            drops = pop_overflows(obj)
-            hists = dict((k.backlog_max, h) for k, h in read_hists(obj, "backlog", "synbl_key"))
-            sections = []
-            for limit in sorted(set(hists) | set(drops)):
-                extra = {"overflows": drops.get(limit, 0)} if obj.chosen.get("overflow") else {}
-                sections.append(Section(hists.get(limit) or EMPTY, {"backlog_max": limit}, extra))
-            now = listen_overflows()
-            netns = {} if now is None or last is None else {"listen_overflows": now - last}
-            last = now
-            write_sections(sections, "backlog", out, facts=netns)
+            write_sections(sections(obj), "backlog", out, facts=netns.since_last())
 
         ready("Tracing SYN backlog size. Ctrl-C to end.")
         run_intervals(report, duration, interval)
