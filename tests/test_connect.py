@@ -8,6 +8,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections import namedtuple
 from typing import Any
 
 import pytest
@@ -15,7 +16,8 @@ from click.testing import CliRunner
 from helpers import NetnsPair, PayloadServer, Trace, closed_port, fetch, refused_connect, run
 
 from netsnoop.cli import cli
-from netsnoop.conn import outcome
+from netsnoop.conn import outcome, row_of
+from netsnoop.output import Column
 
 integration = pytest.mark.integration
 MY_COMM = open("/proc/self/comm").read().strip()
@@ -60,6 +62,16 @@ def test_outcome_names() -> None:
     assert outcome(7, 113) == "UNREACHABLE"
     assert outcome(7, 0) == "ABORTED"
     assert outcome(7, 71) == "EPROTO"
+
+
+def test_rows_follow_the_columns() -> None:
+    fields = "ts_ns lat_ns pid uid netns err family lport rport kind state laddr raddr comm"
+    event = namedtuple("event", fields)(
+        1, 2_500_000, 42, 1000, 4026531840, 111, socket.AF_INET6, 40000, 80, 1, 7,
+        socket.inet_pton(socket.AF_INET6, "::1"), socket.inet_pton(socket.AF_INET6, "fd00::2"), b"curl\0\0",
+    )
+    cols = [Column(h) for h in ("T", "TYPE", "UID", "PID", "COMM", "IP", "SADDR", "LPORT", "DADDR", "DPORT", "RESULT", "LAT(ms)")]
+    assert row_of(cols)(event) == ("C", "connect", 1000, 42, "curl", 6, "::1", 40000, "fd00::2", 80, "REFUSED", 2.5)
 
 
 @pytest.mark.parametrize("args", [["-c", "--outcome"], ["-u", "-1"], ["-P", "0"], ["-p", "x"], ["--cgroup", "/nonexistent"]])
@@ -249,7 +261,7 @@ def test_outcome_timeout_and_unreachable_in_namespaces() -> None:
             proc = ns.popen(ns.a, [sys.executable, "-c", NS_CLIENT, ns.addr_b, str(silent), str(unreachable)])
             out, err = proc.communicate(timeout=20)
     assert out.split() == [str(silent), "110", str(unreachable), "113"], err
-    rows = {r["dport"]: r for r in t.records}
+    rows = {r["dport"]: r for r in t.records if r["daddr"] == ns.addr_b}
     assert rows[silent]["result"] == "TIMEOUT" and rows[unreachable]["result"] == "UNREACHABLE"
     for r in rows.values():
         assert (r["pid"], r["saddr"], r["daddr"]) == (proc.pid, ns.addr_a, ns.addr_b)

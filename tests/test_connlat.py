@@ -58,9 +58,9 @@ def test_min_ms_drops_fast_connects_and_keeps_slow_ones() -> None:
             client = ns.popen(ns.a, [sys.executable, "-c", CONNECT, ns.addr_b, str(slow_port)])
             assert client.wait(timeout=10) == 0
             server.wait(timeout=10)
-    mine = {srv.port, slow_port}
-    assert sorted(r["dport"] for r in every.records if r["dport"] in mine) == sorted(mine)
-    [r] = [r for r in slow_only.records if r["dport"] in mine]
+    mine = {("127.0.0.1", srv.port), (ns.addr_b, slow_port)}
+    assert sorted((r["daddr"], r["dport"]) for r in every.records if (r["daddr"], r["dport"]) in mine) == sorted(mine)
+    [r] = [r for r in slow_only.records if (r["daddr"], r["dport"]) in mine]
     assert (r["dport"], r["pid"], r["daddr"]) == (slow_port, client.pid, ns.addr_b)
     assert r["lat_ms"] >= 300
 

@@ -7,15 +7,10 @@ static __always_inline int on_accept(const struct sock *sk)
 {
 	struct conn_owner o;
 	struct sock_tuple t;
-	__u64 now = bpf_ktime_get_ns();
 
-	if (!sock_is_tcp(sk))
+	if (!accepted(sk, &o, &t))
 		return 0;
-	owner_current(&o, now);
-	o.start_ns = 0; /* no latency: the handshake was done before accept() */
-	if (!owner_allowed(&o) || !sock_allowed(sk, &t))
-		return 0;
-	return emit(sk, &t, &o, CONN_ACCEPT, BPF_CORE_READ(sk, __sk_common.skc_state), now);
+	return emit(sk, &t, &o, CONN_ACCEPT, sock_state(sk), bpf_ktime_get_ns());
 }
 
 ACCEPT_HOOKS(on_accept)

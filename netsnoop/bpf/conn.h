@@ -115,6 +115,32 @@ static __always_inline bool connect_begins(const struct sock *sk, struct conn_ow
 	return owner_allowed(o) && sock_allowed(sk, t);
 }
 
+/* connect() begins: remember who, for when the handshake resolves in softirq. */
+static __always_inline int remember_connect(const struct sock *sk, __u64 now)
+{
+	struct conn_owner o;
+	struct sock_tuple t;
+
+	if (connect_begins(sk, &o, &t, now))
+		conn_remember(sk, &o);
+	return 0;
+}
+
+/* accept() returned sk, in the acceptor's context. Fills the owner (no start time:
+ * the handshake was done before accept()) and tuple; false when filtered out. */
+static __always_inline bool accepted(const struct sock *sk, struct conn_owner *o, struct sock_tuple *t)
+{
+	if (!sock_is_tcp(sk))
+		return false;
+	owner_current(o, 0);
+	return owner_allowed(o) && sock_allowed(sk, t);
+}
+
+static __always_inline __u8 sock_state(const struct sock *sk)
+{
+	return BPF_CORE_READ(sk, __sk_common.skc_state);
+}
+
 /* ---- context -------------------------------------------------------------------- */
 
 /* Whether a task holds the socket lock (lock_sock()): then the state change comes

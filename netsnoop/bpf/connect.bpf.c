@@ -132,5 +132,5 @@ int connect_exit__tracepoint(struct syscall_exit *ctx)
 		return 0;
 	s = (const struct sock *)*sk;
 	bpf_map_delete_elem(&connecting, &tid);
-	return report(s, BPF_CORE_READ(s, __sk_common.skc_state), bpf_ktime_get_ns());
+	return report(s, sock_state(s), bpf_ktime_get_ns());
 }

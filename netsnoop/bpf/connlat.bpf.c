@@ -7,14 +7,11 @@ const volatile __u64 min_lat_ns = 0; /* only report slower connects */
 static __always_inline int on_state(const struct sock *sk, int oldstate, int newstate)
 {
 	__u64 now = bpf_ktime_get_ns();
-	struct conn_owner o, *owner;
+	struct conn_owner *owner;
 	struct sock_tuple t;
 
-	if (newstate == TCP_SYN_SENT) {
-		if (connect_begins(sk, &o, &t, now))
-			conn_remember(sk, &o);
-		return 0;
-	}
+	if (newstate == TCP_SYN_SENT)
+		return remember_connect(sk, now);
 	if (oldstate != TCP_SYN_SENT)
 		return 0;
 	owner = conn_recall(sk);

@@ -26,7 +26,7 @@ static __always_inline int connected(const struct sock *sk, int newstate, __u64 
  * timer gives up, in softirq, where the closer is the owner we remembered. */
 static __always_inline int closed(const struct sock *sk, int newstate, __u64 now)
 {
-	struct conn_owner closer, *o = NULL;
+	struct conn_owner closer, *o;
 	struct sock_tuple t;
 
 	if (newstate == TCP_CLOSE && !sock_owned_by_task(sk)) {
@@ -47,14 +47,9 @@ static __always_inline int closed(const struct sock *sk, int newstate, __u64 now
 static __always_inline int on_state(const struct sock *sk, int oldstate, int newstate)
 {
 	__u64 now = bpf_ktime_get_ns();
-	struct conn_owner o;
-	struct sock_tuple t;
 
-	if (newstate == TCP_SYN_SENT) {
-		if (connect_begins(sk, &o, &t, now))
-			conn_remember(sk, &o);
-		return 0;
-	}
+	if (newstate == TCP_SYN_SENT)
+		return remember_connect(sk, now);
 	if (oldstate == TCP_SYN_SENT)
 		return connected(sk, newstate, now);
 	if ((oldstate == TCP_ESTABLISHED || oldstate == TCP_CLOSE_WAIT) &&
@@ -66,17 +61,13 @@ static __always_inline int on_state(const struct sock *sk, int oldstate, int new
 /* A: remembered too, so that a reset from the peer is charged to the acceptor. */
 static __always_inline int on_accept(const struct sock *sk)
 {
-	__u64 now = bpf_ktime_get_ns();
 	struct conn_owner o;
 	struct sock_tuple t;
 
-	if (!sock_is_tcp(sk))
-		return 0;
-	owner_current(&o, 0);
-	if (!owner_allowed(&o) || !sock_allowed(sk, &t))
+	if (!accepted(sk, &o, &t))
 		return 0;
 	conn_remember(sk, &o);
-	return emit(sk, &t, &o, CONN_ACCEPT, BPF_CORE_READ(sk, __sk_common.skc_state), now);
+	return emit(sk, &t, &o, CONN_ACCEPT, sock_state(sk), bpf_ktime_get_ns());
 }
 
 SET_STATE_HOOKS(on_state)
