@@ -28,7 +28,8 @@ def dropped(records: list[dict], dport: int) -> list[dict]:
 def test_syn_to_a_closed_port_is_dropped_with_no_socket(host: str) -> None:
     port = closed_port(host)
     with Trace(["drop", "--json", "-P", str(port)]) as t, Trace(["drop", "-P", str(port)]) as text, \
-         Trace(["drop", "--json", "-P", str(port)], env={"NETSNOOP_PREFER": "tracepoint"}) as classic:
+         Trace(["drop", "--json", "-P", str(port)], env={"NETSNOOP_PREFER": "tracepoint"}) as classic, \
+         Trace(["drop", "--json", "-4", "-P", str(port)]) as only4:
         refused_connect(host, port)
     # this kernel answers with a RST and frees the SYN as dropped: NO_SOCKET
     for trace in (t, classic):
@@ -40,6 +41,7 @@ def test_syn_to_a_closed_port_is_dropped_with_no_socket(host: str) -> None:
         assert any(f.startswith(("tcp_v4_rcv+", "tcp_v6_rcv+")) for f in r["stack"])
         assert not any(f.startswith("bpf_") for f in r["stack"])  # tracing frames are cut
     assert t.summary["lost_events"] == 0
+    assert len(only4.records) == (0 if ":" in host else 1)  # -4
 
     header, row, *stack = text.lines
     assert header == "TIME     PID     IP SADDR:SPORT          > DADDR:DPORT          STATE (FLAGS)              REASON"

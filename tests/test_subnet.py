@@ -92,6 +92,14 @@ def test_bad_arguments_are_usage_errors(args: list[str]) -> None:
 
 
 @pytest.mark.integration
+def test_verbose_shows_the_kernel_table() -> None:
+    done = run(["subnet", "-v", "-d", "0.2", "10.1.2.3/8,fd00::/8"])
+    assert done.returncode == 0, done.stderr
+    assert "subnet 0: 10.1.2.3/8 = 10.0.0.0 mask 255.0.0.0" in done.stderr
+    assert "subnet 1: fd00::/8 = fd00:: mask ff00::" in done.stderr
+
+
+@pytest.mark.integration
 def test_kprobe_fallback_passes_the_verifier() -> None:
     with BPFObject("subnet", variants={"send": "kprobe"}) as obj:
         obj.load()

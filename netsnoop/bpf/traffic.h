@@ -1,10 +1,12 @@
-/* Byte-count hooks shared by top and subnet: how many payload bytes a process just
- * sent on / received from a socket, in that process's context.
+/* Shared by the traffic and loss tools (top, subnet, retrans, drop): the byte-count
+ * hooks of top and subnet, and the lost-entry counter of every in-kernel aggregation.
  *
- * The sock_send_length / sock_recv_length tracepoints (Linux 6.0+) fire after the
- * sendmsg/recvmsg with the real byte count; older kernels fall back to kprobes on
- * tcp_sendmsg (the requested size, as bcc's tcptop counts it) and tcp_cleanup_rbuf
- * (bytes copied to the user). Variants are named <group>__<kind> like hooks.h's. */
+ * Byte counts: how many payload bytes a process just sent on / received from a
+ * socket, in that process's context. The sock_send_length / sock_recv_length
+ * tracepoints (kernels from 2023 on) fire after sendmsg/recvmsg with the real byte
+ * count; older kernels fall back to kprobes on tcp_sendmsg (the requested size, as
+ * bcc's tcptop counts it) and tcp_cleanup_rbuf (bytes copied to the user). Variants
+ * are named <group>__<kind> like hooks.h's. */
 #ifndef __NETSNOOP_TRAFFIC_H
 #define __NETSNOOP_TRAFFIC_H
 

@@ -52,6 +52,7 @@ COUNT_COLUMNS = [
 
 
 def flow(e: Any) -> tuple[Any, ...]:
+    """An event's or a count key's two ends, as text and typed (same field names)."""
     return endpoints(e.family, e.laddr, e.lport, e.raddr, e.rport)
 
 
