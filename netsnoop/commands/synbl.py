@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from netsnoop import options as o
-from netsnoop.btf import StructDecoder
+from netsnoop.btf import STRUCT, BTF, StructDecoder
 from netsnoop.hist import EMPTY, Section, read_hists, run_intervals, summary, write_sections
 from netsnoop.loader import BPFObject
 from netsnoop.output import OutputOptions
@@ -46,6 +46,19 @@ class NetnsOverflows:
         return {} if now is None or before is None else {"listen_overflows": now - before}
 
 
+def ack_overflows_visible() -> bool:
+    """Whether this kernel can show final-ACK overflows per listener: kfree_skb must name
+    the receiving socket (``rx_sk``) and know the TCP_LISTEN_OVERFLOW reason. Without
+    them the overflow hook would load and count nothing, so its zeros are not shown."""
+    btf = BTF.vmlinux()
+    try:
+        tid = btf.find("trace_event_raw_kfree_skb", STRUCT)
+        has_sk = bool(tid) and any(name == "rx_sk" for name, _t, _o in btf.members(tid))
+        return has_sk and "SKB_DROP_REASON_TCP_LISTEN_OVERFLOW" in btf.enum_values("skb_drop_reason").values()
+    finally:
+        btf.close()
+
+
 def pop_overflows(obj: BPFObject) -> dict[int, int]:
     """backlog_max -> final ACKs dropped for a full accept queue since the last call."""
     key = StructDecoder(obj.btf, "synbl_key")
@@ -53,10 +66,10 @@ def pop_overflows(obj: BPFObject) -> dict[int, int]:
             for k, v in obj.map("overflows").pop_all()}
 
 
-def sections(obj: BPFObject) -> list[Section]:
-    """One section per backlog limit seen since the last call: its histogram and, when
-    the overflow hook is attached, its final-ACK overflows."""
-    drops = pop_overflows(obj) if obj.chosen.get("overflow") else None
+def sections(obj: BPFObject, with_overflows: bool) -> list[Section]:
+    """One section per backlog limit seen since the last call: its histogram and, with
+    ``with_overflows``, its final-ACK overflows."""
+    drops = pop_overflows(obj) if with_overflows else None
     hists = {k.backlog_max: h for k, h in read_hists(obj, "backlog", "synbl_key")}
     return [Section(hists.get(limit, EMPTY), {"backlog_max": limit},
                     {} if drops is None else {"overflows": drops.get(limit, 0)})
@@ -78,16 +91,17 @@ def command(interval: float | None, duration: float | None, out: OutputOptions, 
     Overflows, i.e. connections refused because the accept queue was full, are counted
     in two ways. Under each histogram, "overflows" are final ACKs dropped by listeners
     with that limit (skb:kfree_skb, reason TCP_LISTEN_OVERFLOW; any network
-    namespace). A SYN that finds the queue full is dropped with no tracepoint, so the
+    namespace; shown where the kernel's kfree_skb names the receiving socket). A SYN that finds the queue full is dropped with no tracepoint, so the
     complete count comes from the kernel's own counter, "listen_overflows" (TcpExt
     ListenOverflows: SYNs and ACKs, all listeners of the network namespace netsnoop
     runs in, not filtered by -4/-6).
     """
     with TRACER.open({"filter_family": family}) as obj:
         netns = NetnsOverflows()
+        with_overflows = bool(obj.chosen.get("overflow")) and ack_overflows_visible()
 
         def report() -> None:
-            write_sections(sections(obj), "backlog", out, facts=netns.since_last())
+            write_sections(sections(obj, with_overflows), "backlog", out, facts=netns.since_last())
 
         ready("Tracing SYN backlog size. Ctrl-C to end.")
         run_intervals(report, duration, interval)
