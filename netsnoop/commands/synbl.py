@@ -88,13 +88,14 @@ def command(interval: float | None, duration: float | None, out: OutputOptions, 
     A sample is taken when a connection is put on a listener's accept queue
     (tracepoint sock:sk_data_ready): the queue length it found, itself not counted.
 
-    Overflows, i.e. connections refused because the accept queue was full, are counted
-    in two ways. Under each histogram, "overflows" are final ACKs dropped by listeners
-    with that limit (skb:kfree_skb, reason TCP_LISTEN_OVERFLOW; any network
-    namespace; shown where the kernel's kfree_skb names the receiving socket). A SYN that finds the queue full is dropped with no tracepoint, so the
-    complete count comes from the kernel's own counter, "listen_overflows" (TcpExt
-    ListenOverflows: SYNs and ACKs, all listeners of the network namespace netsnoop
-    runs in, not filtered by -4/-6).
+    Overflows, i.e. SYNs or final ACKs dropped because the accept queue was full, are
+    counted in two ways. Under each histogram, "overflows" are final ACKs dropped by
+    listeners with that limit (skb:kfree_skb, reason TCP_LISTEN_OVERFLOW; any network
+    namespace; shown where the kernel's kfree_skb names the receiving socket). A SYN
+    that finds the queue full is dropped with no tracepoint, so the complete count comes
+    from the kernel's own counter, "listen_overflows" (TcpExt ListenOverflows: SYNs and
+    ACKs, all listeners of the network namespace netsnoop runs in, not filtered by
+    -4/-6).
     """
     with TRACER.open({"filter_family": family}) as obj:
         netns = NetnsOverflows()
