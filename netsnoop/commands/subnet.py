@@ -13,7 +13,7 @@ import click
 from netsnoop import options as o
 from netsnoop.fmt import AF_INET, AF_INET6
 from netsnoop.loader import BPFObject
-from netsnoop.output import Column, make_sink, OutputOptions
+from netsnoop.output import Column, OutputOptions, make_sink
 from netsnoop.runner import Tracer, _silence_stdout, ready
 from netsnoop.traffic import run_intervals
 
