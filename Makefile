@@ -65,8 +65,13 @@ test-unit: deps
 	$(VPY) -m pytest -q -m "not integration" tests
 
 ## benchmarks: start-up, memory, throughput, overhead (not part of make test)
-bench: deps
+## ARGS="--full" for more repeats, ARGS="--only states,life" for a subset
+bench: deps bench/loadgen
 	$(VPY) bench/run.py $(ARGS)
+
+bench/loadgen: bench/loadgen.c
+	@cc=$$(command -v gcc || command -v $(CLANG)) || { $(MAKE) apt && cc=$(CLANG); }; \
+	echo "$$cc -O2 -Wall -Wextra -pthread -o $@ $<"; $$cc -O2 -Wall -Wextra -pthread -o $@ $<
 
 clean:
 	rm -rf $(BPF_DIR)/*.bpf.o $(VMLINUX_H) build dist *.egg-info netsnoop.egg-info

@@ -1,0 +1,646 @@
+#!/usr/bin/env python3
+"""netsnoop benchmarks: start-up, memory, event throughput and the cost to the traced
+workload, measured on this machine (`make bench`, or `python bench/run.py --help`).
+
+What is measured, and how:
+
+* **Start-up**: from just before exec to the first line on stdout (the header; the
+  "Tracing..." line goes to stderr first). Tools that print nothing until their first
+  interval are timed to the "Tracing..." line and marked so. Peak RSS is VmHWM from
+  /proc/<pid>/status, read just before stopping.
+* **Storm**: bench/loadgen makes N loopback connections (connect, accept, close with
+  an RST) untraced and then traced, side by side in the same repeat; the ratio is
+  traced/untraced connections per second. netsnoop writes to a file; events delivered
+  are the rows in that file, events lost come from its own summary (stderr for text,
+  the ``{"type":"summary"}`` record for JSON). CPU is utime+stime from /proc/<pid>/stat
+  between "ready" and "drained" (its CPU time stopped growing), per 100k events.
+* **Bulk**: the same side-by-side ratio for a bulk transfer in small writes (many
+  socket calls), for the tools that hook sends and receives.
+
+Every figure is the median of the repeats, with min and max. Results go to a table on
+the terminal and to bench/results/<time>-<commit>.json (and bench/results/latest.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import os
+import platform
+import re
+import selectors
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(BENCH)
+LOADGEN = os.path.join(BENCH, "loadgen")
+RESULTS = os.path.join(BENCH, "results")
+NETSNOOP = [sys.executable, "-m", "netsnoop"]
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+sys.path.insert(0, ROOT)
+
+HEADER_WINDOW_S = 0.5  # a header later than this after "Tracing..." is an interval's output
+
+# Arguments a subcommand needs to start at all (everything else runs with defaults).
+STARTUP_ARGS: dict[str, list[str]] = {"netqtop": ["-n", "lo"]}
+
+# The issue's storm matrix: (label, subcommand and arguments).
+STORM: list[tuple[str, list[str]]] = [
+    ("states", ["states"]),
+    ("life", ["life"]),
+    ("tracer", ["tracer"]),
+    ("connect", ["connect"]),
+    ("connect -c", ["connect", "-c"]),
+]
+# Tools whose hooks fire per send/receive call: judged on the bulk transfer.
+BULK: list[tuple[str, list[str]]] = [
+    ("top", ["top"]),
+    ("life", ["life"]),
+]
+FORMATS: dict[str, list[str]] = {"text": [], "json": ["--json"]}
+
+TARGETS = {
+    "startup_s": 0.30,
+    "rss_mb": 40.0,
+    "ratio_states": 0.5,
+    "ratio_aggregating": 0.9,
+    "us_per_event_text": 5.0,
+}
+AGGREGATING = {"connect -c", "top"}
+ZERO_LOSS = {"states", "life"}
+
+
+# -- small helpers ------------------------------------------------------------------------
+
+
+def stats(values: Iterable[float | None]) -> dict[str, float] | None:
+    """median/min/max of the values that were measured (None when there are none)."""
+    vs = [v for v in values if v is not None]
+    if not vs:
+        return None
+    return {"median": statistics.median(vs), "min": min(vs), "max": max(vs), "n": len(vs)}
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """utime+stime of a process (threads included), from /proc/<pid>/stat."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """VmHWM in MB (10^6 bytes would flatter us: MiB as the kernel counts)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
+def build_loadgen() -> None:
+    """Build bench/loadgen with gcc when it is missing or older than its source."""
+    src = LOADGEN + ".c"
+    if os.path.exists(LOADGEN) and os.path.getmtime(LOADGEN) >= os.path.getmtime(src):
+        return
+    import shutil
+
+    cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("clang") or "cc"
+    subprocess.run([cc, "-O2", "-Wall", "-Wextra", "-pthread", "-o", LOADGEN, src], check=True)
+
+
+def loadgen(mode: str, *args: str) -> dict[str, Any]:
+    """Run one workload to completion; its JSON report."""
+    out = subprocess.run([LOADGEN, mode, *args], capture_output=True, text=True, timeout=300)
+    if out.returncode != 0:
+        raise RuntimeError(f"loadgen {mode} failed: {out.stderr.strip() or out.stdout.strip()}")
+    return json.loads(out.stdout)
+
+
+# -- which subcommands exist --------------------------------------------------------------
+
+
+def available(subcommand: str) -> str | None:
+    """None if ``subcommand`` can be benchmarked here, else why not (a clear note)."""
+    from netsnoop.commands import COMMANDS
+
+    if subcommand not in COMMANDS:
+        return f"'{subcommand}' is not a netsnoop subcommand"
+    module = COMMANDS[subcommand][0]
+    if importlib.util.find_spec(module) is None:
+        return f"not implemented yet ({module.replace('.', '/')}.py does not exist)"
+    try:
+        tracer = getattr(importlib.import_module(module), "TRACER", None)
+    except Exception as err:  # a module mid-edit by someone else: note it, go on
+        return f"{module} does not import: {type(err).__name__}: {err}"
+    if tracer is None:
+        return "loads no BPF (no TRACER)"
+    obj = os.path.join(ROOT, "netsnoop", "bpf", f"{tracer.obj}.bpf.o")
+    if not os.path.exists(obj):
+        return f"netsnoop/bpf/{tracer.obj}.bpf.o is not built (make bpf)"
+    return None
+
+
+def tracing_subcommands() -> list[str]:
+    from netsnoop.commands import COMMANDS
+
+    return [name for name in COMMANDS if name != "check"]
+
+
+# -- one netsnoop process -----------------------------------------------------------------
+
+
+class Netsnoop:
+    """A netsnoop run we time and watch: stdout to a pipe or a file, stderr read by a
+    thread (so the "Tracing..." line is seen as soon as it is written)."""
+
+    def __init__(self, args: list[str], stdout_path: str | None = None) -> None:
+        self.args = args
+        self.stdout_path = stdout_path
+        self.err_lines: list[str] = []
+        self.ready_at: float | None = None
+        self.header_at: float | None = None
+        self.cpu_at_exit: float | None = None
+        self.returncode: int | None = None
+        self._ready = threading.Event()
+
+    def start(self) -> "Netsnoop":
+        out = open(self.stdout_path, "w") if self.stdout_path else subprocess.PIPE
+        self.t0 = time.perf_counter()
+        self.proc = subprocess.Popen(NETSNOOP + self.args, stdout=out, stderr=subprocess.PIPE, cwd=ROOT,
+                                     text=True, bufsize=1)
+        if self.stdout_path:
+            out.close()  # type: ignore[union-attr]
+        self._thread = threading.Thread(target=self._read_stderr, daemon=True)
+        self._thread.start()
+        return self
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            if self.ready_at is None and line.startswith("Tracing"):
+                self.ready_at = time.perf_counter() - self.t0
+                self._ready.set()
+            self.err_lines.append(line)
+        self._ready.set()
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        if not self._ready.wait(timeout) or self.ready_at is None:
+            self.stop()
+            raise RuntimeError(f"netsnoop {' '.join(self.args)} did not start: {''.join(self.err_lines)[-400:].strip()}")
+
+    def wait_header(self, timeout: float) -> bool:
+        """The first stdout line (piped stdout only): sets ``header_at``."""
+        assert self.proc.stdout is not None
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        try:
+            if sel.select(timeout):
+                line = self.proc.stdout.readline()
+                if line:
+                    self.header_at = time.perf_counter() - self.t0
+                    return True
+            return False
+        finally:
+            sel.close()
+
+    def wait_file_header(self, timeout: float) -> None:
+        """For stdout in a file: wait until the header line is there (text formats)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and os.path.getsize(self.stdout_path or "") == 0:  # type: ignore[arg-type]
+            time.sleep(0.01)
+
+    def wait_drained(self, idle: float = 0.3, timeout: float = 60.0) -> None:
+        """Until netsnoop's CPU time stops growing: the backlog has been written out."""
+        deadline = time.monotonic() + timeout
+        last = cpu_seconds(self.proc.pid)
+        while time.monotonic() < deadline:
+            time.sleep(idle)
+            now = cpu_seconds(self.proc.pid)
+            if now is None or last is None or now - last < 0.01:
+                return
+            last = now
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGINT, then read the CPU time of the exited (not yet reaped) process."""
+        if self.returncode is not None:
+            return self.returncode
+        if self.proc.stdout is not None:  # keep a piped stdout flowing while it stops
+            threading.Thread(target=self.proc.stdout.read, daemon=True).start()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                info = os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOWAIT | os.WNOHANG)
+            except ChildProcessError:
+                break
+            if info is not None:
+                self.cpu_at_exit = cpu_seconds(self.proc.pid)
+                break
+            time.sleep(0.01)
+        else:
+            self.proc.kill()
+        self.returncode = self.proc.wait()
+        self._thread.join(5)
+        return self.returncode
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self.err_lines)
+
+
+# -- start-up -----------------------------------------------------------------------------
+
+
+def measure_startup(sub: str, runs: int) -> dict[str, Any]:
+    """exec -> first stdout line (or -> "Tracing..." for interval tools), and VmHWM."""
+    samples, rss, basis = [], [], "header"
+    for _ in range(runs):
+        ns = Netsnoop([sub, *STARTUP_ARGS.get(sub, [])]).start()
+        try:
+            ns.wait_ready()
+            # a streaming tool prints its header right after "Tracing..."; an interval
+            # tool prints nothing until its first interval, so its start-up ends at ready
+            got = ns.wait_header(timeout=HEADER_WINDOW_S)
+            if not got:
+                basis = "ready"
+            rss.append(peak_rss_mb(ns.proc.pid))
+            samples.append(ns.header_at if got else ns.ready_at)
+        finally:
+            ns.stop()
+    return {"basis": basis, "seconds": samples, "startup_s": stats(samples), "rss_mb": stats(rss)}
+
+
+def interpreter_floor(runs: int) -> dict[str, Any]:
+    """What any Python CLI pays before netsnoop does anything: the interpreter alone,
+    and `netsnoop --help` (interpreter + click + our command table)."""
+    def timed(cmd: list[str]) -> float:
+        t0 = time.perf_counter()
+        subprocess.run(cmd, cwd=ROOT, capture_output=True, check=True)
+        return time.perf_counter() - t0
+
+    return {
+        "python_s": stats(timed([sys.executable, "-c", "pass"]) for _ in range(runs)),
+        "help_s": stats(timed(NETSNOOP + ["--help"]) for _ in range(runs)),
+    }
+
+
+# -- workloads under tracing --------------------------------------------------------------
+
+SUMMARY_TEXT = re.compile(r"netsnoop: (\d+) events?, (\d+) lost events?")
+
+
+def parse_output(path: str, fmt: str, stderr: str, port: int) -> dict[str, Any]:
+    """Rows delivered, rows about the workload's own port, lost events (from the summary)."""
+    rows = own = 0
+    lost: int | None = None
+    summary_events: int | None = None
+    port_s = str(port)
+    with open(path, errors="replace") as f:
+        if fmt == "json":
+            for line in f:
+                if not line.startswith("{"):
+                    continue
+                rec = json.loads(line)
+                if rec.get("type") == "summary":
+                    lost, summary_events = rec.get("lost_events"), rec.get("events")
+                    continue
+                rows += 1
+                if any(v == port for k, v in rec.items() if "port" in k):
+                    own += 1
+        else:
+            next(f, None)  # header
+            for line in f:
+                rows += 1
+                if port_s in line.split():
+                    own += 1
+    if fmt != "json":
+        m = SUMMARY_TEXT.search(stderr)
+        if m:
+            summary_events, lost = int(m.group(1)), int(m.group(2))
+    return {"rows": rows, "own_rows": own, "lost": lost, "summary_events": summary_events}
+
+
+@dataclass
+class Scenario:
+    label: str
+    args: list[str]
+    fmt: str
+    workload: str  # storm | bulk
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    note: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.label} ({self.fmt}, {self.workload})"
+
+
+def workload_args(kind: str, opts: argparse.Namespace) -> list[str]:
+    if kind == "storm":
+        return ["-n", str(opts.connections), "-c", str(opts.concurrency)]
+    return ["-b", str(opts.bulk_bytes), "-s", str(opts.bulk_chunk), "-c", str(opts.concurrency)]
+
+
+def run_traced(sc: Scenario, opts: argparse.Namespace, tmp: str) -> dict[str, Any]:
+    """One repeat: the workload untraced, then under netsnoop, back to back."""
+    wargs = workload_args(sc.workload, opts)
+    untraced = loadgen(sc.workload, *wargs)
+    path = os.path.join(tmp, "out")
+    ns = Netsnoop(sc.args + FORMATS[sc.fmt], stdout_path=path).start()
+    try:
+        ns.wait_ready()
+        if sc.fmt == "text":
+            ns.wait_file_header(2.0)
+        time.sleep(0.05)
+        cpu0 = cpu_seconds(ns.proc.pid)
+        traced = loadgen(sc.workload, *wargs)
+        ns.wait_drained()
+        cpu1 = cpu_seconds(ns.proc.pid)
+        rss = peak_rss_mb(ns.proc.pid)
+    finally:
+        rc = ns.stop()
+    out = parse_output(path, sc.fmt, ns.stderr, traced["port"])
+    busy = (cpu1 - cpu0) if cpu0 is not None and cpu1 is not None else None
+    events = out["rows"]
+    return {
+        "untraced_rate": untraced["rate"],
+        "traced_rate": traced["rate"],
+        "ratio": traced["rate"] / untraced["rate"],
+        "unit": traced["unit"],
+        "events": events,
+        "own_events": out["own_rows"],
+        "lost": out["lost"],
+        "summary_events": out["summary_events"],
+        "cpu_s": busy,
+        "cpu_total_s": ns.cpu_at_exit,
+        "cpu_s_per_100k": busy / events * 1e5 if busy is not None and events else None,
+        "us_per_event": busy / events * 1e6 if busy is not None and events else None,
+        "rss_mb": rss,
+        "returncode": rc,
+        "load": load_average(),
+    }
+
+
+def summarise(sc: Scenario) -> dict[str, Any]:
+    keys = ("untraced_rate", "traced_rate", "ratio", "events", "own_events", "lost", "cpu_s_per_100k", "us_per_event", "rss_mb")
+    return {k: stats(r[k] for r in sc.runs) for k in keys}
+
+
+# -- reporting ----------------------------------------------------------------------------
+
+
+def fmt_stat(s: dict[str, float] | None, spec: str = ".2f", scale: float = 1.0) -> str:
+    if s is None:
+        return "-"
+    med, lo, hi = (format(s[k] * scale, spec) for k in ("median", "min", "max"))
+    return med if s["n"] == 1 or lo == hi else f"{med} [{lo}-{hi}]"
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def print_startup(results: dict[str, Any], floor: dict[str, Any] | None) -> None:
+    rows = []
+    for sub, r in results.items():
+        if "skipped" in r:
+            rows.append([sub, "skipped: " + r["skipped"], ""])
+        elif "error" in r:
+            rows.append([sub, "error: " + r["error"], ""])
+        else:
+            basis = "" if r["basis"] == "header" else " (to Tracing...)"
+            rows.append([sub, fmt_stat(r["startup_s"], ".3f") + basis, fmt_stat(r["rss_mb"], ".1f")])
+    print("\nStart-up: exec -> first header line, median [min-max]; peak RSS (VmHWM, MiB)")
+    print(table(["subcommand", "start-up s", "peak RSS MiB"], rows))
+    if floor:
+        print(f"  for scale: python -c pass {fmt_stat(floor['python_s'], '.3f')} s, "
+              f"netsnoop --help {fmt_stat(floor['help_s'], '.3f')} s")
+
+
+def print_workloads(title: str, scenarios: list[Scenario]) -> None:
+    rows = []
+    for sc in scenarios:
+        if sc.note:
+            rows.append([sc.label, sc.fmt, "skipped: " + sc.note] + [""] * 7)
+            continue
+        s = summarise(sc)
+        rows.append([
+            sc.label, sc.fmt, fmt_stat(s["untraced_rate"], ".0f"), fmt_stat(s["traced_rate"], ".0f"),
+            fmt_stat(s["ratio"], ".2f"), fmt_stat(s["events"], ".0f"), fmt_stat(s["lost"], ".0f"),
+            fmt_stat(s["cpu_s_per_100k"], ".2f"), fmt_stat(s["us_per_event"], ".1f"), fmt_stat(s["rss_mb"], ".1f"),
+        ])
+    print(f"\n{title}")
+    print(table(["tool", "fmt", "untraced", "traced", "ratio", "events", "lost", "cpu s/100k", "us/event", "RSS MiB"], rows))
+
+
+def check_targets(startup: dict[str, Any], storm: list[Scenario], bulk: list[Scenario]) -> list[dict[str, Any]]:
+    """The issue's targets against the medians (and the worst run for losses)."""
+    checks: list[dict[str, Any]] = []
+
+    def add(what: str, value: float | None, limit: float, ok: bool | None) -> None:
+        checks.append({"target": what, "measured": value, "limit": limit, "ok": ok})
+
+    for sub, r in startup.items():
+        if "startup_s" in r and r["startup_s"]:
+            v = r["startup_s"]["median"]
+            add(f"start-up {sub} <= {TARGETS['startup_s']} s", v, TARGETS["startup_s"], v <= TARGETS["startup_s"])
+    rss = [r["rss_mb"]["max"] for r in startup.values() if r.get("rss_mb")]
+    rss += [sc_s["rss_mb"]["max"] for sc_s in (summarise(sc) for sc in storm + bulk if not sc.note and sc.runs) if sc_s["rss_mb"]]
+    if rss:
+        add(f"peak RSS <= {TARGETS['rss_mb']} MiB (worst run, any tool)", max(rss), TARGETS["rss_mb"], max(rss) <= TARGETS["rss_mb"])
+    for sc in storm + bulk:
+        if sc.note or not sc.runs:
+            continue
+        s = summarise(sc)
+        if sc.label in ZERO_LOSS and sc.workload == "storm":
+            worst = s["lost"]["max"] if s["lost"] else None
+            add(f"zero lost events: {sc.name} (worst run)", worst, 0, worst == 0 if worst is not None else None)
+        if sc.label == "states" and sc.workload == "storm":
+            v = s["ratio"]["median"]
+            add(f"ratio >= {TARGETS['ratio_states']}: {sc.name}", v, TARGETS["ratio_states"], v >= TARGETS["ratio_states"])
+            if sc.fmt == "text" and s["us_per_event"]:
+                v = s["us_per_event"]["median"]
+                add(f"user-space cost <= {TARGETS['us_per_event_text']} us/event: {sc.name}", v,
+                    TARGETS["us_per_event_text"], v <= TARGETS["us_per_event_text"])
+        if sc.label in AGGREGATING and ((sc.label == "top") == (sc.workload == "bulk")):
+            v = s["ratio"]["median"]
+            add(f"ratio >= {TARGETS['ratio_aggregating']}: {sc.name}", v, TARGETS["ratio_aggregating"], v >= TARGETS["ratio_aggregating"])
+    return checks
+
+
+def print_targets(checks: list[dict[str, Any]]) -> None:
+    print("\nTargets")
+    for c in checks:
+        mark = {True: "ok  ", False: "MISS", None: "?   "}[c["ok"]]
+        v = "-" if c["measured"] is None else f"{c['measured']:.3g}"
+        print(f"  {mark} {c['target']}: {v}")
+
+
+# -- main ---------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repeats", type=int, default=3, help="repeats of each workload scenario (default 3)")
+    p.add_argument("--startup-runs", type=int, default=5, help="start-up runs per subcommand (default 5)")
+    p.add_argument("--full", action="store_true", help="more repeats: 7 per scenario, 9 start-ups")
+    p.add_argument("--connections", type=int, default=20000, help="connections per storm (default 20000)")
+    p.add_argument("--concurrency", type=int, default=1, help="client (and server) threads of the workload")
+    p.add_argument("--bulk-bytes", type=int, default=128 << 20, help="bytes per bulk connection (default 128 MiB)")
+    p.add_argument("--bulk-chunk", type=int, default=1024, help="bytes per write()/read() in bulk (default 1024)")
+    p.add_argument("--only", default="", help="comma-separated tool labels to run (e.g. states,life)")
+    p.add_argument("--formats", default="text,json", help="output formats for the workloads (default text,json)")
+    p.add_argument("--skip", default="", help="comma-separated sections to skip: startup,storm,bulk")
+    p.add_argument("--out", default=None, help="JSON results file (default bench/results/<time>-<commit>.json)")
+    opts = p.parse_args(argv)
+    if opts.full:
+        opts.repeats, opts.startup_runs = max(opts.repeats, 7), max(opts.startup_runs, 9)
+    return opts
+
+
+def preflight() -> None:
+    if os.geteuid() != 0:
+        sys.exit("bench: needs root (loads BPF programs)")
+    if not os.path.exists("/sys/kernel/btf/vmlinux"):
+        sys.exit("bench: needs kernel BTF (/sys/kernel/btf/vmlinux)")
+    build_loadgen()
+
+
+def scenarios(kind: str, matrix: list[tuple[str, list[str]]], opts: argparse.Namespace) -> list[Scenario]:
+    only = {x.strip() for x in opts.only.split(",") if x.strip()}
+    out = []
+    for label, args in matrix:
+        if only and label not in only and args[0] not in only:
+            continue
+        for fmt in [f for f in opts.formats.split(",") if f in FORMATS]:
+            out.append(Scenario(label, args, fmt, kind, note=available(args[0])))
+    return out
+
+
+def run_scenarios(scs: list[Scenario], opts: argparse.Namespace, log: Callable[[str], None]) -> None:
+    with tempfile.TemporaryDirectory(prefix="netsnoop-bench-") as tmp:
+        for rep in range(opts.repeats):
+            for sc in scs:  # interleave scenarios so slow drifts in load hit them all alike
+                if sc.note:
+                    continue
+                try:
+                    r = run_traced(sc, opts, tmp)
+                except (RuntimeError, subprocess.TimeoutExpired) as err:
+                    sc.note = f"failed: {err}"
+                    continue
+                sc.runs.append(r)
+                log(f"  {sc.name} #{rep + 1}: ratio {r['ratio']:.2f}, {r['events']} events, {r['lost']} lost, "
+                    f"{r['us_per_event'] or 0:.1f} us/event, load {r['load'][0]}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parse_args(argv)
+    preflight()
+    skip = {x.strip() for x in opts.skip.split(",")}
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    started = time.time()
+    meta = {
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "kernel": platform.release(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "load_before": load_average(),
+        "options": vars(opts),
+    }
+    log(f"bench: commit {meta['commit']}{' (dirty)' if meta['dirty'] else ''}, load average {meta['load_before']}")
+
+    startup: dict[str, Any] = {}
+    floor = None
+    if "startup" not in skip:
+        floor = interpreter_floor(opts.startup_runs)
+        only = {x.strip() for x in opts.only.split(",") if x.strip()}
+        for sub in tracing_subcommands():
+            if only and sub not in only:
+                continue
+            why = available(sub)
+            if why:
+                startup[sub] = {"skipped": why}
+                continue
+            log(f"  start-up: {sub}")
+            try:
+                startup[sub] = measure_startup(sub, opts.startup_runs)
+            except RuntimeError as err:
+                startup[sub] = {"error": str(err)}
+        print_startup(startup, floor)
+
+    storm = scenarios("storm", STORM, opts) if "storm" not in skip else []
+    bulk = scenarios("bulk", BULK, opts) if "bulk" not in skip else []
+    if storm:
+        log(f"storm: {opts.connections} connections x {opts.repeats} repeats")
+        run_scenarios(storm, opts, log)
+        print_workloads(f"Storm of {opts.connections} connections (conn/s), median [min-max] of {opts.repeats}", storm)
+    if bulk:
+        log(f"bulk: {opts.bulk_bytes >> 20} MiB in {opts.bulk_chunk}-byte calls x {opts.repeats} repeats")
+        run_scenarios(bulk, opts, log)
+        print_workloads(f"Bulk transfer, {opts.bulk_chunk}-byte calls (MB/s), median [min-max] of {opts.repeats}", bulk)
+
+    checks = check_targets(startup, storm, bulk)
+    print_targets(checks)
+    meta["load_after"] = load_average()
+    meta["seconds"] = round(time.time() - started, 1)
+    print(f"\nload average before {meta['load_before']}, after {meta['load_after']}; {meta['seconds']} s")
+    result = {
+        "meta": meta,
+        "startup": startup,
+        "interpreter": floor,
+        "storm": [{**vars(sc), "summary": summarise(sc) if sc.runs else None} for sc in storm],
+        "bulk": [{**vars(sc), "summary": summarise(sc) if sc.runs else None} for sc in bulk],
+        "targets": checks,
+    }
+    write_results(result, opts.out)
+    return 0
+
+
+def write_results(result: dict[str, Any], path: str | None) -> None:
+    os.makedirs(RESULTS, exist_ok=True)
+    if path is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path = os.path.join(RESULTS, f"{stamp}-{result['meta']['commit'] or 'nogit'}.json")
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
+    latest = os.path.join(RESULTS, "latest.json")
+    if os.path.abspath(path) != latest:
+        with open(latest, "w") as f:
+            json.dump(result, f, indent=1)
+    print(f"results: {os.path.relpath(path, ROOT)}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
