@@ -9,6 +9,7 @@ BTF is read the same way, e.g. for the names of ``enum skb_drop_reason``.
 from __future__ import annotations
 
 import ctypes
+import functools
 import struct
 from collections import namedtuple
 from dataclasses import dataclass
@@ -224,7 +225,8 @@ class StructDecoder:
     """Turns raw bytes laid out as a C struct into a namedtuple, in one unpack call.
 
     Built from BTF once per struct type; per record it costs one ``unpack_from`` and
-    one tuple construction. Arrays of integers come back as tuples.
+    one tuple construction. Arrays of integers come back as tuples. A run of records
+    at a fixed stride (a ring buffer's) is decoded by one ``iter_unpack`` call.
     """
 
     def __init__(self, btf: BTF, struct_name: str) -> None:
@@ -235,20 +237,37 @@ class StructDecoder:
         self.type = namedtuple(struct_name, names)  # type: ignore[misc]
         by_name = {f.name: f for f in self.fields}
         groups = [by_name[n].count if by_name[n].code != "s" else 1 for n in names]
-        make = self.type._make
+        # the struct's own unpack yields exactly len(names) values: no need for _make's check
+        make = functools.partial(tuple.__new__, self.type)
         unpack = self.struct.unpack_from
+        self._runs: dict[tuple[int, int], struct.Struct] = {}
         if all(g == 1 for g in groups):
+            self._make: Callable[[tuple[Any, ...]], Any] = make
             self.decode: Callable[[bytes], Any] = lambda raw: make(unpack(raw))
         else:
 
-            def decode(raw: bytes) -> Any:
-                flat, out, i = unpack(raw), [], 0
+            def regroup(flat: tuple[Any, ...]) -> Any:
+                out, i = [], 0
                 for g in groups:
                     out.append(flat[i] if g == 1 else flat[i : i + g])
                     i += g
                 return make(out)
 
-            self.decode = decode
+            self._make = regroup
+            self.decode = lambda raw: regroup(unpack(raw))
+
+    def decode_run(self, buf: Any, offset: int, stride: int, count: int) -> list[Any]:
+        """``count`` records, one every ``stride`` bytes of ``buf`` starting ``offset`` bytes
+        in (a ring buffer's run: an 8-byte header before each), decoded in one C loop."""
+        run = self._runs.get((offset, stride))
+        if run is None:
+            pad = stride - offset - self.size
+            if pad < 0:
+                raise struct.error(f"records of {stride - offset} bytes are too short for {self.size}-byte {self.type.__name__}")
+            run = self._runs[(offset, stride)] = struct.Struct(f"={offset}x{self.struct.format[1:]}{pad}x")
+        if len(buf) != count * stride:
+            buf = buf[: count * stride]
+        return list(map(self._make, run.iter_unpack(buf)))
 
     def encode(self, **values: Any) -> bytes:
         """Pack a record (zero for omitted fields): used for map keys."""

@@ -23,6 +23,7 @@ import logging
 import os
 import re
 import struct
+import sys
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Callable, Iterator
@@ -31,12 +32,14 @@ from netsnoop import kernel
 from netsnoop.btf import BTF, StructDecoder
 from netsnoop.errors import LoadError, MissingFeature
 from netsnoop.libbpf import SAMPLE_FN, OpenOpts, capture_log, errno_message, last_errno, lib
+from netsnoop.ringbuf import HEADER, MappedRing, map_size, mapped_reading
 
 log = logging.getLogger("netsnoop.loader")
 
 HOOK_KINDS = ("tp_btf", "tracepoint", "fentry", "fexit", "kprobe", "kretprobe")
 DEFAULT_ORDER = ("tp_btf", "tracepoint", "fentry", "fexit", "kprobe", "kretprobe")
 DEFAULT_RINGBUF_BYTES = 8 << 20
+BATCH_EVENTS = 2048  # events decoded per read: bounds what a backlog costs in memory
 ringbuf_bytes = DEFAULT_RINGBUF_BYTES  # set by `netsnoop --ringbuf SIZE`
 BPF_MAP_TYPE_PERCPU_ARRAY = 6
 BPF_MAP_TYPE_PERCPU_HASH = 5
@@ -163,20 +166,31 @@ class Map:
 
 
 class RingBuffer:
-    """A libbpf ring buffer whose records are collected into a list per poll.
+    """A BPF ring buffer, read in batches: raw records (``poll``/``consume``) or decoded
+    events (``poll_events``/``read_events``, what :func:`netsnoop.runner.stream` uses).
 
-    The C callback only copies the record; decoding happens in a batch afterwards so
-    the per-event path stays in one Python loop.
+    Records are read straight from the ring's shared pages where the CPU's memory
+    model allows (:mod:`netsnoop.ringbuf`): no call back into Python per record, and a
+    run of equal records decoded in one C loop. Elsewhere libbpf reads the ring and a
+    C callback copies each record. ``*_events`` return at most ``limit`` events a call,
+    which bounds the memory a backlog can take.
     """
 
     def __init__(self, fd: int) -> None:
+        self.handle = 0
+        self.size = map_size(fd)
+        self._mapped: MappedRing | None = None
         self._batch: list[bytes] = []
-        batch = self._batch
+        if self.size and mapped_reading():
+            self._mapped = MappedRing(fd, self.size)
+            return
+        self._limit = [0]  # records per read, 0 = all (a cell the callback sees)
+        batch, limit = self._batch, self._limit
         string_at = ctypes.string_at
 
         def sample(_ctx: int, data: int, size: int) -> int:
             batch.append(string_at(data, size))
-            return 0
+            return -1 if limit[0] and len(batch) >= limit[0] else 0  # < 0: libbpf stops here
 
         self._cb = SAMPLE_FN(sample)  # keep alive as long as the ring buffer
         self.handle = lib().ring_buffer__new(fd, self._cb, None, None)
@@ -185,12 +199,21 @@ class RingBuffer:
 
     def poll(self, timeout_ms: int) -> list[bytes]:
         """Wait up to ``timeout_ms`` for records; return (and forget) all received."""
+        if self._mapped is not None:
+            self._mapped.wait(timeout_ms)
+            return self.consume()
         lib().ring_buffer__poll(self.handle, timeout_ms)
         return self.drain()
 
     def consume(self) -> list[bytes]:
-        lib().ring_buffer__consume(self.handle)
+        if self._mapped is not None:
+            self._mapped.read(sys.maxsize, self._copy_run)
+        else:
+            lib().ring_buffer__consume(self.handle)
         return self.drain()
+
+    def _copy_run(self, buf: Any, length: int, stride: int, count: int) -> None:
+        self._batch.extend(bytes(buf[i + HEADER : i + HEADER + length]) for i in range(0, count * stride, stride))
 
     def drain(self) -> list[bytes]:
         if not self._batch:
@@ -199,7 +222,39 @@ class RingBuffer:
         del self._batch[:]
         return out
 
+    def poll_events(self, timeout_ms: int, decoder: StructDecoder, limit: int = BATCH_EVENTS) -> list[Any]:
+        """Wait up to ``timeout_ms`` for records; return up to ``limit`` of them, decoded."""
+        if self._mapped is not None:
+            self._mapped.wait(timeout_ms)
+            return self.read_events(decoder, limit)
+        self._limit[0] = limit
+        lib().ring_buffer__poll(self.handle, timeout_ms)
+        self._limit[0] = 0
+        return list(map(decoder.decode, self.drain()))
+
+    def read_events(self, decoder: StructDecoder, limit: int = BATCH_EVENTS) -> list[Any]:
+        """Up to ``limit`` records already in the ring, decoded (no waiting)."""
+        if self._mapped is None:
+            self._limit[0] = limit
+            lib().ring_buffer__consume(self.handle)
+            self._limit[0] = 0
+            return list(map(decoder.decode, self.drain()))
+        out: list[Any] = []
+        decode, decode_run, size = decoder.decode, decoder.decode_run, decoder.size
+
+        def run(buf: Any, length: int, stride: int, count: int) -> None:
+            if length >= size:
+                out.extend(decode_run(buf, HEADER, stride, count))
+            else:  # shorter than the struct: fails exactly as decoding the bytes would
+                out.extend(decode(bytes(buf[i + HEADER : i + HEADER + length])) for i in range(0, count * stride, stride))
+
+        self._mapped.read(limit, run)
+        return out
+
     def close(self) -> None:
+        if self._mapped is not None:
+            self._mapped.close()
+            self._mapped = None
         if self.handle:
             lib().ring_buffer__free(self.handle)
             self.handle = 0

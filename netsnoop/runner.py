@@ -12,11 +12,11 @@ import sys
 import time
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from netsnoop import kernel
 from netsnoop.fmt import Clock
-from netsnoop.loader import BPFObject
+from netsnoop.loader import BATCH_EVENTS, DEFAULT_RINGBUF_BYTES, BPFObject, RingBuffer
 from netsnoop.output import Column, OutputOptions, make_sink, time_columns
 
 POLL_MS = 100
@@ -120,43 +120,61 @@ def stream(
     ``row`` maps a decoded event to a tuple in ``columns`` order, or None to skip it.
     The TIME/TIME(s) columns (and JSON's ``timestamp``) are added here, once.
     """
-    clock = Clock()
     tcols = time_columns(out)
     extra = [Column("timestamp", text=False)] if out.json else []
     sink = make_sink(out, tcols + list(columns) + extra)
-    decode = obj.decoder("event").decode
+    decoder = obj.decoder("event")
     ring = obj.ring_buffer()
-    with_time, with_ts, with_json = out.time, out.timestamp, out.json
-
-    def rows(batch: list[bytes]) -> Iterator[Sequence[Any]]:
-        for raw in batch:
-            e = decode(raw)
-            r = row(e)
-            if r is None:
-                continue
-            if with_time or with_ts or with_json:
-                prefix: tuple[Any, ...] = ()
-                if with_time:
-                    prefix += (clock.hms(e.ts_ns),)
-                if with_ts:
-                    prefix += (clock.since_first(e.ts_ns),)
-                r = prefix + tuple(r) + ((round(clock.wall(e.ts_ns), 6),) if with_json else ())
-            yield r
+    rows = _row_builder(row, out)
 
     ready(banner)
     sink.header()
     try:
         with StopFlag(duration) as stop:
             while not stop:
-                batch = ring.poll(stop.remaining_ms(POLL_MS))
-                if batch:
-                    sink.write(rows(batch))
-            sink.write(rows(ring.consume()))
+                events = ring.poll_events(stop.remaining_ms(POLL_MS), decoder)
+                if events:
+                    sink.write(rows(events))
+            # what the kernel produced before we stopped: bounded batches, a bounded number
+            for _ in range(_drain_rounds(ring)):
+                events = ring.read_events(decoder)
+                if not events:
+                    break
+                sink.write(rows(events))
     except BrokenPipeError:
         _silence_stdout()
         return sink.count
     sink.summary({"events": sink.count, "lost_events": obj.lost_events()})
     return sink.count
+
+
+def _row_builder(row: Callable[[Any], Sequence[Any] | None], out: OutputOptions) -> Callable[[list[Any]], Iterable[Sequence[Any]]]:
+    """Events -> rows for one batch. Without time columns it is a bare ``map`` (the hot
+    path: no per-event Python frame besides the subcommand's ``row``)."""
+    if not (out.time or out.timestamp or out.json):
+        return lambda events: [r for r in map(row, events) if r is not None]
+    clock = Clock()
+    with_time, with_ts, with_json = out.time, out.timestamp, out.json
+
+    def rows(events: list[Any]) -> Iterator[Sequence[Any]]:
+        for e in events:
+            r = row(e)
+            if r is None:
+                continue
+            prefix: tuple[Any, ...] = ()
+            if with_time:
+                prefix += (clock.hms(e.ts_ns),)
+            if with_ts:
+                prefix += (clock.since_first(e.ts_ns),)
+            yield prefix + tuple(r) + ((round(clock.wall(e.ts_ns), 6),) if with_json else ())
+
+    return rows
+
+
+def _drain_rounds(ring: RingBuffer) -> int:
+    """Reads enough to empty a full ring of the smallest records (16 bytes), and no more
+    (a storm that goes on after Ctrl-C must not keep us here)."""
+    return (ring.size or DEFAULT_RINGBUF_BYTES) // 16 // BATCH_EVENTS + 1
 
 
 def _silence_stdout() -> None:
