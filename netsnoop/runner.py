@@ -7,6 +7,7 @@ normally, so the BPF object's context manager detaches everything.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
@@ -20,6 +21,8 @@ from netsnoop.loader import BATCH_EVENTS, DEFAULT_RINGBUF_BYTES, BPFObject, Ring
 from netsnoop.output import Column, OutputOptions, make_sink, time_columns
 
 POLL_MS = 100
+COALESCE_MAX_S = 0.005  # see _coalesce_seconds()
+COALESCE_WORST_RATE = 64e6  # bytes/s of events a pause must leave room for
 
 
 class StopFlag:
@@ -126,6 +129,7 @@ def stream(
     decoder = obj.decoder("event")
     ring = obj.ring_buffer()
     rows = _row_builder(row, out)
+    coalesce = _coalesce_seconds(ring)
 
     ready(banner)
     sink.header()
@@ -135,6 +139,8 @@ def stream(
                 events = ring.poll_events(stop.remaining_ms(POLL_MS), decoder)
                 if events:
                     sink.write(rows(events))
+                    if len(events) < BATCH_EVENTS and coalesce:
+                        time.sleep(coalesce)
             # what the kernel produced before we stopped: bounded batches, a bounded number
             for _ in range(_drain_rounds(ring)):
                 events = ring.read_events(decoder)
@@ -169,6 +175,22 @@ def _row_builder(row: Callable[[Any], Sequence[Any] | None], out: OutputOptions)
             yield prefix + tuple(r) + ((round(clock.wall(e.ts_ns), 6),) if with_json else ())
 
     return rows
+
+
+def _coalesce_seconds(ring: RingBuffer) -> float:
+    """How long to let events gather after a reader has caught up, before waiting again.
+
+    A reader that wakes for every few events spends its time (and the traced
+    workload's, in wake-ups) on waking; a few milliseconds later the same events come
+    as one batch. The pause is kept short enough that even 64 MB/s of events would
+    fill only half the ring meanwhile, so small rings (``--ringbuf``) get no pause.
+    ``NETSNOOP_COALESCE_MS`` overrides it (0 turns it off), for measuring.
+    """
+    override = os.environ.get("NETSNOOP_COALESCE_MS")
+    if override is not None:
+        return max(0.0, float(override) / 1000)
+    pause = min(COALESCE_MAX_S, (ring.size or 0) / 2 / COALESCE_WORST_RATE)
+    return pause if pause >= 0.001 else 0.0
 
 
 def _drain_rounds(ring: RingBuffer) -> int:
