@@ -160,6 +160,11 @@ def _row_builder(row: Callable[[Any], Sequence[Any] | None], out: OutputOptions)
     if not (out.time or out.timestamp or out.json):
         return lambda events: [r for r in map(row, events) if r is not None]
     clock = Clock()
+    if not (out.time or out.timestamp):  # --json alone: just the timestamp, appended
+        offset = clock.offset_ns
+        return lambda events: [
+            (*r, round((e.ts_ns + offset) / 1e9, 6)) for e, r in zip(events, map(row, events)) if r is not None
+        ]
     with_time, with_ts, with_json = out.time, out.timestamp, out.json
 
     def rows(events: list[Any]) -> Iterator[Sequence[Any]]:
