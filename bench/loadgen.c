@@ -2,13 +2,17 @@
 /*
  * loadgen: the workloads the netsnoop benchmarks trace, on loopback only.
  *
- *   loadgen storm [-n COUNT] [-c CONCURRENCY] [-6]
+ *   loadgen storm [-n COUNT] [-c CONCURRENCY] [-p PORT] [-6]
  *       COUNT TCP connections to a listener of our own: every client thread
  *       connects and closes with an RST (SO_LINGER 0, so no TIME_WAIT eats the
  *       ephemeral ports); every server thread accepts and closes.
- *   loadgen bulk [-b BYTES] [-s CHUNK] [-c CONCURRENCY] [-6]
- *       CONCURRENCY connections, each carrying BYTES from client to server in
- *       write()s and read()s of CHUNK bytes (many socket calls per second).
+ *   loadgen bulk [-b BYTES | -t SECONDS] [-s CHUNK] [-c CONCURRENCY] [-p PORT] [-6]
+ *       CONCURRENCY connections, each carrying BYTES (or as much as SECONDS allow)
+ *       from client to server in write()s and read()s of CHUNK bytes (many socket
+ *       calls per second).
+ *
+ * The listener is on PORT (default: one the kernel picks), so a tracer can be told
+ * to watch only this traffic.
  *
  * Prints one JSON object on stdout when done: what was run, the listener's port
  * (so a harness can pick its own rows out of a trace), wall seconds and the rate.
@@ -35,11 +39,14 @@ struct config {
 	long count;          /* storm: connections */
 	long bytes;          /* bulk: bytes per connection */
 	long chunk;          /* bulk: bytes per write()/read() */
+	double seconds;      /* bulk: transfer for this long instead of .bytes */
 	int concurrency;     /* client threads (and as many server threads) */
+	int port;
 	int family;
 };
 
 static struct config cfg = { .count = 20000, .bytes = 256L << 20, .chunk = 1024, .concurrency = 1, .family = AF_INET };
+static atomic_long transferred;
 static struct sockaddr_storage server_addr;
 static socklen_t server_len;
 static int listen_fd;
@@ -74,10 +81,12 @@ static int make_listener(void)
 	if (cfg.family == AF_INET6) {
 		a6->sin6_family = AF_INET6;
 		a6->sin6_addr = in6addr_loopback;
+		a6->sin6_port = htons(cfg.port);
 		server_len = sizeof(*a6);
 	} else {
 		a4->sin_family = AF_INET;
 		a4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+		a4->sin_port = htons(cfg.port);
 		server_len = sizeof(*a4);
 	}
 	if (bind(fd, (struct sockaddr *)&server_addr, server_len) < 0)
@@ -151,22 +160,29 @@ static void *storm_server(void *arg)
 static void *bulk_client(void *arg)
 {
 	char *buf = calloc(1, cfg.chunk);
+	double deadline = now() + cfg.seconds;
+	long sent = 0;
 	int fd = dial();
 
 	(void)arg;
 	if (fd < 0 || !buf)
 		return NULL;
-	for (long left = cfg.bytes; left > 0;) {
-		ssize_t n = write(fd, buf, left < cfg.chunk ? left : cfg.chunk);
+	for (long calls = 0; cfg.seconds ? 1 : sent < cfg.bytes; calls++) {
+		long want = cfg.seconds ? cfg.chunk : (cfg.bytes - sent < cfg.chunk ? cfg.bytes - sent : cfg.chunk);
+		ssize_t n;
 
+		if (cfg.seconds && (calls & 255) == 0 && now() >= deadline)
+			break;
+		n = write(fd, buf, want);
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
 			atomic_fetch_add(&failures, 1);
 			break;
 		}
-		left -= n;
+		sent += n;
 	}
+	atomic_fetch_add(&transferred, sent);
 	close(fd);
 	free(buf);
 	return NULL;
@@ -193,8 +209,8 @@ static void *bulk_server(void *arg)
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: loadgen storm [-n COUNT] [-c CONCURRENCY] [-6]\n"
-			"       loadgen bulk [-b BYTES] [-s CHUNK] [-c CONCURRENCY] [-6]\n");
+	fprintf(stderr, "usage: loadgen storm [-n COUNT] [-c CONCURRENCY] [-p PORT] [-6]\n"
+			"       loadgen bulk [-b BYTES | -t SECONDS] [-s CHUNK] [-c CONCURRENCY] [-p PORT] [-6]\n");
 	exit(2);
 }
 
@@ -216,8 +232,18 @@ static void parse(int argc, char **argv)
 		usage();
 	cfg.mode = argv[1];
 	optind = 2;
-	while ((opt = getopt(argc, argv, "n:c:b:s:6")) != -1) {
+	while ((opt = getopt(argc, argv, "n:c:b:s:t:p:6")) != -1) {
 		switch (opt) {
+		case 't':
+			cfg.seconds = strtod(optarg, NULL);
+			if (cfg.seconds <= 0)
+				usage();
+			break;
+		case 'p':
+			cfg.port = positive(optarg);
+			if (cfg.port > 65535)
+				usage();
+			break;
 		case 'n': cfg.count = positive(optarg); break;
 		case 'c': cfg.concurrency = positive(optarg); break;
 		case 'b': cfg.bytes = positive(optarg); break;
@@ -269,7 +295,7 @@ int main(int argc, char **argv)
 	else
 		printf("{\"mode\":\"bulk\",\"connections\":%d,\"bytes\":%ld,\"chunk\":%ld,\"port\":%d,\"failures\":%ld,"
 		       "\"seconds\":%.6f,\"rate\":%.1f,\"unit\":\"MB/s\"}\n",
-		       c, cfg.bytes * c, cfg.chunk, port(), atomic_load(&failures), seconds,
-		       cfg.bytes * c / seconds / 1e6);
+		       c, atomic_load(&transferred), cfg.chunk, port(), atomic_load(&failures), seconds,
+		       atomic_load(&transferred) / seconds / 1e6);
 	return atomic_load(&failures) ? 1 : 0;
 }

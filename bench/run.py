@@ -55,18 +55,28 @@ HEADER_WINDOW_S = 0.5  # a header later than this after "Tracing..." is an inter
 # Arguments a subcommand needs to start at all (everything else runs with defaults).
 STARTUP_ARGS: dict[str, list[str]] = {"netqtop": ["-n", "lo"]}
 
-# The issue's storm matrix: (label, subcommand and arguments).
-STORM: list[tuple[str, list[str]]] = [
-    ("states", ["states"]),
-    ("life", ["life"]),
-    ("tracer", ["tracer"]),
-    ("connect", ["connect"]),
-    ("connect -c", ["connect", "-c"]),
+# The issue's storm matrix: label, netsnoop arguments, events per connection when
+# that is exact (life: the client's and the server's session; connect: one attempt).
+STORM: list[tuple[str, list[str], int | None]] = [
+    ("states", ["states"], None),
+    ("life", ["life"], 2),
+    ("tracer", ["tracer"], None),
+    ("connect", ["connect"], 1),
+    ("connect -c", ["connect", "-c"], 1),
 ]
-# Tools whose hooks fire per send/receive call: judged on the bulk transfer.
+# Tools whose hooks fire on every send and receive call: judged on a bulk transfer.
 BULK: list[tuple[str, list[str]]] = [
     ("top", ["top"]),
     ("life", ["life"]),
+]
+# Heavier load (concurrent storms), watching only the workload's port ({port}) so the
+# expected count is exact: delivered + lost must equal it, with the default ring and
+# with a deliberately small one that must lose.
+ACCOUNTING: list[tuple[str, list[str], int]] = [
+    ("life -P", ["life", "-P", "{port}"], 2),
+    ("connect -P", ["connect", "-P", "{port}"], 1),
+    ("life -P, 16K ring", ["--ringbuf", "16K", "life", "-P", "{port}"], 2),
+    ("connect -P, 16K ring", ["--ringbuf", "16K", "connect", "-P", "{port}"], 1),
 ]
 FORMATS: dict[str, list[str]] = {"text": [], "json": ["--json"]}
 
@@ -77,7 +87,7 @@ TARGETS = {
     "ratio_aggregating": 0.9,
     "us_per_event_text": 5.0,
 }
-AGGREGATING = {"connect -c", "top"}
+AGGREGATING = {"connect -c", "top"}  # judged per event counted in the kernel
 ZERO_LOSS = {"states", "life"}
 
 
@@ -349,39 +359,61 @@ def parse_output(path: str, fmt: str, stderr: str, port: int) -> dict[str, Any]:
     return {"rows": rows, "own_rows": own, "lost": lost, "summary_events": summary_events}
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 @dataclass
 class Scenario:
+    """One tool, format and workload, run ``repeats`` times."""
+
+    section: str  # storm | bulk | accounting
     label: str
-    args: list[str]
+    args: list[str]  # netsnoop's; "{port}" becomes the workload's listening port
     fmt: str
-    workload: str  # storm | bulk
+    workload: list[str]  # loadgen's
+    per_conn: int | None = None  # exact events per connection, if known
     runs: list[dict[str, Any]] = field(default_factory=list)
     note: str | None = None
 
     @property
     def name(self) -> str:
-        return f"{self.label} ({self.fmt}, {self.workload})"
+        return f"{self.label} ({self.fmt}, {' '.join(self.workload)})"
+
+    @property
+    def aggregating(self) -> bool:
+        return self.label in AGGREGATING
+
+    def kernel_events(self, report: dict[str, Any]) -> int | None:
+        """Events the kernel side handled: send+receive calls of a bulk transfer, or
+        the exact per-connection count."""
+        if report["mode"] == "bulk":
+            return 2 * report["bytes"] // report["chunk"]
+        return self.per_conn * report["connections"] if self.per_conn else None
 
 
-def workload_args(kind: str, opts: argparse.Namespace) -> list[str]:
-    if kind == "storm":
-        return ["-n", str(opts.connections), "-c", str(opts.concurrency)]
-    return ["-b", str(opts.bulk_bytes), "-s", str(opts.bulk_chunk), "-c", str(opts.concurrency)]
-
-
-def run_traced(sc: Scenario, opts: argparse.Namespace, tmp: str) -> dict[str, Any]:
+def run_traced(sc: Scenario, tmp: str) -> dict[str, Any]:
     """One repeat: the workload untraced, then under netsnoop, back to back."""
-    wargs = workload_args(sc.workload, opts)
-    untraced = loadgen(sc.workload, *wargs)
+    wargs = list(sc.workload)
+    args = list(sc.args)
+    if any("{port}" in a for a in args):
+        port = free_port()
+        args = [a.replace("{port}", str(port)) for a in args]
+        wargs += ["-p", str(port)]
+    untraced = loadgen(*wargs)
     path = os.path.join(tmp, "out")
-    ns = Netsnoop(sc.args + FORMATS[sc.fmt], stdout_path=path).start()
+    ns = Netsnoop(args + FORMATS[sc.fmt], stdout_path=path).start()
     try:
         ns.wait_ready()
         if sc.fmt == "text":
             ns.wait_file_header(2.0)
         time.sleep(0.05)
         cpu0 = cpu_seconds(ns.proc.pid)
-        traced = loadgen(sc.workload, *wargs)
+        traced = loadgen(*wargs)
         ns.wait_drained()
         cpu1 = cpu_seconds(ns.proc.pid)
         rss = peak_rss_mb(ns.proc.pid)
@@ -389,20 +421,25 @@ def run_traced(sc: Scenario, opts: argparse.Namespace, tmp: str) -> dict[str, An
         rc = ns.stop()
     out = parse_output(path, sc.fmt, ns.stderr, traced["port"])
     busy = (cpu1 - cpu0) if cpu0 is not None and cpu1 is not None else None
-    events = out["rows"]
+    counted = sc.kernel_events(traced) if sc.aggregating else out["rows"]
+    per_event = busy / counted if busy is not None and counted else None
+    expected = sc.kernel_events(traced) if sc.section == "accounting" else None
     return {
         "untraced_rate": untraced["rate"],
         "traced_rate": traced["rate"],
         "ratio": traced["rate"] / untraced["rate"],
         "unit": traced["unit"],
-        "events": events,
+        "events": out["rows"],
         "own_events": out["own_rows"],
+        "kernel_events": sc.kernel_events(traced),
         "lost": out["lost"],
+        "expected": expected,
+        "accounted": (out["rows"] + out["lost"] == expected) if expected is not None and out["lost"] is not None else None,
         "summary_events": out["summary_events"],
         "cpu_s": busy,
         "cpu_total_s": ns.cpu_at_exit,
-        "cpu_s_per_100k": busy / events * 1e5 if busy is not None and events else None,
-        "us_per_event": busy / events * 1e6 if busy is not None and events else None,
+        "cpu_s_per_100k": per_event * 1e5 if per_event is not None else None,
+        "us_per_event": per_event * 1e6 if per_event is not None else None,
         "rss_mb": rss,
         "returncode": rc,
         "load": load_average(),
@@ -410,17 +447,20 @@ def run_traced(sc: Scenario, opts: argparse.Namespace, tmp: str) -> dict[str, An
 
 
 def summarise(sc: Scenario) -> dict[str, Any]:
-    keys = ("untraced_rate", "traced_rate", "ratio", "events", "own_events", "lost", "cpu_s_per_100k", "us_per_event", "rss_mb")
-    return {k: stats(r[k] for r in sc.runs) for k in keys}
+    keys = ("untraced_rate", "traced_rate", "ratio", "events", "own_events", "lost", "expected", "cpu_s",
+            "cpu_s_per_100k", "us_per_event", "rss_mb")
+    out: dict[str, Any] = {k: stats(r[k] for r in sc.runs) for k in keys}
+    out["accounted"] = all(r["accounted"] for r in sc.runs) if sc.runs and sc.section == "accounting" else None
+    return out
 
 
 # -- reporting ----------------------------------------------------------------------------
 
 
-def fmt_stat(s: dict[str, float] | None, spec: str = ".2f", scale: float = 1.0) -> str:
+def fmt_stat(s: dict[str, float] | None, spec: str = ".2f") -> str:
     if s is None:
         return "-"
-    med, lo, hi = (format(s[k] * scale, spec) for k in ("median", "min", "max"))
+    med, lo, hi = (format(s[k], spec) for k in ("median", "min", "max"))
     return med if s["n"] == 1 or lo == hi else f"{med} [{lo}-{hi}]"
 
 
@@ -449,52 +489,64 @@ def print_startup(results: dict[str, Any], floor: dict[str, Any] | None) -> None
 
 def print_workloads(title: str, scenarios: list[Scenario]) -> None:
     rows = []
+    accounting = any(sc.section == "accounting" for sc in scenarios)
     for sc in scenarios:
         if sc.note:
-            rows.append([sc.label, sc.fmt, "skipped: " + sc.note] + [""] * 7)
+            rows.append([sc.label, sc.fmt, "skipped: " + sc.note])
             continue
         s = summarise(sc)
-        rows.append([
+        row = [
             sc.label, sc.fmt, fmt_stat(s["untraced_rate"], ".0f"), fmt_stat(s["traced_rate"], ".0f"),
             fmt_stat(s["ratio"], ".2f"), fmt_stat(s["events"], ".0f"), fmt_stat(s["lost"], ".0f"),
-            fmt_stat(s["cpu_s_per_100k"], ".2f"), fmt_stat(s["us_per_event"], ".1f"), fmt_stat(s["rss_mb"], ".1f"),
-        ])
+        ]
+        if accounting:
+            row += [fmt_stat(s["expected"], ".0f"), {True: "exact", False: "MISMATCH", None: "-"}[s["accounted"]]]
+        row += [fmt_stat(s["cpu_s"], ".2f"), fmt_stat(s["us_per_event"], ".1f") + ("*" if sc.aggregating else ""),
+                fmt_stat(s["rss_mb"], ".1f")]
+        rows.append(row)
+    headers = ["tool", "fmt", "untraced", "traced", "ratio", "events", "lost"]
+    headers += ["expected", "delivered+lost"] if accounting else []
+    headers += ["cpu s", "us/event", "RSS MiB"]
     print(f"\n{title}")
-    print(table(["tool", "fmt", "untraced", "traced", "ratio", "events", "lost", "cpu s/100k", "us/event", "RSS MiB"], rows))
+    print(table(headers, rows))
+    if any(sc.aggregating for sc in scenarios):
+        print("  * aggregating in the kernel: CPU per event counted there (connects; send+receive calls)")
 
 
-def check_targets(startup: dict[str, Any], storm: list[Scenario], bulk: list[Scenario]) -> list[dict[str, Any]]:
-    """The issue's targets against the medians (and the worst run for losses)."""
+def check_targets(startup: dict[str, Any], scs: list[Scenario]) -> list[dict[str, Any]]:
+    """The issue's targets against the medians (and the worst run for losses and RSS)."""
     checks: list[dict[str, Any]] = []
 
     def add(what: str, value: float | None, limit: float, ok: bool | None) -> None:
         checks.append({"target": what, "measured": value, "limit": limit, "ok": ok})
 
     for sub, r in startup.items():
-        if "startup_s" in r and r["startup_s"]:
+        if r.get("startup_s"):
             v = r["startup_s"]["median"]
-            add(f"start-up {sub} <= {TARGETS['startup_s']} s", v, TARGETS["startup_s"], v <= TARGETS["startup_s"])
+            add(f"start-up {sub} <= {TARGETS['startup_s']} s (median)", v, TARGETS["startup_s"], v <= TARGETS["startup_s"])
+    done = [(sc, summarise(sc)) for sc in scs if sc.runs]
     rss = [r["rss_mb"]["max"] for r in startup.values() if r.get("rss_mb")]
-    rss += [sc_s["rss_mb"]["max"] for sc_s in (summarise(sc) for sc in storm + bulk if not sc.note and sc.runs) if sc_s["rss_mb"]]
+    rss += [s["rss_mb"]["max"] for sc, s in done if s["rss_mb"] and "--ringbuf" not in sc.args]
     if rss:
-        add(f"peak RSS <= {TARGETS['rss_mb']} MiB (worst run, any tool)", max(rss), TARGETS["rss_mb"], max(rss) <= TARGETS["rss_mb"])
-    for sc in storm + bulk:
-        if sc.note or not sc.runs:
-            continue
-        s = summarise(sc)
-        if sc.label in ZERO_LOSS and sc.workload == "storm":
-            worst = s["lost"]["max"] if s["lost"] else None
-            add(f"zero lost events: {sc.name} (worst run)", worst, 0, worst == 0 if worst is not None else None)
-        if sc.label == "states" and sc.workload == "storm":
+        add(f"peak RSS <= {TARGETS['rss_mb']} MiB (worst run, any tool, default ring)", max(rss), TARGETS["rss_mb"],
+            max(rss) <= TARGETS["rss_mb"])
+    for sc, s in done:
+        if sc.section == "storm" and sc.label in ZERO_LOSS and s["lost"]:
+            worst = s["lost"]["max"]
+            add(f"zero lost events: {sc.name} (worst run)", worst, 0, worst == 0)
+        if sc.section == "storm" and sc.label == "states":
             v = s["ratio"]["median"]
             add(f"ratio >= {TARGETS['ratio_states']}: {sc.name}", v, TARGETS["ratio_states"], v >= TARGETS["ratio_states"])
             if sc.fmt == "text" and s["us_per_event"]:
                 v = s["us_per_event"]["median"]
                 add(f"user-space cost <= {TARGETS['us_per_event_text']} us/event: {sc.name}", v,
                     TARGETS["us_per_event_text"], v <= TARGETS["us_per_event_text"])
-        if sc.label in AGGREGATING and ((sc.label == "top") == (sc.workload == "bulk")):
+        if sc.aggregating and sc.section in ("storm", "bulk"):
             v = s["ratio"]["median"]
-            add(f"ratio >= {TARGETS['ratio_aggregating']}: {sc.name}", v, TARGETS["ratio_aggregating"], v >= TARGETS["ratio_aggregating"])
+            add(f"ratio >= {TARGETS['ratio_aggregating']}: {sc.name}", v, TARGETS["ratio_aggregating"],
+                v >= TARGETS["ratio_aggregating"])
+        if sc.section == "accounting":
+            add(f"delivered + lost == expected in every run: {sc.name}", None, 0, s["accounted"])
     return checks
 
 
@@ -502,25 +554,26 @@ def print_targets(checks: list[dict[str, Any]]) -> None:
     print("\nTargets")
     for c in checks:
         mark = {True: "ok  ", False: "MISS", None: "?   "}[c["ok"]]
-        v = "-" if c["measured"] is None else f"{c['measured']:.3g}"
-        print(f"  {mark} {c['target']}: {v}")
+        v = "" if c["measured"] is None else f": {c['measured']:.3g}"
+        print(f"  {mark} {c['target']}{v}")
 
 
 # -- main ---------------------------------------------------------------------------------
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--repeats", type=int, default=3, help="repeats of each workload scenario (default 3)")
     p.add_argument("--startup-runs", type=int, default=5, help="start-up runs per subcommand (default 5)")
     p.add_argument("--full", action="store_true", help="more repeats: 7 per scenario, 9 start-ups")
     p.add_argument("--connections", type=int, default=20000, help="connections per storm (default 20000)")
-    p.add_argument("--concurrency", type=int, default=1, help="client (and server) threads of the workload")
-    p.add_argument("--bulk-bytes", type=int, default=128 << 20, help="bytes per bulk connection (default 128 MiB)")
-    p.add_argument("--bulk-chunk", type=int, default=1024, help="bytes per write()/read() in bulk (default 1024)")
-    p.add_argument("--only", default="", help="comma-separated tool labels to run (e.g. states,life)")
-    p.add_argument("--formats", default="text,json", help="output formats for the workloads (default text,json)")
-    p.add_argument("--skip", default="", help="comma-separated sections to skip: startup,storm,bulk")
+    p.add_argument("--concurrency", type=int, default=1, help="client (and server) threads of the storm (default 1)")
+    p.add_argument("--heavy-concurrency", type=int, default=2, help="threads of the accounting storms (default 2)")
+    p.add_argument("--bulk-seconds", type=float, default=1.0, help="seconds per bulk transfer (default 1)")
+    p.add_argument("--bulk-chunks", default="1024,16384", help="bytes per write()/read() in bulk, a list (default 1024,16384)")
+    p.add_argument("--only", default="", help="comma-separated tools to run (e.g. states,life)")
+    p.add_argument("--formats", default="text,json", help="output formats for storm and bulk (default text,json)")
+    p.add_argument("--skip", default="", help="comma-separated sections to skip: startup,storm,bulk,accounting")
     p.add_argument("--out", default=None, help="JSON results file (default bench/results/<time>-<commit>.json)")
     opts = p.parse_args(argv)
     if opts.full:
@@ -536,25 +589,42 @@ def preflight() -> None:
     build_loadgen()
 
 
-def scenarios(kind: str, matrix: list[tuple[str, list[str]]], opts: argparse.Namespace) -> list[Scenario]:
+def selected(label: str, args: list[str], only: set[str]) -> bool:
+    sub = next(a for a in args if not a.startswith("-") and not a[0].isdigit())
+    return not only or label in only or sub in only
+
+
+def build_scenarios(opts: argparse.Namespace, skip: set[str]) -> list[Scenario]:
     only = {x.strip() for x in opts.only.split(",") if x.strip()}
-    out = []
-    for label, args in matrix:
-        if only and label not in only and args[0] not in only:
-            continue
-        for fmt in [f for f in opts.formats.split(",") if f in FORMATS]:
-            out.append(Scenario(label, args, fmt, kind, note=available(args[0])))
+    formats = [f for f in opts.formats.split(",") if f in FORMATS]
+    storm = ["storm", "-n", str(opts.connections), "-c", str(opts.concurrency)]
+    heavy = ["storm", "-n", str(opts.connections), "-c", str(opts.heavy_concurrency)]
+    out: list[Scenario] = []
+    if "storm" not in skip:
+        out += [Scenario("storm", label, args, fmt, storm, per_conn)
+                for label, args, per_conn in STORM if selected(label, args, only) for fmt in formats]
+    if "bulk" not in skip:
+        for chunk in [int(c) for c in opts.bulk_chunks.split(",") if c.strip()]:
+            bulk = ["bulk", "-t", str(opts.bulk_seconds), "-s", str(chunk)]
+            out += [Scenario("bulk", label, args, fmt, bulk) for label, args in BULK if selected(label, args, only)
+                    for fmt in formats]
+    if "accounting" not in skip:
+        out += [Scenario("accounting", label, args, "text", heavy, per_conn)
+                for label, args, per_conn in ACCOUNTING if selected(label, args, only)]
+    for sc in out:
+        sub = next(a for a in sc.args if not a.startswith("-") and not a[0].isdigit())
+        sc.note = available(sub)
     return out
 
 
-def run_scenarios(scs: list[Scenario], opts: argparse.Namespace, log: Callable[[str], None]) -> None:
+def run_scenarios(scs: list[Scenario], repeats: int, log: Callable[[str], None]) -> None:
     with tempfile.TemporaryDirectory(prefix="netsnoop-bench-") as tmp:
-        for rep in range(opts.repeats):
-            for sc in scs:  # interleave scenarios so slow drifts in load hit them all alike
+        for rep in range(repeats):
+            for sc in scs:  # interleaved, so that drifts in the machine's load hit all alike
                 if sc.note:
                     continue
                 try:
-                    r = run_traced(sc, opts, tmp)
+                    r = run_traced(sc, tmp)
                 except (RuntimeError, subprocess.TimeoutExpired) as err:
                     sc.note = f"failed: {err}"
                     continue
@@ -600,18 +670,26 @@ def main(argv: list[str] | None = None) -> int:
                 startup[sub] = {"error": str(err)}
         print_startup(startup, floor)
 
-    storm = scenarios("storm", STORM, opts) if "storm" not in skip else []
-    bulk = scenarios("bulk", BULK, opts) if "bulk" not in skip else []
-    if storm:
-        log(f"storm: {opts.connections} connections x {opts.repeats} repeats")
-        run_scenarios(storm, opts, log)
-        print_workloads(f"Storm of {opts.connections} connections (conn/s), median [min-max] of {opts.repeats}", storm)
-    if bulk:
-        log(f"bulk: {opts.bulk_bytes >> 20} MiB in {opts.bulk_chunk}-byte calls x {opts.repeats} repeats")
-        run_scenarios(bulk, opts, log)
-        print_workloads(f"Bulk transfer, {opts.bulk_chunk}-byte calls (MB/s), median [min-max] of {opts.repeats}", bulk)
+    scs = build_scenarios(opts, skip)
+    if scs:
+        log(f"workloads: {len(scs)} scenarios x {opts.repeats} repeats")
+        run_scenarios(scs, opts.repeats, log)
+    sections = {
+        "storm": f"Storm of {opts.connections} connections, concurrency {opts.concurrency} (conn/s)",
+        "bulk": f"Bulk transfer for {opts.bulk_seconds} s (MB/s)",
+        "accounting": f"Heavier load: storms of {opts.connections} connections, concurrency {opts.heavy_concurrency}, "
+                      "port-filtered (conn/s)",
+    }
+    for section, title in sections.items():
+        part = [sc for sc in scs if sc.section == section]
+        if section == "bulk":
+            for chunk in sorted({sc.workload[-1] for sc in part}, key=int):
+                print_workloads(f"{title}, {chunk}-byte calls, median [min-max] of {opts.repeats}",
+                                [sc for sc in part if sc.workload[-1] == chunk])
+        elif part:
+            print_workloads(f"{title}, median [min-max] of {opts.repeats}", part)
 
-    checks = check_targets(startup, storm, bulk)
+    checks = check_targets(startup, scs)
     print_targets(checks)
     meta["load_after"] = load_average()
     meta["seconds"] = round(time.time() - started, 1)
@@ -620,12 +698,11 @@ def main(argv: list[str] | None = None) -> int:
         "meta": meta,
         "startup": startup,
         "interpreter": floor,
-        "storm": [{**vars(sc), "summary": summarise(sc) if sc.runs else None} for sc in storm],
-        "bulk": [{**vars(sc), "summary": summarise(sc) if sc.runs else None} for sc in bulk],
+        "scenarios": [{**vars(sc), "name": sc.name, "summary": summarise(sc) if sc.runs else None} for sc in scs],
         "targets": checks,
     }
     write_results(result, opts.out)
-    return 0
+    return 0 if all(c["ok"] is not False for c in checks) else 1
 
 
 def write_results(result: dict[str, Any], path: str | None) -> None:
