@@ -9,13 +9,18 @@ What is measured, and how:
   interval are timed to the "Tracing..." line and marked so. Peak RSS is VmHWM from
   /proc/<pid>/status, read just before stopping.
 * **Storm**: bench/loadgen makes N loopback connections (connect, accept, close with
-  an RST) untraced and then traced, side by side in the same repeat; the ratio is
-  traced/untraced connections per second. netsnoop writes to a file; events delivered
-  are the rows in that file, events lost come from its own summary (stderr for text,
-  the ``{"type":"summary"}`` record for JSON). CPU is utime+stime from /proc/<pid>/stat
-  between "ready" and "drained" (its CPU time stopped growing), per 100k events.
-* **Bulk**: the same side-by-side ratio for a bulk transfer in small writes (many
-  socket calls), for the tools that hook sends and receives.
+  an RST) untraced, traced and untraced again, side by side in the same repeat; the
+  ratio is traced connections per second over the mean of the two untraced runs.
+  netsnoop writes to a file; events delivered are the rows in that file, events lost
+  come from its own summary (stderr for text, the ``{"type":"summary"}`` record for
+  JSON). CPU is utime+stime from /proc/<pid>/stat between "ready" and "drained" (its
+  CPU time stopped growing), per event delivered -- or, for tools that aggregate in
+  the kernel, per event counted there.
+* **Bulk**: the same ratio for a bulk transfer in small writes (many socket calls),
+  for the tools that hook sends and receives.
+* **Accounting**: port-filtered tools under concurrent storms, where the expected
+  count is exact: delivered + lost must equal it, also with a ring small enough to
+  lose.
 
 Every figure is the median of the repeats, with min and max. Results go to a table on
 the terminal and to bench/results/<time>-<commit>.json (and bench/results/latest.json).
@@ -397,14 +402,15 @@ class Scenario:
 
 
 def run_traced(sc: Scenario, tmp: str) -> dict[str, Any]:
-    """One repeat: the workload untraced, then under netsnoop, back to back."""
+    """One repeat: the workload untraced, under netsnoop, and untraced again, back to
+    back; the ratio is traced / the mean of the two untraced runs (cancels drift)."""
     wargs = list(sc.workload)
     args = list(sc.args)
     if any("{port}" in a for a in args):
         port = free_port()
         args = [a.replace("{port}", str(port)) for a in args]
         wargs += ["-p", str(port)]
-    untraced = loadgen(*wargs)
+    before = loadgen(*wargs)
     path = os.path.join(tmp, "out")
     ns = Netsnoop(args + FORMATS[sc.fmt], stdout_path=path).start()
     try:
@@ -419,15 +425,18 @@ def run_traced(sc: Scenario, tmp: str) -> dict[str, Any]:
         rss = peak_rss_mb(ns.proc.pid)
     finally:
         rc = ns.stop()
+    after = loadgen(*wargs)  # untraced again: the traced run sits between two untraced ones
+    untraced_rate = (before["rate"] + after["rate"]) / 2
     out = parse_output(path, sc.fmt, ns.stderr, traced["port"])
     busy = (cpu1 - cpu0) if cpu0 is not None and cpu1 is not None else None
     counted = sc.kernel_events(traced) if sc.aggregating else out["rows"]
-    per_event = busy / counted if busy is not None and counted else None
+    per_event = busy / counted if busy is not None and counted and counted >= 1000 else None
     expected = sc.kernel_events(traced) if sc.section == "accounting" else None
     return {
-        "untraced_rate": untraced["rate"],
+        "untraced_rate": untraced_rate,
+        "untraced_rates": [before["rate"], after["rate"]],
         "traced_rate": traced["rate"],
-        "ratio": traced["rate"] / untraced["rate"],
+        "ratio": traced["rate"] / untraced_rate,
         "unit": traced["unit"],
         "events": out["rows"],
         "own_events": out["own_rows"],
@@ -575,6 +584,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--formats", default="text,json", help="output formats for storm and bulk (default text,json)")
     p.add_argument("--skip", default="", help="comma-separated sections to skip: startup,storm,bulk,accounting")
     p.add_argument("--out", default=None, help="JSON results file (default bench/results/<time>-<commit>.json)")
+    p.add_argument("--strict", action="store_true", help="exit with status 1 when a target is missed")
     opts = p.parse_args(argv)
     if opts.full:
         opts.repeats, opts.startup_runs = max(opts.repeats, 7), max(opts.startup_runs, 9)
@@ -702,7 +712,7 @@ def main(argv: list[str] | None = None) -> int:
         "targets": checks,
     }
     write_results(result, opts.out)
-    return 0 if all(c["ok"] is not False for c in checks) else 1
+    return 1 if opts.strict and any(c["ok"] is False for c in checks) else 0
 
 
 def write_results(result: dict[str, Any], path: str | None) -> None:
