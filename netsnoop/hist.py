@@ -13,7 +13,6 @@ The API, for every histogram tool:
   and extra facts printed under it (``overflows = 3``).
 * :func:`write_sections` -- one interval's sections, in the user's format.
 * :func:`render` -- the bcc text lines of one histogram.
-* :func:`run_intervals` -- the report-every-interval loop these tools share.
 * :func:`summary` -- the end-of-run record with the lost events.
 """
 
@@ -23,12 +22,11 @@ import json
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import IO, Any, Callable, Iterable
+from typing import IO, Any, Iterable
 
 from netsnoop.btf import StructDecoder
 from netsnoop.loader import BPFObject
 from netsnoop.output import OutputOptions, make_sink, snake
-from netsnoop.runner import _silence_stdout, wait
 
 STARS = 40  # bcc's bar width
 
@@ -187,26 +185,6 @@ def write_sections(sections: Iterable[Section], unit: str, out: OutputOptions, d
     if lines:
         stream.write("\n".join(lines) + "\n")
         stream.flush()
-
-
-def run_intervals(report: Callable[[], None], duration: float | None, interval: float | None,
-                  count: int | None = None) -> None:
-    """Call ``report`` every ``interval`` seconds (at most ``count`` times) until
-    Ctrl-C or ``duration``; the interval cut short by stopping is reported too, as
-    bcc does."""
-    done = 0
-
-    def tick() -> None:
-        nonlocal done
-        report()
-        done += 1
-
-    try:
-        wait(duration, tick if interval else None, interval, count)
-        if count is None or done < count:
-            report()
-    except BrokenPipeError:  # the reader went away (| head): stop quietly
-        _silence_stdout()
 
 
 def summary(out: OutputOptions, obj: BPFObject, **facts: Any) -> None:

@@ -105,6 +105,30 @@ def wait(duration: float | None, tick: Callable[[], None] | None = None, interva
                     return
 
 
+def run_intervals(report: Callable[[], None], interval: float | None, count: int | None = None,
+                  duration: float | None = None) -> int | None:
+    """Call ``report`` every ``interval`` seconds (at most ``count`` times) until
+    Ctrl-C or ``duration``; with no interval, once at the end. The interval cut short
+    by stopping is reported too, as bcc does, so nothing counted goes unreported.
+    Returns how many reports were shown, or None when stdout's reader went away
+    (``| head``), after which the caller should stop quietly."""
+    shown = 0
+
+    def tick() -> None:
+        nonlocal shown
+        report()
+        shown += 1
+
+    try:
+        wait(duration, tick if interval else None, interval, count)
+        if count is None or shown < count:
+            tick()
+    except BrokenPipeError:
+        silence_stdout()
+        return None
+    return shown
+
+
 def ready(message: str) -> None:
     """Tell the user (and test harnesses) that tracing has started; stderr, always."""
     print(message, file=sys.stderr, flush=True)
@@ -148,7 +172,7 @@ def stream(
                     break
                 sink.write(rows(events))
     except BrokenPipeError:
-        _silence_stdout()
+        silence_stdout()
         return sink.count
     sink.summary({"events": sink.count, "lost_events": obj.lost_events()})
     return sink.count
@@ -204,7 +228,7 @@ def _drain_rounds(ring: RingBuffer) -> int:
     return (ring.size or DEFAULT_RINGBUF_BYTES) // 16 // BATCH_EVENTS + 1
 
 
-def _silence_stdout() -> None:
+def silence_stdout() -> None:
     """The reader went away (``| head``): stop quietly, without a flush error at exit."""
     import os
 

@@ -77,21 +77,3 @@ def show_counts(
     sink.header()
     sink.write([row(key, n) for key, n in entries])
     sink.summary({"flows": len(entries), "lost_events": obj.lost_events()})
-
-
-def run_intervals(tick: Callable[[], None], interval: float, count: int | None = None,
-                  duration: float | None = None) -> int:
-    """Call ``tick`` every ``interval`` until Ctrl-C, ``duration`` or ``count`` ticks.
-    Stopped early, the partial last interval is shown too, as bcc does, so no byte
-    counted is left unreported. Returns the number of intervals shown."""
-    shown = 0
-
-    def counted() -> None:
-        nonlocal shown
-        tick()
-        shown += 1
-
-    wait(duration, counted, interval, count)
-    if count is None or shown < count:
-        counted()
-    return shown

@@ -8,7 +8,7 @@ import json
 from collections import namedtuple
 
 from netsnoop.hist import (
-    EMPTY, Log2Hist, Section, add_cpus, average_line, render, run_intervals, slot_range, stars, to_json,
+    EMPTY, Log2Hist, Section, add_cpus, average_line, render, slot_range, stars, to_json,
     write_sections,
 )
 from netsnoop.output import OutputOptions
@@ -112,15 +112,3 @@ def test_text_averages_under_each_histogram() -> None:
     buf = io.StringIO()
     write_sections([Section(hist(0, 4, total=12_000))], "msecs", OutputOptions(), div=1000, averages=True, stream=buf)
     assert buf.getvalue().splitlines()[-1] == "avg = 3 msecs, total: 12 msecs, count: 4"
-
-
-def test_run_intervals_reports_count_times_then_stops() -> None:
-    calls: list[int] = []
-    run_intervals(lambda: calls.append(1), duration=None, interval=0.02, count=3)
-    assert len(calls) == 3
-
-
-def test_run_intervals_reports_the_cut_short_interval() -> None:
-    calls: list[int] = []
-    run_intervals(lambda: calls.append(1), duration=0.05, interval=None)
-    assert len(calls) == 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 from helpers import PayloadServer, Trace, fetch, refused_connect

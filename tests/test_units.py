@@ -14,6 +14,7 @@ from netsnoop.btf import Field, _format
 from netsnoop.cli import cli
 from netsnoop.fmt import Clock, addr, comm, tcp_state
 from netsnoop.options import PORTS
+from netsnoop.runner import run_intervals
 from netsnoop.output import Column, CsvSink, JsonSink, OutputOptions, TextSink, snake, time_columns
 
 
@@ -115,3 +116,15 @@ def test_bad_option_values_are_usage_errors(args: list[str]) -> None:
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
+
+
+def test_run_intervals_reports_count_times_then_stops() -> None:
+    calls: list[int] = []
+    run_intervals(lambda: calls.append(1), duration=None, interval=0.02, count=3)
+    assert len(calls) == 3
+
+
+def test_run_intervals_reports_the_cut_short_interval() -> None:
+    calls: list[int] = []
+    run_intervals(lambda: calls.append(1), duration=0.05, interval=None)
+    assert len(calls) == 1

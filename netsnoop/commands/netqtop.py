@@ -14,7 +14,7 @@ from netsnoop import options as o
 from netsnoop.btf import StructDecoder
 from netsnoop.loader import BPFObject
 from netsnoop.output import Column, OutputOptions, make_sink, write_table
-from netsnoop.runner import Tracer, _silence_stdout, ready, wait
+from netsnoop.runner import Tracer, ready, silence_stdout, wait
 
 # No ring buffer events: keep the shared one small.
 TRACER = Tracer("netqtop", max_entries={"events": 4096})
@@ -172,6 +172,6 @@ def command(out: OutputOptions, iface: Interface, interval: float, throughput: b
             wait(duration, report, interval)
             report(final=True)
         except BrokenPipeError:
-            _silence_stdout()
+            silence_stdout()
             return
         make_sink(out, report.cols).summary({"intervals": report.intervals, "lost_events": obj.lost_events()})

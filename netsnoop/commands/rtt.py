@@ -10,9 +10,9 @@ import click
 
 from netsnoop import options as o
 from netsnoop.fmt import addr
-from netsnoop.hist import Section, read_hists, run_intervals, summary, write_sections
+from netsnoop.hist import Section, read_hists, summary, write_sections
 from netsnoop.output import OutputOptions
-from netsnoop.runner import Tracer, ready
+from netsnoop.runner import Tracer, ready, run_intervals
 
 # Histograms only: the ring buffer every object carries stays at one page.
 TRACER = Tracer("rtt", max_entries={"events": 4096})
@@ -86,5 +86,5 @@ def command(interval: float | None, duration: float | None, out: OutputOptions, 
             write_sections(sections, unit, out, div=div, averages=extension)
 
         ready("Tracing TCP RTT... Hit Ctrl-C to end.")
-        run_intervals(report, duration, interval)
-        summary(out, obj)
+        if run_intervals(report, interval, duration=duration) is not None:
+            summary(out, obj)

@@ -10,9 +10,9 @@ import click
 
 from netsnoop import options as o
 from netsnoop.btf import BTF
-from netsnoop.hist import Log2Hist, Section, interval_heading, read_hists, run_intervals, summary, write_sections
+from netsnoop.hist import Log2Hist, Section, interval_heading, read_hists, summary, write_sections
 from netsnoop.output import Column, OutputOptions, write_table
-from netsnoop.runner import Tracer, ready
+from netsnoop.runner import Tracer, ready, run_intervals
 
 TRACER = Tracer("softirqs", max_entries={"events": 4096})
 
@@ -77,5 +77,5 @@ def command(out: OutputOptions, nanoseconds: bool, events: bool, dist: bool, cpu
                 write_totals(out, hists, events, label, div)
 
         ready("Tracing soft irq event time... Hit Ctrl-C to end.")
-        run_intervals(report, None, interval, count)
-        summary(out, obj)
+        if run_intervals(report, interval, count) is not None:
+            summary(out, obj)

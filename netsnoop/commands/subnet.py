@@ -14,8 +14,7 @@ from netsnoop import options as o
 from netsnoop.fmt import AF_INET, AF_INET6
 from netsnoop.loader import BPFObject
 from netsnoop.output import Column, OutputOptions, make_sink
-from netsnoop.runner import Tracer, _silence_stdout, ready
-from netsnoop.traffic import run_intervals
+from netsnoop.runner import Tracer, ready, run_intervals
 
 TRACER = Tracer("subnet", max_entries={"events": 4096})
 MAX_SUBNETS = 32  # subnet.bpf.c
@@ -121,9 +120,7 @@ def command(subnets: list[Subnet], unit: str, interval: float, json: bool, verbo
     with TRACER.open(subnet_filters(subnets)) as obj:
         totals = Totals(obj, len(subnets))
         ready(f"Tracing... Output every {interval:g} secs. Hit Ctrl-C to end")
-        try:
-            shown = run_intervals(lambda: show(totals), interval, duration=duration)
-        except BrokenPipeError:
-            _silence_stdout()
+        shown = run_intervals(lambda: show(totals), interval, duration=duration)
+        if shown is None:
             return
         sink.summary({"intervals": shown, "lost_events": obj.lost_events()})

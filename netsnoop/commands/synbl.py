@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import struct
-from typing import Any
 
 import click
 
 from netsnoop import options as o
 from netsnoop.btf import STRUCT, BTF, StructDecoder
-from netsnoop.hist import EMPTY, Section, read_hists, run_intervals, summary, write_sections
+from netsnoop.hist import EMPTY, Section, read_hists, summary, write_sections
 from netsnoop.loader import BPFObject
 from netsnoop.output import OutputOptions
-from netsnoop.runner import Tracer, ready
+from netsnoop.runner import Tracer, ready, run_intervals
 
 # Counting overflows is an addition; the histogram alone is what tcpsynbl shows.
 TRACER = Tracer("synbl", optional=frozenset({"overflow"}), max_entries={"events": 4096})
@@ -105,5 +104,5 @@ def command(interval: float | None, duration: float | None, out: OutputOptions, 
             write_sections(sections(obj, with_overflows), "backlog", out, facts=netns.since_last())
 
         ready("Tracing SYN backlog size. Ctrl-C to end.")
-        run_intervals(report, duration, interval)
-        summary(out, obj)
+        if run_intervals(report, interval, duration=duration) is not None:
+            summary(out, obj)

@@ -14,8 +14,8 @@ from netsnoop.fmt import AF_INET6, comm, ip_version
 from netsnoop.live import LiveView, use_live
 from netsnoop.loader import BPFObject
 from netsnoop.output import Column, JsonSink, TextSink
-from netsnoop.runner import Tracer, _silence_stdout, ready
-from netsnoop.traffic import endpoints, run_intervals, take_all
+from netsnoop.runner import Tracer, ready, run_intervals
+from netsnoop.traffic import endpoints, take_all
 
 # No ring buffer traffic: the kernel sums bytes in the conns map.
 TRACER = Tracer("top", max_entries={"events": 4096})
@@ -122,8 +122,9 @@ class Live(TextView):
         self.view.close()
 
 
-def run(obj: BPFObject, view: Any, interval: float, count: int | None) -> int:
-    """Show every interval until Ctrl-C or ``count``; returns the intervals shown."""
+def run(obj: BPFObject, view: Any, interval: float, count: int | None) -> int | None:
+    """Show every interval until Ctrl-C or ``count``; returns the intervals shown
+    (None: stdout's reader went away)."""
     keys, values = StructDecoder(obj.btf, "conn_key"), StructDecoder(obj.btf, "conn_bytes")
     return run_intervals(lambda: view.show(collect(obj, keys, values)), interval, count)
 
@@ -152,11 +153,9 @@ def command(noclear: bool, nosummary: bool, pid: int | None, ports: Any, family:
         view: Any = JsonLines() if json else Live(not nosummary) if use_live(noclear, json) else TextView(not nosummary)
         ready(f"Tracing... Output every {interval:g} secs. Hit Ctrl-C to end")
         try:
-            try:
-                shown = run(obj, view, interval, count)
-            finally:
-                view.close()
-        except BrokenPipeError:
-            _silence_stdout()
+            shown = run(obj, view, interval, count)
+        finally:
+            view.close()
+        if shown is None:
             return
         view.summary({"intervals": shown, "lost_events": obj.lost_events()})
