@@ -31,6 +31,12 @@ def endpoints(family: int, a: bytes, a_port: int, b: bytes, b_port: int) -> tupl
     return f"{a_text}:{a_port}", f"{b_text}:{b_port}", a_text, a_port, b_text, b_port
 
 
+def typed_endpoints(local: str = "L", remote: str = "R") -> list[Column]:
+    """The JSON-only columns for :func:`endpoints`' typed values, in its order:
+    ``LADDR LPORT RADDR RPORT`` (or ``SADDR SPORT DADDR DPORT`` with "S", "D")."""
+    return [Column(f"{end}{part}", text=False) for end in (local, remote) for part in ("ADDR", "PORT")]
+
+
 def tcp_flags(bits: int) -> str:
     """``SYN|ACK`` for the flags byte of a TCP header."""
     return "|".join(name for i, name in enumerate(TCP_FLAGS) if bits & (1 << i))

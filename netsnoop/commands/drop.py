@@ -15,7 +15,7 @@ from netsnoop.fmt import ip_version, tcp_state
 from netsnoop.ksyms import kernel_symbols
 from netsnoop.output import Column, OutputOptions
 from netsnoop.runner import Tracer, stream
-from netsnoop.traffic import count_option, endpoints, show_counts, tcp_flags
+from netsnoop.traffic import count_option, endpoints, show_counts, tcp_flags, typed_endpoints
 
 TRACER = Tracer("drop")
 MAX_REASONS = 16  # drop.bpf.c
@@ -70,10 +70,7 @@ def columns() -> list[Column]:
         Column("DADDR:DPORT", 20, json=False),
         Column("STATE (FLAGS)", 26, json=False),
         Column("REASON", json=False),  # in text, followed by the stack lines
-        Column("SADDR", text=False),
-        Column("SPORT", text=False),
-        Column("DADDR", text=False),
-        Column("DPORT", text=False),
+        *typed_endpoints("S", "D"),
         Column("STATE", text=False),
         Column("FLAGS", text=False),
         Column("REASON", text=False),
@@ -88,10 +85,7 @@ COUNT_COLUMNS = [
     Column("DADDR:DPORT", 25, json=False),
     Column("DROPS", 6, align=">"),
     Column("IP", text=False),
-    Column("SADDR", text=False),
-    Column("SPORT", text=False),
-    Column("DADDR", text=False),
-    Column("DPORT", text=False),
+    *typed_endpoints("S", "D"),
 ]
 
 

@@ -10,7 +10,7 @@ from netsnoop import options as o
 from netsnoop.fmt import ip_version, tcp_state
 from netsnoop.output import Column, OutputOptions
 from netsnoop.runner import Tracer, stream
-from netsnoop.traffic import count_option, endpoints, show_counts
+from netsnoop.traffic import count_option, endpoints, show_counts, typed_endpoints
 
 # SYN-ACK retransmits and tail loss probes are extras: without their hooks, data
 # and SYN retransmits are still traced. Loss probes need a kprobe (no tracepoint).
@@ -32,10 +32,7 @@ def columns(sequence: bool) -> list[Column]:
         Column("STATE", 12 if sequence else 0),
         Column("SEQ", text=sequence, json=sequence),
         Column("KIND", text=False),  # R or L, as in T
-        Column("LADDR", text=False),
-        Column("LPORT", text=False),
-        Column("RADDR", text=False),
-        Column("RPORT", text=False),
+        *typed_endpoints(),
     ]
 
 
@@ -44,10 +41,7 @@ COUNT_COLUMNS = [
     Column("RADDR:RPORT", 25, json=False),
     Column("RETRANSMITS", 11, align=">"),
     Column("IP", text=False),
-    Column("LADDR", text=False),
-    Column("LPORT", text=False),
-    Column("RADDR", text=False),
-    Column("RPORT", text=False),
+    *typed_endpoints(),
 ]
 
 

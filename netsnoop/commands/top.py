@@ -15,7 +15,7 @@ from netsnoop.live import LiveView, use_live
 from netsnoop.loader import BPFObject
 from netsnoop.output import Column, JsonSink, TextSink
 from netsnoop.runner import Tracer, ready, run_intervals
-from netsnoop.traffic import endpoints, take_all
+from netsnoop.traffic import endpoints, take_all, typed_endpoints
 
 # No ring buffer traffic: the kernel sums bytes in the conns map.
 TRACER = Tracer("top", max_entries={"events": 4096})
@@ -32,10 +32,7 @@ def columns(v6: bool) -> list[Column]:
         Column("RX_KB", 6, align=">"),
         Column("TX_KB", 6, align=">"),
         Column("IP", text=False),
-        Column("LADDR", text=False),
-        Column("LPORT", text=False),
-        Column("RADDR", text=False),
-        Column("RPORT", text=False),
+        *typed_endpoints(),
         Column("RX_BYTES", text=False),
         Column("TX_BYTES", text=False),
         Column("timestamp", text=False),
