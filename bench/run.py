@@ -403,7 +403,8 @@ class Scenario:
     workload: list[str]  # loadgen's
     per_conn: int | None = None  # exact events per connection, if known
     runs: list[dict[str, Any]] = field(default_factory=list)
-    note: str | None = None
+    failures: list[str] = field(default_factory=list)
+    note: str | None = None  # why it was not run
 
     @property
     def name(self) -> str:
@@ -496,6 +497,7 @@ def fmt_stat(s: dict[str, float] | None, spec: str = ".2f") -> str:
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:
+    rows = [r + [""] * (len(headers) - len(r)) for r in rows]
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
@@ -522,8 +524,9 @@ def print_workloads(title: str, scenarios: list[Scenario]) -> None:
     rows = []
     accounting = any(sc.section == "accounting" for sc in scenarios)
     for sc in scenarios:
-        if sc.note:
-            rows.append([sc.label, sc.fmt, "skipped: " + sc.note])
+        if sc.note or not sc.runs:
+            why = f"skipped: {sc.note}" if sc.note else f"failed: {sc.failures[-1] if sc.failures else '?'}"
+            rows.append([sc.label, sc.fmt, why[:100]])
             continue
         s = summarise(sc)
         row = [
@@ -658,8 +661,9 @@ def run_scenarios(scs: list[Scenario], repeats: int, log: Callable[[str], None])
                     continue
                 try:
                     r = run_traced(sc, tmp)
-                except (RuntimeError, subprocess.TimeoutExpired) as err:
-                    sc.note = f"failed: {err}"
+                except (RuntimeError, subprocess.TimeoutExpired, OSError, ValueError) as err:
+                    sc.failures.append(f"{type(err).__name__}: {err}")
+                    log(f"  {sc.name} #{rep + 1}: FAILED: {err}")
                     continue
                 sc.runs.append(r)
                 log(f"  {sc.name} #{rep + 1}: ratio {r['ratio']:.2f}, {r['events']} events, {r['lost']} lost, "
