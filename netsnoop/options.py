@@ -63,8 +63,21 @@ def family_option(f: F) -> F:
     return f
 
 
+def cgroup2_mounts() -> list[str]:
+    """Where cgroup v2 is mounted (``/sys/fs/cgroup``, or ``.../unified`` on hybrid hosts)."""
+    try:
+        with open("/proc/self/mounts") as f:
+            return [line.split()[1] for line in f if line.split()[2:3] == ["cgroup2"]]
+    except OSError:
+        return []
+
+
 class CgroupPath(click.ParamType):
-    """A cgroup v2 directory, turned into the id the kernel reports for it (its inode)."""
+    """A cgroup v2 directory, turned into the id the kernel reports for it (its inode).
+
+    A relative path is taken from the cgroup v2 mount; an absolute one must lie in it,
+    since a v1 directory's inode would never match and the filter would show nothing.
+    """
 
     name = "PATH"
 
@@ -73,9 +86,13 @@ class CgroupPath(click.ParamType):
 
         if isinstance(value, int):
             return value
-        path = value if os.path.isabs(value) else os.path.join("/sys/fs/cgroup", value)
-        if not os.path.isdir(path):
-            self.fail(f"{value!r} is not a cgroup v2 directory", param, ctx)
+        mounts = cgroup2_mounts()
+        if not mounts:
+            self.fail("no cgroup v2 hierarchy is mounted on this host", param, ctx)
+        path = os.path.realpath(value if os.path.isabs(value) else os.path.join(mounts[0], value))
+        inside = any(path == m or path.startswith(m.rstrip("/") + "/") for m in mounts)
+        if not inside or not os.path.isdir(path):
+            self.fail(f"{value!r} is not a cgroup v2 directory (cgroup v2 is at {', '.join(mounts)})", param, ctx)
         return os.stat(path).st_ino
 
 

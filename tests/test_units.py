@@ -128,3 +128,17 @@ def test_run_intervals_reports_the_cut_short_interval() -> None:
     calls: list[int] = []
     run_intervals(lambda: calls.append(1), duration=0.05, interval=None)
     assert len(calls) == 1
+
+
+def test_cgroup_paths_must_be_cgroup_v2() -> None:
+    from netsnoop.options import CgroupPath, cgroup2_mounts
+
+    mounts = cgroup2_mounts()
+    if not mounts:
+        pytest.skip("no cgroup v2 mount on this host")
+    import os
+
+    assert CgroupPath().convert(mounts[0], None, None) == os.stat(mounts[0]).st_ino
+    assert CgroupPath().convert(".", None, None) == os.stat(mounts[0]).st_ino  # relative to the mount
+    with pytest.raises(click.BadParameter):
+        CgroupPath().convert("/etc", None, None)
