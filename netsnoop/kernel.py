@@ -108,3 +108,18 @@ def kallsyms_functions() -> frozenset[str]:
     except OSError:
         pass
     return frozenset(names)
+
+
+def fdinfo(fd: int) -> dict[str, str]:
+    """The key/value lines of /proc/self/fdinfo/<fd>: how BPF maps and programs describe
+    themselves (max_entries, recursion_misses...); {} if unreadable."""
+    out = {}
+    try:
+        with open(f"/proc/self/fdinfo/{fd}") as f:
+            for line in f:
+                key, sep, value = line.partition(":")
+                if sep:
+                    out[key] = value.strip()
+    except OSError:
+        pass
+    return out

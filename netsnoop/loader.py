@@ -502,6 +502,15 @@ class BPFObject:
             return 0
         return self.map("lost_events").sum_u64(struct.pack("=I", 0))
 
+    def missed_runs(self) -> int:
+        """Runs of this object's programs that the kernel skipped: a hook that fires while
+        the same program is already running on that CPU (an interrupt inside it) is not
+        run again. What those runs would have reported is in no count, so it is worth
+        saying; from /proc/self/fdinfo (kernels from 5.12 on, else 0)."""
+        L = lib()
+        fds = [L.bpf_program__fd(p.handle) for p in self.programs() if L.bpf_program__autoload(p.handle)]
+        return sum(int(kernel.fdinfo(fd).get("recursion_misses", 0)) for fd in fds if fd >= 0)
+
 
 def _tail(messages: list[str]) -> str:
     """Point at libbpf's log (shown by --verbose) without breaking the one-line error."""

@@ -34,6 +34,8 @@ import platform
 import struct
 from typing import Callable, Union
 
+from netsnoop.kernel import fdinfo
+
 BUSY = 1 << 31
 DISCARD = 1 << 30
 LENGTH_MASK = DISCARD - 1
@@ -66,14 +68,8 @@ def mapped_reading() -> bool:
 
 def map_size(fd: int) -> int | None:
     """A ring buffer map's data size (its max_entries), from /proc/self/fdinfo."""
-    try:
-        with open(f"/proc/self/fdinfo/{fd}") as f:
-            for line in f:
-                if line.startswith("max_entries:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
+    value = fdinfo(fd).get("max_entries")
+    return int(value) if value else None
 
 
 class _EpollEvent(ctypes.Structure):

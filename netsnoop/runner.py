@@ -175,7 +175,18 @@ def stream(
         silence_stdout()
         return sink.count
     sink.summary({"events": sink.count, "lost_events": obj.lost_events()})
+    warn_missed_runs(obj)
     return sink.count
+
+
+def warn_missed_runs(obj: BPFObject) -> None:
+    """Say so (stderr) when the kernel skipped runs of our hooks, which no count shows:
+    a storm can nest a hook inside itself on one CPU (softirq inside a system call)."""
+    missed = obj.missed_runs()
+    if missed:
+        print(f"netsnoop: warning: the kernel skipped {missed} run{'s' if missed > 1 else ''} of the hooks "
+              "(one fired inside another on the same CPU); their events are in neither count",
+              file=sys.stderr, flush=True)
 
 
 def _row_builder(row: Callable[[Any], Sequence[Any] | None], out: OutputOptions) -> Callable[[list[Any]], Iterable[Sequence[Any]]]:

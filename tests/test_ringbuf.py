@@ -183,3 +183,21 @@ def test_mapped_reader_and_libbpf_reader_see_the_same_events() -> None:
         assert "netsnoop: %d events, 0 lost events" % (len(t.lines) - 1) in t.stderr
     assert len(mapped.lines) - 1 >= 60 * 3  # ~100 bytes a record: the ring wrapped
     assert events(mapped) == events(libbpf)
+
+
+@pytest.mark.integration
+def test_ring_size_and_skipped_runs_come_from_fdinfo() -> None:
+    """The reader sizes the ring from the map's own fdinfo, and the kernel's count of
+    skipped runs (recursion_misses) is there for every attached program."""
+    from netsnoop.kernel import fdinfo
+    from netsnoop.libbpf import lib
+    from netsnoop.runner import Tracer
+
+    with Tracer("states").open(max_entries={"events": 1 << 16}) as obj:
+        ring = obj.ring_buffer()
+        assert ring.size == 1 << 16
+        fds = [lib().bpf_program__fd(p.handle) for p in obj.programs() if lib().bpf_program__autoload(p.handle)]
+        assert fds and all("recursion_misses" in fdinfo(fd) for fd in fds)
+        counted = lambda: sum(int(fdinfo(fd)["recursion_misses"]) for fd in fds)  # noqa: E731
+        before = counted()
+        assert before <= obj.missed_runs() <= counted()  # other traffic may add some meanwhile
