@@ -4,20 +4,29 @@
  * no per-send event crosses to user space. */
 #include "traffic.h"
 
+/* One entry per socket and process. The key is what can be had almost without
+ * reading the socket: its address and, against reuse of that address by a later
+ * socket within the interval, its two ports (network order; inet_sport, since
+ * skc_num is cleared when a socket still being read goes to CLOSE). The addresses
+ * are read once, when the entry is made; every further call is a lookup and an add. */
 struct conn_key {
+	__u64 sk;
 	__u32 pid;
-	__u16 family;
-	__u16 lport;
-	__u16 rport;
-	__u16 pad;
-	__u8 laddr[16];
-	__u8 raddr[16];
+	__u16 sport;
+	__u16 dport;
 };
 EXPORT_STRUCT(conn_key);
 
 struct conn_bytes {
 	__u64 rx;
 	__u64 tx;
+	__u16 family;
+	__u16 lport;
+	__u16 rport;
+	__u8 excluded; /* not TCP, or filtered out: counted nowhere, remembered so */
+	__u8 pad;
+	__u8 laddr[16];
+	__u8 raddr[16];
 	char comm[TASK_COMM_LEN];
 };
 EXPORT_STRUCT(conn_bytes);
@@ -29,17 +38,27 @@ struct {
 	__type(value, struct conn_bytes);
 } conns SEC(".maps");
 
-static __always_inline struct conn_bytes *conn_entry(const struct conn_key *key)
+static __always_inline struct conn_bytes *new_entry(const struct sock *sk, const struct conn_key *key)
 {
-	struct conn_bytes *v = bpf_map_lookup_elem(&conns, key), fresh = {};
+	struct conn_bytes fresh = {}, *v;
+	struct sock_tuple t;
 
-	if (v)
-		return v;
+	if (sock_is_tcp(sk)) {
+		read_sock_tuple(sk, &t);
+		fresh.excluded = !family_allowed(t.family) || !ports_allowed(t.sport, t.dport);
+		fresh.family = t.family;
+		fresh.lport = t.sport;
+		fresh.rport = t.dport;
+		__builtin_memcpy(fresh.laddr, t.saddr, 16);
+		__builtin_memcpy(fresh.raddr, t.daddr, 16);
+	} else {
+		fresh.excluded = 1;
+	}
 	bpf_get_current_comm(fresh.comm, sizeof(fresh.comm));
 	/* BPF_NOEXIST: if another CPU created it meanwhile, keep and use theirs */
 	bpf_map_update_elem(&conns, key, &fresh, BPF_NOEXIST);
 	v = bpf_map_lookup_elem(&conns, key);
-	if (!v)
+	if (!v && !fresh.excluded)
 		count_lost(); /* the map is full */
 	return v;
 }
@@ -48,24 +67,19 @@ static __always_inline int on_bytes(const struct sock *sk, long bytes, bool send
 {
 	struct conn_key key = {};
 	struct conn_bytes *v;
-	struct sock_tuple t;
 
-	if (bytes <= 0 || !sk || !sock_is_tcp(sk))
+	if (bytes <= 0 || !sk)
 		return 0;
 	key.pid = current_pid();
 	if (!pid_allowed(key.pid) || !cgroup_allowed())
 		return 0;
-	read_sock_tuple(sk, &t);
-	if (!family_allowed(t.family) || !ports_allowed(t.sport, t.dport))
-		return 0;
-	key.family = t.family;
-	key.lport = t.sport;
-	key.rport = t.dport;
-	__builtin_memcpy(key.laddr, t.saddr, 16);
-	__builtin_memcpy(key.raddr, t.daddr, 16);
-
-	v = conn_entry(&key);
+	key.sk = (__u64)sk;
+	key.sport = BPF_CORE_READ((struct inet_sock *)sk, inet_sport);
+	key.dport = BPF_CORE_READ(sk, __sk_common.skc_dport);
+	v = bpf_map_lookup_elem(&conns, &key);
 	if (!v)
+		v = new_entry(sk, &key);
+	if (!v || v->excluded)
 		return 0;
 	if (send)
 		__sync_fetch_and_add(&v->tx, bytes);

@@ -48,13 +48,14 @@ def collect(obj: BPFObject, keys: StructDecoder, values: StructDecoder) -> Inter
     """Take (read and clear) the interval's counts, busiest connection first."""
     now = round(time.time(), 6)
     entries = [(keys.decode(k), values.decode(v)) for k, v in take_all(obj.map("conns"))]
+    entries = [(k, v) for k, v in entries if not v.excluded and (v.rx or v.tx)]
     entries.sort(key=lambda kv: kv[1].rx + kv[1].tx, reverse=True)
     out = Interval([], [])
     for k, v in entries:
-        local, remote, *typed = endpoints(k.family, k.laddr, k.lport, k.raddr, k.rport)
-        row = (k.pid, comm(v.comm), local, remote, v.rx // 1024, v.tx // 1024, ip_version(k.family), *typed,
+        local, remote, *typed = endpoints(v.family, v.laddr, v.lport, v.raddr, v.rport)
+        row = (k.pid, comm(v.comm), local, remote, v.rx // 1024, v.tx // 1024, ip_version(v.family), *typed,
                v.rx, v.tx, now)
-        (out.ipv6 if k.family == AF_INET6 else out.ipv4).append(row)
+        (out.ipv6 if v.family == AF_INET6 else out.ipv4).append(row)
     return out
 
 
