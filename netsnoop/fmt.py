@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import time
+from functools import lru_cache
 
 AF_INET = socket.AF_INET
 AF_INET6 = socket.AF_INET6
@@ -32,8 +33,10 @@ def tcp_state(value: int) -> str:
 _ntop = socket.inet_ntop
 
 
+@lru_cache(maxsize=4096)
 def addr(family: int, raw: bytes) -> str:
-    """An address from the 16 bytes the BPF side fills (IPv4 in the first 4)."""
+    """An address from the 16 bytes the BPF side fills (IPv4 in the first 4).
+    Cached: a trace sees the same few addresses over and over."""
     if family == AF_INET6:
         return _ntop(AF_INET6, raw)
     return _ntop(AF_INET, raw[:4])

@@ -174,7 +174,7 @@ def stream(
     except BrokenPipeError:
         silence_stdout()
         return sink.count
-    sink.summary({"events": sink.count, "lost_events": obj.lost_events()})
+    sink.summary({"events": sink.count, "lost_events": obj.lost_events(), "skipped_hook_runs": obj.missed_runs()})
     warn_missed_runs(obj)
     return sink.count
 
