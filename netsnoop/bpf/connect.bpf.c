@@ -41,34 +41,15 @@ struct {
 	__type(value, __u64);
 } connecting SEC(".maps");
 
-/* A full table loses counts: they are reported as lost events. */
-static __always_inline void count_lost(void)
-{
-	__u32 zero = 0;
-	__u64 *lost = bpf_map_lookup_elem(&lost_events, &zero);
-
-	if (lost)
-		__sync_fetch_and_add(lost, 1);
-}
-
 static __always_inline void count(const struct sock_tuple *t)
 {
 	struct count_key key = {};
-	struct count_value zero = {}, *v;
 
 	__builtin_memcpy(key.laddr, t->saddr, 16);
 	__builtin_memcpy(key.raddr, t->daddr, 16);
 	key.rport = t->dport;
 	key.family = t->family;
-	v = bpf_map_lookup_elem(&counts, &key);
-	if (!v) {
-		bpf_map_update_elem(&counts, &key, &zero, BPF_NOEXIST); /* may race: fine */
-		v = bpf_map_lookup_elem(&counts, &key);
-	}
-	if (v)
-		__sync_fetch_and_add(&v->connects, 1);
-	else
-		count_lost();
+	count_key(&counts, &key); /* a full table loses counts: reported as lost events */
 }
 
 static __always_inline int begin(const struct sock *sk, __u64 now)

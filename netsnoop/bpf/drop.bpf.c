@@ -99,22 +99,10 @@ static __always_inline bool parse_tcp(const struct sk_buff *skb, struct sock_tup
 static __always_inline void count_drop(const struct sock_tuple *t, __u32 reason)
 {
 	struct drop_key key = {.reason = reason, .family = t->family, .sport = t->sport, .dport = t->dport};
-	__u64 one = 1, *n;
 
 	__builtin_memcpy(key.saddr, t->saddr, 16);
 	__builtin_memcpy(key.daddr, t->daddr, 16);
-	n = bpf_map_lookup_elem(&counts, &key);
-	if (n) {
-		__sync_fetch_and_add(n, 1);
-		return;
-	}
-	if (bpf_map_update_elem(&counts, &key, &one, BPF_NOEXIST) == 0)
-		return;
-	n = bpf_map_lookup_elem(&counts, &key);
-	if (n)
-		__sync_fetch_and_add(n, 1);
-	else
-		count_lost();
+	count_key(&counts, &key);
 }
 
 static __always_inline int on_drop(void *ctx, const struct sk_buff *skb, void *location, __u32 reason,

@@ -48,12 +48,8 @@ static __always_inline struct hist *hist_get(void *map, const void *key)
 		return h;
 	bpf_map_update_elem(map, key, &hist_zero, BPF_NOEXIST);
 	h = bpf_map_lookup_elem(map, key);
-	if (!h) {
-		__u32 zero = 0;
-		__u64 *lost = bpf_map_lookup_elem(&lost_events, &zero);
-		if (lost)
-			*lost += 1;
-	}
+	if (!h)
+		count_lost(); /* the map is full */
 	return h;
 }
 

@@ -37,16 +37,42 @@ struct {
 	__type(value, __u64);
 } lost_events SEC(".maps");
 
+/* Count an event that never reached user space (ring buffer or aggregation map full). */
+static __always_inline void count_lost(void)
+{
+	__u32 zero = 0;
+	__u64 *lost = bpf_map_lookup_elem(&lost_events, &zero);
+
+	if (lost)
+		__sync_fetch_and_add(lost, 1);
+}
+
 static __always_inline void *reserve_event(__u64 size)
 {
 	void *e = bpf_ringbuf_reserve(&events, size, 0);
-	if (!e) {
-		__u32 zero = 0;
-		__u64 *lost = bpf_map_lookup_elem(&lost_events, &zero);
-		if (lost)
-			*lost += 1;
-	}
+
+	if (!e)
+		count_lost();
 	return e;
+}
+
+/* Add one to key's __u64 counter in a hash map (the -c modes), creating it; a full map
+ * counts as a lost event. */
+static __always_inline void count_key(void *map, const void *key)
+{
+	__u64 one = 1, *n = bpf_map_lookup_elem(map, key);
+
+	if (n) {
+		__sync_fetch_and_add(n, 1);
+		return;
+	}
+	if (bpf_map_update_elem(map, key, &one, BPF_NOEXIST) == 0)
+		return;
+	n = bpf_map_lookup_elem(map, key); /* created by another CPU meanwhile? */
+	if (n)
+		__sync_fetch_and_add(n, 1);
+	else
+		count_lost();
 }
 
 /* ---- filters (read-only globals, set before load) -------------------------------- */

@@ -45,25 +45,13 @@ struct {
 static __always_inline void count_flow(const struct sock_tuple *t)
 {
 	struct flow_key key = {};
-	__u64 one = 1, *n;
 
 	__builtin_memcpy(key.laddr, t->saddr, 16);
 	__builtin_memcpy(key.raddr, t->daddr, 16);
 	key.family = t->family;
 	key.lport = t->sport;
 	key.rport = t->dport;
-	n = bpf_map_lookup_elem(&counts, &key);
-	if (n) {
-		__sync_fetch_and_add(n, 1);
-		return;
-	}
-	if (bpf_map_update_elem(&counts, &key, &one, BPF_NOEXIST) == 0)
-		return;
-	n = bpf_map_lookup_elem(&counts, &key); /* created by another CPU meanwhile? */
-	if (n)
-		__sync_fetch_and_add(n, 1);
-	else
-		count_lost();
+	count_key(&counts, &key);
 }
 
 static __always_inline int report(const struct sock_tuple *t, __u8 state, __u8 type, __u32 seq)

@@ -57,14 +57,4 @@
 		return handler(sk, copied);                                             \
 	}
 
-/* Count an entry that did not fit in a full map as lost, like a ring buffer miss. */
-static __always_inline void count_lost(void)
-{
-	__u32 zero = 0;
-	__u64 *lost = bpf_map_lookup_elem(&lost_events, &zero);
-
-	if (lost)
-		__sync_fetch_and_add(lost, 1);
-}
-
 #endif /* __NETSNOOP_TRAFFIC_H */
