@@ -17,7 +17,8 @@ from netsnoop.output import Column, OutputOptions
 from netsnoop.runner import stream
 
 # enum conn_kind in conn.h
-KINDS = {1: ("C", "connect"), 2: ("A", "accept"), 3: ("X", "close")}
+CONNECT = 1
+KINDS = {CONNECT: ("C", "connect"), 2: ("A", "accept"), 3: ("X", "close")}
 
 TCP_ESTABLISHED, TCP_SYN_SENT, TCP_CLOSE = 1, 2, 7
 
@@ -35,9 +36,12 @@ OUTCOMES = {
 
 
 def outcome(state: int, err: int) -> str:
-    """How a connect attempt resolved: the state it reached, or why it closed."""
+    """How a connect attempt resolved: the state it reached, or why it closed
+    (PENDING: still unanswered when tracing stopped)."""
     if state == TCP_CLOSE:
         return OUTCOMES.get(err) or errno.errorcode.get(err, f"ERR{err}")
+    if state == TCP_SYN_SENT:
+        return "PENDING"
     return tcp_state(state)
 
 
@@ -65,9 +69,10 @@ def row_of(columns: Sequence[Column]) -> Callable[[Any], tuple[Any, ...]]:
     return row
 
 
-def show(obj: BPFObject, columns: Sequence[Column], out: OutputOptions, duration: float | None, banner: str) -> None:
+def show(obj: BPFObject, columns: Sequence[Column], out: OutputOptions, duration: float | None, banner: str,
+         at_stop: Callable[[], list[Any]] | None = None) -> None:
     """Stream the object's events as rows of ``columns`` until stopped."""
-    stream(obj, columns, row_of(columns), out, duration, banner=banner)
+    stream(obj, columns, row_of(columns), out, duration, banner=banner, at_stop=at_stop)
 
 
 def filters(pid: int | None = None, family: int | None = None, cgroup: int | None = None,

@@ -141,11 +141,14 @@ def stream(
     out: OutputOptions,
     duration: float | None = None,
     banner: str = "Tracing... Hit Ctrl-C to end.",
+    at_stop: Callable[[], list[Any]] | None = None,
 ) -> int:
     """Print one row per event until stopped; return the number of rows shown.
 
     ``row`` maps a decoded event to a tuple in ``columns`` order, or None to skip it.
     The TIME/TIME(s) columns (and JSON's ``timestamp``) are added here, once.
+    ``at_stop`` returns events for what is still under way when the trace ends (an
+    unanswered connect), shown after the drained ones so nothing ends in silence.
     """
     tcols = time_columns(out)
     extra = [Column("timestamp", text=False)] if out.json else []
@@ -171,6 +174,8 @@ def stream(
                 if not events:
                     break
                 sink.write(rows(events))
+            if at_stop is not None:
+                sink.write(rows(at_stop()))
     except BrokenPipeError:
         silence_stdout()
         return sink.count

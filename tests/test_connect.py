@@ -268,6 +268,34 @@ def test_outcome_timeout_and_unreachable_in_namespaces() -> None:
         assert r["lat_ms"] > 0
 
 
+HANGING_CLIENT = "import socket, sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=60)"
+
+
+@integration
+def test_outcome_shows_an_unanswered_attempt_as_pending_at_exit() -> None:
+    port = 5003
+    with NetnsPair() as ns:
+        ns.exec(ns.b, "nft add table inet t")
+        ns.exec(ns.b, "nft add chain inet t in '{ type filter hook input priority 0; }'")
+        ns.exec(ns.b, f"nft add rule inet t in tcp dport {port} tcp flags syn drop")
+        with Trace(["connect", "--json", "--outcome", "-P", str(port)]) as t:
+            proc = ns.popen(ns.a, [sys.executable, "-c", HANGING_CLIENT, ns.addr_b, str(port)])
+            try:
+                time.sleep(1.0)  # the SYN is out and unanswered
+                t.stop()
+            finally:
+                proc.kill()
+                proc.wait()
+    rows = [r for r in t.records if r["daddr"] == ns.addr_b]
+    assert len(rows) == 1, t.records
+    assert rows[0]["result"] == "PENDING" and rows[0]["dport"] == port and rows[0]["pid"] == proc.pid
+    assert rows[0]["saddr"] == ns.addr_a and rows[0]["lat_ms"] >= 500
+
+
+def test_pending_is_the_outcome_of_an_attempt_still_in_syn_sent() -> None:
+    assert outcome(2, 0) == "PENDING"
+
+
 @integration
 def test_kprobe_variant_passes_the_verifier() -> None:
     from netsnoop.loader import BPFObject

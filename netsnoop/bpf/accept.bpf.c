@@ -5,7 +5,7 @@
 
 static __always_inline int on_accept(const struct sock *sk)
 {
-	struct conn_owner o;
+	struct conn_owner o = {};
 	struct sock_tuple t;
 
 	if (!accepted(sk, &o, &t))

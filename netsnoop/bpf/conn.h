@@ -32,14 +32,20 @@ struct event {
 };
 EXPORT_STRUCT(event);
 
-/* The process a connection is attributed to, and when it opened it. */
+/* The process a connection is attributed to, when it opened it, and the ends known
+ * then (so an attempt still unanswered when tracing stops can be shown). */
 struct conn_owner {
 	__u64 start_ns;
 	__u64 cgroup;
 	__u32 pid;
 	__u32 uid;
 	char comm[TASK_COMM_LEN];
+	__u16 family;
+	__u16 rport;
+	__u8 laddr[16];
+	__u8 raddr[16];
 };
+EXPORT_STRUCT(conn_owner);
 
 const volatile __u32 filter_uid = 0xffffffff; /* any */
 const volatile __u32 filter_netns = 0;        /* inode of a network namespace, 0 = any */
@@ -112,13 +118,19 @@ static __always_inline bool connect_begins(const struct sock *sk, struct conn_ow
 	if (!sock_is_tcp(sk))
 		return false;
 	owner_current(o, now);
-	return owner_allowed(o) && sock_allowed(sk, t);
+	if (!owner_allowed(o) || !sock_allowed(sk, t))
+		return false;
+	o->family = t->family;
+	o->rport = t->dport;
+	__builtin_memcpy(o->laddr, t->saddr, 16);
+	__builtin_memcpy(o->raddr, t->daddr, 16);
+	return true;
 }
 
 /* connect() begins: remember who, for when the handshake resolves in softirq. */
 static __always_inline int remember_connect(const struct sock *sk, __u64 now)
 {
-	struct conn_owner o;
+	struct conn_owner o = {};
 	struct sock_tuple t;
 
 	if (connect_begins(sk, &o, &t, now))

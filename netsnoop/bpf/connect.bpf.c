@@ -54,7 +54,7 @@ static __always_inline void count(const struct sock_tuple *t)
 
 static __always_inline int begin(const struct sock *sk, __u64 now)
 {
-	struct conn_owner o;
+	struct conn_owner o = {};
 	struct sock_tuple t;
 	__u64 key = (__u64)sk;
 	__u32 tid;

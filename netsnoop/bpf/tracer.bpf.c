@@ -61,7 +61,7 @@ static __always_inline int on_state(const struct sock *sk, int oldstate, int new
 /* A: remembered too, so that a reset from the peer is charged to the acceptor. */
 static __always_inline int on_accept(const struct sock *sk)
 {
-	struct conn_owner o;
+	struct conn_owner o = {};
 	struct sock_tuple t;
 
 	if (!accepted(sk, &o, &t))

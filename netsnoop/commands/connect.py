@@ -3,6 +3,7 @@ outcome (--outcome) or counted per destination (-c)."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import click
@@ -46,6 +47,20 @@ def count_rows(obj: BPFObject) -> list[tuple[Any, ...]]:
     return sorted(rows, key=lambda r: (-r[3], r[:3]))
 
 
+def pending(obj: BPFObject) -> list[Any]:
+    """Attempts still unanswered when tracing stops, as events in SYN_SENT with the
+    time waited so far: a SYN that gets no answer is not met with silence."""
+    owner, event = StructDecoder(obj.btf, "conn_owner"), obj.decoder("event")
+    now = time.monotonic_ns()  # bpf_ktime_get_ns()'s clock
+    owners = sorted((owner.decode(raw) for _key, raw in obj.map("conn_owners").items()), key=lambda o: o.start_ns)
+    return [
+        event.type(ts_ns=now, lat_ns=now - o.start_ns, pid=o.pid, uid=o.uid, netns=0, err=0, family=o.family,
+                   lport=0, rport=o.rport, kind=conn.CONNECT, state=conn.TCP_SYN_SENT, laddr=o.laddr,
+                   raddr=o.raddr, comm=o.comm)
+        for o in owners
+    ]
+
+
 def show_counts(obj: BPFObject, out: OutputOptions, duration: float | None) -> None:
     """-c: count in the kernel until stopped, then one table (nothing per connect)."""
     ready(BANNER)
@@ -74,7 +89,8 @@ def command(out: OutputOptions, pid: int | None, ports: Any, uid: int | None, pr
     PID/COMM/UID are the process that called connect(). Without --outcome a row is
     printed as connect() starts (with -L, once the local port is chosen); with
     --outcome once the handshake resolves: ESTABLISHED, REFUSED, TIMEOUT (the SYN got
-    no answer), UNREACHABLE... with the time it took.
+    no answer), UNREACHABLE... with the time it took; attempts still unanswered when
+    tracing stops are shown then, as PENDING, with the time waited so far.
     """
     if count and outcome:
         raise click.UsageError("-c/--count and --outcome cannot be combined")
@@ -84,4 +100,5 @@ def command(out: OutputOptions, pid: int | None, ports: Any, uid: int | None, pr
         if count:
             show_counts(obj, out, duration)
         else:
-            conn.show(obj, columns(print_uid, lport, outcome), out, duration, BANNER)
+            at_stop = (lambda: pending(obj)) if outcome else None
+            conn.show(obj, columns(print_uid, lport, outcome), out, duration, BANNER, at_stop)
