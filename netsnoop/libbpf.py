@@ -50,6 +50,19 @@ class OpenOpts(Structure):
     ]
 
 
+class IterLinkInfo(Structure):
+    """``union bpf_iter_link_info``: the map an iterator walks (the union's largest
+    member is 4 words; the rest stays zero)."""
+
+    _fields_ = [("map_fd", c_uint32), ("_rest", c_uint32 * 4)]
+
+
+class IterAttachOpts(Structure):
+    """``struct bpf_iter_attach_opts`` (size-versioned by ``sz``)."""
+
+    _fields_ = [("sz", c_size_t), ("link_info", POINTER(IterLinkInfo)), ("link_info_len", c_uint32)]
+
+
 # int (*libbpf_print_fn_t)(enum libbpf_print_level level, const char *fmt, va_list args)
 PRINT_FN = CFUNCTYPE(c_int, c_int, c_char_p, c_void_p)
 # int (*ring_buffer_sample_fn)(void *ctx, void *data, size_t size)
@@ -72,7 +85,10 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "bpf_program__autoload": (c_bool, [c_void_p]),
     "bpf_program__attach": (c_void_p, [c_void_p]),
     "bpf_program__fd": (c_int, [c_void_p]),
+    "bpf_program__attach_iter": (c_void_p, [c_void_p, POINTER(IterAttachOpts)]),
     "bpf_link__destroy": (c_int, [c_void_p]),
+    "bpf_link__fd": (c_int, [c_void_p]),
+    "bpf_iter_create": (c_int, [c_int]),
     "bpf_map__name": (c_char_p, [c_void_p]),
     "bpf_map__fd": (c_int, [c_void_p]),
     "bpf_map__type": (c_int, [c_void_p]),
@@ -195,4 +211,4 @@ class capture_log:
         _captured = self._outer
 
 
-__all__ = ["lib", "OpenOpts", "SAMPLE_FN", "capture_log", "errno_message", "last_errno", "c_long", "c_uint"]
+__all__ = ["lib", "OpenOpts", "IterAttachOpts", "IterLinkInfo", "SAMPLE_FN", "capture_log", "errno_message", "last_errno", "c_long", "c_uint"]

@@ -9,6 +9,11 @@ values; everything else is decided here:
   and a variant that the kernel refuses at load or attach time is dropped and the
   object reloaded without it. So a kernel without ``tp_btf`` falls back to the
   classic tracepoint, and one without the tracepoint to fentry or a kprobe.
+* **Companions.** A program named ``<group>__<kind>__<role>`` belongs to the variant
+  ``<group>__<kind>`` and is loaded only with it (what a design needs beside its hook,
+  e.g. an iterator that only the typed variant's data structure calls for). Iterator
+  programs (``iter/...``) are not attached with the rest: :meth:`BPFObject.iterate`
+  runs one on demand.
 * **Filters** are ``const volatile`` globals in ``.rodata``; their offsets and types
   come from the object's BTF, so Python never restates them.
 * **Cleanup**: links, ring buffers and the object are released on ``close()``, which
@@ -31,7 +36,16 @@ from typing import Any, Callable, Iterator
 from netsnoop import kernel
 from netsnoop.btf import BTF, StructDecoder
 from netsnoop.errors import LoadError, MissingFeature
-from netsnoop.libbpf import SAMPLE_FN, OpenOpts, capture_log, errno_message, last_errno, lib
+from netsnoop.libbpf import (
+    SAMPLE_FN,
+    IterAttachOpts,
+    IterLinkInfo,
+    OpenOpts,
+    capture_log,
+    errno_message,
+    last_errno,
+    lib,
+)
 from netsnoop.ringbuf import HEADER, MappedRing, map_size, mapped_reading
 
 log = logging.getLogger("netsnoop.loader")
@@ -80,7 +94,13 @@ class Program:
 
     @property
     def is_variant(self) -> bool:
-        return "__" in self.name and self.kind in HOOK_KINDS
+        return "__" in self.name and self.kind in HOOK_KINDS and self.variant is None
+
+    @property
+    def variant(self) -> str | None:
+        """For a companion ``<group>__<kind>__<role>``: the variant it belongs to."""
+        parts = self.name.split("__")
+        return "__".join(parts[:2]) if len(parts) == 3 and parts[1] in HOOK_KINDS else None
 
     @property
     def target(self) -> str:
@@ -351,6 +371,10 @@ class BPFObject:
             for p in progs:
                 L.bpf_program__set_autoload(p.handle, bool(pick) and p is pick[0])
             self.chosen[group] = pick[0].kind if pick else None
+        for p in self.programs():
+            if p.variant:
+                group, kind = p.variant.split("__")
+                L.bpf_program__set_autoload(p.handle, self.chosen.get(group) == kind)
 
     def _set_rodata(self) -> None:
         if not self.rodata:
@@ -416,8 +440,12 @@ class BPFObject:
         enabled = {f"{g}__{k}" for g, k in self.chosen.items() if k}
         for line in reversed(messages):
             m = _FAILED_PROG.search(line)
-            if m and m.group(1) in enabled:
-                return m.group(1)
+            if not m:
+                continue
+            name = m.group(1)
+            owner = Program(0, name, "").variant or name  # a refused companion takes its variant along
+            if owner in enabled:
+                return owner
         return None
 
     def attach(self) -> "BPFObject":
@@ -428,7 +456,7 @@ class BPFObject:
         while True:
             failed = None
             for p in self.programs():
-                if not L.bpf_program__autoload(p.handle):
+                if not L.bpf_program__autoload(p.handle) or p.kind == "iter":
                     continue
                 with capture_log() as messages:
                     link = L.bpf_program__attach(p.handle)
@@ -495,6 +523,39 @@ class BPFObject:
         ring = RingBuffer(self.map(map_name).fd)
         self.rings.append(ring)
         return ring
+
+    def loaded_program(self, name: str) -> Program | None:
+        """The program of that name if it was loaded (its variant was chosen)."""
+        L = lib()
+        return next((p for p in self.programs() if p.name == name and L.bpf_program__autoload(p.handle)), None)
+
+    def iterate(self, program: str, map_name: str) -> bytes:
+        """Run the iterator ``program`` once over every element of ``map_name``; returns
+        what it printed. The link lives only for the walk."""
+        L = lib()
+        prog = self.loaded_program(program)
+        if prog is None:
+            raise LoadError(f"{self.name}: iterator {program} is not loaded")
+        info = IterLinkInfo(map_fd=self.map(map_name).fd)
+        opts = IterAttachOpts(sz=ctypes.sizeof(IterAttachOpts), link_info=ctypes.pointer(info),
+                              link_info_len=ctypes.sizeof(info))
+        with capture_log() as messages:
+            link = L.bpf_program__attach_iter(prog.handle, ctypes.byref(opts))
+        if not link:
+            raise LoadError(f"attaching iterator {program} failed: {errno_message(last_errno())}" + _tail(messages))
+        try:
+            fd = L.bpf_iter_create(L.bpf_link__fd(link))
+            if fd < 0:
+                raise LoadError(f"running iterator {program} failed: {errno_message(-fd)}")
+            chunks = []
+            try:
+                while chunk := os.read(fd, 1 << 16):
+                    chunks.append(chunk)
+            finally:
+                os.close(fd)
+            return b"".join(chunks)
+        finally:
+            L.bpf_link__destroy(link)
 
     def lost_events(self) -> int:
         """Events the BPF side could not hand over (ring buffer full), over all CPUs."""
