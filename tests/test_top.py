@@ -5,13 +5,16 @@ from __future__ import annotations
 import os
 import pty
 import re
+import socket
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 from helpers import NETSNOOP, ROOT, PayloadServer, Trace, fetch, run
 
+from netsnoop.commands.top import FLUSH
 from netsnoop.loader import BPFObject
 
 pytestmark = pytest.mark.integration
@@ -162,7 +165,69 @@ def test_bad_arguments_are_usage_errors(args: list[str]) -> None:
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
 
 
-def test_kprobe_fallbacks_pass_the_verifier() -> None:
-    with BPFObject("top", variants={"send": "kprobe", "recv": "kprobe"}) as obj:
+@pytest.mark.parametrize("kind", ["tp_btf", "kprobe"])
+def test_every_variant_passes_the_verifier_with_its_companions(kind: str) -> None:
+    """The socket-storage design (flush iterator, destroy hook) comes with tp_btf only."""
+    with BPFObject("top", variants={"send": kind, "recv": kind}) as obj:
         obj.load()
-        assert obj.chosen == {"send": "kprobe", "recv": "kprobe"}
+        assert obj.chosen == {"send": kind, "recv": kind}
+        companions = {name: obj.loaded_program(name) is not None for name in (FLUSH, "send__tp_btf__closing")}
+        assert companions == {FLUSH: kind == "tp_btf", "send__tp_btf__closing": kind == "tp_btf"}
+
+
+def recv_exactly(sock: socket.socket, size: int) -> None:
+    while size:
+        size -= len(sock.recv(min(size, 65536)))
+
+
+def test_an_open_connection_is_counted_in_the_interval_of_its_bytes() -> None:
+    """Bytes of a socket that stays open are moved out of its storage at every
+    interval's end: each burst shows in its own interval, exactly."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        with Trace(["top", "--json", "0.2", "-P", str(port)]) as t:
+            client = socket.create_connection(("127.0.0.1", port))
+            server, _ = listener.accept()
+            for burst in (100_000, 50_000, 7):
+                client.sendall(b"b" * burst)
+                recv_exactly(server, burst)
+                time.sleep(0.6)
+            lport = client.getsockname()[1]
+            time.sleep(0.2)  # the sockets stay open for the trace's last interval too
+        client.close()
+        server.close()
+    sent = [r["tx_bytes"] for r in t.records if r["lport"] == lport]
+    received = [r["rx_bytes"] for r in t.records if r["lport"] == port]
+    assert sent == received == [100_000, 50_000, 7]
+
+
+SHARED = """import os, socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.sendall(b"p" * 70000)
+child = os.fork()
+if child == 0:
+    s.sendall(b"c" * 30000)
+    os._exit(0)
+os.waitpid(child, 0)
+s.sendall(b"p" * 5000)
+s.close()
+print(child)
+"""
+
+
+@pytest.mark.parametrize("prefer", ["tp_btf", "tracepoint"])
+def test_a_socket_shared_by_two_processes_is_split_between_them(prefer: str) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        with Trace(["top", "--json", "5", "-P", str(port)], env={"NETSNOOP_PREFER": prefer}) as t:
+            proc = subprocess.Popen([sys.executable, "-c", SHARED, str(port)], stdout=subprocess.PIPE, text=True)
+            server, _ = listener.accept()
+            recv_exactly(server, 105_000)
+            child = int(proc.communicate(timeout=30)[0])
+            server.close()
+    assert proc.returncode == 0
+    sent: dict[int, int] = {}
+    for r in t.records:
+        if r["rport"] == port:
+            sent[r["pid"]] = sent.get(r["pid"], 0) + r["tx_bytes"]
+    assert sent == {proc.pid: 75_000, child: 30_000}

@@ -30,7 +30,7 @@ static __always_inline bool subnet_matches(__u32 i, __u16 family, const __u32 *d
 	return true;
 }
 
-static __always_inline int on_send(const struct sock *sk, long bytes)
+static __always_inline int on_send(const struct sock *sk, long bytes, bool btf_sk)
 {
 	__u32 d[4] = {};
 	__u16 family;

@@ -14,27 +14,29 @@
 
 #define MSG_PEEK 2
 
-/* handler(const struct sock *sk, long bytes): bytes handed to TCP by sendmsg(). */
+/* handler(struct sock *sk, long bytes, bool btf_sk): bytes handed to TCP by sendmsg().
+ * btf_sk is a constant, true in the variant whose sk is a typed (BTF) pointer: only
+ * there may the handler use the socket's own storage (bpf_sk_storage_get). */
 #define SOCK_SEND_HOOKS(handler)                                                        \
 	SEC("tp_btf/sock_send_length")                                                  \
 	int BPF_PROG(send__tp_btf, struct sock *sk, int ret, int flags)                 \
 	{                                                                               \
-		return handler(sk, ret);                                                \
+		return handler(sk, ret, true);                                          \
 	}                                                                               \
 	SEC("tracepoint/sock/sock_send_length")                                         \
 	int send__tracepoint(struct trace_event_raw_sock_msg_length *ctx)               \
 	{                                                                               \
 		if (ctx->protocol != IPPROTO_TCP)                                       \
 			return 0;                                                       \
-		return handler((const struct sock *)ctx->sk, ctx->ret);                 \
+		return handler((struct sock *)ctx->sk, ctx->ret, false);                \
 	}                                                                               \
 	SEC("kprobe/tcp_sendmsg")                                                       \
 	int BPF_KPROBE(send__kprobe, struct sock *sk, void *msg, size_t size)           \
 	{                                                                               \
-		return handler(sk, size);                                               \
+		return handler(sk, size, false);                                        \
 	}
 
-/* handler(const struct sock *sk, long bytes): bytes recvmsg() gave the process
+/* handler(struct sock *sk, long bytes, bool btf_sk): bytes recvmsg() gave the process
  * (MSG_PEEK reads are skipped: the same bytes are read again later). */
 #define SOCK_RECV_HOOKS(handler)                                                        \
 	SEC("tp_btf/sock_recv_length")                                                  \
@@ -42,19 +44,19 @@
 	{                                                                               \
 		if (flags & MSG_PEEK)                                                   \
 			return 0;                                                       \
-		return handler(sk, ret);                                                \
+		return handler(sk, ret, true);                                          \
 	}                                                                               \
 	SEC("tracepoint/sock/sock_recv_length")                                         \
 	int recv__tracepoint(struct trace_event_raw_sock_msg_length *ctx)               \
 	{                                                                               \
 		if (ctx->protocol != IPPROTO_TCP || (ctx->flags & MSG_PEEK))            \
 			return 0;                                                       \
-		return handler((const struct sock *)ctx->sk, ctx->ret);                 \
+		return handler((struct sock *)ctx->sk, ctx->ret, false);                \
 	}                                                                               \
 	SEC("kprobe/tcp_cleanup_rbuf")                                                  \
 	int BPF_KPROBE(recv__kprobe, struct sock *sk, int copied)                       \
 	{                                                                               \
-		return handler(sk, copied);                                             \
+		return handler(sk, copied, false);                                      \
 	}
 
 #endif /* __NETSNOOP_TRAFFIC_H */

@@ -19,6 +19,9 @@ from netsnoop.traffic import endpoints, take_all, typed_endpoints
 
 # No ring buffer traffic: the kernel sums bytes in the conns map.
 TRACER = Tracer("top", max_entries={"events": 4096})
+# With tp_btf hooks the bytes wait in each socket's storage; this iterator moves them
+# to conns (see top.bpf.c).
+FLUSH = "send__tp_btf__flush"
 
 
 def columns(v6: bool) -> list[Column]:
@@ -44,9 +47,11 @@ class Interval(NamedTuple):
     ipv6: list[tuple[Any, ...]]
 
 
-def collect(obj: BPFObject, keys: StructDecoder, values: StructDecoder) -> Interval:
+def collect(obj: BPFObject, keys: StructDecoder, values: StructDecoder, flush: bool) -> Interval:
     """Take (read and clear) the interval's counts, busiest connection first."""
     now = round(time.time(), 6)
+    if flush:
+        obj.iterate(FLUSH, "sock_bytes")
     entries = [(keys.decode(k), values.decode(v)) for k, v in take_all(obj.map("conns"))]
     entries = [(k, v) for k, v in entries if not v.excluded and (v.rx or v.tx)]
     entries.sort(key=lambda kv: kv[1].rx + kv[1].tx, reverse=True)
@@ -124,7 +129,8 @@ def run(obj: BPFObject, view: Any, interval: float, count: int | None) -> int | 
     """Show every interval until Ctrl-C or ``count``; returns the intervals shown
     (None: stdout's reader went away)."""
     keys, values = StructDecoder(obj.btf, "conn_key"), StructDecoder(obj.btf, "conn_bytes")
-    return run_intervals(lambda: view.show(collect(obj, keys, values)), interval, count)
+    flush = obj.loaded_program(FLUSH) is not None
+    return run_intervals(lambda: view.show(collect(obj, keys, values, flush)), interval, count)
 
 
 @click.command("top")
