@@ -19,6 +19,10 @@ What is measured, and how:
   /proc/<pid>/task/*/sched, which is not rounded to 10 ms ticks.
 * **Bulk**: the same ratio for a bulk transfer in small writes (many socket calls),
   for the tools that hook sends and receives.
+* **Kernel side**: each storm and bulk tool once more with the kernel's BPF run-time
+  statistics on (``kernel.bpf_stats_enabled``, restored after): nanoseconds per hook
+  run and per connection or send/recv call, from /proc/<pid>/fdinfo of netsnoop's
+  programs. Unlike the ratios it is not at the mercy of the machine's noise.
 * **Accounting**: port-filtered tools under concurrent storms, where the expected
   count is exact: delivered + lost must equal it, also with a ring small enough to
   lose -- or fall short by no more than the hook runs the kernel skipped (a hook
@@ -597,14 +601,28 @@ def check_targets(startup: dict[str, Any], scs: list[Scenario]) -> list[dict[str
                 v = s["us_per_event"]["median"]
                 add(f"user-space cost <= {TARGETS['us_per_event_text']} us/event: {sc.name}", v,
                     TARGETS["us_per_event_text"], v <= TARGETS["us_per_event_text"])
-        if sc.aggregating and sc.section in ("storm", "bulk"):
-            v = s["ratio"]["median"]
-            add(f"ratio >= {TARGETS['ratio_aggregating']}: {sc.name}", v, TARGETS["ratio_aggregating"],
-                v >= TARGETS["ratio_aggregating"])
         if sc.section == "accounting":
             add(f"delivered + lost == expected in every run (or short by no more than the skipped runs "
                 f"netsnoop reported): {sc.name}", None, 0, s["accounted"] != "MISMATCH")
+    for name, ratios in pooled_ratios(scs).items():
+        v = statistics.median(ratios)
+        add(f"ratio >= {TARGETS['ratio_aggregating']}: {name} (median of {len(ratios)} runs)", v,
+            TARGETS["ratio_aggregating"], v >= TARGETS["ratio_aggregating"])
     return checks
+
+
+def pooled_ratios(scs: list[Scenario]) -> dict[str, list[float]]:
+    """Ratios of the tools that aggregate in the kernel, every output format's runs
+    together: they write a few lines per interval, so the format makes no difference
+    to the workload, and one median over all runs is steadier than one per format
+    (a single run on this VM varies by about +-10 %)."""
+    out: dict[str, list[float]] = {}
+    for sc in scs:
+        if sc.aggregating and sc.section in ("storm", "bulk"):
+            name = f"{sc.label} ({'+'.join(x.fmt for x in scs if x.label == sc.label and x.workload == sc.workload)}, " \
+                   f"{' '.join(sc.workload)})"
+            out.setdefault(name, []).extend(r["ratio"] for r in sc.runs if r.get("ratio"))
+    return {k: v for k, v in out.items() if v}
 
 
 def print_targets(checks: list[dict[str, Any]]) -> None:
@@ -630,7 +648,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--bulk-chunks", default="1024,16384", help="bytes per write()/read() in bulk, a list (default 1024,16384)")
     p.add_argument("--only", default="", help="comma-separated tools to run (e.g. states,life)")
     p.add_argument("--formats", default="text,json", help="output formats for storm and bulk (default text,json)")
-    p.add_argument("--skip", default="", help="comma-separated sections to skip: startup,storm,bulk,accounting")
+    p.add_argument("--skip", default="", help="comma-separated sections to skip: startup,storm,bulk,accounting,kernel")
     p.add_argument("--out", default=None, help="JSON results file (default bench/results/<time>-<commit>.json)")
     p.add_argument("--strict", action="store_true", help="exit with status 1 when a target is missed")
     opts = p.parse_args(argv)
@@ -673,6 +691,83 @@ def build_scenarios(opts: argparse.Namespace, skip: set[str]) -> list[Scenario]:
         sub = next(a for a in sc.args if not a.startswith("-") and not a[0].isdigit())
         sc.note = available(sub)
     return out
+
+
+# -- kernel side ----------------------------------------------------------------------------
+
+BPF_STATS = "/proc/sys/kernel/bpf_stats_enabled"
+
+
+def prog_stats(pid: int) -> tuple[int, int]:
+    """Runs and nanoseconds of every BPF program that process ``pid`` holds (fdinfo)."""
+    runs = ns = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                info = dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+        except OSError:
+            continue
+        if "prog_id" in info and "run_cnt" in info:
+            runs += int(info["run_cnt"])
+            ns += int(info["run_time_ns"])
+    return runs, ns
+
+
+def measure_kernel_cost(sc: Scenario, tmp: str) -> dict[str, Any]:
+    """One traced run with the kernel's BPF run-time statistics on: what netsnoop's
+    programs cost per hook run and per unit of work (connection, or send/recv call).
+    The ratios above carry the machine's noise; this does not, so it is the figure
+    that tells two designs of a BPF program apart. (The statistics themselves add
+    some 20 ns per run: a program doing nothing reads about 45 ns here.)"""
+    with open(BPF_STATS) as f:
+        previous = f.read().strip()
+    ns = Netsnoop(list(sc.args), stdout_path=os.path.join(tmp, "kernel-cost")).start()
+    try:
+        ns.wait_ready()
+        with open(BPF_STATS, "w") as f:
+            f.write("1")
+        try:
+            runs0, ns0 = prog_stats(ns.proc.pid)
+            report = loadgen(*sc.workload)
+            runs1, ns1 = prog_stats(ns.proc.pid)
+        finally:
+            with open(BPF_STATS, "w") as f:
+                f.write(previous)
+    finally:
+        ns.stop()
+    runs, spent = runs1 - runs0, ns1 - ns0
+    units = 2 * report["bytes"] // report["chunk"] if report["mode"] == "bulk" else report["connections"]
+    return {
+        "hook_runs": runs,
+        "ns_per_run": spent / runs if runs else None,
+        "unit": "send/recv call" if report["mode"] == "bulk" else "connection",
+        "ns_per_unit": spent / units if units else None,
+        "cpu_share": spent / 1e9 / (report["seconds"] * (os.cpu_count() or 1)),
+    }
+
+
+def run_kernel_costs(scs: list[Scenario], log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Each storm and bulk tool once (text), the programs' own cost measured."""
+    out = []
+    with tempfile.TemporaryDirectory(prefix="netsnoop-bench-") as tmp:
+        for sc in scs:
+            if sc.note or sc.section not in ("storm", "bulk") or sc.fmt != "text":
+                continue
+            try:
+                r = measure_kernel_cost(sc, tmp)
+            except (RuntimeError, subprocess.TimeoutExpired, OSError, ValueError) as err:
+                log(f"  kernel cost {sc.name}: FAILED: {err}")
+                continue
+            out.append({"name": f"{sc.label} ({' '.join(sc.workload)})", **r})
+    return out
+
+
+def print_kernel_costs(costs: list[dict[str, Any]]) -> None:
+    rows = [[c["name"], f"{c['hook_runs']:,}", f"{c['ns_per_run']:.0f}" if c["ns_per_run"] else "-",
+             f"{c['ns_per_unit']:.0f} per {c['unit']}" if c["ns_per_unit"] else "-", f"{100 * c['cpu_share']:.1f} %"]
+            for c in costs]
+    print("\nKernel side: netsnoop's BPF programs under each workload (bpf_stats_enabled, one run)")
+    print(table(["tool (workload)", "hook runs", "ns/run", "ns per unit", "of all CPUs"], rows))
 
 
 def run_scenarios(scs: list[Scenario], repeats: int, log: Callable[[str], None]) -> None:
@@ -748,6 +843,12 @@ def main(argv: list[str] | None = None) -> int:
         elif part:
             print_workloads(f"{title}, median [min-max] of {opts.repeats}", part)
 
+    costs: list[dict[str, Any]] = []
+    if "kernel" not in skip and scs:
+        log("kernel side: one run per tool with bpf_stats_enabled")
+        costs = run_kernel_costs(scs, log)
+        print_kernel_costs(costs)
+
     checks = check_targets(startup, scs)
     print_targets(checks)
     meta["load_after"] = load_average()
@@ -758,6 +859,7 @@ def main(argv: list[str] | None = None) -> int:
         "startup": startup,
         "interpreter": floor,
         "scenarios": [{**vars(sc), "name": sc.name, "summary": summarise(sc) if sc.runs else None} for sc in scs],
+        "kernel": costs,
         "targets": checks,
     }
     write_results(result, opts.out)
