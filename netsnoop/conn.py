@@ -3,12 +3,13 @@ way to turn an event into column values, the kernel filters they take, and the
 names of connection outcomes.
 
 Each tool only picks its columns (bcc's headers and widths); a column's header is the
-key into :func:`fields`, so a new column is one line in one place.
+key into :data:`FIELDS`, so a new column is one line in one place.
 """
 
 from __future__ import annotations
 
 import errno
+from operator import attrgetter
 from typing import Any, Callable, Sequence
 
 from netsnoop.fmt import addr, comm, ip_version, tcp_state
@@ -45,26 +46,43 @@ def outcome(state: int, err: int) -> str:
     return tcp_state(state)
 
 
-def fields(e: Any) -> dict[str, Any]:
-    """Every column any of the four tools shows, by header, for one event."""
-    local, remote = addr(e.family, e.laddr), addr(e.family, e.raddr)
-    letter, name = KINDS.get(e.kind, ("?", str(e.kind)))
-    return {
-        "T": letter, "TYPE": name, "PID": e.pid, "UID": e.uid, "COMM": comm(e.comm),
-        "IP": ip_version(e.family),
-        "SADDR": local, "LADDR": local, "DADDR": remote, "RADDR": remote,
-        "SPORT": e.lport, "LPORT": e.lport, "DPORT": e.rport, "RPORT": e.rport,
-        "RESULT": outcome(e.state, e.err), "LAT(ms)": e.lat_ns / 1e6, "NETNS": e.netns,
-    }
+def _local(e: Any) -> str:
+    return addr(e.family, e.laddr)
+
+
+def _remote(e: Any) -> str:
+    return addr(e.family, e.raddr)
+
+
+# Every column any of the four tools shows, by header: how to get it from an event.
+# Only the columns a tool shows are computed, once per event.
+FIELDS: dict[str, Callable[[Any], Any]] = {
+    "T": lambda e: KINDS.get(e.kind, ("?",))[0],
+    "TYPE": lambda e: KINDS.get(e.kind, ("?", str(e.kind)))[1],
+    "PID": attrgetter("pid"),
+    "UID": attrgetter("uid"),
+    "COMM": lambda e: comm(e.comm),
+    "IP": lambda e: ip_version(e.family),
+    "SADDR": _local,
+    "LADDR": _local,
+    "DADDR": _remote,
+    "RADDR": _remote,
+    "SPORT": attrgetter("lport"),
+    "LPORT": attrgetter("lport"),
+    "DPORT": attrgetter("rport"),
+    "RPORT": attrgetter("rport"),
+    "RESULT": lambda e: outcome(e.state, e.err),
+    "LAT(ms)": lambda e: e.lat_ns / 1e6,
+    "NETNS": attrgetter("netns"),
+}
 
 
 def row_of(columns: Sequence[Column]) -> Callable[[Any], tuple[Any, ...]]:
     """The ``row`` function for :func:`runner.stream`: values in column order."""
-    headers = [c.header for c in columns]
+    getters = [FIELDS[c.header] for c in columns]
 
     def row(e: Any) -> tuple[Any, ...]:
-        values = fields(e)
-        return tuple(values[h] for h in headers)
+        return tuple([get(e) for get in getters])
 
     return row
 
