@@ -14,6 +14,9 @@ values; everything else is decided here:
   e.g. an iterator that only the typed variant's data structure calls for). Iterator
   programs (``iter/...``) are not attached with the rest: :meth:`BPFObject.iterate`
   runs one on demand.
+* **Linked groups** must use the same kind of hook (a design that needs the typed
+  socket in every one of them): if one group's best kind is refused, the others give
+  it up too.
 * **Filters** are ``const volatile`` globals in ``.rodata``; their offsets and types
   come from the object's BTF, so Python never restates them.
 * **Cleanup**: links, ring buffers and the object are released on ``close()``, which
@@ -297,6 +300,7 @@ class BPFObject:
         max_entries: dict[str, int] | None = None,
         variants: dict[str, str] | None = None,
         optional: frozenset[str] = frozenset(),
+        linked: frozenset[str] = frozenset(),
     ) -> None:
         self.name = name
         self.path = object_path(name)
@@ -304,6 +308,7 @@ class BPFObject:
         self.max_entries = {"events": ringbuf_bytes, **(max_entries or {})}
         self.forced = dict(variants or {})
         self.optional = optional
+        self.linked = linked
         self.handle = 0
         self.links: list[int] = []
         self.rings: list[RingBuffer] = []
@@ -356,25 +361,37 @@ class BPFObject:
         for p in self.programs():
             if p.is_variant:
                 groups.setdefault(p.group, []).append(p)
+        while True:
+            picks = {group: self._pick(group, progs, order) for group, progs in groups.items()}
+            kinds = {picks[g].kind for g in self.linked if picks.get(g)}
+            if len(kinds) <= 1 or self.forced:
+                break
+            # linked groups disagree: none of them uses the best of those kinds
+            best = min(kinds, key=order.index)
+            self._rejected.update(f"{g}__{best}" for g in self.linked)
         self.chosen = {}
         for group, progs in groups.items():
-            if group in self.forced:
-                pick = [p for p in progs if p.kind == self.forced[group]]
-                if not pick:
-                    raise LoadError(f"{self.name}: no {self.forced[group]} variant for {group}")
-            else:
-                ranked = sorted((p for p in progs if p.kind in order), key=lambda p: order.index(p.kind))
-                pick = [p for p in ranked if p.name not in self._rejected and p.available()]
-            if not pick and group not in self.optional:
+            pick = picks[group]
+            if pick is None and group not in self.optional:
                 tried = ", ".join(f"{p.kind} {p.target}" for p in progs)
                 raise MissingFeature(f"this kernel offers no hook for {self.name}'s {group} (tried: {tried})")
             for p in progs:
-                L.bpf_program__set_autoload(p.handle, bool(pick) and p is pick[0])
-            self.chosen[group] = pick[0].kind if pick else None
+                L.bpf_program__set_autoload(p.handle, p is pick)
+            self.chosen[group] = pick.kind if pick else None
         for p in self.programs():
             if p.variant:
                 group, kind = p.variant.split("__")
                 L.bpf_program__set_autoload(p.handle, self.chosen.get(group) == kind)
+
+    def _pick(self, group: str, progs: list[Program], order: tuple[str, ...]) -> Program | None:
+        """The group's variant: the forced one, else the best kind not yet rejected."""
+        if group in self.forced:
+            pick = [p for p in progs if p.kind == self.forced[group]]
+            if not pick:
+                raise LoadError(f"{self.name}: no {self.forced[group]} variant for {group}")
+            return pick[0]
+        ranked = sorted((p for p in progs if p.kind in order), key=lambda p: order.index(p.kind))
+        return next((p for p in ranked if p.name not in self._rejected and p.available()), None)
 
     def _set_rodata(self) -> None:
         if not self.rodata:

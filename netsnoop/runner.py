@@ -65,12 +65,13 @@ class Tracer:
     obj: str
     optional: frozenset[str] = frozenset()
     max_entries: dict[str, int] = field(default_factory=dict)
+    linked: frozenset[str] = frozenset()
 
     def open(self, rodata: dict[str, Any] | None = None, **kwargs: Any) -> BPFObject:
         """Check privileges and BTF, then load and attach (closed again on failure)."""
         kernel.require_privileges()
         kernel.require_btf()
-        obj = BPFObject(self.obj, rodata=rodata, optional=self.optional,
+        obj = BPFObject(self.obj, rodata=rodata, optional=self.optional, linked=self.linked,
                         max_entries={**self.max_entries, **kwargs.pop("max_entries", {})}, **kwargs)
         try:
             obj.attach()

@@ -14,7 +14,7 @@ import time
 import pytest
 from helpers import NETSNOOP, ROOT, PayloadServer, Trace, fetch, run
 
-from netsnoop.commands.top import FLUSH
+from netsnoop.commands.top import FLUSH, TRACER
 from netsnoop.loader import BPFObject
 
 pytestmark = pytest.mark.integration
@@ -173,6 +173,16 @@ def test_every_variant_passes_the_verifier_with_its_companions(kind: str) -> Non
         assert obj.chosen == {"send": kind, "recv": kind}
         companions = {name: obj.loaded_program(name) is not None for name in (FLUSH, "send__tp_btf__closing")}
         assert companions == {FLUSH: kind == "tp_btf", "send__tp_btf__closing": kind == "tp_btf"}
+
+
+def test_send_and_recv_give_up_tp_btf_together() -> None:
+    """The socket-storage path needs both hooks typed and its companions loaded: a
+    refused send__tp_btf (forced here) takes recv's tp_btf variant along."""
+    with BPFObject("top", linked=TRACER.linked) as obj:
+        obj._rejected.add("send__tp_btf")  # as if this kernel had refused it
+        obj.load()
+        assert obj.chosen == {"send": "tracepoint", "recv": "tracepoint"}
+        assert obj.loaded_program(FLUSH) is None
 
 
 def recv_exactly(sock: socket.socket, size: int) -> None:

@@ -213,8 +213,8 @@ static __always_inline int on_recv(struct sock *sk, long bytes, bool btf_sk)
 SOCK_SEND_HOOKS(on_send)
 SOCK_RECV_HOOKS(on_recv)
 
-/* Companions of the send__tp_btf variant, loaded only with it (see loader.py). Both
- * tracepoints came with the same kernel, so recv__tp_btf is never chosen without it. */
+/* Companions of the send__tp_btf variant, loaded only with it (see loader.py); the
+ * command links the send and recv groups, so recv__tp_btf never runs without them. */
 
 /* Run by user space at the end of every interval: every socket's storage to conns. */
 SEC("iter/bpf_sk_storage_map")

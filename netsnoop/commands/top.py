@@ -17,10 +17,11 @@ from netsnoop.output import Column, JsonSink, TextSink
 from netsnoop.runner import Tracer, ready, run_intervals
 from netsnoop.traffic import endpoints, take_all, typed_endpoints
 
-# No ring buffer traffic: the kernel sums bytes in the conns map.
-TRACER = Tracer("top", max_entries={"events": 4096})
-# With tp_btf hooks the bytes wait in each socket's storage; this iterator moves them
-# to conns (see top.bpf.c).
+# No ring buffer traffic: the kernel sums bytes in the conns map. With tp_btf hooks
+# the bytes wait in each socket's storage, which the FLUSH iterator (and the storage's
+# other companions, loaded with send__tp_btf) move to conns: so send and recv use the
+# same kind of hook or neither uses tp_btf (see top.bpf.c).
+TRACER = Tracer("top", max_entries={"events": 4096}, linked=frozenset({"send", "recv"}))
 FLUSH = "send__tp_btf__flush"
 
 
