@@ -143,6 +143,7 @@ def stream(
     duration: float | None = None,
     banner: str = "Tracing... Hit Ctrl-C to end.",
     at_stop: Callable[[], list[Any]] | None = None,
+    facts: Callable[[], dict[str, Any]] | None = None,
 ) -> int:
     """Print one row per event until stopped; return the number of rows shown.
 
@@ -150,6 +151,7 @@ def stream(
     The TIME/TIME(s) columns (and JSON's ``timestamp``) are added here, once.
     ``at_stop`` returns events for what is still under way when the trace ends (an
     unanswered connect), shown after the drained ones so nothing ends in silence.
+    ``facts`` adds the subcommand's own counts to the summary.
     """
     tcols = time_columns(out)
     extra = [Column("timestamp", text=False)] if out.json else []
@@ -180,7 +182,8 @@ def stream(
     except BrokenPipeError:
         silence_stdout()
         return sink.count
-    sink.summary({"events": sink.count, "lost_events": obj.lost_events(), "skipped_hook_runs": obj.missed_runs()})
+    sink.summary({"events": sink.count, "lost_events": obj.lost_events(), "skipped_hook_runs": obj.missed_runs(),
+                  **(facts() if facts else {})})
     warn_missed_runs(obj)
     return sink.count
 

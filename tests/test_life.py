@@ -114,3 +114,22 @@ def test_text_default_layout_matches_bcc() -> None:
     header, row = t.lines
     assert header == "TIME     PID   COMM       LADDR           LPORT RADDR           RPORT TX_KB RX_KB MS"
     assert row[8:].split()[5] == str(srv.port)
+
+
+def test_sessions_begun_before_tracing_are_counted_not_shown() -> None:
+    """A session that closes without its start having been seen gets no row (its
+    duration is unknown) but is counted in the summary, so it is not silently missing;
+    a listener closing is not a session."""
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        server, _ = listener.accept()
+        with Trace(["life", "--json", "-P", str(port)]) as t:
+            client.close()
+            server.close()
+            listener.close()
+            time.sleep(0.2)
+    assert t.records == []
+    assert t.summary["closes_without_start"] == 2

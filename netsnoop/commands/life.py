@@ -47,6 +47,9 @@ def command(out: OutputOptions, pid: int | None, lports: Any, rports: Any, ports
     PID/COMM are the process that used the socket (connect, send, recv or close in its
     own context), not whichever task happened to be on the CPU. TX_KB/RX_KB are the
     socket's own counters of payload bytes acked and received.
+
+    Sessions that close without their start having been seen (begun before tracing)
+    have no row; the summary counts them (closes_without_start; not with -p).
     """
     rodata = {**o.port_filters(lports, rports, ports), "filter_pid": pid, "filter_family": family}
 
@@ -58,4 +61,7 @@ def command(out: OutputOptions, pid: int | None, lports: Any, rports: Any, ports
         )
 
     with TRACER.open(rodata) as obj:
-        stream(obj, columns(out.wide), row, out, duration)
+        def facts() -> dict[str, int]:
+            return {"closes_without_start": obj.map("closes_without_start").sum_u64(b"\0" * 4)}
+
+        stream(obj, columns(out.wide), row, out, duration, facts=facts)
