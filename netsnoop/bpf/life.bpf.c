@@ -84,8 +84,16 @@ static __always_inline int on_state(const struct sock *sk, int oldstate, int new
 	struct event *e;
 
 	if (newstate < TCP_FIN_WAIT1) {
-		/* SYN_SENT, SYN_RECV, ESTABLISHED: the session is being born. */
-		s = bpf_map_lookup_elem(&sessions, &key);
+		/* SYN_SENT, SYN_RECV, ESTABLISHED: the session is being born. CLOSE ->
+		 * SYN_SENT (connect) and LISTEN -> SYN_RECV (a listener's new child) are a
+		 * socket's first steps: whatever the map holds for this address then is
+		 * stale (a CLOSE the kernel did not let the hook see, when it fired inside
+		 * another run of it) and is replaced, so a new socket never inherits an old
+		 * birth time or owner. */
+		bool first = (oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT) ||
+			     (oldstate == TCP_LISTEN && newstate == TCP_SYN_RECV);
+
+		s = first ? NULL : bpf_map_lookup_elem(&sessions, &key);
 		if (!s) {
 			if (!sock_is_tcp(sk))
 				return 0;
