@@ -81,6 +81,12 @@ def hook_order() -> tuple[str, ...]:
     return tuple(k for k in order if k in allowed) if allowed else order
 
 
+def companion_of(name: str) -> str | None:
+    """``<group>__<kind>`` for a program named ``<group>__<kind>__<role>``, else None."""
+    parts = name.split("__")
+    return "__".join(parts[:2]) if len(parts) == 3 and parts[1] in HOOK_KINDS else None
+
+
 @dataclass
 class Program:
     handle: int
@@ -102,8 +108,7 @@ class Program:
     @property
     def variant(self) -> str | None:
         """For a companion ``<group>__<kind>__<role>``: the variant it belongs to."""
-        parts = self.name.split("__")
-        return "__".join(parts[:2]) if len(parts) == 3 and parts[1] in HOOK_KINDS else None
+        return companion_of(self.name)
 
     @property
     def target(self) -> str:
@@ -460,7 +465,7 @@ class BPFObject:
             if not m:
                 continue
             name = m.group(1)
-            owner = Program(0, name, "").variant or name  # a refused companion takes its variant along
+            owner = companion_of(name) or name  # a refused companion takes its variant along
             if owner in enabled:
                 return owner
         return None
