@@ -12,7 +12,8 @@ from netsnoop.output import Column, OutputOptions
 from netsnoop.runner import Tracer, stream
 
 # The owner hooks (send/recv in process context) are an improvement, not a requirement.
-TRACER = Tracer("life", optional=frozenset({"send", "recv"}))
+# destroy: rows for sessions whose CLOSE never reached the hook (see life.bpf.c).
+TRACER = Tracer("life", optional=frozenset({"send", "recv", "destroy"}))
 
 
 def columns(wide: bool) -> list[Column]:
