@@ -194,7 +194,7 @@ def warn_missed_runs(obj: BPFObject) -> None:
     missed = obj.missed_runs()
     if missed:
         print(f"netsnoop: warning: the kernel skipped {missed} run{'s' if missed > 1 else ''} of the hooks "
-              "(one fired inside another on the same CPU); their events are in neither count",
+              "(one fired inside another on the same CPU); what they would have shown may be missing",
               file=sys.stderr, flush=True)
 
 
