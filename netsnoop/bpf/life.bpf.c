@@ -155,8 +155,9 @@ static __always_inline int on_state(const struct sock *sk, int oldstate, int new
 }
 
 /* The socket is being destroyed (always after its CLOSE). A session still here lost
- * its CLOSE: under storms, an orphaned socket's last state changes sometimes never
- * reach the hook, and no skipped run is counted for them. Its row is written now. */
+ * its CLOSE: under storms the kernel sometimes does not run the state hook for an
+ * orphaned socket's last changes (one fired inside another run of it on that CPU).
+ * Its row is written now, a moment later than the CLOSE. */
 static __always_inline int on_destroy(const struct sock *sk)
 {
 	__u64 key = (__u64)sk;
