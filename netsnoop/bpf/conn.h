@@ -84,7 +84,7 @@ static __always_inline __u32 sock_netns(const struct sock *sk)
 static __always_inline bool sock_allowed(const struct sock *sk, struct sock_tuple *t)
 {
 	read_sock_tuple(sk, t);
-	if (!family_allowed(t->family) || !ports_allowed(t->sport, t->dport))
+	if (!tuple_allowed(t))
 		return false;
 	return !filter_netns || sock_netns(sk) == filter_netns;
 }

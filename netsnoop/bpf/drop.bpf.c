@@ -118,7 +118,7 @@ static __always_inline int on_drop(void *ctx, const struct sk_buff *skb, void *l
 		return 0; /* freed after use, not dropped */
 	if (!reason_allowed(reason) || !parse_tcp(skb, &t, &flags))
 		return 0;
-	if (!family_allowed(t.family) || !ports_allowed(t.sport, t.dport))
+	if (!tuple_allowed(&t))
 		return 0;
 	if (count_only) {
 		count_drop(&t, reason);

@@ -52,7 +52,7 @@ static __always_inline void count_close_without_start(const struct sock *sk)
 	if (filter_pid || !sock_is_tcp(sk)) /* whose it is is unknown: -p cannot tell */
 		return;
 	read_sock_tuple(sk, &t);
-	if (!family_allowed(t.family) || !ports_allowed(t.sport, t.dport))
+	if (!tuple_allowed(&t))
 		return;
 	n = bpf_map_lookup_elem(&closes_without_start, &zero);
 	if (n)
@@ -85,7 +85,7 @@ static __always_inline void end_session(const struct sock *sk, __u64 key, struct
 	struct event *e;
 
 	read_sock_tuple(sk, &t);
-	if (!family_allowed(t.family) || !ports_allowed(t.sport, t.dport) || !pid_allowed(s->pid))
+	if (!tuple_allowed(&t) || !pid_allowed(s->pid))
 		goto done;
 
 	e = reserve_event(sizeof(*e));

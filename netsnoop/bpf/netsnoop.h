@@ -156,6 +156,12 @@ static __always_inline void read_sock_tuple(const struct sock *sk, struct sock_t
 	}
 }
 
+/* The --ipv4/--ipv6 and port filters against a socket's tuple. */
+static __always_inline bool tuple_allowed(const struct sock_tuple *t)
+{
+	return family_allowed(t->family) && ports_allowed(t->sport, t->dport);
+}
+
 static __always_inline bool sock_is_tcp(const struct sock *sk)
 {
 	/* a bitfield before 5.6, a plain u16 since: the probed read copes with both */

@@ -58,7 +58,7 @@ static __always_inline int report(const struct sock_tuple *t, __u8 state, __u8 t
 {
 	struct event *e;
 
-	if (!family_allowed(t->family) || !ports_allowed(t->sport, t->dport))
+	if (!tuple_allowed(t))
 		return 0;
 	if (count_only) {
 		count_flow(t);

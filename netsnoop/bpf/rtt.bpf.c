@@ -53,7 +53,7 @@ static __always_inline int on_segment(const struct sock *sk)
 	if (!srtt)
 		return 0;
 	read_sock_tuple(sk, &t);
-	if (!family_allowed(t.family) || !ports_allowed(t.sport, t.dport))
+	if (!tuple_allowed(&t))
 		return 0;
 	if (!addr_allowed(filter_laddr_family, filter_laddr, t.family, t.saddr) ||
 	    !addr_allowed(filter_raddr_family, filter_raddr, t.family, t.daddr))

@@ -36,7 +36,7 @@ static __always_inline int on_state(const struct sock *sk, int oldstate, int new
 	if (!sock_is_tcp(sk))
 		return 0;
 	read_sock_tuple(sk, &t);
-	if (!family_allowed(t.family) || !ports_allowed(t.sport, t.dport))
+	if (!tuple_allowed(&t))
 		return 0;
 
 	since = bpf_map_lookup_elem(&entered, &key);

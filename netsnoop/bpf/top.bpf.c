@@ -72,7 +72,7 @@ static __always_inline bool counted(const struct sock *sk, struct sock_tuple *t)
 	if (!sock_is_tcp(sk))
 		return false;
 	read_sock_tuple(sk, t);
-	return family_allowed(t->family) && ports_allowed(t->sport, t->dport);
+	return tuple_allowed(t);
 }
 
 /* The conns entry of (sk, pid), made if missing; NULL if the map is full. */
