@@ -123,3 +123,14 @@ def fdinfo(fd: int) -> dict[str, str]:
     except OSError:
         pass
     return out
+
+
+def online_cpus() -> list[int]:
+    """The CPUs that are up (/sys/devices/system/cpu/online, e.g. "0-3,6")."""
+    with open("/sys/devices/system/cpu/online") as f:
+        text = f.read().strip()
+    cpus: list[int] = []
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        cpus.extend(range(int(first), int(last or first) + 1))
+    return cpus

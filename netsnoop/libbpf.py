@@ -63,6 +63,31 @@ class IterAttachOpts(Structure):
     _fields_ = [("sz", c_size_t), ("link_info", POINTER(IterLinkInfo)), ("link_info_len", c_uint32)]
 
 
+class TestRunOpts(Structure):
+    """``struct bpf_test_run_opts`` (size-versioned by ``sz``): only what running a
+    ``raw_tp`` program on a chosen CPU needs is ever set."""
+
+    _fields_ = [
+        ("sz", c_size_t),
+        ("data_in", c_void_p),
+        ("data_out", c_void_p),
+        ("data_size_in", c_uint32),
+        ("data_size_out", c_uint32),
+        ("ctx_in", c_void_p),
+        ("ctx_out", c_void_p),
+        ("ctx_size_in", c_uint32),
+        ("ctx_size_out", c_uint32),
+        ("retval", c_uint32),
+        ("repeat", c_int),
+        ("duration", c_uint32),
+        ("flags", c_uint32),
+        ("cpu", c_uint32),
+        ("batch_size", c_uint32),
+    ]
+
+
+BPF_F_TEST_RUN_ON_CPU = 1
+
 # int (*libbpf_print_fn_t)(enum libbpf_print_level level, const char *fmt, va_list args)
 PRINT_FN = CFUNCTYPE(c_int, c_int, c_char_p, c_void_p)
 # int (*ring_buffer_sample_fn)(void *ctx, void *data, size_t size)
@@ -89,6 +114,7 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "bpf_link__destroy": (c_int, [c_void_p]),
     "bpf_link__fd": (c_int, [c_void_p]),
     "bpf_iter_create": (c_int, [c_int]),
+    "bpf_prog_test_run_opts": (c_int, [c_int, POINTER(TestRunOpts)]),
     "bpf_map__name": (c_char_p, [c_void_p]),
     "bpf_map__fd": (c_int, [c_void_p]),
     "bpf_map__type": (c_int, [c_void_p]),
@@ -211,4 +237,4 @@ class capture_log:
         _captured = self._outer
 
 
-__all__ = ["lib", "OpenOpts", "IterAttachOpts", "IterLinkInfo", "SAMPLE_FN", "capture_log", "errno_message", "last_errno", "c_long", "c_uint"]
+__all__ = ["lib", "OpenOpts", "IterAttachOpts", "IterLinkInfo", "TestRunOpts", "BPF_F_TEST_RUN_ON_CPU", "SAMPLE_FN", "capture_log", "errno_message", "last_errno", "c_long", "c_uint"]

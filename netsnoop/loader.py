@@ -11,9 +11,10 @@ values; everything else is decided here:
   classic tracepoint, and one without the tracepoint to fentry or a kprobe.
 * **Companions.** A program named ``<group>__<kind>__<role>`` belongs to the variant
   ``<group>__<kind>`` and is loaded only with it (what a design needs beside its hook,
-  e.g. an iterator that only the typed variant's data structure calls for). Iterator
-  programs (``iter/...``) are not attached with the rest: :meth:`BPFObject.iterate`
-  runs one on demand.
+  e.g. an iterator that only the typed variant's data structure calls for). Programs
+  run on demand are not attached with the rest: iterators (``iter/...``, see
+  :meth:`BPFObject.iterate`) and ``raw_tp`` programs without a tracepoint (see
+  :meth:`BPFObject.run_on_each_cpu`).
 * **Linked groups** must use the same kind of hook (a design that needs the typed
   socket in every one of them): if one group's best kind is refused, the others give
   it up too.
@@ -40,10 +41,12 @@ from netsnoop import kernel
 from netsnoop.btf import BTF, StructDecoder
 from netsnoop.errors import LoadError, MissingFeature
 from netsnoop.libbpf import (
+    BPF_F_TEST_RUN_ON_CPU,
     SAMPLE_FN,
     IterAttachOpts,
     IterLinkInfo,
     OpenOpts,
+    TestRunOpts,
     capture_log,
     errno_message,
     last_errno,
@@ -115,6 +118,12 @@ class Program:
         """What it hooks: ``category:event`` for tracepoints, else the kernel name."""
         rest = self.section.split("/", 1)[1] if "/" in self.section else ""
         return rest.replace("/", ":")
+
+    @property
+    def on_demand(self) -> bool:
+        """Run by user space when it wants, never attached: an iterator, or a ``raw_tp``
+        program that names no tracepoint."""
+        return self.kind == "iter" or (self.kind in ("raw_tp", "raw_tracepoint") and not self.target)
 
     def available(self) -> bool:
         """Cheap pre-check before trying: classic tracepoints need the event in tracefs."""
@@ -478,7 +487,7 @@ class BPFObject:
         while True:
             failed = None
             for p in self.programs():
-                if not L.bpf_program__autoload(p.handle) or p.kind == "iter":
+                if not L.bpf_program__autoload(p.handle) or p.on_demand:
                     continue
                 with capture_log() as messages:
                     link = L.bpf_program__attach(p.handle)
@@ -551,18 +560,21 @@ class BPFObject:
         L = lib()
         return next((p for p in self.programs() if p.name == name and L.bpf_program__autoload(p.handle)), None)
 
-    def iterate(self, program: str, map_name: str) -> bytes:
-        """Run the iterator ``program`` once over every element of ``map_name``; returns
-        what it printed. The link lives only for the walk."""
+    def iterate(self, program: str, map_name: str | None = None) -> bytes:
+        """Run the iterator ``program`` once, over every element of ``map_name`` (map
+        iterators) or over what its kind walks (``iter/tcp``: this namespace's TCP
+        sockets); returns what it printed. The link lives only for the walk."""
         L = lib()
         prog = self.loaded_program(program)
         if prog is None:
             raise LoadError(f"{self.name}: iterator {program} is not loaded")
-        info = IterLinkInfo(map_fd=self.map(map_name).fd)
-        opts = IterAttachOpts(sz=ctypes.sizeof(IterAttachOpts), link_info=ctypes.pointer(info),
-                              link_info_len=ctypes.sizeof(info))
+        opts = None
+        if map_name is not None:
+            info = IterLinkInfo(map_fd=self.map(map_name).fd)
+            opts = ctypes.byref(IterAttachOpts(sz=ctypes.sizeof(IterAttachOpts), link_info=ctypes.pointer(info),
+                                               link_info_len=ctypes.sizeof(info)))
         with capture_log() as messages:
-            link = L.bpf_program__attach_iter(prog.handle, ctypes.byref(opts))
+            link = L.bpf_program__attach_iter(prog.handle, opts)
         if not link:
             raise LoadError(f"attaching iterator {program} failed: {errno_message(last_errno())}" + _tail(messages))
         try:
@@ -578,6 +590,24 @@ class BPFObject:
             return b"".join(chunks)
         finally:
             L.bpf_link__destroy(link)
+
+    def run_on_each_cpu(self, program: str) -> list[int]:
+        """Run the ``raw_tp`` ``program`` once on every online CPU (BPF_PROG_TEST_RUN,
+        in an interrupt there): what per-CPU state only that CPU may touch needs.
+        Returns its return values, in CPU order."""
+        L = lib()
+        prog = self.loaded_program(program)
+        if prog is None:
+            raise LoadError(f"{self.name}: program {program} is not loaded")
+        fd = L.bpf_program__fd(prog.handle)
+        out = []
+        for cpu in kernel.online_cpus():
+            opts = TestRunOpts(sz=ctypes.sizeof(TestRunOpts), flags=BPF_F_TEST_RUN_ON_CPU, cpu=cpu)
+            err = L.bpf_prog_test_run_opts(fd, ctypes.byref(opts))
+            if err:
+                raise LoadError(f"running {program} on CPU {cpu} failed: {errno_message(err)}")
+            out.append(opts.retval)
+        return out
 
     def lost_events(self) -> int:
         """Events the BPF side could not hand over (ring buffer full), over all CPUs."""

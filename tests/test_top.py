@@ -14,7 +14,7 @@ import time
 import pytest
 from helpers import NETSNOOP, ROOT, PayloadServer, Trace, fetch, run
 
-from netsnoop.commands.top import FLUSH, TRACER
+from netsnoop.commands.top import DRAIN, TRACER
 from netsnoop.loader import BPFObject
 
 pytestmark = pytest.mark.integration
@@ -167,22 +167,22 @@ def test_bad_arguments_are_usage_errors(args: list[str]) -> None:
 
 @pytest.mark.parametrize("kind", ["tp_btf", "kprobe"])
 def test_every_variant_passes_the_verifier_with_its_companions(kind: str) -> None:
-    """The socket-storage design (flush iterator, destroy hook) comes with tp_btf only."""
+    """The per-CPU cache (its drain, switch and destroy hooks) comes with tp_btf only."""
+    names = (DRAIN, "send__tp_btf__switch", "send__tp_btf__closing")
     with BPFObject("top", variants={"send": kind, "recv": kind}) as obj:
         obj.load()
         assert obj.chosen == {"send": kind, "recv": kind}
-        companions = {name: obj.loaded_program(name) is not None for name in (FLUSH, "send__tp_btf__closing")}
-        assert companions == {FLUSH: kind == "tp_btf", "send__tp_btf__closing": kind == "tp_btf"}
+        assert {name: obj.loaded_program(name) is not None for name in names} == dict.fromkeys(names, kind == "tp_btf")
 
 
 def test_send_and_recv_give_up_tp_btf_together() -> None:
-    """The socket-storage path needs both hooks typed and its companions loaded: a
+    """The per-CPU cache needs both hooks typed and its companions loaded: a
     refused send__tp_btf (forced here) takes recv's tp_btf variant along."""
     with BPFObject("top", linked=TRACER.linked) as obj:
         obj._rejected.add("send__tp_btf")  # as if this kernel had refused it
         obj.load()
         assert obj.chosen == {"send": "tracepoint", "recv": "tracepoint"}
-        assert obj.loaded_program(FLUSH) is None
+        assert obj.loaded_program(DRAIN) is None
 
 
 def recv_exactly(sock: socket.socket, size: int) -> None:
@@ -191,7 +191,7 @@ def recv_exactly(sock: socket.socket, size: int) -> None:
 
 
 def test_an_open_connection_is_counted_in_the_interval_of_its_bytes() -> None:
-    """Bytes of a socket that stays open are moved out of its storage at every
+    """Bytes of a socket that stays open are moved out of the per-CPU caches at every
     interval's end: each burst shows in its own interval, exactly."""
     with socket.create_server(("127.0.0.1", 0)) as listener:
         port = listener.getsockname()[1]

@@ -18,11 +18,12 @@ from netsnoop.runner import Tracer, ready, run_intervals
 from netsnoop.traffic import endpoints, take_all, typed_endpoints
 
 # No ring buffer traffic: the kernel sums bytes in the conns map. With tp_btf hooks
-# the bytes wait in each socket's storage, which the FLUSH iterator (and the storage's
-# other companions, loaded with send__tp_btf) move to conns: so send and recv use the
-# same kind of hook or neither uses tp_btf (see top.bpf.c).
+# the bytes wait in a per-CPU cache, which the DRAIN program (and the cache's other
+# companions, loaded with send__tp_btf) move to conns: so send and recv use the same
+# kind of hook or neither uses tp_btf (see top.bpf.c).
 TRACER = Tracer("top", max_entries={"events": 4096}, linked=frozenset({"send", "recv"}))
-FLUSH = "send__tp_btf__flush"
+DRAIN = "send__tp_btf__drain"
+DRAIN_TRIES = 3  # a CPU whose cache is being rewritten at that instant is asked again
 
 
 def columns(v6: bool) -> list[Column]:
@@ -48,11 +49,19 @@ class Interval(NamedTuple):
     ipv6: list[tuple[Any, ...]]
 
 
-def collect(obj: BPFObject, keys: StructDecoder, values: StructDecoder, flush: bool) -> Interval:
+def drain(obj: BPFObject) -> None:
+    """Move every CPU's cached bytes to conns. A CPU caught rewriting its cache (a
+    few hundred ns) is tried again; one still busy keeps its bytes for next time."""
+    for _ in range(DRAIN_TRIES):
+        if not any(obj.run_on_each_cpu(DRAIN)):
+            return
+
+
+def collect(obj: BPFObject, keys: StructDecoder, values: StructDecoder, cached: bool) -> Interval:
     """Take (read and clear) the interval's counts, busiest connection first."""
     now = round(time.time(), 6)
-    if flush:
-        obj.iterate(FLUSH, "sock_bytes")
+    if cached:
+        drain(obj)
     entries = [(keys.decode(k), values.decode(v)) for k, v in take_all(obj.map("conns"))]
     entries = [(k, v) for k, v in entries if not v.excluded and (v.rx or v.tx)]
     entries.sort(key=lambda kv: kv[1].rx + kv[1].tx, reverse=True)
@@ -130,8 +139,8 @@ def run(obj: BPFObject, view: Any, interval: float, count: int | None) -> int | 
     """Show every interval until Ctrl-C or ``count``; returns the intervals shown
     (None: stdout's reader went away)."""
     keys, values = StructDecoder(obj.btf, "conn_key"), StructDecoder(obj.btf, "conn_bytes")
-    flush = obj.loaded_program(FLUSH) is not None
-    return run_intervals(lambda: view.show(collect(obj, keys, values, flush)), interval, count)
+    cached = obj.loaded_program(DRAIN) is not None
+    return run_intervals(lambda: view.show(collect(obj, keys, values, cached)), interval, count)
 
 
 @click.command("top")
