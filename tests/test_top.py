@@ -241,3 +241,39 @@ def test_a_socket_shared_by_two_processes_is_split_between_them(prefer: str) -> 
         if r["rport"] == port:
             sent[r["pid"]] = sent.get(r["pid"], 0) + r["tx_bytes"]
     assert sent == {proc.pid: 75_000, child: 30_000}
+
+
+RELAY = """import socket, sys
+port, rounds = int(sys.argv[1]), int(sys.argv[2])
+conns = [socket.create_connection(("127.0.0.1", port)) for _ in range(6)]
+for r in range(rounds):  # one process, six sockets in turn: more than a CPU's cache holds
+    for i, c in enumerate(conns):
+        c.sendall(bytes([65 + i]) * (1000 * (i + 1)))
+for c in conns:
+    c.close()
+"""
+
+
+def test_a_process_using_many_sockets_in_turn_gets_each_its_own_bytes() -> None:
+    """A proxy's pattern: one process sending on several sockets in turn. Each socket's
+    bytes stay its own when the per-CPU cache gives places up and takes them back."""
+    rounds = 200
+    with socket.create_server(("127.0.0.1", 0), backlog=8) as listener:
+        port = listener.getsockname()[1]
+        with Trace(["top", "--json", "0.3", "-P", str(port)]) as t:
+            proc = subprocess.Popen([sys.executable, "-c", RELAY, str(port), str(rounds)])
+            servers = [listener.accept()[0] for _ in range(6)]
+            sizes = {}  # the relay connects in turn: the n-th socket carries 1000*n bytes a round
+            for n, s in enumerate(servers, 1):
+                recv_exactly(s, 1000 * n * rounds)
+                sizes[s.getpeername()[1]] = 1000 * n * rounds
+            assert proc.wait(timeout=30) == 0
+            for s in servers:
+                s.close()
+            time.sleep(0.4)
+    sent: dict[int, int] = {}
+    for r in t.records:
+        if r["rport"] == port:
+            assert r["pid"] == proc.pid
+            sent[r["lport"]] = sent.get(r["lport"], 0) + r["tx_bytes"]
+    assert sent == sizes
