@@ -24,9 +24,10 @@ What is measured, and how:
   run and per connection or send/recv call, from /proc/<pid>/fdinfo of netsnoop's
   programs. Unlike the ratios it is not at the mercy of the machine's noise.
 * **Accounting**: port-filtered tools under concurrent storms, where the expected
-  count is exact: delivered + lost must equal it, also with a ring small enough to
-  lose -- or fall short by no more than the hook runs the kernel skipped (a hook
-  nested in itself on one CPU is not run), which netsnoop reports on stderr.
+  count is exact: delivered + lost + reported missing (``life``'s sessions whose end
+  no hook saw) must equal it, also with a ring small enough to lose -- or fall short
+  by no more than the hook runs the kernel skipped (a hook nested in itself on one
+  CPU is not run), which netsnoop reports on stderr.
 
 Every figure is the median of the repeats, with min and max. Results go to a table on
 the terminal and to bench/results/<time>-<commit>.json (and bench/results/latest.json).
@@ -81,8 +82,8 @@ BULK: list[tuple[str, list[str]]] = [
     ("life", ["life"]),
 ]
 # Heavier load (concurrent storms), watching only the workload's port ({port}) so the
-# expected count is exact: delivered + lost must equal it, with the default ring and
-# with a deliberately small one that must lose.
+# expected count is exact: delivered + lost + reported missing must equal it, with the
+# default ring and with a deliberately small one that must lose.
 ACCOUNTING: list[tuple[str, list[str], int]] = [
     ("life -P", ["life", "-P", "{port}"], 2),
     ("connect -P", ["connect", "-P", "{port}"], 1),
@@ -357,11 +358,13 @@ def interpreter_floor(runs: int) -> dict[str, Any]:
 
 SUMMARY_TEXT = re.compile(r"netsnoop: (\d+) events?, (\d+) lost events?")
 MISSED_RUNS = re.compile(r"the kernel skipped (\d+) runs?")
+ENDS_NOT_SEEN = re.compile(r"(\d+) ends not seen")
 
 
 def parse_output(path: str, fmt: str, stderr: str, port: int) -> dict[str, Any]:
-    """Rows delivered, rows about the workload's own port, lost events (from the summary)."""
-    rows = own = 0
+    """Rows delivered, rows about the workload's own port, lost events and sessions
+    reported missing (from the summary)."""
+    rows = own = unseen = 0
     lost: int | None = None
     summary_events: int | None = None
     port_s = str(port)
@@ -373,6 +376,7 @@ def parse_output(path: str, fmt: str, stderr: str, port: int) -> dict[str, Any]:
                 rec = json.loads(line)
                 if rec.get("type") == "summary":
                     lost, summary_events = rec.get("lost_events"), rec.get("events")
+                    unseen = rec.get("ends_not_seen", 0)
                     continue
                 rows += 1
                 if any(v == port for k, v in rec.items() if "port" in k):
@@ -387,9 +391,11 @@ def parse_output(path: str, fmt: str, stderr: str, port: int) -> dict[str, Any]:
         m = SUMMARY_TEXT.search(stderr)
         if m:
             summary_events, lost = int(m.group(1)), int(m.group(2))
+        m = ENDS_NOT_SEEN.search(stderr)
+        unseen = int(m.group(1)) if m else 0
     m = MISSED_RUNS.search(stderr)
     return {"rows": rows, "own_rows": own, "lost": lost, "summary_events": summary_events,
-            "missed_runs": int(m.group(1)) if m else 0}
+            "missed_runs": int(m.group(1)) if m else 0, "ends_not_seen": unseen}
 
 
 def free_port() -> int:
@@ -474,6 +480,7 @@ def run_traced(sc: Scenario, tmp: str) -> dict[str, Any]:
         "lost": out["lost"],
         "expected": expected,
         "missed_runs": out["missed_runs"],
+        "ends_not_seen": out["ends_not_seen"],
         "accounted": accounted(out, expected),
         "summary_events": out["summary_events"],
         "cpu_s": busy,
@@ -488,11 +495,12 @@ def run_traced(sc: Scenario, tmp: str) -> dict[str, Any]:
 
 
 def accounted(out: dict[str, Any], expected: int | None) -> str | None:
-    """"exact" when delivered + lost == expected; "skipped" when the shortfall is no more
-    than the hook runs the kernel said it skipped (reported by netsnoop); else "MISMATCH"."""
+    """"exact" when delivered + lost + reported missing (``life``'s ends_not_seen) ==
+    expected; "skipped" when the shortfall is no more than the hook runs the kernel
+    said it skipped (reported by netsnoop); else "MISMATCH"."""
     if expected is None or out["lost"] is None:
         return None
-    short = expected - out["rows"] - out["lost"]
+    short = expected - out["rows"] - out["lost"] - out["ends_not_seen"]
     if short == 0:
         return "exact"
     return "skipped" if 0 < short <= out["missed_runs"] else "MISMATCH"
@@ -507,6 +515,7 @@ def summarise(sc: Scenario) -> dict[str, Any]:
     if sc.runs and sc.section == "accounting":
         out["accounted"] = "MISMATCH" if "MISMATCH" in verdicts else "skipped" if "skipped" in verdicts else "exact"
     out["missed_runs"] = stats(r["missed_runs"] for r in sc.runs)
+    out["ends_not_seen"] = stats(r.get("ends_not_seen", 0) for r in sc.runs)
     return out
 
 
@@ -559,13 +568,16 @@ def print_workloads(title: str, scenarios: list[Scenario]) -> None:
         ]
         if accounting:
             verdict = {"skipped": f"exact but {int(s['missed_runs']['max'])} skipped runs"}.get(s["accounted"], s["accounted"])
+            unseen = int(s["ends_not_seen"]["max"]) if s["ends_not_seen"] else 0
+            if verdict and unseen:
+                verdict += f" ({unseen} reported not seen)"
             row += [fmt_stat(s["expected"], ".0f"), verdict or "-"]
         star = "*" if sc.aggregating else ""
         row += [fmt_stat(s["cpu_s"], ".2f"), fmt_stat(s["cpu_s_per_100k"], ".2f") + star,
                 fmt_stat(s["us_per_event"], ".1f" if not sc.aggregating else ".3f") + star, fmt_stat(s["rss_mb"], ".1f")]
         rows.append(row)
     headers = ["tool", "fmt", "untraced", "traced", "ratio", "events", "lost"]
-    headers += ["expected", "delivered+lost"] if accounting else []
+    headers += ["expected", "delivered+lost+reported"] if accounting else []
     headers += ["cpu s", "cpu s/100k", "us/event", "RSS MiB"]
     print(f"\n{title}")
     print(table(headers, rows))
@@ -602,7 +614,7 @@ def check_targets(startup: dict[str, Any], scs: list[Scenario]) -> list[dict[str
                 add(f"user-space cost <= {TARGETS['us_per_event_text']} us/event: {sc.name}", v,
                     TARGETS["us_per_event_text"], v <= TARGETS["us_per_event_text"])
         if sc.section == "accounting":
-            add(f"delivered + lost == expected in every run (or short by no more than the skipped runs "
+            add(f"delivered + lost + reported missing == expected in every run (or short by no more than the skipped runs "
                 f"netsnoop reported): {sc.name}", None, 0, s["accounted"] != "MISMATCH")
     for name, ratios in pooled_ratios(scs).items():
         v = statistics.median(ratios)

@@ -188,14 +188,18 @@ def stream(
     return sink.count
 
 
+def warn(message: str) -> None:
+    """One line on stderr, for what the user must know although nothing failed."""
+    print(f"netsnoop: warning: {message}", file=sys.stderr, flush=True)
+
+
 def warn_missed_runs(obj: BPFObject) -> None:
     """Say so (stderr) when the kernel skipped runs of our hooks, which no count shows:
     a storm can nest a hook inside itself on one CPU (softirq inside a system call)."""
     missed = obj.missed_runs()
     if missed:
-        print(f"netsnoop: warning: the kernel skipped {missed} run{'s' if missed > 1 else ''} of the hooks "
-              "(one fired inside another on the same CPU); what they would have shown may be missing",
-              file=sys.stderr, flush=True)
+        warn(f"the kernel skipped {missed} run{'s' if missed > 1 else ''} of the hooks "
+             "(one fired inside another on the same CPU); what they would have shown may be missing")
 
 
 def _row_builder(row: Callable[[Any], Sequence[Any] | None], out: OutputOptions) -> Callable[[list[Any]], Iterable[Sequence[Any]]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import click
@@ -9,11 +10,23 @@ import click
 from netsnoop import options as o
 from netsnoop.fmt import addr, comm, ip_version
 from netsnoop.output import Column, OutputOptions
-from netsnoop.runner import Tracer, stream
+from netsnoop.loader import BPFObject
+from netsnoop.runner import Tracer, stream, warn
 
 # The owner hooks (send/recv in process context) are an improvement, not a requirement.
 # destroy: rows for sessions whose CLOSE never reached the hook (see life.bpf.c).
 TRACER = Tracer("life", optional=frozenset({"send", "recv", "destroy"}))
+ZERO_KEY = b"\0" * 4
+
+
+def ends_not_seen(obj: BPFObject) -> int:
+    """Sessions whose end no hook saw, so that their rows are missing: those counted when
+    a new socket took their address, and those the exit check finds now (their socket
+    is gone from this namespace's TCP tables, their entry is not). The hooks stay
+    attached meanwhile, so a session that ends during the check is not miscounted."""
+    obj.iterate("mark_alive")
+    obj.iterate("count_unseen_ends", "sessions")
+    return obj.map("ends_not_seen").sum_u64(ZERO_KEY)
 
 
 def columns(wide: bool) -> list[Column]:
@@ -50,9 +63,12 @@ def command(out: OutputOptions, pid: int | None, lports: Any, rports: Any, ports
     socket's own counters of payload bytes acked and received.
 
     Sessions that close without their start having been seen (begun before tracing)
-    have no row; the summary counts them (closes_without_start; not with -p).
+    have no row; the summary counts them (closes_without_start; not with -p). Sessions
+    whose end the kernel did not let any hook see have no row either; the summary
+    counts them too (ends_not_seen), and a warning says so.
     """
-    rodata = {**o.port_filters(lports, rports, ports), "filter_pid": pid, "filter_family": family}
+    rodata = {**o.port_filters(lports, rports, ports), "filter_pid": pid, "filter_family": family,
+              "own_netns": os.stat("/proc/self/ns/net").st_ino}
 
     def row(e: Any) -> tuple[Any, ...]:
         return (
@@ -63,6 +79,10 @@ def command(out: OutputOptions, pid: int | None, lports: Any, rports: Any, ports
 
     with TRACER.open(rodata) as obj:
         def facts() -> dict[str, int]:
-            return {"closes_without_start": obj.map("closes_without_start").sum_u64(b"\0" * 4)}
+            unseen = ends_not_seen(obj)
+            if unseen:
+                warn(f"{unseen} session{'s' if unseen > 1 else ''} ended without the kernel running the hooks "
+                     "that see an end; their rows are missing (ends_not_seen in the summary)")
+            return {"closes_without_start": obj.map("closes_without_start").sum_u64(ZERO_KEY), "ends_not_seen": unseen}
 
         stream(obj, columns(out.wide), row, out, duration, facts=facts)
