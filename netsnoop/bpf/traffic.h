@@ -16,7 +16,8 @@
 
 /* handler(struct sock *sk, long bytes, bool btf_sk): bytes handed to TCP by sendmsg().
  * btf_sk is a constant, true in the variant whose sk is a typed (BTF) pointer: only
- * there may the handler use the socket's own storage (bpf_sk_storage_get). */
+ * there may the handler read the socket directly (no bpf_probe_read_kernel), as top's
+ * per-CPU cache does on every call. */
 #define SOCK_SEND_HOOKS(handler)                                                        \
 	SEC("tp_btf/sock_send_length")                                                  \
 	int BPF_PROG(send__tp_btf, struct sock *sk, int ret, int flags)                 \
