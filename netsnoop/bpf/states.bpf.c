@@ -18,19 +18,37 @@ struct event {
 };
 EXPORT_STRUCT(event);
 
-/* When each socket entered its current state; deleted at CLOSE, LRU-bounded. */
+/* Each socket's current state and when it entered it; deleted at CLOSE, LRU-bounded. */
+struct entered_state {
+	__u64 ns;
+	__u32 state;
+	__u32 pad;
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
 	__type(key, __u64);
-	__type(value, __u64);
+	__type(value, struct entered_state);
 } entered SEC(".maps");
+
+/* Changes that show an earlier one never reached the hook: the socket leaves a state
+ * other than the one it was last seen entering (or a new socket is born where an old
+ * one was last seen alive). Under storms the kernel at times does not run the hook, and
+ * does not count that either. Each is one change or more not shown. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} changes_not_seen SEC(".maps");
 
 static __always_inline int on_state(const struct sock *sk, int oldstate, int newstate)
 {
 	struct sock_tuple t;
-	__u64 key = (__u64)sk, now = bpf_ktime_get_ns(), delta = 0, *since;
-	__u32 pid;
+	__u64 key = (__u64)sk, now = bpf_ktime_get_ns(), delta = 0, *gaps;
+	struct entered_state *since, entry = { .ns = now, .state = newstate };
+	__u32 pid, zero = 0;
 	struct event *e;
 
 	if (!sock_is_tcp(sk))
@@ -40,12 +58,17 @@ static __always_inline int on_state(const struct sock *sk, int oldstate, int new
 		return 0;
 
 	since = bpf_map_lookup_elem(&entered, &key);
-	if (since)
-		delta = now - *since;
+	if (since && since->state == oldstate) {
+		delta = now - since->ns;
+	} else if (since) { /* how long it was in oldstate is unknown: 0, as when unseen */
+		gaps = bpf_map_lookup_elem(&changes_not_seen, &zero);
+		if (gaps)
+			*gaps += 1;
+	}
 	if (newstate == TCP_CLOSE)
 		bpf_map_delete_elem(&entered, &key);
 	else
-		bpf_map_update_elem(&entered, &key, &now, BPF_ANY);
+		bpf_map_update_elem(&entered, &key, &entry, BPF_ANY);
 
 	pid = current_pid();
 	if (!pid_allowed(pid))

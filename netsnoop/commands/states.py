@@ -46,6 +46,11 @@ def command(out: OutputOptions, lports: Any, rports: Any, ports: Any, pid: int |
     C-PID/C-COMM are the task on the CPU when the state changed: for changes driven by
     incoming packets (SYN_RECV, ESTABLISHED on the passive side) that may be another
     process or a kernel thread. `netsnoop life` names sockets' owners.
+
+    Under storms the kernel at times does not run the hook for a change, without saying
+    so; a socket's next change then shows it (it leaves a state it was not seen
+    entering). Its MS is 0 (unknown), and the summary counts these (changes_not_seen:
+    each stands for one hidden change or more).
     """
     rodata = {**o.port_filters(lports, rports, ports), "filter_pid": pid, "filter_family": family}
 
@@ -57,4 +62,7 @@ def command(out: OutputOptions, lports: Any, rports: Any, ports: Any, pid: int |
         )
 
     with TRACER.open(rodata) as obj:
-        stream(obj, columns(out.wide), row, out, duration)
+        def facts() -> dict[str, int]:
+            return {"changes_not_seen": obj.map("changes_not_seen").sum_u64(b"\0" * 4)}
+
+        stream(obj, columns(out.wide), row, out, duration, facts=facts)
