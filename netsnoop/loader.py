@@ -498,6 +498,8 @@ class BPFObject:
                         break
                     raise LoadError(f"attaching {p.name} ({p.section}) failed: {errno_message(err)}" + _tail(messages))
                 self.links.append(link)
+            if failed is None and not self.forced:
+                failed = self._refused_on_demand()
             if failed is None:
                 return self
             log.info("%s: attaching %s failed, trying the next variant", self.name, failed)
@@ -591,22 +593,36 @@ class BPFObject:
         finally:
             L.bpf_link__destroy(link)
 
+    def _refused_on_demand(self) -> str | None:
+        """A variant whose ``raw_tp`` companion the kernel will not run on a chosen CPU
+        (BPF_F_TEST_RUN_ON_CPU came in 5.10): tried once now, on CPU 0, so that such a
+        kernel gets the next variant instead of an error at the first use."""
+        L = lib()
+        for p in self.programs():
+            if p.variant and p.kind in ("raw_tp", "raw_tracepoint") and p.on_demand and L.bpf_program__autoload(p.handle):
+                if self._run_on_cpu(p, 0)[0]:
+                    return p.variant
+        return None
+
+    def _run_on_cpu(self, prog: Program, cpu: int) -> tuple[int, int]:
+        """(error, return value) of one BPF_PROG_TEST_RUN of ``prog`` on ``cpu``."""
+        opts = TestRunOpts(sz=ctypes.sizeof(TestRunOpts), flags=BPF_F_TEST_RUN_ON_CPU, cpu=cpu)
+        err = lib().bpf_prog_test_run_opts(lib().bpf_program__fd(prog.handle), ctypes.byref(opts))
+        return err, opts.retval
+
     def run_on_each_cpu(self, program: str) -> list[int]:
         """Run the ``raw_tp`` ``program`` once on every online CPU (BPF_PROG_TEST_RUN,
         in an interrupt there): what per-CPU state only that CPU may touch needs.
         Returns its return values, in CPU order."""
-        L = lib()
         prog = self.loaded_program(program)
         if prog is None:
             raise LoadError(f"{self.name}: program {program} is not loaded")
-        fd = L.bpf_program__fd(prog.handle)
         out = []
         for cpu in kernel.online_cpus():
-            opts = TestRunOpts(sz=ctypes.sizeof(TestRunOpts), flags=BPF_F_TEST_RUN_ON_CPU, cpu=cpu)
-            err = L.bpf_prog_test_run_opts(fd, ctypes.byref(opts))
+            err, retval = self._run_on_cpu(prog, cpu)
             if err:
                 raise LoadError(f"running {program} on CPU {cpu} failed: {errno_message(err)}")
-            out.append(opts.retval)
+            out.append(retval)
         return out
 
     def lost_events(self) -> int:

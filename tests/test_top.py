@@ -185,6 +185,18 @@ def test_send_and_recv_give_up_tp_btf_together() -> None:
         assert obj.loaded_program(DRAIN) is None
 
 
+def test_a_kernel_that_cannot_run_the_drain_on_a_cpu_gets_the_classic_hooks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before 5.10 BPF_PROG_TEST_RUN cannot pick the CPU: the loader tries the drain
+    once at attach time and, refused, gives up tp_btf (for both linked groups) rather
+    than fail at the first interval."""
+    from netsnoop.libbpf import lib
+
+    monkeypatch.setattr(lib(), "bpf_prog_test_run_opts", lambda fd, opts: -22)  # EINVAL
+    with TRACER.open() as obj:
+        assert obj.chosen == {"send": "tracepoint", "recv": "tracepoint"}
+        assert obj.loaded_program(DRAIN) is None
+
+
 def recv_exactly(sock: socket.socket, size: int) -> None:
     while size:
         size -= len(sock.recv(min(size, 65536)))
