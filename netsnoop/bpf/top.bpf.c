@@ -208,7 +208,7 @@ static __noinline void cache_miss(struct cpu_cache *c, struct sock *sk, __u32 po
 		return; /* not counted, and the cache stays its owner's */
 	c->busy = 1;
 	compiler_barrier();
-	if (c->checked != c->switches) {
+	if (c->checked != c->switches || !c->pid) { /* pid 0: no owner yet (a new cache) */
 		if (c->pid != pid) { /* another process: the last one's bytes go to conns */
 #pragma unroll
 			for (int i = 0; i < CACHED_SOCKETS; i++) {
