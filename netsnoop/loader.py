@@ -625,11 +625,14 @@ class BPFObject:
             out.append(retval)
         return out
 
+    def counter(self, map_name: str) -> int:
+        """A one-slot per-CPU counter map (``lost_events`` and the tools' own), summed
+        over CPUs."""
+        return self.map(map_name).sum_u64(struct.pack("=I", 0))
+
     def lost_events(self) -> int:
         """Events the BPF side could not hand over (ring buffer full), over all CPUs."""
-        if not self.has_map("lost_events"):
-            return 0
-        return self.map("lost_events").sum_u64(struct.pack("=I", 0))
+        return self.counter("lost_events") if self.has_map("lost_events") else 0
 
     def missed_runs(self) -> int:
         """Runs of this object's programs that the kernel skipped: a hook that fires while

@@ -16,7 +16,6 @@ from netsnoop.runner import Tracer, stream, warn
 # The owner hooks (send/recv in process context) are an improvement, not a requirement.
 # destroy: rows for sessions whose CLOSE never reached the hook (see life.bpf.c).
 TRACER = Tracer("life", optional=frozenset({"send", "recv", "destroy"}))
-ZERO_KEY = b"\0" * 4
 
 
 def ends_not_seen(obj: BPFObject) -> int:
@@ -26,7 +25,7 @@ def ends_not_seen(obj: BPFObject) -> int:
     attached meanwhile, so a session that ends during the check is not miscounted."""
     obj.iterate("mark_alive")
     obj.iterate("count_unseen_ends", "sessions")
-    return obj.map("ends_not_seen").sum_u64(ZERO_KEY)
+    return obj.counter("ends_not_seen")
 
 
 def columns(wide: bool) -> list[Column]:
@@ -83,6 +82,6 @@ def command(out: OutputOptions, pid: int | None, lports: Any, rports: Any, ports
             if unseen:
                 warn(f"{unseen} session{'s' if unseen > 1 else ''} ended without the kernel running the hooks "
                      "that see an end; their rows are missing (ends_not_seen in the summary)")
-            return {"closes_without_start": obj.map("closes_without_start").sum_u64(ZERO_KEY), "ends_not_seen": unseen}
+            return {"closes_without_start": obj.counter("closes_without_start"), "ends_not_seen": unseen}
 
         stream(obj, columns(out.wide), row, out, duration, facts=facts)

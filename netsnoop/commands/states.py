@@ -63,6 +63,6 @@ def command(out: OutputOptions, lports: Any, rports: Any, ports: Any, pid: int |
 
     with TRACER.open(rodata) as obj:
         def facts() -> dict[str, int]:
-            return {"changes_not_seen": obj.map("changes_not_seen").sum_u64(b"\0" * 4)}
+            return {"changes_not_seen": obj.counter("changes_not_seen")}
 
         stream(obj, columns(out.wide), row, out, duration, facts=facts)
