@@ -88,12 +88,17 @@ static __always_inline void count_end_not_seen(const struct session *s)
 		*n += 1;
 }
 
-/* Family and ports, while they can still be read: the local port of a connecting
- * socket is set after its SYN_SENT, so this runs again at ESTABLISHED. */
+static __always_inline __u16 local_port(const struct sock *sk)
+{
+	return bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
+}
+
+/* Family and ports at birth. A connecting socket gets its local port just after its
+ * SYN_SENT: that one is read again at ESTABLISHED. */
 static __always_inline void note_ports(const struct sock *sk, struct session *s)
 {
 	s->family = BPF_CORE_READ(sk, __sk_common.skc_family);
-	s->lport = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
+	s->lport = local_port(sk);
 	s->rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
 }
 
@@ -172,8 +177,8 @@ static __always_inline int on_state(const struct sock *sk, int oldstate, int new
 			if (newstate == TCP_SYN_SENT) /* connect(): process context */
 				claim(&fresh);
 			bpf_map_update_elem(&sessions, &key, &fresh, BPF_ANY);
-		} else if (newstate == TCP_ESTABLISHED) {
-			note_ports(sk, s);
+		} else if (newstate == TCP_ESTABLISHED && !s->lport) {
+			s->lport = local_port(sk);
 		}
 		return 0;
 	}
