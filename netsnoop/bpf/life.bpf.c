@@ -42,50 +42,29 @@ struct {
 /* Sessions that closed, through the filters, without their start having been seen:
  * begun before tracing did, or (rarely, under storms) a start the hook did not see.
  * Counted, so that a session without a row is never silent. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u64);
-} closes_without_start SEC(".maps");
+PERCPU_COUNTER(closes_without_start);
 
 static __always_inline void count_close_without_start(const struct sock *sk)
 {
 	struct sock_tuple t;
-	__u32 zero = 0;
-	__u64 *n;
 
 	if (filter_pid || !sock_is_tcp(sk)) /* whose it is is unknown: -p cannot tell */
 		return;
 	read_sock_tuple(sk, &t);
-	if (!tuple_allowed(&t))
-		return;
-	n = bpf_map_lookup_elem(&closes_without_start, &zero);
-	if (n)
-		*n += 1;
+	if (tuple_allowed(&t))
+		count_one(&closes_without_start);
 }
 
 /* Sessions that ended, through the filters, without any hook seeing their end: the
  * kernel did not run the state and destroy hooks for it (it does so at times, under
  * storms, without counting a skipped run). Found when another socket is born at the
  * same address, and by the exit check. Counted: their rows are missing. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u64);
-} ends_not_seen SEC(".maps");
+PERCPU_COUNTER(ends_not_seen);
 
 static __always_inline void count_end_not_seen(const struct session *s)
 {
-	__u32 zero = 0;
-	__u64 *n;
-
-	if (!family_allowed(s->family) || !ports_allowed(s->lport, s->rport) || !pid_allowed(s->pid))
-		return;
-	n = bpf_map_lookup_elem(&ends_not_seen, &zero);
-	if (n)
-		*n += 1;
+	if (family_allowed(s->family) && ports_allowed(s->lport, s->rport) && pid_allowed(s->pid))
+		count_one(&ends_not_seen);
 }
 
 static __always_inline __u16 local_port(const struct sock *sk)

@@ -29,22 +29,31 @@ struct {
 	__uint(max_entries, 1 << 23);
 } events SEC(".maps");
 
+/* A count kept per CPU in a one-slot array; user space sums it (BPFObject.counter). */
+#define PERCPU_COUNTER(name)                                                            \
+	struct {                                                                        \
+		__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);                                \
+		__uint(max_entries, 1);                                                 \
+		__type(key, __u32);                                                     \
+		__type(value, __u64);                                                   \
+	} name SEC(".maps")
+
+static __always_inline void count_one(void *counter)
+{
+	__u32 zero = 0;
+	__u64 *n = bpf_map_lookup_elem(counter, &zero);
+
+	if (n)
+		__sync_fetch_and_add(n, 1);
+}
+
 /* Events that could not be reserved in the ring buffer, per CPU. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u64);
-} lost_events SEC(".maps");
+PERCPU_COUNTER(lost_events);
 
 /* Count an event that never reached user space (ring buffer or aggregation map full). */
 static __always_inline void count_lost(void)
 {
-	__u32 zero = 0;
-	__u64 *lost = bpf_map_lookup_elem(&lost_events, &zero);
-
-	if (lost)
-		__sync_fetch_and_add(lost, 1);
+	count_one(&lost_events);
 }
 
 static __always_inline void *reserve_event(__u64 size)

@@ -36,19 +36,14 @@ struct {
  * other than the one it was last seen entering (or a new socket is born where an old
  * one was last seen alive). Under storms the kernel at times does not run the hook, and
  * does not count that either. Each is one change or more not shown. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u64);
-} changes_not_seen SEC(".maps");
+PERCPU_COUNTER(changes_not_seen);
 
 static __always_inline int on_state(const struct sock *sk, int oldstate, int newstate)
 {
 	struct sock_tuple t;
-	__u64 key = (__u64)sk, now = bpf_ktime_get_ns(), delta = 0, *gaps;
+	__u64 key = (__u64)sk, now = bpf_ktime_get_ns(), delta = 0;
 	struct entered_state *since, entry = { .ns = now, .state = newstate };
-	__u32 pid, zero = 0;
+	__u32 pid;
 	struct event *e;
 
 	if (!sock_is_tcp(sk))
@@ -61,9 +56,7 @@ static __always_inline int on_state(const struct sock *sk, int oldstate, int new
 	if (since && since->state == oldstate) {
 		delta = now - since->ns;
 	} else if (since) { /* how long it was in oldstate is unknown: 0, as when unseen */
-		gaps = bpf_map_lookup_elem(&changes_not_seen, &zero);
-		if (gaps)
-			*gaps += 1;
+		count_one(&changes_not_seen);
 	}
 	if (newstate == TCP_CLOSE)
 		bpf_map_delete_elem(&entered, &key);
