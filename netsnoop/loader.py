@@ -599,7 +599,7 @@ class BPFObject:
         kernel gets the next variant instead of an error at the first use."""
         L = lib()
         for p in self.programs():
-            if p.variant and p.kind in ("raw_tp", "raw_tracepoint") and p.on_demand and L.bpf_program__autoload(p.handle):
+            if p.variant and p.on_demand and p.kind != "iter" and L.bpf_program__autoload(p.handle):
                 if self._run_on_cpu(p, 0)[0]:
                     return p.variant
         return None
