@@ -190,4 +190,4 @@ def write_sections(sections: Iterable[Section], unit: str, out: OutputOptions, d
 def summary(out: OutputOptions, obj: BPFObject, **facts: Any) -> None:
     """End of run: ``facts`` and the samples the BPF side could not count (a histogram
     map was full), via the sink (stderr for text, a JSON summary line)."""
-    make_sink(out, []).summary({**facts, "lost_events": obj.lost_events()})
+    make_sink(out, []).summary({**facts, **obj.health()})

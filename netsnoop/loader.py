@@ -634,6 +634,13 @@ class BPFObject:
         """Events the BPF side could not hand over (ring buffer full), over all CPUs."""
         return self.counter("lost_events") if self.has_map("lost_events") else 0
 
+    def health(self) -> dict[str, Any]:
+        """What every summary reports about the tracing itself: events the BPF side
+        could not hand over, hook runs the kernel skipped, and which kind of hook each
+        group ran on (None: an optional group this kernel has no hook for)."""
+        return {"lost_events": self.lost_events(), "skipped_hook_runs": self.missed_runs(),
+                "hooks": dict(self.chosen)}
+
     def missed_runs(self) -> int:
         """Runs of this object's programs that the kernel skipped: a hook that fires while
         the same program is already running on that CPU (an interrupt inside it) is not

@@ -111,7 +111,7 @@ class Sink:
 
     def summary(self, record: dict[str, Any]) -> None:
         """End-of-run facts (lost events, counts) go to stderr for humans."""
-        parts = [f"{v} {k.replace('_', ' ')}" for k, v in record.items()]
+        parts = [_summary_part(k, v) for k, v in record.items()]
         print("netsnoop: " + ", ".join(parts), file=sys.stderr, flush=True)
 
 
@@ -183,6 +183,14 @@ class JsonSink(Sink):
     def summary(self, record: dict[str, Any]) -> None:
         self.stream.write(self._dumps({"type": "summary", **record}) + "\n")
         self.stream.flush()
+
+
+def _summary_part(key: str, value: Any) -> str:
+    """``3 lost events``; a mapping as ``hooks: set_state=tp_btf accept=none``."""
+    name = key.replace("_", " ")
+    if isinstance(value, dict):
+        return f"{name}: " + " ".join(f"{k}={'none' if v is None else v}" for k, v in value.items())
+    return f"{value} {name}"
 
 
 def _file_descriptor(stream: IO[str]) -> int | None:

@@ -182,8 +182,7 @@ def stream(
     except BrokenPipeError:
         silence_stdout()
         return sink.count
-    sink.summary({"events": sink.count, "lost_events": obj.lost_events(), "skipped_hook_runs": obj.missed_runs(),
-                  **(facts() if facts else {})})
+    sink.summary({"events": sink.count, **obj.health(), **(facts() if facts else {})})
     warn_missed_runs(obj)
     return sink.count
 

@@ -82,4 +82,4 @@ def show_counts(
     sink = make_sink(out, columns)
     sink.header()
     sink.write([row(key, n) for key, n in entries])
-    sink.summary({"flows": len(entries), "lost_events": obj.lost_events()})
+    sink.summary({"flows": len(entries), **obj.health()})

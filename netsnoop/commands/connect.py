@@ -67,7 +67,7 @@ def show_counts(obj: BPFObject, out: OutputOptions, duration: float | None) -> N
     wait(duration)
     rows = count_rows(obj)
     write_table(out, COUNT_COLUMNS, rows)
-    make_sink(out, COUNT_COLUMNS).summary({"connects": sum(r[3] for r in rows), "lost_events": obj.lost_events()})
+    make_sink(out, COUNT_COLUMNS).summary({"connects": sum(r[3] for r in rows), **obj.health()})
 
 
 @click.command("connect")

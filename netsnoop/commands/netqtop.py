@@ -174,4 +174,4 @@ def command(out: OutputOptions, iface: Interface, interval: float, throughput: b
         except BrokenPipeError:
             silence_stdout()
             return
-        make_sink(out, report.cols).summary({"intervals": report.intervals, "lost_events": obj.lost_events()})
+        make_sink(out, report.cols).summary({"intervals": report.intervals, **obj.health()})

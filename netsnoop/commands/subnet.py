@@ -123,4 +123,4 @@ def command(subnets: list[Subnet], unit: str, interval: float, json: bool, verbo
         shown = run_intervals(lambda: show(totals), interval, duration=duration)
         if shown is None:
             return
-        sink.summary({"intervals": shown, "lost_events": obj.lost_events()})
+        sink.summary({"intervals": shown, **obj.health()})

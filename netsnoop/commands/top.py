@@ -172,4 +172,4 @@ def command(noclear: bool, nosummary: bool, pid: int | None, ports: Any, family:
             view.close()
         if shown is None:
             return
-        view.summary({"intervals": shown, "lost_events": obj.lost_events()})
+        view.summary({"intervals": shown, **obj.health()})
