@@ -13,7 +13,7 @@ CLANG       ?= clang
 LLVM_STRIP  ?= llvm-strip
 BPFTOOL     ?= bpftool
 ARCH        := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/' -e 's/ppc64le/powerpc/' -e 's/s390x/s390/')
-APT_PKGS    := clang llvm libbpf-dev libbpf1 bpftool nftables iproute2 util-linux procps python3-venv
+APT_PKGS    := clang llvm libbpf-dev libbpf1 bpftool nftables iproute2 util-linux procps python3-venv prometheus
 ARGS        ?=
 
 .PHONY: all bpf deps apt venv run test test-unit bench check-env clean

@@ -1,0 +1,695 @@
+"""TCP health as Prometheus metrics (``netsnoop export``): what each metric is, where
+its figures come from, and the collector that reads them at scrape time.
+
+Every figure is counted in the kernel. The BPF side is the subcommands' own objects,
+loaded in their counting modes (one program per signal, never a second copy):
+
+* ``connect`` (its --outcome mode) and ``accept`` hand over one record per connection,
+  which is summed here per namespace: a connection, never a packet, crosses over;
+* ``drop -c``, ``retrans -c`` and ``top`` count per flow in kernel hash maps, which are
+  read and emptied (lookup-and-delete) every second and at each scrape, so the maps
+  stay small however many flows come and go, and their sums live here under bounded
+  labels;
+* ``rtt`` keeps one log2 histogram in the kernel, read as it is at scrape time.
+
+The namespace-wide kernel counters (what ``nstat`` shows inside each namespace) and the
+listeners' accept queues (sock_diag, what ``ss -lt`` shows) are read at scrape time by
+entering each network namespace (:mod:`netsnoop.netns`).
+
+Labels are bounded by design: ``netns`` has at most ``max_netns`` values (then
+"other"), ``port`` exists only with ``--port-labels`` and takes only the ports listed
+there (every other port is "other"), ``reason`` and ``outcome`` are kernel enums.
+"""
+
+from __future__ import annotations
+
+import bisect
+import platform
+import struct
+import sys
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+
+from netsnoop import __version__, conn, netns
+from netsnoop.btf import StructDecoder
+from netsnoop.errors import NetsnoopError
+from netsnoop.hist import read_hists
+from netsnoop.loader import BPFObject
+from netsnoop.runner import Tracer
+from netsnoop.traffic import take_all
+
+OTHER = "other"
+# Connect latency buckets, seconds: a loopback handshake (tens of microseconds) up to
+# the SYN timeouts of a lost network (seconds).
+CONNECT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                   2.5, 5.0, 10.0, 30.0)
+RTT_SLOTS = 32  # hist.h HIST_SLOTS: slot i holds [2**i, 2**(i+1) - 1] microseconds
+
+
+@dataclass(frozen=True)
+class MetricDoc:
+    """One exported metric: its name as exposed, type, help text and labels (``port``
+    only with --port-labels), and which source produces it."""
+
+    name: str
+    type: str
+    help: str
+    labels: tuple[str, ...]
+    source: str
+
+
+PORT = "port"
+METRICS: list[MetricDoc] = [
+    MetricDoc("netsnoop_tcp_connects_total", "counter",
+              "Active TCP connects by how the handshake resolved (established, refused, timeout, unreachable, "
+              "...), per network namespace of the connecting socket.", ("netns", "outcome", PORT), "connects"),
+    MetricDoc("netsnoop_tcp_connect_duration_seconds", "histogram",
+              "Time from connect() to ESTABLISHED of the connects that established, per network namespace.",
+              ("netns", PORT), "connects"),
+    MetricDoc("netsnoop_tcp_accepts_total", "counter",
+              "TCP connections returned by accept()/accept4(), per network namespace.", ("netns", PORT), "accepts"),
+    MetricDoc("netsnoop_tcp_drops_total", "counter",
+              "TCP packets the kernel dropped, by its drop reason (enum skb_drop_reason), all network namespaces.",
+              ("reason", PORT), "drops"),
+    MetricDoc("netsnoop_tcp_retransmits_total", "counter",
+              "TCP retransmissions the kernel sent (tcp:tcp_retransmit_skb and SYN-ACK retransmits, as netsnoop "
+              "retrans -c counts them), all network namespaces.", (PORT,), "retrans"),
+    MetricDoc("netsnoop_tcp_sent_bytes_total", "counter",
+              "Bytes processes sent on TCP sockets (sendmsg return values), all network namespaces.", (PORT,), "bytes"),
+    MetricDoc("netsnoop_tcp_received_bytes_total", "counter",
+              "Bytes processes received from TCP sockets (recvmsg return values), all network namespaces.",
+              (PORT,), "bytes"),
+    MetricDoc("netsnoop_tcp_rtt_seconds", "histogram",
+              "Smoothed round-trip time of established TCP sockets, sampled on every segment they receive, "
+              "all network namespaces (log2 buckets of microseconds).", (), "rtt"),
+    MetricDoc("netsnoop_netns_tcp_active_opens_total", "counter",
+              "The kernel's TcpActiveOpens (connects that sent a SYN), per network namespace.", ("netns",), "netns"),
+    MetricDoc("netsnoop_netns_tcp_passive_opens_total", "counter",
+              "The kernel's TcpPassiveOpens (connections a listener accepted a SYN for), per network namespace.",
+              ("netns",), "netns"),
+    MetricDoc("netsnoop_netns_tcp_attempt_fails_total", "counter",
+              "The kernel's TcpAttemptFails (handshakes that failed), per network namespace.", ("netns",), "netns"),
+    MetricDoc("netsnoop_netns_tcp_resets_sent_total", "counter",
+              "The kernel's TcpOutRsts (TCP resets sent), per network namespace.", ("netns",), "netns"),
+    MetricDoc("netsnoop_netns_tcp_established_resets_total", "counter",
+              "The kernel's TcpEstabResets (established connections ended by a reset, sent or received), per "
+              "network namespace.", ("netns",), "netns"),
+    MetricDoc("netsnoop_netns_tcp_retransmitted_segments_total", "counter",
+              "The kernel's TcpRetransSegs (segments retransmitted), per network namespace.", ("netns",), "netns"),
+    MetricDoc("netsnoop_netns_tcp_listen_overflows_total", "counter",
+              "The kernel's TcpExtListenOverflows (SYNs and final ACKs dropped for a full accept queue), per "
+              "network namespace.", ("netns",), "netns"),
+    MetricDoc("netsnoop_netns_tcp_listen_drops_total", "counter",
+              "The kernel's TcpExtListenDrops (connection requests a listener dropped, overflows included), per "
+              "network namespace.", ("netns",), "netns"),
+    MetricDoc("netsnoop_netns_tcp_established", "gauge",
+              "The kernel's TcpCurrEstab (TCP connections now ESTABLISHED or CLOSE_WAIT), per network namespace.",
+              ("netns",), "netns"),
+    MetricDoc("netsnoop_tcp_listener_queue_length", "gauge",
+              "Connections waiting in a TCP listener's accept queue (ss -lt Recv-Q), per namespace and port "
+              "(the fullest max_listeners listeners).", ("netns", "port"), "listeners"),
+    MetricDoc("netsnoop_tcp_listener_queue_limit", "gauge",
+              "A TCP listener's accept queue limit, from listen() (ss -lt Send-Q), per namespace and port.",
+              ("netns", "port"), "listeners"),
+    MetricDoc("netsnoop_tcp_listeners_not_shown", "gauge",
+              "TCP listeners left out of the listener gauges by max_listeners.", (), "listeners"),
+    MetricDoc("netsnoop_up", "gauge", "1 while netsnoop export runs.", (), "health"),
+    MetricDoc("netsnoop_build_info", "info", "netsnoop's version, the kernel and libbpf it runs on.",
+              ("version", "kernel", "libbpf"), "health"),
+    MetricDoc("netsnoop_source_up", "gauge",
+              "1 if a source (a BPF object or a kernel reading) works, 0 if it could not be loaded or read.",
+              ("source",), "health"),
+    MetricDoc("netsnoop_hook_info", "info", "The kind of hook (tp_btf, tracepoint, ...) each BPF hook group runs on.",
+              ("source", "group", "kind"), "health"),
+    MetricDoc("netsnoop_lost_events_total", "counter",
+              "Events a source's BPF side could not hand over or count (ring buffer or kernel map full): what "
+              "they would have counted is missing.", ("source",), "health"),
+    MetricDoc("netsnoop_skipped_hook_runs_total", "counter",
+              "Runs of a source's BPF programs the kernel skipped (a hook firing inside itself on one CPU).",
+              ("source",), "health"),
+    MetricDoc("netsnoop_netns_not_shown", "gauge",
+              "Network namespaces whose figures are folded into netns=\"other\" (or, for the namespace "
+              "counters, left out) because max_netns namespaces are shown already.", (), "health"),
+    MetricDoc("netsnoop_collect_errors_total", "counter",
+              "Scrapes at which reading a source failed (its figures are then missing from that scrape).",
+              ("source",), "health"),
+]
+BY_NAME = {m.name: m for m in METRICS}
+SOURCES = ("connects", "accepts", "drops", "retrans", "bytes", "rtt", "netns", "listeners")
+
+
+def _base(name: str) -> str:
+    """The family name prometheus_client wants: without _total (counters) or _info."""
+    for suffix in ("_total", "_info"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def labels_of(name: str, with_ports: bool) -> list[str]:
+    return [label for label in BY_NAME[name].labels if with_ports or label != PORT or
+            BY_NAME[name].source == "listeners"]
+
+
+def family(name: str, with_ports: bool) -> Metric:
+    """An empty metric family of ``name``, typed, documented and labelled as METRICS says."""
+    doc = BY_NAME[name]
+    labels = labels_of(name, with_ports)
+    kind = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily, "histogram": HistogramMetricFamily,
+            "info": InfoMetricFamily}[doc.type]
+    # an info metric's labels come with each sample's value
+    return kind(_base(name), doc.help, labels=[] if doc.type == "info" else labels)
+
+
+# ---- bounded labels ------------------------------------------------------------------
+
+class PortLabels:
+    """``port`` label values: the ports the user listed, every other port is "other".
+    Without a list there is no port label at all (``enabled`` is False)."""
+
+    def __init__(self, ports: Iterable[int] = ()) -> None:
+        self.ports = frozenset(ports)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.ports)
+
+    def of(self, *candidates: int) -> tuple[str, ...]:
+        """The label tuple (empty without --port-labels): the first candidate port that
+        was listed, else "other"."""
+        if not self.ports:
+            return ()
+        for p in candidates:
+            if p in self.ports:
+                return (str(p),)
+        return (OTHER,)
+
+
+class NetnsLabels:
+    """``netns`` label values for namespace inodes: at most ``limit`` inodes get their
+    own label (the ``ip netns`` name, ``host``, or ``netns:<inode>``); a new inode beyond
+    that takes the place of one that no longer exists, or else is "other". So a host
+    where containers come and go keeps a bounded set of series."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.admitted: set[int] = set()
+        self.names: dict[int, str] = {}
+        self.not_shown = 0
+
+    def refresh(self) -> dict[int, netns.Netns]:
+        live = netns.by_inode()
+        self.names = {ino: ns.label for ino, ns in live.items()}
+        return live
+
+    def key(self, inode: int, counts: dict[Any, Any]) -> int:
+        """The inode under which to count (0 = "other"), evicting a vanished namespace's
+        series from ``counts`` (keys start with the inode) to make room."""
+        if inode in self.admitted:
+            return inode
+        if len(self.admitted) >= self.limit:
+            live = self.refresh()
+            gone = [i for i in self.admitted if i not in live]
+            for i in gone:
+                self.admitted.discard(i)
+                for k in [k for k in counts if k[0] == i]:
+                    del counts[k]
+            if len(self.admitted) >= self.limit:
+                return 0
+        self.admitted.add(inode)
+        return inode
+
+    def label(self, inode: int) -> str:
+        if inode == 0:
+            return OTHER
+        if inode not in self.names:
+            self.refresh()
+        if inode not in self.names:
+            return "host" if inode == netns.HOST_NETNS_INODE else f"netns:{inode}"
+        return self.names[inode]
+
+
+# ---- histograms ----------------------------------------------------------------------
+
+@dataclass
+class Buckets:
+    """A Prometheus histogram kept here: counts per upper bound, count and sum."""
+
+    bounds: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)
+    total: int = 0
+    sum: float = 0.0
+
+    def add(self, value: float) -> None:
+        if not self.counts:
+            self.counts = [0] * len(self.bounds)
+        i = bisect.bisect_left(self.bounds, value)
+        if i < len(self.bounds):
+            self.counts[i] += 1
+        self.total += 1
+        self.sum += value
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        out, running = [], 0
+        counts = self.counts or [0] * len(self.bounds)
+        for bound, n in zip(self.bounds, counts):
+            running += n
+            out.append((_le(bound), running))
+        out.append(("+Inf", self.total))
+        return out
+
+
+def _le(bound: float) -> str:
+    return repr(float(bound))
+
+
+def log2_buckets(slots: tuple[int, ...], count: int, scale: float) -> list[tuple[str, float]]:
+    """hist.h's log2 slots (slot i: values up to 2**(i+1) - 1) as cumulative buckets with
+    upper bounds 2**(i+1) * ``scale``; the last slot also holds everything larger, so
+    it is +Inf."""
+    out, running = [], 0
+    slots = tuple(slots) + (0,) * (RTT_SLOTS - len(slots))
+    for i, n in enumerate(slots[: RTT_SLOTS - 1]):
+        running += n
+        out.append((_le((1 << (i + 1)) * scale), running))
+    out.append(("+Inf", count))
+    return out
+
+
+# ---- sources -------------------------------------------------------------------------
+
+class Source:
+    """One origin of figures: opened once, ``poll``ed by the main loop, read at scrape
+    time by ``families``. ``obj`` is its BPF object (None for kernel readings)."""
+
+    name = ""
+    tracer: Tracer | None = None
+
+    def __init__(self, ctx: "Context") -> None:
+        self.ctx = ctx
+        self.obj: BPFObject | None = None
+        self.error: str | None = None
+
+    def rodata(self) -> dict[str, Any]:
+        return {}
+
+    def open(self) -> None:
+        if self.tracer is not None:
+            self.obj = self.tracer.open(self.rodata())
+
+    def poll(self) -> None:
+        """Move what the kernel gathered into our sums (main loop and scrape)."""
+
+    def families(self) -> Iterator[Metric]:
+        return iter(())
+
+    def close(self) -> None:
+        if self.obj is not None:
+            self.obj.close()
+            self.obj = None
+
+
+@dataclass
+class Context:
+    ports: PortLabels
+    netns: NetnsLabels
+    max_listeners: int
+
+
+def _tracer(module: str) -> Tracer:
+    import importlib
+
+    return importlib.import_module(f"netsnoop.commands.{module}").TRACER  # type: ignore[no-any-return]
+
+
+class RingSource(Source):
+    """A source whose object hands over one record per connection (ring buffer)."""
+
+    def open(self) -> None:
+        super().open()
+        assert self.obj is not None
+        self.ring = self.obj.ring_buffer()
+        self.decoder = self.obj.decoder("event")
+
+    def poll(self) -> None:
+        for _ in range(64):  # bounded: a storm that goes on must not keep us here
+            events = self.ring.read_events(self.decoder)
+            if not events:
+                return
+            for e in events:
+                self.count(e)
+
+    def count(self, e: Any) -> None:
+        raise NotImplementedError
+
+
+class Connects(RingSource):
+    name = "connects"
+
+    def __init__(self, ctx: Context) -> None:
+        super().__init__(ctx)
+        self.tracer = _tracer("connect")
+        self.counts: dict[tuple[Any, ...], int] = {}
+        self.latency: dict[tuple[Any, ...], Buckets] = {}
+
+    def rodata(self) -> dict[str, Any]:
+        from netsnoop.commands.connect import OUTCOME
+
+        return {"report_mode": OUTCOME}
+
+    def count(self, e: Any) -> None:
+        if e.kind != conn.CONNECT:
+            return
+        ino = self.ctx.netns.key(e.netns, self.counts)
+        port = self.ctx.ports.of(e.rport)
+        outcome = conn.outcome(e.state, e.err).lower()
+        key = (ino, outcome, *port)
+        self.counts[key] = self.counts.get(key, 0) + 1
+        if e.state == conn.TCP_ESTABLISHED:
+            lkey = (self.ctx.netns.key(e.netns, self.latency), *port)
+            self.latency.setdefault(lkey, Buckets(CONNECT_BUCKETS)).add(e.lat_ns / 1e9)
+
+    def families(self) -> Iterator[Metric]:
+        label = self.ctx.netns.label
+        with_ports = self.ctx.ports.enabled
+        f = family("netsnoop_tcp_connects_total", with_ports)
+        for (ino, outcome, *port), n in sorted(self.counts.items(), key=str):
+            f.add_metric([label(ino), outcome, *port], n)
+        yield f
+        h = family("netsnoop_tcp_connect_duration_seconds", with_ports)
+        for (ino, *port), b in sorted(self.latency.items(), key=str):
+            h.add_metric([label(ino), *port], b.cumulative(), b.sum)
+        yield h
+
+
+class Accepts(RingSource):
+    name = "accepts"
+
+    def __init__(self, ctx: Context) -> None:
+        super().__init__(ctx)
+        self.tracer = _tracer("accept")
+        self.counts: dict[tuple[Any, ...], int] = {}
+
+    def count(self, e: Any) -> None:
+        key = (self.ctx.netns.key(e.netns, self.counts), *self.ctx.ports.of(e.lport))
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    def families(self) -> Iterator[Metric]:
+        f = family("netsnoop_tcp_accepts_total", self.ctx.ports.enabled)
+        for (ino, *port), n in sorted(self.counts.items(), key=str):
+            f.add_metric([self.ctx.netns.label(ino), *port], n)
+        yield f
+
+
+class MapSource(Source):
+    """A source whose object counts per flow in a kernel hash map (``counts`` or
+    ``conns``), emptied into our bounded sums at every poll."""
+
+    def taken(self, map_name: str, key_struct: str) -> Iterator[tuple[Any, bytes]]:
+        assert self.obj is not None
+        decode = StructDecoder(self.obj.btf, key_struct).decode
+        for k, v in take_all(self.obj.map(map_name)):
+            yield decode(k), v
+
+
+class Drops(MapSource):
+    name = "drops"
+
+    def __init__(self, ctx: Context) -> None:
+        super().__init__(ctx)
+        self.tracer = _tracer("drop")
+        self.counts: dict[tuple[str, ...], int] = {}
+
+    def rodata(self) -> dict[str, Any]:
+        return {"count_only": 1, "with_stack": 0}
+
+    def poll(self) -> None:
+        from netsnoop.commands.drop import reason_name
+
+        for k, v in self.taken("counts", "drop_key"):
+            key = (reason_name(k.reason), *self.ctx.ports.of(k.dport, k.sport))
+            self.counts[key] = self.counts.get(key, 0) + struct.unpack_from("=Q", v)[0]
+
+    def families(self) -> Iterator[Metric]:
+        f = family("netsnoop_tcp_drops_total", self.ctx.ports.enabled)
+        for key, n in sorted(self.counts.items()):
+            f.add_metric(list(key), n)
+        yield f
+
+
+class Retransmits(MapSource):
+    name = "retrans"
+
+    def __init__(self, ctx: Context) -> None:
+        super().__init__(ctx)
+        self.tracer = _tracer("retrans")
+        self.counts: dict[tuple[str, ...], int] = {}
+
+    def rodata(self) -> dict[str, Any]:
+        return {"count_only": 1}
+
+    def poll(self) -> None:
+        for k, v in self.taken("counts", "flow_key"):
+            key = self.ctx.ports.of(k.lport, k.rport)
+            self.counts[key] = self.counts.get(key, 0) + struct.unpack_from("=Q", v)[0]
+
+    def families(self) -> Iterator[Metric]:
+        f = family("netsnoop_tcp_retransmits_total", self.ctx.ports.enabled)
+        for key, n in sorted(self.counts.items()):
+            f.add_metric(list(key), n)
+        if not self.counts and not self.ctx.ports.enabled:
+            f.add_metric([], 0)
+        yield f
+
+
+class Bytes(MapSource):
+    name = "bytes"
+
+    def __init__(self, ctx: Context) -> None:
+        super().__init__(ctx)
+        self.tracer = _tracer("top")
+        self.sent: dict[tuple[str, ...], int] = {}
+        self.received: dict[tuple[str, ...], int] = {}
+
+    def open(self) -> None:
+        super().open()
+        from netsnoop.commands.top import DRAIN
+
+        assert self.obj is not None
+        self.cached = self.obj.loaded_program(DRAIN) is not None
+        self.values = StructDecoder(self.obj.btf, "conn_bytes").decode
+
+    def poll(self) -> None:
+        from netsnoop.commands.top import drain
+
+        if self.cached:
+            drain(self.obj)  # type: ignore[arg-type]
+        for _k, raw in self.taken("conns", "conn_key"):
+            v = self.values(raw)
+            if v.excluded:
+                continue
+            key = self.ctx.ports.of(v.lport, v.rport)
+            self.sent[key] = self.sent.get(key, 0) + v.tx
+            self.received[key] = self.received.get(key, 0) + v.rx
+
+    def families(self) -> Iterator[Metric]:
+        for name, sums in (("netsnoop_tcp_sent_bytes_total", self.sent),
+                           ("netsnoop_tcp_received_bytes_total", self.received)):
+            f = family(name, self.ctx.ports.enabled)
+            for key, n in sorted(sums.items()):
+                f.add_metric(list(key), n)
+            if not sums and not self.ctx.ports.enabled:
+                f.add_metric([], 0)
+            yield f
+
+
+class Rtt(Source):
+    name = "rtt"
+
+    def __init__(self, ctx: Context) -> None:
+        super().__init__(ctx)
+        self.tracer = _tracer("rtt")
+
+    def rodata(self) -> dict[str, Any]:
+        return {"key_by": 0, "unit_div": 1}
+
+    def families(self) -> Iterator[Metric]:
+        assert self.obj is not None
+        h = family("netsnoop_tcp_rtt_seconds", False)
+        slots: tuple[int, ...] = ()
+        count = total = 0
+        for _key, hist in read_hists(self.obj, "rtts", "rtt_key", clear=False):
+            slots, count, total = hist.slots, hist.count, hist.total
+        h.add_metric([], log2_buckets(slots, count, 1e-6), total / 1e6)
+        yield h
+
+
+# nstat name -> metric, for the namespace counters
+NSTAT = {
+    "netsnoop_netns_tcp_active_opens_total": "TcpActiveOpens",
+    "netsnoop_netns_tcp_passive_opens_total": "TcpPassiveOpens",
+    "netsnoop_netns_tcp_attempt_fails_total": "TcpAttemptFails",
+    "netsnoop_netns_tcp_resets_sent_total": "TcpOutRsts",
+    "netsnoop_netns_tcp_established_resets_total": "TcpEstabResets",
+    "netsnoop_netns_tcp_retransmitted_segments_total": "TcpRetransSegs",
+    "netsnoop_netns_tcp_listen_overflows_total": "TcpExtListenOverflows",
+    "netsnoop_netns_tcp_listen_drops_total": "TcpExtListenDrops",
+    "netsnoop_netns_tcp_established": "TcpCurrEstab",
+}
+
+
+class NetnsCounters(Source):
+    """Each namespace's own counters, read inside it at scrape time (the first
+    ``max_netns`` namespaces: the host's, named ones, then the rest)."""
+
+    name = "netns"
+
+    def families(self) -> Iterator[Metric]:
+        spaces = netns.namespaces()
+        limit = self.ctx.netns.limit
+        self.ctx.netns.not_shown = max(0, len(spaces) - limit)
+        readings = []
+        for ns in spaces[:limit]:
+            try:
+                readings.append((ns.label, netns.counters(ns)))
+            except OSError:
+                continue  # gone meanwhile
+        for name, key in NSTAT.items():
+            f = family(name, False)
+            for label, values in readings:
+                if key in values:
+                    f.add_metric([label], values[key])
+            yield f
+
+
+class Listeners(Source):
+    """The accept queues of the fullest ``max_listeners`` listeners, per namespace and
+    port (two listeners on one port, e.g. IPv4 and IPv6, are added up)."""
+
+    name = "listeners"
+
+    def families(self) -> Iterator[Metric]:
+        queues: dict[tuple[str, str], list[int]] = {}
+        for ns in netns.namespaces()[: self.ctx.netns.limit]:
+            try:
+                found = netns.listeners(ns)
+            except OSError:
+                continue
+            for li in found:
+                q = queues.setdefault((ns.label, str(li.port)), [0, 0])
+                q[0] += li.queue
+                q[1] += li.backlog
+        ranked = sorted(queues.items(), key=lambda kv: (-kv[1][0] / max(kv[1][1], 1), -kv[1][0], kv[0]))
+        shown = ranked[: self.ctx.max_listeners]
+        length = family("netsnoop_tcp_listener_queue_length", True)
+        limit = family("netsnoop_tcp_listener_queue_limit", True)
+        for (label, port), (queue, backlog) in sorted(shown):
+            length.add_metric([label, port], queue)
+            limit.add_metric([label, port], backlog)
+        hidden = family("netsnoop_tcp_listeners_not_shown", False)
+        hidden.add_metric([], len(ranked) - len(shown))
+        return iter([length, limit, hidden])
+
+
+SOURCE_CLASSES: dict[str, Callable[[Context], Source]] = {
+    "connects": Connects, "accepts": Accepts, "drops": Drops, "retrans": Retransmits, "bytes": Bytes,
+    "rtt": Rtt, "netns": NetnsCounters, "listeners": Listeners,
+}
+
+
+# ---- the collector -------------------------------------------------------------------
+
+class Exporter:
+    """All sources and the lock between the main loop (``poll``) and the HTTP server's
+    threads (``collect``, prometheus_client's custom-collector interface)."""
+
+    def __init__(self, names: Iterable[str], ctx: Context) -> None:
+        self.ctx = ctx
+        self.sources = [SOURCE_CLASSES[n](ctx) for n in names]
+        self.lock = threading.Lock()
+        self.errors: dict[str, int] = {s.name: 0 for s in self.sources}
+
+    def open(self, warn: Callable[[str], None]) -> None:
+        """Open every source; one that cannot load is reported and marked down, the
+        others run. None at all is an error."""
+        for s in self.sources:
+            try:
+                s.open()
+            except NetsnoopError as err:
+                s.error = str(err)
+                s.close()
+                warn(f"{s.name}: {err}")
+        if all(s.error for s in self.sources):
+            raise NetsnoopError("no source could be loaded: " + "; ".join(f"{s.name}: {s.error}" for s in self.sources))
+
+    def close(self) -> None:
+        for s in self.sources:
+            s.close()
+
+    def poll(self, rings_only: bool = False) -> None:
+        with self.lock:
+            for s in self.sources:
+                if not s.error and (not rings_only or isinstance(s, RingSource)):
+                    self._guarded(s, s.poll)
+
+    def _guarded(self, s: Source, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except (OSError, NetsnoopError) as err:
+            self.errors[s.name] += 1
+            print(f"netsnoop: warning: reading {s.name} failed: {err}", file=sys.stderr, flush=True)
+            return None
+
+    def describe(self) -> list[Metric]:
+        return []  # families are only known at collect time (labels depend on the options)
+
+    def collect(self) -> Iterator[Metric]:
+        with self.lock:
+            out: list[Metric] = []
+            for s in self.sources:
+                if s.error:
+                    continue
+                self._guarded(s, s.poll)
+                fams = self._guarded(s, lambda: list(s.families()))
+                out.extend(fams or [])
+            out.extend(self.health())
+        return iter(out)
+
+    def health(self) -> list[Metric]:
+        from netsnoop.libbpf import lib
+
+        up = family("netsnoop_up", False)
+        up.add_metric([], 1)
+        build = family("netsnoop_build_info", False)
+        try:
+            libbpf = lib().version
+        except Exception:  # libbpf missing: the sources already said so
+            libbpf = "unknown"
+        build.add_metric([], {"version": __version__, "kernel": platform.release(), "libbpf": libbpf})
+        source_up = family("netsnoop_source_up", False)
+        hooks = family("netsnoop_hook_info", False)
+        lost = family("netsnoop_lost_events_total", False)
+        skipped = family("netsnoop_skipped_hook_runs_total", False)
+        errors = family("netsnoop_collect_errors_total", False)
+        for s in self.sources:
+            source_up.add_metric([s.name], 0 if s.error else 1)
+            errors.add_metric([s.name], self.errors[s.name])
+            if s.obj is None:
+                continue
+            h = s.obj.health()
+            lost.add_metric([s.name], h["lost_events"])
+            skipped.add_metric([s.name], h["skipped_hook_runs"])
+            for group, kind in sorted(h["hooks"].items()):
+                hooks.add_metric([], {"source": s.name, "group": group, "kind": kind or "none"})
+        not_shown = family("netsnoop_netns_not_shown", False)
+        not_shown.add_metric([], self.ctx.netns.not_shown)
+        return [up, build, source_up, hooks, lost, skipped, errors, not_shown]
