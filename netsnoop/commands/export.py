@@ -138,7 +138,7 @@ def command(listen: tuple[str, int], sources: list[str] | None, ports: list[int]
             started = start_http_server(port, addr=host, registry=registry)
         except OSError as err:
             raise NetsnoopError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
-        ready(f"Serving metrics on http://{'[' + host + ']' if ':' in host else host}:{port}/metrics "
+        ready(f"Tracing TCP health, serving metrics on http://{'[' + host + ']' if ':' in host else host}:{port}/metrics "
               "... Hit Ctrl-C to end.")
         run(exporter, duration)
         if isinstance(started, tuple):  # prometheus_client >= 0.17 hands back the server

@@ -1,0 +1,316 @@
+"""netsnoop export, end to end: the real Prometheus server scrapes a running exporter
+while known traffic runs in private namespaces; every figure is then asked of
+Prometheus (its HTTP query API) and compared with what the test did, with nft's rule
+counters and with nstat inside those namespaces."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from typing import Any, Iterator
+
+import pytest
+from helpers import ROOT, NetnsPair, Trace, free_port, run
+from traffic_helpers import Sink, in_netns, nft_input_chain, wait_for
+
+pytestmark = pytest.mark.integration
+
+PROMETHEUS = shutil.which("prometheus")
+ALERTS = os.path.join(ROOT, "deploy", "alerts.yml")
+
+
+class Prometheus:
+    """The real server, scraping ``target`` every second, with the sample alert rules."""
+
+    def __init__(self, target: str) -> None:
+        self.dir = tempfile.mkdtemp(prefix="netsnoop-prom-")
+        self.port = free_port()
+        config = os.path.join(self.dir, "prometheus.yml")
+        with open(config, "w") as f:
+            f.write(f"global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n"
+                    f"rule_files: [{json.dumps(ALERTS)}]\n"
+                    f"scrape_configs:\n  - job_name: netsnoop\n    static_configs:\n"
+                    f"      - targets: [{json.dumps(target)}]\n")
+        self.proc = subprocess.Popen(
+            [PROMETHEUS or "prometheus", f"--config.file={config}", f"--storage.tsdb.path={self.dir}/data",
+             f"--web.listen-address=127.0.0.1:{self.port}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def get(self, path: str, **params: str) -> Any:
+        url = f"http://127.0.0.1:{self.port}{path}" + ("?" + urllib.parse.urlencode(params) if params else "")
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return json.loads(r.read())
+
+    def query(self, expr: str) -> list[tuple[dict[str, str], float]]:
+        data = self.get("/api/v1/query", query=expr)["data"]
+        return [(s["metric"], float(s["value"][1])) for s in data["result"]]
+
+    def value(self, expr: str) -> float | None:
+        result = self.query(expr)
+        assert len(result) <= 1, (expr, result)
+        return result[0][1] if result else None
+
+    def settles_at(self, expr: str, expected: float, timeout: float = 10.0) -> float | None:
+        """Waits until ``expr`` equals ``expected`` (a scrape after the traffic); returns
+        the last value seen."""
+        deadline = time.monotonic() + timeout
+        while True:
+            got = self.value(expr)
+            if got == expected or time.monotonic() > deadline:
+                return got
+            time.sleep(0.2)
+
+    def ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"prometheus exited: {self.proc.stderr.read()[-2000:]}")  # type: ignore[union-attr]
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/-/ready", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            time.sleep(0.2)
+        raise AssertionError("prometheus did not become ready")
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def nstat(ns: str) -> dict[str, int]:
+    """``nstat -az`` inside the namespace (absolute values), by nstat itself."""
+    out = subprocess.run(["ip", "netns", "exec", ns, "nstat", "-az", "--json"], capture_output=True, text=True,
+                         check=True).stdout
+    return {k: int(v) for k, v in json.loads(out)["kernel"].items()}
+
+
+def nft_packets(net: NetnsPair, ns: str, comment: str) -> int:
+    """Packets counted by the rule carrying ``comment`` (nft's own counter)."""
+    out = json.loads(net.exec(ns, "nft -j list table inet netsnoop_test").stdout)
+    for item in out["nftables"]:
+        rule = item.get("rule")
+        if rule and rule.get("comment") == comment:
+            return next(e["counter"]["packets"] for e in rule["expr"] if "counter" in e)
+    raise AssertionError(f"no rule {comment!r}")
+
+
+@contextlib.contextmanager
+def exporter(*args: str) -> Iterator[tuple[Trace, str]]:
+    port = free_port()
+    target = f"127.0.0.1:{port}"
+    with Trace(["export", "--listen", target, *args]) as t:
+        yield t, target
+
+
+def serve_scraped(*args: str) -> contextlib.ExitStack:
+    stack = contextlib.ExitStack()
+    t, target = stack.enter_context(exporter(*args))
+    prom = Prometheus(target)
+    stack.callback(prom.close)
+    prom.ready()
+    stack.prom = prom  # type: ignore[attr-defined]
+    stack.trace = t  # type: ignore[attr-defined]
+    return stack
+
+
+@pytest.mark.skipif(PROMETHEUS is None and os.environ.get("CI") != "true",
+                    reason="needs the prometheus server (apt package prometheus; make deps installs it)")
+def test_prometheus_sees_the_traffic_of_private_namespaces() -> None:
+    with NetnsPair() as net, nft_input_chain(net, net.b) as rule:
+        a, b = net.a, net.b
+        with in_netns(b):
+            lossy = Sink(net.addr_b)  # a transfer that loses packets
+            dropped = Sink(net.addr_b)  # its SYNs are dropped by nft
+            full = socket.socket()  # a listener nobody accepts from: its queue overflows
+            full.bind((net.addr_b, 0))
+            full.listen(1)
+            closed = socket.socket()  # bound, never listening: connects are refused
+            closed.bind((net.addr_b, 0))
+        full_port, closed_port = full.getsockname()[1], closed.getsockname()[1]
+        ports = [lossy.port, dropped.port, full_port, closed_port]
+        # one segment per buffer, so that a retransmit is one segment whether the
+        # retrans object counts buffers or segments
+        for ns, dev in ((a, net.dev_a), (b, net.dev_b)):
+            net.exec(ns, f"ip link set dev {dev} gso_max_segs 1")
+        rule(f"tcp dport {dropped.port} counter drop comment \"syn\"")
+        rule(f"tcp dport {lossy.port} numgen inc mod 40 == 7 counter drop comment \"loss\"")
+
+        with serve_scraped("--port-labels", ",".join(map(str, ports))) as stack:
+            prom = stack.prom  # type: ignore[attr-defined]
+            assert prom.settles_at('up{job="netsnoop"}', 1) == 1
+            before = {a: nstat(a), b: nstat(b)}
+
+            # refused connects
+            refused = 3
+            for _ in range(refused):
+                with in_netns(a):
+                    c = socket.socket()
+                with c, pytest.raises(ConnectionRefusedError):
+                    c.connect((net.addr_b, closed_port))
+            # a SYN dropped by nft (and its retransmit, after the 1 s initial RTO)
+            with in_netns(a):
+                syn = socket.socket()
+            syn.setblocking(False)
+            assert syn.connect_ex((net.addr_b, dropped.port)) == errno.EINPROGRESS
+            # overflow: a backlog of 1 takes two connections, the rest overflow
+            clients = []
+            for _ in range(5):
+                with in_netns(a):
+                    c = socket.socket()
+                c.setblocking(False)
+                c.connect_ex((net.addr_b, full_port))
+                clients.append(c)
+            # a lossy transfer
+            size = 2_000_000
+            with in_netns(a):
+                sender = socket.create_connection((net.addr_b, lossy.port), timeout=10)
+            sender.sendall(b"z" * size)
+            sender.shutdown(socket.SHUT_WR)
+            assert wait_for(lambda: lossy.received == size, timeout=15)
+            sender.close()
+            assert wait_for(lambda: nft_packets(net, b, "syn") >= 2, timeout=5)
+            queue = prom.settles_at(f'netsnoop_tcp_listener_queue_length{{netns="{b}",port="{full_port}"}}', 2)
+            ss = net.exec(b, f"ss -Hltn sport = :{full_port}").stdout.split()
+            syn.close()
+            for c in clients:
+                c.close()
+            full.close()
+            closed.close()
+            lossy.close()
+            dropped.close()
+            time.sleep(0.3)  # the closes' own segments
+            after = {a: nstat(a), b: nstat(b)}
+
+            def delta(ns: str, name: str) -> int:
+                return after[ns].get(name, 0) - before[ns].get(name, 0)
+
+            # the listener's accept queue, as ss shows it there: 2 waiting, limit 1
+            assert (queue, ss[1], ss[2]) == (2, "2", "1")
+            assert prom.value(f'netsnoop_tcp_listener_queue_limit{{netns="{b}",port="{full_port}"}}') == 1
+
+            # connects by outcome, in the client's namespace, per destination port
+            connects = f'netsnoop_tcp_connects_total{{netns="{a}",outcome="%s",port="%s"}}'
+            assert prom.settles_at(connects % ("refused", closed_port), refused) == refused
+            assert prom.settles_at(connects % ("established", lossy.port), 1) == 1
+            # the kernel's count of handshakes that failed there: the refused ones
+            # (the attempt that got no answer was closed by its owner, not failed)
+            assert delta(a, "TcpAttemptFails") == refused
+            latency = f'netsnoop_tcp_connect_duration_seconds_count{{netns="{a}",port="{lossy.port}"}}'
+            assert prom.value(latency) == 1
+            assert prom.value(f'netsnoop_tcp_accepts_total{{netns="{b}",port="{lossy.port}"}}') == 1
+
+            # drops: what nft counted, under the kernel's reason, for that port
+            drops = nft_packets(net, b, "syn")
+            assert prom.settles_at(
+                f'netsnoop_tcp_drops_total{{reason="NETFILTER_DROP",port="{dropped.port}"}}', drops) == drops
+            lost = nft_packets(net, b, "loss")
+            assert lost > 0
+            assert prom.settles_at(
+                f'netsnoop_tcp_drops_total{{reason="NETFILTER_DROP",port="{lossy.port}"}}', lost) == lost
+
+            # retransmits of our ports: every retransmit those two namespaces made
+            # (only this test's sockets live there)
+            retrans = delta(a, "TcpRetransSegs") + delta(b, "TcpRetransSegs")
+            assert retrans >= lost
+            ours = f'sum(netsnoop_tcp_retransmits_total{{port=~"{"|".join(map(str, ports))}"}})'
+            assert prom.settles_at(ours, retrans) == retrans
+
+            # bytes: what the sender sent and the receiver read
+            assert prom.settles_at(f'netsnoop_tcp_sent_bytes_total{{port="{lossy.port}"}}', size) == size
+            assert prom.value(f'netsnoop_tcp_received_bytes_total{{port="{lossy.port}"}}') == size
+
+            # the namespaces' own counters, as nstat reads them there (stable now)
+            now = {a: nstat(a), b: nstat(b)}
+            for metric, name in (("listen_overflows_total", "TcpExtListenOverflows"),
+                                 ("resets_sent_total", "TcpOutRsts"),
+                                 ("retransmitted_segments_total", "TcpRetransSegs"),
+                                 ("active_opens_total", "TcpActiveOpens")):
+                for ns in (a, b):
+                    expr = f'netsnoop_netns_tcp_{metric}{{netns="{ns}"}}'
+                    assert prom.settles_at(expr, now[ns].get(name, 0)) == now[ns].get(name, 0), (expr, name)
+            assert now[b]["TcpExtListenOverflows"] > 0
+
+            # RTT: samples were taken (every segment received by an established socket)
+            assert prom.value("netsnoop_tcp_rtt_seconds_count") > 0
+
+            # netsnoop's health: every source up, nothing lost, build info
+            assert {m["source"]: v for m, v in prom.query("netsnoop_source_up")} == {
+                s: 1.0 for s in ("connects", "accepts", "drops", "retrans", "bytes", "rtt", "netns", "listeners")}
+            assert all(v == 0 for _m, v in prom.query("netsnoop_lost_events_total"))
+            kinds = {(m["source"], m["group"]): m["kind"] for m, _v in prom.query("netsnoop_hook_info")}
+            assert kinds[("connects", "set_state")] in ("tp_btf", "tracepoint", "fentry", "kprobe")
+            # the sample alert rules load and evaluate in the real server
+            rules = [r for g in prom.get("/api/v1/rules")["data"]["groups"] for r in g["rules"]]
+            assert len(rules) == 5 and all(r["health"] == "ok" for r in rules), rules
+
+
+def test_port_labels_only_on_request_and_bounded_namespaces() -> None:
+    """Without --port-labels there is no port label; with --max-netns 1, refused connects
+    from two namespaces give one namespace its own label and fold the other into
+    "other"."""
+    with NetnsPair() as net:
+        closed = {}
+        for ns, addr in ((net.a, net.addr_a), (net.b, net.addr_b)):
+            with in_netns(ns):
+                closed[ns] = socket.socket()
+                closed[ns].bind((addr, 0))
+        with exporter("--max-netns", "1", "--metrics", "connects") as (t, target):
+            for ns, peer, addr in ((net.a, net.b, net.addr_b), (net.b, net.a, net.addr_a)):
+                with in_netns(ns):
+                    c = socket.socket()
+                with c, pytest.raises(ConnectionRefusedError):
+                    c.connect((addr, closed[peer].getsockname()[1]))
+
+            def scrape() -> str:
+                with urllib.request.urlopen(f"http://{target}/metrics", timeout=5) as r:
+                    return r.read().decode()
+
+            def refused() -> dict[str, float]:
+                return {line.split('netns="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+                        for line in scrape().splitlines()
+                        if line.startswith("netsnoop_tcp_connects_total{") and 'outcome="refused"' in line}
+
+            assert wait_for(lambda: "other" in refused() and sum(refused().values()) >= 2)
+            text = scrape()
+        for s in closed.values():
+            s.close()
+    lines = [line for line in text.splitlines() if line.startswith("netsnoop_tcp_connects_total{")]
+    labels = {line.split('netns="')[1].split('"')[0] for line in lines}
+    assert "other" in labels and len(labels - {"other"}) == 1, labels
+    assert 'port="' not in "\n".join(line for line in text.splitlines() if line.startswith("netsnoop_tcp_"))
+    # only the connects source was asked for
+    assert 'netsnoop_source_up{source="connects"} 1.0' in text
+    assert "netsnoop_tcp_drops_total" not in text
+
+
+@pytest.mark.parametrize("args", [["--listen", "nowhere"], ["--listen", "127.0.0.1:0"], ["--listen", "bad:80"],
+                                  ["--metrics", "connects,nope"], ["--port-labels", "1-100"],
+                                  ["--max-netns", "0"]])
+def test_bad_options_are_usage_errors(args: list[str]) -> None:
+    done = run(["export", *args])
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(f"Error: Invalid value for '{args[0]}'"), done.stderr
+
+
+def test_a_busy_port_is_one_line_and_exit_1() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        done = run(["export", "--listen", f"127.0.0.1:{port}", "-d", "1"])
+    assert done.returncode == 1 and done.stderr.strip().splitlines()[-1].startswith(
+        f"netsnoop: cannot listen on 127.0.0.1:{port}"), done.stderr
