@@ -123,7 +123,7 @@ METRICS: list[MetricDoc] = [
     MetricDoc("netsnoop_tcp_listeners_not_shown", "gauge",
               "TCP listeners left out of the listener gauges by max_listeners.", (), "listeners"),
     MetricDoc("netsnoop_up", "gauge", "Always 1: netsnoop export runs and answers scrapes.", (), "health"),
-    MetricDoc("netsnoop_build_info", "info", "netsnoop's version, the kernel and libbpf it runs on.",
+    MetricDoc("netsnoop_build_info", "info", "The netsnoop version, and the kernel and libbpf it runs on.",
               ("version", "kernel", "libbpf"), "health"),
     MetricDoc("netsnoop_source_up", "gauge",
               "Whether a source (a BPF object or a kernel reading) works: 1, or 0 if it could not be loaded.",
