@@ -197,32 +197,38 @@ class PortLabels:
 class NetnsLabels:
     """``netns`` label values for namespace inodes: at most ``limit`` inodes get their
     own label (the ``ip netns`` name, ``host``, or ``netns:<inode>``); a new inode beyond
-    that takes the place of one that no longer exists, or else is "other". So a host
-    where containers come and go keeps a bounded set of series."""
+    that takes the place of one that no longer exists (whose series go, from every
+    tracked sum), or else is "other" (inode 0). So a host where containers come and go
+    keeps a bounded set of series, and bounded memory."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.admitted: set[int] = set()
         self.names: dict[int, str] = {}
         self.not_shown = 0
+        self.sums: list[dict[Any, Any]] = []
+
+    def track(self, sums: dict[Any, Any]) -> dict[Any, Any]:
+        """Register a dict whose keys start with an inode: evictions clean it too."""
+        self.sums.append(sums)
+        return sums
 
     def refresh(self) -> dict[int, netns.Netns]:
         live = netns.by_inode()
         self.names = {ino: ns.label for ino, ns in live.items()}
         return live
 
-    def key(self, inode: int, counts: dict[Any, Any]) -> int:
-        """The inode under which to count (0 = "other"), evicting a vanished namespace's
-        series from ``counts`` (keys start with the inode) to make room."""
+    def key(self, inode: int) -> int:
+        """The inode under which to count (0 = "other")."""
         if inode in self.admitted:
             return inode
         if len(self.admitted) >= self.limit:
             live = self.refresh()
-            gone = [i for i in self.admitted if i not in live]
-            for i in gone:
-                self.admitted.discard(i)
-                for k in [k for k in counts if k[0] == i]:
-                    del counts[k]
+            for gone in [i for i in self.admitted if i not in live]:
+                self.admitted.discard(gone)
+                for sums in self.sums:
+                    for k in [k for k in sums if k[0] == gone]:
+                        del sums[k]
             if len(self.admitted) >= self.limit:
                 return 0
         self.admitted.add(inode)
@@ -358,8 +364,8 @@ class Connects(RingSource):
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
         self.tracer = _tracer("connect")
-        self.counts: dict[tuple[Any, ...], int] = {}
-        self.latency: dict[tuple[Any, ...], Buckets] = {}
+        self.counts: dict[tuple[Any, ...], int] = ctx.netns.track({})
+        self.latency: dict[tuple[Any, ...], Buckets] = ctx.netns.track({})
 
     def rodata(self) -> dict[str, Any]:
         from netsnoop.commands.connect import OUTCOME
@@ -369,13 +375,13 @@ class Connects(RingSource):
     def count(self, e: Any) -> None:
         if e.kind != conn.CONNECT:
             return
-        ino = self.ctx.netns.key(e.netns, self.counts)
+        ino = self.ctx.netns.key(e.netns)
         port = self.ctx.ports.of(e.rport)
         outcome = conn.outcome(e.state, e.err).lower()
         key = (ino, outcome, *port)
         self.counts[key] = self.counts.get(key, 0) + 1
         if e.state == conn.TCP_ESTABLISHED:
-            lkey = (self.ctx.netns.key(e.netns, self.latency), *port)
+            lkey = (ino, *port)
             self.latency.setdefault(lkey, Buckets(CONNECT_BUCKETS)).add(e.lat_ns / 1e9)
 
     def families(self) -> Iterator[Metric]:
@@ -397,10 +403,10 @@ class Accepts(RingSource):
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
         self.tracer = _tracer("accept")
-        self.counts: dict[tuple[Any, ...], int] = {}
+        self.counts: dict[tuple[Any, ...], int] = ctx.netns.track({})
 
     def count(self, e: Any) -> None:
-        key = (self.ctx.netns.key(e.netns, self.counts), *self.ctx.ports.of(e.lport))
+        key = (self.ctx.netns.key(e.netns), *self.ctx.ports.of(e.lport))
         self.counts[key] = self.counts.get(key, 0) + 1
 
     def families(self) -> Iterator[Metric]:
@@ -436,7 +442,8 @@ class Drops(MapSource):
         from netsnoop.commands.drop import reason_name
 
         for k, v in self.taken("counts", "drop_key"):
-            key = (reason_name(k.reason), *self.ctx.ports.of(k.dport, k.sport))
+            reason = reason_name(k.reason) if k.reason else "unknown"  # a kernel without drop reasons
+            key = (reason, *self.ctx.ports.of(k.dport, k.sport))
             self.counts[key] = self.counts.get(key, 0) + struct.unpack_from("=Q", v)[0]
 
     def families(self) -> Iterator[Metric]:

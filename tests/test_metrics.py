@@ -176,19 +176,24 @@ def test_port_labels_are_the_listed_ports_or_other() -> None:
 
 def test_netns_labels_stay_bounded_and_make_room_for_live_namespaces() -> None:
     labels = NetnsLabels(2)
+    counts, latency = labels.track({}), labels.track({})
     live = {n.inode for n in metrics.netns.namespaces()}
     dead = [i for i in range(1, 10) if i not in live][:3]
-    counts = {(dead[0], "refused"): 1, (dead[1], "refused"): 1}
-    assert labels.key(dead[0], counts) == dead[0] and labels.key(dead[1], counts) == dead[1]
-    # full: a namespace that still exists takes the place of the vanished ones
+    for ino in dead[:2]:
+        assert labels.key(ino) == ino
+        counts[(ino, "refused")] = 1
+        latency[(ino,)] = Buckets((1.0,))
+    # full: a namespace that still exists takes the place of the vanished ones, whose
+    # series go from every tracked sum
     host = metrics.netns.HOST_NETNS_INODE
-    assert labels.key(host, counts) == host
-    assert counts == {} and labels.label(host) == "host"
+    assert labels.key(host) == host
+    assert counts == {} and latency == {} and labels.label(host) == "host"
     other = next(iter(live - {host}), None)
     if other is not None:
-        assert labels.key(other, counts) == other
+        assert labels.key(other) == other
         # now full of live namespaces: the next one is "other"
-        assert labels.key(dead[2], counts) == 0 and labels.label(0) == "other"
+        assert labels.key(dead[2]) == 0 and labels.label(0) == "other"
+        assert labels.admitted == {host, other}
 
 
 def test_histogram_buckets_are_cumulative_with_exact_sum_and_count() -> None:
