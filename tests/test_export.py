@@ -314,3 +314,54 @@ def test_a_busy_port_is_one_line_and_exit_1() -> None:
         done = run(["export", "--listen", f"127.0.0.1:{port}", "-d", "1"])
     assert done.returncode == 1 and done.stderr.strip().splitlines()[-1].startswith(
         f"netsnoop: cannot listen on 127.0.0.1:{port}"), done.stderr
+
+
+def test_classic_tracepoints_count_the_same() -> None:
+    """Forced onto classic tracepoints (NETSNOOP_HOOKS), every BPF source says so in
+    netsnoop_hook_info and still counts exactly: a refused connect, an accepted one
+    and the bytes of its transfer."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with NetnsPair() as net:
+        with in_netns(net.b):
+            sink = Sink(net.addr_b)
+            closed = socket.socket()
+            closed.bind((net.addr_b, 0))
+        refused_port = closed.getsockname()[1]
+        target = f"127.0.0.1:{free_port()}"
+        with Trace(["export", "--listen", target, "--port-labels", f"{sink.port},{refused_port}"],
+                   env={"NETSNOOP_HOOKS": "tracepoint"}):
+            with in_netns(net.a):
+                c = socket.socket()
+            with c, pytest.raises(ConnectionRefusedError):
+                c.connect((net.addr_b, refused_port))
+            with in_netns(net.a):
+                sender = socket.create_connection((net.addr_b, sink.port), timeout=5)
+            sender.sendall(b"t" * 300_000)
+            sender.close()
+            assert wait_for(lambda: sink.received == 300_000)
+
+            def samples() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+                with urllib.request.urlopen(f"http://{target}/metrics", timeout=5) as r:
+                    text = r.read().decode()
+                return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                        for f in text_string_to_metric_families(text) for s in f.samples}
+
+            port = str(sink.port)
+            want = {
+                ("netsnoop_tcp_connects_total", (("netns", net.a), ("outcome", "refused"), ("port", str(refused_port)))): 1,
+                ("netsnoop_tcp_connects_total", (("netns", net.a), ("outcome", "established"), ("port", port))): 1,
+                ("netsnoop_tcp_accepts_total", (("netns", net.b), ("port", port))): 1,
+                ("netsnoop_tcp_sent_bytes_total", (("port", port),)): 300_000,
+                ("netsnoop_tcp_received_bytes_total", (("port", port),)): 300_000,
+            }
+            assert wait_for(lambda: all(samples().get(k) == v for k, v in want.items()), timeout=10), \
+                {k: samples().get(k) for k in want}
+            got = samples()
+        sink.close()
+        closed.close()
+    kinds = {dict(labels)["source"] + "/" + dict(labels)["group"]: dict(labels)["kind"]
+             for (name, labels) in got if name == "netsnoop_hook_info"}
+    assert kinds and all(kind in ("tracepoint", "none") for kind in kinds.values()), kinds
+    for group in ("connects/set_state", "bytes/send", "bytes/recv", "drops/drop", "retrans/retransmit", "rtt/segment"):
+        assert kinds[group] == "tracepoint", (group, kinds)
