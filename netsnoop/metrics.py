@@ -624,6 +624,7 @@ class Exporter:
         self.sources = [SOURCE_CLASSES[n](ctx) for n in names]
         self.lock = threading.Lock()
         self.errors: dict[str, int] = {s.name: 0 for s in self.sources}
+        self.scrapes = 0
 
     def open(self, warn: Callable[[str], None]) -> None:
         """Open every source; one that cannot load is reported and marked down, the
@@ -661,6 +662,7 @@ class Exporter:
 
     def collect(self) -> Iterator[Metric]:
         with self.lock:
+            self.scrapes += 1
             out: list[Metric] = []
             for s in self.sources:
                 if s.error:
@@ -670,6 +672,19 @@ class Exporter:
                 out.extend(fams or [])
             out.extend(self.health())
         return iter(out)
+
+    def summary(self) -> dict[str, Any]:
+        """What the run ends with on stderr, as the other subcommands' summaries: the
+        scrapes served, and per source what it lost, what the kernel skipped, and the
+        hook kind of each group."""
+        opened = [s for s in self.sources if s.obj is not None]
+        health = {s.name: s.obj.health() for s in opened}  # type: ignore[union-attr]
+        return {
+            "scrapes": self.scrapes,
+            "lost_events": sum(h["lost_events"] for h in health.values()),
+            "skipped_hook_runs": sum(h["skipped_hook_runs"] for h in health.values()),
+            "hooks": {f"{name}.{group}": kind for name, h in health.items() for group, kind in h["hooks"].items()},
+        }
 
     def health(self) -> list[Metric]:
         from netsnoop.libbpf import lib

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from netsnoop.errors import NetsnoopError
+from netsnoop.output import OutputOptions, make_sink
 from netsnoop.runner import StopFlag, ready, warn
 
 DEFAULT_LISTEN = "127.0.0.1:9435"
@@ -143,6 +144,8 @@ def command(listen: tuple[str, int], sources: list[str] | None, ports: list[int]
         run(exporter, duration)
         if isinstance(started, tuple):  # prometheus_client >= 0.17 hands back the server
             started[0].shutdown()
+        with exporter.lock:
+            make_sink(OutputOptions(), []).summary(exporter.summary())
     finally:
         exporter.close()
 
