@@ -214,8 +214,11 @@ class NetnsLabels:
         return sums
 
     def refresh(self) -> dict[int, netns.Netns]:
+        """The namespaces alive now. A counted namespace keeps the name it had while it
+        lived, so its series keep their labels after it is gone."""
         live = netns.by_inode()
-        self.names = {ino: ns.label for ino, ns in live.items()}
+        kept = {ino: name for ino, name in self.names.items() if ino in self.admitted}
+        self.names = {**kept, **{ino: ns.label for ino, ns in live.items()}}
         return live
 
     def key(self, inode: int) -> int:
