@@ -120,6 +120,10 @@ METRICS: list[MetricDoc] = [
     MetricDoc("netsnoop_tcp_listener_queue_limit", "gauge",
               "A TCP listener's accept queue limit, from listen() (ss -lt Send-Q), per namespace and port.",
               ("netns", "port"), "listeners"),
+    MetricDoc("netsnoop_tcp_listener_drops_total", "counter",
+              "Connection requests a TCP listener dropped itself (its sk_drops, ss -ltm \"d\": SYNs and final "
+              "ACKs, accept-queue overflows included), per namespace and port; starts again from 0 when the "
+              "listener is made anew.", ("netns", "port"), "listeners"),
     MetricDoc("netsnoop_tcp_listeners_not_shown", "gauge",
               "TCP listeners left out of the listener gauges by max_listeners.", (), "listeners"),
     MetricDoc("netsnoop_up", "gauge", "Always 1: netsnoop export runs and answers scrapes.", (), "health"),
@@ -582,32 +586,37 @@ class NetnsCounters(Source):
 
 
 class Listeners(Source):
-    """The accept queues of the fullest ``max_listeners`` listeners, per namespace and
-    port (two listeners on one port, e.g. IPv4 and IPv6, are added up)."""
+    """The accept queues and own drop counts of the ``max_listeners`` listeners that
+    need attention most (fullest queue, then most drops), per namespace and port (two
+    listeners on one port, e.g. IPv4 and IPv6, are added up)."""
 
     name = "listeners"
 
     def families(self) -> Iterator[Metric]:
-        queues: dict[tuple[str, str], list[int]] = {}
+        found: dict[tuple[str, str], list[int]] = {}
         for ns in netns.namespaces()[: self.ctx.netns.limit]:
             try:
-                found = netns.listeners(ns)
+                listening = netns.listeners(ns)
+                drops = netns.listener_drops(ns)
             except OSError:
-                continue
-            for li in found:
-                q = queues.setdefault((ns.label, str(li.port)), [0, 0])
+                continue  # gone meanwhile
+            for li in listening:
+                q = found.setdefault((ns.label, str(li.port)), [0, 0, 0])
                 q[0] += li.queue
                 q[1] += li.backlog
-        ranked = sorted(queues.items(), key=lambda kv: (-kv[1][0] / max(kv[1][1], 1), -kv[1][0], kv[0]))
+                q[2] += drops.get(li.inode, 0)
+        ranked = sorted(found.items(), key=lambda kv: (-kv[1][0] / max(kv[1][1], 1), -kv[1][2], kv[0]))
         shown = ranked[: self.ctx.max_listeners]
         length = family("netsnoop_tcp_listener_queue_length", True)
         limit = family("netsnoop_tcp_listener_queue_limit", True)
-        for (label, port), (queue, backlog) in sorted(shown):
+        dropped = family("netsnoop_tcp_listener_drops_total", True)
+        for (label, port), (queue, backlog, drops_) in sorted(shown):
             length.add_metric([label, port], queue)
             limit.add_metric([label, port], backlog)
+            dropped.add_metric([label, port], drops_)
         hidden = family("netsnoop_tcp_listeners_not_shown", False)
         hidden.add_metric([], len(ranked) - len(shown))
-        return iter([length, limit, hidden])
+        return iter([length, limit, dropped, hidden])
 
 
 SOURCE_CLASSES: dict[str, Callable[[Context], Source]] = {

@@ -188,15 +188,23 @@ def test_prometheus_sees_the_traffic_of_private_namespaces() -> None:
             syn.close()
             for c in clients:
                 c.close()
-            full.close()
-            closed.close()
-            lossy.close()
-            dropped.close()
             time.sleep(0.3)  # the closes' own segments
             after = {a: nstat(a), b: nstat(b)}
 
             def delta(ns: str, name: str) -> int:
                 return after[ns].get(name, 0) - before[ns].get(name, 0)
+
+            # the full listener's own drops: what ss -ltm shows for it ("d" in skmem),
+            # and every listen drop of its namespace (no other listener there drops)
+            skmem = net.exec(b, f"ss -Hltm sport = :{full_port}").stdout
+            ss_drops = int(skmem.split(",d")[1].split(")")[0].split(",")[0])
+            assert ss_drops == delta(b, "TcpExtListenDrops") > 0
+            assert prom.settles_at(f'netsnoop_tcp_listener_drops_total{{netns="{b}",port="{full_port}"}}',
+                                   ss_drops) == ss_drops
+            full.close()
+            closed.close()
+            lossy.close()
+            dropped.close()
 
             # the listener's accept queue, as ss shows it there: 2 waiting, limit 1
             assert (queue, ss[1], ss[2]) == (2, "2", "1")
