@@ -373,3 +373,23 @@ def test_classic_tracepoints_count_the_same() -> None:
     assert kinds and all(kind in ("tracepoint", "none") for kind in kinds.values()), kinds
     for group in ("connects/set_state", "bytes/send", "bytes/recv", "drops/drop", "retrans/retransmit", "rtt/segment"):
         assert kinds[group] == "tracepoint", (group, kinds)
+
+
+def test_a_source_without_hooks_is_down_and_the_rest_serve() -> None:
+    """Allowed only tp_btf hooks, accept (classic tracepoints or a kretprobe) cannot
+    load: it is reported once on stderr and as netsnoop_source_up 0; connects (tp_btf)
+    still count."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    target = f"127.0.0.1:{free_port()}"
+    with Trace(["export", "--listen", target, "--metrics", "connects,accepts"], env={"NETSNOOP_HOOKS": "tp_btf"}) as t:
+        with urllib.request.urlopen(f"http://{target}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    up = {s.labels["source"]: s.value for f in text_string_to_metric_families(text) for s in f.samples
+          if s.name == "netsnoop_source_up"}
+    assert up == {"connects": 1.0, "accepts": 0.0}
+    warnings = [line for line in t.stderr.splitlines() if line.startswith("netsnoop: warning: accepts:")]
+    assert len(warnings) == 1 and "no hook" in warnings[0], t.stderr
+    hooks = {(s.labels["source"], s.labels["group"]): s.labels["kind"] for f in text_string_to_metric_families(text)
+             for s in f.samples if s.name == "netsnoop_hook_info"}
+    assert hooks[("connects", "set_state")] == "tp_btf" and not [k for k in hooks if k[0] == "accepts"], hooks
