@@ -393,3 +393,41 @@ def test_a_source_without_hooks_is_down_and_the_rest_serve() -> None:
     hooks = {(s.labels["source"], s.labels["group"]): s.labels["kind"] for f in text_string_to_metric_families(text)
              for s in f.samples if s.name == "netsnoop_hook_info"}
     assert hooks[("connects", "set_state")] == "tp_btf" and not [k for k in hooks if k[0] == "accepts"], hooks
+
+
+def test_flow_maps_are_emptied_and_series_stay_bounded() -> None:
+    """Hundreds of flows (a SYN to each of 300 ports, dropped by nft) fill the kernel's
+    per-flow map until a poll empties it into two series per reason (the labelled port
+    and "other"): what runs for days holds no per-flow state. The labelled port's
+    count is nft's count for that port."""
+    from netsnoop import metrics
+    from netsnoop.runner import warn
+
+    with NetnsPair() as net, nft_input_chain(net, net.b) as rule:
+        rule("tcp dport 20007 counter drop comment \"one\"")
+        rule("tcp dport 20000-20299 counter drop comment \"many\"")
+        ctx = metrics.Context(metrics.PortLabels([20007]), metrics.NetnsLabels(8), 10)
+        exp = metrics.Exporter(["drops"], ctx)
+        exp.open(warn)
+        try:
+            drops = exp.sources[0]
+            socks = []
+            for port in range(20000, 20300):
+                with in_netns(net.a):
+                    s = socket.socket()
+                s.setblocking(False)
+                s.connect_ex((net.addr_b, port))
+                socks.append(s)
+            assert wait_for(lambda: nft_packets(net, net.b, "one") + nft_packets(net, net.b, "many") >= 300)
+            for s in socks:
+                s.close()  # no retransmits from here on
+            flows = len(list(drops.obj.map("counts").keys()))
+            exp.poll()
+            left = len(list(drops.obj.map("counts").keys()))  # only drops made since, elsewhere
+            one = nft_packets(net, net.b, "one")
+            mine = drops.counts.get(("NETFILTER_DROP", "20007"), 0)
+        finally:
+            exp.close()
+    assert flows >= 300 and left < 30, (flows, left)
+    assert mine == one >= 1
+    assert all(port in ("20007", "other") for _reason, port in drops.counts), drops.counts
