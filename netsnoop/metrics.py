@@ -28,6 +28,7 @@ import platform
 import struct
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
@@ -52,6 +53,7 @@ OTHER = "other"
 # the SYN timeouts of a lost network (seconds).
 CONNECT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                    2.5, 5.0, 10.0, 30.0)
+REFRESH_S = 1.0  # how stale the list of namespaces may be
 RTT_SLOTS = 32  # hist.h HIST_SLOTS: slot i holds [2**i, 2**(i+1) - 1] microseconds
 
 
@@ -211,6 +213,8 @@ class NetnsLabels:
         self.names: dict[int, str] = {}
         self.not_shown = 0
         self.sums: list[dict[Any, Any]] = []
+        self.live: dict[int, netns.Netns] = {}
+        self.refreshed = -REFRESH_S
 
     def track(self, sums: dict[Any, Any]) -> dict[Any, Any]:
         """Register a dict whose keys start with an inode: evictions clean it too."""
@@ -218,12 +222,18 @@ class NetnsLabels:
         return sums
 
     def refresh(self) -> dict[int, netns.Netns]:
-        """The namespaces alive now. A counted namespace keeps the name it had while it
-        lived, so its series keep their labels after it is gone."""
-        live = netns.by_inode()
+        """The namespaces alive now (a walk of /proc: at most once a second, however
+        many events come from namespaces without a label). A counted namespace keeps
+        the name it had while it lived, so its series keep their labels after it is
+        gone."""
+        now = time.monotonic()
+        if now - self.refreshed < REFRESH_S:
+            return self.live
+        self.refreshed = now
+        self.live = netns.by_inode()
         kept = {ino: name for ino, name in self.names.items() if ino in self.admitted}
-        self.names = {**kept, **{ino: ns.label for ino, ns in live.items()}}
-        return live
+        self.names = {**kept, **{ino: ns.label for ino, ns in self.live.items()}}
+        return self.live
 
     def key(self, inode: int) -> int:
         """The inode under which to count (0 = "other")."""
