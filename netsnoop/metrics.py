@@ -24,6 +24,7 @@ there (every other port is "other"), ``reason`` and ``outcome`` are kernel enums
 from __future__ import annotations
 
 import bisect
+import os
 import platform
 import struct
 import sys
@@ -116,6 +117,10 @@ METRICS: list[MetricDoc] = [
     MetricDoc("netsnoop_netns_tcp_established", "gauge",
               "The kernel's TcpCurrEstab (TCP connections now ESTABLISHED or CLOSE_WAIT), per network namespace.",
               ("netns",), "netns"),
+    MetricDoc("netsnoop_netns_info", "info",
+              "Each network namespace shown: its netns label, inode, and the cgroup v2 path of its first process "
+              "(the container or systemd unit it belongs to; empty when no process is in it). Join it on netns.",
+              ("netns", "inode", "cgroup"), "netns"),
     MetricDoc("netsnoop_tcp_listener_queue_length", "gauge",
               "Connections waiting in a TCP listener's accept queue (ss -lt Recv-Q), per namespace and port "
               "(the fullest max_listeners listeners).", ("netns", "port"), "listeners"),
@@ -593,6 +598,29 @@ class NetnsCounters(Source):
                 if key in values:
                     f.add_metric([label], values[key])
             yield f
+        info = family("netsnoop_netns_info", False)
+        cgroups = cgroup_of_namespaces()
+        for ns in spaces[:limit]:
+            info.add_metric([], {"netns": ns.label, "inode": str(ns.inode), "cgroup": cgroups.get(ns.inode, "")})
+        yield info
+
+
+def cgroup_of_namespaces() -> dict[int, str]:
+    """Namespace inode -> the cgroup v2 path of its first process (lowest PID): the
+    container (kubepods.slice/...pod<uid>..., docker-<id>.scope) or systemd unit
+    (nginx.service) it belongs to. A namespace with no process has none."""
+    out: dict[int, str] = {}
+    for pid in sorted((p for p in os.listdir("/proc") if p.isdigit()), key=int):
+        try:
+            ino = os.stat(f"/proc/{pid}/ns/net").st_ino
+            if ino in out:
+                continue
+            with open(f"/proc/{pid}/cgroup") as f:
+                lines = f.read().splitlines()
+        except OSError:
+            continue  # gone, or not ours to read
+        out[ino] = next((line[3:] for line in lines if line.startswith("0::")), "")
+    return out
 
 
 class Listeners(Source):

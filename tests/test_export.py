@@ -252,6 +252,16 @@ def test_prometheus_sees_the_traffic_of_private_namespaces() -> None:
                     assert prom.settles_at(expr, now[ns].get(name, 0)) == now[ns].get(name, 0), (expr, name)
             assert now[b]["TcpExtListenOverflows"] > 0
 
+            # which namespace is which: inode, and the cgroup of the process in it
+            with net.popen(b, ["sleep", "30"]) as sleeper:
+                with open(f"/proc/{sleeper.pid}/cgroup") as f:
+                    cgroup = next(line[3:] for line in f.read().splitlines() if line.startswith("0::"))
+                want = {"netns": b, "inode": str(os.stat(f"/run/netns/{b}").st_ino), "cgroup": cgroup}
+                assert wait_for(lambda: [{k: m.get(k, "") for k in want} for m, _v in
+                                         prom.query(f'netsnoop_netns_info{{netns="{b}"}}')] == [want], timeout=10), \
+                    (want, prom.query(f'netsnoop_netns_info{{netns="{b}"}}'))
+                sleeper.kill()
+
             # RTT: samples were taken (every segment received by an established socket)
             assert prom.value("netsnoop_tcp_rtt_seconds_count") > 0
 
