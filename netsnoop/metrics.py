@@ -55,7 +55,7 @@ OTHER = "other"
 CONNECT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                    2.5, 5.0, 10.0, 30.0)
 REFRESH_S = 1.0  # how stale the list of namespaces may be
-RTT_SLOTS = 32  # hist.h HIST_SLOTS: slot i holds [2**i, 2**(i+1) - 1] microseconds
+HIST_SLOTS = 32  # hist.h
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,10 @@ METRICS: list[MetricDoc] = [
     MetricDoc("netsnoop_tcp_rtt_seconds", "histogram",
               "Smoothed round-trip time of established TCP sockets, sampled on every segment they receive, "
               "all network namespaces (log2 buckets of microseconds).", (), "rtt"),
+    MetricDoc("netsnoop_tcp_accept_queue_length", "histogram",
+              "Connections already waiting in a listener's accept queue when a new one joined it, by the "
+              "listener's backlog limit from listen(), all network namespaces (log2 buckets).",
+              ("backlog_limit",), "backlog"),
     MetricDoc("netsnoop_netns_tcp_active_opens_total", "counter",
               "The kernel's TcpActiveOpens (connects that sent a SYN), per network namespace.", ("netns",), "netns"),
     MetricDoc("netsnoop_netns_tcp_passive_opens_total", "counter",
@@ -155,7 +159,7 @@ METRICS: list[MetricDoc] = [
               ("source",), "health"),
 ]
 BY_NAME = {m.name: m for m in METRICS}
-SOURCES = ("connects", "accepts", "drops", "retrans", "bytes", "rtt", "netns", "listeners")
+SOURCES = ("connects", "accepts", "drops", "retrans", "bytes", "rtt", "backlog", "netns", "listeners")
 
 
 def _base(name: str) -> str:
@@ -300,15 +304,16 @@ def _le(bound: float) -> str:
     return repr(float(bound))
 
 
-def log2_buckets(slots: tuple[int, ...], count: int, scale: float) -> list[tuple[str, float]]:
-    """hist.h's log2 slots (slot i: values up to 2**(i+1) - 1) as cumulative buckets with
-    upper bounds 2**(i+1) * ``scale``; the last slot also holds everything larger, so
-    it is +Inf."""
+def log2_buckets(slots: tuple[int, ...], count: int, per_unit: float = 1) -> list[tuple[str, float]]:
+    """hist.h's log2 slots of integer values (slot 0: 0 and 1, slot i: 2**i up to
+    2**(i+1) - 1) as cumulative buckets whose upper bounds are those largest values,
+    divided by ``per_unit`` (1e6: microseconds -> seconds); the last slot also holds
+    everything larger, so it is +Inf."""
     out, running = [], 0
-    slots = tuple(slots) + (0,) * (RTT_SLOTS - len(slots))
-    for i, n in enumerate(slots[: RTT_SLOTS - 1]):
+    slots = tuple(slots) + (0,) * (HIST_SLOTS - len(slots))
+    for i, n in enumerate(slots[: HIST_SLOTS - 1]):
         running += n
-        out.append((_le((1 << (i + 1)) * scale), running))
+        out.append((_le(((1 << (i + 1)) - 1) / per_unit), running))
     out.append(("+Inf", count))
     return out
 
@@ -558,7 +563,26 @@ class Rtt(Source):
         count = total = 0
         for _key, hist in read_hists(self.obj, "rtts", "rtt_key", clear=False):
             slots, count, total = hist.slots, hist.count, hist.total
-        h.add_metric([], log2_buckets(slots, count, 1e-6), total / 1e6)
+        h.add_metric([], log2_buckets(slots, count, 1e6), total / 1e6)
+        yield h
+
+
+class Backlog(Source):
+    """synbl's histograms of the accept queue length, one per backlog limit (a handful
+    of values on any host: what programs pass to listen())."""
+
+    name = "backlog"
+
+    def __init__(self, ctx: Context) -> None:
+        super().__init__(ctx)
+        self.tracer = _tracer("synbl")
+
+    def families(self) -> Iterator[Metric]:
+        assert self.obj is not None
+        h = family("netsnoop_tcp_accept_queue_length", False)
+        for key, hist in sorted(read_hists(self.obj, "backlog", "synbl_key", clear=False),
+                                key=lambda kh: kh[0].backlog_max):
+            h.add_metric([str(key.backlog_max)], log2_buckets(hist.slots, hist.count), hist.total)
         yield h
 
 
@@ -659,7 +683,7 @@ class Listeners(Source):
 
 SOURCE_CLASSES: dict[str, Callable[[Context], Source]] = {
     "connects": Connects, "accepts": Accepts, "drops": Drops, "retrans": Retransmits, "bytes": Bytes,
-    "rtt": Rtt, "netns": NetnsCounters, "listeners": Listeners,
+    "rtt": Rtt, "backlog": Backlog, "netns": NetnsCounters, "listeners": Listeners,
 }
 
 

@@ -22,6 +22,8 @@ import pytest
 from helpers import ROOT, NetnsPair, Trace, free_port, run
 from traffic_helpers import Sink, in_netns, nft_input_chain, wait_for
 
+from netsnoop import metrics
+
 pytestmark = pytest.mark.integration
 
 PROMETHEUS = shutil.which("prometheus")
@@ -137,7 +139,7 @@ def test_prometheus_sees_the_traffic_of_private_namespaces() -> None:
             dropped = Sink(net.addr_b)  # its SYNs are dropped by nft
             full = socket.socket()  # a listener nobody accepts from: its queue overflows
             full.bind((net.addr_b, 0))
-            full.listen(1)
+            full.listen(7)  # a limit no other test uses: its histogram is this test's alone
             closed = socket.socket()  # bound, never listening: connects are refused
             closed.bind((net.addr_b, 0))
         full_port, closed_port = full.getsockname()[1], closed.getsockname()[1]
@@ -166,9 +168,9 @@ def test_prometheus_sees_the_traffic_of_private_namespaces() -> None:
                 syn = socket.socket()
             syn.setblocking(False)
             assert syn.connect_ex((net.addr_b, dropped.port)) == errno.EINPROGRESS
-            # overflow: a backlog of 1 takes two connections, the rest overflow
+            # overflow: a backlog limit of 7 takes eight connections, the rest overflow
             clients = []
-            for _ in range(5):
+            for _ in range(10):
                 with in_netns(a):
                     c = socket.socket()
                 c.setblocking(False)
@@ -183,7 +185,7 @@ def test_prometheus_sees_the_traffic_of_private_namespaces() -> None:
             assert wait_for(lambda: lossy.received == size, timeout=15)
             sender.close()
             assert wait_for(lambda: nft_packets(net, b, "syn") >= 2, timeout=5)
-            queue = prom.settles_at(f'netsnoop_tcp_listener_queue_length{{netns="{b}",port="{full_port}"}}', 2)
+            queue = prom.settles_at(f'netsnoop_tcp_listener_queue_length{{netns="{b}",port="{full_port}"}}', 8)
             ss = net.exec(b, f"ss -Hltn sport = :{full_port}").stdout.split()
             syn.close()
             for c in clients:
@@ -206,9 +208,13 @@ def test_prometheus_sees_the_traffic_of_private_namespaces() -> None:
             lossy.close()
             dropped.close()
 
-            # the listener's accept queue, as ss shows it there: 2 waiting, limit 1
-            assert (queue, ss[1], ss[2]) == (2, "2", "1")
-            assert prom.value(f'netsnoop_tcp_listener_queue_limit{{netns="{b}",port="{full_port}"}}') == 1
+            # the listener's accept queue, as ss shows it there: 8 waiting, limit 7
+            assert (queue, ss[1], ss[2]) == (8, "8", "7")
+            assert prom.value(f'netsnoop_tcp_listener_queue_limit{{netns="{b}",port="{full_port}"}}') == 7
+            # and as each connection found it when it joined: 0, 1, ... 7 waiting
+            joined = {m["le"]: v for m, v in prom.query('netsnoop_tcp_accept_queue_length_bucket{backlog_limit="7"}')}
+            assert (joined["1.0"], joined["3.0"], joined["7.0"], joined["+Inf"]) == (2, 4, 8, 8), joined
+            assert prom.value('netsnoop_tcp_accept_queue_length_sum{backlog_limit="7"}') == sum(range(8))
 
             # connects by outcome, in the client's namespace, per destination port
             connects = f'netsnoop_tcp_connects_total{{netns="{a}",outcome="%s",port="%s"}}'
@@ -267,7 +273,7 @@ def test_prometheus_sees_the_traffic_of_private_namespaces() -> None:
 
             # netsnoop's health: every source up, nothing lost, build info
             assert {m["source"]: v for m, v in prom.query("netsnoop_source_up")} == {
-                s: 1.0 for s in ("connects", "accepts", "drops", "retrans", "bytes", "rtt", "netns", "listeners")}
+                s: 1.0 for s in metrics.SOURCES}
             assert all(v == 0 for _m, v in prom.query("netsnoop_lost_events_total"))
             kinds = {(m["source"], m["group"]): m["kind"] for m, _v in prom.query("netsnoop_hook_info")}
             assert kinds[("connects", "set_state")] in ("tp_btf", "tracepoint", "fentry", "kprobe")
@@ -410,7 +416,6 @@ def test_flow_maps_are_emptied_and_series_stay_bounded() -> None:
     per-flow map until a poll empties it into two series per reason (the labelled port
     and "other"): what runs for days holds no per-flow state. The labelled port's
     count is nft's count for that port."""
-    from netsnoop import metrics
     from netsnoop.runner import warn
 
     with NetnsPair() as net, nft_input_chain(net, net.b) as rule:

@@ -24,8 +24,6 @@ PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(PROMTOOL is None and os.environ.get("CI") != "true",
                                     reason="needs promtool (apt package prometheus; make deps installs it)")
 SNAKE = re.compile(r"^[a-z][a-z0-9_]*$")
-# a metric's unit goes last, in base units (Prometheus naming practice)
-UNITS = ("seconds", "bytes")
 
 
 def promtool(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -115,8 +113,10 @@ def test_names_follow_prometheus_conventions() -> None:
         assert m.type in ("counter", "gauge", "histogram", "info"), m
         assert m.name.endswith("_total") == (m.type == "counter"), m.name
         assert m.name.endswith("_info") == (m.type == "info"), m.name
-        if m.type == "histogram":
-            assert m.name.rsplit("_", 1)[-1] in UNITS, m.name
+        if any(word in m.name for word in ("duration", "latency", "rtt", "time")):
+            assert m.name.removesuffix("_total").endswith("_seconds"), m.name  # times in seconds
+        if "bytes" in m.name:
+            assert m.name.removesuffix("_total").endswith("_bytes"), m.name
         for unit in ("_milliseconds", "_microseconds", "_kilobytes", "_percent"):
             assert unit not in m.name, m.name  # base units only
         assert m.help and m.help[0].isupper() and m.help.endswith("."), m
@@ -202,8 +202,11 @@ def test_histogram_buckets_are_cumulative_with_exact_sum_and_count() -> None:
         b.add(v)
     assert b.cumulative() == [("0.001", 2), ("0.01", 3), ("0.1", 3), ("+Inf", 5)]
     assert (b.total, round(b.sum, 6)) == (5, 2.5065)
-    # hist.h slot i holds values up to 2**(i+1) - 1 microseconds; the last slot is +Inf
+    # hist.h slot i holds integers 2**i .. 2**(i+1) - 1 (slot 0: 0 and 1): a bucket's
+    # bound is its largest value (so a value of 2 is not under le=2 unless it is);
+    # the last slot also holds everything larger: +Inf
     slots = (1, 0, 3) + (0,) * 28 + (2,)
-    buckets = log2_buckets(slots, 6, 1e-6)
-    assert buckets[0] == ("2e-06", 1) and buckets[2] == ("8e-06", 4) and buckets[-2][1] == 4
-    assert buckets[-1] == ("+Inf", 6) and len(buckets) == 32
+    buckets = log2_buckets(slots, 6, 1e6)
+    assert buckets[:3] == [("1e-06", 1), ("3e-06", 1), ("7e-06", 4)]
+    assert buckets[-2] == (repr((2**31 - 1) / 1e6), 4) and buckets[-1] == ("+Inf", 6) and len(buckets) == 32
+    assert log2_buckets((2, 1), 3)[:3] == [("1.0", 2), ("3.0", 3), ("7.0", 3)]

@@ -96,7 +96,7 @@ class ExportCommand(click.Command):
 @click.option("--listen", type=ListenAddress(), default=DEFAULT_LISTEN, show_default=True,
               help="address and port to serve /metrics on")
 @click.option("--metrics", "sources", type=SourceList(), default=None,
-              help="only these sources (default all): connects,accepts,drops,retrans,bytes,rtt,netns,listeners")
+              help="only these sources (default all): connects,accepts,drops,retrans,bytes,rtt,backlog,netns,listeners")
 @click.option("--port-labels", "ports", type=PortLabelList(), default=None,
               help="add a port label with these ports (others: \"other\") to connects, accepts, drops, "
                    "retransmits and bytes")
@@ -113,8 +113,8 @@ def command(listen: tuple[str, int], sources: list[str] | None, ports: list[int]
 
     Everything is counted in the kernel and read when Prometheus scrapes: connects by
     outcome and their latency, accepts, drops by kernel reason, retransmits, bytes, RTT
-    (the BPF programs of connect, accept, drop -c, retrans -c, top and rtt, in their
-    counting modes), and each network namespace's own counters and listener queues
+    and accept queue lengths (the BPF programs of connect, accept, drop -c, retrans -c,
+    top, rtt and synbl, in their counting modes), and each network namespace's own counters and listener queues
     (read inside every namespace, as nstat and ss would there). netsnoop's own health
     comes along: events it could not count, hook runs the kernel skipped, hook kinds.
 
