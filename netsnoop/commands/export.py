@@ -96,7 +96,7 @@ class ExportCommand(click.Command):
 @click.option("--listen", type=ListenAddress(), default=DEFAULT_LISTEN, show_default=True,
               help="address and port to serve /metrics on")
 @click.option("--metrics", "sources", type=SourceList(), default=None,
-              help="only these sources (default all): connects,accepts,drops,retrans,bytes,rtt,backlog,netns,listeners")
+              help="only these sources, comma-separated (default: all; see the list below)")
 @click.option("--port-labels", "ports", type=PortLabelList(), default=None,
               help="add a port label with these ports (others: \"other\") to connects, accepts, drops, "
                    "retransmits and bytes")
@@ -114,13 +114,16 @@ def command(listen: tuple[str, int], sources: list[str] | None, ports: list[int]
     Everything is counted in the kernel and read when Prometheus scrapes: connects by
     outcome and their latency, accepts, drops by kernel reason, retransmits, bytes, RTT
     and accept queue lengths (the BPF programs of connect, accept, drop -c, retrans -c,
-    top, rtt and synbl, in their counting modes), and each network namespace's own counters and listener queues
-    (read inside every namespace, as nstat and ss would there). netsnoop's own health
-    comes along: events it could not count, hook runs the kernel skipped, hook kinds.
+    top, rtt and synbl, in their counting modes), and each network namespace's own
+    counters and listeners (read inside every namespace, as nstat and ss would show
+    them there). netsnoop's own health comes along: events it could not count, hook
+    runs the kernel skipped, the hook kind of each group.
 
     Labels are bounded: netns (at most --max-netns values, then "other"), outcome and
-    reason (kernel enums), and port only for the ports given to --port-labels. Per-
-    client-port or per-process series are never made.
+    reason (kernel enums), listeners' ports (at most --max-listeners listeners), and a
+    port on the other metrics only for the ports given to --port-labels. Per-client-port
+    or per-process series are never made. Metrics without a netns label cover every
+    namespace together.
     """
     from prometheus_client import CollectorRegistry, start_http_server
     from prometheus_client.process_collector import ProcessCollector
@@ -139,8 +142,8 @@ def command(listen: tuple[str, int], sources: list[str] | None, ports: list[int]
             started = start_http_server(port, addr=host, registry=registry)
         except OSError as err:
             raise NetsnoopError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
-        ready(f"Tracing TCP health, serving metrics on http://{'[' + host + ']' if ':' in host else host}:{port}/metrics "
-              "... Hit Ctrl-C to end.")
+        shown = f"[{host}]" if ":" in host else host
+        ready(f"Tracing TCP health, serving metrics on http://{shown}:{port}/metrics ... Hit Ctrl-C to end.")
         run(exporter, duration)
         if isinstance(started, tuple):  # prometheus_client >= 0.17 hands back the server
             started[0].shutdown()
