@@ -78,6 +78,10 @@ METRICS: list[MetricDoc] = [
     MetricDoc("netsnoop_tcp_connect_duration_seconds", "histogram",
               "Time from connect() to ESTABLISHED of the connects that established, per network namespace.",
               ("netns", PORT), "connects"),
+    MetricDoc("netsnoop_tcp_connects_pending", "gauge",
+              "Active TCP connects still waiting for an answer (SYN sent, nothing back yet), all network "
+              "namespaces: a destination that drops SYNs shows here long before its connects time out.",
+              (PORT,), "connects"),
     MetricDoc("netsnoop_tcp_accepts_total", "counter",
               "TCP connections returned by accept()/accept4(), per network namespace.", ("netns", PORT), "accepts"),
     MetricDoc("netsnoop_tcp_drops_total", "counter",
@@ -197,6 +201,13 @@ class PortLabels:
     @property
     def enabled(self) -> bool:
         return bool(self.ports)
+
+    def values(self) -> list[tuple[str, ...]]:
+        """Every label tuple there can be: each port and "other" (one empty tuple
+        without --port-labels)."""
+        if not self.ports:
+            return [()]
+        return [(str(p),) for p in sorted(self.ports)] + [(OTHER,)]
 
     def of(self, *candidates: int) -> tuple[str, ...]:
         """The label tuple (empty without --port-labels): the first candidate port that
@@ -422,6 +433,22 @@ class Connects(RingSource):
         for (ino, *port), b in sorted(self.latency.items(), key=str):
             h.add_metric([label(ino), *port], b.cumulative(), b.sum)
         yield h
+        yield self.pending()
+
+    def pending(self) -> Metric:
+        """The attempts the object remembers until they resolve (conn_owners: bounded,
+        LRU), by destination port."""
+        assert self.obj is not None
+        owner = StructDecoder(self.obj.btf, "conn_owner").decode
+        # a gauge: every label value always there, 0 when nothing waits
+        waiting: dict[tuple[str, ...], int] = {p: 0 for p in self.ctx.ports.values()}
+        for _key, raw in self.obj.map("conn_owners").items():
+            port = self.ctx.ports.of(owner(raw).rport)
+            waiting[port] = waiting.get(port, 0) + 1
+        f = family("netsnoop_tcp_connects_pending", self.ctx.ports.enabled)
+        for port, n in sorted(waiting.items()):
+            f.add_metric(list(port), n)
+        return f
 
 
 class Accepts(RingSource):

@@ -172,6 +172,7 @@ def test_port_labels_are_the_listed_ports_or_other() -> None:
     assert ports.of(51234, 443) == ("443",)
     assert ports.of(80, 443) == ("80",)  # the first listed candidate: the local end
     assert ports.of(51234, 51235) == ("other",)
+    assert ports.values() == [("80",), ("443",), ("other",)] and PortLabels().values() == [()]
 
 
 def test_netns_labels_stay_bounded_and_make_room_for_live_namespaces() -> None:
