@@ -284,7 +284,7 @@ def test_prometheus_sees_the_traffic_of_private_namespaces() -> None:
             assert kinds[("connects", "set_state")] in ("tp_btf", "tracepoint", "fentry", "kprobe")
             # the sample alert rules load and evaluate in the real server
             rules = [r for g in prom.get("/api/v1/rules")["data"]["groups"] for r in g["rules"]]
-            assert len(rules) == 5 and all(r["health"] == "ok" for r in rules), rules
+            assert len(rules) == 6 and all(r["health"] == "ok" for r in rules), rules
 
 
 def test_port_labels_only_on_request_and_bounded_namespaces() -> None:
