@@ -31,15 +31,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
-
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    InfoMetricFamily,
-    Metric,
-)
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from netsnoop import __version__, conn, netns
 from netsnoop.btf import StructDecoder
@@ -48,6 +40,9 @@ from netsnoop.hist import read_hists
 from netsnoop.loader import BPFObject
 from netsnoop.runner import Tracer
 from netsnoop.traffic import take_all
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
 
 OTHER = "other"
 # Connect latency buckets, seconds: a loopback handshake (tens of microseconds) up to
@@ -181,6 +176,14 @@ def labels_of(name: str, with_ports: bool) -> list[str]:
 
 def family(name: str, with_ports: bool) -> Metric:
     """An empty metric family of ``name``, typed, documented and labelled as METRICS says."""
+    # imported here: the metric list (--help, option checks) needs no prometheus_client
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+        InfoMetricFamily,
+    )
+
     doc = BY_NAME[name]
     labels = labels_of(name, with_ports)
     kind = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily, "histogram": HistogramMetricFamily,

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from netsnoop.errors import NetsnoopError
+from netsnoop.errors import MissingFeature, NetsnoopError
 from netsnoop.output import OutputOptions, make_sink
 from netsnoop.runner import StopFlag, ready, warn
 
@@ -125,8 +125,12 @@ def command(listen: tuple[str, int], sources: list[str] | None, ports: list[int]
     or per-process series are never made. Metrics without a netns label cover every
     namespace together.
     """
-    from prometheus_client import CollectorRegistry, start_http_server
-    from prometheus_client.process_collector import ProcessCollector
+    try:
+        from prometheus_client import CollectorRegistry, start_http_server
+        from prometheus_client.process_collector import ProcessCollector
+    except ImportError:
+        raise MissingFeature("netsnoop export needs the Python package prometheus_client "
+                             "(pip install prometheus_client)") from None
 
     from netsnoop import metrics
 
