@@ -744,8 +744,12 @@ class Exporter:
             raise NetsnoopError("no source could be loaded: " + "; ".join(f"{s.name}: {s.error}" for s in self.sources))
 
     def close(self) -> None:
-        for s in self.sources:
-            s.close()
+        """Detach everything; a scrape still being answered finishes first (the lock),
+        and one after finds every source closed, not a freed object."""
+        with self.lock:
+            for s in self.sources:
+                s.close()
+                s.error = s.error or "closed"
 
     def poll(self, rings_only: bool = False) -> None:
         with self.lock:
