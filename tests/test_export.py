@@ -16,7 +16,7 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 from helpers import ROOT, NetnsPair, Trace, free_port, run
@@ -69,6 +69,16 @@ class Prometheus:
             got = self.value(expr)
             if got == expected or time.monotonic() > deadline:
                 return got
+            time.sleep(0.2)
+
+    def agrees(self, expr: str, truth: Callable[[], float], timeout: float = 10.0) -> tuple[float | None, float]:
+        """Waits until ``expr`` equals what ``truth`` reads now (a kernel counter that
+        may still move: a segment retransmitted late); returns the last pair seen."""
+        deadline = time.monotonic() + timeout
+        while True:
+            got, want = self.value(expr), truth()
+            if got == want or time.monotonic() > deadline:
+                return got, want
             time.sleep(0.2)
 
     def ready(self, timeout: float = 20.0) -> None:
@@ -200,11 +210,12 @@ def test_prometheus_sees_the_traffic_of_private_namespaces() -> None:
 
             # the full listener's own drops: what ss -ltm shows for it ("d" in skmem),
             # and every listen drop of its namespace (no other listener there drops)
-            skmem = net.exec(b, f"ss -Hltm sport = :{full_port}").stdout
-            ss_drops = int(skmem.split(",d")[1].split(")")[0].split(",")[0])
-            assert ss_drops == delta(b, "TcpExtListenDrops") > 0
-            assert prom.settles_at(f'netsnoop_tcp_listener_drops_total{{netns="{b}",port="{full_port}"}}',
-                                   ss_drops) == ss_drops
+            def ss_drops() -> int:
+                skmem = net.exec(b, f"ss -Hltm sport = :{full_port}").stdout
+                return int(skmem.split(",d")[1].split(")")[0].split(",")[0])
+
+            got, want = prom.agrees(f'netsnoop_tcp_listener_drops_total{{netns="{b}",port="{full_port}"}}', ss_drops)
+            assert got == want == nstat(b)["TcpExtListenDrops"] - before[b]["TcpExtListenDrops"] > 0
             full.close()
             closed.close()
             lossy.close()
@@ -233,35 +244,34 @@ def test_prometheus_sees_the_traffic_of_private_namespaces() -> None:
             assert prom.value(f'netsnoop_tcp_accepts_total{{netns="{b}",port="{lossy.port}"}}') == 1
 
             # drops: what nft counted, under the kernel's reason, for that port
-            drops = nft_packets(net, b, "syn")
-            assert prom.settles_at(
-                f'netsnoop_tcp_drops_total{{reason="NETFILTER_DROP",port="{dropped.port}"}}', drops) == drops
-            lost = nft_packets(net, b, "loss")
-            assert lost > 0
-            assert prom.settles_at(
-                f'netsnoop_tcp_drops_total{{reason="NETFILTER_DROP",port="{lossy.port}"}}', lost) == lost
+            for port, comment in ((dropped.port, "syn"), (lossy.port, "loss")):
+                got, want = prom.agrees(f'netsnoop_tcp_drops_total{{reason="NETFILTER_DROP",port="{port}"}}',
+                                        lambda: nft_packets(net, b, comment))
+                assert got == want > 0, comment
 
             # retransmits of our ports: every retransmit those two namespaces made
             # (only this test's sockets live there)
-            retrans = delta(a, "TcpRetransSegs") + delta(b, "TcpRetransSegs")
-            assert retrans >= lost
+            def retransmitted() -> int:
+                return sum(nstat(ns)["TcpRetransSegs"] - before[ns]["TcpRetransSegs"] for ns in (a, b))
+
             ours = f'sum(netsnoop_tcp_retransmits_total{{port=~"{"|".join(map(str, ports))}"}})'
-            assert prom.settles_at(ours, retrans) == retrans
+            got, want = prom.agrees(ours, retransmitted)
+            assert got == want >= nft_packets(net, b, "loss")
 
             # bytes: what the sender sent and the receiver read
             assert prom.settles_at(f'netsnoop_tcp_sent_bytes_total{{port="{lossy.port}"}}', size) == size
             assert prom.value(f'netsnoop_tcp_received_bytes_total{{port="{lossy.port}"}}') == size
 
-            # the namespaces' own counters, as nstat reads them there (stable now)
-            now = {a: nstat(a), b: nstat(b)}
+            # the namespaces' own counters, as nstat reads them there
             for metric, name in (("listen_overflows_total", "TcpExtListenOverflows"),
                                  ("resets_sent_total", "TcpOutRsts"),
                                  ("retransmitted_segments_total", "TcpRetransSegs"),
                                  ("active_opens_total", "TcpActiveOpens")):
                 for ns in (a, b):
-                    expr = f'netsnoop_netns_tcp_{metric}{{netns="{ns}"}}'
-                    assert prom.settles_at(expr, now[ns].get(name, 0)) == now[ns].get(name, 0), (expr, name)
-            assert now[b]["TcpExtListenOverflows"] > 0
+                    got, want = prom.agrees(f'netsnoop_netns_tcp_{metric}{{netns="{ns}"}}',
+                                            lambda: nstat(ns).get(name, 0))
+                    assert got == want, (metric, ns)
+            assert nstat(b)["TcpExtListenOverflows"] > 0
 
             # which namespace is which: inode, and the cgroup of the process in it
             with net.popen(b, ["sleep", "30"]) as sleeper:
