@@ -23,4 +23,5 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synbl": ("netsnoop.commands.synbl", "Histogram of TCP SYN backlog length (tcpsynbl)."),
     "netqtop": ("netsnoop.commands.netqtop", "Per-queue packet counts and sizes of a network interface (netqtop)."),
     "softirqs": ("netsnoop.commands.softirqs", "Time spent in soft IRQs by type (softirqs)."),
+    "completion": ("netsnoop.commands.completion", "Print the shell completion script for bash, zsh or fish."),
 }
