@@ -168,6 +168,7 @@ SOCK_DIAG_BY_FAMILY = 20
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 TCP_LISTEN = 10
+ALL_STATES = (1 << 12) - 2  # every state, TCP_ESTABLISHED (1) to TCP_CLOSING (11)
 NLMSG_HDR = struct.Struct("=IHHII")
 # struct inet_diag_req_v2: family, protocol, ext, pad, states, then inet_diag_sockid
 DIAG_REQ = struct.Struct("=BBBxI" + "HH16s16sI8s")
@@ -202,12 +203,29 @@ class Listener:
         return False
 
 
-def _diag_dump(family: int) -> Iterator[tuple[int, str, int, int, int, int, int]]:
-    """(state, local address, local port, rqueue, wqueue, uid, inode) of every TCP
-    listener of ``family`` in the current namespace."""
+@dataclass(frozen=True)
+class DiagSocket:
+    """One TCP socket as sock_diag reports it (``ss -tan``'s columns). For a listener,
+    ``rqueue`` is its accept queue and ``wqueue`` the queue's limit."""
+
+    family: int
+    state: int
+    laddr: str
+    lport: int
+    raddr: str
+    rport: int
+    rqueue: int
+    wqueue: int
+    uid: int
+    inode: int
+
+
+def _diag_dump(family: int, states: int = 1 << TCP_LISTEN) -> Iterator[DiagSocket]:
+    """The TCP sockets of ``family`` in the current namespace whose state is in the
+    ``states`` bit mask (bit N: TCP state N)."""
     s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG)
     try:
-        req = DIAG_REQ.pack(family, socket.IPPROTO_TCP, 0, 1 << TCP_LISTEN, 0, 0, b"", b"", 0, b"\xff" * 8)
+        req = DIAG_REQ.pack(family, socket.IPPROTO_TCP, 0, states, 0, 0, b"", b"", 0, b"\xff" * 8)
         s.sendto(NLMSG_HDR.pack(NLMSG_HDR.size + len(req), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, 1, 0)
                  + req, (0, 0))
         while True:
@@ -223,10 +241,12 @@ def _diag_dump(family: int) -> Iterator[tuple[int, str, int, int, int, int, int]
                         raise OSError(err, f"sock_diag: {os.strerror(err)}")
                     return
                 if kind == SOCK_DIAG_BY_FAMILY:
-                    (fam, state, _t, _r, sport, _dport, src, _dst, _if, _cookie,
+                    (fam, state, _t, _r, sport, dport, src, dst, _if, _cookie,
                      _exp, rq, wq, uid, inode) = DIAG_MSG.unpack_from(data, off + NLMSG_HDR.size)
                     size = 4 if fam == socket.AF_INET else 16
-                    yield (state, socket.inet_ntop(fam, src[:size]), int.from_bytes(sport, "big"), rq, wq, uid, inode)
+                    yield DiagSocket(fam, state, socket.inet_ntop(fam, src[:size]), int.from_bytes(sport, "big"),
+                                     socket.inet_ntop(fam, dst[:size]), int.from_bytes(dport, "big"), rq, wq, uid,
+                                     inode)
                 if length == 0:
                     return
                 off += (length + 3) & ~3
@@ -234,21 +254,24 @@ def _diag_dump(family: int) -> Iterator[tuple[int, str, int, int, int, int, int]
         s.close()
 
 
-def listeners(ns: Netns) -> list[Listener]:
-    """The TCP listeners of ``ns`` (both families), as ``ss -ltn`` shows them there."""
-    out = []
+def tcp_sockets(ns: Netns, states: int = ALL_STATES) -> list[DiagSocket]:
+    """The TCP sockets of ``ns`` (both families) whose state is in ``states``."""
+    out: list[DiagSocket] = []
     with entered(ns):
         for family in (socket.AF_INET, socket.AF_INET6):
             try:
-                rows = list(_diag_dump(family))
+                out.extend(s for s in _diag_dump(family, states) if states >> s.state & 1)
             except OSError as err:
                 if err.errno in (errno.ENOENT, errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT):
                     continue  # that family is not built into this kernel
                 raise
-            for state, addr, port, rq, wq, uid, inode in rows:
-                if state == TCP_LISTEN:
-                    out.append(Listener(ns, family, addr, port, rq, wq, uid, inode))
     return out
+
+
+def listeners(ns: Netns) -> list[Listener]:
+    """The TCP listeners of ``ns`` (both families), as ``ss -ltn`` shows them there."""
+    return [Listener(ns, s.family, s.laddr, s.lport, s.rqueue, s.wqueue, s.uid, s.inode)
+            for s in tcp_sockets(ns, 1 << TCP_LISTEN)]
 
 
 def all_listeners() -> list[Listener]:
