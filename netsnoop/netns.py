@@ -175,6 +175,11 @@ DIAG_REQ = struct.Struct("=BBBxI" + "HH16s16sI8s")
 # struct inet_diag_msg: family, state, timer, retrans, sockid (ports big-endian),
 # expires, rqueue, wqueue, uid, inode
 DIAG_MSG = struct.Struct("=BBBB" + "2s2s16s16sI8s" + "IIIII")
+INET_DIAG_INFO = 2  # the attribute carrying struct tcp_info (and its request bit, 1 << 1)
+NLA_HDR = struct.Struct("=HH")
+# struct tcp_info (uapi, append-only): tcpi_rtt at 68, tcpi_total_retrans at 100,
+# tcpi_bytes_acked at 120, tcpi_bytes_received at 128
+TCP_INFO_RTT, TCP_INFO_TOTAL_RETRANS, TCP_INFO_BYTES_ACKED, TCP_INFO_BYTES_RECEIVED = 68, 100, 120, 128
 
 
 @dataclass(frozen=True)
@@ -218,14 +223,37 @@ class DiagSocket:
     wqueue: int
     uid: int
     inode: int
+    # from struct tcp_info, when asked for (info=True); None otherwise
+    rtt_us: int | None = None  # smoothed round-trip time
+    bytes_acked: int | None = None  # payload bytes sent and acknowledged
+    bytes_received: int | None = None  # payload bytes received
+    total_retrans: int | None = None  # segments retransmitted over the connection's life
 
 
-def _diag_dump(family: int, states: int = 1 << TCP_LISTEN) -> Iterator[DiagSocket]:
+def _tcp_info(attrs: bytes) -> dict[str, int]:
+    """The tcp_info fields we use, from a reply's attributes (absent: none)."""
+    off = 0
+    while off + NLA_HDR.size <= len(attrs):
+        length, kind = NLA_HDR.unpack_from(attrs, off)
+        if length < NLA_HDR.size:
+            break
+        if kind == INET_DIAG_INFO and length - NLA_HDR.size >= TCP_INFO_BYTES_RECEIVED + 8:
+            info = off + NLA_HDR.size
+            return {"rtt_us": struct.unpack_from("=I", attrs, info + TCP_INFO_RTT)[0],
+                    "total_retrans": struct.unpack_from("=I", attrs, info + TCP_INFO_TOTAL_RETRANS)[0],
+                    "bytes_acked": struct.unpack_from("=Q", attrs, info + TCP_INFO_BYTES_ACKED)[0],
+                    "bytes_received": struct.unpack_from("=Q", attrs, info + TCP_INFO_BYTES_RECEIVED)[0]}
+        off += (length + 3) & ~3
+    return {}
+
+
+def _diag_dump(family: int, states: int = 1 << TCP_LISTEN, info: bool = False) -> Iterator[DiagSocket]:
     """The TCP sockets of ``family`` in the current namespace whose state is in the
-    ``states`` bit mask (bit N: TCP state N)."""
+    ``states`` bit mask (bit N: TCP state N), with tcp_info figures when ``info``."""
     s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG)
     try:
-        req = DIAG_REQ.pack(family, socket.IPPROTO_TCP, 0, states, 0, 0, b"", b"", 0, b"\xff" * 8)
+        ext = 1 << (INET_DIAG_INFO - 1) if info else 0
+        req = DIAG_REQ.pack(family, socket.IPPROTO_TCP, ext, states, 0, 0, b"", b"", 0, b"\xff" * 8)
         s.sendto(NLMSG_HDR.pack(NLMSG_HDR.size + len(req), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, 1, 0)
                  + req, (0, 0))
         while True:
@@ -244,9 +272,11 @@ def _diag_dump(family: int, states: int = 1 << TCP_LISTEN) -> Iterator[DiagSocke
                     (fam, state, _t, _r, sport, dport, src, dst, _if, _cookie,
                      _exp, rq, wq, uid, inode) = DIAG_MSG.unpack_from(data, off + NLMSG_HDR.size)
                     size = 4 if fam == socket.AF_INET else 16
+                    body = off + NLMSG_HDR.size + DIAG_MSG.size
+                    extra = _tcp_info(data[body : off + length]) if info else {}
                     yield DiagSocket(fam, state, socket.inet_ntop(fam, src[:size]), int.from_bytes(sport, "big"),
                                      socket.inet_ntop(fam, dst[:size]), int.from_bytes(dport, "big"), rq, wq, uid,
-                                     inode)
+                                     inode, **extra)
                 if length == 0:
                     return
                 off += (length + 3) & ~3
@@ -254,13 +284,14 @@ def _diag_dump(family: int, states: int = 1 << TCP_LISTEN) -> Iterator[DiagSocke
         s.close()
 
 
-def tcp_sockets(ns: Netns, states: int = ALL_STATES) -> list[DiagSocket]:
-    """The TCP sockets of ``ns`` (both families) whose state is in ``states``."""
+def tcp_sockets(ns: Netns, states: int = ALL_STATES, info: bool = False) -> list[DiagSocket]:
+    """The TCP sockets of ``ns`` (both families) whose state is in ``states``, with
+    tcp_info's figures when ``info`` (``ss -tin``)."""
     out: list[DiagSocket] = []
     with entered(ns):
         for family in (socket.AF_INET, socket.AF_INET6):
             try:
-                out.extend(s for s in _diag_dump(family, states) if states >> s.state & 1)
+                out.extend(s for s in _diag_dump(family, states, info) if states >> s.state & 1)
             except OSError as err:
                 if err.errno in (errno.ENOENT, errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT):
                     continue  # that family is not built into this kernel
