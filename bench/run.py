@@ -13,10 +13,20 @@ What is measured, and how:
   ratio is traced connections per second over the mean of the two untraced runs.
   netsnoop writes to a file; events delivered are the rows in that file, events lost
   come from its own summary (stderr for text, the ``{"type":"summary"}`` record for
-  JSON). CPU is utime+stime from /proc/<pid>/stat between "ready" and "drained" (its
-  CPU time stopped growing), per 100k events delivered -- or, for tools that
-  aggregate in the kernel, per 100k events counted there; us/event is the same from
-  /proc/<pid>/task/*/sched, which is not rounded to 10 ms ticks.
+  JSON; a summary that does not parse is a MISS). CPU is utime+stime from
+  /proc/<pid>/stat between "ready" and "drained" (its CPU time stopped growing), per
+  100k events delivered -- or, for tools that aggregate in the kernel, per 100k events
+  counted there; us/event is the same from /proc/<pid>/task/*/sched, which is not
+  rounded to 10 ms ticks.
+* **Counts**: what a storm connection makes the kernel do is known (bench/kcount.py
+  counts it with ftrace): 6 fixed state changes (``states``), 2 sessions (``life``),
+  C + A + 2 X (``tracer``), 1 connect, 1 accept. The rows about the storm's port are
+  compared with that: "exact"; "reported" when short by no more than the causes
+  netsnoop reported (lost events, skipped hook runs, ends or changes not seen); else
+  MISS -- as is a summary whose count differs from the rows written.
+* **Floor**: bench/floor.py holds empty programs (netsnoop/bpf/floor.bpf.c) on the
+  tools' hooks; its ratio is the price of the hooks themselves, and "vs floor" is a
+  tool's ratio over the floor's in the same repeat: the tool's own cost.
 * **Bulk**: the same ratio for a bulk transfer in small writes (many socket calls),
   for the tools that hook sends and receives.
 * **Kernel side**: each storm and bulk tool once more with the kernel's BPF run-time
@@ -27,10 +37,12 @@ What is measured, and how:
   count is exact: delivered + lost + reported missing (``life``'s sessions whose end
   no hook saw) must equal it, also with a ring small enough to lose -- or fall short
   by no more than the hook runs the kernel skipped (a hook nested in itself on one
-  CPU is not run), which netsnoop reports on stderr.
+  CPU is not run), which netsnoop reports in its summary.
 
 Every figure is the median of the repeats, with min and max. Results go to a table on
-the terminal and to bench/results/<time>-<commit>.json (and bench/results/latest.json).
+the terminal and to bench/results/<time>-<commit>.json (and bench/results/latest.json,
+which the next run compares itself with, so a regression shows). A run a README figure
+quotes is saved with ``--save-as NAME`` as bench/runs/NAME.json and committed.
 """
 
 from __future__ import annotations
