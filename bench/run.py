@@ -161,7 +161,9 @@ AGGREGATING = {"connect -c", "top"}  # judged per event counted in the kernel
 ZERO_LOSS = {"states", "life"}
 STREAMING = {"states", "life", "tracer", "connect", "accept", "why"}
 # A regression against the previous run: ratio down, or CPU per event up, by more than this.
-REGRESSION = {"ratio": 0.10, "us_per_event": 0.20, "ns_per_unit": 0.15}
+# (Two runs minutes apart on this VM: the floor's ratio moves by 10-30 %, its ns per
+# connection by ~13 %: a single flag is a question, a repeated one an answer.)
+REGRESSION = {"ratio": 0.10, "us_per_event": 0.20, "ns_per_unit": 0.20}
 
 
 # -- small helpers ------------------------------------------------------------------------
@@ -1075,6 +1077,9 @@ def compare_previous(prev: dict[str, Any] | None, result: dict[str, Any]) -> lis
         a, b = old[sc["name"]], sc["summary"]
         flags = []
         ra, rb = med(a, "ratio"), med(b, "ratio")
+        if sc["args"][0] == FLOOR:  # the floor moving is the machine, not netsnoop: the noise to judge by
+            rows.append([sc["name"], change(ra, rb, ".2f"), "", "", "", "(machine)"])
+            continue
         if ra and rb and rb < ra * (1 - REGRESSION["ratio"]):
             flags.append("ratio")
         ua, ub = med(a, "us_per_event"), med(b, "us_per_event")
@@ -1091,10 +1096,11 @@ def compare_previous(prev: dict[str, Any] | None, result: dict[str, Any]) -> lis
         o = old_costs.get(c["name"])
         if not o or not o.get("ns_per_unit") or not c.get("ns_per_unit"):
             continue
-        flag = "ns/unit" if c["ns_per_unit"] > o["ns_per_unit"] * (1 + REGRESSION["ns_per_unit"]) else ""
+        worse_now = c["ns_per_unit"] > o["ns_per_unit"] * (1 + REGRESSION["ns_per_unit"])
+        flag = "(machine)" if c["name"].startswith("floor") else "ns/unit" if worse_now else ""
         rows.append([f"kernel: {c['name']}", "", "", change(o["ns_per_unit"], c["ns_per_unit"], ".0f") + f" ns/{c['unit']}",
                      "", flag])
-        worse += [f"kernel {c['name']}: {flag}"] if flag else []
+        worse += [f"kernel {c['name']}: {flag}"] if flag == "ns/unit" else []
     m = prev.get("meta", {})
     print(f"\nAgainst the previous run (commit {m.get('commit', '?')}{' dirty' if m.get('dirty') else ''}, "
           f"{m.get('date', '?')}, load {m.get('load_before', '?')}), medians; worse: ratio -{REGRESSION['ratio']:.0%}, "
