@@ -804,11 +804,19 @@ def check_targets(startup: dict[str, Any], scs: list[Scenario], summ: dict[int, 
     if rss:
         add(f"peak RSS <= {TARGETS['rss_mb']} MiB (worst run, streaming tools, default ring)", max(rss),
             TARGETS["rss_mb"], max(rss) <= TARGETS["rss_mb"])
+    good: dict[str, list[str]] = {}
     for sc, s in done:
-        if s["verdict"] is not None:
-            ok = s["verdict"] in ("exact", "reported", "-")
-            what = "every run's count exact or its shortfall reported" if sc.expect else "every run's summary parsed"
-            add(f"{what}: {sc.name}", None, None, ok)
+        if s["verdict"] is None:
+            continue
+        what = "every run's count exact or its shortfall reported" if sc.expect else "every run's summary parsed"
+        if s["verdict"] == "MISS":
+            add(f"{what}: {sc.name} ({verdict_cell(s)})", None, None, False)
+        else:
+            good.setdefault(what, []).append(f"{sc.label} {sc.fmt}" + (f" ({sc.section}{' ' + sc.workload[-1] if sc.section == 'bulk' else ''})"
+                                                              if sc.section != "storm" else ""))
+    for what, names in good.items():
+        add(f"{what}: {', '.join(names)}", None, None, True)
+    for sc, s in done:
         if sc.section != "storm":
             continue
         if sc.label in ZERO_LOSS and s["lost"]:
