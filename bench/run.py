@@ -553,6 +553,7 @@ def verdict(out: dict[str, Any], expected: int | None, expect: Expect | None, fi
         # is left may only be hook runs the kernel skipped
         rest = short - causes["lost_events"] - causes["ends_not_seen"] - causes["changes_not_seen"]
         ok = rest == 0 or 0 < rest <= causes["skipped_hook_runs"]
+        detail += "" if ok else f"; delivered + lost + not seen is {expected - rest}, not {expected}"
     else:
         ok = short <= reported
     return {"verdict": "reported" if ok else "MISS", "why": detail}
