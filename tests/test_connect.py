@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from conn_helpers import assert_in_kernel
-from helpers import NETSNOOP, ROOT, NetnsPair, PayloadServer, Trace, closed_port, fetch, refused_connect, run
+from helpers import NETSNOOP, ROOT, NetnsPair, PayloadServer, Trace, closed_port, fetch, refused_connect
 
 from netsnoop.cli import cli
 from netsnoop.conn import outcome, row_of

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+import time
+from typing import Any, Callable
 
 import click
 
 from netsnoop import options as o
+from netsnoop.btf import StructDecoder
 from netsnoop.fmt import addr, comm, ip_version
 from netsnoop.output import Column, OutputOptions
 from netsnoop.loader import BPFObject
@@ -18,14 +20,40 @@ from netsnoop.runner import Tracer, stream, warn
 TRACER = Tracer("life", optional=frozenset({"send", "recv", "destroy"}))
 
 
-def ends_not_seen(obj: BPFObject) -> int:
+# A socket enters the TCP tables just after its first state change: a session younger
+# than this when the exit check walks them may not be there yet.
+HASHING_GRACE_NS = 10_000_000
+
+
+def session_filter(pid: int | None = None, family: int | None = None, lports: list[int] | None = None,
+                   rports: list[int] | None = None, ports: list[int] | None = None) -> Callable[[Any], bool]:
+    """Whether a session (life.bpf.c's struct session) passes the filters, as the
+    kernel side judges a row (netsnoop.h: family, ports, pid)."""
+
+    def keep(s: Any) -> bool:
+        return ((not family or s.family == family) and (not pid or s.pid == pid)
+                and (not lports or s.lport in lports) and (not rports or s.rport in rports)
+                and (not ports or s.lport in ports or s.rport in ports))
+
+    return keep
+
+
+def ends_not_seen(obj: BPFObject, keep: Callable[[Any], bool]) -> int:
     """Sessions whose end no hook saw, so that their rows are missing: those counted when
     a new socket took their address, and those the exit check finds now (their socket
     is gone from this namespace's TCP tables, their entry is not). The hooks stay
     attached meanwhile, so a session that ends during the check is not miscounted."""
+    started = time.monotonic_ns()  # bpf_ktime_get_ns()'s clock
     obj.iterate("mark_alive")
-    obj.iterate("count_unseen_ends", "sessions")
-    return obj.counter("ends_not_seen")
+    own_netns = os.stat("/proc/self/ns/net").st_ino
+    session = StructDecoder(obj.btf, "session")
+    gone = 0
+    for _key, raw in obj.map("sessions").items():
+        s = session.decode(raw)
+        if (s.netns == own_netns and s.alive_ns < started and s.birth_ns + HASHING_GRACE_NS < started
+                and keep(s)):
+            gone += 1
+    return obj.counter("ends_not_seen") + gone
 
 
 def columns(wide: bool) -> list[Column]:
@@ -58,16 +86,23 @@ def command(out: OutputOptions, pid: int | None, lports: Any, rports: Any, ports
     """Trace the lifespan of TCP sessions: one line per session when it closes.
 
     PID/COMM are the process that used the socket (connect, send, recv or close in its
-    own context), not whichever task happened to be on the CPU. TX_KB/RX_KB are the
-    socket's own counters of payload bytes acked and received.
+    own context), not whichever task happened to be on the CPU. TX_KB/RX_KB (and the
+    exact tx_bytes/rx_bytes in --json) are payload bytes: acked by the peer, and
+    received, from the socket's own counters without the SYN and FIN they also count.
+    -L and -D must both match; -P matches a port at either end.
 
     Sessions that close without their start having been seen (begun before tracing)
     have no row; the summary counts them (closes_without_start; not with -p). Sessions
     whose end the kernel did not let any hook see have no row either; the summary
     counts them too (ends_not_seen), and a warning says so.
     """
-    rodata = {**o.port_filters(lports, rports, ports), "filter_pid": pid, "filter_family": family,
-              "own_netns": os.stat("/proc/self/ns/net").st_ino}
+    same = sorted(set(lports or ()) & set(rports or ()))
+    if same:
+        both = ",".join(map(str, same))
+        warn(f"-L and -D must both match: a session shows only if its local port is in -L and its remote "
+             f"port in -D; -P {both} matches {both} at either end")
+    rodata = {**o.port_filters(lports, rports, ports), "filter_pid": pid, "filter_family": family}
+    keep = session_filter(pid, family, lports, rports, ports)
 
     def row(e: Any) -> tuple[Any, ...]:
         return (
@@ -78,7 +113,7 @@ def command(out: OutputOptions, pid: int | None, lports: Any, rports: Any, ports
 
     with TRACER.open(rodata) as obj:
         def facts() -> dict[str, int]:
-            unseen = ends_not_seen(obj)
+            unseen = ends_not_seen(obj, keep)
             if unseen:
                 warn(f"{unseen} session{'s' if unseen > 1 else ''} ended without the kernel running the hooks "
                      "that see an end; their rows are missing (ends_not_seen in the summary)")
