@@ -45,6 +45,7 @@ struct conn_owner {
 	__u8 laddr[16];
 	__u8 raddr[16];
 	__s32 err;      /* a soft error the owner already took with SO_ERROR (so_error hook) */
+	__u64 closed_ns; /* tracer only: see OWNED in tracer.bpf.c */
 };
 EXPORT_STRUCT(conn_owner);
 
