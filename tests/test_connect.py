@@ -290,19 +290,24 @@ def test_outcome_shows_an_unanswered_attempt_as_pending_at_exit() -> None:
     with NetnsPair() as ns:
         ns.exec(ns.b, "nft add table inet t")
         ns.exec(ns.b, "nft add chain inet t in '{ type filter hook input priority 0; }'")
-        ns.exec(ns.b, f"nft add rule inet t in tcp dport {port} tcp flags syn drop")
+        ns.exec(ns.b, f"nft add rule inet t in tcp dport {port} tcp flags syn counter drop")
         with Trace(["connect", "--json", "--outcome", "-P", str(port)]) as t:
+            t0 = time.monotonic()
             proc = ns.popen(ns.a, [sys.executable, "-c", HANGING_CLIENT, ns.addr_b, str(port)])
             try:
-                time.sleep(1.0)  # the SYN is out and unanswered
-                t.stop()
+                deadline = time.monotonic() + 10
+                while "packets 0 " in ns.exec(ns.b, "nft list ruleset").stdout:  # the SYN is out, dropped
+                    assert time.monotonic() < deadline, "the SYN never reached the rule"
+                    time.sleep(0.02)
+                t.stop(settle=0)
+                waited = time.monotonic() - t0
             finally:
                 proc.kill()
                 proc.wait()
     rows = [r for r in t.records if r["daddr"] == ns.addr_b]
     assert len(rows) == 1, t.records
     assert rows[0]["result"] == "PENDING" and rows[0]["dport"] == port and rows[0]["pid"] == proc.pid
-    assert rows[0]["saddr"] == ns.addr_a and rows[0]["lat_ms"] >= 500
+    assert rows[0]["saddr"] == ns.addr_a and 0 < rows[0]["lat_ms"] <= waited * 1000
 
 
 def test_pending_is_the_outcome_of_an_attempt_still_in_syn_sent() -> None:
