@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import struct
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from typing import Iterator
 
 import pytest
@@ -34,24 +34,20 @@ print(len(request), received)
 
 
 @contextlib.contextmanager
-def http_server(host: str = "127.0.0.1") -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    """A separate server process (so its pid differs from the client's) serving SIZE bytes."""
+def http_server(host: str = "127.0.0.1") -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """A separate server process (so its pid differs from the client's) serving SIZE
+    bytes, on a port the kernel picks (it says which once it is listening)."""
     with tempfile.TemporaryDirectory() as d:
         with open(os.path.join(d, "blob"), "wb") as f:
             f.write(os.urandom(SIZE))
-        port = free_port()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "http.server", "--bind", host, "--directory", d, str(port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [sys.executable, "-u", "-m", "http.server", "--bind", host, "--directory", d, "0"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )
         try:
-            url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
-            for _ in range(100):
-                try:
-                    urllib.request.urlopen(url + "blob", timeout=1).read(1)
-                    break
-                except OSError:
-                    time.sleep(0.05)
+            assert proc.stdout is not None
+            banner = proc.stdout.readline()  # "Serving HTTP on HOST port N (...)": listening
+            port = int(re.search(r" port (\d+)", banner).group(1))  # type: ignore[union-attr]
             yield proc, port
         finally:
             proc.terminate()
