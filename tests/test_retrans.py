@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import errno
+import os
 import socket
-import time
 
 import pytest
 from helpers import NetnsPair, Trace, run
-from traffic_helpers import Sink, flush_rules, in_netns, nft_input_chain, wait_for
+from traffic_helpers import Sink, flush_rules, in_netns, nft_input_chain, nstat, wait_for
 
-from netsnoop.commands.retrans import TRACER
 from netsnoop.loader import BPFObject
 
 pytestmark = pytest.mark.integration
@@ -23,40 +22,91 @@ def test_established_connection_retransmits_are_traced_and_counted() -> None:
         port = str(server.port)
         with Trace(["retrans", "--json", "-s", "-P", port]) as events, \
              Trace(["retrans", "-s", "-P", port]) as text, \
-             Trace(["retrans", "-c", "--json", "-P", port], env={"NETSNOOP_PREFER": "tracepoint"}) as counted:
+             Trace(["retrans", "-c", "--json", "-P", port], env={"NETSNOOP_HOOKS": "tracepoint"}) as counted:
             with in_netns(net.a):
                 client = socket.create_connection((net.addr_b, server.port), timeout=5)
             client.sendall(b"a" * 1000)
             assert wait_for(lambda: server.received == 1000)
+            before = nstat(net, net.a, "TcpRetransSegs")["TcpRetransSegs"]
             drop(f"tcp dport {port} drop")  # the next segment and its retransmits are lost
             client.sendall(b"b" * 1000)
-            time.sleep(0.9)  # the RTO is >= 200 ms: one or two retransmits are lost too
+            # the RTO is >= 200 ms: wait until the kernel says it retransmitted twice
+            assert wait_for(lambda: nstat(net, net.a, "TcpRetransSegs")["TcpRetransSegs"] - before >= 2)
             flush_rules(net, net.b)
             assert wait_for(lambda: server.received == 2000, timeout=5)
+            retransmitted = nstat(net, net.a, "TcpRetransSegs")["TcpRetransSegs"] - before
             lport = client.getsockname()[1]
             client.close()
             server.close()
 
     rows = [r for r in events.records if r["lport"] == lport]
-    assert rows, events.records
+    assert len(rows) == retransmitted, (events.records, retransmitted)
     for r in rows:
         assert (r["ip"], r["laddr"], r["raddr"], r["rport"]) == (4, net.addr_a, net.addr_b, server.port)
-        assert r["kind"] == "R" and r["state"] == "ESTABLISHED"
+        assert r["kind"] == "R" and r["state"] == "ESTABLISHED" and r["segs"] == 1
     # the lost segment is the one sent again: one sequence number throughout
     assert len({r["seq"] for r in rows}) == 1 and rows[0]["seq"] > 0
     assert events.summary["lost_events"] == 0
 
-    # -c (through the classic tracepoint here) counts the same retransmits per flow
+    # -c, forced onto the classic tracepoint, counts the same retransmits per flow
     flows = [r for r in counted.records if r["lport"] == lport]
-    assert [(f["laddr"], f["raddr"], f["rport"], f["retransmits"]) for f in flows] == [
-        (net.addr_a, net.addr_b, server.port, len(rows))]
+    assert [(f["laddr"], f["raddr"], f["rport"], f["segs"]) for f in flows] == [
+        (net.addr_a, net.addr_b, server.port, retransmitted)]
+    assert counted.summary["hooks"]["retransmit"] == "tracepoint"
 
     header, *lines = text.lines
-    assert header.split() == ["TIME", "PID", "IP", "LADDR:LPORT", "T>", "RADDR:RPORT", "STATE", "SEQ"]
-    assert header.startswith("TIME     PID     IP LADDR:LPORT          T> RADDR:RPORT          STATE        SEQ")
+    assert header.split() == ["TIME", "PID", "IP", "LADDR:LPORT", "T>", "RADDR:RPORT", "STATE", "SEGS", "SEQ"]
+    assert header.startswith("TIME     PID     IP LADDR:LPORT          T> RADDR:RPORT          STATE        SEGS SEQ")
     mine = [line.split() for line in lines if f"{net.addr_a}:{lport}" in line]
     assert len(mine) == len(rows)
-    assert mine[0][2:] == ["4", f"{net.addr_a}:{lport}", "R>", f"{net.addr_b}:{port}", "ESTABLISHED", str(rows[0]["seq"])]
+    assert mine[0][2:] == ["4", f"{net.addr_a}:{lport}", "R>", f"{net.addr_b}:{port}", "ESTABLISHED", "1",
+                           str(rows[0]["seq"])]
+
+
+LOSSY_BYTES = 5 << 20
+
+
+def test_lossy_transfer_counts_segments_like_the_kernel() -> None:
+    """5 % random loss on a veth with GSO on: a retransmitted buffer holds many segments,
+    and the segments shown add up to the sender namespace's TcpRetransSegs delta (less
+    TCPRetransFail, retransmits that never left: 0 here)."""
+    with NetnsPair() as net, nft_input_chain(net, net.b) as drop:
+        gso = net.exec(net.a, f"ethtool -k {net.dev_a}", check=False).stdout
+        assert "generic-segmentation-offload: on" in gso or not gso, gso
+        with in_netns(net.b):
+            server = Sink(net.addr_b)
+        port = str(server.port)
+        drop(f"tcp dport {port} numgen random mod 100 < 5 drop")
+        names = ("TcpRetransSegs", "TcpExtTCPRetransFail")
+        with Trace(["retrans", "--json", "-P", port]) as events, \
+             Trace(["retrans", "-c", "--json", "-P", port], env={"NETSNOOP_HOOKS": "tracepoint"}) as counted:
+            before = nstat(net, net.a, *names)
+            with in_netns(net.a):
+                client = socket.create_connection((net.addr_b, server.port), timeout=30)
+            lport = client.getsockname()[1]
+            client.sendall(b"x" * LOSSY_BYTES)
+            client.shutdown(socket.SHUT_WR)
+            # the server's FIN acknowledges everything the client sent: nothing of ours
+            # is left to retransmit once it arrives
+            assert client.recv(1) == b""
+            after = nstat(net, net.a, *names)
+            client.close()
+        server.close()
+    assert server.received == LOSSY_BYTES
+    expected = (after["TcpRetransSegs"] - before["TcpRetransSegs"]
+                - (after["TcpExtTCPRetransFail"] - before["TcpExtTCPRetransFail"]))
+    assert expected > 0
+
+    rows = [r for r in events.records if r["lport"] == lport and r["laddr"] == net.addr_a]
+    assert sum(r["segs"] for r in rows) == expected, rows
+    assert all(r["segs"] >= 1 for r in rows)
+    assert len(rows) < expected  # buffers of several segments were retransmitted
+    assert events.summary["hooks"]["retransmit"] == "tp_btf"
+
+    flows = [r for r in counted.records if r["lport"] == lport and r["laddr"] == net.addr_a]
+    assert [f["segs"] for f in flows] == [expected], counted.records
+    assert counted.summary["hooks"]["retransmit"] == "tracepoint"
+    assert counted.summary["lost_events"] == events.summary["lost_events"] == 0
 
 
 def test_syn_and_synack_retransmits() -> None:
@@ -66,7 +116,9 @@ def test_syn_and_synack_retransmits() -> None:
         ports = f"{syn_lost.port},{ack_lost.port}"
         drop(f"tcp dport {syn_lost.port} drop")  # the SYN never arrives
         drop(f"tcp dport {ack_lost.port} tcp flags & (syn | ack) == ack drop")  # the handshake's ACK never arrives
+        syn_retrans = ("TcpExtTCPSynRetrans",)
         with Trace(["retrans", "--json", "-P", ports]) as t:
+            before_a, before_b = nstat(net, net.a, *syn_retrans), nstat(net, net.b, *syn_retrans)
             with in_netns(net.a):
                 c1 = socket.socket()
                 c2 = socket.socket()
@@ -74,21 +126,39 @@ def test_syn_and_synack_retransmits() -> None:
             assert c1.connect_ex((net.addr_b, syn_lost.port)) == errno.EINPROGRESS
             c2.settimeout(5)
             c2.connect((net.addr_b, ack_lost.port))  # the client side completes at once
-            time.sleep(1.5)  # the initial RTO (SYN, SYN-ACK) is 1 s
-            c1.close()
+
+            def resent(ns: str, before: dict[str, int]) -> int:
+                return nstat(net, ns, *syn_retrans)["TcpExtTCPSynRetrans"] - before["TcpExtTCPSynRetrans"]
+
+            # the initial RTO of a SYN and of a SYN-ACK is 1 s: wait for the kernel's count
+            assert wait_for(lambda: resent(net.a, before_a) >= 1 and resent(net.b, before_b) >= 1, timeout=5)
+            c1.close()  # a socket in SYN_SENT closes silently: no more SYN retransmits
+            syns = resent(net.a, before_a)
             c2.close()
+            ack_lost.close()  # the listener's pending SYN-ACK goes with it
+            synacks = resent(net.b, before_b)
         syn_lost.close()
-        ack_lost.close()
 
     syn = [r for r in t.records if r["rport"] == syn_lost.port]
     synack = [r for r in t.records if r["lport"] == ack_lost.port]
-    assert syn and all(r["state"] == "SYN_SENT" and r["laddr"] == net.addr_a for r in syn), t.records
-    assert synack, t.records
+    assert len(syn) == syns and all(r["state"] == "SYN_SENT" and r["laddr"] == net.addr_a for r in syn), t.records
+    assert len(synack) == synacks, (t.records, synacks)
     assert all(r["state"] == "NEW_SYN_RECV" and r["laddr"] == net.addr_b and r["raddr"] == net.addr_a for r in synack)
+    assert all(r["segs"] == 1 for r in syn + synack)
+
+
+def kprobes_reach(symbol: str) -> bool:
+    """Whether a kprobe could attach to ``symbol`` here, from the kernel itself: the
+    kprobe perf PMU (what libbpf attaches through; CONFIG_KPROBE_EVENTS) must exist
+    and /proc/kallsyms must list the function."""
+    if not os.path.exists("/sys/bus/event_source/devices/kprobe/type"):
+        return False
+    with open("/proc/kallsyms") as f:
+        return any(line.split()[2:3] == [symbol] for line in f)
 
 
 def test_lossprobe_says_whether_the_kernel_has_a_hook() -> None:
-    available = TRACER.probe().get("tlp") is not None
+    available = kprobes_reach("tcp_send_loss_probe")
     done = run(["retrans", "-l", "-d", "0.3"])
     assert done.returncode == 0, done.stderr
     assert ("no hook for tail loss probes" in done.stderr) is not available

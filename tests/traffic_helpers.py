@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import socket
 import threading
@@ -52,6 +53,27 @@ def nft_input_chain(net: NetnsPair, ns: str) -> Iterator[Callable[[str], None]]:
         yield add
     finally:
         net.exec(ns, "nft delete table inet netsnoop_test", check=False)
+
+
+def nstat(net: NetnsPair, ns: str, *names: str) -> dict[str, int]:
+    """The kernel's own counters of namespace ``ns`` (absolute, ``nstat -asz`` run
+    inside it, history untouched): the independent record a test compares with."""
+    out = net.exec(ns, "nstat -asz --json " + " ".join(names)).stdout
+    values = json.loads(out)["kernel"]
+    return {n: int(values.get(n, 0)) for n in names}
+
+
+def nft_rule_packets(net: NetnsPair, ns: str, comment: str) -> int:
+    """Packets counted by the rule carrying ``comment`` (it needs ``counter``), from
+    ``nft -j list ruleset`` inside the namespace."""
+    ruleset = json.loads(net.exec(ns, "nft -j list ruleset").stdout)["nftables"]
+    for item in ruleset:
+        rule = item.get("rule")
+        if rule and rule.get("comment") == comment:
+            for expr in rule["expr"]:
+                if "counter" in expr:
+                    return int(expr["counter"]["packets"])
+    raise AssertionError(f"no rule with comment {comment!r} and a counter in {ns}")
 
 
 def flush_rules(net: NetnsPair, ns: str) -> None:
