@@ -39,6 +39,7 @@ struct drop_key {
 EXPORT_STRUCT(drop_key);
 
 const volatile __u32 filter_reasons[MAX_REASONS] = {}; /* 0-terminated, empty = all */
+const volatile __u32 exclude_reasons[MAX_REASONS] = {}; /* 0-terminated: never these */
 const volatile __u8 count_only = 0;
 const volatile __u8 with_stack = 1;
 
@@ -49,18 +50,24 @@ struct {
 	__type(value, __u64);
 } counts SEC(".maps");
 
-static __always_inline bool reason_allowed(__u32 reason)
+/* Whether a 0-terminated reason list holds `reason`. */
+static __always_inline bool reason_in(const volatile __u32 *list, __u32 reason)
 {
-	if (filter_reasons[0] == 0)
-		return true;
 #pragma unroll
 	for (int i = 0; i < MAX_REASONS; i++) {
-		if (filter_reasons[i] == 0)
+		if (list[i] == 0)
 			return false;
-		if (filter_reasons[i] == reason)
+		if (list[i] == reason)
 			return true;
 	}
 	return false;
+}
+
+static __always_inline bool reason_allowed(__u32 reason)
+{
+	if (filter_reasons[0] != 0 && !reason_in(filter_reasons, reason))
+		return false;
+	return !reason_in(exclude_reasons, reason);
 }
 
 /* The IP and TCP headers of the packet, by wire offsets (not kernel structs). */
