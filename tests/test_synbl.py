@@ -17,7 +17,7 @@ from typing import Iterator
 import pytest
 from click.testing import CliRunner
 from helpers import NetnsPair, Trace
-from traffic_helpers import in_netns, nstat, wait_for
+from traffic_helpers import in_netns, loaded_and_resolved, nstat, wait_for
 
 from netsnoop import netns
 from netsnoop.cli import cli
@@ -159,8 +159,7 @@ def test_kprobe_variant_passes_the_verifier() -> None:
 
     with BPFObject("synbl", variants={"queued": "kprobe"}) as obj:
         obj.load()
-        assert obj.chosen == {"queued": "kprobe"}
-        assert obj.loaded_program("queued__kprobe") is not None
+        assert loaded_and_resolved(obj, "queued__kprobe")
 
 
 @pytest.mark.integration
