@@ -6,10 +6,12 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import subprocess
+import sys
 
 import pytest
 from helpers import NetnsPair, Trace, closed_port, refused_connect, run
-from traffic_helpers import in_netns, nft_input_chain, nft_rule_packets, wait_for
+from traffic_helpers import Sink, flush_rules, in_netns, nft_input_chain, nft_rule_packets, wait_for
 
 from netsnoop.commands.drop import drop_reasons
 from netsnoop.ksyms import KernelSymbols
@@ -40,7 +42,7 @@ def test_syn_to_a_closed_port_is_dropped_with_no_socket(host: str) -> None:
         assert any(f.startswith(("tcp_v4_rcv+", "tcp_v6_rcv+")) for f in r["stack"])
         assert not any(f.startswith("bpf_") for f in r["stack"])  # tracing frames are cut
     assert t.summary["lost_events"] == 0
-    assert (t.summary["hooks"], classic.summary["hooks"]) == ({"drop": "tp_btf"}, {"drop": "tracepoint"})
+    assert (t.summary["hooks"]["drop"], classic.summary["hooks"]["drop"]) == ("tp_btf", "tracepoint")
     assert len(only4.records) == (0 if ":" in host else 1)  # -4
 
     header, row, *stack = text.lines
@@ -133,6 +135,52 @@ def test_normal_reasons_are_left_out_and_reasons_can_be_excluded() -> None:
     for r in counted.records:
         table[r["reason"], r["normal"]] = table.get((r["reason"], r["normal"]), 0) + r["drops"]
     assert table == {("NETFILTER_DROP", False): firewall, ("QUEUE_PURGE", True): shown["QUEUE_PURGE"]}
+
+
+CLIENT = """
+import ctypes, socket, sys
+ctypes.CDLL(None).prctl(15, b"dropclient", 0, 0, 0)
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+for line in sys.stdin:  # one send per line, in the test's rhythm
+    c.sendall(b"x" * 100)
+    print("sent", flush=True)
+"""
+
+
+@pytest.mark.integration
+def test_drops_name_the_socket_owner() -> None:
+    """The client (another process, named dropclient) loses the server's ACKs to a
+    firewall and sends again; the server, this process, drops the data it already
+    has. Each drop names its socket's owner, not whoever was on the CPU."""
+    with NetnsPair() as net, nft_input_chain(net, net.a) as drop_a:
+        with in_netns(net.b):
+            server = Sink(net.addr_b)
+        port = server.port
+        with Trace(["drop", "--json", "-P", str(port)]) as t:
+            # ip netns exec enters the namespace and execs python: one process, one PID
+            client = subprocess.Popen(["ip", "netns", "exec", net.a, sys.executable, "-c", CLIENT, net.addr_b,
+                                       str(port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            assert client.stdin is not None and client.stdout is not None
+            try:
+                client.stdin.write("1\n")
+                client.stdin.flush()
+                assert client.stdout.readline() == "sent\n" and wait_for(lambda: server.received == 100)
+                drop_a(f'tcp sport {port} counter drop comment "acks"')  # the server's ACKs never arrive
+                client.stdin.write("2\n")
+                client.stdin.flush()
+                assert client.stdout.readline() == "sent\n" and wait_for(lambda: server.received == 200)
+                assert wait_for(lambda: nft_rule_packets(net, net.a, "acks") >= 2)  # an ACK of the resent data too
+                flush_rules(net, net.a)
+            finally:
+                client.stdin.close()
+                client.wait(10)
+        server.close()
+    firewall = [r for r in t.records if r["reason"] == "NETFILTER_DROP"]
+    old = [r for r in t.records if r["reason"] == "TCP_OLD_DATA"]
+    assert firewall and all((r["pid"], r["comm"]) == (client.pid, "dropclient") for r in firewall), t.records
+    with open("/proc/self/comm") as f:
+        me = f.read().strip()
+    assert old and all((r["pid"], r["comm"], r["dport"]) == (os.getpid(), me, port) for r in old), t.records
 
 
 @pytest.mark.integration

@@ -44,6 +44,8 @@ def test_established_connection_retransmits_are_traced_and_counted() -> None:
     assert len(rows) == retransmitted, (events.records, retransmitted)
     for r in rows:
         assert (r["ip"], r["laddr"], r["raddr"], r["rport"]) == (4, net.addr_a, net.addr_b, server.port)
+        # the owner is this process, which sent the data; a timer sent it again
+        assert (r["pid"], r["comm"]) == (os.getpid(), my_comm())
         assert r["kind"] == "R" and r["state"] == "ESTABLISHED" and r["segs"] == 1
     # the lost segment is the one sent again: one sequence number throughout
     assert len({r["seq"] for r in rows}) == 1 and rows[0]["seq"] > 0
@@ -62,6 +64,11 @@ def test_established_connection_retransmits_are_traced_and_counted() -> None:
     assert len(mine) == len(rows)
     assert mine[0][2:] == ["4", f"{net.addr_a}:{lport}", "R>", f"{net.addr_b}:{port}", "ESTABLISHED", "1",
                            str(rows[0]["seq"])]
+
+
+def my_comm() -> str:
+    with open("/proc/self/comm") as f:
+        return f.read().strip()
 
 
 LOSSY_BYTES = 5 << 20
@@ -113,20 +120,23 @@ def test_lossy_transfer_counts_segments_like_the_kernel() -> None:
 def test_syn_and_synack_retransmits() -> None:
     with NetnsPair() as net, nft_input_chain(net, net.b) as drop:
         with in_netns(net.b):
-            syn_lost, ack_lost = Sink(net.addr_b), Sink(net.addr_b)
-        ports = f"{syn_lost.port},{ack_lost.port}"
-        drop(f"tcp dport {syn_lost.port} drop")  # the SYN never arrives
-        drop(f"tcp dport {ack_lost.port} tcp flags & (syn | ack) == ack drop")  # the handshake's ACK never arrives
+            syn_lost, ack_lost = socket.socket(), socket.socket()
+        syn_lost.bind((net.addr_b, 0))  # its port only: the firewall drops every SYN to it
+        ack_lost.bind((net.addr_b, 0))
+        syn_port, ack_port = syn_lost.getsockname()[1], ack_lost.getsockname()[1]
+        drop(f"tcp dport {syn_port} drop")  # the SYN never arrives
+        drop(f"tcp dport {ack_port} tcp flags & (syn | ack) == ack drop")  # the handshake's ACK never arrives
         syn_retrans = ("TcpExtTCPSynRetrans",)
-        with Trace(["retrans", "--json", "-P", ports]) as t:
+        with Trace(["retrans", "--json", "-P", f"{syn_port},{ack_port}"]) as t:
+            ack_lost.listen(16)  # while netsnoop watches: it learns the listener's owner
             before_a, before_b = nstat(net, net.a, *syn_retrans), nstat(net, net.b, *syn_retrans)
             with in_netns(net.a):
                 c1 = socket.socket()
                 c2 = socket.socket()
             c1.setblocking(False)
-            assert c1.connect_ex((net.addr_b, syn_lost.port)) == errno.EINPROGRESS
+            assert c1.connect_ex(syn_lost.getsockname()) == errno.EINPROGRESS
             c2.settimeout(5)
-            c2.connect((net.addr_b, ack_lost.port))  # the client side completes at once
+            c2.connect(ack_lost.getsockname())  # the client side completes at once
 
             def resent(ns: str, before: dict[str, int]) -> int:
                 return nstat(net, ns, *syn_retrans)["TcpExtTCPSynRetrans"] - before["TcpExtTCPSynRetrans"]
@@ -140,12 +150,14 @@ def test_syn_and_synack_retransmits() -> None:
             synacks = resent(net.b, before_b)
         syn_lost.close()
 
-    syn = [r for r in t.records if r["rport"] == syn_lost.port]
-    synack = [r for r in t.records if r["lport"] == ack_lost.port]
+    syn = [r for r in t.records if r["rport"] == syn_port]
+    synack = [r for r in t.records if r["lport"] == ack_port]
     assert len(syn) == syns and all(r["state"] == "SYN_SENT" and r["laddr"] == net.addr_a for r in syn), t.records
     assert len(synack) == synacks, (t.records, synacks)
     assert all(r["state"] == "NEW_SYN_RECV" and r["laddr"] == net.addr_b and r["raddr"] == net.addr_a for r in synack)
     assert all(r["segs"] == 1 for r in syn + synack)
+    # connect() and listen() ran here: both sockets' owner is this process
+    assert all((r["pid"], r["comm"]) == (os.getpid(), my_comm()) for r in syn + synack), t.records
 
 
 def kprobes_reach(symbol: str) -> bool:

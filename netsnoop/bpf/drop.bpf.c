@@ -3,6 +3,7 @@
  * addresses and flags, the socket state, the kernel's drop reason and the kernel
  * stack of the drop point (tcpdrop); or, with -c, counted per reason and 4-tuple. */
 #include "traffic.h"
+#include "owner.h"
 
 #define MAX_STACK 32
 #define MAX_REASONS 16
@@ -12,7 +13,7 @@
 struct event {
 	__u64 ts_ns;
 	__u64 location; /* return address into the function that dropped it */
-	__u32 pid;
+	__u32 pid; /* the owner of the socket that had the packet (sock_owners), or 0 */
 	__u32 reason; /* enum skb_drop_reason; names come from kernel BTF */
 	__u16 family;
 	__u16 sport;
@@ -21,6 +22,7 @@ struct event {
 	__u8 tcpflags;
 	__u8 saddr[16];
 	__u8 daddr[16];
+	char comm[TASK_COMM_LEN];
 	__s32 stack_bytes; /* bytes of stack[] filled, or a negative error */
 	__u32 pad;
 	__u64 stack[MAX_STACK];
@@ -139,7 +141,9 @@ static __always_inline int on_drop(void *ctx, const struct sk_buff *skb, void *l
 		sk = rx_sk;
 	e->ts_ns = bpf_ktime_get_ns();
 	e->location = (__u64)location;
-	e->pid = current_pid();
+	e->pid = 0;
+	e->comm[0] = 0;
+	owner_of(sk, &e->pid, e->comm);
 	e->reason = reason;
 	e->family = t.family;
 	e->sport = t.sport;
@@ -180,3 +184,5 @@ int drop__tracepoint(struct trace_event_raw_kfree_skb *ctx)
 		rx_sk = ctx->rx_sk;
 	return on_drop(ctx, ctx->skbaddr, ctx->location, reason, rx_sk);
 }
+
+SOCK_OWNER_HOOKS

@@ -16,9 +16,9 @@ from netsnoop.fmt import ip_version, tcp_state
 from netsnoop.ksyms import kernel_symbols
 from netsnoop.output import Column, OutputOptions
 from netsnoop.runner import Tracer, stream
-from netsnoop.traffic import count_option, endpoints, show_counts, tcp_flags, typed_endpoints
+from netsnoop.traffic import OWNER_GROUPS, count_option, endpoints, owner, show_counts, tcp_flags, typed_endpoints
 
-TRACER = Tracer("drop")
+TRACER = Tracer("drop", optional=OWNER_GROUPS)
 MAX_REASONS = 16  # drop.bpf.c, for each of the include and the exclude list
 BANNER = "Tracing TCP drops ... Hit Ctrl-C to end."
 # Reasons the kernel's own documentation of enum skb_drop_reason
@@ -104,7 +104,7 @@ def kernel_filter(reasons: ReasonFilter | None, excluded: ReasonFilter | None, n
 
 def columns() -> list[Column]:
     return [
-        Column("PID", 7),
+        Column("PID", 7, json=False),
         Column("IP", 2),
         Column("SADDR:SPORT", 20, json=False),
         Column(">", 1, json=False),
@@ -118,6 +118,8 @@ def columns() -> list[Column]:
         Column("NORMAL", text=False),
         Column("LOCATION", text=False),
         Column("STACK", text=False),
+        Column("PID", text=False),
+        Column("COMM", text=False),
     ]
 
 
@@ -142,8 +144,9 @@ def row(e: Any) -> tuple[Any, ...]:
     frames = kernel_symbols().stack(e.stack[: max(0, e.stack_bytes) // 8])
     text_reason = reason + (NORMAL_LABEL if normal else "") + "".join(f"\n\t{f}" for f in frames) \
         + ("\n" if frames else "")
-    return (e.pid, ip_version(e.family), src, ">", dst, f"{state or '-'} ({flags})", text_reason, *typed,
-            state, flags, reason, normal, kernel_symbols().format(e.location), frames)
+    pid, name = owner(e)
+    return (pid or "-", ip_version(e.family), src, ">", dst, f"{state or '-'} ({flags})", text_reason, *typed,
+            state, flags, reason, normal, kernel_symbols().format(e.location), frames, pid, name)
 
 
 def count_row(k: Any, n: int) -> tuple[Any, ...]:
@@ -175,7 +178,9 @@ def command(out: OutputOptions, reasons: ReasonFilter | None, excluded: ReasonFi
     the source is the peer). STATE is the socket's, "-" when no socket took the
     packet. REASON is the kernel's enum skb_drop_reason, named from the running
     kernel's BTF: it says why, e.g. NO_SOCKET (nothing listens), NETFILTER_DROP (a
-    firewall rule), TCP_CSUM. PID is whoever was on the CPU.
+    firewall rule), TCP_CSUM. PID is the owner of the socket that had the packet: the
+    process that connected it or last sent on or received from it while netsnoop ran
+    ("-" when none did, or no socket took the packet).
 
     Some reasons are normal operation, not a packet refused: the kernel's own
     documentation of enum skb_drop_reason calls QUEUE_PURGE a "bulk free" (a queue

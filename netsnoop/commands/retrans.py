@@ -10,11 +10,11 @@ from netsnoop import options as o
 from netsnoop.fmt import ip_version, tcp_state
 from netsnoop.output import Column, OutputOptions
 from netsnoop.runner import Tracer, stream
-from netsnoop.traffic import count_option, endpoints, show_counts, typed_endpoints
+from netsnoop.traffic import OWNER_GROUPS, count_option, endpoints, owner, show_counts, typed_endpoints
 
 # SYN-ACK retransmits and tail loss probes are extras: without their hooks, data
 # and SYN retransmits are still traced. Loss probes need a kprobe (no tracepoint).
-TRACER = Tracer("retrans", optional=frozenset({"synack", "tlp"}))
+TRACER = Tracer("retrans", optional=frozenset({"synack", "tlp", *OWNER_GROUPS}))
 TYPES = {1: "R", 2: "L"}
 BANNER = "Tracing retransmits ... Hit Ctrl-C to end"
 NO_TLP = ("netsnoop: -l: this kernel offers no hook for tail loss probes (a kprobe or fentry on "
@@ -24,7 +24,7 @@ NO_TLP = ("netsnoop: -l: this kernel offers no hook for tail loss probes (a kpro
 
 def columns(sequence: bool) -> list[Column]:
     return [
-        Column("PID", 7),
+        Column("PID", 7, json=False),
         Column("IP", 2),
         Column("LADDR:LPORT", 20, json=False),
         Column("T>", 2, json=False),
@@ -34,6 +34,8 @@ def columns(sequence: bool) -> list[Column]:
         Column("SEQ", text=sequence, json=sequence),
         Column("KIND", text=False),  # R or L, as in T
         *typed_endpoints(),
+        Column("PID", text=False),
+        Column("COMM", text=False),
     ]
 
 
@@ -95,8 +97,9 @@ def command(out: OutputOptions, count: bool, lossprobe: bool, sequence: bool, po
         def row(e: Any) -> tuple[Any, ...]:
             local, remote, *typed = flow(e)
             kind = TYPES.get(e.type, "?")
-            return (e.pid, ip_version(e.family), local, kind + ">", remote, tcp_state(e.state), e.segs, e.seq, kind,
-                    *typed)
+            pid, name = owner(e)
+            return (pid or "-", ip_version(e.family), local, kind + ">", remote, tcp_state(e.state), e.segs, e.seq,
+                    kind, *typed, pid, name)
 
         out.time = True  # bcc always shows TIME
         stream(obj, columns(sequence), row, out, duration, banner=BANNER)
