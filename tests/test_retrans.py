@@ -117,6 +117,40 @@ def test_lossy_transfer_counts_segments_like_the_kernel() -> None:
     assert counted.summary["lost_events"] == events.summary["lost_events"] == 0
 
 
+def test_failed_retransmits_are_the_difference_from_retranssegs() -> None:
+    """What --help says differs: a retransmit dropped by the sender's own output rule
+    is in TcpRetransSegs and TCPRetransFail, and is not shown (it never left)."""
+    names = ("TcpRetransSegs", "TcpExtTCPRetransFail")
+    with NetnsPair() as net, nft_input_chain(net, net.b) as drop_in:
+        with in_netns(net.b):
+            server = Sink(net.addr_b)
+        port = str(server.port)
+        net.exec(net.a, "nft add table inet netsnoop_out")
+        net.exec(net.a, "nft 'add chain inet netsnoop_out output { type filter hook output priority 0; policy accept; }'")
+        with Trace(["retrans", "--json", "-P", port]) as t:
+            with in_netns(net.a):
+                client = socket.create_connection((net.addr_b, server.port), timeout=5)
+            client.sendall(b"a" * 100)
+            assert wait_for(lambda: server.received == 100)
+            before = nstat(net, net.a, *names)
+            drop_in(f"tcp dport {port} drop")  # the segment leaves and is lost on the way in
+            client.sendall(b"b" * 100)
+            assert wait_for(lambda: nstat(net, net.a, *names)["TcpRetransSegs"] > before["TcpRetransSegs"])
+            net.exec(net.a, f"nft 'add rule inet netsnoop_out output tcp dport {port} drop'")  # retransmits fail
+            assert wait_for(lambda: nstat(net, net.a, *names)["TcpExtTCPRetransFail"] > before["TcpExtTCPRetransFail"])
+            net.exec(net.a, "nft delete table inet netsnoop_out")
+            flush_rules(net, net.b)
+            assert wait_for(lambda: server.received == 200, timeout=10)
+            after = nstat(net, net.a, *names)
+            lport = client.getsockname()[1]
+            client.close()
+        server.close()
+    failed = after["TcpExtTCPRetransFail"] - before["TcpExtTCPRetransFail"]
+    counted = after["TcpRetransSegs"] - before["TcpRetransSegs"]
+    shown = sum(r["segs"] for r in t.records if r["lport"] == lport)
+    assert failed >= 1 and shown == counted - failed, (counted, failed, t.records)
+
+
 def test_syn_and_synack_retransmits() -> None:
     with NetnsPair() as net, nft_input_chain(net, net.b) as drop:
         with in_netns(net.b):
