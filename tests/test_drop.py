@@ -30,7 +30,8 @@ def test_syn_to_a_closed_port_is_dropped_with_no_socket(host: str) -> None:
     port = closed_port(host)
     with Trace(["drop", "--json", "-P", str(port)]) as t, Trace(["drop", "-P", str(port)]) as text, \
          Trace(["drop", "--json", "-P", str(port)], env={"NETSNOOP_HOOKS": "tracepoint"}) as classic, \
-         Trace(["drop", "--json", "-4", "-P", str(port)]) as only4:
+         Trace(["drop", "--json", "-4", "-P", str(port)]) as only4, \
+         Trace(["drop", "--json", "-6", "-P", str(port)]) as only6:
         refused_connect(host, port)
     # this kernel answers with a RST and frees the SYN as dropped: NO_SOCKET
     for trace in (t, classic):
@@ -43,7 +44,8 @@ def test_syn_to_a_closed_port_is_dropped_with_no_socket(host: str) -> None:
         assert not any(f.startswith("bpf_") for f in r["stack"])  # tracing frames are cut
     assert t.summary["lost_events"] == 0
     assert (t.summary["hooks"]["drop"], classic.summary["hooks"]["drop"]) == ("tp_btf", "tracepoint")
-    assert len(only4.records) == (0 if ":" in host else 1)  # -4
+    # -4 and -6 in the same run: the one of the drop's family is the positive control
+    assert (len(only4.records), len(only6.records)) == ((0, 1) if ":" in host else (1, 0))
 
     header, row, *stack = text.lines
     assert header == "TIME     PID     IP SADDR:SPORT          > DADDR:DPORT          STATE (FLAGS)              REASON"
