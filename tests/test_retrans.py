@@ -92,7 +92,12 @@ def test_lossy_transfer_counts_segments_like_the_kernel() -> None:
             with in_netns(net.a):
                 client = socket.create_connection((net.addr_b, server.port), timeout=30)
             lport = client.getsockname()[1]
-            client.sendall(b"x" * LOSSY_BYTES)
+            sent = 0
+            # the loss is random: go on until the kernel has retransmitted a few segments
+            while sent < LOSSY_BYTES or nstat(net, net.a, *names)["TcpRetransSegs"] - before["TcpRetransSegs"] < 10:
+                assert sent < 20 * LOSSY_BYTES
+                client.sendall(b"x" * (1 << 20))
+                sent += 1 << 20
             client.shutdown(socket.SHUT_WR)
             # the server's FIN acknowledges everything the client sent: nothing of ours
             # is left to retransmit once it arrives
@@ -100,7 +105,7 @@ def test_lossy_transfer_counts_segments_like_the_kernel() -> None:
             after = nstat(net, net.a, *names)
             client.close()
         server.close()
-    assert server.received == LOSSY_BYTES
+    assert server.received == sent
     expected = (after["TcpRetransSegs"] - before["TcpRetransSegs"]
                 - (after["TcpExtTCPRetransFail"] - before["TcpExtTCPRetransFail"]))
     assert expected > 0
@@ -111,8 +116,13 @@ def test_lossy_transfer_counts_segments_like_the_kernel() -> None:
     assert len(rows) < expected  # buffers of several segments were retransmitted
     assert events.summary["hooks"]["retransmit"] == "tp_btf"
 
+    # A classic tracepoint's program is skipped when it interrupts another tracing
+    # program on its CPU (anyone's): the kernel counts that, and so must the summary.
     flows = [r for r in counted.records if r["lport"] == lport and r["laddr"] == net.addr_a]
-    assert [f["segs"] for f in flows] == [expected], counted.records
+    if counted.summary["skipped_hook_runs"] == 0:
+        assert [f["segs"] for f in flows] == [expected], counted.records
+    else:
+        assert len(flows) == 1 and 0 < flows[0]["segs"] < expected, (counted.records, counted.summary)
     assert counted.summary["hooks"]["retransmit"] == "tracepoint"
     assert counted.summary["lost_events"] == events.summary["lost_events"] == 0
 

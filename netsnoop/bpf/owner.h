@@ -12,6 +12,10 @@
  * CLOSE -> LISTEN, inside connect() and listen()) and whenever one sends on or receives
  * from it; forgotten when the socket is destroyed,
  * so a reused address never inherits an owner. */
+/* 0 when no row shows an owner (-c tables): the hooks return at once, which keeps them
+ * from holding the CPU's BPF slot that a classic tracepoint interrupting them needs. */
+const volatile __u8 with_owner = 1;
+
 struct sock_owner {
 	__u32 pid;
 	char comm[TASK_COMM_LEN];
@@ -28,10 +32,13 @@ static __always_inline int owner_is_current(const struct sock *sk)
 {
 	__u64 key = (__u64)sk;
 	__u32 pid = current_pid();
-	struct sock_owner *o = bpf_map_lookup_elem(&sock_owners, &key);
+	struct sock_owner *o;
 	struct sock_owner fresh = {.pid = pid};
 
-	if (!sk || !pid || (o && o->pid == pid))
+	if (!with_owner || !sk || !pid)
+		return 0;
+	o = bpf_map_lookup_elem(&sock_owners, &key);
+	if (o && o->pid == pid)
 		return 0;
 	bpf_get_current_comm(fresh.comm, sizeof(fresh.comm));
 	bpf_map_update_elem(&sock_owners, &key, &fresh, BPF_ANY);
@@ -49,6 +56,8 @@ static __always_inline int owner_forget(const struct sock *sk)
 {
 	__u64 key = (__u64)sk;
 
+	if (!with_owner)
+		return 0;
 	bpf_map_delete_elem(&sock_owners, &key);
 	return 0;
 }

@@ -190,7 +190,7 @@ def command(out: OutputOptions, reasons: ReasonFilter | None, excluded: ReasonFi
     labelled "(normal)" (JSON: "normal": true).
     """
     rodata = {**o.port_filters(ports=ports), "filter_family": family, **kernel_filter(reasons, excluded, normal),
-              "count_only": count, "with_stack": not no_stack}
+              "count_only": count, "with_stack": not no_stack, "with_owner": not count}
     with TRACER.open(rodata) as obj:
         if count:
             show_counts(obj, "drop_key", COUNT_COLUMNS, count_row, out, duration, BANNER)
