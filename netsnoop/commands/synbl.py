@@ -3,7 +3,6 @@ and which listener, in which network namespace, overflowed its accept queue."""
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +10,7 @@ import click
 
 from netsnoop import netns
 from netsnoop import options as o
-from netsnoop.hist import read_hists, summary, write_sections, Section
+from netsnoop.hist import Section, read_hists, summary, write_sections
 from netsnoop.output import Column, OutputOptions, make_sink
 from netsnoop.runner import Tracer, ready, run_intervals, warn
 
