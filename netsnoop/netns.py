@@ -357,3 +357,64 @@ def _comm(pid: str) -> str:
             return f.read().rstrip(b"\n").decode("utf-8", "backslashreplace")
     except OSError:
         return "?"
+
+
+# ---- listeners' own drop counts (sock_diag with SK_MEMINFO) ---------------------------
+
+INET_DIAG_SKMEMINFO = 7  # the attribute; asked for with bit 1 << (7 - 1) of idiag_ext
+SK_MEMINFO_DROPS = 8  # sk_drops, ``ss -m``'s "d"
+RTATTR = struct.Struct("=HH")
+
+
+def _diag_drops(family: int) -> dict[int, int]:
+    """Socket inode -> sk_drops of every TCP listener of ``family`` in the current
+    namespace (the listener's own count: tcp_listendrop() adds one for every SYN or
+    final ACK it drops, accept-queue overflows included)."""
+    out: dict[int, int] = {}
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG)
+    try:
+        req = DIAG_REQ.pack(family, socket.IPPROTO_TCP, 1 << (INET_DIAG_SKMEMINFO - 1), 1 << TCP_LISTEN,
+                            0, 0, b"", b"", 0, b"\xff" * 8)
+        s.sendto(NLMSG_HDR.pack(NLMSG_HDR.size + len(req), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, 1, 0)
+                 + req, (0, 0))
+        while True:
+            data = s.recv(1 << 16)
+            off = 0
+            while off + NLMSG_HDR.size <= len(data):
+                length, kind, _flags, _seq, _pid = NLMSG_HDR.unpack_from(data, off)
+                if kind == NLMSG_DONE or length == 0:
+                    return out
+                if kind == NLMSG_ERROR:
+                    err = -struct.unpack_from("=i", data, off + NLMSG_HDR.size)[0]
+                    if err:
+                        raise OSError(err, f"sock_diag: {os.strerror(err)}")
+                    return out
+                if kind == SOCK_DIAG_BY_FAMILY:
+                    msg = DIAG_MSG.unpack_from(data, off + NLMSG_HDR.size)
+                    at, end = off + NLMSG_HDR.size + DIAG_MSG.size, off + length
+                    while at + RTATTR.size <= end:
+                        alen, atype = RTATTR.unpack_from(data, at)
+                        if alen < RTATTR.size:
+                            break
+                        if atype == INET_DIAG_SKMEMINFO and alen >= RTATTR.size + 4 * (SK_MEMINFO_DROPS + 1):
+                            if msg[1] == TCP_LISTEN:
+                                out[msg[-1]] = struct.unpack_from("=I", data, at + RTATTR.size + 4 * SK_MEMINFO_DROPS)[0]
+                        at += (alen + 3) & ~3
+                off += (length + 3) & ~3
+    finally:
+        s.close()
+
+
+def listener_drops(ns: Netns) -> dict[int, int]:
+    """Socket inode -> the listener's own drop count (sk_drops), for every TCP
+    listener of ``ns`` (``ss -ltm`` there: "d" in skmem)."""
+    out: dict[int, int] = {}
+    with entered(ns):
+        for family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                out.update(_diag_drops(family))
+            except OSError as err:
+                if err.errno in (errno.ENOENT, errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT):
+                    continue
+                raise
+    return out
