@@ -23,6 +23,7 @@ import click
 from netsnoop import netns
 from netsnoop import options as o
 from netsnoop.errors import NetsnoopError
+from netsnoop.commands.drop import NORMAL_LABEL, NORMAL_REASONS
 from netsnoop.fmt import addr, comm, tcp_state
 from netsnoop.runner import StopFlag, ready
 
@@ -31,9 +32,8 @@ JSON_ROWS = 100  # ... and in --json: a bound, so that a storm cannot make the r
 RETRANS_SHARE_WARN = 0.01  # a namespace retransmitting more than 1 % of its segments
 RETRANS_MIN_SEGMENTS = 100  # ... out of enough segments for the share to mean something
 TCP_CLOSE_WAIT = 8
-# Drop reasons that ordinary operation produces (a socket closed with data queued, a
-# packet consumed as the protocol expects): shown, never a finding.
-NORMAL_DROP_REASONS = {"QUEUE_PURGE", "TCP_CLOSE", "NOT_SPECIFIED", "TCP_OLD_ACK", "DUP_FRAG", "TCP_OLD_DATA"}
+# A drop the kernel gives no reason for is shown, but is no finding: nothing says why.
+NO_REASON = "NOT_SPECIFIED"
 
 
 @dataclass
@@ -243,7 +243,7 @@ def findings(report: dict[str, Any]) -> list[dict[str, Any]]:
             add("connect_failed", f"{t['failed_connects']} connects failed in {t['netns']} (TcpAttemptFails)",
                 "netsnoop connect --outcome", netns=t["netns"], count=t["failed_connects"])
     for reason, n in sorted(report["drops"].items(), key=lambda kv: -kv[1]):
-        if reason not in NORMAL_DROP_REASONS:
+        if reason not in NORMAL_REASONS and reason != NO_REASON:
             add("drops", f"{n} TCP packet{'s' if n > 1 else ''} dropped: {reason} (all namespaces)",
                 f"netsnoop drop --reason {reason}", reason=reason, count=n)
     for i in report["interfaces"]:
@@ -392,7 +392,8 @@ def render(report: dict[str, Any]) -> list[str]:
     if report["drops"]:
         lines += ["", "TCP DROPS BY REASON (every namespace)"]
         for reason, n in report["drops"].items():
-            lines.append(f"  {reason:30} {n:8d}{'  (normal operation)' if reason in NORMAL_DROP_REASONS else ''}")
+            label = NORMAL_LABEL if reason in NORMAL_REASONS else " (no reason given)" if reason == NO_REASON else ""
+            lines.append(f"  {reason:30} {n:8d}{label}")
     if report["listeners"]:
         filling = [li for li in report["listeners"] if li["queue"]]
         lines += ["", f"LISTENERS: {len(report['listeners'])} in every namespace"
