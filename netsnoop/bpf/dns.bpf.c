@@ -1,228 +1,126 @@
 // SPDX-License-Identifier: GPL-2.0
-/* dns: the DNS messages this machine sends and receives, so that user space can learn
- * which name each address was the answer for (netsnoop.dns, the --dns columns).
+/* dns: the UDP DNS messages this machine sends and receives, so that user space can
+ * learn which name each address was the answer for (netsnoop.dns, the --dns columns).
+ * TCP is dns_tcp.bpf.c's: its payload lies in page fragments, which only socket-level
+ * programs can read.
  *
  * Two hooks on every packet of every network namespace, loopback included:
- *   - received (netif_receive_skb): what comes from port 53 -- UDP answers, and TCP
- *     segments (the SYN-ACK that starts a stream, and the data that carries answers);
- *   - sent (net_dev_start_xmit): what goes to port 53 -- UDP queries (user space only
- *     believes an answer that matches a query sent from the same socket, with the same
- *     ID and question), and the SYN of a TCP connection to a DNS server.
- * Everything else leaves after reading the IP and port words (the hot path). The
- * payload is copied from the packet's linear data only (bpf_probe_read_kernel cannot
- * follow page fragments); wire length and copied length both travel, so user space
- * knows when it holds less than the whole message and never guesses the rest. */
-#include "netsnoop.h"
+ *   - received (netif_receive_skb): UDP from port 53, the answers;
+ *   - sent (net_dev_start_xmit): UDP to port 53, the queries (user space only believes
+ *     an answer that matches a query sent from the same socket, with the same ID and
+ *     question).
+ * Everything else leaves after one read of the IP header and ports (the hot path). The
+ * payload is copied from the packet's linear data, where the stack puts a datagram it
+ * builds; wire length and copied length both travel, so user space knows when it
+ * holds less than the whole message and never guesses the rest. */
+#include "dns.h"
 
-#define ETH_P_IP 0x0800
-#define ETH_P_IPV6 0x86DD
-#define DNS_PORT 53
-#define TCP_FLAG_SYN 0x02
-
-/* Payload bytes copied, at most (powers of two: the copy's length is masked, which the
- * verifier follows): a query needs its header and question (12 + 255 + 4); an answer
- * the 1232 bytes that EDNS senders keep to, plus TCP's length prefix, and more. */
-#define QUERY_CAP 512
-#define ANSWER_CAP 2048
-
-enum dns_kind {
-	DNS_SENT = 1,     /* to port 53: a query, or a TCP SYN */
-	DNS_RECEIVED = 2, /* from port 53: an answer, or a TCP segment */
-};
-
-/* The record's header; caplen payload bytes follow it. */
-struct dns_msg {
-	__u64 ts_ns;
-	__u32 netns;   /* inode of the device's network namespace */
-	__u32 seq;     /* TCP: sequence number of the first payload byte (of the SYN) */
-	__u16 family;
-	__u16 sport;
-	__u16 dport;
-	__u16 caplen;  /* payload bytes copied after this header */
-	__u16 wirelen; /* payload bytes the message has in this packet (UDP: in the datagram) */
-	__u8 kind;     /* enum dns_kind */
-	__u8 proto;    /* IPPROTO_UDP or IPPROTO_TCP */
-	__u8 tcp_flags;
-	__u8 pad[3];
-	__u8 saddr[16];
-	__u8 daddr[16];
-};
-EXPORT_STRUCT(dns_msg);
-
-struct dns_query_rec {
-	struct dns_msg h;
-	__u8 data[QUERY_CAP];
-};
-
-struct dns_answer_rec {
-	struct dns_msg h;
-	__u8 data[ANSWER_CAP];
-};
-
-/* Where a packet's network header starts, and where its linear data ends. */
+/* Where a packet's network header starts, and its protocol. */
 struct pkt {
 	__u64 l3;
-	__u64 end;
 	__u16 proto; /* skb->protocol, network byte order */
 };
 
-struct l4 {
-	__u64 hdr;     /* transport header */
-	__u16 sport;
-	__u16 dport;
-	__u16 wirelen; /* transport payload in this packet */
-	__u8 proto;
-	__u8 hlen;     /* transport header length */
-};
+/* Linear bytes after the first off bytes of the network header. Read with probe reads,
+ * off the hot path: they come back as plain numbers, which the verifier lets us
+ * compare (the typed loads give pointers it does not). */
+static __always_inline __u32 linear_after(const struct sk_buff *skb, bool rx, __u32 off)
+{
+	__u64 data = (__u64)BPF_CORE_READ(skb, data), l3, end;
+
+	l3 = rx ? data : (__u64)BPF_CORE_READ(skb, head) + BPF_CORE_READ(skb, network_header);
+	end = data + BPF_CORE_READ(skb, len) - BPF_CORE_READ(skb, data_len);
+	return end > l3 + off ? end - (l3 + off) : 0;
+}
 
 static __always_inline __u32 dev_netns(const struct sk_buff *skb)
 {
 	return BPF_CORE_READ(skb, dev, nd_net.net, ns.inum);
 }
 
-/* The hot path: IP header and ports in one read; false unless UDP/TCP and port 53 on
- * the side asked for (source when received, destination when sent). */
-static __always_inline bool dns_ports(const struct pkt *p, bool rx, struct l4 *l, __u8 *addrs)
+/* The hot path: the IP header and the ports in one read. Returns the UDP header's
+ * offset in the packet, 0 unless the packet is UDP with port 53 on the side asked for (the source
+ * when received, the destination when sent); fills the addresses. */
+static __always_inline __u32 dns_udp(const struct pkt *p, bool rx, __u8 *addrs)
 {
 	__u8 h[44];
 	__u16 port;
 
 	if (p->proto == bpf_htons(ETH_P_IP)) {
 		__u32 ihl;
-		__u16 tot, frag;
 
 		if (bpf_probe_read_kernel(h, 24, (void *)p->l3))
-			return false;
-		if ((h[0] >> 4) != 4)
-			return false;
-		l->proto = h[9];
-		if (l->proto != IPPROTO_UDP && l->proto != IPPROTO_TCP)
-			return false;
-		frag = ((__u16)h[6] << 8 | h[7]) & 0x1fff;
-		if (frag) /* a later fragment has no transport header */
-			return false;
+			return 0;
+		if ((h[0] >> 4) != 4 || h[9] != IPPROTO_UDP)
+			return 0;
+		if ((h[6] & 0x1f) || h[7]) /* a later fragment: no UDP header in it */
+			return 0;
 		ihl = (h[0] & 0xf) * 4;
 		if (ihl < 20)
-			return false;
-		l->hdr = p->l3 + ihl;
+			return 0;
 		if (ihl == 20)
 			port = rx ? ((__u16)h[20] << 8 | h[21]) : ((__u16)h[22] << 8 | h[23]);
-		else if (bpf_probe_read_kernel(&port, 2, (void *)(l->hdr + (rx ? 0 : 2))))
-			return false;
+		else if (bpf_probe_read_kernel(&port, 2, (void *)(p->l3 + ihl + (rx ? 0 : 2))))
+			return 0;
 		else
 			port = bpf_ntohs(port);
 		if (port != DNS_PORT)
-			return false;
-		tot = (__u16)h[2] << 8 | h[3];
-		l->wirelen = tot > ihl ? tot - ihl : 0; /* transport header subtracted below */
+			return 0;
 		__builtin_memcpy(addrs, &h[12], 4);
 		__builtin_memcpy(addrs + 16, &h[16], 4);
-		return true;
+		return ihl;
 	}
 	if (p->proto == bpf_htons(ETH_P_IPV6)) {
 		if (bpf_probe_read_kernel(h, 44, (void *)p->l3))
-			return false;
-		l->proto = h[6]; /* extension headers are not followed */
-		if (l->proto != IPPROTO_UDP && l->proto != IPPROTO_TCP)
-			return false;
+			return 0;
+		if (h[6] != IPPROTO_UDP) /* extension headers are not followed */
+			return 0;
 		port = rx ? ((__u16)h[40] << 8 | h[41]) : ((__u16)h[42] << 8 | h[43]);
 		if (port != DNS_PORT)
-			return false;
-		l->hdr = p->l3 + 40;
-		l->wirelen = (__u16)h[4] << 8 | h[5];
+			return 0;
 		__builtin_memcpy(addrs, &h[8], 16);
 		__builtin_memcpy(addrs + 16, &h[24], 16);
-		return true;
+		return 40;
 	}
-	return false;
+	return 0;
 }
 
 static __always_inline int on_packet(const struct sk_buff *skb, const struct pkt *p, bool rx)
 {
 	__u8 addrs[32] = {};
-	struct l4 l = {};
-	__u8 t[20];
-	__u32 seq = 0, cap, avail, len;
-	__u8 flags = 0;
-	__u64 payload;
+	__u8 u[8];
+	__u32 udp, len, avail, cap;
+	struct dns_rec *r;
+	__u16 family;
 
-	if (!dns_ports(p, rx, &l, addrs))
+	udp = dns_udp(p, rx, addrs);
+	if (!udp)
 		return 0;
-	if (l.proto == IPPROTO_UDP) {
-		if (bpf_probe_read_kernel(t, 8, (void *)l.hdr))
-			return 0;
-		l.hlen = 8;
-		/* the datagram's own length: a first fragment holds only part of it */
-		len = (__u16)t[4] << 8 | t[5];
-		l.wirelen = len > 8 ? len - 8 : 0;
-	} else {
-		if (bpf_probe_read_kernel(t, 20, (void *)l.hdr))
-			return 0;
-		l.hlen = (t[12] >> 4) * 4;
-		if (l.hlen < 20)
-			return 0;
-		l.wirelen = l.wirelen > l.hlen ? l.wirelen - l.hlen : 0;
-		seq = (__u32)t[4] << 24 | (__u32)t[5] << 16 | (__u32)t[6] << 8 | t[7];
-		flags = t[13];
-		/* a TCP segment matters when it opens a stream or carries its bytes */
-		if (!(flags & TCP_FLAG_SYN) && !l.wirelen)
-			return 0;
-		if (!rx && !(flags & TCP_FLAG_SYN))
-			return 0;
-	}
-	l.sport = (__u16)t[0] << 8 | t[1];
-	l.dport = (__u16)t[2] << 8 | t[3];
-	if (!family_allowed(p->proto == bpf_htons(ETH_P_IP) ? AF_INET : AF_INET6))
+	family = p->proto == bpf_htons(ETH_P_IP) ? AF_INET : AF_INET6;
+	if (!family_allowed(family) || bpf_probe_read_kernel(u, 8, (void *)(p->l3 + udp)))
 		return 0;
-	payload = l.hdr + l.hlen;
-	avail = p->end > payload ? p->end - payload : 0;
-	cap = l.wirelen < avail ? l.wirelen : avail;
-
-	if (l.proto == IPPROTO_TCP && (flags & TCP_FLAG_SYN))
+	/* the datagram's own length: a first fragment holds only part of it */
+	len = (__u16)u[4] << 8 | u[5];
+	len = len > 8 ? len - 8 : 0;
+	avail = linear_after(skb, rx, udp + 8);
+	r = dns_scratch(rx);
+	if (!r)
+		return 0;
+	cap = dns_cap(len < avail ? len : avail, rx);
+	if (cap && bpf_probe_read_kernel(r->data, cap, (void *)(p->l3 + udp + 8)))
 		cap = 0;
-
-	struct dns_msg *h;
-
-	if (rx) {
-		struct dns_answer_rec *r = reserve_event(sizeof(*r));
-
-		if (!r)
-			return 0;
-		h = &r->h;
-		if (cap > ANSWER_CAP - 1)
-			cap = ANSWER_CAP - 1;
-		barrier_var(cap);
-		cap &= ANSWER_CAP - 1;
-		if (cap && bpf_probe_read_kernel(r->data, cap, (void *)payload))
-			cap = 0;
-	} else {
-		struct dns_query_rec *r = reserve_event(sizeof(*r));
-
-		if (!r)
-			return 0;
-		h = &r->h;
-		if (cap > QUERY_CAP - 1)
-			cap = QUERY_CAP - 1;
-		barrier_var(cap);
-		cap &= QUERY_CAP - 1;
-		if (cap && bpf_probe_read_kernel(r->data, cap, (void *)payload))
-			cap = 0;
-	}
-	h->ts_ns = bpf_ktime_get_ns();
-	h->netns = dev_netns(skb);
-	h->seq = seq;
-	h->family = p->proto == bpf_htons(ETH_P_IP) ? AF_INET : AF_INET6;
-	h->sport = l.sport;
-	h->dport = l.dport;
-	h->caplen = cap;
-	h->wirelen = l.wirelen;
-	h->kind = rx ? DNS_RECEIVED : DNS_SENT;
-	h->proto = l.proto;
-	h->tcp_flags = flags;
-	h->pad[0] = h->pad[1] = h->pad[2] = 0;
-	__builtin_memcpy(h->saddr, addrs, 16);
-	__builtin_memcpy(h->daddr, addrs + 16, 16);
-	bpf_ringbuf_submit(h, 0);
+	r->h.netns = dev_netns(skb);
+	r->h.seq = 0;
+	r->h.family = family;
+	r->h.sport = (__u16)u[0] << 8 | u[1];
+	r->h.dport = (__u16)u[2] << 8 | u[3];
+	r->h.wirelen = len;
+	r->h.kind = rx ? DNS_RECEIVED : DNS_SENT;
+	r->h.proto = IPPROTO_UDP;
+	r->h.tcp_flags = 0;
+	__builtin_memcpy(r->h.saddr, addrs, 16);
+	__builtin_memcpy(r->h.daddr, addrs + 16, 16);
+	dns_submit(r, cap);
 	return 0;
 }
 
@@ -234,7 +132,6 @@ int BPF_PROG(received__tp_btf, struct sk_buff *skb)
 
 	p.proto = skb->protocol;
 	p.l3 = (__u64)skb->data;
-	p.end = p.l3 + (skb->len - skb->data_len);
 	return on_packet(skb, &p, true);
 }
 
@@ -246,30 +143,20 @@ int received__tracepoint(struct trace_event_raw_net_dev_template *ctx)
 
 	p.proto = BPF_CORE_READ(skb, protocol);
 	p.l3 = (__u64)BPF_CORE_READ(skb, data);
-	p.end = p.l3 + (BPF_CORE_READ(skb, len) - BPF_CORE_READ(skb, data_len));
 	return on_packet(skb, &p, true);
 }
 
-/* Sent: skb->data is at the link header; the network header is where the stack set it. */
-static __always_inline bool sent_pkt(__u64 head, __u64 data, __u16 nh, __u32 len, __u32 data_len,
-				     __u16 proto, struct pkt *p)
-{
-	if (nh == 0xffff) /* no network header recorded (a packet socket's frame) */
-		return false;
-	p->proto = proto;
-	p->l3 = head + nh;
-	p->end = data + (len - data_len);
-	return true;
-}
-
+/* Sent: skb->data is at the link header; the network header is where the stack set it
+ * (0xffff: none recorded, a packet socket's frame). */
 SEC("tp_btf/net_dev_start_xmit")
 int BPF_PROG(sent__tp_btf, const struct sk_buff *skb, const struct net_device *dev)
 {
 	struct pkt p;
 
-	if (!sent_pkt((__u64)skb->head, (__u64)skb->data, skb->network_header, skb->len, skb->data_len,
-		      skb->protocol, &p))
+	if (skb->network_header == 0xffff)
 		return 0;
+	p.proto = skb->protocol;
+	p.l3 = (__u64)skb->head + skb->network_header;
 	return on_packet(skb, &p, false);
 }
 
@@ -277,11 +164,12 @@ SEC("tracepoint/net/net_dev_start_xmit")
 int sent__tracepoint(struct trace_event_raw_net_dev_start_xmit *ctx)
 {
 	const struct sk_buff *skb = ctx->skbaddr;
+	__u16 nh = BPF_CORE_READ(skb, network_header);
 	struct pkt p;
 
-	if (!sent_pkt((__u64)BPF_CORE_READ(skb, head), (__u64)BPF_CORE_READ(skb, data),
-		      BPF_CORE_READ(skb, network_header), BPF_CORE_READ(skb, len),
-		      BPF_CORE_READ(skb, data_len), BPF_CORE_READ(skb, protocol), &p))
+	if (nh == 0xffff)
 		return 0;
+	p.proto = BPF_CORE_READ(skb, protocol);
+	p.l3 = (__u64)BPF_CORE_READ(skb, head) + nh;
 	return on_packet(skb, &p, false);
 }
