@@ -360,45 +360,53 @@ class Names:
 
 # ---- the kernel side ---------------------------------------------------------------------
 
+def _sockets_allowed() -> bool:
+    """``NETSNOOP_HOOKS`` (the loader's list of allowed hook kinds) rules the socket-level
+    programs out unless it names ``cgroup_skb``."""
+    listed = [k for k in os.environ.get("NETSNOOP_HOOKS", "").split(",") if k]
+    return not listed or "cgroup_skb" in listed
+
+
 class Watcher:
-    """Loads the DNS programs, reads their rings in a background thread and on every
+    """Loads the DNS programs, reads their ring in a background thread and on every
     lookup, and answers ``name_of``. A context manager: everything is detached on exit.
 
     ``name_of(family, addr, netns)`` takes the family and address as an event carries
     them (the 16-byte field, IPv4 in its first 4 bytes) or an address string, and the
     inode of the row's network namespace.
 
-    UDP comes from tracepoints (``dns.bpf.o``, loaded like every tool's object, with
-    the usual fallback from tp_btf to the classic tracepoint). TCP comes from
-    ``cgroup_skb`` programs on the cgroup v2 root (``dns_tcp.bpf.o``); where there is no
-    cgroup v2 hierarchy, or the kernel refuses them, names come from UDP alone and
-    ``tcp_missing`` says why.
+    The programs, best first: ``cgroup_skb`` on the cgroup v2 root (``dns_sock.bpf.o``:
+    UDP and TCP, only what local sockets send and receive, the cheapest per packet);
+    else tracepoints on every packet (``dns.bpf.o``: UDP only, with the loader's usual
+    fallback from tp_btf to the classic tracepoint), and ``fallback`` says why.
+    ``NETSNOOP_HOOKS`` without ``cgroup_skb`` forces the tracepoints.
     """
 
     def __init__(self, max_names: int = 4096, ringbuf: int = DEFAULT_RINGBUF, interval: float = 0.1) -> None:
         self.names = Names(max_names=max_names)
         self.ringbuf = ringbuf
         self.interval = interval
-        self.tcp_missing: str | None = None
+        self.fallback: str | None = None
+        self.hooks: dict[str, str | None] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._objs: list[Any] = []
-        self._rings: list[Any] = []
         self.obj: Any = None
+        self._ring: Any = None
 
     def __enter__(self) -> "Watcher":
         from netsnoop.runner import Tracer
 
-        self.obj = Tracer("dns", max_entries={"events": self.ringbuf}).open()
-        self._objs.append(self.obj)
+        self.obj = self._open_sockets() if _sockets_allowed() else None
+        if self.obj is not None:
+            self.hooks = {"received": "cgroup_skb", "sent": "cgroup_skb", "tcp": "cgroup_skb"}
+        else:
+            self.fallback = self.fallback or "NETSNOOP_HOOKS leaves out cgroup_skb"
+            self.obj = Tracer("dns", max_entries={"events": self.ringbuf}).open()
+            self.hooks = {**self.obj.chosen, "tcp": None}
         try:
             self._header = self.obj.decoder("dns_msg")
-            self._rings.append(self.obj.ring_buffer())
-            tcp = self._open_tcp()
-            if tcp is not None:
-                self._objs.append(tcp)
-                self._rings.append(tcp.ring_buffer())
+            self._ring = self.obj.ring_buffer()
         except BaseException:
             self.close()
             raise
@@ -406,20 +414,22 @@ class Watcher:
         self._thread.start()
         return self
 
-    def _open_tcp(self) -> Any:
-        """``dns_tcp.bpf.o`` attached to the cgroup v2 root, or None (``tcp_missing``)."""
+    def _open_sockets(self) -> Any:
+        """``dns_sock.bpf.o`` attached to the cgroup v2 root, or None (``fallback``)."""
+        from netsnoop import kernel
         from netsnoop.errors import LoadError, MissingFeature
         from netsnoop.libbpf import errno_message, last_errno, lib
         from netsnoop.loader import BPFObject
         from netsnoop.options import cgroup2_mounts
 
+        kernel.require_privileges()
         mounts = cgroup2_mounts()
         if not mounts:
-            self.tcp_missing = "no cgroup v2 hierarchy is mounted: names come from DNS over UDP only"
+            self.fallback = "no cgroup v2 hierarchy is mounted: DNS over UDP only, from tracepoints"
             return None
         attach = lib()._cdll.bpf_program__attach_cgroup
         attach.restype, attach.argtypes = ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_int]
-        obj = BPFObject("dns_tcp", max_entries={"events": self.ringbuf})
+        obj = BPFObject("dns_sock", max_entries={"events": self.ringbuf})
         try:
             obj.load()
             fd = os.open(mounts[0], os.O_RDONLY | os.O_DIRECTORY)
@@ -433,7 +443,7 @@ class Watcher:
                 os.close(fd)
         except (LoadError, MissingFeature, OSError) as e:
             obj.close()
-            self.tcp_missing = f"{e}: names come from DNS over UDP only"
+            self.fallback = f"{e}: DNS over UDP only, from tracepoints"
             return None
         return obj
 
@@ -446,9 +456,9 @@ class Watcher:
             self._thread.join(5)
             self._thread = None
         with self._lock:
-            for obj in self._objs:
-                obj.close()
-            self._objs, self._rings, self.obj = [], [], None
+            if self.obj is not None:
+                self.obj.close()
+            self.obj = self._ring = None
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -460,14 +470,14 @@ class Watcher:
             return self._drain()
 
     def _drain(self) -> int:
-        decode, size, feed, n = self._header.decode, self._header.size, self.names.feed, 0
-        for ring in self._rings:
-            records = ring.consume()
-            for raw in records:
-                h = decode(raw)
-                feed(h, raw[size : size + h.caplen])
-            n += len(records)
-        return n
+        if self._ring is None:
+            return 0
+        records = self._ring.consume()
+        decode, size, feed = self._header.decode, self._header.size, self.names.feed
+        for raw in records:
+            h = decode(raw)
+            feed(h, raw[size : size + h.caplen])
+        return len(records)
 
     def name_of(self, family: int, addr: bytes | str, netns: int) -> str | None:
         """The name this machine last resolved to ``addr`` in namespace ``netns``, or None."""
@@ -475,14 +485,9 @@ class Watcher:
             self._drain()
             return self.names.name_of(family, addr, netns)
 
-    @property
-    def hooks(self) -> dict[str, str | None]:
-        """Which kind of hook each part runs on (None: not available here)."""
-        chosen = dict(self.obj.chosen) if self.obj is not None else {}
-        return {**chosen, "tcp": "cgroup_skb" if len(self._objs) > 1 else None}
-
     def stats(self) -> dict[str, Any]:
-        """For the summary: what was learnt and what was refused, and the rings' losses."""
+        """For the summary: what was learnt and what was refused, and the ring's losses."""
         with self._lock:
-            lost = sum(obj.lost_events() for obj in self._objs)
+            self._drain()
+            lost = self.obj.lost_events() if self.obj is not None else 0
             return {**self.names.counts, "names": len(self.names), "dns_lost_events": lost}

@@ -17,6 +17,7 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 from types import SimpleNamespace
 from typing import Any, Iterator
 
@@ -485,7 +486,7 @@ def pair() -> Iterator[NetnsPair]:
 
 
 @integration
-@pytest.mark.parametrize("hooks", ["tp_btf", "tracepoint"])
+@pytest.mark.parametrize("hooks", ["cgroup_skb", "tp_btf", "tracepoint"])
 def test_names_from_udp_answers_in_a_namespace(pair: NetnsPair, hooks: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NETSNOOP_HOOKS", hooks)
     probe = DnsNet(pair, {})
@@ -501,7 +502,7 @@ def test_names_from_udp_answers_in_a_namespace(pair: NetnsPair, hooks: str, monk
         "count.test": {"hostile": "count", "addr": probe.host(25)},
     }
     with DnsNet(pair, zone) as net, Watcher() as names:
-        assert names.obj.chosen == {"received": hooks, "sent": hooks}
+        assert names.hooks == {"received": hooks, "sent": hooks, "tcp": "cgroup_skb" if hooks == "cgroup_skb" else None}
         out = net.client(
             resolve=[("web.test", socket.AF_INET), ("alias.test", socket.AF_INET), ("six.test", socket.AF_INET6)],
             raw=[(0x1111, "trigger.test"), (0x2222, "loop.test"), (0x3333, "control.test"), (0x4444, "badlen.test"),
@@ -527,7 +528,8 @@ def test_names_from_udp_answers_in_a_namespace(pair: NetnsPair, hooks: str, monk
 
 
 @integration
-def test_names_from_tcp_answers_over_ipv6(pair: NetnsPair) -> None:
+def test_names_from_tcp_answers_over_ipv6(pair: NetnsPair, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NETSNOOP_HOOKS", raising=False)
     probe = DnsNet(pair, {})
     zone = {"tcp.test": {"a": [probe.host(15)]},
             "chain.test": {"cname": ["c1.test"], "aaaa": [probe.host(16, six=True)]}}
@@ -552,3 +554,22 @@ def test_the_watchers_table_stays_bounded(pair: NetnsPair) -> None:
         assert len(names.names) <= 3 and names.name_of(socket.AF_INET, net.host(35), b) == "n5.test"
         assert [names.name_of(socket.AF_INET, net.host(30 + i), b) for i in range(3)] == [None] * 3
         assert names.stats()["names_learnt"] >= 6
+
+
+@integration
+def test_nothing_stays_attached(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NETSNOOP_HOOKS", raising=False)
+
+    def ours() -> set[int]:
+        out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, check=True).stdout
+        return {p["id"] for p in json.loads(out) if p.get("name") in ("sock_received", "sock_sent")}
+
+    before = ours()
+    with Watcher() as names:
+        assert names.hooks["tcp"] == "cgroup_skb"
+        mine = ours() - before
+        assert len(mine) == 2
+    deadline = time.monotonic() + 10  # the kernel frees programs once the last link is gone
+    while ours() & mine and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not ours() & mine
