@@ -1,28 +1,32 @@
 """Host names for remote addresses, learnt from the DNS answers this machine receives.
 
-``--dns`` shows, beside an address, the name this machine last resolved to it. The
-BPF side (``bpf/dns.bpf.c``) hands over every DNS message sent to or received from port
-53 in any network namespace; this module believes an answer only when
+``--dns`` shows, beside an address, the name this machine last resolved to it. The BPF
+side hands over every DNS message a local socket sends to or receives from port 53, in
+every network namespace (``bpf/dns_sock.bpf.c``, socket-level programs; where those
+cannot run, ``bpf/dns.bpf.c``, tracepoints, UDP only). This module believes an answer
+only when
 
-* it is an answer to a query seen leaving the same socket -- same namespace, addresses,
-  ports, ID and question (UDP), or it arrives in order on a TCP stream a local socket
-  opened to port 53 (so a forged datagram that no resolver would accept teaches nothing);
-* it parses strictly: one question, class IN, NOERROR, not truncated, every name made of
-  letters, digits, ``-`` and ``_`` only, compression pointers only backwards, every
-  length inside the message. Anything else is dropped whole, never "repaired";
+* it answers a query seen leaving the same socket -- same namespace, addresses, ports,
+  ID and question (UDP) -- or arrives in order on a TCP stream a local socket opened to
+  port 53, so a forged datagram that no resolver would accept teaches nothing;
+* it parses strictly: one question, class IN, NOERROR, not truncated, every name made
+  of letters, digits, ``-`` and ``_`` only (so a name is safe on a terminal, in CSV and
+  in JSON), compression pointers only backwards, every length inside the message.
+  Anything else is dropped whole, never "repaired";
 
 and then maps each A/AAAA address on the CNAME chain that starts at the question to
 the question's name (what the client asked for, not the CDN's alias). An address no
 believed answer carried has no name: nothing is guessed from reverse DNS or elsewhere.
 
-Names are kept per network namespace (a name learnt in one is only used for rows of
-that namespace: another container may resolve the same address under another name),
-in a bounded LRU table. A background thread empties the ring every ``interval``;
-``name_of`` also empties it first, so an answer that arrived before the connect it led
-to is always seen before that connect's row is printed.
+Names are kept per network namespace: a name learnt in one is only used for rows of
+that namespace (two containers may resolve one address under different names, and a
+row's namespace is where its process asked). The table is a bounded LRU. A background
+thread empties the ring every ``interval``; ``name_of`` empties it first too, so an
+answer that arrived before the connect it led to is always taken in before that
+connect's row is printed, whichever ring the command reads first.
 
 >>> with Watcher(max_names=4096) as names:
-...     names.name_of(socket.AF_INET, event.raddr, event.netns)  # 'www.example.com' or None
+...     names.name_of(event.family, event.raddr, event.netns)  # 'www.example.com' or None
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0
 /* dns: the UDP DNS messages this machine sends and receives, so that user space can
  * learn which name each address was the answer for (netsnoop.dns, the --dns columns).
- * TCP is dns_tcp.bpf.c's: its payload lies in page fragments, which only socket-level
- * programs can read.
+ * The fallback of dns_sock.bpf.c, for hosts without a cgroup v2 hierarchy or kernels
+ * that refuse its programs; no TCP here: a stream's payload lies in page fragments,
+ * which only socket-level programs can read.
  *
  * Two hooks on every packet of every network namespace, loopback included:
  *   - received (netif_receive_skb): UDP from port 53, the answers;
