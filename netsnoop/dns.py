@@ -248,10 +248,13 @@ class Names:
         return len(self._names)
 
     def name_of(self, family: int, addr: bytes | str, netns: int) -> str | None:
-        key = address_key(family, addr)
-        if key is None:
-            return None
-        full = (netns, *key)
+        if family == AF_INET and type(addr) is bytes:  # an event's field: the common case, quickly
+            full: tuple[int, int, bytes] = (netns, AF_INET, addr[:4])
+        else:
+            key = address_key(family, addr)
+            if key is None:
+                return None
+            full = (netns, *key)
         name = self._names.get(full)
         if name is not None:
             self._names.move_to_end(full)

@@ -298,7 +298,7 @@ def test_tcp_needs_a_local_syn_and_a_whole_capture() -> None:
 # the zone given as JSON, and accepts TCP connections on the application port.
 RESPONDER = r"""
 import json, select, socket, struct, sys, threading
-zone, app_port = json.loads(sys.argv[1]), int(sys.argv[2])
+zone, app_port, udp_hosts = json.loads(sys.argv[1]), int(sys.argv[2]), sys.argv[3:5]
 
 def wire(name):
     return b"".join(bytes([len(l)]) + l for l in name.encode("latin-1").split(b".") if l) + b"\0"
@@ -378,11 +378,10 @@ def tcp(sock, handler):
 def app(conn):
     conn.close()
 
-for family, host in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+# UDP on the server's own addresses, so that answers leave from the address asked
+for family, host, udp_host in ((socket.AF_INET, "0.0.0.0", udp_hosts[0]), (socket.AF_INET6, "::", udp_hosts[1])):
     u = socket.socket(family, socket.SOCK_DGRAM)
-    if family == socket.AF_INET6:
-        u.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-    u.bind((host, 53))
+    u.bind((udp_host, 53))
     threading.Thread(target=udp, args=(u,), daemon=True).start()
     for port, handler in ((53, tcp_client), (app_port, app)):
         t = socket.socket(family, socket.SOCK_STREAM)
@@ -461,7 +460,7 @@ class DnsNet:
         options = "options timeout:2 attempts:1" + (" use-vc" if self.tcp else "")
         with open(f"{self.etc}/resolv.conf", "w") as f:
             f.write(f"nameserver {server}\n{options}\n")
-        self.proc = p.popen(p.a, [sys.executable, "-c", RESPONDER, json.dumps(self.zone), str(APP_PORT)])
+        self.proc = p.popen(p.a, [sys.executable, "-c", RESPONDER, json.dumps(self.zone), str(APP_PORT), p.addr_a, p.addr6_a])
         assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == "ready", self.proc.stderr.read()  # type: ignore[union-attr]
         return self
 
@@ -525,6 +524,22 @@ def test_names_from_udp_answers_in_a_namespace(pair: NetnsPair, hooks: str, monk
         assert name(net.host(10), a) is None
         stats = names.stats()
         assert stats["malformed"] >= 4 and stats["unmatched_answers"] >= 1 and stats["dns_lost_events"] == 0
+
+
+@integration
+@pytest.mark.parametrize("hooks", ["cgroup_skb", "tp_btf", "tracepoint"])
+def test_names_from_udp_over_ipv6(pair: NetnsPair, hooks: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NETSNOOP_HOOKS", hooks)
+    probe = DnsNet(pair, {})
+    zone = {"v6.test": {"cname": ["edge.v6.test"], "aaaa": [probe.host(18, six=True)]}, "four.test": {"a": [probe.host(18)]}}
+    with DnsNet(pair, zone, server6=True) as net, Watcher() as names:
+        assert names.hooks["received"] == names.hooks["sent"] == hooks
+        out = net.client(resolve=[("v6.test", socket.AF_INET6), ("four.test", socket.AF_INET)], bare=[net.host(19, six=True)])
+        assert out["resolved"] == {"v6.test": [net.host(18, six=True)], "four.test": [net.host(18)]}
+        b = net.netns(pair.b)
+        assert names.name_of(socket.AF_INET6, net.host(18, six=True), b) == "v6.test"
+        assert names.name_of(socket.AF_INET, net.host(18), b) == "four.test"
+        assert names.name_of(socket.AF_INET6, net.host(19, six=True), b) is None
 
 
 @integration
