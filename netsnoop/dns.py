@@ -239,6 +239,7 @@ class Names:
             raise ValueError("max_names must be at least 1")
         self.max_names, self.max_pending, self.max_flows = max_names, max_pending, max_flows
         self._names: OrderedDict[tuple[int, int, bytes], str] = OrderedDict()
+        self._latest: dict[tuple[int, bytes], tuple[int, int, bytes]] = {}  # (family, addr) -> newest key
         self._pending: OrderedDict[tuple[Any, ...], tuple[Question, int]] = OrderedDict()
         self._flows: OrderedDict[tuple[Any, ...], _Flow] = OrderedDict()
         self.counts = {"answers": 0, "tcp_answers": 0, "names_learnt": 0, "unmatched_answers": 0, "malformed": 0,
@@ -247,15 +248,17 @@ class Names:
     def __len__(self) -> int:
         return len(self._names)
 
-    def name_of(self, family: int, addr: bytes | str, netns: int) -> str | None:
-        if family == AF_INET and type(addr) is bytes:  # an event's field: the common case, quickly
-            full: tuple[int, int, bytes] = (netns, AF_INET, addr[:4])
+    def name_of(self, family: int, addr: bytes | str, netns: int | None) -> str | None:
+        """The name last learnt for ``addr`` in namespace ``netns``; with ``netns=None``
+        (rows that carry no namespace), the name last learnt for it in any namespace."""
+        if family == AF_INET and type(addr) is bytes and netns is not None:  # an event's field, quickly
+            full: tuple[int, int, bytes] | None = (netns, AF_INET, addr[:4])
         else:
             key = address_key(family, addr)
             if key is None:
                 return None
-            full = (netns, *key)
-        name = self._names.get(full)
+            full = (netns, *key) if netns is not None else self._latest.get(key)
+        name = self._names.get(full) if full is not None else None
         if name is not None:
             self._names.move_to_end(full)
         return name
@@ -267,9 +270,12 @@ class Names:
         key = (netns, *filed)
         self._names[key] = name
         self._names.move_to_end(key)
+        self._latest[filed] = key
         self.counts["names_learnt"] += 1
         while len(self._names) > self.max_names:
-            self._names.popitem(last=False)
+            old, _ = self._names.popitem(last=False)
+            if self._latest.get(old[1:]) == old:
+                del self._latest[old[1:]]
 
     def feed(self, h: Any, payload: bytes) -> None:
         """One record: ``h`` the decoded ``struct dns_msg``, ``payload`` its bytes."""
@@ -486,8 +492,9 @@ class Watcher:
             feed(h, raw[size : size + h.caplen])
         return len(records)
 
-    def name_of(self, family: int, addr: bytes | str, netns: int) -> str | None:
-        """The name this machine last resolved to ``addr`` in namespace ``netns``, or None."""
+    def name_of(self, family: int, addr: bytes | str, netns: int | None) -> str | None:
+        """The name this machine last resolved to ``addr`` in namespace ``netns``, or None.
+        ``netns=None`` is for rows that carry no namespace: the newest name in any."""
         with self._lock:
             self._drain()
             return self.names.name_of(family, addr, netns)

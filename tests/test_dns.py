@@ -228,8 +228,11 @@ def test_names_are_per_namespace_and_the_last_answer_wins() -> None:
     assert names.name_of(socket.AF_INET, "192.0.2.1", 1) == "one.example"
     assert names.name_of(socket.AF_INET, "192.0.2.1", 2) == "two.example"
     assert names.name_of(socket.AF_INET, "192.0.2.1", 3) is None
+    assert names.name_of(socket.AF_INET, "192.0.2.1", None) == "two.example"  # a row with no namespace: the newest
     feed(names, rec(SENT, 1, query(2, "uno.example")), rec(RECEIVED, 1, answer_a(2, "uno.example", "192.0.2.1")))
     assert names.name_of(socket.AF_INET, v4("192.0.2.1") + bytes(12), 1) == "uno.example"
+    assert names.name_of(socket.AF_INET, v4("192.0.2.1"), None) == "uno.example"
+    assert names.name_of(socket.AF_INET, "192.0.2.2", None) is None
 
 
 def test_the_table_is_bounded_and_forgets_the_least_recently_used() -> None:
@@ -241,6 +244,9 @@ def test_the_table_is_bounded_and_forgets_the_least_recently_used() -> None:
     assert len(names) == 3
     assert [names.name_of(socket.AF_INET, f"192.0.2.{i}", 1) for i in range(1, 6)] == [
         "n1.example", None, None, "n4.example", "n5.example"]
+    assert [names.name_of(socket.AF_INET, f"192.0.2.{i}", None) for i in range(1, 6)] == [
+        "n1.example", None, None, "n4.example", "n5.example"]
+    assert len(names._latest) == 3  # the any-namespace index is bounded with the table
 
 
 def test_pending_queries_are_bounded() -> None:
