@@ -44,7 +44,7 @@ TYPE_A, TYPE_CNAME, TYPE_AAAA, TYPE_ANY = 1, 5, 28, 255
 CLASS_IN = 1
 IPPROTO_TCP, IPPROTO_UDP = 6, 17
 TCP_FIN, TCP_SYN, TCP_RST, TCP_ACK = 0x01, 0x02, 0x04, 0x10
-SENT, RECEIVED = 1, 2  # enum dns_kind in dns.bpf.c
+SENT, RECEIVED = 1, 2  # enum dns_kind in bpf/dns.h
 
 MAX_NAME_WIRE = 255  # RFC 1035 2.3.4, length bytes and the root included
 MAX_CHAIN = 16  # CNAME links followed from the question
