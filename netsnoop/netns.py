@@ -303,3 +303,92 @@ def _comm(pid: str) -> str:
             return f.read().rstrip(b"\n").decode("utf-8", "backslashreplace")
     except OSError:
         return "?"
+
+
+# ---- connections (sock_diag), for whether a server accept()ed one -------------------
+
+
+@dataclass(frozen=True)
+class Connection:
+    """A TCP socket with both ends: a server's child has no file (inode 0) until
+    accept() returns it, which makes an unaccepted connection visible from outside."""
+
+    family: int
+    laddr: str
+    lport: int
+    raddr: str
+    rport: int
+    state: int
+    inode: int
+
+
+def _diag_sockets(family: int, states: int) -> Iterator[Connection]:
+    """Every TCP socket of ``family`` in the current namespace whose state is in the
+    ``states`` bit mask (1 << TCP_ESTABLISHED ...)."""
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG)
+    try:
+        req = DIAG_REQ.pack(family, socket.IPPROTO_TCP, 0, states, 0, 0, b"", b"", 0, b"\xff" * 8)
+        s.sendto(NLMSG_HDR.pack(NLMSG_HDR.size + len(req), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, 1, 0)
+                 + req, (0, 0))
+        while True:
+            data = s.recv(1 << 16)
+            off = 0
+            while off + NLMSG_HDR.size <= len(data):
+                length, kind, _flags, _seq, _pid = NLMSG_HDR.unpack_from(data, off)
+                if kind == NLMSG_DONE:
+                    return
+                if kind == NLMSG_ERROR:
+                    err = -struct.unpack_from("=i", data, off + NLMSG_HDR.size)[0]
+                    if err:
+                        raise OSError(err, f"sock_diag: {os.strerror(err)}")
+                    return
+                if kind == SOCK_DIAG_BY_FAMILY:
+                    (fam, state, _t, _r, sport, dport, src, dst, _if, _cookie,
+                     _exp, _rq, _wq, _uid, inode) = DIAG_MSG.unpack_from(data, off + NLMSG_HDR.size)
+                    size = 4 if fam == socket.AF_INET else 16
+                    yield Connection(fam, socket.inet_ntop(fam, src[:size]), int.from_bytes(sport, "big"),
+                                     socket.inet_ntop(fam, dst[:size]), int.from_bytes(dport, "big"), state, inode)
+                if length == 0:
+                    return
+                off += (length + 3) & ~3
+    finally:
+        s.close()
+
+
+# ESTABLISHED, SYN_RECV, CLOSE_WAIT: where a server's child waits for accept()
+SERVER_SIDE_STATES = (1 << 1) | (1 << 3) | (1 << 8)
+
+
+def connections(ns: Netns, states: int = SERVER_SIDE_STATES) -> list[Connection]:
+    """The TCP connections of ``ns`` in ``states`` (both families), as ``ss -tn``."""
+    out: list[Connection] = []
+    with entered(ns):
+        for family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                out.extend(_diag_sockets(family, states))
+            except OSError as err:
+                if err.errno in (errno.ENOENT, errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT):
+                    continue
+                raise
+    return out
+
+
+def sysctl(ns: Netns, path: str) -> str | None:
+    """A ``/proc/sys`` value as ``ns`` sees it (net/* sysctls are per namespace), or
+    None; ``path`` with slashes (``net/ipv4/conf/eth0.5/rp_filter``: a device name may
+    hold dots)."""
+    try:
+        with entered(ns):
+            with open("/proc/sys/" + path) as f:
+                return f.read().strip()
+    except OSError:
+        return None
+
+
+def ifname(ns: Netns, ifindex: int) -> str | None:
+    """The name of interface ``ifindex`` in ``ns``."""
+    try:
+        with entered(ns):
+            return socket.if_indextoname(ifindex)
+    except OSError:
+        return None
