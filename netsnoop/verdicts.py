@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 # why.bpf.c: enum why_kind
-SYN_IN, DROP, SYNACK_RETRANS, FIB_FAIL, STATE, ICMP_SEND = 1, 2, 3, 4, 5, 6
+SYN_IN, DROP, SYNACK_RETRANS, FIB_FAIL, STATE, ICMP_SEND, SK_ERROR = 1, 2, 3, 4, 5, 6, 7
 # include/net/tcp_states.h
 ESTABLISHED, SYN_SENT, SYN_RECV, CLOSE = 1, 2, 3, 7
 TCP_SYN, TCP_ACK = 0x02, 0x10
@@ -110,6 +110,7 @@ class Client:
     state: int = 0  # ESTABLISHED or CLOSE once resolved
     err: int = 0
     retransmits: int = 0
+    icmp_error: bool = False  # an error was reported before the socket closed: an ICMP error
 
     @property
     def resolved(self) -> bool:
@@ -176,6 +177,7 @@ class Recorder:
     def __init__(self) -> None:
         self.flows: dict[FlowKey, Flow] = {}
         self._connecting: dict[int, Client] = {}  # sk -> client whose local port is not known yet
+        self._ended: dict[int, Client] = {}  # sk -> client resolved, for an error reported after
         self.fib_unmatched: list[Record] = []
 
     def _flow(self, key: FlowKey, r: Record) -> Flow:
@@ -219,6 +221,12 @@ class Recorder:
             return f
         if r.kind == STATE:
             return self._state(r)
+        if r.kind == SK_ERROR:
+            client = self._connecting.get(r.sk) or self._ended.get(r.sk)
+            if client is not None:
+                client.err = client.err or r.value
+                client.icmp_error = client.icmp_error or r.state == SYN_SENT
+            return None
         return None
 
     def _state(self, r: Record) -> Flow | None:
@@ -231,7 +239,11 @@ class Recorder:
             return None
         if r.oldstate == SYN_SENT:
             client = self._connecting.pop(r.sk, None) or Client(0, "", r.netns, 0)
-            client.end_ns, client.state, client.err, client.retransmits = r.ts_ns, r.state, r.value, r.extra
+            client.end_ns, client.state, client.retransmits = r.ts_ns, r.state, r.extra
+            client.err = client.err or r.value
+            self._ended[r.sk] = client
+            if len(self._ended) > 65536:  # a socket's error follows its CLOSE at once
+                self._ended.pop(next(iter(self._ended)))
             f = self._flow((r.daddr, r.dport, r.saddr, r.sport), r)
             f.client = client
             return f
@@ -394,6 +406,8 @@ def _client_words(flow: Flow, facts: Facts) -> str | None:
     if c.state == ESTABLISHED:
         return f"client {who} connected in {c.latency_ms:.3f} ms"
     syns = f"{c.syns} SYN{'s' if c.syns > 1 else ''}"
+    if c.icmp_error:
+        return f"client {who} was stopped by an ICMP error ({errno_name(c.err) if c.err else 'code not kept by the socket'}) after {syns}"
     if not c.err:
         return f"client {who} gave up (closed the socket) after {syns}, unanswered"
     return f"client {who} failed: {errno_name(c.err)} after {syns}"
@@ -442,8 +456,8 @@ def _firewall_verdict(flow: Flow, facts: Facts, d: Drop, v: Verdict) -> Verdict:
         hooks = ("prerouting", "input", "ingress", "forward")
         where = "the SYN, after it arrived"
     candidates = _match_rules(facts, d.netns, port, hooks)
-    rejected = bool(flow.icmp) or (flow.client is not None and flow.client.resolved and flow.client.err in (
-        ECONNREFUSED, EHOSTUNREACH, ENETUNREACH, 13))
+    rejected = bool(flow.icmp) or (flow.client is not None and flow.client.resolved and (flow.client.icmp_error or flow.client.err in (
+        ECONNREFUSED, EHOSTUNREACH, ENETUNREACH, 13)))
     rule = candidates[0] if candidates else None
     if rule is not None and rule.verdict == "reject":
         rejected = True
@@ -483,7 +497,8 @@ def decide(flow: Flow, facts: Facts) -> Verdict | None:
     if c is not None:
         v.figures["client"] = {"pid": c.pid or None, "comm": c.comm or None, "netns": facts.label(c.netns),
                                "error": errno_name(c.err) if c.resolved and c.state != ESTABLISHED and c.err else None,
-                               "gave_up": c.resolved and c.state != ESTABLISHED and not c.err,
+                               "gave_up": c.resolved and c.state != ESTABLISHED and not c.err and not c.icmp_error,
+                               "icmp_error": c.icmp_error,
                                "syns_sent": c.syns if c.resolved else None, "latency_ms": c.latency_ms}
 
     def done(v: Verdict) -> Verdict:
@@ -494,6 +509,11 @@ def decide(flow: Flow, facts: Facts) -> Verdict | None:
         if client_words:
             v.evidence.append(client_words)
         v.netns = v.netns or ns
+        lst = _listener_for(facts, v.netns, addr, port)
+        if lst is not None and "listener" not in v.figures:
+            v.figures["listener"] = lst.figures()
+            v.evidence.append(f"listener {lst.endpoint} {_in_ns(facts, lst.netns)}: {lst.owner}, "
+                              f"accept queue {lst.queue}/{lst.backlog}")
         return v
 
     # 1. the handshake completed
@@ -654,7 +674,12 @@ def decide(flow: Flow, facts: Facts) -> Verdict | None:
             v.why = f"no answer to {c.syns} SYN(s) to {addr}:{port} yet when the trace ended"
             v.next_step = f"check the path to {addr}: ping, traceroute -T -p {port}; is the server up?"
             return done(v)
-        if c.state == CLOSE and c.err == ECONNREFUSED:
+        if c.icmp_error:
+            v.name = "UNREACHABLE"
+            v.why = (f"an ICMP error stopped the connect() to {addr}:{port}"
+                     + (f" ({errno_name(c.err)})" if c.err else "") + ": a router or the host says it cannot be reached")
+            v.next_step = f"check routes and firewalls towards {addr} (tcpdump -n icmp shows the error's type and code)"
+        elif c.state == CLOSE and c.err == ECONNREFUSED:
             v.name = "REFUSED"
             v.why = f"{addr}:{port} refused the connection: nothing listens there, or a firewall rejects it"
             v.next_step = f"check that the server listens on {addr}:{port}"

@@ -18,6 +18,7 @@ enum why_kind {
 	WHY_FIB_FAIL = 4,       /* an IPv4 TCP route lookup failed (value: errno, no netns) */
 	WHY_STATE = 5,          /* a handshake state change (oldstate -> state) */
 	WHY_ICMP_SEND = 6,      /* an ICMP error sent about a TCP packet (value: type << 8 | code) */
+	WHY_SK_ERROR = 7,       /* a connecting socket was given an error (value: sk_err) */
 };
 
 struct event {
@@ -366,3 +367,38 @@ static __always_inline int on_state(const struct sock *sk, int oldstate, int new
 }
 
 SET_STATE_HOOKS(on_state)
+
+/* A reset ends a connect() with sk_err already set when the socket turns CLOSE; an
+ * ICMP error is reported while the socket is still SYN_SENT, and the woken connect()
+ * may consume sk_err (sock_error) before it is read here: the report itself is the
+ * evidence. (The classic tracepoint names no socket, so only the typed one serves.) */
+static __always_inline int on_error(const struct sock *sk)
+{
+	struct sock_tuple t = {};
+	struct event *e;
+	int state;
+
+	if (!sock_is_tcp(sk))
+		return 0;
+	state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	if (state != TCP_SYN_SENT && state != TCP_CLOSE)
+		return 0;
+	read_sock_tuple(sk, &t);
+	if (!family_allowed(t.family) || !port_in(filter_ports, t.dport))
+		return 0;
+	e = new_event(WHY_SK_ERROR, &t);
+	if (!e)
+		return 0;
+	e->sk = (__u64)sk;
+	e->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	e->state = state;
+	e->value = BPF_CORE_READ(sk, sk_err);
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("tp_btf/inet_sk_error_report")
+int BPF_PROG(error__tp_btf, const struct sock *sk)
+{
+	return on_error(sk);
+}

@@ -25,7 +25,7 @@ from netsnoop.runner import POLL_MS, StopFlag, Tracer, ready, silence_stdout, wa
 
 # Route lookups, ICMP sends and SYN-ACK retransmits sharpen verdicts; a kernel without
 # one of these tracepoints still gets the others.
-TRACER = Tracer("why", optional=frozenset({"fib", "icmp", "synack"}))
+TRACER = Tracer("why", optional=frozenset({"fib", "icmp", "synack", "error"}))
 REFRESH_S = 0.5  # how often the state around the flows is read again
 GRACE_S = 1.0  # how long an attempt may stay unexplained before it gets a verdict
 RELEVANT_COUNTERS = ("TcpExtListenOverflows", "TcpExtListenDrops", "IpOutNoRoutes", "TcpExtSyncookiesSent",
