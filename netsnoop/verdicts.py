@@ -448,13 +448,13 @@ def _firewall_verdict(flow: Flow, facts: Facts, d: Drop, v: Verdict) -> Verdict:
     port = flow.server[1]
     if d.synack:
         hooks: tuple[str, ...] = ("prerouting", "input", "ingress")
-        where = "the SYN-ACK, on its way back into the client's namespace"
+        where = "the SYN-ACK on its way back into the client's namespace"
     elif d.output:
         hooks = ("output", "postrouting")
-        where = "the SYN, on its way out of the client"
+        where = "the SYN on its way out of the client"
     else:
         hooks = ("prerouting", "input", "ingress", "forward")
-        where = "the SYN, after it arrived"
+        where = "the SYN after it arrived"
     candidates = _match_rules(facts, d.netns, port, hooks)
     rejected = bool(flow.icmp) or (flow.client is not None and flow.client.resolved and (flow.client.icmp_error or flow.client.err in (
         ECONNREFUSED, EHOSTUNREACH, ENETUNREACH, 13)))
@@ -520,7 +520,7 @@ def decide(flow: Flow, facts: Facts) -> Verdict | None:
     if flow.server_established_ns or (c is not None and c.state == ESTABLISHED):
         if flow.server_established_ns and flow.key not in facts.accepted:
             waited = facts.unaccepted.get(flow.key)
-            if waited is not None and (waited >= facts.grace_s or facts.ended):
+            if waited is not None and waited >= facts.grace_s:
                 lst = _listener_for(facts, flow.server_netns, addr, port)
                 v.name = "NOT_ACCEPTED"
                 v.netns = flow.server_netns

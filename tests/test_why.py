@@ -17,6 +17,7 @@ on a port netsnoop does not watch, as if it were another host.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -25,11 +26,13 @@ import struct
 import subprocess
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Iterator
 
 import pytest
 from helpers import NetnsPair, Trace, sh
 from traffic_helpers import in_netns
+
+from netsnoop import verdicts as V
 
 CONNECT_TIMEOUT = 1.5  # with tcp_syn_retries=1: SYNs at 0 s and 1 s, then curl gives up
 CLIENT_SYSCTLS = "sysctl -qw net.ipv4.tcp_syn_retries=1"
@@ -370,11 +373,12 @@ SCENARIOS: list[type[Scenario]] = [Ok, NoListener, OtherAddress, OtherNamespace,
                                    Timeout, Unreachable, OutputDrop]
 
 
-@pytest.fixture(scope="module")
-def world() -> Any:
-    """Every scenario set up, netsnoop started, all traffic run in parallel, netsnoop stopped."""
+@contextlib.contextmanager
+def scenarios_traced(classes: list[type[Scenario]], args: list[str]) -> Iterator[tuple[dict[type[Scenario], Scenario], Trace]]:
+    """Every scenario set up (in parallel), ``netsnoop why ARGS -P <their ports>``
+    started, all traffic run in parallel, netsnoop stopped."""
     base = random.randrange(10000, 32000, 100)  # below the ephemeral range: no client port collides
-    scenarios = [cls(base + 2 * i) for i, cls in enumerate(SCENARIOS)]
+    scenarios = [cls(base + 2 * i) for i, cls in enumerate(classes)]
     entered: list[Scenario] = []
     try:
         threads = [threading.Thread(target=lambda s=s: entered.append(s.__enter__())) for s in scenarios]
@@ -384,7 +388,7 @@ def world() -> Any:
             t.join(30)
         assert len(entered) == len(scenarios), "a scenario failed to set up"
         ports = ",".join(str(s.port) for s in scenarios)
-        with Trace(["why", "--json", "-P", ports]) as trace:
+        with Trace(["why", *args, "-P", ports]) as trace:
             threads = [threading.Thread(target=s.run) for s in scenarios]
             for t in threads:
                 t.start()
@@ -394,6 +398,12 @@ def world() -> Any:
     finally:
         for s in entered:
             s.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="module")
+def world() -> Any:
+    with scenarios_traced(SCENARIOS, ["--json"]) as w:
+        yield w
 
 
 def verdicts_on(trace: Trace, port: int) -> list[dict[str, Any]]:
@@ -573,3 +583,37 @@ def test_summary_counts_every_attempt(world: Any) -> None:
     assert trace.summary["failed"] == sum(r["attempts"] for r in verdicts if r["verdict"] != "OK")
     assert trace.summary["lost_events"] == 0
     assert trace.returncode == 1  # failures were found
+
+
+def test_healthy_host_says_so_in_one_line_and_exits_0() -> None:
+    with scenarios_traced([Ok], []) as (scenarios, trace):
+        pass
+    s = scenarios[Ok]
+    assert s.error is None
+    assert trace.returncode == 0, trace.stdout + trace.stderr
+    lines = trace.lines
+    assert lines[0] == f"Listening on port {s.port}:"
+    assert lines[2].split()[:4] == [s.net.a, f"{s.net.addr_a}:{s.port}", "0/5", "python3"]
+    assert lines[2].endswith(f"(pid {s.facts['server_pid']})")
+    ok = [line for line in lines if line.startswith("OK:")]
+    assert len(ok) == 1 and ok[0].startswith(f"OK: 1 connection attempt to port {s.port}, all connected (median connect ")
+    assert not any(name in trace.stdout for name in V.FAILED)
+
+
+def test_text_screen_names_cause_evidence_and_next_step() -> None:
+    with scenarios_traced([FirewallDrop, Ok], []) as (scenarios, trace):
+        pass
+    fw, ok = scenarios[FirewallDrop], scenarios[Ok]
+    assert fw.error is None and ok.error is None
+    assert trace.returncode == 1  # a failure was found
+    text = trace.stdout
+    print(text)
+    head = f"FIREWALL_DROP  {fw.net.addr_a}:{fw.port} in netns {fw.net.a} (x1 client, 1 attempt, 2 SYNs)"
+    assert head in trace.lines
+    block = text[text.rindex(head):]
+    assert f"inet why_test input handle {fw.facts['handle']}" in block
+    assert "tcpdump on the server still shows these SYNs" in block
+    assert f"next: ip netns exec {fw.net.a} nft -a list chain inet why_test input" in block
+    assert "OK: also 1 connection attempt to port" in block
+    report = text[text.index("\n\n"):]  # after the live lines: one block per failing group
+    assert [line.split()[0] for line in report.splitlines() if line[:1].isupper()] == ["FIREWALL_DROP", "OK:"]
