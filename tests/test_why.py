@@ -166,6 +166,15 @@ class Ok(Scenario):
         assert self.curl() == 0
 
 
+class OkTwice(Ok):
+    """Two good connections, the first one old enough to be settled while tracing."""
+
+    def traffic(self) -> None:
+        assert self.curl() == 0
+        time.sleep(1.6)
+        assert self.curl() == 0
+
+
 class NoListener(Scenario):
     verdict = "NO_LISTENER"
 
@@ -374,7 +383,8 @@ SCENARIOS: list[type[Scenario]] = [Ok, NoListener, OtherAddress, OtherNamespace,
 
 
 @contextlib.contextmanager
-def scenarios_traced(classes: list[type[Scenario]], args: list[str]) -> Iterator[tuple[dict[type[Scenario], Scenario], Trace]]:
+def scenarios_traced(classes: list[type[Scenario]], args: list[str],
+                     env: dict[str, str] | None = None) -> Iterator[tuple[dict[type[Scenario], Scenario], Trace]]:
     """Every scenario set up (in parallel), ``netsnoop why ARGS -P <their ports>``
     started, all traffic run in parallel, netsnoop stopped."""
     base = random.randrange(10000, 32000, 100)  # below the ephemeral range: no client port collides
@@ -388,7 +398,7 @@ def scenarios_traced(classes: list[type[Scenario]], args: list[str]) -> Iterator
             t.join(30)
         assert len(entered) == len(scenarios), "a scenario failed to set up"
         ports = ",".join(str(s.port) for s in scenarios)
-        with Trace(["why", *args, "-P", ports]) as trace:
+        with Trace(["why", *args, "-P", ports], env=env) as trace:
             threads = [threading.Thread(target=s.run) for s in scenarios]
             for t in threads:
                 t.start()
@@ -586,9 +596,9 @@ def test_summary_counts_every_attempt(world: Any) -> None:
 
 
 def test_healthy_host_says_so_in_one_line_and_exits_0() -> None:
-    with scenarios_traced([Ok], []) as (scenarios, trace):
+    with scenarios_traced([OkTwice], []) as (scenarios, trace):
         pass
-    s = scenarios[Ok]
+    s = scenarios[OkTwice]
     assert s.error is None
     assert trace.returncode == 0, trace.stdout + trace.stderr
     lines = trace.lines
@@ -596,7 +606,7 @@ def test_healthy_host_says_so_in_one_line_and_exits_0() -> None:
     assert lines[2].split()[:4] == [s.net.a, f"{s.net.addr_a}:{s.port}", "0/5", "python3"]
     assert lines[2].endswith(f"(pid {s.facts['server_pid']})")
     ok = [line for line in lines if line.startswith("OK:")]
-    assert len(ok) == 1 and ok[0].startswith(f"OK: 1 connection attempt to port {s.port}, all connected (median connect ")
+    assert len(ok) == 1 and ok[0].startswith(f"OK: 2 connection attempts to port {s.port}, all connected (median connect ")
     assert not any(name in trace.stdout for name in V.FAILED)
 
 
@@ -617,3 +627,18 @@ def test_text_screen_names_cause_evidence_and_next_step() -> None:
     assert "OK: also 1 connection attempt to port" in block
     report = text[text.index("\n\n"):]  # after the live lines: one block per failing group
     assert [line.split()[0] for line in report.splitlines() if line[:1].isupper()] == ["FIREWALL_DROP", "OK:"]
+
+
+def test_classic_tracepoints_reach_the_same_verdicts() -> None:
+    """Forced onto classic tracepoints (what a kernel without tp_btf offers), the hooks
+    that have one still tell these causes apart; the ICMP and error-report hooks exist
+    only as typed tracepoints and are reported as unavailable."""
+    classes: list[type[Scenario]] = [Ok, NoListener, FirewallDrop, NoRouteBack, SynackUnanswered]
+    with scenarios_traced(classes, ["--json"], env={"NETSNOOP_HOOKS": "tracepoint"}) as (scenarios, trace):
+        pass
+    assert trace.summary["hooks"] == {"receive": "tracepoint", "drop": "tracepoint", "synack": "tracepoint",
+                                      "fib": "tracepoint", "icmp": None, "set_state": "tracepoint", "error": None}
+    for cls, s in scenarios.items():
+        assert s.error is None
+        found = [(r["verdict"], r["netns"]) for r in verdicts_on(trace, s.port)]
+        assert found == [(cls.verdict, s.net.a)], (cls.verdict, found)

@@ -200,13 +200,14 @@ class Watch:
             before = self.baseline.setdefault(inode, now)
             f.counters[inode] = {k: now.get(k, 0) - before.get(k, 0) for k in RELEVANT_COUNTERS}
         self._check_accepts(flows, ended)
+        firewalled: set[int] = set()
         for fl in flows:
             for d in fl.drops:
-                if f.reason_names.get(int(d.reason)) is None:
+                if int(d.reason) not in f.reason_names:
                     f.reason_names.update(_reason_names())
                 name = f.reason_names.get(int(d.reason), "")
-                if name == "NETFILTER_DROP" and (d.netns not in self.nft_read or ended):
-                    self.reread_rules(d.netns)
+                if name == "NETFILTER_DROP":
+                    firewalled.add(d.netns)
                 if name == "IP_RPFILTER":
                     self._rp_filter(fl, d)
             if fl.fib_errors or any(f.reason_names.get(int(d.reason)) == "IP_RPFILTER" for d in fl.drops):
@@ -216,6 +217,10 @@ class Watch:
                 name = N.ifname(ns, fl.syn_ifindex) if ns else None
                 if name:
                     f.ifnames[(fl.syn_netns, fl.syn_ifindex)] = name
+        # rules are read where a firewall dropped something, and again at the end for
+        # their final counters
+        for inode in firewalled if ended else firewalled - self.nft_read:
+            self.reread_rules(inode)
 
     def _check_accepts(self, flows: list[V.Flow], ended: bool) -> None:
         """Whether each server-side child was accept()ed: it has a file (inode) then."""
@@ -370,9 +375,17 @@ def _follow(w: Watch, obj: Any, ring: Any, decoder: Any, clock: Clock, duration:
     shown: set[tuple[str, int, str, int]] = set()
     next_refresh = 0.0
 
+    settled: list[V.Verdict] = []
+
     def update(ended: bool = False) -> list[V.Group]:
         w.refresh(ended)
-        groups = V.group(V.decide_all(w.recorder, w.facts, w.keep))
+        verdicts = V.decide_all(w.recorder, w.facts, w.keep)
+        for v in verdicts:  # a connection that succeeded (and was accepted) is done with
+            quiet = (w.facts.now_ns - v.flow.last_ns) / 1e9 > GRACE_S  # the other end's records are in
+            if v.name == "OK" and quiet and (not v.flow.server_established_ns or v.flow.key in w.facts.accepted):
+                settled.append(v)
+                del w.recorder.flows[v.flow.key]
+        groups = V.group(settled + [v for v in verdicts if v.name != "OK" or v.flow.key in w.recorder.flows])
         if not as_json:
             out = []
             for g in groups:
