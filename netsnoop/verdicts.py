@@ -719,7 +719,8 @@ class Group:
 
     @property
     def first(self) -> Verdict:
-        return self.verdicts[-1]
+        """The attempt that speaks for the group: the one with the most evidence."""
+        return max(reversed(self.verdicts), key=lambda v: len(v.evidence))
 
     @property
     def name(self) -> str:
@@ -755,6 +756,8 @@ class Group:
     def lines(self, facts: Facts) -> list[str]:
         v = self.first
         out = [self.headline(facts), f"  {v.why}"]
+        if len(self.verdicts) > 1:
+            out.append(f"  evidence from one attempt of {len(self.verdicts)} (--json lists them all):")
         out += [f"  evidence: {e}" for e in v.evidence]
         if v.next_step:
             out.append(f"  next: {v.next_step}")

@@ -29,7 +29,7 @@ import time
 from typing import Any, Iterator
 
 import pytest
-from helpers import NetnsPair, Trace, sh
+from helpers import NetnsPair, Trace
 from traffic_helpers import in_netns
 
 from netsnoop import verdicts as V

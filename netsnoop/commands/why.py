@@ -105,9 +105,7 @@ class Watch:
         self.baseline: dict[int, dict[str, int]] = {}
         self.owners: dict[int, N.Owner] = {}
         self.queue_seen: dict[tuple[int, str, int], tuple[int, float]] = {}
-        self.first_unaccepted: dict[V.FlowKey, float] = {}
         self.nft_read: set[int] = set()
-        self.started = time.monotonic()
         self.refresh_namespaces()
         for ns in self.namespaces.values():
             try:
