@@ -509,6 +509,8 @@ def decide(flow: Flow, facts: Facts) -> Verdict | None:
         if client_words:
             v.evidence.append(client_words)
         v.netns = v.netns or ns
+        # the namespace's own counters since the trace began (all its sockets, not this flow's)
+        v.figures["netns_counters"] = {k: n for k, n in sorted(facts.counters.get(v.netns, {}).items()) if n}
         lst = _listener_for(facts, v.netns, addr, port)
         if lst is not None and "listener" not in v.figures:
             v.figures["listener"] = lst.figures()

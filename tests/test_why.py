@@ -377,6 +377,31 @@ class OutputDrop(Scenario):
         assert self.curl() != 0
 
 
+class Ok6(Ok):
+    """IPv6: http.server on the server's IPv6 address, curl to it."""
+
+    def setup(self) -> None:
+        p = self.net.popen(self.net.a, ["python3", "-m", "http.server", "--bind", self.net.addr6_a, str(self.port)])
+        self.procs.append(p)
+        deadline = time.monotonic() + 10
+        while f":{self.port} " not in self.net.exec(self.net.a, "ss -ltnH").stdout:
+            assert time.monotonic() < deadline, "http.server did not start"
+            time.sleep(0.05)
+
+    def traffic(self) -> None:
+        assert self.curl(f"[{self.net.addr6_a}]") == 0
+
+
+class NoListener6(NoListener):
+    def traffic(self) -> None:
+        assert self.curl(f"[{self.net.addr6_a}]") == 7
+
+
+class FirewallDrop6(FirewallDrop):
+    def traffic(self) -> None:
+        assert self.curl(f"[{self.net.addr6_a}]") != 0
+
+
 SCENARIOS: list[type[Scenario]] = [Ok, NoListener, OtherAddress, OtherNamespace, FirewallDrop, FirewallReject, RpFilter,
                                    NoRouteBack, AcceptQueueFull, NotAccepted, SynackUnanswered, SynQueueFull, Refused,
                                    Timeout, Unreachable, OutputDrop]
@@ -525,6 +550,7 @@ def test_accept_queue_full(world: Any) -> None:
     lst = rec["listener"]
     assert (lst["pid"], lst["comm"], lst["queue"], lst["backlog"]) == (s.facts["server_pid"], "python3", 2, 1)
     assert rec["listen_overflows"] == s.delta(s.net.a, "TcpExtListenOverflows") == rec["syns"] == 2
+    assert rec["netns_counters"]["TcpExtListenDrops"] == s.delta(s.net.a, "TcpExtListenDrops")
     assert rec["no_accept_s"] > 0.5
     client(s, rec)
 
@@ -642,3 +668,16 @@ def test_classic_tracepoints_reach_the_same_verdicts() -> None:
         assert s.error is None
         found = [(r["verdict"], r["netns"]) for r in verdicts_on(trace, s.port)]
         assert found == [(cls.verdict, s.net.a)], (cls.verdict, found)
+
+
+def test_ipv6_attempts_get_the_same_verdicts() -> None:
+    with scenarios_traced([Ok6, NoListener6, FirewallDrop6], ["--json"]) as (scenarios, trace):
+        pass
+    for cls, s in scenarios.items():
+        assert s.error is None
+        (rec,) = verdicts_on(trace, s.port)
+        assert (rec["verdict"], rec["netns"], rec["address"], rec["clients"]) == (cls.verdict, s.net.a, s.net.addr6_a, [s.net.addr6_b])
+        assert rec["client"]["pid"] in s.facts["curl_pids"]
+    fw = scenarios[FirewallDrop6]
+    (rec,) = verdicts_on(trace, fw.port)
+    assert rec["rule"]["handle"] == fw.facts["handle"] and rec["syns"] == 2
