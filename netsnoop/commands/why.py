@@ -21,6 +21,7 @@ from netsnoop import netns as N
 from netsnoop import options as o
 from netsnoop import verdicts as V
 from netsnoop.fmt import Clock, addr, comm
+from netsnoop.output import OutputOptions, make_sink
 from netsnoop.runner import POLL_MS, StopFlag, Tracer, ready, silence_stdout, warn, warn_missed_runs
 
 # Route lookups, ICMP sends and SYN-ACK retransmits sharpen verdicts; a kernel without
@@ -106,6 +107,7 @@ class Watch:
         self.owners: dict[int, N.Owner] = {}
         self.queue_seen: dict[tuple[int, str, int], tuple[int, float]] = {}
         self.nft_read: set[int] = set()
+        self.no_ifname: set[tuple[int, int]] = set()
         self.refresh_namespaces()
         for ns in self.namespaces.values():
             try:
@@ -197,7 +199,7 @@ class Watch:
                 continue
             before = self.baseline.setdefault(inode, now)
             f.counters[inode] = {k: now.get(k, 0) - before.get(k, 0) for k in RELEVANT_COUNTERS}
-        self._check_accepts(flows, ended)
+        self._check_accepts(flows)
         firewalled: set[int] = set()
         for fl in flows:
             for d in fl.drops:
@@ -210,17 +212,20 @@ class Watch:
                     self._rp_filter(fl, d)
             if fl.fib_errors or any(f.reason_names.get(int(d.reason)) == "IP_RPFILTER" for d in fl.drops):
                 self._route(fl)
-            if fl.syns_in and (fl.syn_netns, fl.syn_ifindex) not in f.ifnames:
+            where = (fl.syn_netns, fl.syn_ifindex)
+            if fl.syns_in and where not in f.ifnames and where not in self.no_ifname:
                 ns = self.ns(fl.syn_netns)
                 name = N.ifname(ns, fl.syn_ifindex) if ns else None
                 if name:
-                    f.ifnames[(fl.syn_netns, fl.syn_ifindex)] = name
+                    f.ifnames[where] = name
+                else:
+                    self.no_ifname.add(where)  # gone meanwhile: not asked again
         # rules are read where a firewall dropped something, and again at the end for
         # their final counters
         for inode in firewalled if ended else firewalled - self.nft_read:
             self.reread_rules(inode)
 
-    def _check_accepts(self, flows: list[V.Flow], ended: bool) -> None:
+    def _check_accepts(self, flows: list[V.Flow]) -> None:
         """Whether each server-side child was accept()ed: it has a file (inode) then."""
         waiting = [fl for fl in flows if fl.server_established_ns and fl.key not in self.facts.accepted]
         by_ns: dict[int, list[V.Flow]] = {}
@@ -415,10 +420,11 @@ def _follow(w: Watch, obj: Any, ring: Any, decoder: Any, clock: Clock, duration:
 def _report(w: Watch, groups: list[V.Group], failed: list[V.Group], as_json: bool, obj: Any) -> None:
     attempts = sum(len(g.verdicts) for g in groups)
     health = obj.health()
+    summary = make_sink(OutputOptions(json=as_json), [])
+    facts = {"attempts": attempts, "failed": sum(len(g.verdicts) for g in failed), **health}
     if as_json:
         emit([V.json.dumps(g.record(w.facts)) for g in groups])
-        emit([V.json.dumps({"type": "summary", "attempts": attempts, "failed": sum(len(g.verdicts) for g in failed),
-                            **health})])
+        summary.summary(facts)
         return
     if not failed:
         emit([V.healthy_line(groups)])
@@ -434,7 +440,6 @@ def _report(w: Watch, groups: list[V.Group], failed: list[V.Group], as_json: boo
             lines.append("")
             lines.append(V.healthy_line(ok).replace(", all connected", " connected").replace("OK: ", "OK: also "))
         emit(lines)
-    print(f"netsnoop: {attempts} attempts, {sum(len(g.verdicts) for g in failed)} failed, "
-          f"{health.get('lost_events', 0)} lost events", file=sys.stderr, flush=True)
+    summary.summary(facts)
     if health.get("lost_events"):
         warn("events were lost: some verdicts may lack evidence (raise --ringbuf)")
