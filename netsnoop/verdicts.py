@@ -594,6 +594,7 @@ def decide(flow: Flow, facts: Facts) -> Verdict | None:
             return done(_firewall_verdict(flow, facts, d, v))
         v.name = "SYNACK_UNANSWERED"
         v.why = f"the server answered, but its SYN-ACK was dropped {_in_ns(facts, d.netns)} ({reason}) on the way back"
+        _route_back(v, facts, ns, flow.key[2])
         v.next_step = f"follow the SYN-ACK's path to {flow.key[2]} (neighbour entry, forwarding, the client's firewall)"
         return done(v)
 
@@ -654,6 +655,7 @@ def decide(flow: Flow, facts: Facts) -> Verdict | None:
             v.why = (f"the server {_in_ns(facts, ns)} answered with a SYN-ACK and retransmitted it "
                      f"{flow.synack_retrans} time(s); no ACK came back: the reply is lost on the way to {flow.key[2]}")
             v.next_step = f"follow the path back to {flow.key[2]}: routes, the client's firewall, NAT, asymmetric routing"
+            _route_back(v, facts, ns, flow.key[2])
             if lst:
                 v.figures["listener"] = lst.figures()
             return done(v)
@@ -701,6 +703,13 @@ def decide(flow: Flow, facts: Facts) -> Verdict | None:
         v.netns = c.netns
         return done(v)
     return None
+
+
+def _route_back(v: Verdict, facts: Facts, ns: int, client: str) -> None:
+    route = facts.routes.get((ns, client))
+    if route:
+        v.evidence.append(f"the SYN-ACK leaves by: {route}")
+        v.figures["route_back"] = route
 
 
 def _listener_for(facts: Facts, ns: int, addr: str, port: int) -> ListenerView | None:

@@ -299,3 +299,25 @@ def test_ipv4_mapped_addresses_name_ipv4_clients_alike() -> None:
     raw = socket.inet_pton(socket.AF_INET6, "::ffff:10.0.0.2")
     assert unmap(10, raw) == (2, "10.0.0.2")
     assert unmap(10, socket.inet_pton(socket.AF_INET6, "fd00::2")) == (10, "fd00::2")
+
+
+def test_help_explains_every_verdict_in_one_line() -> None:
+    from helpers import run
+
+    done = run(["why", "--help"])
+    assert done.returncode == 0
+    lines = done.stdout.splitlines()
+    for name, text in V.VERDICTS.items():
+        (line,) = [x for x in lines if x.split()[:1] == [name]]
+        assert line.split(None, 1)[1] == text
+
+
+@pytest.mark.parametrize("args", [["10.0.0"], ["10.0.0.1:99999"], ["-P", "0"], ["-d", "0"],
+                                  ["-P", ",".join(str(p) for p in range(1000, 1017))]])
+def test_usage_errors_exit_2_in_one_line(args: list[str]) -> None:
+    from helpers import run
+
+    done = run(["why", *args])
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith("Error: ")
+    assert "Traceback" not in done.stderr

@@ -570,6 +570,7 @@ def test_synack_unanswered(world: Any) -> None:
     assert (rec["netns"], rec["address"], rec["port"], rec["clients"]) == (s.net.a, s.net.addr_a, s.port, [s.spoof])
     assert rec["synack_retransmits"] == s.delta(s.net.a, "TcpExtTCPSynRetrans") >= 1
     assert rec["listener"]["pid"] == s.facts["server_pid"]
+    assert rec["route_back"].startswith(f"{s.spoof} dev {s.net.dev_a} ")  # `ip route get` in the server's netns
 
 
 def test_syn_queue_full(world: Any) -> None:

@@ -210,7 +210,7 @@ class Watch:
                     firewalled.add(d.netns)
                 if name == "IP_RPFILTER":
                     self._rp_filter(fl, d)
-            if fl.fib_errors or any(f.reason_names.get(int(d.reason)) == "IP_RPFILTER" for d in fl.drops):
+            if fl.fib_errors or fl.synack_retrans or any(f.reason_names.get(int(d.reason)) == "IP_RPFILTER" for d in fl.drops):
                 self._route(fl)
             where = (fl.syn_netns, fl.syn_ifindex)
             if fl.syns_in and where not in f.ifnames and where not in self.no_ifname:
