@@ -63,7 +63,7 @@ def errno_name(err: int) -> str:
     return ERRNO_NAMES.get(err, f"errno {err}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Record:
     """One event from why.bpf.c with addresses as text (see ``struct event`` there)."""
 
@@ -88,7 +88,7 @@ class Record:
 FlowKey = tuple[str, int, str, int]  # server address, server port, client address, client port
 
 
-@dataclass
+@dataclass(slots=True)
 class Drop:
     reason: str
     netns: int
@@ -98,7 +98,7 @@ class Drop:
     ts_ns: int
 
 
-@dataclass
+@dataclass(slots=True)
 class Client:
     pid: int
     comm: str
@@ -125,7 +125,7 @@ class Client:
         return (self.end_ns - self.start_ns) / 1e6 if self.state == ESTABLISHED else None
 
 
-@dataclass
+@dataclass(slots=True)
 class Flow:
     """Everything seen of one attempt."""
 
@@ -149,6 +149,11 @@ class Flow:
     @property
     def server(self) -> tuple[str, int]:
         return self.key[0], self.key[1]
+
+    @property
+    def finished(self) -> bool:
+        """The handshake completed, or the client on this host has its answer."""
+        return bool(self.server_established_ns) or (self.client is not None and self.client.resolved)
 
     @property
     def netns(self) -> int:
@@ -179,19 +184,38 @@ class Recorder:
         self._connecting: dict[int, Client] = {}  # sk -> client whose local port is not known yet
         self._ended: dict[int, Client] = {}  # sk -> client resolved, for an error reported after
         self.fib_unmatched: list[Record] = []
+        self.archived: dict[int, Flow] = {}  # finished flows whose key a newer attempt took
+        self.on_reuse: Callable[[FlowKey], None] = lambda key: None
 
-    def _flow(self, key: FlowKey, r: Record) -> Flow:
+    def _flow(self, key: FlowKey, r: Record, new_attempt: bool = False) -> Flow:
+        """The flow of ``key``; a new one when ``new_attempt`` finds the current one
+        finished (a client port reused for the next connection: a storm reuses them
+        within a second)."""
         f = self.flows.get(key)
+        if f is not None and new_attempt and f.finished:
+            self.archived[id(f)] = f
+            self.on_reuse(key)
+            f = None
         if f is None:
             f = self.flows[key] = Flow(key, r.family, r.ts_ns)
         f.last_ns = max(f.last_ns, r.ts_ns)
         return f
 
+    def all_flows(self) -> list[Flow]:
+        return [*self.archived.values(), *self.flows.values()]
+
+    def forget(self, flow: Flow) -> None:
+        """Drop a flow that needs no more evidence (it succeeded and was reported)."""
+        if self.flows.get(flow.key) is flow:
+            del self.flows[flow.key]
+        else:
+            self.archived.pop(id(flow), None)
+
     def add(self, r: Record) -> Flow | None:
         """Fold one record in; returns the flow it belongs to (None when it opens no
         flow yet, e.g. a connect() whose local port is not chosen)."""
         if r.kind == SYN_IN:
-            f = self._flow((r.daddr, r.dport, r.saddr, r.sport), r)
+            f = self._flow((r.daddr, r.dport, r.saddr, r.sport), r, new_attempt=True)
             f.syns_in += 1
             f.syn_netns, f.syn_ifindex = r.netns, r.extra
             f.first_syn_ns = f.first_syn_ns or r.ts_ns
@@ -231,7 +255,8 @@ class Recorder:
 
     def _state(self, r: Record) -> Flow | None:
         if r.oldstate == SYN_RECV and r.state == ESTABLISHED:
-            f = self._flow((r.saddr, r.sport, r.daddr, r.dport), r)
+            f = self._flow((r.saddr, r.sport, r.daddr, r.dport), r, new_attempt=bool(
+                (cur := self.flows.get((r.saddr, r.sport, r.daddr, r.dport))) and cur.server_established_ns))
             f.server_established_ns, f.server_netns = r.ts_ns, r.netns
             return f
         if r.state == SYN_SENT:
@@ -242,9 +267,11 @@ class Recorder:
             client.end_ns, client.state, client.retransmits = r.ts_ns, r.state, r.extra
             client.err = client.err or r.value
             self._ended[r.sk] = client
-            if len(self._ended) > 65536:  # a socket's error follows its CLOSE at once
+            if len(self._ended) > 4096:  # a socket's error follows its CLOSE at once
                 self._ended.pop(next(iter(self._ended)))
-            f = self._flow((r.daddr, r.dport, r.saddr, r.sport), r)
+            key = (r.daddr, r.dport, r.saddr, r.sport)
+            cur = self.flows.get(key)
+            f = self._flow(key, r, new_attempt=cur is not None and cur.client is not None)
             f.client = client
             return f
         return None
@@ -357,7 +384,7 @@ class Facts:
 # ---- verdicts -----------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(slots=True)
 class Verdict:
     name: str
     flow: Flow
@@ -724,13 +751,35 @@ def _listener_for(facts: Facts, ns: int, addr: str, port: int) -> ListenerView |
 
 @dataclass
 class Group:
-    """Flows with the same verdict, server and namespace."""
+    """Attempts with the same verdict, server and namespace: those kept whole, and
+    succeeded ones folded into counts (a storm of good connections costs no memory
+    per connection)."""
 
-    verdicts: list[Verdict]
+    verdicts: list[Verdict] = field(default_factory=list)
+    folded: int = 0
+    folded_syns: int = 0
+    folded_clients: set[str] = field(default_factory=set)
+    latencies: list[float] = field(default_factory=list)  # of the folded attempts
+    sample: Verdict | None = None  # a folded attempt, to speak for them
+
+    def fold(self, v: Verdict) -> None:
+        self.folded += 1
+        self.folded_syns += v.flow.syns
+        self.folded_clients.add(v.flow.key[2])
+        if v.figures.get("latency_ms") is not None:
+            self.latencies.append(v.figures["latency_ms"])
+        if self.sample is None:
+            self.sample = v
+
+    def copy(self) -> "Group":
+        return Group([], self.folded, self.folded_syns, self.folded_clients, self.latencies, self.sample)
 
     @property
     def first(self) -> Verdict:
         """The attempt that speaks for the group: the one with the most evidence."""
+        if not self.verdicts:
+            assert self.sample is not None
+            return self.sample
         return max(reversed(self.verdicts), key=lambda v: len(v.evidence))
 
     @property
@@ -738,63 +787,77 @@ class Group:
         return self.first.name
 
     @property
+    def attempts(self) -> int:
+        return len(self.verdicts) + self.folded
+
+    @property
     def clients(self) -> list[str]:
-        return sorted({v.flow.key[2] for v in self.verdicts})
+        return sorted({v.flow.key[2] for v in self.verdicts} | self.folded_clients)
 
     @property
     def syns(self) -> int:
-        return sum(v.flow.syns for v in self.verdicts)
+        return sum(v.flow.syns for v in self.verdicts) + self.folded_syns
+
+    @property
+    def all_latencies(self) -> list[float]:
+        return self.latencies + [v.figures["latency_ms"] for v in self.verdicts if v.figures.get("latency_ms") is not None]
 
     def headline(self, facts: Facts) -> str:
         addr, port = self.first.flow.server
-        n, clients = len(self.verdicts), self.clients
+        n, clients = self.attempts, self.clients
         count = (f"x{len(clients)} client{'s' if len(clients) > 1 else ''}, {n} attempt{'s' if n > 1 else ''}, "
                  f"{self.syns} SYN{'s' if self.syns != 1 else ''}")
         return f"{self.name}  {addr}:{port} {_in_ns(facts, self.first.netns)} ({count})"
 
     def record(self, facts: Facts) -> dict[str, Any]:
         v = self.first
-        lats = [x.figures.get("latency_ms") for x in self.verdicts if x.figures.get("latency_ms") is not None]
+        lats = self.all_latencies
         out = {"type": "verdict", "verdict": v.name, "netns": facts.label(v.netns), "netns_inode": v.netns,
                "address": v.flow.server[0], "port": v.flow.server[1], "clients": self.clients,
-               "attempts": len(self.verdicts), "syns": self.syns, "why": v.why, "evidence": v.evidence,
+               "attempts": self.attempts, "syns": self.syns, "why": v.why, "evidence": v.evidence,
                "next": v.next_step or None, **{k: x for k, x in v.figures.items() if k not in ("syns",)}}
         if lats:
             out["latency_ms"] = {"min": min(lats), "median": statistics.median(lats), "max": max(lats)}
-        out["flows"] = [{"client": f"{x.flow.key[2]}:{x.flow.key[3]}", "syns": x.flow.syns} for x in self.verdicts]
+        if v.name != "OK":  # every failing attempt; succeeded ones are only counted
+            out["flows"] = [{"client": f"{x.flow.key[2]}:{x.flow.key[3]}", "syns": x.flow.syns} for x in self.verdicts]
         return out
 
     def lines(self, facts: Facts) -> list[str]:
         v = self.first
         out = [self.headline(facts), f"  {v.why}"]
-        if len(self.verdicts) > 1:
-            out.append(f"  evidence from one attempt of {len(self.verdicts)} (--json lists them all):")
+        if self.attempts > 1:
+            out.append(f"  evidence from one attempt of {self.attempts} (--json lists them all):")
         out += [f"  evidence: {e}" for e in v.evidence]
         if v.next_step:
             out.append(f"  next: {v.next_step}")
         return [printable(line) for line in out]
 
 
-def group(verdicts: Iterable[Verdict]) -> list[Group]:
-    groups: dict[tuple[str, int, str, int], Group] = {}
+GroupKey = tuple[str, int, str, int]  # verdict, netns, server address, server port
+
+
+def group_key(v: Verdict) -> GroupKey:
+    return (v.name, v.netns, v.flow.server[0], v.flow.server[1])
+
+
+def group(verdicts: Iterable[Verdict], folded: dict[GroupKey, Group] | None = None) -> list[Group]:
+    """Verdicts by verdict, namespace and server, failures first; ``folded`` holds
+    the counts of attempts already folded away (see :meth:`Group.fold`)."""
+    groups: dict[GroupKey, Group] = {k: g.copy() for k, g in (folded or {}).items()}
     for v in verdicts:
-        k = (v.name, v.netns, v.flow.server[0], v.flow.server[1])
-        if k in groups:
-            groups[k].verdicts.append(v)
-        else:
-            groups[k] = Group([v])
+        groups.setdefault(group_key(v), Group()).verdicts.append(v)
     return sorted(groups.values(), key=lambda g: (g.name == "OK", g.name, g.first.flow.server))
 
 
 def healthy_line(groups: list[Group]) -> str:
     """One line for a run where every attempt succeeded (or none was seen)."""
-    ok = [v for g in groups for v in g.verdicts]
-    if not ok:
+    attempts = sum(g.attempts for g in groups)
+    if not attempts:
         return "OK: no TCP connection attempts seen"
-    lats = [v.figures["latency_ms"] for v in ok if v.figures.get("latency_ms") is not None]
+    lats = [x for g in groups for x in g.all_latencies]
     median = f" (median connect {statistics.median(lats):.3f} ms)" if lats else ""
-    ports = sorted({v.flow.server[1] for v in ok})
-    return (f"OK: {len(ok)} connection attempt{'s' if len(ok) > 1 else ''} to port{'s' if len(ports) > 1 else ''} "
+    ports = sorted({g.first.flow.server[1] for g in groups})
+    return (f"OK: {attempts} connection attempt{'s' if attempts > 1 else ''} to port{'s' if len(ports) > 1 else ''} "
             f"{','.join(map(str, ports))}, all connected{median}")
 
 
@@ -900,7 +963,7 @@ def _ports_of(x: Any) -> set[int]:
 
 def decide_all(recorder: Recorder, facts: Facts, keep: Callable[[Flow], bool] = lambda f: True) -> list[Verdict]:
     out = []
-    for flow in recorder.flows.values():
+    for flow in recorder.all_flows():
         if not keep(flow):
             continue
         v = decide(flow, facts)

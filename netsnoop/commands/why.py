@@ -108,12 +108,19 @@ class Watch:
         self.queue_seen: dict[tuple[int, str, int], tuple[int, float]] = {}
         self.nft_read: set[int] = set()
         self.no_ifname: set[tuple[int, int]] = set()
+        self.recorder.on_reuse = self._forget_accept
         self.refresh_namespaces()
         for ns in self.namespaces.values():
             try:
                 self.baseline[ns.inode] = N.counters(ns)
             except OSError:
                 continue
+
+    def _forget_accept(self, key: V.FlowKey) -> None:
+        """What sock_diag said of a connection belongs to it, not to the next one on
+        the same ports."""
+        self.facts.accepted.discard(key)
+        self.facts.unaccepted.pop(key, None)
 
     # -- namespaces and static state --------------------------------------------------
     def refresh_namespaces(self) -> None:
@@ -127,7 +134,7 @@ class Watch:
         return self.namespaces.get(inode)
 
     def watched_ports(self) -> set[int]:
-        return self.ports | {f.server[1] for f in self.recorder.flows.values()}
+        return self.ports | {f.server[1] for f in self.recorder.all_flows()}
 
     def read_listeners(self) -> None:
         ports = self.watched_ports()
@@ -187,7 +194,7 @@ class Watch:
         f.now_ns = time.monotonic_ns()
         f.ended = ended
         self.read_listeners()
-        flows = list(self.recorder.flows.values())
+        flows = self.recorder.all_flows()
         relevant = {fl.netns for fl in flows} | {lst.netns for lst in f.listeners}
         for inode in relevant:
             ns = self.ns(inode)
@@ -227,7 +234,9 @@ class Watch:
 
     def _check_accepts(self, flows: list[V.Flow]) -> None:
         """Whether each server-side child was accept()ed: it has a file (inode) then."""
-        waiting = [fl for fl in flows if fl.server_established_ns and fl.key not in self.facts.accepted]
+        current = self.recorder.flows
+        waiting = [fl for fl in flows if fl.server_established_ns and fl.key not in self.facts.accepted
+                   and current.get(fl.key) is fl]
         by_ns: dict[int, list[V.Flow]] = {}
         for fl in waiting:
             by_ns.setdefault(fl.server_netns, []).append(fl)
@@ -378,17 +387,20 @@ def _follow(w: Watch, obj: Any, ring: Any, decoder: Any, clock: Clock, duration:
     shown: set[tuple[str, int, str, int]] = set()
     next_refresh = 0.0
 
-    settled: list[V.Verdict] = []
+    folded: dict[V.GroupKey, V.Group] = {}
 
     def update(ended: bool = False) -> list[V.Group]:
         w.refresh(ended)
-        verdicts = V.decide_all(w.recorder, w.facts, w.keep)
-        for v in verdicts:  # a connection that succeeded (and was accepted) is done with
+        kept = []
+        for v in V.decide_all(w.recorder, w.facts, w.keep):
+            # a connection that succeeded (and was accepted) is done with: counted, let go
             quiet = (w.facts.now_ns - v.flow.last_ns) / 1e9 > GRACE_S  # the other end's records are in
             if v.name == "OK" and quiet and (not v.flow.server_established_ns or v.flow.key in w.facts.accepted):
-                settled.append(v)
-                del w.recorder.flows[v.flow.key]
-        groups = V.group(settled + [v for v in verdicts if v.name != "OK" or v.flow.key in w.recorder.flows])
+                folded.setdefault(V.group_key(v), V.Group()).fold(v)
+                w.recorder.forget(v.flow)
+            else:
+                kept.append(v)
+        groups = V.group(kept, folded)
         if not as_json:
             out = []
             for g in groups:
@@ -418,10 +430,10 @@ def _follow(w: Watch, obj: Any, ring: Any, decoder: Any, clock: Clock, duration:
 
 
 def _report(w: Watch, groups: list[V.Group], failed: list[V.Group], as_json: bool, obj: Any) -> None:
-    attempts = sum(len(g.verdicts) for g in groups)
+    attempts = sum(g.attempts for g in groups)
     health = obj.health()
     summary = make_sink(OutputOptions(json=as_json), [])
-    facts = {"attempts": attempts, "failed": sum(len(g.verdicts) for g in failed), **health}
+    facts = {"attempts": attempts, "failed": sum(g.attempts for g in failed), **health}
     if as_json:
         emit([V.json.dumps(g.record(w.facts)) for g in groups])
         summary.summary(facts)
