@@ -321,3 +321,28 @@ def test_usage_errors_exit_2_in_one_line(args: list[str]) -> None:
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith("Error: ")
     assert "Traceback" not in done.stderr
+
+
+def test_a_reused_client_port_is_a_new_attempt() -> None:
+    """Loopback storms reuse client ports within a second: each connection is its own
+    attempt once the previous one on the same ports finished."""
+    records = []
+    for n in range(3):
+        t = (n + 1) * S
+        child = V.Record(V.STATE, t + 2 * MS, NS_A, 2, SERVER, PORT, CLIENT, 40000, state=V.ESTABLISHED, oldstate=V.SYN_RECV)
+        records += [connect(t, sk=n + 1), syn_in(t + MS), connect_end(t + 2 * MS, V.ESTABLISHED, sk=n + 1), child]
+    vs = verdicts(records, facts(listeners=[listener()]))
+    assert [v.name for v in vs] == ["OK"] * 3
+    (g,) = V.group(vs)
+    assert (g.attempts, g.syns, g.clients) == (3, 3, [CLIENT])
+
+
+def test_folded_attempts_still_count() -> None:
+    vs = verdicts([connect(S, sk=1), connect_end(S + MS, V.ESTABLISHED, sk=1)], facts())
+    folded = V.Group()
+    folded.fold(vs[0])
+    more = verdicts([connect(3 * S, sk=2), connect_end(3 * S + 3 * MS, V.ESTABLISHED, sk=2, cport=40001)], facts())
+    (g,) = V.group(more, {V.group_key(vs[0]): folded})
+    assert (g.attempts, g.syns, sorted(g.all_latencies)) == (2, 2, [pytest.approx(1.0), pytest.approx(3.0)])
+    assert "flows" not in g.record(facts()) and g.record(facts())["latency_ms"]["median"] == pytest.approx(2.0)
+    assert folded.attempts == 1  # grouping copied it

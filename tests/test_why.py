@@ -682,3 +682,31 @@ def test_ipv6_attempts_get_the_same_verdicts() -> None:
     fw = scenarios[FirewallDrop6]
     (rec,) = verdicts_on(trace, fw.port)
     assert rec["rule"]["handle"] == fw.facts["handle"] and rec["syns"] == 2
+
+
+def test_every_connection_counts_even_on_one_reused_client_port() -> None:
+    """200 connections from one client port (closed with a reset, so the next one may
+    reuse it at once): 200 attempts, each its own flow, all OK."""
+    n = 200
+    with NetnsPair() as net, Trace(["why", "--json", "-P", "17"]) as trace:
+        with in_netns(net.a):
+            srv = socket.socket()
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind((net.addr_a, 17))
+        srv.listen(n)
+        for _ in range(n):
+            with in_netns(net.b):
+                c = socket.socket()
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            c.bind((net.addr_b, 40017))
+            c.connect((net.addr_a, 17))
+            conn, _ = srv.accept()
+            c.close()
+            conn.close()
+        srv.close()
+        before = nstat(net, net.b)["TcpActiveOpens"]
+    (rec,) = [r for r in trace.records if r.get("type") == "verdict" and r["address"] == net.addr_a]
+    assert (rec["verdict"], rec["attempts"], rec["syns"], rec["clients"]) == ("OK", n, n, [net.addr_b])
+    assert before == n  # the kernel's own count of connects in the client's namespace
+    assert trace.returncode == 0
