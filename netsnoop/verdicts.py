@@ -50,8 +50,9 @@ VERDICTS: dict[str, str] = {
     "UNREACHABLE": "an ICMP error said the destination cannot be reached",
     "DROPPED": "the kernel dropped the SYN for another reason, which it names",
     "NO_ANSWER": "the SYN arrived and nothing on this host answered it or said why",
+    "PASSED_ON": "not a failure here: the namespace the SYN reached forwarded or NATed it elsewhere",
 }
-FAILED = frozenset(VERDICTS) - {"OK"}
+FAILED = frozenset(VERDICTS) - {"OK", "PASSED_ON"}
 
 
 def printable(text: str) -> str:
@@ -689,7 +690,12 @@ def decide(flow: Flow, facts: Facts) -> Verdict | None:
         if not settled:
             return None
         if lst is None:
-            return done(_listener_verdict(flow, facts, ns, v))
+            # not dropped (no NO_SOCKET) and nobody here listens: routed on, or NATed
+            v.name = "PASSED_ON"
+            v.why = (f"{flow.syns_in} SYN(s) arrived {_in_ns(facts, ns)}, which has no listener for {addr}:{port} "
+                     f"and did not drop them: they were forwarded or NATed elsewhere")
+            v.next_step = "watch the port the SYNs are forwarded or NATed to (-P), or run why where they go"
+            return done(v)
         v.name = "NO_ANSWER"
         v.why = f"{flow.syns_in} SYN(s) arrived {_in_ns(facts, ns)} and nothing on this host answered or dropped them"
         v.next_step = "capture on both ends (tcpdump) and compare: the loss is outside what the kernel reports"

@@ -346,3 +346,10 @@ def test_folded_attempts_still_count() -> None:
     assert (g.attempts, g.syns, sorted(g.all_latencies)) == (2, 2, [pytest.approx(1.0), pytest.approx(3.0)])
     assert "flows" not in g.record(facts()) and g.record(facts())["latency_ms"]["median"] == pytest.approx(2.0)
     assert folded.attempts == 1  # grouping copied it
+
+
+def test_a_syn_routed_on_is_not_a_failure() -> None:
+    """Nobody listens where the SYN arrived and nothing dropped it there: it was
+    forwarded or NATed (a router namespace, a container's published port)."""
+    v = one([syn_in(S)], facts(listeners=[listener(port=80)]))
+    assert (v.name, v.failed, v.netns) == ("PASSED_ON", False, NS_A)

@@ -438,20 +438,18 @@ def _report(w: Watch, groups: list[V.Group], failed: list[V.Group], as_json: boo
         emit([V.json.dumps(g.record(w.facts)) for g in groups])
         summary.summary(facts)
         return
-    if not failed:
-        emit([V.healthy_line(groups)])
-    else:
-        lines: list[str] = []
-        for g in groups:
-            if g.name == "OK":
-                continue
-            lines.append("")
-            lines.extend(g.lines(w.facts))
-        ok = [g for g in groups if g.name == "OK"]
-        if ok:
-            lines.append("")
-            lines.append(V.healthy_line(ok).replace(", all connected", " connected").replace("OK: ", "OK: also "))
-        emit(lines)
+    ok = [g for g in groups if g.name == "OK"]
+    passed_on = [g for g in groups if g.name != "OK" and g not in failed]
+    lines: list[str] = []
+    for g in failed + passed_on:  # a block each, failures first
+        lines.append("")
+        lines.extend(g.lines(w.facts))
+    if not failed and (ok or not passed_on):
+        lines.append(V.healthy_line(ok))  # a healthy host: this one line
+    elif ok:
+        lines.append("")
+        lines.append(V.healthy_line(ok).replace(", all connected", " connected").replace("OK: ", "OK: also "))
+    emit(lines if failed or passed_on else lines[-1:])
     summary.summary(facts)
     if health.get("lost_events"):
         warn("events were lost: some verdicts may lack evidence (raise --ringbuf)")
