@@ -60,6 +60,11 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
 
 
+def plural(n: int, word: str) -> str:
+    """``1 SYN``, ``2 SYNs``."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def errno_name(err: int) -> str:
     return ERRNO_NAMES.get(err, f"errno {err}")
 
@@ -531,7 +536,7 @@ def decide(flow: Flow, facts: Facts) -> Verdict | None:
 
     def done(v: Verdict) -> Verdict:
         if flow.syns_in:
-            v.evidence.insert(0, f"{flow.syns_in} SYN{'s' if flow.syns_in > 1 else ''} arrived {_in_ns(facts, flow.syn_netns)}"
+            v.evidence.insert(0, f"{plural(flow.syns_in, 'SYN')} arrived {_in_ns(facts, flow.syn_netns)}"
                               + (f" on {facts.ifnames[(flow.syn_netns, flow.syn_ifindex)]}"
                                  if (flow.syn_netns, flow.syn_ifindex) in facts.ifnames else ""))
         if client_words:
@@ -579,21 +584,24 @@ def decide(flow: Flow, facts: Facts) -> Verdict | None:
         if reason == "NETFILTER_DROP" and d.output:
             v.name = "TIMEOUT"
             v.netns = d.netns
+            v.evidence.append(f"{plural(len(syn_drops), 'SYN')} dropped {_in_ns(facts, d.netns)} on the way out, "
+                              "reason NETFILTER_DROP")
             v = _firewall_verdict(flow, facts, d, v)
             v.name = "TIMEOUT"
             v.why = f"the SYNs never left: {v.why}"
             return done(v)
         if reason == "NETFILTER_DROP":
-            v.evidence.append(f"{len(syn_drops)} SYN{'s' if len(syn_drops) > 1 else ''} dropped {_in_ns(facts, d.netns)}, reason NETFILTER_DROP")
+            v.evidence.append(f"{plural(len(syn_drops), 'SYN')} dropped {_in_ns(facts, d.netns)}, reason NETFILTER_DROP")
             return done(_firewall_verdict(flow, facts, d, v))
         if reason == "IP_RPFILTER":
             dev, value = facts.rp_filter.get((d.netns, flow.syn_ifindex or d.ifindex), ("?", -1))
             v.name = "RP_FILTER"
-            v.why = (f"reverse-path filtering {_in_ns(facts, d.netns)} dropped the SYN from {flow.key[2]} "
-                     f"arriving on {dev}: the route back to the client does not leave by {dev}")
-            v.evidence.append(f"{len(syn_drops)} SYN(s) dropped, reason IP_RPFILTER; rp_filter={value} on {dev} "
-                              f"(the higher of conf/all and conf/{dev} applies)")
             route = facts.routes.get((d.netns, flow.key[2]))
+            back = ("there is no route back to the client" if route and "unreachable" in route.lower()
+                    else f"the route back to the client does not leave by {dev}")
+            v.why = f"reverse-path filtering {_in_ns(facts, d.netns)} dropped the SYN from {flow.key[2]} arriving on {dev}: {back}"
+            v.evidence.append(f"{plural(len(syn_drops), 'SYN')} dropped, reason IP_RPFILTER; rp_filter={value} on {dev} "
+                              f"(the higher of conf/all and conf/{dev} applies)")
             if route:
                 v.evidence.append(f"route back to {flow.key[2]}: {route}")
             n = facts.delta(d.netns, "TcpExtIPReversePathFilter")
@@ -605,7 +613,7 @@ def decide(flow: Flow, facts: Facts) -> Verdict | None:
                            f"(loose) in netns {facts.label(d.netns)}")
             return done(v)
         if reason == "NO_SOCKET":
-            v.evidence.append(f"{len(syn_drops)} SYN(s) dropped {_in_ns(facts, d.netns)}, reason NO_SOCKET")
+            v.evidence.append(f"{plural(len(syn_drops), 'SYN')} dropped {_in_ns(facts, d.netns)}, reason NO_SOCKET")
             return done(_listener_verdict(flow, facts, d.netns, v))
         v.name = "DROPPED"
         v.why = f"the kernel dropped the SYN {_in_ns(facts, d.netns)}, reason {reason}"
@@ -617,7 +625,7 @@ def decide(flow: Flow, facts: Facts) -> Verdict | None:
         reason = _reason(facts, d.reason)
         v.figures["drop_reason"] = reason
         v.netns = ns or d.netns
-        v.evidence.append(f"{len(synack_drops)} SYN-ACK(s) dropped {_in_ns(facts, d.netns)}, reason {reason}")
+        v.evidence.append(f"{plural(len(synack_drops), 'SYN-ACK')} dropped {_in_ns(facts, d.netns)}, reason {reason}")
         if reason == "NETFILTER_DROP":
             return done(_firewall_verdict(flow, facts, d, v))
         v.name = "SYNACK_UNANSWERED"
@@ -631,7 +639,7 @@ def decide(flow: Flow, facts: Facts) -> Verdict | None:
         v.name = "NO_ROUTE_BACK"
         n = facts.delta(ns, "IpOutNoRoutes")
         v.why = f"the SYN arrived {_in_ns(facts, ns)}, but the SYN-ACK has no route back to {flow.key[2]}"
-        v.evidence.append(f"{len(flow.fib_errors)} failed route lookup(s) from {addr}:{port} to {flow.key[2]}:{flow.key[3]} "
+        v.evidence.append(f"{plural(len(flow.fib_errors), 'failed route lookup')} from {addr}:{port} to {flow.key[2]}:{flow.key[3]} "
                           f"(fib_table_lookup error {flow.fib_errors[0]})")
         v.evidence.append(f"IpOutNoRoutes +{n} {_in_ns(facts, ns)}")
         route = facts.routes.get((ns, flow.key[2]))
@@ -681,7 +689,7 @@ def decide(flow: Flow, facts: Facts) -> Verdict | None:
                 return None
             v.name = "SYNACK_UNANSWERED"
             v.why = (f"the server {_in_ns(facts, ns)} answered with a SYN-ACK and retransmitted it "
-                     f"{flow.synack_retrans} time(s); no ACK came back: the reply is lost on the way to {flow.key[2]}")
+                     f"{plural(flow.synack_retrans, 'time')}; no ACK came back: the reply is lost on the way to {flow.key[2]}")
             v.next_step = f"follow the path back to {flow.key[2]}: routes, the client's firewall, NAT, asymmetric routing"
             _route_back(v, facts, ns, flow.key[2])
             if lst:
@@ -692,12 +700,12 @@ def decide(flow: Flow, facts: Facts) -> Verdict | None:
         if lst is None:
             # not dropped (no NO_SOCKET) and nobody here listens: routed on, or NATed
             v.name = "PASSED_ON"
-            v.why = (f"{flow.syns_in} SYN(s) arrived {_in_ns(facts, ns)}, which has no listener for {addr}:{port} "
+            v.why = (f"{plural(flow.syns_in, 'SYN')} arrived {_in_ns(facts, ns)}, which has no listener for {addr}:{port} "
                      f"and did not drop them: they were forwarded or NATed elsewhere")
             v.next_step = "watch the port the SYNs are forwarded or NATed to (-P), or run why where they go"
             return done(v)
         v.name = "NO_ANSWER"
-        v.why = f"{flow.syns_in} SYN(s) arrived {_in_ns(facts, ns)} and nothing on this host answered or dropped them"
+        v.why = f"{plural(flow.syns_in, 'SYN')} arrived {_in_ns(facts, ns)} and nothing on this host answered or dropped them"
         v.next_step = "capture on both ends (tcpdump) and compare: the loss is outside what the kernel reports"
         return done(v)
 
@@ -708,7 +716,7 @@ def decide(flow: Flow, facts: Facts) -> Verdict | None:
                 return None
             v.name = "TIMEOUT"
             v.netns = c.netns
-            v.why = f"no answer to {c.syns} SYN(s) to {addr}:{port} yet when the trace ended"
+            v.why = f"no answer to {plural(c.syns, 'SYN')} to {addr}:{port} yet when the trace ended"
             v.next_step = f"check the path to {addr}: ping, traceroute -T -p {port}; is the server up?"
             return done(v)
         if c.icmp_error:
@@ -722,7 +730,7 @@ def decide(flow: Flow, facts: Facts) -> Verdict | None:
             v.next_step = f"check that the server listens on {addr}:{port}"
         elif c.err in (ETIMEDOUT, 0):
             v.name = "TIMEOUT"
-            v.why = (f"{c.syns} SYN(s) to {addr}:{port} got no answer"
+            v.why = (f"{plural(c.syns, 'SYN')} to {addr}:{port} got no answer"
                      + (" before the client gave up" if not c.err else ""))
             v.next_step = f"check the path to {addr} (a firewall that drops, a host that is down): traceroute -T -p {port}"
         elif c.err in (EHOSTUNREACH, ENETUNREACH, 13):

@@ -277,9 +277,10 @@ class Watch:
         ns = self.ns(ns_inode)
         if ns is None or (ns_inode, client) in self.facts.routes:
             return
-        out = _run_in(ns, ["ip", "-o", "route", "get", client])
-        if out:
-            self.facts.routes[(ns_inode, client)] = " ".join(out.split())
+        out = _run_in(ns, ["ip", "route", "get", client])
+        if out:  # one line; the "cache" flag line says nothing here
+            words = out.split()
+            self.facts.routes[(ns_inode, client)] = " ".join(words[:-1] if words[-1:] == ["cache"] else words)
 
     def keep(self, fl: V.Flow) -> bool:
         return (self.target is None or fl.server[0] == self.target) and (not self.ports or fl.server[1] in self.ports)
