@@ -365,6 +365,7 @@ class Facts:
     """What :func:`decide` knows besides the flow; filled by the command (or a test)."""
 
     labels: dict[int, str] = field(default_factory=dict)  # netns inode -> name
+    paths: dict[int, str] = field(default_factory=dict)  # netns inode -> a path setns/nsenter can open
     listeners: list[ListenerView] = field(default_factory=list)
     counters: dict[int, dict[str, int]] = field(default_factory=dict)  # netns -> deltas since start
     rules: dict[int, list[Rule]] = field(default_factory=dict)  # netns -> rules
@@ -382,6 +383,16 @@ class Facts:
 
     def label(self, netns: int) -> str:
         return self.labels.get(netns, f"netns:{netns}" if netns else "?")
+
+    def enter(self, netns: int) -> str:
+        """The prefix that runs a command in ``netns``: none for the host's,
+        ``ip netns exec NAME`` for a named one, ``nsenter --net=PATH`` otherwise."""
+        label = self.labels.get(netns, "")
+        if label == "host":
+            return ""
+        if label and not label.startswith("netns:"):
+            return f"ip netns exec {label} "
+        return f"nsenter --net={self.paths.get(netns, '/proc/PID/ns/net')} "
 
     def delta(self, netns: int, name: str) -> int:
         return self.counters.get(netns, {}).get(name, 0)
@@ -499,7 +510,7 @@ def _firewall_verdict(flow: Flow, facts: Facts, d: Drop, v: Verdict) -> Verdict:
     if rule is not None:
         v.why = f"a firewall rule {_in_ns(facts, d.netns)} {verb} {where}: {rule.where} \"{rule.text}\""
         v.figures["rule"] = rule.figures()
-        v.next_step = (f"ip netns exec {facts.label(d.netns)} nft -a list chain {rule.family} {rule.table} {rule.chain}; "
+        v.next_step = (f"{facts.enter(d.netns)}nft -a list chain {rule.family} {rule.table} {rule.chain}; "
                        f"remove or narrow the rule" + (f" (nft delete rule {rule.family} {rule.table} {rule.chain} "
                                                       f"handle {rule.handle})" if rule.handle else ""))
     else:

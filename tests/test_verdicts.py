@@ -353,3 +353,14 @@ def test_a_syn_routed_on_is_not_a_failure() -> None:
     forwarded or NATed (a router namespace, a container's published port)."""
     v = one([syn_in(S)], facts(listeners=[listener(port=80)]))
     assert (v.name, v.failed, v.netns) == ("PASSED_ON", False, NS_A)
+
+
+def test_next_step_runs_in_the_right_namespace() -> None:
+    rules = [V.Rule(NS_A, "inet", "t", "input", "input", 7, "drop", "tcp dport 8080 drop", frozenset({PORT}))]
+    recs = [syn_in(S), syn_drop(S, 3)]
+    named = one(recs, facts(rules={NS_A: rules}))
+    assert named.next_step.startswith("ip netns exec nsA nft -a list chain inet t input")
+    host = one(recs, facts(rules={NS_A: rules}, labels={NS_A: "host"}))
+    assert host.next_step.startswith("nft -a list chain inet t input")
+    anon = one(recs, facts(rules={NS_A: rules}, labels={NS_A: f"netns:{NS_A}"}, paths={NS_A: "/proc/99/ns/net"}))
+    assert anon.next_step.startswith("nsenter --net=/proc/99/ns/net nft -a list chain")

@@ -126,6 +126,7 @@ class Watch:
     def refresh_namespaces(self) -> None:
         self.namespaces = {n.inode: n for n in N.namespaces()}
         self.facts.labels = {i: n.label for i, n in self.namespaces.items()}
+        self.facts.paths = {i: n.path for i, n in self.namespaces.items()}
         self._ns_read_at = time.monotonic()
 
     def ns(self, inode: int) -> N.Netns | None:
