@@ -392,3 +392,24 @@ def ifname(ns: Netns, ifindex: int) -> str | None:
             return socket.if_indextoname(ifindex)
     except OSError:
         return None
+
+
+def parse_counters6(text: str) -> dict[str, int]:
+    """``/proc/net/snmp6`` (one ``Ip6OutNoRoutes  3`` per line) as nstat names them."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            out[parts[0]] = int(parts[1])
+    return out
+
+
+def all_counters(ns: Netns) -> dict[str, int]:
+    """:func:`counters` plus the IPv6 ones (``Ip6OutNoRoutes``), when IPv6 is there."""
+    with entered(ns):
+        text = _read_net_file("snmp") + _read_net_file("netstat")
+        try:
+            text6 = _read_net_file("snmp6")
+        except OSError:
+            text6 = ""
+    return {**parse_counters(text), **parse_counters6(text6)}

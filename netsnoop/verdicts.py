@@ -645,14 +645,16 @@ def decide(flow: Flow, facts: Facts) -> Verdict | None:
         v.next_step = f"follow the SYN-ACK's path to {flow.key[2]} (neighbour entry, forwarding, the client's firewall)"
         return done(v)
 
-    # 4. no route for the SYN-ACK
-    if flow.fib_errors:
+    # 4. no route for the SYN-ACK: a failed lookup the namespace also counted (with
+    # policy routing a lookup may miss one table and find the route in the next)
+    no_routes = "Ip6OutNoRoutes" if flow.family == 10 else "IpOutNoRoutes"
+    if flow.fib_errors and facts.delta(ns, no_routes) and not flow.synack_retrans:
         v.name = "NO_ROUTE_BACK"
-        n = facts.delta(ns, "IpOutNoRoutes")
+        n = facts.delta(ns, no_routes)
         v.why = f"the SYN arrived {_in_ns(facts, ns)}, but the SYN-ACK has no route back to {flow.key[2]}"
         v.evidence.append(f"{plural(len(flow.fib_errors), 'failed route lookup')} from {addr}:{port} to {flow.key[2]}:{flow.key[3]} "
                           f"(fib_table_lookup error {flow.fib_errors[0]})")
-        v.evidence.append(f"IpOutNoRoutes +{n} {_in_ns(facts, ns)}")
+        v.evidence.append(f"{no_routes} +{n} {_in_ns(facts, ns)}")
         route = facts.routes.get((ns, flow.key[2]))
         if route:
             v.evidence.append(f"ip route get {flow.key[2]}: {route}")

@@ -364,3 +364,15 @@ def test_next_step_runs_in_the_right_namespace() -> None:
     assert host.next_step.startswith("nft -a list chain inet t input")
     anon = one(recs, facts(rules={NS_A: rules}, labels={NS_A: f"netns:{NS_A}"}, paths={NS_A: "/proc/99/ns/net"}))
     assert anon.next_step.startswith("nsenter --net=/proc/99/ns/net nft -a list chain")
+
+
+def test_a_failed_lookup_the_namespace_did_not_count_is_no_verdict_of_its_own() -> None:
+    """With policy routing one table may miss and the next one hit: only a lookup the
+    namespace counted as IpOutNoRoutes is a missing route."""
+    fib = V.Record(V.FIB_FAIL, S + 1, 0, 2, SERVER, PORT, CLIENT, 40000, value=-11)
+    v = one([syn_in(S), fib], facts(listeners=[listener()]))
+    assert v.name == "NO_ANSWER"
+    fib6 = V.Record(V.FIB_FAIL, S + 1, NS_A, 10, "fd00::1", PORT, "fd00::2", 40000, value=-113)
+    syn6 = V.Record(V.SYN_IN, S, NS_A, 10, "fd00::2", 40000, "fd00::1", PORT, extra=3, tcpflags=V.TCP_SYN)
+    six = one([syn6, fib6], facts(counters={NS_A: {"Ip6OutNoRoutes": 1}}))
+    assert (six.name, six.figures["ip_out_no_routes"]) == ("NO_ROUTE_BACK", 1)

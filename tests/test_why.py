@@ -402,6 +402,25 @@ class FirewallDrop6(FirewallDrop):
         assert self.curl(f"[{self.net.addr6_a}]") != 0
 
 
+class NoRouteBack6(Scenario):
+    """IPv6: the client calls from an address the server has no route back to."""
+
+    verdict = "NO_ROUTE_BACK"
+
+    def setup(self) -> None:
+        n = self.net
+        self.source = n.addr6_b.replace("fd77:", "fd78:", 1)
+        n.exec(n.b, f"ip addr add {self.source}/128 dev {n.dev_b} nodad")
+        # the server would not answer neighbour solicitations from an address it cannot route back to
+        n.exec(n.b, f"ip neigh replace {n.addr6_a} lladdr {mac(n, n.a, n.dev_a)} dev {n.dev_b} nud permanent")
+        p = python_server(n, n.a, n.addr6_a, self.port, accept=True)
+        self.procs.append(p)
+        self.facts["server_pid"] = p.pid
+
+    def traffic(self) -> None:
+        assert self.curl(f"[{self.net.addr6_a}]", source=self.source) != 0
+
+
 SCENARIOS: list[type[Scenario]] = [Ok, NoListener, OtherAddress, OtherNamespace, FirewallDrop, FirewallReject, RpFilter,
                                    NoRouteBack, AcceptQueueFull, NotAccepted, SynackUnanswered, SynQueueFull, Refused,
                                    Timeout, Unreachable, OutputDrop]
@@ -660,11 +679,12 @@ def test_classic_tracepoints_reach_the_same_verdicts() -> None:
     """Forced onto classic tracepoints (what a kernel without tp_btf offers), the hooks
     that have one still tell these causes apart; the ICMP and error-report hooks exist
     only as typed tracepoints and are reported as unavailable."""
-    classes: list[type[Scenario]] = [Ok, NoListener, FirewallDrop, NoRouteBack, SynackUnanswered]
+    classes: list[type[Scenario]] = [Ok, NoListener, FirewallDrop, NoRouteBack, NoRouteBack6, SynackUnanswered]
     with scenarios_traced(classes, ["--json"], env={"NETSNOOP_HOOKS": "tracepoint"}) as (scenarios, trace):
         pass
     assert trace.summary["hooks"] == {"receive": "tracepoint", "drop": "tracepoint", "synack": "tracepoint",
-                                      "fib": "tracepoint", "icmp": None, "set_state": "tracepoint", "error": None}
+                                      "fib": "tracepoint", "fib6": "tracepoint", "icmp": None,
+                                      "set_state": "tracepoint", "error": None}
     for cls, s in scenarios.items():
         assert s.error is None
         found = [(r["verdict"], r["netns"]) for r in verdicts_on(trace, s.port)]
@@ -672,13 +692,18 @@ def test_classic_tracepoints_reach_the_same_verdicts() -> None:
 
 
 def test_ipv6_attempts_get_the_same_verdicts() -> None:
-    with scenarios_traced([Ok6, NoListener6, FirewallDrop6], ["--json"]) as (scenarios, trace):
+    with scenarios_traced([Ok6, NoListener6, FirewallDrop6, NoRouteBack6], ["--json"]) as (scenarios, trace):
         pass
     for cls, s in scenarios.items():
         assert s.error is None
         (rec,) = verdicts_on(trace, s.port)
-        assert (rec["verdict"], rec["netns"], rec["address"], rec["clients"]) == (cls.verdict, s.net.a, s.net.addr6_a, [s.net.addr6_b])
+        client = getattr(s, "source", s.net.addr6_b)
+        assert (rec["verdict"], rec["netns"], rec["address"], rec["clients"]) == (cls.verdict, s.net.a, s.net.addr6_a, [client])
         assert rec["client"]["pid"] in s.facts["curl_pids"]
+    nr = scenarios[NoRouteBack6]
+    (rec,) = verdicts_on(trace, nr.port)
+    assert rec["ip_out_no_routes"] == nr.delta(nr.net.a, "Ip6OutNoRoutes") > 0
+    assert rec["listener"]["pid"] == nr.facts["server_pid"]
     fw = scenarios[FirewallDrop6]
     (rec,) = verdicts_on(trace, fw.port)
     assert rec["rule"]["handle"] == fw.facts["handle"] and rec["syns"] == 2

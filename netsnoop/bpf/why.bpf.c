@@ -15,7 +15,7 @@ enum why_kind {
 	WHY_SYN_IN = 1,         /* a SYN (no ACK) arrived on a device of netns */
 	WHY_DROP = 2,           /* a TCP packet with SYN set was dropped (value: reason) */
 	WHY_SYNACK_RETRANS = 3, /* a listener retransmitted its SYN-ACK */
-	WHY_FIB_FAIL = 4,       /* an IPv4 TCP route lookup failed (value: errno, no netns) */
+	WHY_FIB_FAIL = 4,       /* a TCP route lookup failed (value: errno; IPv4: no netns) */
 	WHY_STATE = 5,          /* a handshake state change (oldstate -> state) */
 	WHY_ICMP_SEND = 6,      /* an ICMP error sent about a TCP packet (value: type << 8 | code) */
 	WHY_SK_ERROR = 7,       /* a connecting socket was given an error (value: sk_err) */
@@ -295,6 +295,72 @@ int fib__tracepoint(struct trace_event_raw_fib_table_lookup *ctx)
 	e->value = ctx->err;
 	bpf_ringbuf_submit(e, 0);
 	return 0;
+}
+
+/* ---- a route lookup fails (IPv6) ---------------------------------------------------- */
+
+#define RTN_BLACKHOLE_ 6
+#define RTN_UNREACHABLE_ 7
+#define RTN_PROHIBIT_ 8
+#define RTN_THROW_ 9
+
+/* The errno the kernel gives each failing route type (ip6_rt_type_to_error). */
+static __always_inline int rt6_error(__u8 type)
+{
+	switch (type) {
+	case RTN_BLACKHOLE_: return -22;    /* EINVAL */
+	case RTN_UNREACHABLE_: return -113; /* EHOSTUNREACH */
+	case RTN_PROHIBIT_: return -13;     /* EACCES */
+	case RTN_THROW_: return -11;        /* EAGAIN */
+	}
+	return 0;
+}
+
+static __always_inline int fib6_event(__u32 netns, const struct sock_tuple *t, int err)
+{
+	struct event *e;
+
+	if (!err || !family_allowed(AF_INET6) || !(port_in(filter_ports, t->sport) || port_in(filter_ports, t->dport)))
+		return 0;
+	e = new_event(WHY_FIB_FAIL, t);
+	if (!e)
+		return 0;
+	e->netns = netns;
+	e->value = err;
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("tp_btf/fib6_table_lookup")
+int BPF_PROG(fib6__tp_btf, const struct net *net, const struct fib6_result *res, struct fib6_table *table,
+	     const struct flowi6 *flp)
+{
+	struct sock_tuple t = {};
+
+	if (BPF_CORE_READ(flp, __fl_common.flowic_proto) != IPPROTO_TCP)
+		return 0;
+	t.family = AF_INET6;
+	t.sport = bpf_ntohs(BPF_CORE_READ(flp, uli.ports.sport));
+	t.dport = bpf_ntohs(BPF_CORE_READ(flp, uli.ports.dport));
+	bpf_core_read(t.saddr, 16, &flp->saddr);
+	bpf_core_read(t.daddr, 16, &flp->daddr);
+	return fib6_event(BPF_CORE_READ(net, ns.inum), &t, rt6_error(BPF_CORE_READ(res, fib6_type)));
+}
+
+SEC("tracepoint/fib6/fib6_table_lookup")
+int fib6__tracepoint(struct trace_event_raw_fib6_table_lookup *ctx)
+{
+	struct sock_tuple t = {};
+
+	if (ctx->proto != IPPROTO_TCP)
+		return 0;
+	t.family = AF_INET6;
+	t.sport = ctx->sport;
+	t.dport = ctx->dport;
+	/* 16 bytes at an odd offset: read, since a context may only be loaded aligned */
+	bpf_probe_read_kernel(t.saddr, 16, ctx->src);
+	bpf_probe_read_kernel(t.daddr, 16, ctx->dst);
+	return fib6_event(0, &t, ctx->err);
 }
 
 /* ---- an ICMP error about a TCP packet is sent (e.g. an nft reject) ---------------- */

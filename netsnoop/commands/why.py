@@ -26,10 +26,10 @@ from netsnoop.runner import POLL_MS, StopFlag, Tracer, ready, silence_stdout, wa
 
 # Route lookups, ICMP sends and SYN-ACK retransmits sharpen verdicts; a kernel without
 # one of these tracepoints still gets the others.
-TRACER = Tracer("why", optional=frozenset({"fib", "icmp", "synack", "error"}))
+TRACER = Tracer("why", optional=frozenset({"fib", "fib6", "icmp", "synack", "error"}))
 REFRESH_S = 0.5  # how often the state around the flows is read again
 GRACE_S = 1.0  # how long an attempt may stay unexplained before it gets a verdict
-RELEVANT_COUNTERS = ("TcpExtListenOverflows", "TcpExtListenDrops", "IpOutNoRoutes", "TcpExtSyncookiesSent",
+RELEVANT_COUNTERS = ("TcpExtListenOverflows", "TcpExtListenDrops", "IpOutNoRoutes", "Ip6OutNoRoutes", "TcpExtSyncookiesSent",
                      "TcpExtTCPReqQFullDrop", "TcpExtTCPReqQFullDoCookies", "TcpExtIPReversePathFilter",
                      "TcpAttemptFails", "TcpExtTCPSynRetrans")
 
@@ -112,7 +112,7 @@ class Watch:
         self.refresh_namespaces()
         for ns in self.namespaces.values():
             try:
-                self.baseline[ns.inode] = N.counters(ns)
+                self.baseline[ns.inode] = N.all_counters(ns)
             except OSError:
                 continue
 
@@ -202,7 +202,7 @@ class Watch:
             if ns is None:
                 continue
             try:
-                now = N.counters(ns)
+                now = N.all_counters(ns)
             except OSError:
                 continue
             before = self.baseline.setdefault(inode, now)
