@@ -13,6 +13,13 @@ Client-only verdicts (REFUSED, TIMEOUT, UNREACHABLE) need a server netsnoop does
 see. Every namespace of this host is seen, so the client connects to a port that its
 own namespace's nftables NAT rewrites to another one: the server side then happens
 on a port netsnoop does not watch, as if it were another host.
+
+Not reproduced here, only in test_verdicts.py: DROPPED (a SYN dropped for a reason no
+other verdict names: any cause made on purpose here has its own verdict), NO_ANSWER
+(a SYN that nothing on the host answers or drops: in a veth pair the kernel always
+says why) and PASSED_ON (a SYN routed on or NATed: needs a third, forwarding
+namespace). The accept queue's "time since the last accept()" is what sock_diag shows
+over the trace (the queue never shrank), not a hook on accept().
 """
 
 from __future__ import annotations
