@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "solisten": ("netsnoop.commands.solisten", "Trace listen() on stream sockets (solisten)."),
     "rtt": ("netsnoop.commands.rtt", "Histogram of TCP round-trip times (tcprtt)."),
     "synbl": ("netsnoop.commands.synbl", "Histogram of TCP SYN backlog length (tcpsynbl)."),
+    "why": ("netsnoop.commands.why", "Say why TCP connections to a port fail, with the evidence (every namespace)."),
     "netqtop": ("netsnoop.commands.netqtop", "Per-queue packet counts and sizes of a network interface (netqtop)."),
     "softirqs": ("netsnoop.commands.softirqs", "Time spent in soft IRQs by type (softirqs)."),
     "completion": ("netsnoop.commands.completion", "Print the shell completion script for bash, zsh or fish."),
