@@ -132,6 +132,7 @@ STORM: list[tuple[str, list[str], Expect | None, str | None]] = [
     ("connect", ["connect"], Expect(1), "floor+syscalls"),
     ("connect -c", ["connect", "-c"], Expect(1, count="connects"), "floor+syscalls"),
     ("accept", ["accept"], Expect(1), "floor+syscalls"),
+    ("why", ["why", "-P", "{port}"], None, None),
 ]
 # Tools whose hooks fire on every send and receive call: judged on a bulk transfer.
 BULK: list[tuple[str, list[str], str | None]] = [
@@ -594,6 +595,14 @@ class Scenario:
     def filtered(self) -> bool:
         return any("{port}" in a for a in self.args)
 
+    def bound(self) -> tuple[list[str], list[str]]:
+        """(netsnoop's arguments, loadgen's) for one run: a filtered scenario gets a
+        free port, for both."""
+        if not self.filtered:
+            return list(self.args), list(self.workload)
+        port = str(free_port())
+        return [a.replace("{port}", port) for a in self.args], [*self.workload, "-p", port]
+
     def kernel_events(self, report: dict[str, Any]) -> int | None:
         """Events the kernel side handled: send+receive calls of a bulk transfer, or
         the exact per-connection count."""
@@ -605,12 +614,7 @@ class Scenario:
 def run_traced(sc: Scenario, tmp: str) -> dict[str, Any]:
     """One repeat: the workload untraced, under netsnoop, and untraced again, back to
     back; the ratio is traced / the mean of the two untraced runs (cancels drift)."""
-    wargs = list(sc.workload)
-    args = list(sc.args)
-    if sc.filtered:
-        port = free_port()
-        args = [a.replace("{port}", str(port)) for a in args]
-        wargs += ["-p", str(port)]
+    args, wargs = sc.bound()
     before = loadgen(*wargs)
     path = os.path.join(tmp, "out")
     ns = Netsnoop(args + FORMATS[sc.fmt], stdout_path=path).start()
@@ -968,14 +972,15 @@ def measure_kernel_cost(sc: Scenario, tmp: str) -> dict[str, Any]:
     some 20 ns per run: a program doing nothing reads about 45 ns here.)"""
     with open(BPF_STATS) as f:
         previous = f.read().strip()
-    ns = Netsnoop(list(sc.args), stdout_path=os.path.join(tmp, "kernel-cost")).start()
+    args, wargs = sc.bound()
+    ns = Netsnoop(args, stdout_path=os.path.join(tmp, "kernel-cost")).start()
     try:
         ns.wait_ready()
         with open(BPF_STATS, "w") as f:
             f.write("1")
         try:
             runs0, ns0 = prog_stats(ns.proc.pid)
-            report = loadgen(*sc.workload)
+            report = loadgen(*wargs)
             runs1, ns1 = prog_stats(ns.proc.pid)
         finally:
             with open(BPF_STATS, "w") as f:
