@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pty
 import re
+import shlex
 import socket
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import threading
 import time
 
 import pytest
-from helpers import NETSNOOP, ROOT, PayloadServer, Trace, fetch, run
+from helpers import NETSNOOP, READY_TIMEOUT, ROOT, PayloadServer, Trace, closed_port, fetch, run
 
 from netsnoop.commands.top import DRAIN, TRACER
 from netsnoop.loader import BPFObject
@@ -118,6 +119,131 @@ def test_live_view_on_a_terminal() -> None:
     assert "\x1b[1A" in text  # cursor up: redrawn in place
     assert "RX_KB" in text and "loadavg:" in text and f"127.0.0.1:{lport}" in text
     assert "Tracing" not in text and b"4 intervals, 0 lost events" in proc.stderr.read()  # stderr stays apart
+
+
+# A process with a name of its choosing (prctl PR_SET_NAME) that keeps CONNS loopback
+# connections to one server of its own busy until killed; prints the server's port.
+HOSTILE = """import ctypes, socket, sys, time
+ctypes.CDLL(None).prctl(15, sys.argv[1].encode(), 0, 0, 0)
+server = socket.create_server(("127.0.0.1", 0))
+pairs = []
+for _ in range(int(sys.argv[2])):
+    c = socket.create_connection(server.getsockname())
+    pairs.append((c, server.accept()[0]))
+print(server.getsockname()[1], *(c.getsockname()[1] for c, _ in pairs), flush=True)
+while True:
+    for c, s in pairs:
+        c.sendall(b"x" * 8192)
+        got = 0
+        while got < 8192:
+            got += len(s.recv(8192 - got))
+    time.sleep(0.005)
+"""
+
+
+class Busy:
+    """HOSTILE running: .port (its server), .clients (its client ports)."""
+
+    def __init__(self, name: str, conns: int = 1) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", HOSTILE, name, str(conns)], stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        self.port, *self.clients = map(int, self.proc.stdout.readline().split())
+
+    def __enter__(self) -> "Busy":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def on_terminal(args: list[str], cols: int = 100, rows: int = 30, keys: bytes = b"") -> tuple[str, str]:
+    """Run netsnoop on a real terminal (script(1)'s pty, sized with stty), typing
+    ``keys`` once it traces; returns (everything the terminal got, the terminal's
+    settings (stty -a) after netsnoop ended). The exit status is checked here."""
+    cmd = (f"stty cols {cols} rows {rows}; {shlex.join([*NETSNOOP, *args])}; echo netsnoop-rc=$?; "
+           "stty -a; echo netsnoop-end")
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    proc = subprocess.Popen(["script", "-qec", cmd, "/dev/null"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            cwd=ROOT, env={**env, "TERM": "xterm"})
+    assert proc.stdin is not None and proc.stdout is not None
+    screen: list[bytes] = []
+    tracing = threading.Event()
+
+    def pump() -> None:
+        for chunk in iter(lambda: proc.stdout.read1(65536), b""):  # type: ignore[union-attr]
+            screen.append(chunk)
+            if b"Tracing" in b"".join(screen[-2:]):
+                tracing.set()
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    if keys:
+        assert tracing.wait(READY_TIMEOUT), b"".join(screen)
+        proc.stdin.write(keys)
+        proc.stdin.flush()
+    try:
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+        reader.join(5)
+        proc.stdin.close()
+    text = b"".join(screen).decode(errors="replace").replace("\r\n", "\n")
+    assert "netsnoop-rc=0" in text and "Traceback" not in text, text
+    run, settings = text.split("netsnoop-rc=0", 1)
+    return run, settings
+
+
+def last_frame(run: str) -> list[str]:
+    """The live view's last frame, as the terminal shows it (styles removed)."""
+    frame = run.rsplit("\x1b[2K", 1)[1].split("netsnoop:", 1)[0]
+    lines = [ANSI.sub("", line) for line in frame.split("\n")]
+    return [line for line in lines if line.strip()]
+
+
+def test_hostile_process_names_are_shown_literally_on_a_terminal() -> None:
+    """Names are never read as rich markup ('[/]x' ended the trace with MarkupError,
+    '[red]x' recoloured) and control characters in them are shown escaped."""
+    names = ["[/]x", "[red]x", "\x1b[2Jz\x07"]
+    with Busy(names[0]) as a, Busy(names[1]) as b, Busy(names[2]) as c:
+        run, _ = on_terminal(["top", "0.3", "3", "-P", f"{a.port},{b.port},{c.port}"])
+    assert "MarkupError" not in run
+    frame = last_frame(run)
+    shown = {line.split()[1] for line in frame if re.match(r"\d+ ", line)}
+    assert shown == {"[/]x", "[red]x", "\\x1b[2Jz\\x07"}, frame
+    assert "\x1b[31m" not in run and "\x1b[2J" not in run and "\x07" not in run  # no colour, no clear, no bell
+
+
+def test_q_quits_and_an_empty_interval_says_nothing_matched() -> None:
+    run, settings = on_terminal(["top", "5", "-P", str(closed_port())], keys=b"q")
+    frame = last_frame(run)
+    assert frame[1] == "RX_KB, TX_KB: KiB received and sent in each 5 s interval; q quits"
+    assert frame[2].split() == ["PID", "COMM", "LADDR", "RADDR", "RX_KB", "TX_KB"]
+    assert frame[3] == "no TCP traffic matched"
+    assert "netsnoop: 1 intervals" in run  # the interval q cut short, then the summary
+    modes = settings.split()
+    assert "icanon" in modes and "echo" in modes  # the terminal is given back as it was
+
+
+def test_narrow_terminal_drops_text_columns_and_counts_rows_that_do_not_fit() -> None:
+    with Busy("narrow", conns=8) as busy:
+        run, _ = on_terminal(["top", "0.5", "2", "-P", str(busy.port)], cols=50, rows=14)
+    frame = last_frame(run)
+    assert all(len(line) <= 50 for line in frame), frame
+    head = frame.index(next(line for line in frame if line.split()[:1] == ["PID"]))
+    assert frame[head].split() == ["PID", "LADDR", "RADDR", "RX_KB", "TX_KB"]  # COMM went first
+    more, total = frame[-2], frame[-1]
+    rows = frame[head + 1:-2]
+    assert rows and "…" not in "".join(rows)
+    ends = {f"127.0.0.1:{p}" for p in (busy.port, *busy.clients)}
+    for row in rows:
+        pid, laddr, raddr, rx, tx = row.split()
+        assert int(pid) == busy.proc.pid and {laddr, raddr} <= ends and rx.isdigit() and tx.isdigit()
+    conns = int(re.fullmatch(r"total: (\d+) connections, RX_KB \d+, TX_KB \d+", total)[1])  # type: ignore[index]
+    assert conns == 16 and more == f"... {conns - len(rows)} more"
 
 
 def test_pid_filter_keeps_one_process() -> None:
