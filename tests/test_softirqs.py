@@ -101,6 +101,7 @@ def test_counts_match_proc_softirqs_of_the_traced_cpu_only() -> None:
     assert inner["net_rx"] >= 2000  # our own round trips, on the traced CPU
     assert delta(inner0, inner1, other)["net_rx"] > outer["net_rx"] - inner["net_rx"]  # the test can tell
     assert t.summary["lost_events"] == 0 and t.summary["hooks"] == {"entry": "tp_btf", "exit": "tp_btf"}
+    assert t.summary["only"] == {"cpu": cpu} and f"on CPU {cpu} only" in t.stderr  # a part of the system, said so
 
 
 @pytest.mark.integration

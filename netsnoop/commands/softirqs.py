@@ -101,6 +101,7 @@ def command(out: OutputOptions, nanoseconds: bool, events: bool, dist: bool, dur
             else:
                 write_totals(out, hists, events, label, div)
 
-        ready("Tracing soft irq event time... Hit Ctrl-C to end.")
+        where = f" on CPU {cpu} only" if cpu is not None else ""
+        ready(f"Tracing soft irq event time{where}... Hit Ctrl-C to end.")
         if run_intervals(report, interval, count, duration) is not None:
-            summary(out, obj)
+            summary(out, obj, **({"only": {"cpu": cpu}} if cpu is not None else {}))
