@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Callable
 
 import pytest
 from helpers import NETSNOOP, READY_TIMEOUT, ROOT, PayloadServer, Trace, closed_port, fetch, run
@@ -325,6 +326,15 @@ def test_a_kernel_that_cannot_run_the_drain_on_a_cpu_gets_the_classic_hooks(monk
         assert obj.loaded_program(DRAIN) is None
 
 
+def wait_for_rows(trace: Trace, match: Callable[[dict], bool], count: int, timeout: float = 10) -> None:
+    """Until ``trace`` has printed ``count`` rows that ``match`` (an interval is printed
+    when it ends: its rows are the signal that it did)."""
+    deadline = time.monotonic() + timeout
+    while sum(1 for line in list(trace._out) if line.startswith("{") and match(json.loads(line))) < count:
+        assert time.monotonic() < deadline, f"{count} rows never came: {trace._out[-5:]}"
+        time.sleep(0.02)
+
+
 def recv_exactly(sock: socket.socket, size: int) -> None:
     while size:
         size -= len(sock.recv(min(size, 65536)))
@@ -338,12 +348,11 @@ def test_an_open_connection_is_counted_in_the_interval_of_its_bytes() -> None:
         with Trace(["top", "--json", "0.2", "-P", str(port)]) as t:
             client = socket.create_connection(("127.0.0.1", port))
             server, _ = listener.accept()
-            for burst in (100_000, 50_000, 7):
+            lport = client.getsockname()[1]
+            for n, burst in enumerate((100_000, 50_000, 7), 1):
                 client.sendall(b"b" * burst)
                 recv_exactly(server, burst)
-                time.sleep(0.6)
-            lport = client.getsockname()[1]
-            time.sleep(0.2)  # the sockets stay open for the trace's last interval too
+                wait_for_rows(t, lambda r: r.get("lport") == lport, n)  # its interval is over: the next burst is in another
         client.close()
         server.close()
     sent = [r["tx_bytes"] for r in t.records if r["lport"] == lport]
@@ -410,7 +419,6 @@ def test_a_process_using_many_sockets_in_turn_gets_each_its_own_bytes() -> None:
             assert proc.wait(timeout=30) == 0
             for s in servers:
                 s.close()
-            time.sleep(0.4)
     sent: dict[int, int] = {}
     for r in t.records:
         if r["rport"] == port:
