@@ -169,8 +169,8 @@ class LiveView:
     """Redraws some head lines, tables and footer lines once per interval, in place,
     within the terminal's width and height."""
 
-    def __init__(self, drop: Sequence[str] = ()) -> None:
-        self.console = Console(highlight=False)
+    def __init__(self, drop: Sequence[str] = (), console: Console | None = None) -> None:
+        self.console = console or Console(highlight=False)
         self.drop = tuple(drop)
         # stderr stays stderr: messages and the summary must not land inside the view
         self.live = Live(console=self.console, auto_refresh=False, transient=False,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pty
@@ -425,3 +426,41 @@ def test_a_process_using_many_sockets_in_turn_gets_each_its_own_bytes() -> None:
             assert r["pid"] == proc.pid
             sent[r["lport"]] = sent.get(r["lport"], 0) + r["tx_bytes"]
     assert sent == sizes
+
+
+def frame_of(rows4: list[tuple], rows6: list[tuple], width: int, height: int) -> list[str]:
+    """What the live view draws for these rows on a terminal of that size."""
+    from rich.console import Console
+
+    from netsnoop.commands.top import LIVE_DROP, columns
+    from netsnoop.live import LiveView
+
+    buf = io.StringIO()
+    console = Console(file=buf, width=width, height=height, force_terminal=True, color_system=None)
+    view = LiveView(drop=LIVE_DROP, console=console)
+    view.show(["head"], [(columns(False), rows4), (columns(True), rows6)], ["total"], empty="none")
+    view.close()
+    return [line for line in ANSI.sub("", buf.getvalue().rsplit("\x1b[2K", 1)[-1]).split("\n") if line.strip()]
+
+
+def row(n: int, v6: bool = False) -> tuple:
+    host = "::1" if v6 else "10.231.7.2"
+    return (1000 + n, f"name{n}", f"{host}:{20000 + n}", f"{host}:80", 135 + n, n, 4, "", 0, "", 0, 0, 0, 0.0)
+
+
+@pytest.mark.parametrize("width", [80, 60, 40])
+def test_live_view_keeps_numbers_whole_and_counts_what_does_not_fit(width: int) -> None:
+    frame = frame_of([row(n) for n in range(10)], [row(n, v6=True) for n in range(5)], width, 12)
+    assert len(frame) <= 11 and all(len(line) <= width for line in frame), frame
+    assert frame[0] == "head" and frame[-1] == "total"
+    shown = [line for line in frame if re.match(r"\s*\d+ ", line) or line.startswith(("10.", "::1"))]
+    assert frame[-2] == f"... {15 - len(shown)} more" and shown
+    for line in shown:
+        cells = line.split()
+        assert re.fullmatch(r"(10\.231\.7\.2|::1):80", cells[-3]) and cells[-2].isdigit() and cells[-1].isdigit()
+        assert "…" not in cells[-3:]
+
+
+def test_live_view_with_nothing_matched_shows_the_header() -> None:
+    frame = frame_of([], [], 80, 24)
+    assert frame[1].split() == ["PID", "COMM", "LADDR", "RADDR", "RX_KB", "TX_KB"] and frame[2] == "none"
