@@ -177,7 +177,9 @@ def command(noclear: bool, nosummary: bool, pid: int | None, ports: Any, family:
     counted in the kernel as sendmsg/recvmsg return them, in the calling process's
     context, so PID/COMM are the socket's user. RX_KB/TX_KB are the interval's KiB;
     --json adds exact rx_bytes/tx_bytes. On a terminal the view is redrawn in place
-    unless -C.
+    unless -C: it fits the terminal (COMM, then LADDR, then PID give way before a
+    number is cut; rows that do not fit are counted), ends with the interval's
+    totals, and q quits.
     """
     rodata = {**o.port_filters(ports=ports), "filter_pid": pid, "filter_family": family, "filter_cgroup": cgroup}
     with TRACER.open(rodata) as obj:
