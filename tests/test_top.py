@@ -235,6 +235,14 @@ def test_q_quits_and_an_empty_interval_says_nothing_matched() -> None:
     assert "icanon" in modes and "echo" in modes  # the terminal is given back as it was
 
 
+def test_scrolling_text_on_a_terminal_says_when_nothing_matched() -> None:
+    run, _ = on_terminal(["top", "-C", "-S", "0.2", "2", "-P", str(closed_port())])
+    lines = [ANSI.sub("", line) for line in run.splitlines()]
+    assert lines.count("no TCP traffic matched") == 2
+    heads = [n for n, line in enumerate(lines) if line.split() == ["PID", "COMM", "LADDR", "RADDR", "RX_KB", "TX_KB"]]
+    assert len(heads) == 2 and all(lines[n + 1] == "no TCP traffic matched" for n in heads)
+
+
 def test_narrow_terminal_drops_text_columns_and_counts_rows_that_do_not_fit() -> None:
     with Busy("narrow", conns=8) as busy:
         run, _ = on_terminal(["top", "0.5", "2", "-P", str(busy.port)], cols=50, rows=14)
