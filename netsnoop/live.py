@@ -15,7 +15,9 @@ import os
 import select
 import signal
 import sys
+import termios
 import threading
+import tty
 from typing import Any, Sequence
 
 from rich.cells import cell_len, set_cell_size
@@ -111,9 +113,6 @@ class QuitKey:
     touched the terminal's modes would be stopped by SIGTTOU."""
 
     def __init__(self) -> None:
-        import termios
-        import tty
-
         self.fd = sys.stdin.fileno()
         self.saved = termios.tcgetattr(self.fd)
         tty.setcbreak(self.fd)
@@ -153,8 +152,6 @@ class QuitKey:
         os.kill(os.getpid(), signal.SIGINT)
 
     def close(self) -> None:
-        import termios
-
         os.write(self.wake_w, b"x")
         self.thread.join(1)
         os.close(self.wake_r)
