@@ -9,6 +9,7 @@ import json
 import os
 import re
 import socket
+import time
 from typing import Any, Iterator
 
 import pytest
@@ -155,8 +156,10 @@ def test_interval_and_count_stop_by_themselves() -> None:
 
 @pytest.mark.integration
 def test_d_is_a_duration() -> None:
+    started = time.monotonic()
     done = run(["softirqs", "-C", "--json", "-d", "0.5"], timeout=30)
     assert done.returncode == 0, done.stderr
+    assert time.monotonic() - started >= 0.5  # it traced that long, then stopped by itself
     last = json.loads(done.stdout.splitlines()[-1])
     assert last["type"] == "summary" and any(r.get("total_count") for r in map(json.loads, done.stdout.splitlines()))
 
