@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import socket
 import struct
+import subprocess
+import sys
 import tempfile
 import threading
 from typing import Iterator
@@ -185,6 +188,31 @@ def test_text_layout_with_timestamps(files: list) -> None:
     cols = rows[0].split()
     assert float(cols[0]) == 0.0 and cols[1] == "SEND" and cols[2] == str(threading.get_native_id())
     assert cols[4] == label and cols[5] == str(files[0].fileno()) and cols[6] == files[0].name
+
+
+@integration
+def test_http_traffic_passes_no_descriptor_and_the_end_says_so(files: list) -> None:
+    """The seed's puzzle: http.server and curl, fdsnoop shows nothing. The trace ends
+    saying why; one that saw a descriptor passed (the control) does not."""
+    server = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "0"],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=tempfile.gettempdir(),
+                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        assert server.stdout is not None
+        port = re.search(r"port (\d+)", server.stdout.readline())[1]  # type: ignore[index]
+        a, b = socket.socketpair()
+        with a, b, Trace(["fdsnoop", "--json", "-p", str(server.pid)]) as http, \
+                Trace(["fdsnoop", "--json", "-p", str(os.getpid())]) as control:
+            done = subprocess.run(["curl", "-sf", "-o", "/dev/null", "-w", "%{http_code}", f"http://127.0.0.1:{port}/"],
+                                  capture_output=True, text=True, timeout=20)
+            socket.send_fds(a, [b"x"], [files[0].fileno()])
+            closing(socket.recv_fds(b, 16, MAX_FDS)[1])
+    finally:
+        server.kill()
+        server.wait()
+    assert done.stdout == "200"
+    assert http.records == [] and "no file descriptor was passed" in http.stderr and "HTTP" in http.stderr
+    assert len(control.records) == 2 and "no file descriptor was passed" not in control.stderr
 
 
 def test_help_says_only_descriptor_passing_is_shown() -> None:

@@ -5,8 +5,11 @@ CPU the test pins itself to."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
+import socket
+import time
 from typing import Any, Iterator
 
 import pytest
@@ -48,20 +51,81 @@ def test_vector_names_come_from_the_kernels_enum() -> None:
     assert "nr" not in names.values()  # NR_SOFTIRQS is a count, not a vector
 
 
+def proc_softirqs() -> dict[str, list[int]]:
+    """The kernel's own count of soft IRQ runs (/proc/softirqs): vector -> per CPU.
+    It is incremented right before irq:softirq_entry fires, once per run."""
+    with open("/proc/softirqs") as f:
+        ncpu = len(f.readline().split())
+        return {name.rstrip(":").lower(): [int(v) for v in values[:ncpu]] for name, *values in map(str.split, f)}
+
+
+def delta(before: dict[str, list[int]], after: dict[str, list[int]], cpu: int) -> dict[str, int]:
+    return {name: after[name][cpu] - before[name][cpu] for name in before}
+
+
+def ping_pong(rounds: int) -> None:
+    """One-byte round trips on loopback from this thread: every send runs the NET_RX
+    soft IRQ on this CPU (loopback queues to the sender's CPU's backlog)."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        with socket.create_connection(listener.getsockname()) as client, listener.accept()[0] as server:
+            for s in (client, server):
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for _ in range(rounds):
+                client.sendall(b"p")
+                server.recv(1)
+                server.sendall(b"q")
+                client.recv(1)
+
+
 @pytest.mark.integration
-def test_loopback_traffic_runs_net_rx_on_the_traced_cpu() -> None:
-    cpu = min(os.sched_getaffinity(0))
-    with Trace(["softirqs", "--json", "-C", "-c", str(cpu)]) as t, pinned(cpu):
-        loopback_traffic()
-    rows = by_name(t.records)
-    assert rows["net_rx"]["total_count"] > 0
-    assert all(isinstance(r["total_count"], int) and r["total_count"] > 0 for r in rows.values())
-    assert t.summary["lost_events"] == 0
+def test_counts_match_proc_softirqs_of_the_traced_cpu_only() -> None:
+    """Every vector's count lies between the kernel's own counts for that CPU over the
+    time the trace surely ran (inner) and over a time that surely covers it (outer).
+    Heavy NET_RX on the other CPU meanwhile would push a count that ignored -c above
+    the outer bound."""
+    cpu, other = sorted(os.sched_getaffinity(0))[:2]
+    outer0 = proc_softirqs()
+    with Trace(["softirqs", "--json", "-C", "-c", str(cpu)], env={"NETSNOOP_HOOKS": "tp_btf"}) as t:
+        inner0 = proc_softirqs()
+        with pinned(cpu):
+            ping_pong(1000)
+        with pinned(other):
+            ping_pong(20000)
+        inner1 = proc_softirqs()
+        t.stop(settle=0)
+    outer1 = proc_softirqs()
+    inner, outer = delta(inner0, inner1, cpu), delta(outer0, outer1, cpu)
+    traced = {r["softirq"]: r["total_count"] for r in t.records}
+    assert set(traced) <= set(outer)
+    for name in outer:
+        assert inner[name] <= traced.get(name, 0) <= outer[name], (name, inner[name], traced.get(name), outer[name])
+    assert inner["net_rx"] > 0  # our own round trips, on the traced CPU (batched when ksoftirqd runs them)
+    assert delta(inner0, inner1, other)["net_rx"] > outer["net_rx"] - inner["net_rx"]  # the test can tell
+    assert t.summary["lost_events"] == 0 and t.summary["hooks"] == {"entry": "tp_btf", "exit": "tp_btf"}
+    assert t.summary["only"] == {"cpu": cpu} and f"on CPU {cpu} only" in t.stderr  # a part of the system, said so
+
+
+@pytest.mark.integration
+def test_classic_tracepoints_count_the_same() -> None:
+    before = proc_softirqs()
+    with Trace(["softirqs", "--json", "-C"], env={"NETSNOOP_HOOKS": "tracepoint"}) as t:
+        inner0 = proc_softirqs()
+        ping_pong(1000)
+        inner1 = proc_softirqs()
+        t.stop(settle=0)
+    after = proc_softirqs()
+    traced = {r["softirq"]: r["total_count"] for r in t.records}
+    cpus = range(len(before["net_rx"]))
+    for name in before:
+        inner = sum(inner1[name][c] - inner0[name][c] for c in cpus)
+        outer = sum(after[name][c] - before[name][c] for c in cpus)
+        assert inner <= traced.get(name, 0) <= outer, (name, inner, traced.get(name), outer)
+    assert traced["net_rx"] > 0 and t.summary["hooks"] == {"entry": "tracepoint", "exit": "tracepoint"}
 
 
 @pytest.mark.integration
 def test_time_histograms_in_nanoseconds() -> None:
-    with Trace(["softirqs", "--json", "-d", "-N"]) as t:
+    with Trace(["softirqs", "--json", "--dist", "-N"]) as t:
         loopback_traffic(rounds=2)
     net_rx = by_name(t.records)["net_rx"]
     assert net_rx["unit"] == "nsecs" and net_rx["count"] > 0
@@ -90,6 +154,24 @@ def test_interval_and_count_stop_by_themselves() -> None:
     assert "lost events" in done.stderr
 
 
-@pytest.mark.parametrize("args", [["-C", "-d"], ["-c", "100000"], ["0"], ["1", "0"]])
+@pytest.mark.integration
+def test_d_is_a_duration() -> None:
+    started = time.monotonic()
+    done = run(["softirqs", "-C", "--json", "-d", "0.5"], timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert time.monotonic() - started >= 0.5  # it traced that long, then stopped by itself
+    last = json.loads(done.stdout.splitlines()[-1])
+    assert last["type"] == "summary" and any(r.get("total_count") for r in map(json.loads, done.stdout.splitlines()))
+
+
+@pytest.mark.parametrize("args", [["-d"], ["-d", "-N"], ["-N", "-d"]])
+def test_d_without_seconds_names_the_histogram_flag(args: list[str]) -> None:
+    """bcc's softirqs -d (histograms) is --dist here: the error says so."""
+    result = CliRunner().invoke(cli, ["softirqs", *args])
+    assert result.exit_code == 2 and "--dist" in result.output and "Traceback" not in result.output, result.output
+
+
+@pytest.mark.parametrize("args", [["-C", "--dist"], ["-c", "100000"], ["0"], ["1", "0"], ["-d", "inf"], ["-d", "nan"],
+                                  ["-d", "0"]])
 def test_bad_options_are_usage_errors(args: list[str]) -> None:
     assert CliRunner().invoke(cli, ["softirqs", *args]).exit_code == 2

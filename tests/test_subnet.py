@@ -14,6 +14,7 @@ import sys
 import click
 import pytest
 from helpers import NetnsPair, Trace, run
+from verifier_helpers import assert_kernel_holds
 from traffic_helpers import Sink, in_netns
 
 from netsnoop.commands.subnet import SubnetList, subnet_filters
@@ -51,10 +52,13 @@ def test_bytes_by_subnet_and_first_match_wins() -> None:
     try:
         with Trace(["subnet", "-J", "-i", "0.2", f"{server_ip}/32,{NET}.0/24,0.0.0.0/0"]) as narrow_first, \
              Trace(["subnet", "-J", "-i", "0.2", f"{NET}.0/24,{server_ip}/32"]) as wide_first, \
-             Trace(["subnet", "-f", "K", "-i", "5", f"{server_ip}/32,{client_ip}/32"]) as text:
+             Trace(["subnet", "-f", "K", "-i", "5", f"{server_ip}/32,{client_ip}/32"]) as text, \
+             Trace(["subnet", "-J", "-i", "0.2", f"{server_ip}/32,{NET}.0/24"], env={"NETSNOOP_HOOKS": "tracepoint"}) as classic:
             send(server, client_ip, server_ip, 3 * MIB, MIB)
     finally:
         server.close()
+    assert sums(classic.records) == {f"{server_ip}/32": 3 * MIB, f"{NET}.0/24": MIB}
+    assert classic.summary["hooks"] == {"send": "tracepoint"} and narrow_first.summary["hooks"] == {"send": "tp_btf"}
     got = sums(narrow_first.records)
     assert got[f"{server_ip}/32"] == 3 * MIB  # client -> server
     assert got[f"{NET}.0/24"] == MIB  # server -> client: not the /32, so the /24
@@ -103,7 +107,7 @@ def test_verbose_shows_the_kernel_table() -> None:
 def test_kprobe_fallback_passes_the_verifier() -> None:
     with BPFObject("subnet", variants={"send": "kprobe"}) as obj:
         obj.load()
-        assert obj.chosen == {"send": "kprobe"}
+        assert_kernel_holds(obj, {"send": "kprobe"})
 
 
 def test_subnets_become_kernel_tables() -> None:

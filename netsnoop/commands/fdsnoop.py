@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import click
@@ -27,6 +28,12 @@ COLUMNS = [
     Column("PID", text=False),
     Column("SOCK_FD", text=False),
 ]
+
+
+# The puzzle of bcc's sofdsnoop users (an HTTP server and curl, and no rows): said at
+# the end of a trace that showed nothing.
+NOTHING_PASSED = ("netsnoop: no file descriptor was passed over a Unix socket while tracing; ordinary "
+                  "TCP/HTTP traffic (a web server and its clients) never passes any, so it shows nothing here")
 
 
 def fd_name(tid: int, fd: int) -> str:
@@ -76,4 +83,5 @@ def command(out: OutputOptions, pid: int | None, tid: int | None, name: bytes | 
     """
     rodata = {"filter_pid": pid, "filter_tid": tid, "filter_comm": name}
     with TRACER.open(rodata) as obj:
-        stream(obj, COLUMNS, row, out, duration)
+        if stream(obj, COLUMNS, row, out, duration) == 0:
+            print(NOTHING_PASSED, file=sys.stderr, flush=True)

@@ -160,7 +160,9 @@ def command(out: OutputOptions, iface: Interface, interval: float, throughput: b
     Every interval: for each queue, the average packet size and the number of
     packets in bcc's size ranges (packets of 64K and more count in the last one).
     TX is what the stack hands to the driver (net_dev_start_xmit), RX what the
-    driver hands to the stack (netif_receive_skb). On exit, what arrived since the
+    driver hands to the stack (netif_receive_skb). Sizes are the packet's length
+    there: TX includes the link-layer header, RX no longer does (on Ethernet, RX
+    bytes are 14 a packet below /proc/net/dev's). On exit, what arrived since the
     last interval is printed too. --json gives one object per queue and interval
     (with exact packets and bytes, and no Total line).
     """

@@ -42,13 +42,24 @@ def address_filter(prefix: str, value: tuple[int, bytes] | None) -> dict[str, An
     return {f"{prefix}_family": value[0], prefix: value[1]}
 
 
+def no_pid(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """-p is a process ID in netsnoop, but bcc's tcprtt reads it as a local port:
+    say which spelling is meant rather than guess."""
+    if value is not None:
+        raise click.UsageError("rtt has no -p: an RTT sample belongs to no process (it is taken as a segment "
+                               "arrives); for local ports use -L/--lport (bcc's tcprtt -p)", ctx)
+
+
 @click.command("rtt")
 @o.interval_option
 @o.duration_option
 @o.output_options(csv=False, wide=False, timestamp=False)
 @click.option("-m", "--milliseconds", is_flag=True, help="histogram in milliseconds (default: microseconds)")
-@o.ports_option("-p", "--lport", "lports", help="only sockets with these local ports")
-@o.ports_option("-P", "--rport", "rports", help="only sockets with these remote ports")
+@o.ports_option("-L", "--lport", "--localport", "lports", help="only sockets with these local ports (bcc's -p)")
+@o.ports_option("-D", "--rport", "--remoteport", "rports", help="only sockets with these remote ports")
+@o.ports_option("-P", "--port", "ports", help="only sockets with these ports at either end (local OR remote)")
+@click.option("-p", "pid", is_flag=False, flag_value="", default=None, hidden=True, expose_value=False,
+              callback=no_pid)
 @click.option("-a", "--laddr", type=Address(), help="only sockets with this local address")
 @click.option("-A", "--raddr", type=Address(), help="only sockets with this remote address")
 @click.option("-b", "--byladdr", is_flag=True, help="one histogram per local address")
@@ -56,14 +67,16 @@ def address_filter(prefix: str, value: tuple[int, bytes] | None) -> dict[str, An
 @click.option("-e", "--extension", is_flag=True, help="print the average RTT under each histogram")
 @o.family_option
 def command(interval: float | None, duration: float | None, out: OutputOptions, milliseconds: bool,
-            lports: Any, rports: Any, laddr: Any, raddr: Any, byladdr: bool, byraddr: bool,
+            lports: Any, rports: Any, ports: Any, laddr: Any, raddr: Any, byladdr: bool, byraddr: bool,
             extension: bool, family: int | None) -> None:
     """Summarize TCP round-trip times as log2 histograms.
 
     Every segment an established socket receives (tracepoint tcp:tcp_probe, the top of
     tcp_rcv_established) adds one sample: the socket's smoothed RTT (srtt), as the
     kernel keeps it. Sockets without an RTT measurement yet are skipped. Histograms
-    are printed and cleared every -i SECONDS, or once at the end.
+    are printed and cleared every -i SECONDS, or once at the end. Ports as in every
+    netsnoop subcommand: -L local, -D remote, -P either end (bcc's tcprtt -p/-P are
+    -L/-D here; -p is a process ID elsewhere, and a sample has no process).
     """
     if byladdr and byraddr:
         raise click.UsageError("-b and -B cannot be combined")
@@ -74,7 +87,7 @@ def command(interval: float | None, duration: float | None, out: OutputOptions, 
     key_by = KEY_LADDR if byladdr else KEY_RADDR if byraddr else KEY_NONE
     label = {KEY_LADDR: "Local Address", KEY_RADDR: "Remote Address"}.get(key_by)
     rodata = {
-        **o.port_filters(lports, rports), "filter_family": family, "key_by": key_by, "unit_div": div,
+        **o.port_filters(lports, rports, ports), "filter_family": family, "key_by": key_by, "unit_div": div,
         **address_filter("filter_laddr", laddr), **address_filter("filter_raddr", raddr),
     }
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from functools import lru_cache
+from typing import Any
 
 import click
 
@@ -47,24 +49,47 @@ def write_totals(out: OutputOptions, hists: list[tuple[str, Log2Hist]], events: 
     write_table(out, table_columns("count" if events else label), [(*r, now) for r in rows])
 
 
+NO_SECONDS = "no seconds"  # what -d gives when no number follows it (bcc's habit)
+
+
+class Seconds(click.FloatRange):
+    """-d's value: a finite number of seconds, or NO_SECONDS when -d stands alone."""
+
+    def __init__(self) -> None:
+        super().__init__(min=0, min_open=True)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value == NO_SECONDS:
+            raise click.UsageError("-d takes SECONDS (a duration, as in every netsnoop subcommand); "
+                                   "bcc's -d (distributions as histograms) is --dist here", ctx)
+        seconds = super().convert(value, param, ctx)
+        if not math.isfinite(seconds):
+            self.fail(f"{value!r} is not a finite number of seconds", param, ctx)
+        return seconds
+
+
 @click.command("softirqs")
 @o.output_options(csv=False, wide=False, timestamp=False)
 @click.option("-N", "--nanoseconds", is_flag=True, help="output in nanoseconds (default: microseconds)")
 @click.option("-C", "--events", is_flag=True, help="show the number of soft IRQ events instead of time")
-@click.option("-d", "--dist", is_flag=True, help="show distributions as histograms")
+@click.option("--dist", is_flag=True, help="show distributions as histograms (bcc's -d)")
+@click.option("-d", "--duration", type=Seconds(), is_flag=False, flag_value=NO_SECONDS, default=None,
+              metavar="SECONDS", help="stop after this many seconds")
 @click.option("-c", "--cpu", type=click.IntRange(min=0, max=os.cpu_count() or 1 << 16, max_open=True),
               default=None, help="trace this CPU only")
 @o.interval_count_arguments(default_interval=None)  # type: ignore[arg-type]
-def command(out: OutputOptions, nanoseconds: bool, events: bool, dist: bool, cpu: int | None,
-            interval: float | None, count: int | None) -> None:
+def command(out: OutputOptions, nanoseconds: bool, events: bool, dist: bool, duration: float | None,
+            cpu: int | None, interval: float | None, count: int | None) -> None:
     """Summarize the time spent in each soft IRQ type (net_rx, net_tx, timer, ...).
 
     Times run from irq:softirq_entry to irq:softirq_exit on each CPU. Without an
-    INTERVAL the summary is printed once, on Ctrl-C; with one, every INTERVAL seconds
-    (COUNT times), each covering only its own interval.
+    INTERVAL the summary is printed once, at Ctrl-C or after -d SECONDS; with one,
+    every INTERVAL seconds (COUNT times), each covering only its own interval.
+    With -c the figures are that CPU's only. -d is a duration, as everywhere in
+    netsnoop: bcc's -d (histograms) is --dist here.
     """
     if events and dist:
-        raise click.UsageError("-C and -d cannot be combined")
+        raise click.UsageError("-C and --dist cannot be combined")
     label, div = ("nsecs", 1) if nanoseconds else ("usecs", 1000)
     with TRACER.open({"unit_div": div, "filter_cpu": cpu}) as obj:
 
@@ -76,6 +101,7 @@ def command(out: OutputOptions, nanoseconds: bool, events: bool, dist: bool, cpu
             else:
                 write_totals(out, hists, events, label, div)
 
-        ready("Tracing soft irq event time... Hit Ctrl-C to end.")
-        if run_intervals(report, interval, count) is not None:
-            summary(out, obj)
+        where = f" on CPU {cpu} only" if cpu is not None else ""
+        ready(f"Tracing soft irq event time{where}... Hit Ctrl-C to end.")
+        if run_intervals(report, interval, count, duration) is not None:
+            summary(out, obj, **({"only": {"cpu": cpu}} if cpu is not None else {}))

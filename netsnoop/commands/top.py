@@ -44,6 +44,9 @@ def columns(v6: bool) -> list[Column]:
     ]
 
 
+TOTALS = {c.header: i for i, c in enumerate(columns(False))}
+
+
 class Interval(NamedTuple):
     ipv4: list[tuple[Any, ...]]
     ipv6: list[tuple[Any, ...]]
@@ -89,6 +92,9 @@ class TextView:
     def show(self, interval: Interval) -> None:
         out = sys.stdout
         out.write("\n" + (loadavg_line() + "\n\n" if self.summary_line else ""))
+        if not (interval.ipv4 or interval.ipv6) and out.isatty():  # bcc shows nothing: say so to people
+            self.sinks[0].header()
+            out.write("no TCP traffic matched\n")
         for n, (sink, rows) in enumerate(zip(self.sinks, interval)):
             if rows:
                 if n:
@@ -120,16 +126,27 @@ class JsonLines:
         pass
 
 
-class Live(TextView):
-    """The same tables, redrawn in place on a terminal."""
+# On a narrow terminal these go first, in this order; addresses and counts stay whole.
+LIVE_DROP = ("COMM", "LADDR", "LADDR6", "PID")
 
-    def __init__(self, summary: bool) -> None:
+
+class Live(TextView):
+    """The same tables, redrawn in place on a terminal, with the unit spelled out, a
+    totals line, and a line saying so when nothing matched."""
+
+    def __init__(self, summary: bool, interval: float) -> None:
         super().__init__(summary)
-        self.view = LiveView()
+        self.unit = f"RX_KB, TX_KB: KiB received and sent in each {interval:g} s interval; q quits"
+        self.view = LiveView(drop=LIVE_DROP)
 
     def show(self, interval: Interval) -> None:
-        title = loadavg_line() if self.summary_line else None
-        self.view.show(title, [(columns(False), interval.ipv4), (columns(True), interval.ipv6)])
+        rows = interval.ipv4 + interval.ipv6
+        rx, tx = (sum(r[TOTALS[k]] for r in rows) for k in ("RX_BYTES", "TX_BYTES"))
+        head = ([loadavg_line()] if self.summary_line else []) + [self.unit]
+        footer = [f"total: {len(rows)} connection{'' if len(rows) == 1 else 's'}, "
+                  f"RX_KB {rx // 1024}, TX_KB {tx // 1024}"] if rows else []
+        self.view.show(head, [(columns(False), interval.ipv4), (columns(True), interval.ipv6)], footer,
+                       empty="no TCP traffic matched")
 
     def close(self) -> None:
         self.view.close()
@@ -160,13 +177,15 @@ def command(noclear: bool, nosummary: bool, pid: int | None, ports: Any, family:
     counted in the kernel as sendmsg/recvmsg return them, in the calling process's
     context, so PID/COMM are the socket's user. RX_KB/TX_KB are the interval's KiB;
     --json adds exact rx_bytes/tx_bytes. On a terminal the view is redrawn in place
-    unless -C.
+    unless -C: it fits the terminal (COMM, then LADDR, then PID give way before a
+    number is cut; rows that do not fit are counted), ends with the interval's
+    totals, and q quits.
     """
     rodata = {**o.port_filters(ports=ports), "filter_pid": pid, "filter_family": family, "filter_cgroup": cgroup}
     with TRACER.open(rodata) as obj:
-        view: Any = JsonLines() if json else Live(not nosummary) if use_live(noclear, json) else TextView(not nosummary)
-        ready(f"Tracing... Output every {interval:g} secs. Hit Ctrl-C to end")
+        view: Any = JsonLines() if json else Live(not nosummary, interval) if use_live(noclear, json) else TextView(not nosummary)
         try:
+            ready(f"Tracing... Output every {interval:g} secs. Hit Ctrl-C to end")
             shown = run(obj, view, interval, count)
         finally:
             view.close()

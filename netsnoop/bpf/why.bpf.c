@@ -1,0 +1,470 @@
+// SPDX-License-Identifier: GPL-2.0
+/* why: the evidence behind a TCP connection attempt, in every network namespace --
+ * SYNs arriving, SYN-bearing packets the kernel drops (with its reason), SYN-ACKs
+ * retransmitted, route lookups that fail, ICMP errors sent, and the handshake states
+ * of both ends. User space (netsnoop.verdicts) turns it into one verdict per flow.
+ * Only tracepoints: they exist where kprobes and fentry do not. */
+#include "hooks.h"
+
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+#define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_ACK 0x10
+
+enum why_kind {
+	WHY_SYN_IN = 1,         /* a SYN (no ACK) arrived on a device of netns */
+	WHY_DROP = 2,           /* a TCP packet with SYN set was dropped (value: reason) */
+	WHY_SYNACK_RETRANS = 3, /* a listener retransmitted its SYN-ACK */
+	WHY_FIB_FAIL = 4,       /* a TCP route lookup failed (value: errno; IPv4: no netns) */
+	WHY_STATE = 5,          /* a handshake state change (oldstate -> state) */
+	WHY_ICMP_SEND = 6,      /* an ICMP error sent about a TCP packet (value: type << 8 | code) */
+	WHY_SK_ERROR = 7,       /* a connecting socket was given an error (value: sk_err) */
+};
+
+struct event {
+	__u64 ts_ns;
+	__u64 sk;        /* socket address, to follow one connect() (0: none) */
+	__u32 netns;     /* inode of the network namespace (0: not known) */
+	__u32 pid;       /* the task on the CPU; only meaningful for a connect() start */
+	__s32 value;     /* drop reason / sk_err / route lookup errno / ICMP type and code */
+	__u32 extra;     /* retransmits (STATE), receiving ifindex (SYN_IN, DROP) */
+	__u16 family;
+	__u16 sport;     /* as on the wire or in the socket: source / local end */
+	__u16 dport;
+	__u8 kind;       /* enum why_kind */
+	__u8 state;      /* new state (STATE); state of the packet's socket (DROP), 0 = none */
+	__u8 oldstate;
+	__u8 tcpflags;
+	__u8 pad[2];
+	__u8 saddr[16];
+	__u8 daddr[16];
+	char comm[TASK_COMM_LEN];
+};
+EXPORT_STRUCT(event);
+
+static __always_inline __u32 dev_netns(const struct net_device *dev)
+{
+	return dev ? BPF_CORE_READ(dev, nd_net.net, ns.inum) : 0;
+}
+
+static __always_inline __u32 skb_netns(const struct sk_buff *skb)
+{
+	__u32 ns = dev_netns(BPF_CORE_READ(skb, dev));
+	const struct sock *sk;
+
+	if (ns)
+		return ns;
+	sk = BPF_CORE_READ(skb, sk);
+	return sk ? BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum) : 0;
+}
+
+/* IP and TCP headers starting at l3, by wire offsets (not kernel structs). */
+static __always_inline bool parse_tcp(const unsigned char *l3, __u16 proto, struct sock_tuple *t, __u8 *flags)
+{
+	__u8 ip[40], th[14];
+	__u32 off;
+
+	if (proto == ETH_P_IP) {
+		if (bpf_probe_read_kernel(ip, 20, l3) || ip[0] >> 4 != 4 || ip[9] != IPPROTO_TCP)
+			return false;
+		t->family = AF_INET;
+		__builtin_memcpy(t->saddr, &ip[12], 4);
+		__builtin_memcpy(t->daddr, &ip[16], 4);
+		off = (ip[0] & 0xf) * 4;
+	} else if (proto == ETH_P_IPV6) {
+		if (bpf_probe_read_kernel(ip, 40, l3) || ip[0] >> 4 != 6 || ip[6] != IPPROTO_TCP)
+			return false;
+		t->family = AF_INET6;
+		__builtin_memcpy(t->saddr, &ip[8], 16);
+		__builtin_memcpy(t->daddr, &ip[24], 16);
+		off = 40;
+	} else {
+		return false;
+	}
+	if (bpf_probe_read_kernel(th, sizeof(th), l3 + off))
+		return false;
+	t->sport = (th[0] << 8) | th[1];
+	t->dport = (th[2] << 8) | th[3];
+	*flags = th[13];
+	return true;
+}
+
+static __always_inline bool parse_skb_l3(const struct sk_buff *skb, struct sock_tuple *t, __u8 *flags)
+{
+	unsigned char *head = BPF_CORE_READ(skb, head);
+	__u16 off = BPF_CORE_READ(skb, network_header);
+
+	return parse_tcp(head + off, bpf_ntohs(BPF_CORE_READ(skb, protocol)), t, flags);
+}
+
+static __always_inline struct event *new_event(__u8 kind, const struct sock_tuple *t)
+{
+	struct event *e = reserve_event(sizeof(*e));
+
+	if (!e)
+		return NULL;
+	__builtin_memset(e, 0, sizeof(*e));
+	e->ts_ns = bpf_ktime_get_ns();
+	e->kind = kind;
+	e->family = t->family;
+	e->sport = t->sport;
+	e->dport = t->dport;
+	__builtin_memcpy(e->saddr, t->saddr, 16);
+	__builtin_memcpy(e->daddr, t->daddr, 16);
+	return e;
+}
+
+/* ---- a SYN arrives ------------------------------------------------------------------ */
+
+/* netif_receive_skb fires before the stack resets the network header (a NIC's driver
+ * leaves it unset), but after eth_type_trans: skb->data is the IP header. */
+static __always_inline int on_receive(const struct sk_buff *skb)
+{
+	struct sock_tuple t = {};
+	struct event *e;
+	__u8 flags = 0;
+
+	if (!parse_tcp(BPF_CORE_READ(skb, data), bpf_ntohs(BPF_CORE_READ(skb, protocol)), &t, &flags))
+		return 0;
+	if ((flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) != TCP_FLAG_SYN)
+		return 0;
+	if (!family_allowed(t.family) || !port_in(filter_ports, t.dport))
+		return 0;
+	e = new_event(WHY_SYN_IN, &t);
+	if (!e)
+		return 0;
+	e->netns = dev_netns(BPF_CORE_READ(skb, dev));
+	e->extra = BPF_CORE_READ(skb, dev, ifindex);
+	e->tcpflags = flags;
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("tp_btf/netif_receive_skb")
+int BPF_PROG(receive__tp_btf, const struct sk_buff *skb)
+{
+	return on_receive(skb);
+}
+
+SEC("tracepoint/net/netif_receive_skb")
+int receive__tracepoint(struct trace_event_raw_net_dev_template *ctx)
+{
+	return on_receive((const struct sk_buff *)ctx->skbaddr);
+}
+
+/* ---- a SYN or SYN-ACK is dropped -------------------------------------------------- */
+
+static __always_inline int on_drop(const struct sk_buff *skb, __u32 reason)
+{
+	struct sock_tuple t = {};
+	const struct sock *sk;
+	struct event *e;
+	__u8 flags = 0;
+
+	if (bpf_core_enum_value_exists(enum skb_drop_reason, SKB_CONSUMED) &&
+	    reason == bpf_core_enum_value(enum skb_drop_reason, SKB_CONSUMED))
+		return 0;
+	if (!parse_skb_l3(skb, &t, &flags) || !(flags & TCP_FLAG_SYN))
+		return 0;
+	if (!family_allowed(t.family) || !(port_in(filter_ports, t.dport) || port_in(filter_ports, t.sport)))
+		return 0;
+	e = new_event(WHY_DROP, &t);
+	if (!e)
+		return 0;
+	sk = BPF_CORE_READ(skb, sk);
+	e->netns = skb_netns(skb);
+	e->value = reason;
+	e->extra = BPF_CORE_READ(skb, skb_iif);
+	e->state = sk ? BPF_CORE_READ(sk, __sk_common.skc_state) : 0;
+	e->tcpflags = flags;
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("tp_btf/kfree_skb")
+int drop__tp_btf(__u64 *ctx)
+{
+	__u32 reason = 0;
+
+	if (bpf_core_field_exists(struct trace_event_raw_kfree_skb, reason))
+		reason = ctx[2];
+	return on_drop((const struct sk_buff *)ctx[0], reason);
+}
+
+SEC("tracepoint/skb/kfree_skb")
+int drop__tracepoint(struct trace_event_raw_kfree_skb *ctx)
+{
+	__u32 reason = 0;
+
+	if (bpf_core_field_exists(ctx->reason))
+		reason = ctx->reason;
+	return on_drop(ctx->skbaddr, reason);
+}
+
+/* ---- a listener retransmits its SYN-ACK ------------------------------------------- */
+
+static __always_inline int on_synack_retrans(const struct sock *sk, const struct request_sock *req)
+{
+	struct sock_tuple t = {};
+	struct event *e;
+
+	t.family = BPF_CORE_READ(req, __req_common.skc_family);
+	t.sport = BPF_CORE_READ(req, __req_common.skc_num);
+	t.dport = bpf_ntohs(BPF_CORE_READ(req, __req_common.skc_dport));
+	if (!family_allowed(t.family) || !port_in(filter_ports, t.sport))
+		return 0;
+	if (t.family == AF_INET6) {
+		bpf_core_read(t.saddr, 16, &req->__req_common.skc_v6_rcv_saddr);
+		bpf_core_read(t.daddr, 16, &req->__req_common.skc_v6_daddr);
+	} else {
+		BPF_CORE_READ_INTO((__u32 *)t.saddr, req, __req_common.skc_rcv_saddr);
+		BPF_CORE_READ_INTO((__u32 *)t.daddr, req, __req_common.skc_daddr);
+	}
+	e = new_event(WHY_SYNACK_RETRANS, &t);
+	if (!e)
+		return 0;
+	e->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	e->sk = (__u64)sk;
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("tp_btf/tcp_retransmit_synack")
+int BPF_PROG(synack__tp_btf, const struct sock *sk, const struct request_sock *req)
+{
+	return on_synack_retrans(sk, req);
+}
+
+SEC("tracepoint/tcp/tcp_retransmit_synack")
+int synack__tracepoint(struct trace_event_raw_tcp_retransmit_synack *ctx)
+{
+	return on_synack_retrans((const struct sock *)ctx->skaddr, (const struct request_sock *)ctx->req);
+}
+
+/* ---- a route lookup fails (IPv4) ---------------------------------------------------- */
+
+/* The lookup carries no namespace: user space matches it to a flow by its ports and
+ * addresses (a SYN-ACK's lookup is the SYN's tuple reversed). */
+static __always_inline int on_fib(const struct flowi4 *flp, int err)
+{
+	struct sock_tuple t = {};
+	struct event *e;
+
+	if (err == 0 || BPF_CORE_READ(flp, __fl_common.flowic_proto) != IPPROTO_TCP)
+		return 0;
+	t.family = AF_INET;
+	t.sport = bpf_ntohs(BPF_CORE_READ(flp, uli.ports.sport));
+	t.dport = bpf_ntohs(BPF_CORE_READ(flp, uli.ports.dport));
+	if (!family_allowed(AF_INET) || !(port_in(filter_ports, t.sport) || port_in(filter_ports, t.dport)))
+		return 0;
+	BPF_CORE_READ_INTO((__u32 *)t.saddr, flp, saddr);
+	BPF_CORE_READ_INTO((__u32 *)t.daddr, flp, daddr);
+	e = new_event(WHY_FIB_FAIL, &t);
+	if (!e)
+		return 0;
+	e->value = err;
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("tp_btf/fib_table_lookup")
+int BPF_PROG(fib__tp_btf, __u32 tb_id, const struct flowi4 *flp, const struct fib_nh_common *nhc, int err)
+{
+	return on_fib(flp, err);
+}
+
+/* The classic tracepoint copies the flow's fields out (no pointer to it). */
+SEC("tracepoint/fib/fib_table_lookup")
+int fib__tracepoint(struct trace_event_raw_fib_table_lookup *ctx)
+{
+	struct sock_tuple t = {};
+	struct event *e;
+
+	if (ctx->err == 0 || ctx->proto != IPPROTO_TCP)
+		return 0;
+	t.family = AF_INET;
+	t.sport = ctx->sport;
+	t.dport = ctx->dport;
+	if (!family_allowed(AF_INET) || !(port_in(filter_ports, t.sport) || port_in(filter_ports, t.dport)))
+		return 0;
+	__builtin_memcpy(t.saddr, ctx->src, 4);
+	__builtin_memcpy(t.daddr, ctx->dst, 4);
+	e = new_event(WHY_FIB_FAIL, &t);
+	if (!e)
+		return 0;
+	e->value = ctx->err;
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+/* ---- a route lookup fails (IPv6) ---------------------------------------------------- */
+
+#define RTN_BLACKHOLE_ 6
+#define RTN_UNREACHABLE_ 7
+#define RTN_PROHIBIT_ 8
+#define RTN_THROW_ 9
+
+/* The errno the kernel gives each failing route type (ip6_rt_type_to_error). */
+static __always_inline int rt6_error(__u8 type)
+{
+	switch (type) {
+	case RTN_BLACKHOLE_: return -22;    /* EINVAL */
+	case RTN_UNREACHABLE_: return -113; /* EHOSTUNREACH */
+	case RTN_PROHIBIT_: return -13;     /* EACCES */
+	case RTN_THROW_: return -11;        /* EAGAIN */
+	}
+	return 0;
+}
+
+static __always_inline int fib6_event(__u32 netns, const struct sock_tuple *t, int err)
+{
+	struct event *e;
+
+	if (!err || !family_allowed(AF_INET6) || !(port_in(filter_ports, t->sport) || port_in(filter_ports, t->dport)))
+		return 0;
+	e = new_event(WHY_FIB_FAIL, t);
+	if (!e)
+		return 0;
+	e->netns = netns;
+	e->value = err;
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("tp_btf/fib6_table_lookup")
+int BPF_PROG(fib6__tp_btf, const struct net *net, const struct fib6_result *res, struct fib6_table *table,
+	     const struct flowi6 *flp)
+{
+	struct sock_tuple t = {};
+
+	if (BPF_CORE_READ(flp, __fl_common.flowic_proto) != IPPROTO_TCP)
+		return 0;
+	t.family = AF_INET6;
+	t.sport = bpf_ntohs(BPF_CORE_READ(flp, uli.ports.sport));
+	t.dport = bpf_ntohs(BPF_CORE_READ(flp, uli.ports.dport));
+	bpf_core_read(t.saddr, 16, &flp->saddr);
+	bpf_core_read(t.daddr, 16, &flp->daddr);
+	return fib6_event(BPF_CORE_READ(net, ns.inum), &t, rt6_error(BPF_CORE_READ(res, fib6_type)));
+}
+
+SEC("tracepoint/fib6/fib6_table_lookup")
+int fib6__tracepoint(struct trace_event_raw_fib6_table_lookup *ctx)
+{
+	struct sock_tuple t = {};
+
+	if (ctx->proto != IPPROTO_TCP)
+		return 0;
+	t.family = AF_INET6;
+	t.sport = ctx->sport;
+	t.dport = ctx->dport;
+	/* 16 bytes at an odd offset: read, since a context may only be loaded aligned */
+	bpf_probe_read_kernel(t.saddr, 16, ctx->src);
+	bpf_probe_read_kernel(t.daddr, 16, ctx->dst);
+	return fib6_event(0, &t, ctx->err);
+}
+
+/* ---- an ICMP error about a TCP packet is sent (e.g. an nft reject) ---------------- */
+
+static __always_inline int on_icmp(const struct sk_buff *skb, int type, int code)
+{
+	struct sock_tuple t = {};
+	struct event *e;
+	__u8 flags = 0;
+
+	if (!parse_skb_l3(skb, &t, &flags) || !(flags & TCP_FLAG_SYN))
+		return 0;
+	if (!family_allowed(t.family) || !port_in(filter_ports, t.dport))
+		return 0;
+	e = new_event(WHY_ICMP_SEND, &t);
+	if (!e)
+		return 0;
+	e->netns = skb_netns(skb);
+	e->value = (type << 8) | (code & 0xff);
+	e->tcpflags = flags;
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("tp_btf/icmp_send")
+int BPF_PROG(icmp__tp_btf, const struct sk_buff *skb, int type, int code)
+{
+	return on_icmp(skb, type, code);
+}
+
+/* ---- handshake states ---------------------------------------------------------------- */
+
+/* A connect() starting (CLOSE -> SYN_SENT, in the caller's context: its pid and
+ * comm), its outcome (SYN_SENT -> ESTABLISHED or CLOSE, with sk_err and how many
+ * times the SYN was retransmitted), and a server's handshake completing
+ * (SYN_RECV -> ESTABLISHED, the child socket). */
+static __always_inline int on_state(const struct sock *sk, int oldstate, int newstate)
+{
+	struct sock_tuple t = {};
+	struct event *e;
+	__u16 server_port;
+
+	if (!sock_is_tcp(sk))
+		return 0;
+	if (oldstate == TCP_SYN_SENT || newstate == TCP_SYN_SENT)
+		;
+	else if (oldstate == TCP_SYN_RECV && newstate == TCP_ESTABLISHED)
+		;
+	else
+		return 0;
+	read_sock_tuple(sk, &t);
+	server_port = oldstate == TCP_SYN_RECV ? t.sport : t.dport;
+	if (!family_allowed(t.family) || !port_in(filter_ports, server_port))
+		return 0;
+	e = new_event(WHY_STATE, &t);
+	if (!e)
+		return 0;
+	e->sk = (__u64)sk;
+	e->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	e->state = newstate;
+	e->oldstate = oldstate;
+	e->value = BPF_CORE_READ(sk, sk_err);
+	e->extra = BPF_CORE_READ((const struct inet_connection_sock *)sk, icsk_retransmits);
+	if (newstate == TCP_SYN_SENT) {
+		e->pid = current_pid();
+		bpf_get_current_comm(e->comm, sizeof(e->comm));
+	}
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SET_STATE_HOOKS(on_state)
+
+/* A reset ends a connect() with sk_err already set when the socket turns CLOSE; an
+ * ICMP error is reported while the socket is still SYN_SENT, and the woken connect()
+ * may consume sk_err (sock_error) before it is read here: the report itself is the
+ * evidence. (The classic tracepoint names no socket, so only the typed one serves.) */
+static __always_inline int on_error(const struct sock *sk)
+{
+	struct sock_tuple t = {};
+	struct event *e;
+	int state;
+
+	if (!sock_is_tcp(sk))
+		return 0;
+	state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	if (state != TCP_SYN_SENT && state != TCP_CLOSE)
+		return 0;
+	read_sock_tuple(sk, &t);
+	if (!family_allowed(t.family) || !port_in(filter_ports, t.dport))
+		return 0;
+	e = new_event(WHY_SK_ERROR, &t);
+	if (!e)
+		return 0;
+	e->sk = (__u64)sk;
+	e->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	e->state = state;
+	e->value = BPF_CORE_READ(sk, sk_err);
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("tp_btf/inet_sk_error_report")
+int BPF_PROG(error__tp_btf, const struct sock *sk)
+{
+	return on_error(sk);
+}
