@@ -160,6 +160,10 @@ static __always_inline void read_sock_tuple(const struct sock *sk, struct sock_t
 		bpf_core_read(t->saddr, sizeof(t->saddr), &sk->__sk_common.skc_v6_rcv_saddr);
 		bpf_core_read(t->daddr, sizeof(t->daddr), &sk->__sk_common.skc_v6_daddr);
 	} else {
+		/* the 12 bytes after an IPv4 address are zero, never stack leftovers: the
+		 * tuple is compared and hashed whole (count keys) */
+		__builtin_memset(t->saddr, 0, sizeof(t->saddr));
+		__builtin_memset(t->daddr, 0, sizeof(t->daddr));
 		BPF_CORE_READ_INTO((__u32 *)t->saddr, sk, __sk_common.skc_rcv_saddr);
 		BPF_CORE_READ_INTO((__u32 *)t->daddr, sk, __sk_common.skc_daddr);
 	}
