@@ -1,4 +1,4 @@
-"""The subcommands: name -> (module, one-line help).
+"""The subcommands: name -> (module, one-line help), and the bcc tools' names for them.
 
 Listing them here lets ``netsnoop --help`` show every tool without importing any;
 a module is imported only when its subcommand runs. Each module exposes ``command``
@@ -23,4 +23,23 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synbl": ("netsnoop.commands.synbl", "Histogram of TCP SYN backlog length (tcpsynbl)."),
     "netqtop": ("netsnoop.commands.netqtop", "Per-queue packet counts and sizes of a network interface (netqtop)."),
     "softirqs": ("netsnoop.commands.softirqs", "Time spent in soft IRQs by type (softirqs)."),
+}
+
+# bcc's tool names run the same subcommands (``netsnoop tcplife``), for users with bcc
+# habits; --help lists each subcommand once, with its bcc name in the help line.
+# solisten, netqtop and softirqs already have bcc's names.
+ALIASES: dict[str, str] = {
+    "tcpstates": "states",
+    "tcplife": "life",
+    "tcpconnect": "connect",
+    "tcpaccept": "accept",
+    "tcptracer": "tracer",
+    "tcpconnlat": "connlat",
+    "tcptop": "top",
+    "tcpretrans": "retrans",
+    "tcpdrop": "drop",
+    "tcpsubnet": "subnet",
+    "sofdsnoop": "fdsnoop",
+    "tcprtt": "rtt",
+    "tcpsynbl": "synbl",
 }
