@@ -55,7 +55,7 @@ MODES = {
     "text": ([], {}, False),
     "csv": (["-s"], {}, False),
     "json": (["--json"], {}, False),
-    "tty": ([], {}, True),
+    "tty": ([], {"TERM": "xterm-256color"}, True),
     "text-ascii": ([], {"PYTHONIOENCODING": "ascii", "LANG": "C", "LC_ALL": "C"}, False),
     "csv-ascii": (["-s"], {"PYTHONIOENCODING": "ascii", "LANG": "C", "LC_ALL": "C"}, False),
     "json-ascii": (["--json"], {"PYTHONIOENCODING": "ascii", "LANG": "C", "LC_ALL": "C"}, False),
@@ -171,6 +171,7 @@ def test_text_rows_are_escaped_one_per_line(traced: dict[str, Any], mode: str) -
     header, *rows = out.split(b"\n")
     assert rows[-1] == b"" and b"PID" in header and b"COMM" in header
     assert not ACTIVE.search(SGR.sub(b"", header))  # a terminal gets bold, nothing else
+    assert bool(SGR.search(header)) == (mode == "tty")  # the terminal path really ran
     data = b"\n".join(rows)
     assert not ACTIVE.search(data) and b"\x1b" not in data, data
     fields = [line.decode("utf-8").split() for line in rows[:-1]]
