@@ -26,15 +26,12 @@ import sys
 from dataclasses import dataclass, field
 from typing import IO, Any, Callable, Iterable, Sequence
 
-from netsnoop.fmt import UNSAFE_BEYOND_C0, UNSAFE_BUT_NEWLINE, printable, printable_lines
+from netsnoop.fmt import UNSAFE, UNSAFE_BEYOND_C0, printable, printable_lines
 
-# One row per line: in a batch, any control character but the line breaks between rows.
-_UNSAFE_IN_BATCH = UNSAFE_BUT_NEWLINE
+# What a CSV field must not hold unquoted and unescaped: control characters, the separator, the quote.
+_CSV_SPECIAL = re.compile(UNSAFE.pattern[:-1] + ',"]')
 # What JSON's own escaping (all of U+0000-U+001F) leaves raw but a terminal may act on.
 _JSON_UNSAFE = UNSAFE_BEYOND_C0
-# Integers beyond 2**53 (16 digits or more) lose precision in most JSON readers (jq, JavaScript).
-JSON_MAX_INT = 1 << 53
-_LONG_DIGITS = re.compile(r"\d{16}")
 
 
 def snake(header: str) -> str:
@@ -51,9 +48,9 @@ class Column:
     ``text=False`` makes a JSON-only field (typed extras such as exact byte counts),
     ``json=False`` a text-only decoration such as bcc's ``->``; ``csv`` overrides
     ``text`` for CSV, where bcc's layouts differ slightly (IP always, no ``->``).
-    ``hex=True`` writes the value in JSON as the hex string the text shows (a kernel
-    address: an integer beyond 2**53, which JSON readers round); JSON writes any other
-    integer that large the same way rather than lose its low digits. ``lines=True``
+    ``hex=True`` writes the value in JSON as the hex string the text shows: for a
+    64-bit value such as a kernel address, an integer beyond 2**53 that JSON readers
+    (jq, JavaScript) would round. ``lines=True``
     marks a text value that is several lines on purpose (drop's stack): its line
     breaks and tabs are kept, every other control character escaped.
     """
@@ -183,18 +180,18 @@ class TextSink(Sink):
             self._write(self._header + "\n")
 
     def write(self, rows: Iterable[Sequence[Any]]) -> None:
-        """Format the batch as is; only a batch in which some value holds a control
-        character (rare: a hostile name) is formatted again from escaped values, cut
-        to the column width after escaping."""
+        """Format the batch as is; only a batch in which some string holds a control
+        character (rare: a hostile name) is formatted from escaped values, cut to the
+        column width after escaping."""
         rows = rows if isinstance(rows, list) else list(rows)
         if not rows:
             return
         line = self._line
-        text = "\n".join([line(*r) for r in rows])
-        if self._multiline or text.count("\n") != len(rows) - 1 or _UNSAFE_IN_BATCH.search(text):
-            text = "\n".join([line(*self._escaped(r)) for r in rows])
-        self.count += len(rows)
-        self._write(text + "\n")
+        if self._multiline or _strings_match(rows, self._indexes, UNSAFE):
+            out = [line(*self._escaped(r)) for r in rows]
+        else:
+            out = [line(*r) for r in rows]
+        self._emit(out)
 
     def _escaped(self, row: Sequence[Any]) -> list[Any]:
         values = list(row)
@@ -213,6 +210,8 @@ class CsvSink(Sink):
     def __init__(self, columns: Sequence[Column], stream: IO[str] | None = None) -> None:
         super().__init__(columns, stream)
         self._specs = [(i, c.spec) for i, c in enumerate(self.columns) if (c.text if c.csv is None else c.csv)]
+        self._indexes = [i for i, _spec in self._specs]
+        self._line = ",".join(f"{{{i}:{spec}}}" for i, spec in self._specs).format
 
     @staticmethod
     def _csv(rows: list[list[str]]) -> str:
@@ -224,15 +223,16 @@ class CsvSink(Sink):
         self._write(self._csv([[printable(self.columns[i].header) for i, _spec in self._specs]]))
 
     def write(self, rows: Iterable[Sequence[Any]]) -> None:
-        specs = self._specs
-        fields = [[format(r[i], spec) for i, spec in specs] for r in rows]
-        if not fields:
+        """Plain joined fields, unless some string needs quoting or escaping."""
+        rows = rows if isinstance(rows, list) else list(rows)
+        if not rows:
             return
-        text = self._csv(fields)
-        if text.count("\n") != len(fields) or _UNSAFE_IN_BATCH.search(text):
-            text = self._csv([[printable(f) for f in row] for row in fields])
-        self.count += len(fields)
-        self._write(text)
+        if not _strings_match(rows, self._indexes, _CSV_SPECIAL):
+            self._emit([self._line(*r) for r in rows])
+            return
+        specs = self._specs
+        self.count += len(rows)
+        self._write(self._csv([[printable(format(r[i], spec)) for i, spec in specs] for r in rows]))
 
 
 class JsonSink(Sink):
@@ -247,8 +247,7 @@ class JsonSink(Sink):
     def __init__(self, columns: Sequence[Column], stream: IO[str] | None = None) -> None:
         super().__init__(columns, stream)
         self._fields = [(i, c.json_key) for i, c in enumerate(self.columns) if c.json]
-        self._hex = [(i, c.json_key, c.hex_string) for i, c in enumerate(self.columns) if c.json and c.hex]
-        self._big = [(i, c.json_key, c.hex_string) for i, c in enumerate(self.columns) if c.json]
+        self._hex = [(c.json_key, c.hex_string) for c in self.columns if c.json and c.hex]
         self._ascii = not _is_utf8(self.stream)
         self._dumps = _object_encoder(self._ascii)
 
@@ -257,22 +256,15 @@ class JsonSink(Sink):
         objects = [{k: r[i] for i, k in fields} for r in rows]
         if not objects:
             return
-        for i, k, to_hex in self._hex:
+        for k, to_hex in self._hex:
             for o in objects:
                 o[k] = to_hex(o[k])
         text = "\n".join([dumps(o) for o in objects])
-        if _LONG_DIGITS.search(text):  # rare: look for integers JSON readers would round
-            for o in objects:
-                for i, k, to_hex in self._big:
-                    v = o[k]
-                    if isinstance(v, int) and not -JSON_MAX_INT < v < JSON_MAX_INT:
-                        o[k] = to_hex(v)
-            text = "\n".join([dumps(o) for o in objects])
         self.count += len(objects)
         self._write(self._safe(text) + "\n")
 
     def _safe(self, text: str) -> str:
-        if self._ascii or not _JSON_UNSAFE.search(text):
+        if self._ascii or text.isascii():  # isascii: no scan when there is nothing to find
             return text
         return _JSON_UNSAFE.sub(_json_escape, text)
 
@@ -295,6 +287,28 @@ def _file_descriptor(stream: IO[str]) -> int | None:
     except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both of the last two
         return None
     return fd if isinstance(getattr(stream, "encoding", None), str) else None
+
+
+def _strings_match(rows: list[Sequence[Any]], indexes: Sequence[int], pattern: re.Pattern[str]) -> bool:
+    """Whether any string value in the columns ``indexes`` of ``rows`` matches
+    ``pattern``: one search per column over its joined strings, so a clean batch
+    costs little. A column whose first value is a number is taken to hold numbers
+    (their formats are plain digits); names are strings in every row."""
+    first = rows[0]
+    for i in indexes:
+        if type(first[i]) in _NUMBERS:
+            continue
+        values = [r[i] for r in rows]
+        try:
+            joined = "".join(values)
+        except TypeError:  # None, lists: only the strings among them matter
+            joined = "".join([v for v in values if isinstance(v, str)])
+        if pattern.search(joined):
+            return True
+    return False
+
+
+_NUMBERS = (int, float, bool)
 
 
 def _text_escaper(column: Column) -> Callable[[str], str]:
