@@ -19,6 +19,20 @@ from netsnoop.errors import NetsnoopError
 MAX_RINGBUF = 1 << 31
 
 
+class OneLineUsageError(click.ClickException):
+    """A usage error as one line on stderr (click's own adds the usage and a hint on
+    lines of their own), exit status 2: what the user must fix and where help is."""
+
+    exit_code = 2
+
+    def __init__(self, error: click.UsageError) -> None:
+        super().__init__(error.format_message())
+        self.command_path = error.ctx.command_path if error.ctx else "netsnoop"
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"Error: {self.message} (`{self.command_path} --help` shows the usage)", err=True)
+
+
 class LazyGroup(click.Group):
     """Imports a subcommand's module only when that subcommand is used; takes bcc's
     tool names as aliases, suggests the closest name for a typo, and lets the global
@@ -26,6 +40,15 @@ class LazyGroup(click.Group):
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(COMMANDS)
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.exceptions.NoArgsIsHelpError:  # bare `netsnoop`: the help itself
+            raise
+        except click.UsageError as err:
+            raise OneLineUsageError(err) from None
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         name = ALIASES.get(name, name)
@@ -40,7 +63,7 @@ class LazyGroup(click.Group):
             known = [*COMMANDS, *ALIASES]
             close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
             hint = f" Did you mean {ALIASES.get(close[0], close[0])!r}?" if close else ""
-            ctx.fail(f"No such command {name!r}.{hint} (`netsnoop --help` lists them)")
+            ctx.fail(f"No such command {name!r}.{hint}")
         return super().resolve_command(ctx, args)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
@@ -58,6 +81,10 @@ class LazyGroup(click.Group):
             ctx.exit(err.exit_code)
         except KeyboardInterrupt:
             ctx.exit(130)
+        except click.exceptions.NoArgsIsHelpError:  # bare `netsnoop`: the help itself
+            raise
+        except click.UsageError as err:
+            raise OneLineUsageError(err) from None
         except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
             raise
         except Exception as err:  # a bug: still one line, the traceback behind --verbose

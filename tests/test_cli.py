@@ -204,8 +204,9 @@ def test_bcc_name_runs_the_subcommand() -> None:
     (["--ringbuf", "4G", "states"], ["--ringbuf", "2G"]),
     (["tcplfie"], ["Did you mean 'life'?"]),
 ])
-def test_usage_errors_exit_2_with_one_error_line(args: list[str], needles: list[str]) -> None:
+def test_usage_errors_are_one_line_and_exit_2(args: list[str], needles: list[str]) -> None:
     result = run(args, timeout=20)
-    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
-    assert result.returncode == 2 and len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+    errors = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(errors) == 1 and errors[0].startswith("Error:"), result.stderr
+    assert result.stdout == ""
     assert all(n in errors[0] for n in needles), errors[0]

@@ -167,12 +167,12 @@ def test_cgroup_paths_must_be_cgroup_v2() -> None:
 
 
 def usage_error(args: list[str], *needles: str) -> str:
-    """Run the CLI in-process; assert a usage error (exit 2) whose Error line names
-    ``needles``, without a traceback. Returns that line."""
+    """Run the CLI in-process; assert a usage error (exit 2): one line, naming
+    ``needles``. Returns that line."""
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 2, (args, result.output, result.exception)
-    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and "Traceback" not in result.output, result.output
+    errors = result.output.strip().splitlines()
+    assert len(errors) == 1 and errors[0].startswith("Error:"), result.output  # one line, nothing else
     for needle in needles:
         assert needle in errors[0], errors[0]
     return errors[0]
