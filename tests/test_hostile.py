@@ -213,3 +213,41 @@ def test_json_keeps_names_exactly(traced: dict[str, Any], mode: str) -> None:
         assert lport in found, f"no row for {raw!r} (port {lport})"
         assert found[lport]["comm"] == comm(raw)  # "line\nbreak" with its newline, "café" whole
     assert any(r["comm"] == "café" for r in found.values())
+
+
+def test_fdsnoop_file_names_are_escaped_in_text_and_exact_in_json(tmp_path: Any) -> None:
+    """A file name is as hostile as a process name (any byte but / and NUL): fdsnoop's
+    NAME column shows it escaped on one line, JSON keeps it (a non-UTF-8 byte as \\xff)."""
+    import socket
+
+    name = b"x\x1b]0;pwn\x07\nfake row\r\x9b\xff"
+    path = os.path.join(os.fsencode(tmp_path), name)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    a, b = socket.socketpair()
+    from helpers import Trace
+
+    try:
+        with Trace(["fdsnoop", "-p", str(os.getpid())]) as text, Trace(["fdsnoop", "--json", "-p", str(os.getpid())]) as js:
+            socket.send_fds(a, [b"x"], [fd])
+            _, fds, _, _ = socket.recv_fds(b, 1, 1)
+            deadline = time.monotonic() + 10  # rows are printed while the fds are still open
+            while (len(text._out) < 3 or len(js._out) < 2) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            for got in fds:
+                os.close(got)
+    finally:
+        os.close(fd)
+        a.close()
+        b.close()
+    assert text.returncode == 0 and js.returncode == 0, text.stderr + js.stderr
+    expected = os.fsdecode(path)
+    shown = printable(expected)
+    header, *rows = text.lines
+    assert len(rows) == 2 and text.stdout.count("\n") == 3  # SEND and RECV, one line each
+    for row in rows:
+        assert row.endswith(" " + shown), row
+        assert not ACTIVE.search(row.encode())
+    assert "\\x1b]0;pwn\\x07\\nfake row\\r\\x9b\\xff" in shown  # every control byte visible
+    names = [r["name"] for r in js.records]
+    as_text = re.sub("[\udc80-\udcff]", lambda m: f"\\x{ord(m.group()) - 0xDC00:02x}", expected)
+    assert names == [as_text] * 2 and as_text.endswith("\r\\x9b\\xff")

@@ -291,3 +291,20 @@ def test_global_options_after_the_subcommand() -> None:
             assert seen == {"ringbuf": ring, "verbose": verbose}, args
     # tracer's own -v (bcc's verbose columns) keeps its meaning
     assert any(p.name == "verbose" and p.expose_value for p in cli.get_command(click.Context(cli), "tracer").params)
+
+
+def test_a_stdout_that_cannot_encode_a_name_gets_an_escape() -> None:
+    """Everything printed after netsnoop starts (sinks, tables, messages) survives an
+    ASCII stdout (PYTHONIOENCODING=ascii, or LANG=C on older Pythons)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from netsnoop.cli import cli; cli.main(['states', '--help'], standalone_mode=False);"
+        "print('name: caf\\u00e9')"
+    )
+    env = {**os.environ, "PYTHONIOENCODING": "ascii", "LANG": "C", "LC_ALL": "C"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, env=env, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == b"name: caf\\xe9"
