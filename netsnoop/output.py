@@ -241,8 +241,8 @@ class JsonSink(Sink):
     Strings keep every character (JSON escapes the C0 controls itself); DEL, the C1
     controls, bidirectional overrides and line separators are written as ``\\uXXXX``
     too, so a line shown on a terminal is as safe as the text output. To a stream that
-    is not UTF-8 everything outside ASCII is ``\\uXXXX``. Integers beyond 2**53 are
-    hex strings (see :class:`Column`)."""
+    is not UTF-8 everything outside ASCII is ``\\uXXXX``. Columns declared ``hex``
+    (64-bit values beyond what JSON readers keep exact) are hex strings."""
 
     def __init__(self, columns: Sequence[Column], stream: IO[str] | None = None) -> None:
         super().__init__(columns, stream)
