@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import logging
 import sys
@@ -10,21 +11,60 @@ from typing import Any
 import click
 
 from netsnoop import __version__
-from netsnoop.commands import COMMANDS
+from netsnoop.commands import ALIASES, COMMANDS
 from netsnoop.errors import NetsnoopError
+
+# The kernel takes a ring buffer's size as a 32-bit max_entries that must be a power
+# of two (kernel/bpf/ringbuf.c), so 2 GiB is the largest it can create.
+MAX_RINGBUF = 1 << 31
+
+
+class OneLineUsageError(click.ClickException):
+    """A usage error as one line on stderr (click's own adds the usage and a hint on
+    lines of their own), exit status 2: what the user must fix and where help is."""
+
+    exit_code = 2
+
+    def __init__(self, error: click.UsageError) -> None:
+        super().__init__(error.format_message())
+        self.command_path = error.ctx.command_path if error.ctx else "netsnoop"
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"Error: {self.message} (`{self.command_path} --help` shows the usage)", err=True)
 
 
 class LazyGroup(click.Group):
-    """Imports a subcommand's module only when that subcommand is used."""
+    """Imports a subcommand's module only when that subcommand is used; takes bcc's
+    tool names as aliases, suggests the closest name for a typo, and lets the global
+    options (-v, --ringbuf) follow the subcommand too."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(COMMANDS)
 
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.exceptions.NoArgsIsHelpError:  # bare `netsnoop`: the help itself
+            raise
+        except click.UsageError as err:
+            raise OneLineUsageError(err) from None
+
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        name = ALIASES.get(name, name)
         if name not in COMMANDS:
             return None
         module = importlib.import_module(COMMANDS[name][0])
-        return module.command  # type: ignore[no-any-return]
+        return _with_global_options(module.command)
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and self.get_command(ctx, name) is None:
+            known = [*COMMANDS, *ALIASES]
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+            hint = f" Did you mean {ALIASES.get(close[0], close[0])!r}?" if close else ""
+            ctx.fail(f"No such command {name!r}.{hint}")
+        return super().resolve_command(ctx, args)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, help_) for name, (_module, help_) in COMMANDS.items()]
@@ -41,6 +81,10 @@ class LazyGroup(click.Group):
             ctx.exit(err.exit_code)
         except KeyboardInterrupt:
             ctx.exit(130)
+        except click.exceptions.NoArgsIsHelpError:  # bare `netsnoop`: the help itself
+            raise
+        except click.UsageError as err:
+            raise OneLineUsageError(err) from None
         except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
             raise
         except Exception as err:  # a bug: still one line, the traceback behind --verbose
@@ -51,7 +95,7 @@ class LazyGroup(click.Group):
 
 
 class RingSize(click.ParamType):
-    """``8M``, ``512K`` or bytes: a power of two of at least one page (the kernel's rule)."""
+    """``8M``, ``512K`` or bytes: a power of two from one page to 2G (the kernel's rule)."""
 
     name = "SIZE"
 
@@ -64,7 +108,54 @@ class RingSize(click.ParamType):
             self.fail(f"{value!r} is not a size like 8M or 512K", param, ctx)
         if size < 4096 or size & (size - 1):
             self.fail(f"{value!r} must be a power of two, at least 4K", param, ctx)
+        if size > MAX_RINGBUF:
+            self.fail(f"{value!r} is more than the kernel's largest ring buffer, 2G", param, ctx)
         return size
+
+
+def _set_verbose(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.find_root().ensure_object(dict)["verbose"] = True
+        logging.getLogger().setLevel(logging.DEBUG)
+
+
+def _set_ringbuf(ctx: click.Context, param: click.Parameter, value: int | None) -> None:
+    if value is not None:
+        from netsnoop import loader
+
+        loader.ringbuf_bytes = value
+
+
+def _with_global_options(command: click.Command) -> click.Command:
+    """Add -v/--verbose and --ringbuf to a subcommand, so that ``netsnoop life -v``
+    works like ``netsnoop -v life`` (the same settings, set when parsed). A subcommand
+    with its own meaning for a flag (tracer's and subnet's -v) keeps it."""
+    if getattr(command, "_netsnoop_globals", False):
+        return command
+    taken = {opt for p in command.params for opt in (*p.opts, *p.secondary_opts)}
+    if "--verbose" not in taken and "-v" not in taken:
+        command.params.append(click.Option(
+            ["-v", "--verbose"], is_flag=True, expose_value=False, callback=_set_verbose,
+            help="show libbpf's log and full errors (also before the subcommand)"))
+    if "--ringbuf" not in taken:
+        command.params.append(click.Option(
+            ["--ringbuf"], type=RingSize(), default=None, expose_value=False, callback=_set_ringbuf,
+            help="kernel-to-user event buffer size (also before the subcommand; default 8M)"))
+    command._netsnoop_globals = True  # type: ignore[attr-defined]
+    return command
+
+
+def _escape_unencodable_output() -> None:
+    """A character the terminal's encoding lacks (``é`` with LANG=C or
+    PYTHONIOENCODING=ascii) is printed as a backslash escape instead of ending the
+    run with UnicodeEncodeError: names come from the traced processes."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            try:
+                reconfigure(errors="backslashreplace")
+            except (ValueError, OSError):  # a detached or closed stream: nothing to protect
+                pass
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -77,10 +168,12 @@ def cli(ctx: click.Context, verbose: bool, ringbuf: int) -> None:
     """Trace the kernel's TCP stack with eBPF: connections, states, bytes, drops.
 
     Each subcommand is one of the bcc network tools, rebuilt on libbpf and CO-RE
-    (no compiler or kernel headers needed at run time). Run `netsnoop check` to
-    see what this kernel supports.
+    (no compiler or kernel headers needed at run time); bcc's names work too
+    (`netsnoop tcplife` is `netsnoop life`). Run `netsnoop check` to see what this
+    kernel supports.
     """
     ctx.obj = {"verbose": verbose}
+    _escape_unencodable_output()
     from netsnoop import loader
 
     loader.ringbuf_bytes = ringbuf

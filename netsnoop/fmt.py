@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 from functools import lru_cache
@@ -47,7 +48,74 @@ def ip_version(family: int) -> int:
 
 
 def comm(raw: bytes) -> str:
-    return raw.split(b"\0", 1)[0].decode(errors="replace")
+    """A task's name as the kernel holds it (any bytes: names are the process's own
+    choice). Bytes that are not UTF-8 become ``\\xff`` text, so the name never fails to
+    decode and no byte is lost; control characters stay, for the sinks to escape."""
+    return raw.split(b"\0", 1)[0].decode(errors="backslashreplace")
+
+
+# What a terminal may act on rather than show: C0 controls (ESC starts CSI/OSC
+# sequences, BEL, BS and CR overwrite, LF breaks the row), DEL, C1 controls (0x9b is a
+# one-byte CSI on some terminals), the bidirectional overrides and line separators
+# that reorder or break what is shown, and lone surrogates (bytes that were not UTF-8,
+# from os.fsdecode), which no encoder accepts.
+_OTHER_CONTROLS = "\\x7f-\\x9f\\u061c\\u200e\\u200f\\u2028-\\u202e\\u2066-\\u2069\\ud800-\\udfff"
+_CONTROLS = "\\x00-\\x1f" + _OTHER_CONTROLS
+UNSAFE = re.compile(f"[{_CONTROLS}]")
+UNSAFE_IN_LINES = re.compile("[\\x00-\\x08\\x0b-\\x1f" + _OTHER_CONTROLS + "]")  # all but tab and newline
+UNSAFE_BUT_NEWLINE = re.compile("[\\x00-\\x09\\x0b-\\x1f" + _OTHER_CONTROLS + "]")
+UNSAFE_BEYOND_C0 = re.compile(f"[{_OTHER_CONTROLS}]")
+_PIECES = re.compile(f"([{_CONTROLS}])")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+@lru_cache(maxsize=256)
+def _escape_char(c: str) -> str:
+    code = ord(c)
+    if c in _NAMED:
+        return _NAMED[c]
+    if 0xDC80 <= code <= 0xDCFF:  # os.fsdecode's stand-in for the byte code - 0xDC00
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def _escape(m: re.Match[str]) -> str:
+    return _escape_char(m.group())
+
+
+def printable(text: str, width: int | None = None) -> str:
+    """``text`` safe to show on a terminal, one line: control characters as visible
+    escapes (``\\x1b``, ``\\n``, ``\\x9b``, ``\\u202e``), everything else unchanged.
+
+    With ``width``, cut to at most that many characters after escaping, never inside
+    an escape (a half ``\\x1`` would read as another character). The one place every
+    name (COMM, file names) is made safe: the text and CSV sinks call it, and so must
+    any other view that shows names (a rich table: pass the result as ``Text``, never
+    as markup).
+    """
+    if not UNSAFE.search(text):
+        return text if width is None else text[:width]
+    if width is None:
+        return UNSAFE.sub(_escape, text)
+    out, used = [], 0
+    for piece in _PIECES.split(text):
+        if not piece:
+            continue
+        shown = _escape_char(piece) if UNSAFE.fullmatch(piece) else piece
+        if used + len(shown) > width:
+            if not UNSAFE.fullmatch(piece):
+                out.append(shown[: width - used])
+            break
+        out.append(shown)
+        used += len(shown)
+    return "".join(out)
+
+
+def printable_lines(text: str) -> str:
+    """Like :func:`printable` for a value that is several lines on purpose (drop's
+    stack: tab-indented lines after the reason): line breaks and tabs are kept,
+    every other control character is escaped."""
+    return UNSAFE_IN_LINES.sub(_escape, text)
 
 
 class Clock:

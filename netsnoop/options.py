@@ -8,6 +8,7 @@ naming the option, never a traceback.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Callable
 
 import click
@@ -16,8 +17,29 @@ from netsnoop.output import OutputOptions
 
 MAX_PORTS = 16  # netsnoop.h: MAX_PORTS
 AF_INET, AF_INET6 = 2, 10
+MAX_SECONDS = 1_000_000_000  # about 31 years: far beyond any trace, well inside what timers and sleeps take
 
 F = Callable[..., Any]
+
+
+class FiniteFloatRange(click.FloatRange):
+    """click's FloatRange without inf and nan (``inf``, ``nan``, ``1e309``): a range
+    check lets them through (every comparison with nan is false), and a duration of
+    inf or nan would never end or fail deep inside the run."""
+
+    name = "float"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = 0.0  # not a number at all: click's own message says so
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return super().convert(value, param, ctx)  # type: ignore[no-any-return]
+
+
+SECONDS = FiniteFloatRange(min=0, min_open=True, max=MAX_SECONDS)
 
 
 class PortList(click.ParamType):
@@ -28,20 +50,27 @@ class PortList(click.ParamType):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> list[int]:
         if isinstance(value, list):
             return value
-        ports: list[int] = []
+        ranges: list[tuple[int, int]] = []
+        total = 0
         for part in str(value).split(","):
             part = part.strip()
-            lo, _, hi = part.partition("-")
+            lo, dash, hi = part.partition("-")
             try:
-                first, last = int(lo), int(hi or lo)
+                first, last = int(lo), int(hi if dash else lo)
             except ValueError:
-                self.fail(f"{part!r} is not a port number", param, ctx)
+                self.fail(f"{part!r} is not a port number or a range like 8000-8002", param, ctx)
             if not (1 <= first <= last <= 65535):
                 self.fail(f"{part!r} is not a port in 1-65535", param, ctx)
-            ports.extend(range(first, last + 1))
-        if len(ports) > MAX_PORTS:
-            self.fail(f"at most {MAX_PORTS} ports can be filtered in the kernel, got {len(ports)}", param, ctx)
-        return ports
+            total += last - first + 1  # counted before anything is expanded
+            if total > MAX_PORTS:
+                self.fail(f"at most {MAX_PORTS} ports can be filtered in the kernel; {_clip(str(value))} names more", param, ctx)
+            ranges.append((first, last))
+        return [p for first, last in ranges for p in range(first, last + 1)]
+
+
+def _clip(text: str, limit: int = 40) -> str:
+    """A user's value quoted in a message, shortened when it is very long."""
+    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 PORTS = PortList()
@@ -57,10 +86,19 @@ def ports_option(*decls: str, help: str) -> Callable[[F], F]:
 
 
 def family_option(f: F) -> F:
-    """-4/-6 folded into one ``family`` argument (AF_INET, AF_INET6 or None)."""
-    f = click.option("-6", "--ipv6", "family", flag_value=AF_INET6, help="only trace IPv6")(f)
-    f = click.option("-4", "--ipv4", "family", flag_value=AF_INET, help="only trace IPv4")(f)
-    return f
+    """-4/-6 folded into one ``family`` argument (AF_INET, AF_INET6 or None); both
+    together are a usage error rather than the last one silently winning."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kw: Any) -> Any:
+        ipv4, ipv6 = kw.pop("ipv4", False), kw.pop("ipv6", False)
+        if ipv4 and ipv6:
+            raise click.UsageError("-4/--ipv4 and -6/--ipv6 cannot be combined (give neither to trace both)")
+        return f(*args, family=AF_INET if ipv4 else AF_INET6 if ipv6 else None, **kw)
+
+    wrapper = click.option("-6", "--ipv6", is_flag=True, help="only trace IPv6")(wrapper)
+    wrapper = click.option("-4", "--ipv4", is_flag=True, help="only trace IPv4")(wrapper)
+    return wrapper
 
 
 def cgroup2_mounts() -> list[str]:
@@ -86,6 +124,8 @@ class CgroupPath(click.ParamType):
 
         if isinstance(value, int):
             return value
+        if not str(value).strip():
+            self.fail("must name a cgroup v2 directory (an empty path is not the root cgroup)", param, ctx)
         mounts = cgroup2_mounts()
         if not mounts:
             self.fail("no cgroup v2 hierarchy is mounted on this host", param, ctx)
@@ -109,7 +149,7 @@ def interval_count_arguments(default_interval: float = 1.0) -> Callable[[F], F]:
 
     def decorate(f: F) -> F:
         f = click.argument("count", type=click.IntRange(min=1), required=False)(f)
-        f = click.argument("interval", type=click.FloatRange(min=0, min_open=True), default=default_interval, required=False)(f)
+        f = click.argument("interval", type=SECONDS, default=default_interval, required=False)(f)
         return f
 
     return decorate
@@ -117,7 +157,7 @@ def interval_count_arguments(default_interval: float = 1.0) -> Callable[[F], F]:
 
 def duration_option(f: F) -> F:
     return click.option(
-        "-d", "--duration", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
+        "-d", "--duration", type=SECONDS, default=None, metavar="SECONDS",
         help="stop after this many seconds",
     )(f)
 
@@ -126,7 +166,7 @@ def interval_option(f: F) -> F:
     """-i SECONDS for the histogram tools (tcprtt, tcpsynbl): print and clear every
     interval; without it, once at the end (Ctrl-C or -d)."""
     return click.option(
-        "-i", "--interval", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
+        "-i", "--interval", type=SECONDS, default=None, metavar="SECONDS",
         help="print a summary every SECONDS (default: once, at the end)",
     )(f)
 

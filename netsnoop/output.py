@@ -6,16 +6,32 @@ column order; a :class:`Sink` decides what the user sees. Text keeps bcc's layou
 (fixed widths, header once) so scripts written for bcc keep working. Every sink
 writes whole batches and flushes once per batch: a pipe to ``grep`` sees each line as
 soon as its batch arrives, without a system call per line.
+
+Names are the traced processes' own choice (any bytes), so the sinks make them safe
+once, here, for every subcommand: text and CSV show control characters as visible
+escapes (one row stays one line, nothing reaches the terminal as a command), CSV
+quotes what needs quoting, JSON escapes what JSON and terminals need, and a stream
+that cannot encode a character gets an escape instead of an exception.
 """
 
 from __future__ import annotations
 
+import codecs
+import csv
+import io
 import json
 import os
 import re
 import sys
 from dataclasses import dataclass, field
 from typing import IO, Any, Callable, Iterable, Sequence
+
+from netsnoop.fmt import UNSAFE, UNSAFE_BEYOND_C0, printable, printable_lines
+
+# What a CSV field must not hold unquoted and unescaped: control characters, the separator, the quote.
+_CSV_SPECIAL = re.compile(UNSAFE.pattern[:-1] + ',"]')
+# What JSON's own escaping (all of U+0000-U+001F) leaves raw but a terminal may act on.
+_JSON_UNSAFE = UNSAFE_BEYOND_C0
 
 
 def snake(header: str) -> str:
@@ -32,6 +48,11 @@ class Column:
     ``text=False`` makes a JSON-only field (typed extras such as exact byte counts),
     ``json=False`` a text-only decoration such as bcc's ``->``; ``csv`` overrides
     ``text`` for CSV, where bcc's layouts differ slightly (IP always, no ``->``).
+    ``hex=True`` writes the value in JSON as the hex string the text shows: for a
+    64-bit value such as a kernel address, an integer beyond 2**53 that JSON readers
+    (jq, JavaScript) would round. ``lines=True``
+    marks a text value that is several lines on purpose (drop's stack): its line
+    breaks and tabs are kept, every other control character escaped.
     """
 
     header: str
@@ -43,10 +64,19 @@ class Column:
     text: bool = True
     json: bool = True
     csv: bool | None = None  # None: as in text
+    hex: bool = False
+    lines: bool = False
 
     @property
     def json_key(self) -> str:
         return self.key or snake(self.header)
+
+    def hex_string(self, value: Any) -> Any:
+        """An integer as its hex string: as the text shows it when the column's spec is
+        hex (``x``), ``0x``-prefixed otherwise; anything else unchanged."""
+        if not isinstance(value, int) or isinstance(value, bool):
+            return value
+        return format(value, self.spec if self.spec in ("x", "X", "#x", "#X") else "#x")
 
 
 @dataclass
@@ -82,27 +112,33 @@ class Sink:
         self.stream = stream or sys.stdout
         self.count = 0
         self._fd = _file_descriptor(self.stream)
+        self._encoding = getattr(self.stream, "encoding", None) or "utf-8"
 
     def header(self) -> None:  # pragma: no cover - trivial in subclasses
         pass
 
     def _emit(self, lines: list[str]) -> None:
-        """Write a batch of lines, counted, and flush them.
-
-        To a real file or pipe the batch goes with ``os.write``, partial writes resumed
-        here: CPython's buffered writer can drop the tail of a write larger than its
-        buffer when a signal (Ctrl-C) interrupts a later write blocked on a full pipe
-        (seen as 4 KiB holes in ``netsnoop ... | slow-reader`` output). Anything
-        written through the stream object before (the header) is flushed first.
-        """
+        """Write a batch of lines, counted, and flush them."""
         self.count += len(lines)
-        text = "\n".join(lines) + "\n"
+        self._write("\n".join(lines) + "\n")
+
+    def _write(self, text: str) -> None:
+        """Write and flush ``text``.
+
+        To a real file or pipe it goes with ``os.write``, partial writes resumed here:
+        CPython's buffered writer can drop the tail of a write larger than its buffer
+        when a signal (Ctrl-C) interrupts a later write blocked on a full pipe (seen as
+        4 KiB holes in ``netsnoop ... | slow-reader`` output). Anything written through
+        the stream object before is flushed first. A character the stream's encoding
+        lacks (``é`` on an ASCII terminal) is written as a backslash escape: a name
+        never ends the trace.
+        """
         if self._fd is None:
             self.stream.write(text)
             self.stream.flush()
             return
         self.stream.flush()
-        data = memoryview(text.encode(self.stream.encoding, self.stream.errors or "strict"))
+        data = memoryview(text.encode(self._encoding, "backslashreplace"))
         while data:
             data = data[os.write(self._fd, data) :]
 
@@ -112,7 +148,7 @@ class Sink:
     def summary(self, record: dict[str, Any]) -> None:
         """End-of-run facts (lost events, counts) go to stderr for humans."""
         parts = [_summary_part(k, v) for k, v in record.items()]
-        print("netsnoop: " + ", ".join(parts), file=sys.stderr, flush=True)
+        print(printable("netsnoop: " + ", ".join(parts)), file=sys.stderr, flush=True)
 
 
 class TextSink(Sink):
@@ -130,59 +166,110 @@ class TextSink(Sink):
             parts.append(f"{{{i}:{c.align}{width}{prec}{c.spec}}}")
             head.append(f"{{:{c.align}{width}}}".format(c.header))
         self._line = " ".join(parts).format
-        self._header = " ".join(head).rstrip()
+        self._header = printable(" ".join(head).rstrip())
+        self._safe = [_text_escaper(c) if c.text else None for c in self.columns]
+        self._multiline = any(c.text and c.lines for c in self.columns)
 
     def header(self) -> None:
         if self.stream.isatty():  # colour for people; rich is imported only then
             from rich.console import Console
 
             Console(file=self.stream, highlight=False).print(self._header, style="bold", markup=False, soft_wrap=True)
+            self.stream.flush()
         else:
-            self.stream.write(self._header + "\n")
-        self.stream.flush()
+            self._write(self._header + "\n")
 
     def write(self, rows: Iterable[Sequence[Any]]) -> None:
+        """Format the batch as is; only a batch in which some string holds a control
+        character (rare: a hostile name) is formatted from escaped values, cut to the
+        column width after escaping."""
+        rows = rows if isinstance(rows, list) else list(rows)
+        if not rows:
+            return
         line = self._line
-        out = [line(*r) for r in rows]
-        if out:
-            self._emit(out)
+        if self._multiline or _strings_match(rows, self._indexes, UNSAFE):
+            out = [line(*self._escaped(r)) for r in rows]
+        else:
+            out = [line(*r) for r in rows]
+        self._emit(out)
+
+    def _escaped(self, row: Sequence[Any]) -> list[Any]:
+        values = list(row)
+        for i, esc in enumerate(self._safe[: len(values)]):
+            if esc is not None and isinstance(values[i], str):
+                values[i] = esc(values[i])
+        return values
 
 
 class CsvSink(Sink):
-    """Comma-separated, header first (bcc's -s)."""
+    """Comma-separated, header first (bcc's -s), quoted as Python's csv module and
+    spreadsheets expect (a comma or a quote in a name stays inside its field). Control
+    characters are escaped as in text, so each row is one line and the output is safe
+    on a terminal too."""
 
     def __init__(self, columns: Sequence[Column], stream: IO[str] | None = None) -> None:
         super().__init__(columns, stream)
-        self._indexes = [i for i, c in enumerate(self.columns) if (c.text if c.csv is None else c.csv)]
-        self._line = ",".join(f"{{{i}:{self.columns[i].spec}}}" for i in self._indexes).format
+        self._specs = [(i, c.spec) for i, c in enumerate(self.columns) if (c.text if c.csv is None else c.csv)]
+        self._indexes = [i for i, _spec in self._specs]
+        self._line = ",".join(f"{{{i}:{spec}}}" for i, spec in self._specs).format
+
+    @staticmethod
+    def _csv(rows: list[list[str]]) -> str:
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerows(rows)
+        return buf.getvalue()
 
     def header(self) -> None:
-        self.stream.write(",".join(self.columns[i].header for i in self._indexes) + "\n")
-        self.stream.flush()
+        self._write(self._csv([[printable(self.columns[i].header) for i, _spec in self._specs]]))
 
     def write(self, rows: Iterable[Sequence[Any]]) -> None:
-        out = [self._line(*r) for r in rows]
-        if out:
-            self._emit(out)
+        """Plain joined fields, unless some string needs quoting or escaping."""
+        rows = rows if isinstance(rows, list) else list(rows)
+        if not rows:
+            return
+        if not _strings_match(rows, self._indexes, _CSV_SPECIAL):
+            self._emit([self._line(*r) for r in rows])
+            return
+        specs = self._specs
+        self.count += len(rows)
+        self._write(self._csv([[printable(format(r[i], spec)) for i, spec in specs] for r in rows]))
 
 
 class JsonSink(Sink):
-    """One JSON object per line; keys are snake_case column names, values typed."""
+    """One JSON object per line; keys are snake_case column names, values typed.
+
+    Strings keep every character (JSON escapes the C0 controls itself); DEL, the C1
+    controls, bidirectional overrides and line separators are written as ``\\uXXXX``
+    too, so a line shown on a terminal is as safe as the text output. To a stream that
+    is not UTF-8 everything outside ASCII is ``\\uXXXX``. Columns declared ``hex``
+    (64-bit values beyond what JSON readers keep exact) are hex strings."""
 
     def __init__(self, columns: Sequence[Column], stream: IO[str] | None = None) -> None:
         super().__init__(columns, stream)
         self._fields = [(i, c.json_key) for i, c in enumerate(self.columns) if c.json]
-        self._dumps = _object_encoder()
+        self._hex = [(c.json_key, c.hex_string) for c in self.columns if c.json and c.hex]
+        self._ascii = not _is_utf8(self.stream)
+        self._dumps = _object_encoder(self._ascii)
 
     def write(self, rows: Iterable[Sequence[Any]]) -> None:
         fields, dumps = self._fields, self._dumps
-        out = [dumps({k: r[i] for i, k in fields}) for r in rows]
-        if out:
-            self._emit(out)
+        objects = [{k: r[i] for i, k in fields} for r in rows]
+        if not objects:
+            return
+        for k, to_hex in self._hex:
+            for o in objects:
+                o[k] = to_hex(o[k])
+        text = "\n".join([dumps(o) for o in objects])
+        self.count += len(objects)
+        self._write(self._safe(text) + "\n")
+
+    def _safe(self, text: str) -> str:
+        if self._ascii or text.isascii():  # isascii: no scan when there is nothing to find
+            return text
+        return _JSON_UNSAFE.sub(_json_escape, text)
 
     def summary(self, record: dict[str, Any]) -> None:
-        self.stream.write(self._dumps({"type": "summary", **record}) + "\n")
-        self.stream.flush()
+        self._write(self._safe(self._dumps({"type": "summary", **record})) + "\n")
 
 
 def _summary_part(key: str, value: Any) -> str:
@@ -202,15 +289,68 @@ def _file_descriptor(stream: IO[str]) -> int | None:
     return fd if isinstance(getattr(stream, "encoding", None), str) else None
 
 
-def _object_encoder() -> Callable[[Any], str]:
-    """``json.dumps(o, separators=(",", ":"), ensure_ascii=False)`` without its per-call
+def _strings_match(rows: list[Sequence[Any]], indexes: Sequence[int], pattern: re.Pattern[str]) -> bool:
+    """Whether any string value in the columns ``indexes`` of ``rows`` matches
+    ``pattern``: one search per column over its joined strings, so a clean batch
+    costs little. A column whose first value is a number is taken to hold numbers
+    (their formats are plain digits); names are strings in every row."""
+    first = rows[0]
+    for i in indexes:
+        if type(first[i]) in _NUMBERS:
+            continue
+        values = [r[i] for r in rows]
+        try:
+            joined = "".join(values)
+        except TypeError:  # None, lists: only the strings among them matter
+            joined = "".join([v for v in values if isinstance(v, str)])
+        if pattern.search(joined):
+            return True
+    return False
+
+
+_NUMBERS = (int, float, bool)
+
+
+def _text_escaper(column: Column) -> Callable[[str], str]:
+    """How the text sink makes a string value of ``column`` safe (and cut to width)."""
+    if column.lines:
+        return printable_lines
+    if column.truncate and column.width:
+        width = column.width
+        return lambda s: printable(s, width)
+    return printable
+
+
+def _json_escape(m: re.Match[str]) -> str:
+    """Inside a JSON string: a byte that was not UTF-8 (os.fsdecode's lone surrogate)
+    as the text ``\\xNN``, as names show it everywhere; anything else as ``\\uXXXX``."""
+    code = ord(m.group())
+    if 0xDC80 <= code <= 0xDCFF:
+        return f"\\\\x{code - 0xDC00:02x}"
+    return f"\\u{code:04x}"
+
+
+def _is_utf8(stream: IO[str]) -> bool:
+    """Whether ``stream`` takes any character (UTF-8, or an in-memory string)."""
+    encoding = getattr(stream, "encoding", None)
+    if not isinstance(encoding, str):
+        return True
+    try:
+        return codecs.lookup(encoding).name == "utf-8"
+    except LookupError:
+        return False
+
+
+def _object_encoder(ensure_ascii: bool = False) -> Callable[[Any], str]:
+    """``json.dumps(o, separators=(",", ":"), ensure_ascii=...)`` without its per-call
     set-up: ``JSONEncoder.encode`` builds a new C encoder, with circular-reference
     bookkeeping, for every object; rows are flat, so one encoder serves them all
     (a fifth of the JSON path's time). Falls back where the C encoder is missing."""
-    plain = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+    plain = json.JSONEncoder(separators=(",", ":"), ensure_ascii=ensure_ascii)
     make = getattr(json.encoder, "c_make_encoder", None)
+    strings = json.encoder.encode_basestring_ascii if ensure_ascii else json.encoder.encode_basestring
     try:
-        encoder = make(None, plain.default, json.encoder.encode_basestring, None, ":", ",", False, False, True)  # type: ignore[misc]
+        encoder = make(None, plain.default, strings, None, ":", ",", False, False, True)  # type: ignore[misc]
         join = "".join
         fast: Callable[[Any], str] = lambda o: join(encoder(o, 0))  # noqa: E731
         sample = {"s": 'a"\u00e9\n', "i": -(1 << 70), "f": 0.1, "n": None, "b": True, "l": [1.5, "x"], "nan": float("nan")}

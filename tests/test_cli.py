@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
+import time
 
 import pytest
-from helpers import NETSNOOP, ROOT, Trace, bpf_prog_ids, refused_connect, run, wait_progs_gone
+from helpers import NETSNOOP, ROOT, Trace, bpf_prog_ids, refused_connect, run
 
 from netsnoop.loader import BPFObject
 
@@ -50,18 +52,42 @@ def test_bad_values_are_usage_errors(args: list[str]) -> None:
     assert "Invalid value" in result.stderr
 
 
+def held_prog_ids(pid: int) -> set[int]:
+    """The BPF programs a process holds (program and link fds), from the kernel's own
+    /proc/PID/fdinfo: other tests' programs, loaded meanwhile, are not ours."""
+    ids = set()
+    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+        try:
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                ids.update(int(line.split()[1]) for line in f if line.startswith("prog_id:"))
+        except OSError:
+            continue
+    return ids
+
+
+def progs_still_loaded(ours: set[int], timeout: float = 10.0) -> set[int]:
+    """Which of ``ours`` are still loaded after ``timeout`` (the kernel frees them
+    asynchronously once the last reference is gone)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = ours & bpf_prog_ids()
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.2)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_ends_cleanly_and_detaches(sig: int) -> None:
-    before = bpf_prog_ids()
     port = refused_connect()
     with Trace(["states", "--json", "-D", str(port)]) as t:
-        assert bpf_prog_ids() - before, "no program loaded while tracing"
+        ours = held_prog_ids(t.proc.pid)
+        assert ours and ours <= bpf_prog_ids(), "no program loaded while tracing"
         refused_connect(port=port)
         t.stop(sig)
     assert t.returncode == 0
     assert t.summary == {"type": "summary", "events": 2, "lost_events": 0, "skipped_hook_runs": 0,
                          "hooks": {"set_state": "tp_btf"}, "changes_not_seen": 0}
-    assert not wait_progs_gone(before)
+    assert not progs_still_loaded(ours)
 
 
 def test_text_summary_on_stderr() -> None:
@@ -73,12 +99,12 @@ def test_text_summary_on_stderr() -> None:
 
 
 def test_sigkill_leaves_nothing_attached() -> None:
-    before = bpf_prog_ids()
     with Trace(["life"]) as t:
-        assert bpf_prog_ids() - before
+        ours = held_prog_ids(t.proc.pid)
+        assert ours and ours <= bpf_prog_ids()
         t.stop(signal.SIGKILL, settle=0)
     assert t.returncode == -signal.SIGKILL
-    assert not wait_progs_gone(before)
+    assert not progs_still_loaded(ours)
 
 
 def test_duration_stops_by_itself() -> None:
@@ -132,3 +158,55 @@ def test_lost_events_are_counted_exactly() -> None:
 def test_bad_ringbuf_size_is_a_usage_error(size: str) -> None:
     result = run(["--ringbuf", size, "states"])
     assert result.returncode == 2 and "--ringbuf" in result.stderr and "Traceback" not in result.stderr
+
+
+def ring_sizes(pid: int) -> list[int]:
+    """max_entries of the ring buffer maps (map_type 27) a process holds, from the
+    kernel's own /proc/PID/fdinfo."""
+    sizes = []
+    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+        try:
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                info = dict(line.split(":", 1) for line in f if ":" in line)
+        except OSError:
+            continue
+        if info.get("map_type", "").strip() == "27":
+            sizes.append(int(info["max_entries"]))
+    return sizes
+
+
+@pytest.mark.parametrize("args", [["life", "--ringbuf", "16K", "-v"], ["--ringbuf", "16K", "-v", "life"]])
+def test_global_options_work_after_the_subcommand_too(args: list[str]) -> None:
+    with Trace(args) as t, Trace(["life"]) as plain:
+        assert set(ring_sizes(t.proc.pid)) == {16384}  # the kernel's map, as asked
+        assert set(ring_sizes(plain.proc.pid)) == {8 << 20}  # the default, beside it
+    assert t.returncode == 0 and plain.returncode == 0
+    assert "libbpf:" in t.stderr and "libbpf:" not in plain.stderr  # -v: libbpf's log
+
+
+def test_bcc_name_runs_the_subcommand() -> None:
+    port = refused_connect()
+    with Trace(["tcpstates", "--json", "-D", str(port)]) as t:
+        refused_connect(port=port)
+    assert t.returncode == 0
+    assert [(r["oldstate"], r["newstate"]) for r in t.records] == [("CLOSE", "SYN_SENT"), ("SYN_SENT", "CLOSE")]
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["states", "-d", "inf"], ["-d", "finite"]),
+    (["connlat", "-d", "nan"], ["-d", "finite"]),
+    (["rtt", "-i", "1e309"], ["-i", "finite"]),
+    (["top", "nan"], ["INTERVAL", "finite"]),
+    (["states", "-4", "-6"], ["-4", "-6"]),
+    (["life", "-L", ",".join(["1-65535"] * 1000)], ["-L", "at most 16 ports"]),
+    (["life", "-L", "80-"], ["-L", "80-"]),
+    (["connect", "--cgroup", ""], ["--cgroup"]),
+    (["--ringbuf", "4G", "states"], ["--ringbuf", "2G"]),
+    (["tcplfie"], ["Did you mean 'life'?"]),
+])
+def test_usage_errors_are_one_line_and_exit_2(args: list[str], needles: list[str]) -> None:
+    result = run(args, timeout=20)
+    errors = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(errors) == 1 and errors[0].startswith("Error:"), result.stderr
+    assert result.stdout == ""
+    assert all(n in errors[0] for n in needles), errors[0]

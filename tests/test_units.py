@@ -24,10 +24,29 @@ def test_port_list_parses_lists_and_ranges() -> None:
     assert PORTS.convert("8000-8002,22", None, None) == [8000, 8001, 8002, 22]
 
 
-@pytest.mark.parametrize("bad", ["70000", "0", "abc", "80,", "-5", "1-20"])
+@pytest.mark.parametrize("bad", ["70000", "0", "abc", "80,", "-5", "1-20", "80-", "-80", "80-79", "1-2-3", ""])
 def test_port_list_rejects_bad_values(bad: str) -> None:
     with pytest.raises(click.BadParameter):
         PORTS.convert(bad, None, None)
+
+
+def test_port_list_is_counted_before_it_is_expanded() -> None:
+    """1,000 copies of 1-65535 would be 65 million ports: refused from the numbers,
+    without building the list (which took gigabytes and died with MemoryError)."""
+    import tracemalloc
+
+    value = ",".join(["1-65535"] * 1000)
+    tracemalloc.start()
+    try:
+        with pytest.raises(click.BadParameter, match="at most 16 ports"):
+            PORTS.convert(value, None, None)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+    with pytest.raises(click.BadParameter, match="at most 16 ports"):
+        PORTS.convert(",".join(["80"] * 17), None, None)
+    assert PORTS.convert(",".join(["80"] * 16), None, None) == [80] * 16
 
 
 def test_snake_case_keys() -> None:
@@ -131,14 +150,161 @@ def test_run_intervals_reports_the_cut_short_interval() -> None:
 
 
 def test_cgroup_paths_must_be_cgroup_v2() -> None:
+    import os
+
     from netsnoop.options import CgroupPath, cgroup2_mounts
 
     mounts = cgroup2_mounts()
-    if not mounts:
-        pytest.skip("no cgroup v2 mount on this host")
-    import os
+    assert mounts, "no cgroup v2 mount on this host: --cgroup cannot work here"
 
     assert CgroupPath().convert(mounts[0], None, None) == os.stat(mounts[0]).st_ino
     assert CgroupPath().convert(".", None, None) == os.stat(mounts[0]).st_ino  # relative to the mount
     with pytest.raises(click.BadParameter):
         CgroupPath().convert("/etc", None, None)
+    for empty in ("", "  "):  # not the root cgroup, silently
+        with pytest.raises(click.BadParameter, match="empty"):
+            CgroupPath().convert(empty, None, None)
+
+
+def usage_error(args: list[str], *needles: str) -> str:
+    """Run the CLI in-process; assert a usage error (exit 2): one line, naming
+    ``needles``. Returns that line."""
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, (args, result.output, result.exception)
+    errors = result.output.strip().splitlines()
+    assert len(errors) == 1 and errors[0].startswith("Error:"), result.output  # one line, nothing else
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]
+
+
+NON_FINITE = ["inf", "nan", "1e309", "-inf", "NaN", "Infinity"]
+
+
+@pytest.mark.parametrize("value", NON_FINITE)
+@pytest.mark.parametrize("args", [["states", "-d"], ["life", "--duration"], ["synbl", "-i"], ["rtt", "-i"], ["top"], ["softirqs"]])
+def test_non_finite_numbers_are_usage_errors(args: list[str], value: str) -> None:
+    positional = not args[-1].startswith("-")
+    usage_error([*args, *(["--"] if positional else []), value], "finite")
+
+
+def test_huge_durations_are_usage_errors() -> None:
+    usage_error(["states", "-d", "1e308"], "-d")  # finite, but beyond any timer
+    usage_error(["top", "1", "1e400"], "COUNT")
+
+
+@pytest.mark.parametrize("cmd", ["states", "life", "connect", "drop", "top", "rtt"])
+def test_ipv4_and_ipv6_together_are_a_usage_error(cmd: str) -> None:
+    usage_error([cmd, "-4", "-6"], "-4", "-6")
+    usage_error([cmd, "--ipv6", "--ipv4"], "-4", "-6")
+
+
+def test_family_flags_still_choose_one_family() -> None:
+    from netsnoop.options import AF_INET, AF_INET6, family_option
+
+    seen: list[int | None] = []
+
+    @click.command()
+    @family_option
+    def probe(family: int | None) -> None:
+        seen.append(family)
+
+    for args in ([], ["-4"], ["-6"], ["--ipv4"]):
+        assert CliRunner().invoke(probe, args).exit_code == 0
+    assert seen == [None, AF_INET, AF_INET6, AF_INET]
+
+
+def test_empty_cgroup_is_a_usage_error() -> None:
+    usage_error(["connect", "--cgroup", ""], "--cgroup")
+
+
+@pytest.mark.parametrize("size", ["4G", "8G", "4096M", "1T"])
+def test_ringbuf_beyond_the_kernel_limit_is_a_usage_error(size: str) -> None:
+    usage_error(["--ringbuf", size, "states"], "--ringbuf")
+    usage_error(["life", "--ringbuf", size], "--ringbuf")
+
+
+def test_ringbuf_sizes_up_to_the_kernel_limit_parse() -> None:
+    from netsnoop.cli import RingSize
+
+    assert RingSize().convert("2G", None, None) == 1 << 31  # the largest power of two in a u32
+    assert RingSize().convert("4K", None, None) == 4096
+    error = usage_error(["--ringbuf", "4G", "states"])
+    assert "2G" in error
+
+
+BCC_NAMES = {
+    "tcplife": "life", "tcpstates": "states", "tcpconnect": "connect", "tcpaccept": "accept",
+    "tcptracer": "tracer", "tcpconnlat": "connlat", "tcptop": "top", "tcpretrans": "retrans",
+    "tcpdrop": "drop", "tcpsubnet": "subnet", "sofdsnoop": "fdsnoop", "tcprtt": "rtt", "tcpsynbl": "synbl",
+    "solisten": "solisten", "netqtop": "netqtop", "softirqs": "softirqs",
+}
+
+
+@pytest.mark.parametrize("bcc,ours", sorted(BCC_NAMES.items()))
+def test_bcc_names_run_the_subcommands(bcc: str, ours: str) -> None:
+    ctx = click.Context(cli)
+    assert cli.get_command(ctx, bcc) is cli.get_command(ctx, ours) is not None
+    result = CliRunner().invoke(cli, [bcc, "--help"])
+    assert result.exit_code == 0 and f"Usage: cli {bcc} [OPTIONS]" in result.output
+
+
+def test_help_lists_each_subcommand_once() -> None:
+    from netsnoop.commands import COMMANDS
+
+    out = CliRunner().invoke(cli, ["--help"]).output
+    listed = [line.split()[0] for line in out.split("Commands:")[1].splitlines() if line.startswith("  ") and not line.startswith("   ")]
+    assert listed == list(COMMANDS)
+    for bcc in set(BCC_NAMES) - set(COMMANDS):
+        assert bcc not in listed
+
+
+@pytest.mark.parametrize("typo,meant", [("tcpstate", "states"), ("lif", "life"), ("tcplfie", "life"), ("conect", "connect")])
+def test_unknown_names_suggest_the_closest(typo: str, meant: str) -> None:
+    usage_error([typo], f"No such command '{typo}'", f"Did you mean '{meant}'?")
+
+
+def test_global_options_after_the_subcommand() -> None:
+    """``life --ringbuf 16K -v`` sets what ``--ringbuf 16K -v life`` sets (parsed only:
+    the command itself is stopped at its first line)."""
+    from unittest import mock
+
+    from netsnoop import loader
+
+    seen: dict[str, object] = {}
+
+    def fake_open(self: object, *args: object, **kw: object) -> None:
+        ctx = click.get_current_context()
+        seen.update(ringbuf=loader.ringbuf_bytes, verbose=ctx.find_root().obj["verbose"])
+        raise click.exceptions.Exit(0)
+
+    with mock.patch("netsnoop.runner.Tracer.open", fake_open):
+        for args, ring, verbose in [
+            (["life", "--ringbuf", "16K", "-v"], 16384, True),
+            (["--ringbuf", "64K", "-v", "life"], 65536, True),
+            (["life"], 8 << 20, False),
+            (["--ringbuf", "64K", "states", "--ringbuf", "32K"], 32768, False),  # the later one wins
+        ]:
+            seen.clear()
+            result = CliRunner().invoke(cli, args)
+            assert result.exit_code == 0, (args, result.output)
+            assert seen == {"ringbuf": ring, "verbose": verbose}, args
+    # tracer's own -v (bcc's verbose columns) keeps its meaning
+    assert any(p.name == "verbose" and p.expose_value for p in cli.get_command(click.Context(cli), "tracer").params)
+
+
+def test_a_stdout_that_cannot_encode_a_name_gets_an_escape() -> None:
+    """Everything printed after netsnoop starts (sinks, tables, messages) survives an
+    ASCII stdout (PYTHONIOENCODING=ascii, or LANG=C on older Pythons)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from netsnoop.cli import cli; cli.main(['states', '--help'], standalone_mode=False);"
+        "print('name: caf\\u00e9')"
+    )
+    env = {**os.environ, "PYTHONIOENCODING": "ascii", "LANG": "C", "LC_ALL": "C"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, env=env, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == b"name: caf\\xe9"

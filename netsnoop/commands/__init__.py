@@ -1,4 +1,4 @@
-"""The subcommands: name -> (module, one-line help).
+"""The subcommands: name -> (module, one-line help), and the bcc tools' names for them.
 
 Listing them here lets ``netsnoop --help`` show every tool without importing any;
 a module is imported only when its subcommand runs. Each module exposes ``command``
@@ -27,4 +27,23 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "softirqs": ("netsnoop.commands.softirqs", "Time spent in soft IRQs by type (softirqs)."),
     "export": ("netsnoop.commands.export", "Serve TCP health as Prometheus metrics (connects, drops, retransmits, ...)."),
     "completion": ("netsnoop.commands.completion", "Print the shell completion script for bash, zsh or fish."),
+}
+
+# bcc's tool names run the same subcommands (``netsnoop tcplife``), for users with bcc
+# habits; --help lists each subcommand once, with its bcc name in the help line.
+# solisten, netqtop and softirqs already have bcc's names.
+ALIASES: dict[str, str] = {
+    "tcpstates": "states",
+    "tcplife": "life",
+    "tcpconnect": "connect",
+    "tcpaccept": "accept",
+    "tcptracer": "tracer",
+    "tcpconnlat": "connlat",
+    "tcptop": "top",
+    "tcpretrans": "retrans",
+    "tcpdrop": "drop",
+    "tcpsubnet": "subnet",
+    "sofdsnoop": "fdsnoop",
+    "tcprtt": "rtt",
+    "tcpsynbl": "synbl",
 }
