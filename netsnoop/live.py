@@ -25,6 +25,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
 
+from netsnoop.fmt import printable
 from netsnoop.output import Column
 
 MIN_TEXT = 4  # a shortened text column keeps this many cells (3 and the ellipsis)
@@ -34,15 +35,6 @@ QUIT_KEYS = b"qQ"
 def use_live(no_clear: bool, json: bool) -> bool:
     """bcc clears the screen between intervals unless -C; on a TTY we redraw instead."""
     return not no_clear and not json and sys.stdout.isatty()
-
-
-def printable(s: str) -> str:
-    """``s`` with control characters (C0, DEL, C1) as ``\\xNN`` escapes, so a name can
-    neither move the cursor nor break a row in two."""
-    if s.isprintable():
-        return s
-    return "".join(c if c.isprintable() or c == " " else f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
-                   for c in s)
 
 
 def _cell(text: str, width: int, align: str) -> str:

@@ -22,7 +22,7 @@ def columns(lport: bool) -> list[Column]:
 
 @click.command("connlat")
 @o.output_options(csv=False, wide=False, time=False)
-@click.argument("min_ms", type=click.FloatRange(min=0), required=False, metavar="[MIN_MS]")
+@click.argument("min_ms", type=o.FiniteFloatRange(min=0), required=False, metavar="[MIN_MS]")
 @o.pid_option("only trace connects made by this process ID")
 @click.option("-L", "--lport", is_flag=True, help="include the local port (LPORT)")
 @o.family_option

@@ -110,7 +110,7 @@ def columns() -> list[Column]:
         Column(">", 1, json=False),
         Column("DADDR:DPORT", 20, json=False),
         Column("STATE (FLAGS)", 26, json=False),
-        Column("REASON", json=False),  # in text, followed by the stack lines
+        Column("REASON", json=False, lines=True),  # in text, followed by the stack lines
         *typed_endpoints("S", "D"),
         Column("STATE", text=False),
         Column("FLAGS", text=False),

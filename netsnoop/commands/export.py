@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from netsnoop import options as o
 from netsnoop.errors import MissingFeature, NetsnoopError
 from netsnoop.output import OutputOptions, make_sink
 from netsnoop.runner import StopFlag, ready, warn
@@ -104,7 +105,7 @@ class ExportCommand(click.Command):
               help="network namespaces with their own netns label; the rest are \"other\"")
 @click.option("--max-listeners", type=click.IntRange(min=0), default=50, show_default=True,
               help="listeners in the queue gauges (the fullest first)")
-@click.option("-d", "--duration", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
+@click.option("-d", "--duration", type=o.SECONDS, default=None, metavar="SECONDS",
               help="stop after this many seconds")
 def command(listen: tuple[str, int], sources: list[str] | None, ports: list[int] | None, max_netns: int,
             max_listeners: int, duration: float | None) -> None:

@@ -150,7 +150,7 @@ class Report:
 @o.output_options(csv=False, wide=False, time=False, timestamp=False)
 @click.option("-n", "--name", "iface", type=InterfaceName(), required=True,
               help="the network interface to watch (in this network namespace)")
-@click.option("-i", "--interval", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+@click.option("-i", "--interval", type=o.SECONDS, default=1.0, show_default=True,
               metavar="SECONDS", help="print every this many seconds")
 @click.option("-t", "--throughput", is_flag=True, help="add BPS and PPS columns (bytes and packets per second)")
 @o.duration_option

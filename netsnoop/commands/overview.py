@@ -24,7 +24,7 @@ from netsnoop import netns
 from netsnoop import options as o
 from netsnoop.errors import NetsnoopError
 from netsnoop.commands.drop import NORMAL_LABEL, NORMAL_REASONS
-from netsnoop.fmt import addr, comm, tcp_state
+from netsnoop.fmt import addr, comm, printable, tcp_state
 from netsnoop.runner import StopFlag, ready
 
 TOP_ROWS = 5  # flows and destinations on the screen
@@ -411,17 +411,12 @@ def render(report: dict[str, Any]) -> list[str]:
     return [printable(line) for line in lines]
 
 
-def printable(text: str) -> str:
-    """Control characters (from process names) shown escaped, never sent to a terminal."""
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
-
-
 def _cut(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
 @click.command("overview")
-@click.option("-d", "--duration", type=click.FloatRange(min=0, min_open=True, max=3600), default=5.0,
+@click.option("-d", "--duration", type=o.FiniteFloatRange(min=0, min_open=True, max=3600), default=5.0,
               show_default=True, metavar="SECONDS", help="how long to sample")
 @o.output_options(csv=False, wide=False, time=False, timestamp=False)
 def command(duration: float, out: o.OutputOptions) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from functools import lru_cache
@@ -52,20 +51,17 @@ def write_totals(out: OutputOptions, hists: list[tuple[str, Log2Hist]], events: 
 NO_SECONDS = "no seconds"  # what -d gives when no number follows it (bcc's habit)
 
 
-class Seconds(click.FloatRange):
+class Seconds(o.FiniteFloatRange):
     """-d's value: a finite number of seconds, or NO_SECONDS when -d stands alone."""
 
     def __init__(self) -> None:
-        super().__init__(min=0, min_open=True)
+        super().__init__(min=0, min_open=True, max=o.MAX_SECONDS)
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if value == NO_SECONDS:
             raise click.UsageError("-d takes SECONDS (a duration, as in every netsnoop subcommand); "
                                    "bcc's -d (distributions as histograms) is --dist here", ctx)
-        seconds = super().convert(value, param, ctx)
-        if not math.isfinite(seconds):
-            self.fail(f"{value!r} is not a finite number of seconds", param, ctx)
-        return seconds
+        return super().convert(value, param, ctx)
 
 
 @click.command("softirqs")

@@ -88,7 +88,7 @@ class Totals:
 @click.argument("subnets", type=SubnetList(), default=DEFAULT_SUBNETS, required=False)
 @click.option("-f", "--format", "unit", type=click.Choice(list(UNITS)), default="B", show_default=True,
               help="unit: B K M G bytes, or b k m g bits")
-@click.option("-i", "--interval", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+@click.option("-i", "--interval", type=o.SECONDS, default=1.0, show_default=True,
               help="output interval, in seconds")
 @click.option("-J", "--json", is_flag=True, help="one JSON object per subnet per interval")
 @click.option("-v", "--verbose", is_flag=True, help="print the subnet table given to the kernel")
