@@ -879,7 +879,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--bulk-chunks", default="1024,16384", help="bytes per write()/read() in bulk, a list (default 1024,16384)")
     p.add_argument("--only", default="", help="comma-separated tools to run (e.g. states,life)")
     p.add_argument("--formats", default="text,json", help="output formats for storm and bulk (default text,json)")
-    p.add_argument("--skip", default="", help="comma-separated sections to skip: startup,storm,bulk,accounting,kernel")
+    p.add_argument("--skip", default="", help="comma-separated sections to skip: startup,storm,bulk,accounting,overview,kernel")
     p.add_argument("--out", default=None, help="JSON results file (default bench/results/<time>-<commit>.json)")
     p.add_argument("--strict", action="store_true", help="exit with status 1 when a target is missed")
     p.add_argument("--no-floor", action="store_true", help="leave out the floor scenarios (empty programs)")
@@ -996,6 +996,54 @@ def measure_kernel_cost(sc: Scenario, tmp: str) -> dict[str, Any]:
         "ns_per_unit": spent / units if units else None,
         "cpu_share": spent / 1e9 / (report["seconds"] * (os.cpu_count() or 1)),
     }
+
+
+OVERVIEW_SECONDS = 3.0  # overview's sample: the storm runs inside it
+
+
+def measure_overview(opts: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
+    """overview under the storm: how long it takes (to its "Sampling" line, and in all),
+    what it costs the storm, what it lost, and whether the connects it reports for the
+    storm's port are all the storm made (the kernel's count: loadgen's own)."""
+    runs = []
+    for n in range(opts.repeats):
+        port = str(free_port())
+        wargs = ["storm", "-n", str(opts.connections), "-c", str(opts.concurrency), "-p", port]
+        before = loadgen(*wargs)
+        started = time.monotonic()
+        proc = subprocess.Popen(NETSNOOP + ["overview", "--json", "-d", str(OVERVIEW_SECONDS)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        ready = time.monotonic() - started
+        if not line.startswith("Sampling"):
+            proc.kill()
+            raise RuntimeError(f"overview did not start: {line}{proc.stderr.read()[-300:]}")
+        traced = loadgen(*wargs)
+        out, err = proc.communicate(timeout=120)
+        total = time.monotonic() - started
+        after = loadgen(*wargs)
+        report = json.loads(out)
+        made = traced["connections"] - traced["failures"]
+        seen = sum(c["attempts"] for c in report["connects"] if c["remote"].endswith(f":{port}"))
+        run = {"ratio": traced["rate"] / ((before["rate"] + after["rate"]) / 2), "ready_s": ready, "total_s": total,
+               "sampled_s": report["seconds"], "lost_events": report["lost_events"], "connects": made,
+               "connects_seen": seen, "exact": seen + report["lost_events"] >= made and seen <= made}
+        log(f"  overview #{n + 1}: ratio {run['ratio']:.2f}, ready {ready:.2f} s, done {total:.2f} s, "
+            f"{seen} of {made} connects seen, {report['lost_events']} lost")
+        runs.append(run)
+    return {"seconds": OVERVIEW_SECONDS, "runs": runs, "ratio": stats(r["ratio"] for r in runs),
+            "ready_s": stats(r["ready_s"] for r in runs), "total_s": stats(r["total_s"] for r in runs)}
+
+
+def print_overview(result: dict[str, Any]) -> None:
+    runs = result["runs"]
+    print(f"\noverview -d {result['seconds']:g} under the storm, median [min-max] of {len(runs)}")
+    print(table(["ratio", "ready s", "done s", "connects seen / made", "lost", "count"],
+                [[fmt_stat(result["ratio"]), fmt_stat(result["ready_s"]), fmt_stat(result["total_s"]),
+                  " ".join(f"{r['connects_seen']}/{r['connects']}" for r in runs),
+                  " ".join(str(r["lost_events"]) for r in runs),
+                  "exact" if all(r["exact"] for r in runs) else "MISS"]]))
 
 
 def run_kernel_costs(scs: list[Scenario], log: Callable[[str], None]) -> list[dict[str, Any]]:
@@ -1251,6 +1299,17 @@ def main(argv: list[str] | None = None) -> int:
               "changes, life 2, tracer C+A+2X, connect 1, accept 1); count: exact, reported (short by no more than "
               "netsnoop's reported causes) or MISS")
 
+    overview = None
+    only = {x.strip() for x in opts.only.split(",") if x.strip()}
+    if "overview" not in skip and (not only or "overview" in only):
+        log("overview under the storm")
+        try:
+            overview = measure_overview(opts, log)
+            print_overview(overview)
+        except (RuntimeError, ValueError, subprocess.TimeoutExpired) as err:
+            overview = {"error": str(err)}
+            print(f"\noverview: FAILED: {err}")
+
     costs: list[dict[str, Any]] = []
     if "kernel" not in skip and scs:
         log("kernel side: one run per tool with bpf_stats_enabled")
@@ -1267,6 +1326,7 @@ def main(argv: list[str] | None = None) -> int:
         "interpreter": floor,
         "scenarios": [scenario_record(sc, summ.get(id(sc))) for sc in scs],
         "kernel": costs,
+        "overview": overview,
         "targets": checks,
     }
     worse = compare_previous(previous, result)
