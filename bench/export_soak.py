@@ -100,11 +100,23 @@ def main(argv: list[str] | None = None) -> int:
         print("export_soak: needs root", file=sys.stderr)
         return 2
     build_loadgen()
+    result = soak(opts.rounds, opts.connections, opts.namespaces, opts.repeats)
+    os.makedirs(RESULTS, exist_ok=True)
+    path = os.path.join(RESULTS, f"export-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"written: {path}")
+    return 0
+
+
+def soak(rounds: int, connections: int, namespaces: int, repeats: int) -> dict[str, Any]:
+    """The workload ratios, then the soak's rounds; printed as they come (make bench
+    runs this as its export section)."""
     target = f"127.0.0.1:{free_port()}"
     result: dict[str, Any] = {"rounds": [], "workload": {}}
 
-    for mode, args in (("storm", ["-n", str(opts.connections)]), ("bulk", ["-t", "1", "-s", "1024"])):
-        runs = [ratio(mode, args, target) for _ in range(opts.repeats)]
+    for mode, args in (("storm", ["-n", str(connections)]), ("bulk", ["-t", "1", "-s", "1024"])):
+        runs = [ratio(mode, args, target) for _ in range(repeats)]
         result["workload"][mode] = {"ratios": [r["ratio"] for r in runs],
                                     "median": statistics.median(r["ratio"] for r in runs)}
         print(f"{mode}: traced/untraced median {result['workload'][mode]['median']:.2f} "
@@ -113,9 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     proc = start_exporter(target)
     try:
         print(f"{'round':>5} {'RSS MiB':>8} {'samples':>8} {'scrape ms':>10}", flush=True)
-        for n in range(opts.rounds):
-            loadgen("storm", "-n", str(opts.connections))
-            churn_namespaces(opts.namespaces)
+        for n in range(rounds):
+            loadgen("storm", "-n", str(connections))
+            churn_namespaces(namespaces)
             times, samples = [], 0
             for _ in range(5):
                 took, samples = scrape(target)
@@ -127,12 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         proc.terminate()
         proc.wait(30)
-    os.makedirs(RESULTS, exist_ok=True)
-    path = os.path.join(RESULTS, f"export-{time.strftime('%Y%m%d-%H%M%S')}.json")
-    with open(path, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"written: {path}")
-    return 0
+    return result
 
 
 if __name__ == "__main__":

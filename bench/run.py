@@ -879,7 +879,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--bulk-chunks", default="1024,16384", help="bytes per write()/read() in bulk, a list (default 1024,16384)")
     p.add_argument("--only", default="", help="comma-separated tools to run (e.g. states,life)")
     p.add_argument("--formats", default="text,json", help="output formats for storm and bulk (default text,json)")
-    p.add_argument("--skip", default="", help="comma-separated sections to skip: startup,storm,bulk,accounting,overview,kernel")
+    p.add_argument("--skip", default="", help="comma-separated sections to skip: startup,storm,bulk,accounting,overview,export,kernel")
     p.add_argument("--out", default=None, help="JSON results file (default bench/results/<time>-<commit>.json)")
     p.add_argument("--strict", action="store_true", help="exit with status 1 when a target is missed")
     p.add_argument("--no-floor", action="store_true", help="leave out the floor scenarios (empty programs)")
@@ -1310,6 +1310,17 @@ def main(argv: list[str] | None = None) -> int:
             overview = {"error": str(err)}
             print(f"\noverview: FAILED: {err}")
 
+    export = None
+    if "export" not in skip and (not only or "export" in only):
+        import export_soak  # it imports this module: only once both are loaded
+
+        print("\nnetsnoop export: the workloads traced/untraced, then scrapes under connection and namespace churn")
+        try:
+            export = export_soak.soak(rounds=3, connections=opts.connections, namespaces=5, repeats=opts.repeats)
+        except (RuntimeError, OSError, subprocess.SubprocessError) as err:
+            export = {"error": str(err)}
+            print(f"export: FAILED: {err}")
+
     costs: list[dict[str, Any]] = []
     if "kernel" not in skip and scs:
         log("kernel side: one run per tool with bpf_stats_enabled")
@@ -1327,6 +1338,7 @@ def main(argv: list[str] | None = None) -> int:
         "scenarios": [scenario_record(sc, summ.get(id(sc))) for sc in scs],
         "kernel": costs,
         "overview": overview,
+        "export": export,
         "targets": checks,
     }
     worse = compare_previous(previous, result)
