@@ -132,7 +132,7 @@ static __always_inline int on_synack(const struct sock *listener, const struct r
 		      BPF_CORE_READ((struct tcp_request_sock *)req, snt_isn), 1);
 }
 
-/* Since Linux 6.14 the tracepoint also fires for failed attempts, with err set;
+/* Since Linux 6.17 the tracepoint also fires for failed attempts, with err set;
  * only segments that really left count, as on older kernels. */
 SEC("tp_btf/tcp_retransmit_skb")
 int BPF_PROG(retransmit__tp_btf, const struct sock *sk, const struct sk_buff *skb)
