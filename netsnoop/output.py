@@ -11,11 +11,12 @@ soon as its batch arrives, without a system call per line.
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 from dataclasses import dataclass, field
 from typing import IO, Any, Callable, Iterable, Sequence
+
+from netsnoop.process import write_all
 
 
 def snake(header: str) -> str:
@@ -102,9 +103,7 @@ class Sink:
             self.stream.flush()
             return
         self.stream.flush()
-        data = memoryview(text.encode(self.stream.encoding, self.stream.errors or "strict"))
-        while data:
-            data = data[os.write(self._fd, data) :]
+        write_all(self._fd, text.encode(self.stream.encoding, self.stream.errors or "strict"))
 
     def write(self, rows: Iterable[Sequence[Any]]) -> None:
         raise NotImplementedError
