@@ -16,9 +16,9 @@ ARCH        := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/' -
 APT_PKGS    := clang llvm libbpf-dev libbpf1 bpftool nftables iproute2 util-linux procps python3-venv
 ARGS        ?=
 
-.PHONY: all bpf deps apt venv run test test-unit bench check-env clean
+.PHONY: all bpf bundle deps apt venv run test test-unit bench dist check-env clean
 
-all: bpf
+all: bpf bundle
 
 ## BPF objects (built against the running kernel's BTF; CO-RE makes them portable)
 bpf: $(BPF_OBJS)
@@ -31,6 +31,17 @@ $(BPF_DIR)/%.bpf.o: $(BPF_DIR)/%.bpf.c $(BPF_HDRS) $(VMLINUX_H)
 	@command -v $(CLANG) >/dev/null || $(MAKE) apt
 	$(CLANG) -g -O2 -Wall -Werror -target bpf -D__TARGET_ARCH_$(ARCH) -I$(BPF_DIR) -c $< -o $@
 	$(LLVM_STRIP) -g $@
+
+## the libbpf a wheel carries, so that an installed netsnoop needs no system libbpf
+## (only libelf, zlib and glibc >= 2.28 from the host); the ctypes layer prefers it
+BUNDLED_LIBBPF := $(BPF_DIR)/libbpf.so.1
+bundle: $(BUNDLED_LIBBPF)
+
+$(BUNDLED_LIBBPF):
+	@cc=$$(command -v gcc || command -v $(CLANG)) || { $(MAKE) apt && cc=$(CLANG); }; \
+	src=$$($$cc -print-file-name=libbpf.so.1); \
+	if [ "$$src" = libbpf.so.1 ]; then $(MAKE) apt; src=$$($$cc -print-file-name=libbpf.so.1); fi; \
+	echo "cp -L $$src $@"; cp -L "$$src" $@.tmp && mv $@.tmp $@
 
 ## system packages, only when something is missing
 apt:
@@ -50,7 +61,7 @@ $(VENV)/.installed: pyproject.toml setup.py
 
 venv: $(VENV)/.installed
 
-deps: apt venv bpf
+deps: apt venv bpf bundle
 
 ## the main job: what this kernel offers, then a live trace (Ctrl-C ends it)
 run: deps
@@ -73,5 +84,10 @@ bench/loadgen: bench/loadgen.c
 	@cc=$$(command -v gcc || command -v $(CLANG)) || { $(MAKE) apt && cc=$(CLANG); }; \
 	echo "$$cc -O2 -Wall -Wextra -pthread -o $@ $<"; $$cc -O2 -Wall -Wextra -pthread -o $@ $<
 
+## an sdist and a platform wheel (BPF objects and libbpf inside) in dist/
+dist: deps
+	$(VPY) -m pip install -q build
+	$(VPY) -m build --outdir dist .
+
 clean:
-	rm -rf $(BPF_DIR)/*.bpf.o $(VMLINUX_H) build dist *.egg-info netsnoop.egg-info
+	rm -rf $(BPF_DIR)/*.bpf.o $(VMLINUX_H) $(BUNDLED_LIBBPF) build dist *.egg-info netsnoop.egg-info

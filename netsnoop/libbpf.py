@@ -31,6 +31,9 @@ from netsnoop.errors import MissingFeature
 log = logging.getLogger("netsnoop.libbpf")
 
 LIBBPF_NAMES = ("libbpf.so.1", "libbpf.so")
+# The copy a wheel carries (built by `make bundle`): preferred, so that an installed
+# netsnoop does not depend on the host's libbpf being there or being recent.
+BUNDLED_LIBBPF = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bpf", "libbpf.so.1")
 
 
 class OpenOpts(Structure):
@@ -150,6 +153,7 @@ class _Lib:
 
     def __init__(self) -> None:
         self._cdll = self._open()
+        self.path: str = self._cdll._name
         for name, (restype, argtypes) in _SIGNATURES.items():
             fn = getattr(self._cdll, name)
             fn.restype = restype
@@ -165,14 +169,17 @@ class _Lib:
     @staticmethod
     def _open() -> ctypes.CDLL:
         override = os.environ.get("NETSNOOP_LIBBPF")
-        candidates = (override,) if override else LIBBPF_NAMES
+        candidates = (override,) if override else (BUNDLED_LIBBPF, *LIBBPF_NAMES)
         for name in candidates:
+            if name == BUNDLED_LIBBPF and not os.path.exists(name):
+                continue
             try:
                 return ctypes.CDLL(name, use_errno=True)
             except OSError:
                 continue
         raise MissingFeature(
-            "libbpf.so.1 not found: install libbpf >= 1.0 (Debian/Ubuntu: apt-get install libbpf1)"
+            "libbpf.so.1 not found (neither netsnoop's own nor the system's): install libbpf >= 1.0 "
+            "(Debian/Ubuntu: apt-get install libbpf1), or netsnoop from its wheel, which carries one"
         )
 
 

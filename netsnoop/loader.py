@@ -654,9 +654,22 @@ class BPFObject:
                     return p.variant
         return None
 
-    def _run_on_cpu(self, prog: Program, cpu: int) -> tuple[int, int]:
-        """(error, return value) of one BPF_PROG_TEST_RUN of ``prog`` on ``cpu``."""
-        opts = TestRunOpts(sz=ctypes.sizeof(TestRunOpts), flags=BPF_F_TEST_RUN_ON_CPU, cpu=cpu)
+    def run_once(self, program: str) -> int:
+        """Run the ``raw_tp`` ``program`` once, on whichever CPU we are on; returns its
+        return value."""
+        prog = self.loaded_program(program)
+        if prog is None:
+            raise LoadError(f"{self.name}: program {program} is not loaded")
+        err, retval = self._run_on_cpu(prog, None)
+        if err:
+            raise LoadError(f"running {program} failed: {errno_message(err)}")
+        return retval
+
+    def _run_on_cpu(self, prog: Program, cpu: int | None) -> tuple[int, int]:
+        """(error, return value) of one BPF_PROG_TEST_RUN of ``prog`` on ``cpu`` (None:
+        the current one)."""
+        opts = TestRunOpts(sz=ctypes.sizeof(TestRunOpts), flags=0 if cpu is None else BPF_F_TEST_RUN_ON_CPU,
+                           cpu=cpu or 0)
         err = lib().bpf_prog_test_run_opts(lib().bpf_program__fd(prog.handle), ctypes.byref(opts))
         return err, opts.retval
 

@@ -221,21 +221,27 @@ int mark_alive(struct bpf_iter__tcp *ctx)
 	return 0;
 }
 
-/* Step 2, right after: a session of this namespace not stamped, begun well before step 1
- * (a socket is put in the tables just after its first state change), has no socket
- * any more, yet its end deleted nothing: no hook saw that end. Its row is missing. */
+/* Step 2, right after (run once by user space): a session of this namespace not
+ * stamped, begun well before step 1 (a socket is put in the tables just after its first
+ * state change), has no socket any more, yet its end deleted nothing: no hook saw that
+ * end. Its row is missing. A raw_tp program walking the map, not a map iterator: some
+ * kernels refuse iter/bpf_map_elem programs (EPERM) while they accept these. */
 #define HASHING_GRACE_NS 10000000ULL
 
-SEC("iter/bpf_map_elem")
-int count_unseen_ends(struct bpf_iter__bpf_map_elem *ctx)
+static long count_if_unseen(struct bpf_map *map, __u64 *key, struct session *s, __u64 *started)
 {
-	struct session *s = ctx->value;
+	if (s->netns == own_netns && s->alive_ns < *started && s->birth_ns + HASHING_GRACE_NS < *started)
+		count_end_not_seen(s);
+	return 0;
+}
+
+SEC("raw_tp")
+int count_unseen_ends(void *ctx)
+{
 	__u64 started = walk_started_ns;
 
-	if (!s || !started || s->netns != own_netns)
-		return 0;
-	if (s->alive_ns < started && s->birth_ns + HASHING_GRACE_NS < started)
-		count_end_not_seen(s);
+	if (started)
+		bpf_for_each_map_elem(&sessions, count_if_unseen, &started, 0);
 	return 0;
 }
 

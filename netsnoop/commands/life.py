@@ -24,7 +24,7 @@ def ends_not_seen(obj: BPFObject) -> int:
     is gone from this namespace's TCP tables, their entry is not). The hooks stay
     attached meanwhile, so a session that ends during the check is not miscounted."""
     obj.iterate("mark_alive")
-    obj.iterate("count_unseen_ends", "sessions")
+    obj.run_once("count_unseen_ends")
     return obj.counter("ends_not_seen")
 
 

@@ -1,0 +1,305 @@
+"""The state of every network namespace on the host: which there are, their counters,
+interfaces and TCP listeners.
+
+The hooks see all namespaces, but ``/proc/net/*`` and sock_diag answer only for the
+namespace of whoever asks. So each reading enters the namespace (``setns`` on the
+calling thread), opens what it reads, and comes back: a file under
+``/proc/thread-self/net`` or a netlink socket stays bound to the namespace it was opened
+in. The listeners come from sock_diag (``ss -lt``'s source), asked directly rather than
+through pyroute2: its import alone costs 0.2-0.45 s here, most of a start-up budget, for
+one request and one reply layout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import socket
+import struct
+from dataclasses import dataclass
+from typing import Iterator
+
+CLONE_NEWNET = 0x40000000
+# The host's (init_net's) namespace inode is a kernel constant (PROC_NET_INIT_INO), so it
+# is known without reading /proc/1, which a locked-down or sandboxed host may refuse.
+HOST_NETNS_INODE = 0xEFFFFFF9
+
+
+@dataclass(frozen=True)
+class Netns:
+    """One network namespace: its inode (what BPF reads as ``net->ns.inum``), a path
+    ``setns`` can open, and the ``ip netns`` name when it has one."""
+
+    inode: int
+    path: str
+    name: str = ""
+    host: bool = False
+
+    @property
+    def label(self) -> str:
+        """How rows name it: the ``ip netns`` name, ``host``, or ``netns:<inode>``."""
+        return self.name or ("host" if self.host else f"netns:{self.inode}")
+
+
+def _inode(path: str) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
+
+
+def namespaces() -> list[Netns]:
+    """Every network namespace that has a name under /run/netns or a process in it,
+    the host's first, then named ones, then the rest by inode."""
+    host = HOST_NETNS_INODE
+    found: dict[int, Netns] = {}
+    try:
+        names = sorted(os.listdir("/run/netns"))
+    except OSError:
+        names = []
+    for name in names:
+        path = os.path.join("/run/netns", name)
+        ino = _inode(path)
+        if ino is not None and ino not in found:
+            found[ino] = Netns(ino, path, name, ino == host)
+    for pid in sorted((p for p in os.listdir("/proc") if p.isdigit()), key=int):
+        path = f"/proc/{pid}/ns/net"
+        ino = _inode(path)
+        if ino is not None and ino not in found:
+            found[ino] = Netns(ino, path, "", ino == host)
+    return sorted(found.values(), key=lambda n: (not n.host, not n.name, n.name, n.inode))
+
+
+def by_inode() -> dict[int, Netns]:
+    return {n.inode: n for n in namespaces()}
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
+
+
+@contextlib.contextmanager
+def entered(ns: Netns) -> Iterator[None]:
+    """Run the block in ``ns`` (this thread only); always back home after it."""
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        target = os.open(ns.path, os.O_RDONLY)
+        try:
+            _setns(target)
+        finally:
+            os.close(target)
+        try:
+            yield
+        finally:
+            _setns(home)
+    finally:
+        os.close(home)
+
+
+def _read_net_file(name: str) -> str:
+    with open(f"/proc/thread-self/net/{name}") as f:
+        return f.read()
+
+
+def parse_counters(text: str) -> dict[str, int]:
+    """``/proc/net/netstat`` or ``snmp`` (header line, value line, per protocol) as
+    nstat names them: ``TcpExtListenOverflows``, ``TcpRetransSegs``, ``IpOutNoRoutes``."""
+    out: dict[str, int] = {}
+    lines = text.splitlines()
+    for head, values in zip(lines[::2], lines[1::2]):
+        proto, _, names = head.partition(":")
+        _, _, numbers = values.partition(":")
+        for key, value in zip(names.split(), numbers.split()):
+            try:
+                out[proto + key] = int(value)
+            except ValueError:
+                continue
+    return out
+
+
+def counters(ns: Netns) -> dict[str, int]:
+    """The namespace's IP/TCP/UDP counters (``nstat -az`` inside it, absolute values)."""
+    with entered(ns):
+        text = _read_net_file("snmp") + _read_net_file("netstat")
+    return parse_counters(text)
+
+
+@dataclass(frozen=True)
+class Interface:
+    name: str
+    rx_bytes: int
+    rx_packets: int
+    rx_errors: int
+    rx_dropped: int
+    tx_bytes: int
+    tx_packets: int
+    tx_errors: int
+    tx_dropped: int
+
+
+def parse_dev(text: str) -> list[Interface]:
+    """``/proc/net/dev``: per interface, the receive and transmit columns we use."""
+    out = []
+    for line in text.splitlines()[2:]:
+        name, _, rest = line.partition(":")
+        f = [int(x) for x in rest.split()]
+        if len(f) >= 16:
+            out.append(Interface(name.strip(), f[0], f[1], f[2], f[3], f[8], f[9], f[10], f[11]))
+    return out
+
+
+def interfaces(ns: Netns) -> list[Interface]:
+    with entered(ns):
+        text = _read_net_file("dev")
+    return parse_dev(text)
+
+
+# ---- listeners (sock_diag) ----------------------------------------------------------
+
+NETLINK_SOCK_DIAG = 4
+SOCK_DIAG_BY_FAMILY = 20
+NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+TCP_LISTEN = 10
+NLMSG_HDR = struct.Struct("=IHHII")
+# struct inet_diag_req_v2: family, protocol, ext, pad, states, then inet_diag_sockid
+DIAG_REQ = struct.Struct("=BBBxI" + "HH16s16sI8s")
+# struct inet_diag_msg: family, state, timer, retrans, sockid (ports big-endian),
+# expires, rqueue, wqueue, uid, inode
+DIAG_MSG = struct.Struct("=BBBB" + "2s2s16s16sI8s" + "IIIII")
+
+
+@dataclass(frozen=True)
+class Listener:
+    """A TCP socket in LISTEN: where it listens and how full its accept queue is."""
+
+    netns: Netns
+    family: int
+    addr: str
+    port: int
+    queue: int  # connections waiting for accept() (sk_ack_backlog)
+    backlog: int  # the limit listen() set (sk_max_ack_backlog)
+    uid: int
+    inode: int
+
+    @property
+    def endpoint(self) -> str:
+        return f"[{self.addr}]:{self.port}" if self.family == socket.AF_INET6 else f"{self.addr}:{self.port}"
+
+    def accepts(self, addr: str) -> bool:
+        """Whether a connection to ``addr`` on this port reaches this listener: bound to
+        it, or to the wildcard of its family (an IPv6 wildcard also takes IPv4 unless
+        the socket is v6-only, which sock_diag does not say: assumed dual-stack)."""
+        if self.addr in ("0.0.0.0", "::") or self.addr == addr:
+            return self.family == socket.AF_INET6 or ":" not in addr
+        return False
+
+
+def _diag_dump(family: int) -> Iterator[tuple[int, str, int, int, int, int, int]]:
+    """(state, local address, local port, rqueue, wqueue, uid, inode) of every TCP
+    listener of ``family`` in the current namespace."""
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG)
+    try:
+        req = DIAG_REQ.pack(family, socket.IPPROTO_TCP, 0, 1 << TCP_LISTEN, 0, 0, b"", b"", 0, b"\xff" * 8)
+        s.sendto(NLMSG_HDR.pack(NLMSG_HDR.size + len(req), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, 1, 0)
+                 + req, (0, 0))
+        while True:
+            data = s.recv(1 << 16)
+            off = 0
+            while off + NLMSG_HDR.size <= len(data):
+                length, kind, _flags, _seq, _pid = NLMSG_HDR.unpack_from(data, off)
+                if kind == NLMSG_DONE:
+                    return
+                if kind == NLMSG_ERROR:
+                    err = -struct.unpack_from("=i", data, off + NLMSG_HDR.size)[0]
+                    if err:
+                        raise OSError(err, f"sock_diag: {os.strerror(err)}")
+                    return
+                if kind == SOCK_DIAG_BY_FAMILY:
+                    (fam, state, _t, _r, sport, _dport, src, _dst, _if, _cookie,
+                     _exp, rq, wq, uid, inode) = DIAG_MSG.unpack_from(data, off + NLMSG_HDR.size)
+                    size = 4 if fam == socket.AF_INET else 16
+                    yield (state, socket.inet_ntop(fam, src[:size]), int.from_bytes(sport, "big"), rq, wq, uid, inode)
+                if length == 0:
+                    return
+                off += (length + 3) & ~3
+    finally:
+        s.close()
+
+
+def listeners(ns: Netns) -> list[Listener]:
+    """The TCP listeners of ``ns`` (both families), as ``ss -ltn`` shows them there."""
+    out = []
+    with entered(ns):
+        for family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                rows = list(_diag_dump(family))
+            except OSError as err:
+                if err.errno in (errno.ENOENT, errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT):
+                    continue  # that family is not built into this kernel
+                raise
+            for state, addr, port, rq, wq, uid, inode in rows:
+                if state == TCP_LISTEN:
+                    out.append(Listener(ns, family, addr, port, rq, wq, uid, inode))
+    return out
+
+
+def all_listeners() -> list[Listener]:
+    """The TCP listeners of every namespace (a namespace that vanished meanwhile is
+    skipped)."""
+    out = []
+    for ns in namespaces():
+        try:
+            out.extend(listeners(ns))
+        except OSError:
+            continue
+    return out
+
+
+@dataclass(frozen=True)
+class Owner:
+    pid: int
+    comm: str
+
+
+def socket_owners(inodes: set[int] | None = None) -> dict[int, Owner]:
+    """Socket inode -> the first process (lowest PID) holding a descriptor to it, from
+    ``/proc/*/fd``: the only record of who owns a listener. Limited to ``inodes``
+    when given (stops early once all are found)."""
+    out: dict[int, Owner] = {}
+    wanted = set(inodes) if inodes is not None else None
+    for pid in sorted((p for p in os.listdir("/proc") if p.isdigit()), key=int):
+        fd_dir = f"/proc/{pid}/fd"
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"{fd_dir}/{fd}")
+            except OSError:
+                continue
+            if not target.startswith("socket:["):
+                continue
+            ino = int(target[8:-1])
+            if ino in out or (wanted is not None and ino not in wanted):
+                continue
+            out[ino] = Owner(int(pid), _comm(pid))
+        if wanted is not None and wanted <= out.keys():
+            break
+    return out
+
+
+def _comm(pid: str) -> str:
+    try:
+        with open(f"/proc/{pid}/comm", "rb") as f:
+            return f.read().rstrip(b"\n").decode("utf-8", "backslashreplace")
+    except OSError:
+        return "?"
