@@ -409,7 +409,7 @@ class BPFObject:
         for group, progs in groups.items():
             pick = picks[group]
             if pick is None and group not in self.optional:
-                raise MissingFeature(f"no hook for {self.name}'s {group} can be used here ({self.tried(group)})")
+                raise MissingFeature(f"{self.name}: no hook for {group} can be used here ({self.tried(group)})")
             for p in progs:
                 L.bpf_program__set_autoload(p.handle, p is pick)
             self.chosen[group] = pick.kind if pick else None
@@ -516,12 +516,12 @@ class BPFObject:
         enabled = {f"{g}__{k}" for g, k in self.chosen.items() if k}
         for line in reversed(messages):
             m = _FAILED_PROG.search(line)
-            if not m:
+            if not m or "fail" not in line:  # relocation notes name programs too
                 continue
             name = m.group(1)
             owner = companion_of(name) or name  # a refused companion takes its variant along
-            if owner in enabled:
-                return owner, line
+            # the last program that failed decides: one that is no variant is a real error
+            return (owner, line) if owner in enabled else (None, "")
         return None, ""
 
     def attach(self) -> "BPFObject":
