@@ -335,9 +335,10 @@ class BPFObject:
         variants: dict[str, str] | None = None,
         optional: frozenset[str] = frozenset(),
         linked: frozenset[str] = frozenset(),
+        path: str | None = None,
     ) -> None:
         self.name = name
-        self.path = object_path(name)
+        self.path = path or object_path(name)  # another path: tests' own objects
         self.rodata = {k: v for k, v in (rodata or {}).items() if v is not None}
         self.max_entries = {"events": ringbuf_bytes, **(max_entries or {})}
         self.forced = dict(variants or {})
