@@ -82,8 +82,10 @@ class Trace:
     kinds, and after the stop the summary must name only them.
     """
 
-    def __init__(self, args: list[str], env: dict[str, str] | None = None, hooks: str | None = None) -> None:
+    def __init__(self, args: list[str], env: dict[str, str] | None = None, hooks: str | None = None,
+                 prefix: list[str] | None = None) -> None:
         self.args = args
+        self.prefix = prefix or []  # a command that execs netsnoop (unshare, ip netns exec)
         self.env = {**os.environ, **(env or {})}
         self.forced = hooks.split(",") if hooks else None
         if hooks:
@@ -96,7 +98,7 @@ class Trace:
 
     def __enter__(self) -> "Trace":
         self.proc = subprocess.Popen(
-            NETSNOOP + self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=self.env,
+            self.prefix + NETSNOOP + self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=self.env,
         )
         self._out: list[str] = []
         self._err: list[str] = []
@@ -337,3 +339,40 @@ def listening(host: str = "127.0.0.1", backlog: int = 128) -> Iterator[socket.so
         yield s
     finally:
         s.close()
+
+
+PROG_TYPE_OF_KIND = {"kprobe": "kprobe", "kretprobe": "kprobe", "tracepoint": "tracepoint", "tp_btf": "tracing",
+                     "fentry": "tracing", "fexit": "tracing"}
+
+
+def kernel_text_symbols() -> set[str]:
+    with open("/proc/kallsyms") as f:
+        return {p[2] for p in map(str.split, f) if len(p) >= 3 and p[1] in "tT"}
+
+
+def assert_verified(obj: Any, group: str, kind: str) -> dict[str, str]:
+    """What the verifier accepting ``group``'s ``kind`` variant of a loaded BPFObject
+    means, checked from the kernel's side rather than from the loader's word: the
+    program has a file descriptor, the kernel lists it (its own fdinfo: type, id), and
+    the point it would attach to exists in this kernel (kallsyms for kprobes and
+    fentry, tracefs for tracepoints, the BTF trace stub for tp_btf). Returns fdinfo."""
+    from netsnoop.libbpf import lib
+
+    name = f"{group}__{kind}"
+    prog = obj.loaded_program(name)
+    assert prog is not None, f"{obj.name}: {name} was not loaded"
+    fd = lib().bpf_program__fd(prog.handle)
+    assert fd >= 0, f"{obj.name}: {name} has no file descriptor: the kernel did not take it"
+    with open(f"/proc/self/fdinfo/{fd}") as f:
+        info = dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+    assert PROG_TYPES.get(int(info["prog_type"])) == PROG_TYPE_OF_KIND[kind], (name, info)
+    assert int(info["prog_id"]) in bpf_prog_ids()
+    target = prog.section.split("/", 1)[1]
+    if kind in ("kprobe", "kretprobe", "fentry", "fexit"):
+        assert target in kernel_text_symbols(), f"{target} is not a kernel function here"
+    elif kind == "tracepoint":
+        sh("mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing")
+        assert os.path.isdir(f"/sys/kernel/tracing/events/{target}"), f"no tracepoint {target}"
+    else:
+        assert f"__bpf_trace_{target}" in kernel_text_symbols(), f"no BTF tracepoint {target}"
+    return info

@@ -126,7 +126,10 @@ def findings() -> list[Finding]:
         _stop_if_asked()
         found.append(Finding(kind, *_try(lambda kind=kind: _hook(kind))))
     modules = [importlib.import_module(mod) for name, (mod, _h) in COMMANDS.items() if name != "check"]
-    found.extend(_tracepoints(modules))
+    try:
+        found.extend(_tracepoints(modules))
+    except NetsnoopError as err:  # e.g. a bad NETSNOOP_BTF: the subcommands below say so too
+        found.append(Finding("tracepoints", False, str(err)))
     for name, module in zip([n for n in COMMANDS if n != "check"], modules):
         tracer = getattr(module, "TRACER", None)
         if tracer is None:
@@ -149,7 +152,11 @@ def verdict(results: list[Finding]) -> Finding:
     cannot = [f for f in tools if not f.ok]
     line = f"{len(tools) - len(cannot)} of {len(tools)} subcommands can run here"
     if cannot:
-        line += "; not: " + "; ".join(f"{f.item.split()[1]} ({_short(f.detail)})" for f in cannot)
+        why: dict[str, list[str]] = {}
+        for f in cannot:
+            why.setdefault(_short(f.detail), []).append(f.item.split()[1])
+        line += "; " + "; ".join(("none" if len(names) == len(tools) else ", ".join(names)) + f": {reason}"
+                                 for reason, names in why.items())
     elif not tools:
         line = "no subcommand can run here: " + "; ".join(f"{f.item}: {_short(f.detail)}" for f in results if not f.ok)
     return Finding("verdict", bool(tools) and len(cannot) < len(tools), line)
