@@ -22,6 +22,7 @@ stopped reading once the trace has been asked to stop, rather than hang there.
 from __future__ import annotations
 
 import errno
+import fcntl
 import io
 import os
 import select
@@ -37,7 +38,6 @@ from netsnoop.errors import NetsnoopError
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 STALL_S = 1.0  # after a stop: how long a reader may take nothing before it is given up on
 STOP_GRACE_S = 5.0  # after a stop: how long output may take at most, even if it trickles
-PIPE_BUF = 4096  # a write of at most this much to a pipe that polls writable never blocks
 
 _signal: int | None = None
 _stop_at: float | None = None  # when the trace stopped (a signal or its duration)
@@ -157,29 +157,40 @@ _modes: dict[int, int] = {}
 def write_all(fd: int, data: Any) -> None:
     """Write all of ``data`` to ``fd``, resuming partial writes.
 
-    To a pipe, socket or terminal, each write waits (in steps of 0.1 s, so that a
-    signal is noticed) until the reader has made room, and writes no more than fits;
-    once the trace is stopping, a reader that takes nothing for :data:`STALL_S`, or
-    output that takes longer than :data:`STOP_GRACE_S`, is given up on
-    (:class:`OutputStalled`). A write that fails (other than a reader gone away,
-    BrokenPipeError, which callers handle) is :class:`CannotWrite`.
+    A pipe or socket is written without blocking (O_NONBLOCK for the call, put back
+    after: nothing else normally writes to netsnoop's end), and when it is full the
+    wait is a poll in steps of 0.1 s, so that a signal is noticed; a terminal or a
+    device is polled before each write. Once the trace is stopping, a reader that
+    takes nothing for :data:`STALL_S`, or output that takes longer than
+    :data:`STOP_GRACE_S`, is given up on (:class:`OutputStalled`). A write that fails
+    (other than a reader gone away, BrokenPipeError, which callers handle) is
+    :class:`CannotWrite`.
     """
     data = memoryview(data).cast("B")
     mode = _modes.get(fd)
     if mode is None:
         mode = _modes[fd] = os.fstat(fd).st_mode
-    blocking = not (stat.S_ISREG(mode) or stat.S_ISBLK(mode))
+    if stat.S_ISREG(mode) or stat.S_ISBLK(mode):
+        kind = "file"
+    elif stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+        kind = "pipe"
+    else:
+        kind = "device"
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL) if kind == "pipe" else 0
     poller = None
     try:
+        if kind == "pipe" and not flags & os.O_NONBLOCK:
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
         while data:
-            if blocking:
-                if poller is None:
-                    poller = select.poll()
-                    poller.register(fd, select.POLLOUT)
+            if kind == "device":
+                poller = poller or _poller(fd)
                 _wait_writable(poller)
-                n = os.write(fd, data[:PIPE_BUF] if stat.S_ISFIFO(mode) else data)
-            else:
+            try:
                 n = os.write(fd, data)
+            except BlockingIOError:
+                poller = poller or _poller(fd)
+                _wait_writable(poller)
+                continue
             data = data[n:]
     except BrokenPipeError:
         raise
@@ -189,6 +200,18 @@ def write_all(fd: int, data: Any) -> None:
         if fd == 1:
             discard_stdout()
         raise CannotWrite(f"cannot write output: {os.strerror(err.errno) if err.errno else err}") from None
+    finally:
+        if kind == "pipe" and not flags & os.O_NONBLOCK:
+            try:
+                fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+            except OSError:
+                pass
+
+
+def _poller(fd: int) -> Any:
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return poller
 
 
 def _wait_writable(poller: Any) -> None:
