@@ -208,10 +208,11 @@ def test_bad_coalesce_setting_is_a_usage_error(value: str) -> None:
 
 @pytest.mark.parametrize("variable", ["NETSNOOP_HOOKS", "NETSNOOP_PREFER"])
 def test_unknown_hook_kinds_are_a_usage_error(variable: str) -> None:
-    done = run(["states", "-d", "0.1"], env={**os.environ, variable: "tp_btf,kprobes"})
-    assert done.returncode == 2
-    assert done.stderr.strip() == (f"netsnoop: {variable}: unknown hook kind 'kprobes' "
-                                   "(valid: tp_btf, tracepoint, fentry, fexit, kprobe, kretprobe)")
+    for args in (["states", "-d", "0.1"], ["check"]):
+        done = run(args, env={**os.environ, variable: "tp_btf,kprobes"})
+        assert done.returncode == 2
+        assert done.stderr.strip() == (f"netsnoop: {variable}: unknown hook kind 'kprobes' "
+                                       "(valid: tp_btf, tracepoint, fentry, fexit, kprobe, kretprobe)")
 
 
 @integration

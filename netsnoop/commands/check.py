@@ -12,6 +12,7 @@ import click
 from netsnoop import kernel, process
 from netsnoop.commands import COMMANDS
 from netsnoop.errors import NetsnoopError
+from netsnoop.runner import check_settings
 
 BPF_MAP_TYPE_RINGBUF = 27
 PROBE_KINDS = ("tp_btf", "tracepoint", "fentry", "kprobe")
@@ -177,6 +178,7 @@ def command(as_json: bool) -> None:
     last line is the verdict: how many subcommands can run, and why others cannot.
     Exits 0 when at least one subcommand can run.
     """
+    check_settings()  # a bad NETSNOOP_* value is a usage error here too, not a "no" per row
     results = findings()
     last = verdict(results)
     try:
