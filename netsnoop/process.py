@@ -111,8 +111,10 @@ def install() -> None:
     if 1 in closed:
         print("netsnoop: standard output is closed: there is nowhere to write the output to", file=sys.stderr)
         raise SystemExit(1)
-    if sys.stdout is not None:
+    try:
         sys.stdout = guarded_stdout(sys.stdout)
+    except (AttributeError, OSError, ValueError):  # not a file (embedded): left as it is
+        pass
 
 
 def _is_open(fd: int) -> bool:
