@@ -10,7 +10,10 @@ manylinux (libelf is outside the manylinux policy), and for any Python 3: no
 Python extension is inside.
 """
 
+import glob
+import os
 import subprocess
+import sys
 
 from setuptools import setup
 from setuptools.command.build_py import build_py
@@ -36,4 +39,13 @@ class PlatformWheel(bdist_wheel):
         return "py3", "none", super().get_tag()[2]
 
 
-setup(cmdclass={"build_py": BuildWithBPF, "bdist_wheel": PlatformWheel})
+def man_pages() -> list[str]:
+    """netsnoop(8) and one page per subcommand, generated from the click definitions
+    (netsnoop.manpages) so that they cannot drift from --help."""
+    subprocess.check_call([sys.executable, "-m", "netsnoop.manpages", "build/man"],
+                          cwd=os.path.dirname(os.path.abspath(__file__)))
+    return sorted(glob.glob("build/man/*.8"))
+
+
+setup(cmdclass={"build_py": BuildWithBPF, "bdist_wheel": PlatformWheel},
+      data_files=[("share/man/man8", man_pages())])

@@ -2,6 +2,13 @@
 way to turn an event into column values, the kernel filters they take, and the
 names of connection outcomes.
 
+An attempt (conn.h) is defined once for connect --outcome and connlat: it begins when
+connect() moves a TCP socket from CLOSE to SYN_SENT and resolves when the socket
+leaves SYN_SENT, with the state it reached or the error the connecting socket
+received (soft errors included); its latency runs from connect() to that moment.
+connect --outcome shows every attempt; connlat those the peer answered (a SYN-ACK or
+a reset).
+
 Each tool only picks its columns (bcc's headers and widths); a column's header is the
 key into :data:`FIELDS`, so a new column is one line in one place.
 """

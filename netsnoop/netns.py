@@ -168,12 +168,18 @@ SOCK_DIAG_BY_FAMILY = 20
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 TCP_LISTEN = 10
+ALL_STATES = (1 << 12) - 2  # every state, TCP_ESTABLISHED (1) to TCP_CLOSING (11)
 NLMSG_HDR = struct.Struct("=IHHII")
 # struct inet_diag_req_v2: family, protocol, ext, pad, states, then inet_diag_sockid
 DIAG_REQ = struct.Struct("=BBBxI" + "HH16s16sI8s")
 # struct inet_diag_msg: family, state, timer, retrans, sockid (ports big-endian),
 # expires, rqueue, wqueue, uid, inode
 DIAG_MSG = struct.Struct("=BBBB" + "2s2s16s16sI8s" + "IIIII")
+INET_DIAG_INFO = 2  # the attribute carrying struct tcp_info (and its request bit, 1 << 1)
+NLA_HDR = struct.Struct("=HH")
+# struct tcp_info (uapi, append-only): tcpi_rtt at 68, tcpi_total_retrans at 100,
+# tcpi_bytes_acked at 120, tcpi_bytes_received at 128
+TCP_INFO_RTT, TCP_INFO_TOTAL_RETRANS, TCP_INFO_BYTES_ACKED, TCP_INFO_BYTES_RECEIVED = 68, 100, 120, 128
 
 
 @dataclass(frozen=True)
@@ -202,12 +208,52 @@ class Listener:
         return False
 
 
-def _diag_dump(family: int) -> Iterator[tuple[int, str, int, int, int, int, int]]:
-    """(state, local address, local port, rqueue, wqueue, uid, inode) of every TCP
-    listener of ``family`` in the current namespace."""
+@dataclass(frozen=True)
+class DiagSocket:
+    """One TCP socket as sock_diag reports it (``ss -tan``'s columns). For a listener,
+    ``rqueue`` is its accept queue and ``wqueue`` the queue's limit."""
+
+    family: int
+    state: int
+    laddr: str
+    lport: int
+    raddr: str
+    rport: int
+    rqueue: int
+    wqueue: int
+    uid: int
+    inode: int
+    # from struct tcp_info, when asked for (info=True); None otherwise
+    rtt_us: int | None = None  # smoothed round-trip time
+    bytes_acked: int | None = None  # payload bytes sent and acknowledged
+    bytes_received: int | None = None  # payload bytes received
+    total_retrans: int | None = None  # segments retransmitted over the connection's life
+
+
+def _tcp_info(attrs: bytes) -> dict[str, int]:
+    """The tcp_info fields we use, from a reply's attributes (absent: none)."""
+    off = 0
+    while off + NLA_HDR.size <= len(attrs):
+        length, kind = NLA_HDR.unpack_from(attrs, off)
+        if length < NLA_HDR.size:
+            break
+        if kind == INET_DIAG_INFO and length - NLA_HDR.size >= TCP_INFO_BYTES_RECEIVED + 8:
+            info = off + NLA_HDR.size
+            return {"rtt_us": struct.unpack_from("=I", attrs, info + TCP_INFO_RTT)[0],
+                    "total_retrans": struct.unpack_from("=I", attrs, info + TCP_INFO_TOTAL_RETRANS)[0],
+                    "bytes_acked": struct.unpack_from("=Q", attrs, info + TCP_INFO_BYTES_ACKED)[0],
+                    "bytes_received": struct.unpack_from("=Q", attrs, info + TCP_INFO_BYTES_RECEIVED)[0]}
+        off += (length + 3) & ~3
+    return {}
+
+
+def _diag_dump(family: int, states: int = 1 << TCP_LISTEN, info: bool = False) -> Iterator[DiagSocket]:
+    """The TCP sockets of ``family`` in the current namespace whose state is in the
+    ``states`` bit mask (bit N: TCP state N), with tcp_info figures when ``info``."""
     s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG)
     try:
-        req = DIAG_REQ.pack(family, socket.IPPROTO_TCP, 0, 1 << TCP_LISTEN, 0, 0, b"", b"", 0, b"\xff" * 8)
+        ext = 1 << (INET_DIAG_INFO - 1) if info else 0
+        req = DIAG_REQ.pack(family, socket.IPPROTO_TCP, ext, states, 0, 0, b"", b"", 0, b"\xff" * 8)
         s.sendto(NLMSG_HDR.pack(NLMSG_HDR.size + len(req), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, 1, 0)
                  + req, (0, 0))
         while True:
@@ -223,10 +269,14 @@ def _diag_dump(family: int) -> Iterator[tuple[int, str, int, int, int, int, int]
                         raise OSError(err, f"sock_diag: {os.strerror(err)}")
                     return
                 if kind == SOCK_DIAG_BY_FAMILY:
-                    (fam, state, _t, _r, sport, _dport, src, _dst, _if, _cookie,
+                    (fam, state, _t, _r, sport, dport, src, dst, _if, _cookie,
                      _exp, rq, wq, uid, inode) = DIAG_MSG.unpack_from(data, off + NLMSG_HDR.size)
                     size = 4 if fam == socket.AF_INET else 16
-                    yield (state, socket.inet_ntop(fam, src[:size]), int.from_bytes(sport, "big"), rq, wq, uid, inode)
+                    body = off + NLMSG_HDR.size + DIAG_MSG.size
+                    extra = _tcp_info(data[body : off + length]) if info else {}
+                    yield DiagSocket(fam, state, socket.inet_ntop(fam, src[:size]), int.from_bytes(sport, "big"),
+                                     socket.inet_ntop(fam, dst[:size]), int.from_bytes(dport, "big"), rq, wq, uid,
+                                     inode, **extra)
                 if length == 0:
                     return
                 off += (length + 3) & ~3
@@ -234,21 +284,25 @@ def _diag_dump(family: int) -> Iterator[tuple[int, str, int, int, int, int, int]
         s.close()
 
 
-def listeners(ns: Netns) -> list[Listener]:
-    """The TCP listeners of ``ns`` (both families), as ``ss -ltn`` shows them there."""
-    out = []
+def tcp_sockets(ns: Netns, states: int = ALL_STATES, info: bool = False) -> list[DiagSocket]:
+    """The TCP sockets of ``ns`` (both families) whose state is in ``states``, with
+    tcp_info's figures when ``info`` (``ss -tin``)."""
+    out: list[DiagSocket] = []
     with entered(ns):
         for family in (socket.AF_INET, socket.AF_INET6):
             try:
-                rows = list(_diag_dump(family))
+                out.extend(s for s in _diag_dump(family, states, info) if states >> s.state & 1)
             except OSError as err:
                 if err.errno in (errno.ENOENT, errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT):
                     continue  # that family is not built into this kernel
                 raise
-            for state, addr, port, rq, wq, uid, inode in rows:
-                if state == TCP_LISTEN:
-                    out.append(Listener(ns, family, addr, port, rq, wq, uid, inode))
     return out
+
+
+def listeners(ns: Netns) -> list[Listener]:
+    """The TCP listeners of ``ns`` (both families), as ``ss -ltn`` shows them there."""
+    return [Listener(ns, s.family, s.laddr, s.lport, s.rqueue, s.wqueue, s.uid, s.inode)
+            for s in tcp_sockets(ns, 1 << TCP_LISTEN)]
 
 
 def all_listeners() -> list[Listener]:
@@ -303,3 +357,64 @@ def _comm(pid: str) -> str:
             return f.read().rstrip(b"\n").decode("utf-8", "backslashreplace")
     except OSError:
         return "?"
+
+
+# ---- listeners' own drop counts (sock_diag with SK_MEMINFO) ---------------------------
+
+INET_DIAG_SKMEMINFO = 7  # the attribute; asked for with bit 1 << (7 - 1) of idiag_ext
+SK_MEMINFO_DROPS = 8  # sk_drops, ``ss -m``'s "d"
+RTATTR = struct.Struct("=HH")
+
+
+def _diag_drops(family: int) -> dict[int, int]:
+    """Socket inode -> sk_drops of every TCP listener of ``family`` in the current
+    namespace (the listener's own count: tcp_listendrop() adds one for every SYN or
+    final ACK it drops, accept-queue overflows included)."""
+    out: dict[int, int] = {}
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG)
+    try:
+        req = DIAG_REQ.pack(family, socket.IPPROTO_TCP, 1 << (INET_DIAG_SKMEMINFO - 1), 1 << TCP_LISTEN,
+                            0, 0, b"", b"", 0, b"\xff" * 8)
+        s.sendto(NLMSG_HDR.pack(NLMSG_HDR.size + len(req), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, 1, 0)
+                 + req, (0, 0))
+        while True:
+            data = s.recv(1 << 16)
+            off = 0
+            while off + NLMSG_HDR.size <= len(data):
+                length, kind, _flags, _seq, _pid = NLMSG_HDR.unpack_from(data, off)
+                if kind == NLMSG_DONE or length == 0:
+                    return out
+                if kind == NLMSG_ERROR:
+                    err = -struct.unpack_from("=i", data, off + NLMSG_HDR.size)[0]
+                    if err:
+                        raise OSError(err, f"sock_diag: {os.strerror(err)}")
+                    return out
+                if kind == SOCK_DIAG_BY_FAMILY:
+                    msg = DIAG_MSG.unpack_from(data, off + NLMSG_HDR.size)
+                    at, end = off + NLMSG_HDR.size + DIAG_MSG.size, off + length
+                    while at + RTATTR.size <= end:
+                        alen, atype = RTATTR.unpack_from(data, at)
+                        if alen < RTATTR.size:
+                            break
+                        if atype == INET_DIAG_SKMEMINFO and alen >= RTATTR.size + 4 * (SK_MEMINFO_DROPS + 1):
+                            if msg[1] == TCP_LISTEN:
+                                out[msg[-1]] = struct.unpack_from("=I", data, at + RTATTR.size + 4 * SK_MEMINFO_DROPS)[0]
+                        at += (alen + 3) & ~3
+                off += (length + 3) & ~3
+    finally:
+        s.close()
+
+
+def listener_drops(ns: Netns) -> dict[int, int]:
+    """Socket inode -> the listener's own drop count (sk_drops), for every TCP
+    listener of ``ns`` (``ss -ltm`` there: "d" in skmem)."""
+    out: dict[int, int] = {}
+    with entered(ns):
+        for family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                out.update(_diag_drops(family))
+            except OSError as err:
+                if err.errno in (errno.ENOENT, errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT):
+                    continue
+                raise
+    return out

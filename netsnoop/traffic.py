@@ -12,7 +12,7 @@ import click
 
 from netsnoop.btf import StructDecoder
 from netsnoop.errors import LoadError
-from netsnoop.fmt import addr
+from netsnoop.fmt import addr, comm
 from netsnoop.libbpf import errno_message, last_errno, lib
 from netsnoop.loader import BPFObject, Map
 from netsnoop.output import Column, OutputOptions, make_sink
@@ -35,6 +35,16 @@ def typed_endpoints(local: str = "L", remote: str = "R") -> list[Column]:
     """The JSON-only columns for :func:`endpoints`' typed values, in its order:
     ``LADDR LPORT RADDR RPORT`` (or ``SADDR SPORT DADDR DPORT`` with "S", "D")."""
     return [Column(f"{end}{part}", text=False) for end in (local, remote) for part in ("ADDR", "PORT")]
+
+
+# The hook groups of bpf/owner.h, optional everywhere: without them rows have no owner.
+OWNER_GROUPS = frozenset({"send", "recv", "set_state", "forget"})
+
+
+def owner(e: Any) -> tuple[int | None, str | None]:
+    """An event's socket owner (``pid``, ``comm`` filled from bpf/owner.h's map), or
+    (None, None) when no process was seen using the socket."""
+    return (e.pid, comm(e.comm)) if e.pid else (None, None)
 
 
 def tcp_flags(bits: int) -> str:

@@ -6,11 +6,12 @@ from __future__ import annotations
 import errno
 import os
 import socket
-import time
+import subprocess
+import sys
 
 import pytest
 from helpers import NetnsPair, Trace, closed_port, refused_connect, run
-from traffic_helpers import in_netns, nft_input_chain
+from traffic_helpers import Sink, flush_rules, in_netns, nft_input_chain, nft_rule_packets, wait_for
 
 from netsnoop.commands.drop import drop_reasons
 from netsnoop.ksyms import KernelSymbols
@@ -28,8 +29,9 @@ def dropped(records: list[dict], dport: int) -> list[dict]:
 def test_syn_to_a_closed_port_is_dropped_with_no_socket(host: str) -> None:
     port = closed_port(host)
     with Trace(["drop", "--json", "-P", str(port)]) as t, Trace(["drop", "-P", str(port)]) as text, \
-         Trace(["drop", "--json", "-P", str(port)], env={"NETSNOOP_PREFER": "tracepoint"}) as classic, \
-         Trace(["drop", "--json", "-4", "-P", str(port)]) as only4:
+         Trace(["drop", "--json", "-P", str(port)], env={"NETSNOOP_HOOKS": "tracepoint"}) as classic, \
+         Trace(["drop", "--json", "-4", "-P", str(port)]) as only4, \
+         Trace(["drop", "--json", "-6", "-P", str(port)]) as only6:
         refused_connect(host, port)
     # this kernel answers with a RST and frees the SYN as dropped: NO_SOCKET
     for trace in (t, classic):
@@ -41,7 +43,9 @@ def test_syn_to_a_closed_port_is_dropped_with_no_socket(host: str) -> None:
         assert any(f.startswith(("tcp_v4_rcv+", "tcp_v6_rcv+")) for f in r["stack"])
         assert not any(f.startswith("bpf_") for f in r["stack"])  # tracing frames are cut
     assert t.summary["lost_events"] == 0
-    assert len(only4.records) == (0 if ":" in host else 1)  # -4
+    assert (t.summary["hooks"]["drop"], classic.summary["hooks"]["drop"]) == ("tp_btf", "tracepoint")
+    # -4 and -6 in the same run: the one of the drop's family is the positive control
+    assert (len(only4.records), len(only6.records)) == ((0, 1) if ":" in host else (1, 0))
 
     header, row, *stack = text.lines
     assert header == "TIME     PID     IP SADDR:SPORT          > DADDR:DPORT          STATE (FLAGS)              REASON"
@@ -50,35 +54,135 @@ def test_syn_to_a_closed_port_is_dropped_with_no_socket(host: str) -> None:
     assert [line.strip() for line in stack[:-1]] == t.records[0]["stack"]  # the same drop, the same frames
 
 
+def syn_until_dropped(net: NetnsPair, port: int, rule: str) -> socket.socket:
+    """A SYN from namespace A to ``port`` in B, which B's firewall drops: returns once
+    the rule has counted one (the caller closes the socket)."""
+    with in_netns(net.a):
+        c = socket.socket()
+    c.setblocking(False)
+    assert c.connect_ex((net.addr_b, port)) == errno.EINPROGRESS
+    assert wait_for(lambda: nft_rule_packets(net, net.b, rule) >= 1)
+    return c
+
+
 @pytest.mark.integration
 def test_netfilter_drops_reason_filter_and_counts() -> None:
     with NetnsPair() as net, nft_input_chain(net, net.b) as drop:
         fw_port, closed = closed_port(), closed_port()
-        drop(f"tcp dport {fw_port} drop")
+        drop(f'tcp dport {fw_port} counter drop comment "fw"')
         ports = f"{fw_port},{closed}"
         with Trace(["drop", "--json", "-P", ports]) as everything, \
              Trace(["drop", "--json", "--reason", "netfilter_drop", "--no-stack", "-P", ports]) as only_fw, \
              Trace(["drop", "-c", "--json", "-P", ports]) as counted:
-            with in_netns(net.a):
-                c = socket.socket()
-            c.setblocking(False)
-            assert c.connect_ex((net.addr_b, fw_port)) == errno.EINPROGRESS
+            c = syn_until_dropped(net, fw_port, "fw")
             refused_connect("127.0.0.1", closed)
-            time.sleep(0.2)
-            c.close()
+            c.close()  # no more SYNs
+            firewall = nft_rule_packets(net, net.b, "fw")
 
     fw = dropped(everything.records, fw_port)
-    assert fw and all(r["reason"] == "NETFILTER_DROP" for r in fw), everything.records
-    assert all((r["saddr"], r["daddr"], r["flags"]) == (net.addr_a, net.addr_b, "SYN") for r in fw)
+    assert len(fw) == firewall and all(r["reason"] == "NETFILTER_DROP" for r in fw), everything.records
+    assert all((r["saddr"], r["daddr"], r["flags"], r["normal"]) == (net.addr_a, net.addr_b, "SYN", False) for r in fw)
     assert any(f.startswith("nf_hook_slow") for f in fw[0]["stack"]), fw[0]["stack"]
     assert [r["reason"] for r in dropped(everything.records, closed)] == ["NO_SOCKET"]
 
     # --reason keeps only the firewall's drops; --no-stack leaves the stack out
-    assert [r["dport"] for r in only_fw.records] == [fw_port] * len(fw)
+    assert [r["dport"] for r in only_fw.records] == [fw_port] * firewall
     assert all(r["stack"] == [] for r in only_fw.records)
 
     table = {(r["reason"], r["daddr"], r["dport"]): r["drops"] for r in counted.records}
-    assert table == {("NETFILTER_DROP", net.addr_b, fw_port): len(fw), ("NO_SOCKET", "127.0.0.1", closed): 1}
+    assert table == {("NETFILTER_DROP", net.addr_b, fw_port): firewall, ("NO_SOCKET", "127.0.0.1", closed): 1}
+
+
+@pytest.mark.integration
+def test_normal_reasons_are_left_out_and_reasons_can_be_excluded() -> None:
+    """Ordinary closes make QUEUE_PURGE drops: two connections nobody accepted, whose
+    data is freed when their listener closes. A firewall drop is the positive control:
+    seen, exactly as often as the rule counted, while the closes' noise is left out."""
+    with NetnsPair() as net, nft_input_chain(net, net.b) as drop:
+        fw_port = closed_port()
+        drop(f'tcp dport {fw_port} counter drop comment "fw"')
+        with in_netns(net.b):
+            unaccepted = socket.create_server((net.addr_b, 0))
+        purge_port = unaccepted.getsockname()[1]
+        ports = ["-P", f"{fw_port},{purge_port}"]
+        with Trace(["drop", "--json", *ports]) as default, \
+             Trace(["drop", "--json", "--normal", "--no-stack", *ports]) as normal, \
+             Trace(["drop", "--json", "--normal", "--reason", "!QUEUE_PURGE", *ports]) as not_purge, \
+             Trace(["drop", "--json", "--exclude-reason", "netfilter_drop", "--reason", "QUEUE_PURGE", *ports]) as purge, \
+             Trace(["drop", "-c", "--json", "--normal", *ports]) as counted:
+            c = syn_until_dropped(net, fw_port, "fw")
+            for _ in range(2):
+                with in_netns(net.a):
+                    client = socket.create_connection((net.addr_b, purge_port), timeout=5)
+                client.sendall(b"data nobody reads")
+                client.close()
+            c.close()
+            unaccepted.close()  # the two queued connections and their data are freed
+            firewall = nft_rule_packets(net, net.b, "fw")
+
+    def reasons(t: Trace) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in t.records:
+            out[r["reason"]] = out.get(r["reason"], 0) + 1
+        return out
+
+    shown = reasons(normal)
+    assert shown.get("QUEUE_PURGE", 0) >= 2 and shown["NETFILTER_DROP"] == firewall, normal.records
+    assert all(r["normal"] == (r["reason"] == "QUEUE_PURGE") for r in normal.records)
+    assert all(r["dport"] == purge_port for r in normal.records if r["reason"] == "QUEUE_PURGE")
+    assert reasons(default).get("NETFILTER_DROP") == firewall and "QUEUE_PURGE" not in reasons(default)
+    assert reasons(not_purge).get("NETFILTER_DROP") == firewall and "QUEUE_PURGE" not in reasons(not_purge)
+    assert reasons(purge) == {"QUEUE_PURGE": shown["QUEUE_PURGE"]}
+    table: dict[tuple[str, bool], int] = {}
+    for r in counted.records:
+        table[r["reason"], r["normal"]] = table.get((r["reason"], r["normal"]), 0) + r["drops"]
+    assert table == {("NETFILTER_DROP", False): firewall, ("QUEUE_PURGE", True): shown["QUEUE_PURGE"]}
+
+
+CLIENT = """
+import ctypes, socket, sys
+ctypes.CDLL(None).prctl(15, b"dropclient", 0, 0, 0)
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+for line in sys.stdin:  # one send per line, in the test's rhythm
+    c.sendall(b"x" * 100)
+    print("sent", flush=True)
+"""
+
+
+@pytest.mark.integration
+def test_drops_name_the_socket_owner() -> None:
+    """The client (another process, named dropclient) loses the server's ACKs to a
+    firewall and sends again; the server, this process, drops the data it already
+    has. Each drop names its socket's owner, not whoever was on the CPU."""
+    with NetnsPair() as net, nft_input_chain(net, net.a) as drop_a:
+        with in_netns(net.b):
+            server = Sink(net.addr_b)
+        port = server.port
+        with Trace(["drop", "--json", "-P", str(port)]) as t:
+            # ip netns exec enters the namespace and execs python: one process, one PID
+            client = subprocess.Popen(["ip", "netns", "exec", net.a, sys.executable, "-c", CLIENT, net.addr_b,
+                                       str(port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            assert client.stdin is not None and client.stdout is not None
+            try:
+                client.stdin.write("1\n")
+                client.stdin.flush()
+                assert client.stdout.readline() == "sent\n" and wait_for(lambda: server.received == 100)
+                drop_a(f'tcp sport {port} counter drop comment "acks"')  # the server's ACKs never arrive
+                client.stdin.write("2\n")
+                client.stdin.flush()
+                assert client.stdout.readline() == "sent\n" and wait_for(lambda: server.received == 200)
+                assert wait_for(lambda: nft_rule_packets(net, net.a, "acks") >= 2)  # an ACK of the resent data too
+                flush_rules(net, net.a)
+            finally:
+                client.stdin.close()
+                client.wait(10)
+        server.close()
+    firewall = [r for r in t.records if r["reason"] == "NETFILTER_DROP"]
+    old = [r for r in t.records if r["reason"] == "TCP_OLD_DATA"]
+    assert firewall and all((r["pid"], r["comm"]) == (client.pid, "dropclient") for r in firewall), t.records
+    with open("/proc/self/comm") as f:
+        me = f.read().strip()
+    assert old and all((r["pid"], r["comm"], r["dport"]) == (os.getpid(), me, port) for r in old), t.records
 
 
 @pytest.mark.integration

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import socket
+import subprocess
+import time
+import uuid
+from typing import Iterator
 
 import pytest
 from helpers import PayloadServer, Trace, fetch, free_port, refused_connect
@@ -24,21 +31,67 @@ def test_refused_connect_goes_syn_sent_to_close() -> None:
     syn = next(r for r in recs if r["newstate"] == "SYN_SENT")
     assert syn["c_pid"] == os.getpid()
     assert syn["raddr"] == "127.0.0.1" and syn["rport"] == port
-    assert isinstance(syn["skaddr"], int) and isinstance(syn["ms"], float)
+    # a hex string, as in text: a kernel address does not fit a JSON number (jq rounds it)
+    assert isinstance(syn["skaddr"], str) and int(syn["skaddr"], 16) > 2**53 and isinstance(syn["ms"], float)
     close = next(r for r in recs if r["newstate"] == "CLOSE")
     assert close["skaddr"] == syn["skaddr"] and close["ms"] >= 0
     assert t.summary["lost_events"] == 0
 
 
 def test_full_session_both_ends_and_ms_in_state() -> None:
-    with PayloadServer(size=1000) as srv, Trace(["states", "--json", "-L", str(srv.port)]) as t:
-        lport, _ = fetch("127.0.0.1", srv.port)
-    server_side = transitions(t.records, srv.port)
-    assert ("LISTEN", "SYN_RECV") in server_side or ("CLOSE", "SYN_RECV") in server_side
-    assert ("SYN_RECV", "ESTABLISHED") in server_side
-    # -L keeps only sockets whose local port is the server's: no client-side rows
-    assert all(r["lport"] == srv.port for r in t.records)
-    assert all(r["rport"] == lport for r in t.records if r["newstate"] != "LISTEN")
+    """Both ends of one connection, every change in order, and MS (time in the old
+    state) inside what the test measured around its own steps: a state entered during
+    one step and left during another lasted between (start of the second - end of the
+    first) and (end of the second - start of the first). Each state is held 100 ms, so
+    an MS measured from the wrong change falls outside."""
+    hold = 0.1
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        with Trace(["states", "--json", "-P", str(port)]) as t:
+            client = socket.socket()
+            c0 = time.monotonic()
+            client.connect(("127.0.0.1", port))
+            c1 = time.monotonic()
+            server, _ = listener.accept()
+            a1 = time.monotonic()
+            lport = client.getsockname()[1]
+            time.sleep(hold)  # a workload step: stay ESTABLISHED
+            s0 = time.monotonic()
+            client.shutdown(socket.SHUT_WR)
+            s1 = time.monotonic()
+            assert server.recv(1) == b""  # the client's FIN has been taken in
+            e1 = time.monotonic()
+            time.sleep(hold)  # stay in CLOSE_WAIT / FIN_WAIT2
+            x0 = time.monotonic()
+            server.close()
+            x1 = time.monotonic()
+            assert client.recv(1) == b""  # the server's FIN has been taken in
+            f1 = time.monotonic()
+            client.close()
+    rows = {}
+    for r in t.records:
+        end = "client" if r["lport"] == lport or (r["lport"] == 0 and r["rport"] == port) else "server"
+        rows.setdefault(end, []).append((r["oldstate"], r["newstate"], r["ms"]))
+    assert [(o, n) for o, n, _ in rows["client"]] == [
+        ("CLOSE", "SYN_SENT"), ("SYN_SENT", "ESTABLISHED"), ("ESTABLISHED", "FIN_WAIT1"),
+        ("FIN_WAIT1", "FIN_WAIT2"), ("FIN_WAIT2", "CLOSE"),
+    ]
+    assert [(o, n) for o, n, _ in rows["server"]] == [
+        ("LISTEN", "SYN_RECV"), ("SYN_RECV", "ESTABLISHED"), ("ESTABLISHED", "CLOSE_WAIT"),
+        ("CLOSE_WAIT", "LAST_ACK"), ("LAST_ACK", "CLOSE"),
+    ]
+    ms = {(end, o): m for end, changes in rows.items() for o, _n, m in changes}
+    slack = 0.05  # ms: clock reads beside the kernel's
+
+    def within(value: float, low_s: float, high_s: float) -> bool:
+        return low_s * 1000 - slack <= value <= high_s * 1000 + slack
+
+    assert within(ms["client", "SYN_SENT"], 0, c1 - c0)  # both inside connect()
+    assert within(ms["client", "ESTABLISHED"], s0 - c1, s1 - c0)  # connect() .. shutdown()
+    assert within(ms["client", "FIN_WAIT2"], 0, f1 - s0)  # after shutdown() .. FIN seen
+    assert within(ms["server", "ESTABLISHED"], s0 - a1, e1 - c0)  # handshake .. FIN taken in
+    assert within(ms["server", "CLOSE_WAIT"], x0 - e1, x1 - s0)  # FIN taken in .. close()
+    assert ms["server", "ESTABLISHED"] >= hold * 1000 and ms["server", "CLOSE_WAIT"] >= hold * 1000
 
 
 def test_either_end_port_filter_sees_both_sides() -> None:
@@ -61,17 +114,74 @@ def test_ipv6_loopback_text_output() -> None:
 
 
 def test_family_filter_excludes_ipv4() -> None:
+    """-6: the IPv4 attempt to the port is not shown, the IPv6 one in the same run is."""
     port = refused_connect()
     with Trace(["states", "--json", "-6", "-D", str(port)]) as t:
         refused_connect(port=port)
-    assert t.records == []
+        refused_connect("::1", port)  # positive control
+    assert {r["ip"] for r in t.records} == {6}
+    assert ("SYN_SENT", "CLOSE") in transitions(t.records, port)
 
 
 def test_classic_tracepoint_variant_sees_the_same() -> None:
     port = refused_connect()
-    with Trace(["-v", "states", "--json", "-D", str(port)], env={"NETSNOOP_PREFER": "tracepoint"}) as t:
+    with Trace(["states", "--json", "-D", str(port)], env={"NETSNOOP_HOOKS": "tracepoint"}) as t:
         refused_connect(port=port)
-    assert ("SYN_SENT", "CLOSE") in transitions(t.records, port)
+    assert t.summary["hooks"]["set_state"] == "tracepoint"
+    assert transitions(t.records, port) == [("CLOSE", "SYN_SENT"), ("SYN_SENT", "CLOSE")]
+
+
+@contextlib.contextmanager
+def kernel_trace(port: int) -> Iterator[list[str]]:
+    """The kernel's own record of inet_sock_set_state for one port, in a private
+    tracefs instance (independent of netsnoop's programs)."""
+    tracefs = "/sys/kernel/tracing"
+    if not os.path.exists(os.path.join(tracefs, "instances")):
+        subprocess.run(["mount", "-t", "tracefs", "nodev", tracefs], check=True)
+    inst = os.path.join(tracefs, "instances", f"netsnoop-test-{uuid.uuid4().hex[:8]}")
+    os.mkdir(inst)
+    lines: list[str] = []
+    try:
+        event = os.path.join(inst, "events", "sock", "inet_sock_set_state")
+        with open(os.path.join(event, "filter"), "w") as f:
+            f.write(f"sport == {port} || dport == {port}")
+        with open(os.path.join(event, "enable"), "w") as f:
+            f.write("1")
+        yield lines
+        with open(os.path.join(event, "enable"), "w") as f:
+            f.write("0")
+        with open(os.path.join(inst, "trace")) as f:
+            lines.extend(line for line in f if "inet_sock_set_state" in line)
+    finally:
+        os.rmdir(inst)
+
+
+def test_a_state_set_again_is_not_a_change() -> None:
+    """close() after shutdown(SHUT_WR) makes the kernel set FIN_WAIT2 again (the
+    kernel's own trace shows FIN_WAIT2 -> FIN_WAIT2): no row for it, every real change
+    is shown, and FIN_WAIT2's MS counts from when it was entered."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        with kernel_trace(port) as kernel, Trace(["states", "--json", "-L", str(port)]) as t:
+            client = socket.create_connection(("127.0.0.1", port))
+            server, _ = listener.accept()
+            s0 = time.monotonic()
+            server.shutdown(socket.SHUT_WR)
+            assert client.recv(1) == b""  # FIN sent; acked at once: the server goes to FIN_WAIT2
+            time.sleep(0.1)  # a workload step: stay in FIN_WAIT2
+            again = time.monotonic()
+            server.close()  # sets FIN_WAIT2 again
+            client.close()  # FIN_WAIT2 -> CLOSE
+            done = time.monotonic()
+            t.stop()
+    states = [tuple(re.findall(r"(?:old|new)state=TCP_(\w+)", line)) for line in kernel]
+    server_side = [s for s, line in zip(states, kernel) if f"sport={port} " in line]
+    assert ("FIN_WAIT2", "FIN_WAIT2") in server_side  # the kernel did it
+    shown = transitions(t.records, port)
+    assert shown == [s for s in server_side if s[0] != s[1]]
+    [fin_wait2] = [r["ms"] for r in t.records if r["oldstate"] == "FIN_WAIT2"]
+    # from its entry (after shutdown()), not from the second setting (after `again`)
+    assert (done - again) * 1000 < fin_wait2 <= (done - s0) * 1000
 
 
 def test_csv_and_timestamps() -> None:

@@ -2,61 +2,52 @@
 
 A listener with backlog 13 takes 14 connections (the kernel refuses a 15th once more
 than 13 wait) and each one arrives to a queue of 0, 1, ..., 13: the histogram is
-exact. The other 6 SYNs find the queue full: the kernel's ListenOverflows counter
-sees them. With TCP_DEFER_ACCEPT on a backlog-0 listener, a final ACK (with data) can
-arrive to a full queue: that drop is seen per backlog limit.
+exact. Overflows are checked against the kernel's own ListenOverflows counter of the
+listener's namespace (nstat run inside it), with netsnoop running in the root one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
-import time
+import struct
 from typing import Iterator
 
 import pytest
 from click.testing import CliRunner
-from helpers import Trace
+from helpers import NetnsPair, Trace
+from traffic_helpers import in_netns, loaded_and_resolved, nstat, wait_for
 
+from netsnoop import netns
 from netsnoop.cli import cli
-from netsnoop.commands.synbl import listen_overflows
-from netsnoop.loader import BPFObject
 
 BACKLOG, CLIENTS = 13, 20
 # queue lengths 0..13 in log2 slots [0,1] [2,3] [4,7] [8,15]
 EXPECTED = [{"low": 0, "high": 1, "count": 2}, {"low": 2, "high": 3, "count": 2},
             {"low": 4, "high": 7, "count": 4}, {"low": 8, "high": 15, "count": 6}]
+OVERFLOWS = "TcpExtListenOverflows"
 
 
 @contextlib.contextmanager
-def overflowing_listeners(host: str = "127.0.0.1") -> Iterator[None]:
-    """CLIENTS connects to a BACKLOG listener, and one final-ACK overflow on a
-    TCP_DEFER_ACCEPT listener with backlog 0; nothing is ever accepted."""
+def full_listener(host: str, backlog: int = BACKLOG, clients: int = CLIENTS) -> Iterator[socket.socket]:
+    """``clients`` non-blocking connects to a listener with ``backlog``, which never
+    accepts: it takes backlog + 1, the other SYNs overflow. Yields once every queued
+    connection has been sampled (the listener says so: its queue is full)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with contextlib.ExitStack() as stack:
-        def sock() -> socket.socket:
-            return stack.enter_context(socket.socket(family))
-
-        full = sock()
+        full = stack.enter_context(socket.socket(family))
         full.bind((host, 0))
-        full.listen(BACKLOG)
-        for _ in range(CLIENTS):
-            c = sock()
+        full.listen(backlog)
+        for _ in range(clients):
+            c = stack.enter_context(socket.socket(family))
             c.setblocking(False)
             with contextlib.suppress(BlockingIOError):
                 c.connect(full.getsockname())
-        deferred = sock()
-        deferred.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 5)
-        deferred.bind((host, 0))
-        deferred.listen(0)
-        late, first = sock(), sock()
-        late.connect(deferred.getsockname())  # its bare ACK waits for data
-        first.connect(deferred.getsockname())
-        first.send(b"x")  # queued: the queue (limit 0) is now full
-        time.sleep(0.1)
-        late.send(b"y")  # its ACK now overflows
-        time.sleep(0.2)
-        yield
+        port = full.getsockname()[1]
+        here = next(n for n in netns.namespaces() if n.inode == os.stat("/proc/thread-self/ns/net").st_ino)
+        assert wait_for(lambda: any(lst.port == port and lst.queue == backlog + 1 for lst in netns.listeners(here)))
+        yield full
 
 
 def by_limit(records: list[dict]) -> dict[int, dict]:
@@ -65,60 +56,137 @@ def by_limit(records: list[dict]) -> dict[int, dict]:
 
 @pytest.mark.integration
 @pytest.mark.parametrize("hooks", ["tp_btf", "tracepoint"])
-def test_backlog_histogram_and_overflows(hooks: str) -> None:
-    with Trace(["synbl", "--json"], env={"NETSNOOP_PREFER": hooks}) as t, overflowing_listeners():
+def test_backlog_histogram(hooks: str) -> None:
+    with Trace(["synbl", "--json"], env={"NETSNOOP_HOOKS": hooks}) as t, full_listener("127.0.0.1"):
         pass
     hists = by_limit(t.records)
     assert hists[BACKLOG]["buckets"] == EXPECTED and hists[BACKLOG]["count"] == BACKLOG + 1
-    assert hists[0]["buckets"][0]["count"] >= 1  # the deferred listener's one connection
-    assert hists[0]["overflows"] >= 1  # the final ACK dropped for the full queue
-    (netns,) = [r for r in t.records if "listen_overflows" in r]
-    assert netns["listen_overflows"] >= CLIENTS - (BACKLOG + 1) + 1  # 6 SYNs + 1 ACK, at least
+    assert t.summary["hooks"] == {"queued": hooks}
     assert t.summary["lost_events"] == 0
 
 
 @pytest.mark.integration
-def test_text_layout() -> None:
-    with Trace(["synbl"]) as t, overflowing_listeners():
-        pass
-    at = t.lines.index(f"backlog_max = {BACKLOG}")
-    assert t.lines[at + 1] == "     backlog             : count     distribution"
-    assert t.lines[at + 2] == "         0 -> 1          : 2        |*************                           |"
-    assert t.lines[at + 5] == "         8 -> 15         : 6        |****************************************|"
-    assert t.lines[at + 6].startswith("overflows = ")
-    assert any(line.startswith("listen_overflows = ") for line in t.lines)
+def test_overflows_are_given_to_the_listener_in_its_namespace() -> None:
+    """The issue's case: listen(1) never accepting in namespace B, 10 clients from A,
+    netsnoop in the root namespace."""
+    with NetnsPair() as net:
+        with in_netns(net.b):
+            server = socket.socket()
+        server.bind((net.addr_b, 0))
+        server.listen(1)
+        port = server.getsockname()[1]
+        with Trace(["synbl", "--json"]) as t, Trace(["synbl"]) as text:
+            before = nstat(net, net.b, OVERFLOWS)[OVERFLOWS]
+            clients = []
+            for _ in range(10):
+                with in_netns(net.a):
+                    c = socket.socket()
+                c.setblocking(False)
+                c.connect_ex((net.addr_b, port))
+                clients.append(c)
+            # two fit (listen(1) holds two); each of the other eight SYNs overflows
+            assert wait_for(lambda: nstat(net, net.b, OVERFLOWS)[OVERFLOWS] - before >= 8)
+            for c in clients:
+                c.close()  # no more SYN retransmits
+            overflowed = nstat(net, net.b, OVERFLOWS)[OVERFLOWS] - before
+        server.close()
+
+    rows = [r for r in t.records if r.get("netns") == net.b]
+    assert [(r["listener"], r["addr"], r["port"], r["pid"], r["overflows"]) for r in rows] == [
+        (f"{net.addr_b}:{port}", net.addr_b, port, os.getpid(), overflowed)], t.records
+    assert rows[0]["queue"] == 2 and rows[0]["max"] == 1 and rows[0]["drops"] >= overflowed
+    (total,) = [r["listen_overflows_all_netns"] for r in t.records if "listen_overflows_all_netns" in r]
+    assert total >= overflowed
+    assert by_limit(t.records)[1]["count"] == 2  # the two queued connections, sampled in B
+
+    header = next(line for line in text.lines if line.startswith("NETNS"))
+    assert header.split() == ["NETNS", "LISTENER", "PID", "COMM", "QUEUE", "MAX", "DROPS", "OVERFLOWS"]
+    (row,) = [line.split() for line in text.lines if line.startswith(net.b)]
+    assert row[:3] == [net.b, f"{net.addr_b}:{port}", str(os.getpid())] and row[-1] == str(overflowed)
+
+
+@pytest.mark.integration
+def test_final_ack_overflow_is_given_to_its_listener() -> None:
+    """With TCP_DEFER_ACCEPT on a backlog-0 listener, a final ACK (with data) arrives
+    to a full queue: an overflow the SYN path never sees."""
+    with NetnsPair() as net:
+        with in_netns(net.b):
+            deferred = socket.socket()
+        deferred.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 5)
+        deferred.bind((net.addr_b, 0))
+        deferred.listen(0)
+        with Trace(["synbl", "--json"]) as t:
+            before = nstat(net, net.b, OVERFLOWS)[OVERFLOWS]
+            with in_netns(net.a):
+                late, first = socket.socket(), socket.socket()
+            late.connect(deferred.getsockname())  # its bare ACK waits for data
+            first.connect(deferred.getsockname())
+            first.send(b"x")  # queued: the queue (limit 0) is now full
+            ns_b = next(n for n in netns.namespaces() if n.name == net.b)
+            assert wait_for(lambda: any(lst.queue == 1 for lst in netns.listeners(ns_b)))
+            late.send(b"y")  # its ACK now overflows
+            assert wait_for(lambda: nstat(net, net.b, OVERFLOWS)[OVERFLOWS] > before)
+            for c in (late, first):  # a reset ends the retransmits of "y" (no overflow)
+                c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                c.close()
+            overflowed = nstat(net, net.b, OVERFLOWS)[OVERFLOWS] - before
+        port = deferred.getsockname()[1]
+        deferred.close()
+    rows = [r for r in t.records if r.get("netns") == net.b]
+    assert [(r["port"], r["overflows"]) for r in rows] == [(port, overflowed)], t.records
 
 
 @pytest.mark.integration
 def test_ipv6_only_ignores_ipv4_listeners() -> None:
-    with Trace(["synbl", "--json", "-6"]) as t, overflowing_listeners("127.0.0.1"):
+    # the IPv6 listener (backlog 11) is the positive control, in the same run
+    with Trace(["synbl", "--json", "-6"]) as t, full_listener("127.0.0.1"), full_listener("::1", backlog=11):
         pass
-    assert BACKLOG not in by_limit(t.records)
+    hists = by_limit(t.records)
+    assert BACKLOG not in hists
+    assert hists[11]["count"] == 12
 
 
 @pytest.mark.integration
 def test_ipv6_listeners() -> None:
-    with Trace(["synbl", "--json", "-6"]) as t, overflowing_listeners("::1"):
+    with Trace(["synbl", "--json", "-6"]) as t, full_listener("::1"):
         pass
     assert by_limit(t.records)[BACKLOG]["buckets"] == EXPECTED
 
 
 @pytest.mark.integration
 def test_kprobe_variant_passes_the_verifier() -> None:
-    with BPFObject("synbl", variants={"queued": "kprobe", "overflow": "tracepoint"}) as obj:
+    from netsnoop.loader import BPFObject
+
+    with BPFObject("synbl", variants={"queued": "kprobe"}) as obj:
         obj.load()
-        assert obj.chosen == {"queued": "kprobe", "overflow": "tracepoint"}
+        assert loaded_and_resolved(obj, "queued__kprobe")
 
 
-def test_listen_overflows_reads_tcpext(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    netstat = tmp_path / "netstat"
-    netstat.write_text(
-        "TcpExt: SyncookiesSent ListenOverflows ListenDrops\nTcpExt: 0 42 43\n"
-        "IpExt: InNoRoutes\nIpExt: 0\n"
-    )
-    assert listen_overflows(str(netstat)) == 42
-    assert listen_overflows(str(tmp_path / "missing")) is None
-    assert isinstance(listen_overflows(), int)  # this kernel's own file
+@pytest.mark.integration
+def test_listener_drops_are_ss_drops() -> None:
+    """netns.listener_drops reads what ``ss -ltm`` shows as d (sk_drops) in the namespace."""
+    with NetnsPair() as net:
+        with in_netns(net.b):
+            server = socket.socket()
+        server.bind((net.addr_b, 0))
+        server.listen(0)
+        port = server.getsockname()[1]
+        clients = []
+        for _ in range(4):
+            with in_netns(net.a):
+                c = socket.socket()
+            c.setblocking(False)
+            c.connect_ex((net.addr_b, port))
+            clients.append(c)
+        assert wait_for(lambda: nstat(net, net.b, OVERFLOWS)[OVERFLOWS] >= 2)
+        for c in clients:
+            c.close()
+        ns_b = next(n for n in netns.namespaces() if n.name == net.b)
+        (listener,) = netns.listeners(ns_b)
+        ss = net.exec(net.b, f"ss -ltnmH sport = :{port}").stdout
+        drops = int(ss.split(",d")[-1].rstrip(")\n \t").split(")")[0])
+        assert netns.listener_drops(ns_b) == {listener.inode: drops} and drops >= 2
+        server.close()
 
 
 def test_bad_options_are_usage_errors() -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from conn_helpers import assert_in_kernel
 from helpers import NetnsPair, Trace, listening
 
 from netsnoop.cli import cli
@@ -65,7 +66,7 @@ def test_bad_options_are_usage_errors(args: list[str]) -> None:
 
 # ---- integration -------------------------------------------------------------------------
 
-def one_connection(env: dict[str, str] | None = None) -> None:
+def one_connection(env: dict[str, str] | None = None) -> dict[str, Any]:
     """Client process connects, this process accepts; client closes first, then us."""
     me, lo = os.getpid(), "127.0.0.1"
     with listening() as lsock, Trace(["tracer", "--json"], env=env) as t:
@@ -81,6 +82,7 @@ def one_connection(env: dict[str, str] | None = None) -> None:
         ("close", me, lo, port, lo, lport),
     ]
     assert t.summary["lost_events"] == 0
+    return t.summary
 
 
 @integration
@@ -90,7 +92,38 @@ def test_one_connection_yields_connect_accept_and_close_rows() -> None:
 
 @integration
 def test_classic_tracepoint_variant_gives_the_same_rows() -> None:
-    one_connection(env={"NETSNOOP_PREFER": "tracepoint"})
+    summary = one_connection(env={"NETSNOOP_HOOKS": "tracepoint"})
+    assert summary["hooks"] == {"set_state": "tracepoint", "accept4": "tracepoint", "accept": "tracepoint"}
+
+
+@integration
+def test_resets_before_accept_are_closes_too_exact_counts() -> None:
+    """500 connections each closed by the client with a reset; half are accepted
+    before the reset, half only after it (the peer's reset closes them while they wait
+    in the accept queue): 500 C, 500 A and 1,000 X, the server's X charged to the
+    acceptor."""
+    n, me, lo = 500, os.getpid(), "127.0.0.1"
+    linger0 = struct.pack("ii", 1, 0)
+    with listening(backlog=n) as lsock, Trace(["tracer", "--json"]) as t:
+        port = lsock.getsockname()[1]
+        accepted, clients = [], []
+        for i in range(n):
+            c = socket.create_connection((lo, port))
+            clients.append(c.getsockname()[1])
+            if i % 2 == 0:
+                accepted.append(lsock.accept()[0])
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger0)
+            c.close()
+        accepted += [lsock.accept()[0] for _ in range(n // 2)]  # already reset by the peer
+        for conn in accepted:
+            conn.close()
+    rows = rows_for(t.records, port)
+    assert sorted(r for r in rows if r[0] == "connect") == sorted(("connect", me, lo, p, lo, port) for p in clients)
+    assert sorted(r for r in rows if r[0] == "accept") == sorted(("accept", me, lo, port, lo, p) for p in clients)
+    closes = sorted(r for r in rows if r[0] == "close")
+    expected = [("close", me, lo, p, lo, port) for p in clients] + [("close", me, lo, port, lo, p) for p in clients]
+    assert closes == sorted(expected), f"{len(closes)} of {2 * n} closes"
+    assert t.summary["lost_events"] == 0
 
 
 @integration
@@ -185,4 +218,5 @@ def test_kprobe_variants_pass_the_verifier() -> None:
 
     with BPFObject("tracer", variants={"set_state": "kprobe", "accept4": "kretprobe"}) as obj:
         obj.load()
-        assert (obj.chosen["set_state"], obj.chosen["accept4"]) == ("kprobe", "kretprobe")
+        assert_in_kernel(obj, "set_state__kprobe", "kprobe")
+        assert_in_kernel(obj, "accept4__kretprobe", "kprobe")

@@ -46,11 +46,14 @@ def test_wheel_traces_without_compiler_bpftool_or_system_libbpf(tmp_path: os.Pat
         z.extract(bundled, tmp_path)
     assert needed_libraries(os.path.join(tmp_path, bundled)) <= ALLOWED_NEEDS
     assert any(n.endswith("netsnoop/bpf/states.bpf.o") for n in names)
+    assert any(n.endswith(".data/data/share/man/man8/netsnoop-life.8") for n in names)
 
     venv = os.path.join(tmp_path, "venv")
     subprocess.run([sys.executable, "-m", "venv", venv], check=True, timeout=120)
     subprocess.run([os.path.join(venv, "bin", "pip"), "install", "-q", os.path.join(dist, wheel)], check=True,
                    capture_output=True, timeout=300)
+
+    assert os.path.exists(os.path.join(venv, "share", "man", "man8", "netsnoop.8"))
 
     hidden = [system_libbpf()] + [os.path.realpath(p) for p in map(shutil.which, ("clang", "bpftool", "llvm-strip")) if p]
     port = refused_connect()

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import socket
 import threading
 import time
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from helpers import NetnsPair
 
@@ -54,8 +55,45 @@ def nft_input_chain(net: NetnsPair, ns: str) -> Iterator[Callable[[str], None]]:
         net.exec(ns, "nft delete table inet netsnoop_test", check=False)
 
 
+def nstat(net: NetnsPair, ns: str, *names: str) -> dict[str, int]:
+    """The kernel's own counters of namespace ``ns`` (absolute, ``nstat -asz`` run
+    inside it, history untouched): the independent record a test compares with."""
+    out = net.exec(ns, "nstat -asz --json " + " ".join(names)).stdout
+    values = json.loads(out)["kernel"]
+    return {n: int(values.get(n, 0)) for n in names}
+
+
+def nft_rule_packets(net: NetnsPair, ns: str, comment: str) -> int:
+    """Packets counted by the rule carrying ``comment`` (it needs ``counter``), from
+    ``nft -j list ruleset`` inside the namespace."""
+    ruleset = json.loads(net.exec(ns, "nft -j list ruleset").stdout)["nftables"]
+    for item in ruleset:
+        rule = item.get("rule")
+        if rule and rule.get("comment") == comment:
+            for expr in rule["expr"]:
+                if "counter" in expr:
+                    return int(expr["counter"]["packets"])
+    raise AssertionError(f"no rule with comment {comment!r} and a counter in {ns}")
+
+
 def flush_rules(net: NetnsPair, ns: str) -> None:
     net.exec(ns, "nft flush chain inet netsnoop_test input")
+
+
+def kernel_has_symbol(symbol: str) -> bool:
+    """Whether /proc/kallsyms lists ``symbol``: where a kprobe would attach."""
+    with open("/proc/kallsyms") as f:
+        return any(line.split()[2:3] == [symbol] for line in f)
+
+
+def loaded_and_resolved(obj: Any, name: str) -> bool:
+    """The verifier accepted program ``name`` (it has a descriptor) and the kernel
+    function it hooks exists: all a kprobe variant can prove on a kernel whose kprobes
+    cannot attach."""
+    from netsnoop.libbpf import lib
+
+    prog = obj.loaded_program(name)
+    return prog is not None and lib().bpf_program__fd(prog.handle) >= 0 and kernel_has_symbol(prog.target)
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:

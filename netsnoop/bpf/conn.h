@@ -20,7 +20,7 @@ struct event {
 	__u32 pid;
 	__u32 uid;
 	__u32 netns;
-	__s32 err;      /* sk_err: why a connect attempt ended in CLOSE */
+	__s32 err;      /* conn_error(): why a connect attempt ended in CLOSE */
 	__u16 family;
 	__u16 lport;
 	__u16 rport;
@@ -44,6 +44,8 @@ struct conn_owner {
 	__u16 rport;
 	__u8 laddr[16];
 	__u8 raddr[16];
+	__s32 err;      /* a soft error the owner already took with SO_ERROR (so_error hook) */
+	__u64 closed_ns; /* tracer only: see OWNED in tracer.bpf.c */
 };
 EXPORT_STRUCT(conn_owner);
 
@@ -164,6 +166,40 @@ static __always_inline bool sock_owned_by_task(const struct sock *sk)
 	return BPF_CORE_READ(sk, sk_lock.owned) != 0;
 }
 
+/* ---- attempts: the one definition connect --outcome and connlat share ---------- */
+
+#define ECONNREFUSED 111
+
+/* The error the connecting socket received: sk_err (a reset, an ICMP error while no
+ * task held the socket, a timeout), else sk_err_soft (an ICMP error that came while
+ * connect() held the socket: the kernel keeps it there and goes on retransmitting),
+ * else the soft error the owner already took with getsockopt(SO_ERROR), which clears
+ * it. 0: the owner closed the socket before anything answered. */
+static __always_inline __s32 conn_error(const struct sock *sk, const struct conn_owner *o)
+{
+	__s32 err = BPF_CORE_READ(sk, sk_err);
+
+	if (!err)
+		err = BPF_CORE_READ(sk, sk_err_soft);
+	return err ? err : o->err;
+}
+
+/* An attempt begins when connect() moves a TCP socket CLOSE -> SYN_SENT (process
+ * context: connect_begins) and resolves when the socket leaves SYN_SENT, in the state
+ * it reached (ESTABLISHED, or CLOSE with conn_error()). Its latency is connect() to
+ * that resolution. */
+static __always_inline bool attempt_resolves(int oldstate, int newstate)
+{
+	return oldstate == TCP_SYN_SENT && newstate != TCP_SYN_SENT;
+}
+
+/* The peer answered the attempt: its SYN-ACK (ESTABLISHED) or its reset (refused).
+ * An ICMP error, a timeout or the owner's close is no answer from the peer. */
+static __always_inline bool attempt_answered(int newstate, __s32 err)
+{
+	return newstate == TCP_ESTABLISHED || (newstate == TCP_CLOSE && err == ECONNREFUSED);
+}
+
 /* ---- events --------------------------------------------------------------------- */
 
 static __always_inline int emit(const struct sock *sk, const struct sock_tuple *t,
@@ -178,7 +214,7 @@ static __always_inline int emit(const struct sock *sk, const struct sock_tuple *
 	e->pid = o->pid;
 	e->uid = o->uid;
 	e->netns = sock_netns(sk);
-	e->err = BPF_CORE_READ(sk, sk_err);
+	e->err = conn_error(sk, o);
 	e->family = t->family;
 	e->lport = t->sport;
 	e->rport = t->dport;
@@ -212,8 +248,12 @@ static __always_inline const struct sock *fd_sock(long fd)
 	fds = BPF_CORE_READ(task, files, fdt, fd);
 	if (bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]) || !file)
 		return NULL;
-	sock = BPF_CORE_READ(file, private_data); /* accept() only returns sockets */
-	return sock ? BPF_CORE_READ(sock, sk) : NULL;
+	sock = BPF_CORE_READ(file, private_data);
+	/* a socket's file and its struct socket point at each other (any other file's
+	 * private_data is something else) */
+	if (!sock || BPF_CORE_READ(sock, file) != file)
+		return NULL;
+	return BPF_CORE_READ(sock, sk);
 }
 
 /* handler(const struct sock *sk): a connection accept()ed, in the accepting process's
@@ -239,6 +279,33 @@ static __always_inline const struct sock *fd_sock(long fd)
 	int accept__tracepoint(struct syscall_exit *ctx)                                \
 	{                                                                               \
 		return handler##_fd(ctx->ret);                                          \
+	}
+
+/* getsockopt(SOL_SOCKET, SO_ERROR) hands the socket's error to its owner and clears it
+ * (sk_err, else sk_err_soft): an attempt that got a soft error would then close with
+ * none. Read it just before, for conn_error(). A classic tracepoint (optional group). */
+#define SOL_SOCKET 1
+#define SO_ERROR 4
+#define SO_ERROR_HOOK                                                                   \
+	SEC("tracepoint/syscalls/sys_enter_getsockopt")                                 \
+	int so_error__tracepoint(struct trace_event_raw_sys_enter *ctx)                 \
+	{                                                                               \
+		const struct sock *sk;                                                  \
+		struct conn_owner *o;                                                   \
+		__s32 err;                                                              \
+                                                                                        \
+		if (ctx->args[1] != SOL_SOCKET || ctx->args[2] != SO_ERROR)             \
+			return 0;                                                       \
+		sk = fd_sock(ctx->args[0]);                                             \
+		o = sk ? conn_recall(sk) : NULL;                                        \
+		if (!o)                                                                 \
+			return 0;                                                       \
+		err = BPF_CORE_READ(sk, sk_err);                                        \
+		if (!err)                                                               \
+			err = BPF_CORE_READ(sk, sk_err_soft);                           \
+		if (err)                                                                \
+			o->err = err;                                                   \
+		return 0;                                                               \
 	}
 
 #endif /* __NETSNOOP_CONN_H */

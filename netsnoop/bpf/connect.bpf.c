@@ -94,12 +94,13 @@ static __always_inline int on_state(const struct sock *sk, int oldstate, int new
 {
 	if (newstate == TCP_SYN_SENT)
 		return begin(sk, bpf_ktime_get_ns());
-	if (oldstate == TCP_SYN_SENT)
+	if (attempt_resolves(oldstate, newstate))
 		return report(sk, newstate, bpf_ktime_get_ns());
 	return 0;
 }
 
 SET_STATE_HOOKS(on_state)
+SO_ERROR_HOOK
 
 /* connect() returned (-L): a non-blocking attempt is still in SYN_SENT, its port known. */
 SEC("tracepoint/syscalls/sys_exit_connect")

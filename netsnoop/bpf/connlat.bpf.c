@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
-/* connlat: time from connect() to the connection being established (tcpconnlat). */
+/* connlat: time from connect() to the peer's answer (tcpconnlat): the attempts of
+ * conn.h that the peer answered, with a SYN-ACK or a reset. */
 #include "conn.h"
 
 const volatile __u64 min_lat_ns = 0; /* only report slower connects */
@@ -12,12 +13,12 @@ static __always_inline int on_state(const struct sock *sk, int oldstate, int new
 
 	if (newstate == TCP_SYN_SENT)
 		return remember_connect(sk, now);
-	if (oldstate != TCP_SYN_SENT)
+	if (!attempt_resolves(oldstate, newstate))
 		return 0;
 	owner = conn_recall(sk);
 	if (!owner)
 		return 0;
-	if (newstate == TCP_ESTABLISHED && now - owner->start_ns >= min_lat_ns) {
+	if (attempt_answered(newstate, conn_error(sk, owner)) && now - owner->start_ns >= min_lat_ns) {
 		read_sock_tuple(sk, &t);
 		emit(sk, &t, owner, CONN_CONNECT, newstate, now);
 	}

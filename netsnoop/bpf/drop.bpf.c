@@ -3,6 +3,7 @@
  * addresses and flags, the socket state, the kernel's drop reason and the kernel
  * stack of the drop point (tcpdrop); or, with -c, counted per reason and 4-tuple. */
 #include "traffic.h"
+#include "owner.h"
 
 #define MAX_STACK 32
 #define MAX_REASONS 16
@@ -12,7 +13,7 @@
 struct event {
 	__u64 ts_ns;
 	__u64 location; /* return address into the function that dropped it */
-	__u32 pid;
+	__u32 pid; /* the owner of the socket that had the packet (sock_owners), or 0 */
 	__u32 reason; /* enum skb_drop_reason; names come from kernel BTF */
 	__u16 family;
 	__u16 sport;
@@ -21,6 +22,7 @@ struct event {
 	__u8 tcpflags;
 	__u8 saddr[16];
 	__u8 daddr[16];
+	char comm[TASK_COMM_LEN];
 	__s32 stack_bytes; /* bytes of stack[] filled, or a negative error */
 	__u32 pad;
 	__u64 stack[MAX_STACK];
@@ -39,6 +41,7 @@ struct drop_key {
 EXPORT_STRUCT(drop_key);
 
 const volatile __u32 filter_reasons[MAX_REASONS] = {}; /* 0-terminated, empty = all */
+const volatile __u32 exclude_reasons[MAX_REASONS] = {}; /* 0-terminated: never these */
 const volatile __u8 count_only = 0;
 const volatile __u8 with_stack = 1;
 
@@ -49,18 +52,24 @@ struct {
 	__type(value, __u64);
 } counts SEC(".maps");
 
-static __always_inline bool reason_allowed(__u32 reason)
+/* Whether a 0-terminated reason list holds `reason`. */
+static __always_inline bool reason_in(const volatile __u32 *list, __u32 reason)
 {
-	if (filter_reasons[0] == 0)
-		return true;
 #pragma unroll
 	for (int i = 0; i < MAX_REASONS; i++) {
-		if (filter_reasons[i] == 0)
+		if (list[i] == 0)
 			return false;
-		if (filter_reasons[i] == reason)
+		if (list[i] == reason)
 			return true;
 	}
 	return false;
+}
+
+static __always_inline bool reason_allowed(__u32 reason)
+{
+	if (filter_reasons[0] != 0 && !reason_in(filter_reasons, reason))
+		return false;
+	return !reason_in(exclude_reasons, reason);
 }
 
 /* The IP and TCP headers of the packet, by wire offsets (not kernel structs). */
@@ -132,7 +141,9 @@ static __always_inline int on_drop(void *ctx, const struct sk_buff *skb, void *l
 		sk = rx_sk;
 	e->ts_ns = bpf_ktime_get_ns();
 	e->location = (__u64)location;
-	e->pid = current_pid();
+	e->pid = 0;
+	e->comm[0] = 0;
+	owner_of(sk, &e->pid, e->comm);
 	e->reason = reason;
 	e->family = t.family;
 	e->sport = t.sport;
@@ -173,3 +184,5 @@ int drop__tracepoint(struct trace_event_raw_kfree_skb *ctx)
 		rx_sk = ctx->rx_sk;
 	return on_drop(ctx, ctx->skbaddr, ctx->location, reason, rx_sk);
 }
+
+SOCK_OWNER_HOOKS

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 /* life: one record per TCP session when it closes, with its owner, duration and
- * payload bytes from the socket's own counters (tcplife). */
+ * payload bytes from the socket's own counters, less the SYN and FIN that those
+ * count as sequence space (tcplife). */
 #include "hooks.h"
 
 struct event {
@@ -29,6 +30,8 @@ struct session {
 	__u16 family;
 	__u16 lport;
 	__u16 rport;
+	__u8 active;    /* begun by connect(): its own SYN is in bytes_acked */
+	__u8 fin_sent;  /* it sent a FIN, which bytes_acked counts once acked */
 	char comm[TASK_COMM_LEN];
 };
 
@@ -57,8 +60,9 @@ static __always_inline void count_close_without_start(const struct sock *sk)
 
 /* Sessions that ended, through the filters, without any hook seeing their end: the
  * kernel did not run the state and destroy hooks for it (it does so at times, under
- * storms, without counting a skipped run). Found when another socket is born at the
- * same address, and by the exit check. Counted: their rows are missing. */
+ * storms, without counting a skipped run). Counted here when another socket is born
+ * at the same address; user space adds those the exit check finds. Their rows are
+ * missing. */
 PERCPU_COUNTER(ends_not_seen);
 
 static __always_inline void count_end_not_seen(const struct session *s)
@@ -98,6 +102,33 @@ static __always_inline int on_io(const struct sock *sk)
 	return 0;
 }
 
+/* Payload bytes the peer acknowledged. bytes_acked counts sequence space acked: an
+ * active open's SYN (acked by the SYN-ACK; a passive open's SYN-ACK is not counted)
+ * and our FIN once acked (then snd_una has reached write_seq, which counts the FIN). */
+static __always_inline __u64 payload_acked(const struct sock *sk, const struct session *s)
+{
+	const struct tcp_sock *tp = (const struct tcp_sock *)sk;
+	__u64 acked = BPF_CORE_READ(tp, bytes_acked);
+
+	if (s->active && acked)
+		acked--;
+	if (s->fin_sent && acked && BPF_CORE_READ(tp, snd_una) == BPF_CORE_READ(tp, write_seq))
+		acked--;
+	return acked;
+}
+
+/* Payload bytes received. bytes_received counts the peer's FIN once it is taken in
+ * order, which is when the kernel sets SOCK_DONE. */
+static __always_inline __u64 payload_received(const struct sock *sk)
+{
+	__u64 received = BPF_CORE_READ((const struct tcp_sock *)sk, bytes_received);
+	unsigned long flags = BPF_CORE_READ(sk, __sk_common.skc_flags);
+
+	if (received && (flags & (1UL << bpf_core_enum_value(enum sock_flags, SOCK_DONE))))
+		received--;
+	return received;
+}
+
 /* The session's row: at its CLOSE, or at the socket's destruction if that CLOSE
  * never reached the hook. */
 static __always_inline void end_session(const struct sock *sk, __u64 key, struct session *s)
@@ -115,8 +146,8 @@ static __always_inline void end_session(const struct sock *sk, __u64 key, struct
 		goto done;
 	e->ts_ns = now;
 	e->span_ns = now - s->birth_ns;
-	e->rx_bytes = BPF_CORE_READ((struct tcp_sock *)sk, bytes_received);
-	e->tx_bytes = BPF_CORE_READ((struct tcp_sock *)sk, bytes_acked);
+	e->rx_bytes = payload_received(sk);
+	e->tx_bytes = payload_acked(sk, s);
 	e->pid = s->pid;
 	e->family = t.family;
 	e->lport = t.sport;
@@ -153,8 +184,10 @@ static __always_inline int on_state(const struct sock *sk, int oldstate, int new
 			fresh.birth_ns = bpf_ktime_get_ns();
 			fresh.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
 			note_ports(sk, &fresh);
-			if (newstate == TCP_SYN_SENT) /* connect(): process context */
+			if (newstate == TCP_SYN_SENT) { /* connect(): process context */
 				claim(&fresh);
+				fresh.active = 1;
+			}
 			bpf_map_update_elem(&sessions, &key, &fresh, BPF_ANY);
 		} else if (newstate == TCP_ESTABLISHED && !s->lport) {
 			s->lport = local_port(sk);
@@ -163,16 +196,22 @@ static __always_inline int on_state(const struct sock *sk, int oldstate, int new
 	}
 	if ((oldstate == TCP_ESTABLISHED && newstate == TCP_FIN_WAIT1) ||
 	    (oldstate == TCP_CLOSE_WAIT && newstate == TCP_LAST_ACK)) {
-		/* close()/shutdown() by the owner: process context. */
+		/* close()/shutdown() by the owner (process context): it sends a FIN. */
 		s = bpf_map_lookup_elem(&sessions, &key);
-		if (s && s->pid != current_pid())
-			claim(s);
+		if (s) {
+			s->fin_sent = 1;
+			if (s->pid != current_pid())
+				claim(s);
+		}
 		return 0;
 	}
 	if (newstate != TCP_CLOSE)
 		return 0;
 
 	s = bpf_map_lookup_elem(&sessions, &key);
+	if (s && oldstate >= TCP_FIN_WAIT1 && oldstate != TCP_CLOSE_WAIT && oldstate != TCP_LISTEN)
+		s->fin_sent = 1; /* FIN_WAIT1/2, TIME_WAIT, LAST_ACK, CLOSING: also when the hook
+				  * did not see the change that sent it */
 	if (!s) {
 		if (oldstate != TCP_LISTEN) /* a listener is not a session */
 			count_close_without_start(sk);
@@ -224,8 +263,8 @@ int mark_alive(struct bpf_iter__tcp *ctx)
 /* Step 2, right after (run once by user space): a session of this namespace not
  * stamped, begun well before step 1 (a socket is put in the tables just after its first
  * state change), has no socket any more, yet its end deleted nothing: no hook saw that
- * end. Its row is missing. A raw_tp program walking the map, not a map iterator: some
- * kernels refuse iter/bpf_map_elem programs (EPERM) while they accept these. */
+ * end. Its row is missing. A raw_tp program walking the map, not a map iterator: a
+ * kernel in integrity lockdown refuses bpf_map_elem iterators (EPERM), not these. */
 #define HASHING_GRACE_NS 10000000ULL
 
 static long count_if_unseen(struct bpf_map *map, __u64 *key, struct session *s, __u64 *started)

@@ -2,14 +2,18 @@
 /* retrans: TCP retransmits, SYN-ACK retransmits and (where a kprobe can reach
  * tcp_send_loss_probe) tail loss probes, as events or counted per flow (tcpretrans). */
 #include "traffic.h"
+#include "owner.h"
 
 #define RETRANSMIT 1
 #define TLP 2
 
 struct event {
 	__u64 ts_ns;
-	__u32 pid;
+	__u32 pid; /* the socket's owner (sock_owners), 0 if none is known */
 	__u32 seq;
+	__u32 segs; /* segments this retransmit sent (tcp_skb_pcount), 0 for a TLP row */
+	__u32 pad;
+	char comm[TASK_COMM_LEN];
 	__u16 family;
 	__u16 lport;
 	__u16 rport;
@@ -30,7 +34,7 @@ struct flow_key {
 };
 EXPORT_STRUCT(flow_key);
 
-/* -c: count per flow here instead of sending events */
+/* -c: count segments per flow here instead of sending events */
 const volatile __u8 count_only = 0;
 /* -l: report tail loss probes (the hook is attached whenever the kernel allows it) */
 const volatile __u8 with_tlp = 0;
@@ -42,7 +46,7 @@ struct {
 	__type(value, __u64);
 } counts SEC(".maps");
 
-static __always_inline void count_flow(const struct sock_tuple *t)
+static __always_inline void count_flow(const struct sock_tuple *t, __u32 segs)
 {
 	struct flow_key key = {};
 
@@ -51,25 +55,30 @@ static __always_inline void count_flow(const struct sock_tuple *t)
 	key.family = t->family;
 	key.lport = t->sport;
 	key.rport = t->dport;
-	count_key(&counts, &key);
+	count_key_by(&counts, &key, segs);
 }
 
-static __always_inline int report(const struct sock_tuple *t, __u8 state, __u8 type, __u32 seq)
+static __always_inline int report(const struct sock *sk, const struct sock_tuple *t, __u8 state, __u8 type,
+				  __u32 seq, __u32 segs)
 {
 	struct event *e;
 
 	if (!tuple_allowed(t))
 		return 0;
 	if (count_only) {
-		count_flow(t);
+		if (segs) /* a loss probe row sends nothing itself */
+			count_flow(t, segs);
 		return 0;
 	}
 	e = reserve_event(sizeof(*e));
 	if (!e)
 		return 0;
 	e->ts_ns = bpf_ktime_get_ns();
-	e->pid = current_pid();
+	e->pid = 0;
+	e->comm[0] = 0;
+	owner_of(sk, &e->pid, e->comm);
 	e->seq = seq;
+	e->segs = segs;
 	e->family = t->family;
 	e->lport = t->sport;
 	e->rport = t->dport;
@@ -81,22 +90,30 @@ static __always_inline int report(const struct sock_tuple *t, __u8 state, __u8 t
 	return 0;
 }
 
-/* A data or SYN segment sent again; seq from the skb's TCP control block. */
+/* A buffer of data (or a SYN) sent again. Under GSO/TSO one buffer carries many
+ * segments: the kernel counts them as tcp_skb_pcount(skb), the tcp_gso_segs of the
+ * skb's TCP control block (skb->cb), and adds that to TcpRetransSegs; so do we. */
 static __always_inline int on_retransmit(const struct sock *sk, const struct sk_buff *skb)
 {
+	const struct tcp_skb_cb *cb;
 	struct sock_tuple t;
 	__u32 seq = 0;
+	__u16 segs = 0;
 
 	if (!sk)
 		return 0;
 	read_sock_tuple(sk, &t);
-	if (skb) /* struct tcp_skb_cb starts with seq, at the start of skb->cb */
-		bpf_core_read(&seq, sizeof(seq), &skb->cb);
-	return report(&t, BPF_CORE_READ(sk, __sk_common.skc_state), RETRANSMIT, seq);
+	if (skb) {
+		cb = (const struct tcp_skb_cb *)&skb->cb;
+		bpf_core_read(&seq, sizeof(seq), &cb->seq);
+		bpf_core_read(&segs, sizeof(segs), &cb->tcp_gso_segs);
+	}
+	return report(sk, &t, BPF_CORE_READ(sk, __sk_common.skc_state), RETRANSMIT, seq, segs ? segs : 1);
 }
 
-/* A SYN-ACK sent again: the 4-tuple lives in the request sock, not the listener. */
-static __always_inline int on_synack(const struct request_sock *req)
+/* A SYN-ACK sent again: the 4-tuple lives in the request sock, the owner is the
+ * listener's. */
+static __always_inline int on_synack(const struct sock *listener, const struct request_sock *req)
 {
 	const struct sock_common *c = &req->__req_common;
 	struct sock_tuple t = {};
@@ -111,8 +128,8 @@ static __always_inline int on_synack(const struct request_sock *req)
 		BPF_CORE_READ_INTO((__u32 *)t.saddr, c, skc_rcv_saddr);
 		BPF_CORE_READ_INTO((__u32 *)t.daddr, c, skc_daddr);
 	}
-	return report(&t, BPF_CORE_READ(c, skc_state), RETRANSMIT,
-		      BPF_CORE_READ((struct tcp_request_sock *)req, snt_isn));
+	return report(listener, &t, BPF_CORE_READ(c, skc_state), RETRANSMIT,
+		      BPF_CORE_READ((struct tcp_request_sock *)req, snt_isn), 1);
 }
 
 /* Since Linux 6.14 the tracepoint also fires for failed attempts, with err set;
@@ -142,19 +159,19 @@ int BPF_KPROBE(retransmit__kprobe, struct sock *sk, struct sk_buff *skb)
 SEC("tp_btf/tcp_retransmit_synack")
 int BPF_PROG(synack__tp_btf, const struct sock *sk, const struct request_sock *req)
 {
-	return on_synack(req);
+	return on_synack(sk, req);
 }
 
 SEC("tracepoint/tcp/tcp_retransmit_synack")
 int synack__tracepoint(struct trace_event_raw_tcp_retransmit_synack *ctx)
 {
-	return on_synack((const struct request_sock *)ctx->req);
+	return on_synack((const struct sock *)ctx->skaddr, (const struct request_sock *)ctx->req);
 }
 
 SEC("kprobe/tcp_rtx_synack")
 int BPF_KPROBE(synack__kprobe, const struct sock *sk, struct request_sock *req)
 {
-	return on_synack(req);
+	return on_synack(sk, req);
 }
 
 /* No tracepoint marks a tail loss probe; only a kprobe (or fentry) can see it. */
@@ -166,6 +183,8 @@ int BPF_KPROBE(tlp__kprobe, struct sock *sk)
 	if (!with_tlp)
 		return 0;
 	read_sock_tuple(sk, &t);
-	return report(&t, BPF_CORE_READ(sk, __sk_common.skc_state), TLP,
-		      BPF_CORE_READ((struct tcp_sock *)sk, snd_nxt));
+	return report(sk, &t, BPF_CORE_READ(sk, __sk_common.skc_state), TLP,
+		      BPF_CORE_READ((struct tcp_sock *)sk, snd_nxt), 0);
 }
+
+SOCK_OWNER_HOOKS

@@ -46,7 +46,10 @@ static __always_inline int on_state(const struct sock *sk, int oldstate, int new
 	__u32 pid;
 	struct event *e;
 
-	if (!sock_is_tcp(sk))
+	/* close() after shutdown(SHUT_WR) calls tcp_set_state() with the state the socket
+	 * is already in (FIN_WAIT1, FIN_WAIT2, CLOSING, LAST_ACK): not a change, no row,
+	 * and the time in that state goes on counting. */
+	if (oldstate == newstate || !sock_is_tcp(sk))
 		return 0;
 	read_sock_tuple(sk, &t);
 	if (!tuple_allowed(&t))

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 /* synbl: the accept (SYN) backlog length of TCP listeners when connections arrive,
- * one log2 histogram per backlog limit, and the connections that overflowed it
- * (tcpsynbl). */
+ * one log2 histogram per backlog limit (tcpsynbl). Overflows are counted from the
+ * kernel's own counters, in user space: a SYN that finds the queue full is freed with
+ * no drop reason, so no hook here could see every one. */
 #include "hist.h"
 
 /* One histogram per listen() backlog limit (sk_max_ack_backlog). */
@@ -11,14 +12,6 @@ struct synbl_key {
 EXPORT_STRUCT(synbl_key);
 
 HIST_MAP(backlog, struct synbl_key, 4096);
-
-/* Final ACKs dropped because the listener's accept queue was full, per limit. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__uint(max_entries, 4096);
-	__type(key, struct synbl_key);
-	__type(value, __u64);
-} overflows SEC(".maps");
 
 static __always_inline bool is_tcp_listener(const struct sock *sk)
 {
@@ -43,26 +36,6 @@ static __always_inline int on_queued(const struct sock *sk, bool queued)
 	return 0;
 }
 
-/* A packet was freed with `reason`; count it when the listener `sk` dropped it for a
- * full accept queue. */
-static __always_inline int on_drop(const struct sock *sk, __u32 reason)
-{
-	struct synbl_key key = {};
-	__u64 one = 1, *n;
-
-	if (reason != bpf_core_enum_value(enum skb_drop_reason, SKB_DROP_REASON_TCP_LISTEN_OVERFLOW))
-		return 0;
-	if (!is_tcp_listener(sk))
-		return 0;
-	key.backlog_max = BPF_CORE_READ(sk, sk_max_ack_backlog);
-	n = bpf_map_lookup_elem(&overflows, &key);
-	if (n)
-		*n += 1;
-	else
-		bpf_map_update_elem(&overflows, &key, &one, BPF_NOEXIST);
-	return 0;
-}
-
 /* The listener is woken (sk_data_ready) once per child put on its accept queue. */
 SEC("tp_btf/sk_data_ready")
 int BPF_PROG(queued__tp_btf, const struct sock *sk)
@@ -81,19 +54,4 @@ SEC("kprobe/inet_csk_complete_hashdance")
 int BPF_KPROBE(queued__kprobe, struct sock *sk, struct sock *child, struct request_sock *req, bool own_req)
 {
 	return own_req ? on_queued(sk, false) : 0;
-}
-
-SEC("tp_btf/kfree_skb")
-int BPF_PROG(overflow__tp_btf, struct sk_buff *skb, void *location, enum skb_drop_reason reason,
-	     struct sock *rx_sk)
-{
-	return on_drop(rx_sk, reason);
-}
-
-SEC("tracepoint/skb/kfree_skb")
-int overflow__tracepoint(struct trace_event_raw_kfree_skb *ctx)
-{
-	if (!bpf_core_field_exists(ctx->rx_sk))
-		return 0;
-	return on_drop((const struct sock *)BPF_CORE_READ(ctx, rx_sk), BPF_CORE_READ(ctx, reason));
 }

@@ -3,6 +3,12 @@
  * closed (X) (tcptracer). Each row names the process that did it. */
 #include "conn.h"
 
+/* closed_ns of a remembered socket: OWNED once its owner is known (connect(), or
+ * accept()); 0 for a listener's child that accept() has not returned yet; later, the
+ * time a reset closed that child while it waited. accept() and the reset race on
+ * different CPUs, so the hand-over is one atomic exchange on this field. */
+#define OWNED 1
+
 /* C: the handshake completed for a connect() seen starting. */
 static __always_inline int connected(const struct sock *sk, int newstate, __u64 now)
 {
@@ -21,6 +27,30 @@ static __always_inline int connected(const struct sock *sk, int newstate, __u64 
 	return 0;
 }
 
+static __always_inline int connect_started(const struct sock *sk, __u64 now)
+{
+	struct conn_owner o = {};
+	struct sock_tuple t;
+
+	if (connect_begins(sk, &o, &t, now)) {
+		o.closed_ns = OWNED;
+		conn_remember(sk, &o);
+	}
+	return 0;
+}
+
+/* A listener's new child (LISTEN -> SYN_RECV, in softirq): remembered with no owner
+ * yet, so that a reset closing it before accept() is kept for accept() to report,
+ * not taken for a connection opened before tracing began. */
+static __always_inline int child_born(const struct sock *sk)
+{
+	struct conn_owner none = {};
+
+	if (sock_is_tcp(sk))
+		conn_remember(sk, &none);
+	return 0;
+}
+
 /* X: the first step out of ESTABLISHED/CLOSE_WAIT towards closing. FIN_WAIT1 and
  * LAST_ACK only happen in close()/shutdown(); CLOSE also when a reset arrives or a
  * timer gives up, in softirq, where the closer is the owner we remembered. */
@@ -33,6 +63,9 @@ static __always_inline int closed(const struct sock *sk, int newstate, __u64 now
 		o = conn_recall(sk);
 		if (!o)
 			return 0; /* opened before we started, closed by the peer */
+		/* not accepted yet: leave the time for accept() to report */
+		if (__sync_val_compare_and_swap(&o->closed_ns, 0, now) == 0)
+			return 0;
 		closer = *o;
 	} else {
 		owner_current(&closer, 0);
@@ -49,7 +82,9 @@ static __always_inline int on_state(const struct sock *sk, int oldstate, int new
 	__u64 now = bpf_ktime_get_ns();
 
 	if (newstate == TCP_SYN_SENT)
-		return remember_connect(sk, now);
+		return connect_started(sk, now);
+	if (oldstate == TCP_LISTEN && newstate == TCP_SYN_RECV)
+		return child_born(sk);
 	if (oldstate == TCP_SYN_SENT)
 		return connected(sk, newstate, now);
 	if ((oldstate == TCP_ESTABLISHED || oldstate == TCP_CLOSE_WAIT) &&
@@ -58,16 +93,36 @@ static __always_inline int on_state(const struct sock *sk, int oldstate, int new
 	return 0;
 }
 
-/* A: remembered too, so that a reset from the peer is charged to the acceptor. */
+/* A: the acceptor becomes the owner, so that a reset from the peer is charged to it.
+ * A connection its peer already reset while it waited in the accept queue gets its X
+ * now, charged to the acceptor, with the time it closed. */
 static __always_inline int on_accept(const struct sock *sk)
 {
-	struct conn_owner o = {};
+	struct conn_owner o = {}, *child = conn_recall(sk);
 	struct sock_tuple t;
+	__u64 reset_ns;
 
-	if (!accepted(sk, &o, &t))
+	if (!accepted(sk, &o, &t)) {
+		if (child)
+			conn_forget(sk);
 		return 0;
-	conn_remember(sk, &o);
-	return emit(sk, &t, &o, CONN_ACCEPT, sock_state(sk), bpf_ktime_get_ns());
+	}
+	emit(sk, &t, &o, CONN_ACCEPT, sock_state(sk), bpf_ktime_get_ns());
+	if (!child) { /* born before tracing began */
+		o.closed_ns = OWNED;
+		conn_remember(sk, &o);
+		return 0;
+	}
+	/* the owner first, then the exchange: a reset that sees OWNED sees the owner */
+	child->cgroup = o.cgroup;
+	child->pid = o.pid;
+	child->uid = o.uid;
+	__builtin_memcpy(child->comm, o.comm, TASK_COMM_LEN);
+	reset_ns = __sync_lock_test_and_set(&child->closed_ns, OWNED);
+	if (reset_ns <= OWNED)
+		return 0;
+	conn_forget(sk);
+	return emit(sk, &t, &o, CONN_CLOSE, TCP_CLOSE, reset_ns);
 }
 
 SET_STATE_HOOKS(on_state)

@@ -1,5 +1,5 @@
 /* Shared by the traffic and loss tools (top, subnet, retrans, drop): the byte-count
- * hooks of top and subnet, and the lost-entry counter of every in-kernel aggregation.
+ * hooks of top and subnet, and counting by more than one in an in-kernel aggregation.
  *
  * Byte counts: how many payload bytes a process just sent on / received from a
  * socket, in that process's context. The sock_send_length / sock_recv_length
@@ -59,5 +59,24 @@
 	{                                                                               \
 		return handler(sk, copied, false);                                      \
 	}
+
+/* count_key() adding n rather than 1: the -c tables that count something other than
+ * events (retrans: segments). */
+static __always_inline void count_key_by(void *map, const void *key, __u64 n)
+{
+	__u64 *v = bpf_map_lookup_elem(map, key);
+
+	if (v) {
+		__sync_fetch_and_add(v, n);
+		return;
+	}
+	if (bpf_map_update_elem(map, key, &n, BPF_NOEXIST) == 0)
+		return;
+	v = bpf_map_lookup_elem(map, key); /* created by another CPU meanwhile? */
+	if (v)
+		__sync_fetch_and_add(v, n);
+	else
+		count_lost();
+}
 
 #endif /* __NETSNOOP_TRAFFIC_H */

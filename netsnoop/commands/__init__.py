@@ -7,6 +7,7 @@ and, when it loads BPF, ``TRACER`` (so ``netsnoop check`` can try it).
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "check": ("netsnoop.commands.check", "Show what this kernel offers and which subcommands can run here."),
+    "overview": ("netsnoop.commands.overview", "One screen of what needs attention, in every network namespace."),
     "states": ("netsnoop.commands.states", "Trace TCP state changes, with time spent in each state (tcpstates)."),
     "life": ("netsnoop.commands.life", "Trace TCP sessions as they close: owner, bytes, duration (tcplife)."),
     "connect": ("netsnoop.commands.connect", "Trace active TCP connects, and how they end with --outcome (tcpconnect)."),
@@ -23,4 +24,5 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synbl": ("netsnoop.commands.synbl", "Histogram of TCP SYN backlog length (tcpsynbl)."),
     "netqtop": ("netsnoop.commands.netqtop", "Per-queue packet counts and sizes of a network interface (netqtop)."),
     "softirqs": ("netsnoop.commands.softirqs", "Time spent in soft IRQs by type (softirqs)."),
+    "completion": ("netsnoop.commands.completion", "Print the shell completion script for bash, zsh or fish."),
 }

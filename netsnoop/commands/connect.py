@@ -3,6 +3,7 @@ outcome (--outcome) or counted per destination (-c)."""
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -16,13 +17,38 @@ from netsnoop.loader import BPFObject
 from netsnoop.output import Column, OutputOptions, make_sink, write_table
 from netsnoop.runner import Tracer, ready, wait
 
-# sys_exit_connect only makes -L rows appear before the handshake resolves.
-TRACER = Tracer("connect", optional=frozenset({"connect_exit"}))
+# sys_exit_connect only makes -L rows appear before the handshake resolves; without
+# sys_enter_getsockopt (so_error), an attempt whose owner took its soft error with
+# SO_ERROR before closing shows as ABORTED.
+TRACER = Tracer("connect", optional=frozenset({"connect_exit", "so_error"}))
 BANNER = "Tracing connect ... Hit Ctrl-C to end"
 # enum report_mode in connect.bpf.c
 ATTEMPT, LPORT, OUTCOME, COUNT = range(4)
 
 COUNT_COLUMNS = [Column("LADDR", 25), Column("RADDR", 25), Column("RPORT", 20), Column("CONNECTS")]
+
+
+# bcc's `tcpconnect -d` traces DNS lookups; here -d is the duration, as everywhere in
+# netsnoop. A bare -d (no number after it) is that habit: say so, by name.
+BCC_DNS_FLAG = "bcc-dns"
+
+
+class Duration(click.ParamType):
+    """-d SECONDS, finite and positive; a bare -d is bcc's DNS flag, not available."""
+
+    name = "SECONDS"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if value == BCC_DNS_FLAG:
+            self.fail("-d is a duration in netsnoop (-d SECONDS); bcc's DNS mode (tcpconnect -d) "
+                      "is not available yet", param, ctx)
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not math.isfinite(seconds) or seconds <= 0:
+            self.fail(f"{value!r} is not a positive, finite number of seconds", param, ctx)
+        return seconds
 
 
 def columns(uid: bool, lport: bool, outcome: bool) -> list[Column]:
@@ -81,7 +107,8 @@ def show_counts(obj: BPFObject, out: OutputOptions, duration: float | None) -> N
 @click.option("--outcome", is_flag=True, help="one row per attempt once it resolves: RESULT and LAT(ms)")
 @o.family_option
 @o.cgroup_option
-@o.duration_option
+@click.option("-d", "--duration", type=Duration(), default=None, is_flag=False, flag_value=BCC_DNS_FLAG,
+              metavar="SECONDS", help="stop after this many seconds")
 def command(out: OutputOptions, pid: int | None, ports: Any, uid: int | None, print_uid: bool, lport: bool,
             count: bool, outcome: bool, family: int | None, cgroup: int | None, duration: float | None) -> None:
     """Trace active TCP connects (connect()), including those that fail.
@@ -91,6 +118,15 @@ def command(out: OutputOptions, pid: int | None, ports: Any, uid: int | None, pr
     --outcome once the handshake resolves: ESTABLISHED, REFUSED, TIMEOUT (the SYN got
     no answer), UNREACHABLE... with the time it took; attempts still unanswered when
     tracing stops are shown then, as PENDING, with the time waited so far.
+
+    RESULT is the error the connecting socket received, soft errors included: an ICMP
+    error (a firewall's REJECT) that arrives while connect() runs is kept by the
+    kernel as a soft error, and the attempt may end by a timeout or by its owner's
+    close after getsockopt(SO_ERROR) handed that error over. ABORTED: the owner
+    closed it before any error or answer. `netsnoop connlat` shows the same attempts
+    that the peer answered.
+
+    bcc's -d (DNS) is not available: -d is the duration here, as everywhere.
     """
     if count and outcome:
         raise click.UsageError("-c/--count and --outcome cannot be combined")

@@ -1,5 +1,4 @@
-"""netsnoop connlat: latency from connect() to the connection being established
-(bcc tcpconnlat)."""
+"""netsnoop connlat: latency from connect() to the peer's answer (bcc tcpconnlat)."""
 
 from __future__ import annotations
 
@@ -17,7 +16,7 @@ def columns(lport: bool) -> list[Column]:
     return [
         Column("PID", 6), Column("COMM", 12, truncate=True), Column("IP", 2), Column("SADDR", 16),
         Column("LPORT", 6, text=lport, json=lport), Column("DADDR", 16), Column("DPORT", 5),
-        Column("LAT(ms)", spec=".2f"),
+        Column("LAT(ms)", spec=".2f"), Column("RESULT", text=False),
     ]
 
 
@@ -30,11 +29,16 @@ def columns(lport: bool) -> list[Column]:
 @o.duration_option
 def command(out: OutputOptions, min_ms: float | None, pid: int | None, lport: bool, family: int | None,
             duration: float | None) -> None:
-    """Trace TCP connect latency: connect() to ESTABLISHED, per connection.
+    """Trace TCP connect latency: connect() to the peer's answer, per attempt.
+
+    An attempt is what `netsnoop connect --outcome` shows, with the same latency;
+    connlat shows those the peer answered, as bcc's tcpconnlat does: with a SYN-ACK
+    (ESTABLISHED) or a reset (REFUSED; --json has the result). Attempts that got no
+    answer (TIMEOUT), an ICMP error (UNREACHABLE...) or were closed first are not
+    shown: see `netsnoop connect --outcome`.
 
     MIN_MS shows only connects slower than that many milliseconds (e.g. 0.5); the
-    filter runs in the kernel. Attempts that fail are not shown (see
-    `netsnoop connect --outcome`).
+    filter runs in the kernel.
     """
     rodata = {**conn.filters(pid=pid, family=family), "min_lat_ns": int(min_ms * 1e6) if min_ms else None}
     with TRACER.open(rodata) as obj:

@@ -4,6 +4,7 @@ kernel's own drop reason)."""
 from __future__ import annotations
 
 import difflib
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -15,11 +16,18 @@ from netsnoop.fmt import ip_version, tcp_state
 from netsnoop.ksyms import kernel_symbols
 from netsnoop.output import Column, OutputOptions
 from netsnoop.runner import Tracer, stream
-from netsnoop.traffic import count_option, endpoints, show_counts, tcp_flags, typed_endpoints
+from netsnoop.traffic import OWNER_GROUPS, count_option, endpoints, owner, show_counts, tcp_flags, typed_endpoints
 
-TRACER = Tracer("drop")
-MAX_REASONS = 16  # drop.bpf.c
+TRACER = Tracer("drop", optional=OWNER_GROUPS)
+MAX_REASONS = 16  # drop.bpf.c, for each of the include and the exclude list
 BANNER = "Tracing TCP drops ... Hit Ctrl-C to end."
+# Reasons the kernel's own documentation of enum skb_drop_reason
+# (include/net/dropreason-core.h) describes as the end of a queue or a socket, not as a
+# packet refused: QUEUE_PURGE "bulk free" (a whole queue freed at once, e.g. the data of
+# a connection nobody accepted when its listener closes) and SOCKET_CLOSE "socket is
+# closed". Every ordinary close can produce them.
+NORMAL_REASONS = ("QUEUE_PURGE", "SOCKET_CLOSE")
+NORMAL_LABEL = " (normal)"
 
 
 @lru_cache(maxsize=None)
@@ -37,33 +45,66 @@ def reason_name(value: int) -> str:
     return drop_reasons().get(value, str(value)) if value else "-"
 
 
+def is_normal(value: int) -> bool:
+    return drop_reasons().get(value) in NORMAL_REASONS
+
+
+@dataclass(frozen=True)
+class ReasonFilter:
+    """Reasons to show only (empty: all) and reasons never to show, as enum values."""
+
+    only: tuple[int, ...] = ()
+    excluded: tuple[int, ...] = ()
+
+
 class ReasonList(click.ParamType):
-    """``NO_SOCKET,NETFILTER_DROP``: names this kernel's BTF knows (any case, prefix optional)."""
+    """``NO_SOCKET,NETFILTER_DROP``: names this kernel's BTF knows (any case, prefix
+    optional); a name prefixed with ``!`` is excluded instead (``!QUEUE_PURGE``)."""
 
     name = "NAMES"
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> list[int]:
-        if isinstance(value, list):
+    def __init__(self, negated: bool = False) -> None:
+        self.negated = negated  # --exclude-reason: every name is an exclusion
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> ReasonFilter:
+        if isinstance(value, ReasonFilter):
             return value
         by_name = {n: v for v, n in drop_reasons().items()}
         if not by_name:
             self.fail("this kernel's BTF has no enum skb_drop_reason: it reports no drop reasons", param, ctx)
-        out = []
+        only, excluded = [], []
         for part in str(value).split(","):
-            name = part.strip().upper().removeprefix("SKB_DROP_REASON_")
+            text = part.strip()
+            negate = self.negated or text.startswith("!")
+            name = text.lstrip("!").strip().upper().removeprefix("SKB_DROP_REASON_")
             if name not in by_name:
                 close = difflib.get_close_matches(name, by_name, n=3)
                 hint = f" (did you mean {', '.join(close)}?)" if close else ""
-                self.fail(f"{part.strip()!r} is not a drop reason this kernel knows{hint}", param, ctx)
-            out.append(by_name[name])
-        if len(out) > MAX_REASONS:
-            self.fail(f"at most {MAX_REASONS} reasons can be filtered in the kernel", param, ctx)
-        return out
+                self.fail(f"{text!r} is not a drop reason this kernel knows{hint}", param, ctx)
+            (excluded if negate else only).append(by_name[name])
+        for names in (only, excluded):
+            if len(names) > MAX_REASONS:
+                self.fail(f"at most {MAX_REASONS} reasons can be filtered in the kernel", param, ctx)
+        return ReasonFilter(tuple(only), tuple(excluded))
+
+
+def kernel_filter(reasons: ReasonFilter | None, excluded: ReasonFilter | None, normal: bool) -> dict[str, list[int]]:
+    """The in-kernel lists: what --reason keeps, and what is excluded: the "!" names, the
+    --exclude-reason ones, and the normal reasons unless --normal or --reason names them."""
+    only = list(reasons.only) if reasons else []
+    out = [*(reasons.excluded if reasons else ()), *(excluded.excluded if excluded else ())]
+    if not normal:
+        by_name = {n: v for v, n in drop_reasons().items()}
+        out += [by_name[n] for n in NORMAL_REASONS if n in by_name and by_name[n] not in only]
+    out = list(dict.fromkeys(out))
+    if len(out) > MAX_REASONS:
+        raise click.UsageError(f"at most {MAX_REASONS} reasons can be excluded in the kernel")
+    return {"filter_reasons": only, "exclude_reasons": out}
 
 
 def columns() -> list[Column]:
     return [
-        Column("PID", 7),
+        Column("PID", 7, json=False),
         Column("IP", 2),
         Column("SADDR:SPORT", 20, json=False),
         Column(">", 1, json=False),
@@ -74,16 +115,21 @@ def columns() -> list[Column]:
         Column("STATE", text=False),
         Column("FLAGS", text=False),
         Column("REASON", text=False),
+        Column("NORMAL", text=False),
         Column("LOCATION", text=False),
         Column("STACK", text=False),
+        Column("PID", text=False),
+        Column("COMM", text=False),
     ]
 
 
 COUNT_COLUMNS = [
-    Column("REASON", 24),
+    Column("REASON", 24, json=False),
     Column("SADDR:SPORT", 25, json=False),
     Column("DADDR:DPORT", 25, json=False),
     Column("DROPS", 6, align=">"),
+    Column("REASON", text=False),
+    Column("NORMAL", text=False),
     Column("IP", text=False),
     *typed_endpoints("S", "D"),
 ]
@@ -94,39 +140,57 @@ def row(e: Any) -> tuple[Any, ...]:
     bcc prints it); JSON gets it as a list. No socket: STATE "-", JSON null."""
     src, dst, *typed = endpoints(e.family, e.saddr, e.sport, e.daddr, e.dport)
     state = tcp_state(e.state) if e.state else None
-    flags, reason = tcp_flags(e.tcpflags), reason_name(e.reason)
+    flags, reason, normal = tcp_flags(e.tcpflags), reason_name(e.reason), is_normal(e.reason)
     frames = kernel_symbols().stack(e.stack[: max(0, e.stack_bytes) // 8])
-    text_reason = reason + "".join(f"\n\t{f}" for f in frames) + ("\n" if frames else "")
-    return (e.pid, ip_version(e.family), src, ">", dst, f"{state or '-'} ({flags})", text_reason, *typed,
-            state, flags, reason, kernel_symbols().format(e.location), frames)
+    text_reason = reason + (NORMAL_LABEL if normal else "") + "".join(f"\n\t{f}" for f in frames) \
+        + ("\n" if frames else "")
+    pid, name = owner(e)
+    return (pid or "-", ip_version(e.family), src, ">", dst, f"{state or '-'} ({flags})", text_reason, *typed,
+            state, flags, reason, normal, kernel_symbols().format(e.location), frames, pid, name)
 
 
 def count_row(k: Any, n: int) -> tuple[Any, ...]:
     src, dst, *typed = endpoints(k.family, k.saddr, k.sport, k.daddr, k.dport)
-    return (reason_name(k.reason), src, dst, n, ip_version(k.family), *typed)
+    normal = is_normal(k.reason)
+    reason = reason_name(k.reason)
+    return (reason + (NORMAL_LABEL if normal else ""), src, dst, n, reason, normal, ip_version(k.family), *typed)
 
 
 @click.command("drop")
 @o.output_options(csv=False, wide=False, time=False)
 @click.option("--reason", "reasons", type=ReasonList(), default=None,
-              help="only these drop reasons, as the kernel names them (e.g. NO_SOCKET,NETFILTER_DROP)")
+              help="only these drop reasons, as the kernel names them (e.g. NO_SOCKET,NETFILTER_DROP); "
+                   "'!NAME' excludes one instead (e.g. '!NO_SOCKET')")
+@click.option("--exclude-reason", "excluded", type=ReasonList(negated=True), default=None,
+              help="never these drop reasons (e.g. NO_SOCKET,TCP_CLOSE)")
+@click.option("--normal", is_flag=True,
+              help=f"also show the reasons of normal operation ({', '.join(NORMAL_REASONS)}), labelled (normal)")
 @click.option("--no-stack", is_flag=True, help="don't capture and print the kernel stack of each drop")
 @count_option("count drops per reason and 4-tuple, print a table on exit")
 @o.ports_option("-P", "--port", "ports", help="only trace these ports at either end (e.g. 80,443)")
 @o.family_option
 @o.duration_option
-def command(out: OutputOptions, reasons: list[int] | None, no_stack: bool, count: bool, ports: Any,
-            family: int | None, duration: float | None) -> None:
+def command(out: OutputOptions, reasons: ReasonFilter | None, excluded: ReasonFilter | None, normal: bool,
+            no_stack: bool, count: bool, ports: Any, family: int | None, duration: float | None) -> None:
     """Trace TCP packets the kernel drops, with the reason and the kernel stack.
 
     SADDR:SPORT > DADDR:DPORT are the packet's own addresses (for a received packet
     the source is the peer). STATE is the socket's, "-" when no socket took the
     packet. REASON is the kernel's enum skb_drop_reason, named from the running
     kernel's BTF: it says why, e.g. NO_SOCKET (nothing listens), NETFILTER_DROP (a
-    firewall rule), TCP_CSUM. PID is whoever was on the CPU.
+    firewall rule), TCP_CSUM. PID is the owner of the socket that had the packet: the
+    process that connected it or last sent on or received from it while netsnoop ran
+    ("-" when none did, or no socket took the packet).
+
+    Some reasons are normal operation, not a packet refused: the kernel's own
+    documentation of enum skb_drop_reason calls QUEUE_PURGE a "bulk free" (a queue
+    freed whole, e.g. the data of a connection nobody accepted when its listener
+    closes) and SOCKET_CLOSE "socket is closed". Ordinary closes produce them, so they
+    are left out unless --normal is given or --reason names them; shown, they are
+    labelled "(normal)" (JSON: "normal": true).
     """
-    rodata = {**o.port_filters(ports=ports), "filter_family": family, "filter_reasons": reasons,
-              "count_only": count, "with_stack": not no_stack}
+    rodata = {**o.port_filters(ports=ports), "filter_family": family, **kernel_filter(reasons, excluded, normal),
+              "count_only": count, "with_stack": not no_stack, "with_owner": not count}
     with TRACER.open(rodata) as obj:
         if count:
             show_counts(obj, "drop_key", COUNT_COLUMNS, count_row, out, duration, BANNER)

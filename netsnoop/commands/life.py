@@ -58,14 +58,21 @@ def command(out: OutputOptions, pid: int | None, lports: Any, rports: Any, ports
     """Trace the lifespan of TCP sessions: one line per session when it closes.
 
     PID/COMM are the process that used the socket (connect, send, recv or close in its
-    own context), not whichever task happened to be on the CPU. TX_KB/RX_KB are the
-    socket's own counters of payload bytes acked and received.
+    own context), not whichever task happened to be on the CPU. TX_KB/RX_KB (and the
+    exact tx_bytes/rx_bytes in --json) are payload bytes: acked by the peer, and
+    received, from the socket's own counters without the SYN and FIN they also count.
+    -L and -D must both match; -P matches a port at either end.
 
     Sessions that close without their start having been seen (begun before tracing)
     have no row; the summary counts them (closes_without_start; not with -p). Sessions
     whose end the kernel did not let any hook see have no row either; the summary
     counts them too (ends_not_seen), and a warning says so.
     """
+    same = sorted(set(lports or ()) & set(rports or ()))
+    if same:
+        both = ",".join(map(str, same))
+        warn(f"-L and -D must both match: a session shows only if its local port is in -L and its remote "
+             f"port in -D; -P {both} matches {both} at either end")
     rodata = {**o.port_filters(lports, rports, ports), "filter_pid": pid, "filter_family": family,
               "own_netns": os.stat("/proc/self/ns/net").st_ino}
 

@@ -10,11 +10,11 @@ from netsnoop import options as o
 from netsnoop.fmt import ip_version, tcp_state
 from netsnoop.output import Column, OutputOptions
 from netsnoop.runner import Tracer, stream
-from netsnoop.traffic import count_option, endpoints, show_counts, typed_endpoints
+from netsnoop.traffic import OWNER_GROUPS, count_option, endpoints, owner, show_counts, typed_endpoints
 
 # SYN-ACK retransmits and tail loss probes are extras: without their hooks, data
 # and SYN retransmits are still traced. Loss probes need a kprobe (no tracepoint).
-TRACER = Tracer("retrans", optional=frozenset({"synack", "tlp"}), costs={"tlp": None})  # -l says it
+TRACER = Tracer("retrans", optional=frozenset({"synack", "tlp", *OWNER_GROUPS}), costs={"tlp": None})  # -l says it
 TYPES = {1: "R", 2: "L"}
 BANNER = "Tracing retransmits ... Hit Ctrl-C to end"
 NO_TLP = ("netsnoop: -l: this kernel offers no hook for tail loss probes (a kprobe or fentry on "
@@ -24,22 +24,25 @@ NO_TLP = ("netsnoop: -l: this kernel offers no hook for tail loss probes (a kpro
 
 def columns(sequence: bool) -> list[Column]:
     return [
-        Column("PID", 7),
+        Column("PID", 7, json=False),
         Column("IP", 2),
         Column("LADDR:LPORT", 20, json=False),
         Column("T>", 2, json=False),
         Column("RADDR:RPORT", 20, json=False),
-        Column("STATE", 12 if sequence else 0),
+        Column("STATE", 12),
+        Column("SEGS", 4 if sequence else 0, align=">"),
         Column("SEQ", text=sequence, json=sequence),
         Column("KIND", text=False),  # R or L, as in T
         *typed_endpoints(),
+        Column("PID", text=False),
+        Column("COMM", text=False),
     ]
 
 
 COUNT_COLUMNS = [
     Column("LADDR:LPORT", 25, json=False),
     Column("RADDR:RPORT", 25, json=False),
-    Column("RETRANSMITS", 11, align=">"),
+    Column("SEGS", 11, align=">"),
     Column("IP", text=False),
     *typed_endpoints(),
 ]
@@ -57,7 +60,7 @@ def count_row(k: Any, n: int) -> tuple[Any, ...]:
 
 @click.command("retrans")
 @o.output_options(csv=False, wide=False, time=False)
-@count_option("count retransmits per flow, print a table on exit")
+@count_option("count retransmitted segments per flow, print a table on exit")
 @click.option("-l", "--lossprobe", is_flag=True, help="include tail loss probe attempts (needs a kprobe)")
 @click.option("-s", "--sequence", is_flag=True, help="display TCP sequence numbers (SEQ column)")
 @o.ports_option("-P", "--port", "ports", help="only trace these ports at either end (e.g. 80,443)")
@@ -65,13 +68,25 @@ def count_row(k: Any, n: int) -> tuple[Any, ...]:
 @o.duration_option
 def command(out: OutputOptions, count: bool, lossprobe: bool, sequence: bool, ports: Any, family: int | None,
             duration: float | None) -> None:
-    """Trace TCP retransmits: one line per segment sent again.
+    """Trace TCP retransmits: one row per buffer the kernel sent again.
 
-    T is R for a retransmit (data, SYN or SYN-ACK) and L for a tail loss probe (-l,
-    where the kernel lets a kprobe reach tcp_send_loss_probe). PID is whoever was on
-    the CPU, usually 0: retransmits mostly come from timers.
+    One row is one retransmitted buffer (skb): a SYN, a SYN-ACK, or data. Under GSO/TSO
+    one buffer holds many segments; SEGS says how many (tcp_skb_pcount), and -c counts
+    segments. T is R for a retransmit and L for a tail loss probe (-l, where the kernel
+    lets a kprobe reach tcp_send_loss_probe; an L row sends nothing itself: SEGS 0, and
+    a probe that resends data is also an R row). PID is whoever was on the CPU, usually
+    0: retransmits mostly come from timers.
+
+    \b
+    The segments add up to the kernel's TcpRetransSegs (nstat) of the namespaces
+    traced, except that:
+    - a retransmit that fails to leave (TcpExtTCPRetransFail, e.g. dropped by a local
+      output rule) is in TcpRetransSegs but is not shown: it was not sent;
+    - TcpRetransSegs is per network namespace (nstat shows the one it runs in), while
+      netsnoop sees every namespace: a SYN-ACK retransmit counts in the listener's.
+    SYN and SYN-ACK retransmits are in both (also in TcpExtTCPSynRetrans).
     """
-    rodata = {**o.port_filters(ports=ports), "filter_family": family, "count_only": count, "with_tlp": lossprobe}
+    rodata = {**o.port_filters(ports=ports), "filter_family": family, "count_only": count, "with_tlp": lossprobe, "with_owner": not count}
     with TRACER.open(rodata) as obj:
         if lossprobe and not obj.chosen.get("tlp"):
             click.echo(NO_TLP, err=True)
@@ -82,7 +97,9 @@ def command(out: OutputOptions, count: bool, lossprobe: bool, sequence: bool, po
         def row(e: Any) -> tuple[Any, ...]:
             local, remote, *typed = flow(e)
             kind = TYPES.get(e.type, "?")
-            return (e.pid, ip_version(e.family), local, kind + ">", remote, tcp_state(e.state), e.seq, kind, *typed)
+            pid, name = owner(e)
+            return (pid or "-", ip_version(e.family), local, kind + ">", remote, tcp_state(e.state), e.segs, e.seq,
+                    kind, *typed, pid, name)
 
         out.time = True  # bcc always shows TIME
         stream(obj, columns(sequence), row, out, duration, banner=BANNER)

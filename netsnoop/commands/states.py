@@ -17,7 +17,7 @@ TRACER = Tracer("states")
 def columns(wide: bool) -> list[Column]:
     a = 26 if wide else 15
     return [
-        Column("SKADDR", 16, spec="x"),
+        Column("SKADDR", 16),
         Column("C-PID", 5),
         Column("C-COMM", 16 if wide else 10, truncate=True),
         Column("IP", 2, text=wide, csv=True),
@@ -47,6 +47,13 @@ def command(out: OutputOptions, lports: Any, rports: Any, ports: Any, pid: int |
     incoming packets (SYN_RECV, ESTABLISHED on the passive side) that may be another
     process or a kernel thread. `netsnoop life` names sockets' owners.
 
+    SKADDR is the socket's kernel address in hex (a string in --json too: it does not
+    fit a JSON number exactly).
+
+    close() after shutdown(SHUT_WR) makes the kernel set the state the socket is
+    already in (FIN_WAIT1 -> FIN_WAIT1, FIN_WAIT2 -> FIN_WAIT2...): not a change, so
+    not shown; MS of the next change counts from when that state was entered.
+
     Under storms the kernel at times does not run the hook for a change, without saying
     so; a socket's next change then shows it (it leaves a state it was not seen
     entering). Its MS is 0 (unknown), and the summary counts these (changes_not_seen:
@@ -56,7 +63,7 @@ def command(out: OutputOptions, lports: Any, rports: Any, ports: Any, pid: int |
 
     def row(e: Any) -> tuple[Any, ...]:
         return (
-            e.skaddr, e.pid, comm(e.comm), ip_version(e.family),
+            f"{e.skaddr:x}", e.pid, comm(e.comm), ip_version(e.family),
             addr(e.family, e.laddr), e.lport, addr(e.family, e.raddr), e.rport,
             tcp_state(e.oldstate), "->", tcp_state(e.newstate), e.delta_ns / 1e6,
         )

@@ -1,78 +1,116 @@
-"""netsnoop synbl: TCP accept (SYN) backlog length when connections arrive (bcc tcpsynbl)."""
+"""netsnoop synbl: TCP accept (SYN) backlog length when connections arrive (bcc tcpsynbl),
+and which listener, in which network namespace, overflowed its accept queue."""
 
 from __future__ import annotations
 
-import struct
+from dataclasses import dataclass
+from typing import Any
 
 import click
 
+from netsnoop import netns
 from netsnoop import options as o
-from netsnoop.btf import STRUCT, BTF, StructDecoder
-from netsnoop.hist import EMPTY, Section, read_hists, summary, write_sections
-from netsnoop.loader import BPFObject
-from netsnoop.output import OutputOptions
-from netsnoop.runner import Tracer, ready, run_intervals
+from netsnoop.hist import Section, read_hists, summary, write_sections
+from netsnoop.output import Column, OutputOptions, make_sink
+from netsnoop.runner import Tracer, ready, run_intervals, warn
 
-# Counting overflows is an addition; the histogram alone is what tcpsynbl shows.
-TRACER = Tracer("synbl", optional=frozenset({"overflow"}), max_entries={"events": 4096})
-NETSTAT = "/proc/net/netstat"
+TRACER = Tracer("synbl", max_entries={"events": 4096})
+ANY = "*"  # the LISTENER of a namespace's total that no single listener can be given
 
 
-def listen_overflows(path: str = NETSTAT) -> int | None:
-    """The kernel's LINUX_MIB_LISTENOVERFLOWS (TcpExt ListenOverflows) for the network
-    namespace netsnoop runs in; None if the kernel does not show it."""
-    try:
-        with open(path) as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return None
-    for head, values in zip(lines[::2], lines[1::2]):
-        if head.startswith("TcpExt:"):
-            row = dict(zip(head.split()[1:], values.split()[1:]))
-            return int(row["ListenOverflows"]) if "ListenOverflows" in row else None
-    return None
+def overflow_columns() -> list[Column]:
+    return [
+        Column("NETNS", 16, truncate=True),
+        Column("LISTENER", 24),
+        Column("PID", 7, json=False),
+        Column("COMM", 16, truncate=True),
+        Column("QUEUE", 5, align=">"),
+        Column("MAX", 5, align=">"),
+        Column("DROPS", 6, align=">"),
+        Column("OVERFLOWS", 9, align=">", json=False),
+        Column("NETNS_INODE", text=False),
+        Column("ADDR", text=False),
+        Column("PORT", text=False),
+        Column("PID", text=False),
+        Column("OVERFLOWS", text=False),
+    ]
 
 
-class NetnsOverflows:
-    """ListenOverflows of this network namespace since the previous reading."""
+@dataclass
+class Reading:
+    """Absolute counts at one moment: ListenOverflows per namespace (inode) and each
+    listener's own drop count per (namespace inode, socket inode)."""
 
-    def __init__(self) -> None:
-        self.last = listen_overflows()
+    overflows: dict[int, int]
+    drops: dict[tuple[int, int], int]
+    listeners: dict[tuple[int, int], netns.Listener]
 
-    def since_last(self) -> dict[str, int]:
-        now, before = listen_overflows(), self.last
+
+class Overflows:
+    """Accept-queue overflows since the previous call, per network namespace, given to
+    the listener that overflowed.
+
+    The kernel counts overflows (TcpExt ListenOverflows) per namespace only, so each
+    namespace is entered to read its own counter. Every overflow also adds one to the
+    overflowing listener's own drop count (sk_drops, read with sock_diag): when exactly
+    one listener of a namespace dropped anything, the namespace's overflows are all its
+    own. When several did, the split is unknown and the total is shown under "*".
+    """
+
+    def __init__(self, family: int | None) -> None:
+        self.family = family
+        self.unreadable: set[str] = set()
+        self.last = self._read()
+
+    def _read(self) -> Reading:
+        reading = Reading({}, {}, {})
+        for ns in netns.namespaces():
+            try:
+                count = netns.counters(ns).get("TcpExtListenOverflows")
+                drops = netns.listener_drops(ns)
+                listeners = netns.listeners(ns)
+            except OSError as err:
+                if ns.label not in self.unreadable:
+                    self.unreadable.add(ns.label)
+                    warn(f"cannot read network namespace {ns.label} ({err.strerror}): its overflows are not shown")
+                continue
+            if count is not None:
+                reading.overflows[ns.inode] = count
+            for listener in listeners:
+                key = (ns.inode, listener.inode)
+                reading.listeners[key] = listener
+                reading.drops[key] = drops.get(listener.inode, 0)
+        return reading
+
+    def since_last(self) -> tuple[int, list[tuple[Any, ...]]]:
+        """(overflows in every namespace read, rows in overflow_columns() order)."""
+        now, before = self._read(), self.last
         self.last = now
-        return {} if now is None or before is None else {"listen_overflows": now - before}
-
-
-def ack_overflows_visible() -> bool:
-    """Whether this kernel can show final-ACK overflows per listener: kfree_skb must name
-    the receiving socket (``rx_sk``) and know the TCP_LISTEN_OVERFLOW reason. Without
-    them the overflow hook would load and count nothing, so its zeros are not shown."""
-    btf = BTF.vmlinux()
-    try:
-        tid = btf.find("trace_event_raw_kfree_skb", STRUCT)
-        has_sk = bool(tid) and any(name == "rx_sk" for name, _t, _o in btf.members(tid))
-        return has_sk and "SKB_DROP_REASON_TCP_LISTEN_OVERFLOW" in btf.enum_values("skb_drop_reason").values()
-    finally:
-        btf.close()
-
-
-def pop_overflows(obj: BPFObject) -> dict[int, int]:
-    """backlog_max -> final ACKs dropped for a full accept queue since the last call."""
-    key = StructDecoder(obj.btf, "synbl_key")
-    return {key.decode(k).backlog_max: sum(struct.unpack("=Q", c)[0] for c in v)
-            for k, v in obj.map("overflows").pop_all()}
-
-
-def sections(obj: BPFObject, with_overflows: bool) -> list[Section]:
-    """One section per backlog limit seen since the last call: its histogram and, with
-    ``with_overflows``, its final-ACK overflows."""
-    drops = pop_overflows(obj) if with_overflows else None
-    hists = {k.backlog_max: h for k, h in read_hists(obj, "backlog", "synbl_key")}
-    return [Section(hists.get(limit, EMPTY), {"backlog_max": limit},
-                    {} if drops is None else {"overflows": drops.get(limit, 0)})
-            for limit in sorted(set(hists) | set(drops or {}))]
+        # a namespace or a listener seen for the first time started from zero
+        overflows = {ino: n - before.overflows.get(ino, 0) for ino, n in now.overflows.items()}
+        dropped: dict[int, list[tuple[netns.Listener, int]]] = {}
+        for key, n in now.drops.items():
+            delta = n - before.drops.get(key, 0)
+            if delta > 0:
+                dropped.setdefault(key[0], []).append((now.listeners[key], delta))
+        owners = netns.socket_owners({lst.inode for found in dropped.values() for lst, _ in found})
+        names = {ns.inode: ns for ns in netns.namespaces()}
+        rows = []
+        for ino in sorted(set(dropped) | {i for i, n in overflows.items() if n > 0}):
+            label = names[ino].label if ino in names else f"netns:{ino}"
+            found = dropped.get(ino, [])
+            total = overflows.get(ino, 0)
+            single = len(found) == 1
+            for listener, drops in found:
+                if self.family is not None and listener.family != self.family:
+                    continue
+                owner = owners.get(listener.inode)
+                rows.append((label, listener.endpoint, owner.pid if owner else "-", owner.comm if owner else "-",
+                             listener.queue, listener.backlog, drops, total if single else "?", ino,
+                             listener.addr, listener.port, owner.pid if owner else None, total if single else None))
+            if not single and total:
+                rows.append((label, ANY, "-", "-", "-", "-", "-", total, ino, None, None, None, total))
+        return sum(overflows.values()), rows
 
 
 @click.command("synbl")
@@ -82,26 +120,39 @@ def sections(obj: BPFObject, with_overflows: bool) -> list[Section]:
 @o.family_option
 def command(interval: float | None, duration: float | None, out: OutputOptions, family: int | None) -> None:
     """Show the TCP accept (SYN) backlog length when connections arrive, as one log2
-    histogram per backlog limit ("backlog_max", from listen()).
+    histogram per backlog limit ("backlog_max", from listen()), and the listeners whose
+    accept queue overflowed.
 
     A sample is taken when a connection is put on a listener's accept queue
-    (tracepoint sock:sk_data_ready): the queue length it found, itself not counted.
+    (tracepoint sock:sk_data_ready, every network namespace): the queue length it
+    found, itself not counted.
 
-    Overflows, i.e. SYNs or final ACKs dropped because the accept queue was full, are
-    counted in two ways. Under each histogram, "overflows" are final ACKs dropped by
-    listeners with that limit (skb:kfree_skb, reason TCP_LISTEN_OVERFLOW; any network
-    namespace; shown where the kernel's kfree_skb names the receiving socket). A SYN
-    that finds the queue full is dropped with no tracepoint, so the complete count comes
-    from the kernel's own counter, "listen_overflows" (TcpExt ListenOverflows: SYNs and
-    ACKs, all listeners of the network namespace netsnoop runs in, not filtered by
-    -4/-6).
+    \b
+    Overflows are SYNs and final ACKs a listener dropped because its accept queue was
+    full. After the histograms, one row per listener that dropped any:
+      NETNS      the network namespace (ip netns name, "host", or netns:<inode>)
+      LISTENER   its address:port; PID, COMM: the process holding it
+      QUEUE/MAX  connections waiting for accept() now, and the limit listen() set
+      DROPS      the listener's own drop count (ss -m's "d"): overflows and other drops
+      OVERFLOWS  TcpExt ListenOverflows of that namespace, read inside it; when several
+                 listeners of a namespace dropped, the kernel does not say whose they
+                 were: "?" on each, and the total on a row for listener "*"
+    "listen_overflows_all_netns" adds up every namespace netsnoop could enter
+    (namespaces with a name under /run/netns or a process in them). -4/-6 select the
+    listeners shown; the namespace counters cover both families.
     """
     with TRACER.open({"filter_family": family}) as obj:
-        netns = NetnsOverflows()
-        with_overflows = bool(obj.chosen.get("overflow")) and ack_overflows_visible()
+        overflows = Overflows(family)
 
         def report() -> None:
-            write_sections(sections(obj, with_overflows), "backlog", out, facts=netns.since_last())
+            total, rows = overflows.since_last()
+            sections = [Section(h, {"backlog_max": k.backlog_max})
+                        for k, h in sorted(read_hists(obj, "backlog", "synbl_key"), key=lambda kh: kh[0].backlog_max)]
+            write_sections(sections, "backlog", out, facts={"listen_overflows_all_netns": total})
+            if rows:
+                sink = make_sink(out, overflow_columns())
+                sink.header()
+                sink.write(rows)
 
         ready("Tracing SYN backlog size. Ctrl-C to end.")
         if run_intervals(report, interval, duration=duration) is not None:

@@ -40,7 +40,9 @@ def command(out: OutputOptions, verbose: bool, pid: int | None, netns: int | Non
     C is printed when a connect() seen starting completes its handshake, A when
     accept() returns the connection, X when the connection is first closed: PID is
     the process that called close()/shutdown() (for a reset from the peer, the
-    process that opened it).
+    process that opened or accepted it). A connection its peer reset while it waited
+    in the accept queue gets its X right after its A, with the time of the reset.
+    Closes by the peer of connections opened before tracing began are not shown.
     """
     rodata = conn.filters(pid=pid, family=family, cgroup=cgroup, netns=netns)
     with TRACER.open(rodata) as obj:

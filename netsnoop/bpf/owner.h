@@ -1,0 +1,93 @@
+/* Shared by the tools whose events come from timers and softirqs (retrans, drop): who
+ * owns a socket. */
+#ifndef __NETSNOOP_OWNER_H
+#define __NETSNOOP_OWNER_H
+
+#include "netsnoop.h"
+#include "hooks.h"
+
+/* The process a socket belongs to, for the tools whose events come from timers and
+ * softirqs (retrans, drop), where whoever is on the CPU says nothing. Filled in process
+ * context: when a process connects the socket or makes it listen (CLOSE -> SYN_SENT,
+ * CLOSE -> LISTEN, inside connect() and listen()) and whenever one sends on or receives
+ * from it; forgotten when the socket is destroyed,
+ * so a reused address never inherits an owner. */
+/* 0 when no row shows an owner (-c tables): the hooks return at once, which keeps them
+ * from holding the CPU's BPF slot that a classic tracepoint interrupting them needs. */
+const volatile __u8 with_owner = 1;
+
+struct sock_owner {
+	__u32 pid;
+	char comm[TASK_COMM_LEN];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 32768); /* LRU: an idle socket may lose its owner, never get a wrong one */
+	__type(key, __u64);
+	__type(value, struct sock_owner);
+} sock_owners SEC(".maps");
+
+static __always_inline int owner_is_current(const struct sock *sk)
+{
+	__u64 key = (__u64)sk;
+	__u32 pid = current_pid();
+	struct sock_owner *o;
+	struct sock_owner fresh = {.pid = pid};
+
+	if (!with_owner || !sk || !pid)
+		return 0;
+	o = bpf_map_lookup_elem(&sock_owners, &key);
+	if (o && o->pid == pid)
+		return 0;
+	bpf_get_current_comm(fresh.comm, sizeof(fresh.comm));
+	bpf_map_update_elem(&sock_owners, &key, &fresh, BPF_ANY);
+	return 0;
+}
+
+static __always_inline int owner_on_state(const struct sock *sk, int oldstate, int newstate)
+{
+	if (newstate == TCP_SYN_SENT || newstate == TCP_LISTEN) /* inside connect() or listen() */
+		owner_is_current(sk);
+	return 0;
+}
+
+static __always_inline int owner_forget(const struct sock *sk)
+{
+	__u64 key = (__u64)sk;
+
+	if (!with_owner)
+		return 0;
+	bpf_map_delete_elem(&sock_owners, &key);
+	return 0;
+}
+
+/* The owner of `sk` into pid/comm (0 and "" when none is known). */
+static __always_inline void owner_of(const struct sock *sk, __u32 *pid, char *comm)
+{
+	__u64 key = (__u64)sk;
+	struct sock_owner *o = sk ? bpf_map_lookup_elem(&sock_owners, &key) : NULL;
+
+	if (o) {
+		*pid = o->pid;
+		__builtin_memcpy(comm, o->comm, TASK_COMM_LEN);
+	}
+}
+
+/* The hooks that keep sock_owners: groups send, recv, set_state and forget (all
+ * optional: without them rows carry no owner). */
+#define SOCK_OWNER_HOOKS                                                                \
+	SOCK_IO_HOOKS(owner_is_current)                                                 \
+	SET_STATE_HOOKS(owner_on_state)                                                 \
+	SEC("tp_btf/tcp_destroy_sock")                                                  \
+	int BPF_PROG(forget__tp_btf, struct sock *sk)                                   \
+	{                                                                               \
+		return owner_forget(sk);                                                \
+	}                                                                               \
+	SEC("tracepoint/tcp/tcp_destroy_sock")                                          \
+	int forget__tracepoint(struct trace_event_raw_tcp_event_sk *ctx)                \
+	{                                                                               \
+		return owner_forget((const struct sock *)ctx->skaddr);                  \
+	}
+
+#endif /* __NETSNOOP_OWNER_H */

@@ -1,0 +1,175 @@
+"""netsnoop overview: a small scene in private namespaces (a healthy flow, a lossy flow, a
+refused connect, a listener whose queue is full, a firewall drop); each finding names
+the right namespace and owner, with the figures the kernel counted there."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from helpers import NETSNOOP, ROOT, NetnsPair
+from netsnoop.commands.overview import Evidence, Snapshot, build_report
+from netsnoop import netns
+from traffic_helpers import nft_input_chain
+
+SERVER = r"""
+import socket, sys, threading
+host = sys.argv[1]
+def serve(port, backlog, reply):
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((host, port)); s.listen(backlog)
+    if reply is None:
+        return s  # never accepts
+    def loop():
+        while True:
+            c, _ = s.accept()
+            with c:
+                while c.recv(65536):
+                    pass
+                c.sendall(b"r" * reply)
+    threading.Thread(target=loop, daemon=True).start()
+    return s
+keep = [serve(8001, 16, 1000), serve(8002, 16, 1000), serve(8003, 1, None)]
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+CLIENT = r"""
+import socket, sys
+host, scene = sys.argv[1], sys.argv[2].split(",")
+def transfer(port, size):
+    with socket.create_connection((host, port), timeout=20) as c:
+        c.sendall(b"x" * size); c.shutdown(socket.SHUT_WR)
+        while c.recv(65536):
+            pass
+held = []
+if "healthy" in scene:
+    transfer(8001, 100_000)
+if "lossy" in scene:
+    transfer(8002, 3_000_000)
+if "refused" in scene:
+    for _ in range(3):
+        try:
+            socket.create_connection((host, 8009), timeout=5)
+        except ConnectionRefusedError:
+            pass
+if "queue" in scene:
+    for _ in range(4):
+        c = socket.socket(); c.setblocking(False); c.connect_ex((host, 8003)); held.append(c)
+if "firewall" in scene:
+    c = socket.socket(); c.settimeout(0.3)
+    try:
+        c.connect((host, 8004))
+    except OSError:
+        pass
+print("done", flush=True)
+sys.stdin.read()
+"""
+
+
+def nstat(pair: NetnsPair, ns: str, *names: str) -> dict[str, int]:
+    out = pair.exec(ns, "nstat -az " + " ".join(names)).stdout
+    return {line.split()[0]: int(line.split()[1]) for line in out.splitlines()[1:] if line.split()}
+
+
+def nft_counter(pair: NetnsPair, ns: str, port: int) -> int:
+    ruleset = json.loads(pair.exec(ns, "nft -j list ruleset").stdout)
+    for item in ruleset["nftables"]:
+        rule = item.get("rule")
+        if rule and f'"right": {port}' in json.dumps(rule):
+            return next(e["counter"]["packets"] for e in rule["expr"] if "counter" in e)
+    raise AssertionError(f"no rule for port {port}")
+
+
+def run_scene(pair: NetnsPair, scene: str) -> tuple[dict, dict, dict, int, int]:
+    """Start the server, run overview, make the scene's traffic inside its sample, wait
+    for it to end; returns (report, counters before, counters after, server pid, client pid)."""
+    names = ("TcpActiveOpens", "TcpRetransSegs", "TcpExtListenOverflows", "TcpAttemptFails")
+    server = subprocess.Popen(["ip", "netns", "exec", pair.b, sys.executable, "-c", SERVER, pair.addr_b],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        before = {ns: nstat(pair, ns, *names) for ns in (pair.a, pair.b)}
+        view = subprocess.Popen(NETSNOOP + ["overview", "--json", "-d", "4"], cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        assert view.stderr is not None
+        line = view.stderr.readline()
+        assert line.startswith("Sampling"), line + view.stderr.read()
+        client = subprocess.Popen(["ip", "netns", "exec", pair.a, sys.executable, "-c", CLIENT, pair.addr_b, scene],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert client.stdout is not None and client.stdout.readline().strip() == "done"
+        out, err = view.communicate(timeout=30)
+        assert view.returncode in (0, 1), err
+        after = {ns: nstat(pair, ns, *names) for ns in (pair.a, pair.b)}
+        client.stdin.close()  # type: ignore[union-attr]
+        client.wait(10)
+        return json.loads(out), before, after, server.pid, client.pid
+    finally:
+        server.kill()
+        server.wait()
+
+
+@pytest.mark.integration
+def test_each_problem_is_found_with_its_owner_namespace_and_the_kernels_figure() -> None:
+    with NetnsPair() as pair, nft_input_chain(pair, pair.b) as add:
+        add("tcp dport 8004 counter drop")
+        add("tcp dport 8002 numgen random mod 100 < 8 drop")
+        pair.exec(pair.a, "sysctl -qw net.ipv4.tcp_syn_retries=1")
+        report, before, after, server_pid, client_pid = run_scene(pair, "healthy,lossy,refused,queue,firewall")
+        delta = {ns: {k: after[ns][k] - before[ns][k] for k in after[ns]} for ns in after}
+        found = report["findings"]
+
+        queue = [f for f in found if f["kind"] == "accept_queue_full" and f["netns"] == pair.b]
+        assert [(f["port"], f["pid"], f["queue"], f["limit"]) for f in queue] == [(8003, server_pid, 2, 1)]
+        assert queue[0]["listen_overflows"] == delta[pair.b]["TcpExtListenOverflows"] > 0
+
+        failed = {(f["remote"], f.get("outcome")): f for f in found if f["kind"] == "connect_failed"
+                  and f["netns"] in (pair.a, pair.b)}
+        refused = failed[(f"{pair.addr_b}:8009", "REFUSED")]
+        assert (refused["netns"], refused["count"], refused["pid"]) == (pair.a, 3, client_pid)
+        # the SYN the firewall drops goes unanswered until the kernel gives up (syn_retries 1)
+        timeout = failed[(f"{pair.addr_b}:8004", "TIMEOUT")]
+        assert (timeout["netns"], timeout["count"], timeout["pid"]) == (pair.a, 1, client_pid)
+
+        retrans = [f for f in found if f["kind"] == "retransmits" and f["netns"] == pair.a]
+        assert retrans and retrans[0]["retransmitted_segments"] == delta[pair.a]["TcpRetransSegs"] > 0
+
+        tcp = {t["netns"]: t for t in report["tcp"]}
+        assert tcp[pair.a]["active_opens"] == delta[pair.a]["TcpActiveOpens"]
+        assert tcp[pair.a]["failed_connects"] == delta[pair.a]["TcpAttemptFails"]
+
+        # drops are counted over every namespace: at least the rule's own count
+        assert report["drops"].get("NETFILTER_DROP", 0) >= nft_counter(pair, pair.b, 8004) > 0
+        assert any(f["kind"] == "drops" and f["reason"] == "NETFILTER_DROP" for f in found)
+        # the healthy flow is not a finding
+        assert not [f for f in found if "8001" in f["text"]]
+
+
+@pytest.mark.integration
+def test_a_healthy_scene_has_no_finding_in_its_namespaces() -> None:
+    with NetnsPair() as pair:
+        report, before, after, _server, client_pid = run_scene(pair, "healthy")
+        ours = {pair.a, pair.b}
+        assert [f for f in report["findings"] if f.get("netns") in ours] == []
+        # positive control: the healthy connect was seen, established, with its owner
+        seen = [c for c in report["connects"] if c["netns"] == pair.a]
+        assert [(c["remote"], c["attempts"], c["failures"], c["pid"]) for c in seen] == [
+            (f"{pair.addr_b}:8001", 1, {}, client_pid)]
+        assert {t["netns"]: t["active_opens"] for t in report["tcp"]}[pair.a] == (
+            after[pair.a]["TcpActiveOpens"] - before[pair.a]["TcpActiveOpens"] == 1)
+
+
+def snapshot(at: float, sockets: list[netns.DiagSocket], overflows: int) -> Snapshot:
+    ns = netns.Netns(7, "/run/netns/x", "x")
+    return Snapshot(at, {7: ns}, {7: {"TcpExtListenOverflows": overflows}}, {7: []}, {7: sockets})
+
+
+def test_a_full_queue_is_the_kernels_full_not_a_busy_one() -> None:
+    full = netns.DiagSocket(2, 10, "10.0.0.1", 80, "0.0.0.0", 0, 3, 2, 0, 11)
+    busy = netns.DiagSocket(2, 10, "10.0.0.1", 81, "0.0.0.0", 0, 2, 2, 0, 12)
+    report = build_report(snapshot(0, [], 5), snapshot(2, [full, busy], 9), Evidence(), {11: netns.Owner(42, "srv")})
+    found = [(f["kind"], f["port"], f["pid"], f["listen_overflows"]) for f in report["findings"]]
+    assert found == [("accept_queue_full", 80, 42, 4)]
