@@ -77,13 +77,17 @@ def object_path(name: str) -> str:
     return str(path)
 
 
+# kinds chosen elsewhere than among variant groups (netsnoop.dns picks its own programs)
+OTHER_KINDS = ("cgroup_skb",)
+
+
 def _kinds_from(variable: str) -> list[str]:
-    """The hook kinds listed in an environment variable; an unknown one is a usage error."""
+    """The variant kinds listed in an environment variable; an unknown one is a usage error."""
     kinds = [k.strip() for k in os.environ.get(variable, "").split(",") if k.strip()]
     for k in kinds:
-        if k not in HOOK_KINDS:
-            raise BadSetting(f"{variable}: unknown hook kind {k!r} (valid: {', '.join(HOOK_KINDS)})")
-    return kinds
+        if k not in HOOK_KINDS + OTHER_KINDS:
+            raise BadSetting(f"{variable}: unknown hook kind {k!r} (valid: {', '.join(HOOK_KINDS + OTHER_KINDS)})")
+    return [k for k in kinds if k in HOOK_KINDS]
 
 
 def hook_order() -> tuple[str, ...]:

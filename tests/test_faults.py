@@ -212,7 +212,7 @@ def test_unknown_hook_kinds_are_a_usage_error(variable: str) -> None:
         done = run(args, env={**os.environ, variable: "tp_btf,kprobes"})
         assert done.returncode == 2
         assert done.stderr.strip() == (f"netsnoop: {variable}: unknown hook kind 'kprobes' "
-                                       "(valid: tp_btf, tracepoint, fentry, fexit, kprobe, kretprobe)")
+                                       "(valid: tp_btf, tracepoint, fentry, fexit, kprobe, kretprobe, cgroup_skb)")
 
 
 @integration
