@@ -56,11 +56,15 @@ class BTF:
 
     @classmethod
     def vmlinux(cls) -> "BTF":
-        handle = lib().btf__load_vmlinux_btf()
-        if not handle:
-            from netsnoop.errors import MissingFeature
+        """The kernel's types: from ``NETSNOOP_BTF`` if set (checked, see
+        :func:`netsnoop.kernel.require_btf`), else the kernel's own."""
+        from netsnoop import kernel
+        from netsnoop.errors import MissingFeature
 
-            raise MissingFeature("kernel BTF not available (/sys/kernel/btf/vmlinux): need CONFIG_DEBUG_INFO_BTF=y")
+        path = kernel.require_btf()
+        handle = lib().btf__parse(path.encode(), None) if path != kernel.VMLINUX_BTF else lib().btf__load_vmlinux_btf()
+        if not handle:
+            raise MissingFeature(f"kernel BTF not available ({path}): need CONFIG_DEBUG_INFO_BTF=y")
         return cls(handle, owned=True)
 
     def close(self) -> None:

@@ -185,4 +185,7 @@ def cli(ctx: click.Context, verbose: bool, ringbuf: int) -> None:
 
 
 def main() -> None:
+    from netsnoop import process
+
+    process.install()  # first: signals and standard streams (see netsnoop.process)
     cli(prog_name="netsnoop")

@@ -23,3 +23,9 @@ class MissingFeature(NetsnoopError):
 
 class LoadError(NetsnoopError):
     """libbpf or the verifier refused a program."""
+
+
+class BadSetting(NetsnoopError):
+    """An environment variable netsnoop reads has a value it cannot use: a usage error."""
+
+    exit_code = 2

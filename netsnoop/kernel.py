@@ -10,6 +10,7 @@ import ctypes
 import ctypes.util
 import os
 import platform
+import stat
 from functools import lru_cache
 
 from netsnoop.errors import MissingFeature, MissingPrivilege
@@ -28,16 +29,56 @@ def kernel_release() -> str:
 
 def btf_path() -> str:
     """Kernel BTF to use: ``NETSNOOP_BTF`` (e.g. from BTFHub) or the kernel's own."""
-    return os.environ.get("NETSNOOP_BTF", VMLINUX_BTF)
+    return os.environ.get("NETSNOOP_BTF") or VMLINUX_BTF
+
+
+def has_kernel_btf() -> bool:
+    """Whether the kernel shows its own BTF. Hooks attached through a BTF type id
+    (tp_btf, fentry, iterators) need it: libbpf looks the id up there, and a kernel
+    without it has no BTF to check a program against. ``NETSNOOP_BTF`` serves only
+    CO-RE relocation (struct layouts), so without this the classic tracepoints and
+    kprobes remain."""
+    return os.path.exists(VMLINUX_BTF)
 
 
 def require_btf() -> str:
-    path = btf_path()
-    if not os.path.exists(path):
+    """The BTF file CO-RE relocates against; a bad ``NETSNOOP_BTF`` is one line
+    naming the variable and the file (checked before anything opens it: a FIFO or
+    a device would block the reader)."""
+    custom = os.environ.get("NETSNOOP_BTF")
+    if custom:
+        return _check_btf_file(custom)
+    if not os.path.exists(VMLINUX_BTF):
         raise MissingFeature(
-            f"kernel BTF not found at {path}: netsnoop needs a kernel built with "
+            f"kernel BTF not found at {VMLINUX_BTF}: netsnoop needs a kernel built with "
             "CONFIG_DEBUG_INFO_BTF=y (or NETSNOOP_BTF=/path/to/vmlinux.btf)"
         )
+    return VMLINUX_BTF
+
+
+_FILE_TYPES = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device",
+               stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
+
+
+@lru_cache(maxsize=None)
+def _check_btf_file(path: str) -> str:
+    where = f"NETSNOOP_BTF={path}"
+    try:
+        st = os.stat(path)
+    except OSError as err:
+        raise MissingFeature(f"{where}: {err.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = _FILE_TYPES.get(stat.S_IFMT(st.st_mode), "not a regular file")
+        raise MissingFeature(f"{where}: is {kind}, not a BTF file")
+    from netsnoop.libbpf import lib
+
+    L = lib()
+    handle = L.btf__parse(path.encode(), None)
+    if not handle:
+        err = ctypes.get_errno()
+        reason = os.strerror(err) if 0 < err < 4000 else "no BTF data in it"
+        raise MissingFeature(f"{where}: cannot be read as BTF (a raw BTF file or an ELF file with .BTF): {reason}")
+    L.btf__free(handle)
     return path
 
 

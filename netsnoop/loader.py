@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterator
 
 from netsnoop import kernel
 from netsnoop.btf import BTF, StructDecoder
-from netsnoop.errors import LoadError, MissingFeature
+from netsnoop.errors import BadSetting, LoadError, MissingFeature
 from netsnoop.libbpf import (
     BPF_F_TEST_RUN_ON_CPU,
     SAMPLE_FN,
@@ -57,6 +57,8 @@ from netsnoop.ringbuf import HEADER, MappedRing, map_size, mapped_reading
 log = logging.getLogger("netsnoop.loader")
 
 HOOK_KINDS = ("tp_btf", "tracepoint", "fentry", "fexit", "kprobe", "kretprobe")
+# kinds the kernel attaches through its own BTF (a type id in it): NETSNOOP_BTF cannot stand in
+KERNEL_BTF_KINDS = ("tp_btf", "fentry", "fexit", "fmod_ret", "iter", "lsm")
 DEFAULT_ORDER = ("tp_btf", "tracepoint", "fentry", "fexit", "kprobe", "kretprobe")
 DEFAULT_RINGBUF_BYTES = 8 << 20
 BATCH_EVENTS = 2048  # events decoded per read: bounds what a backlog costs in memory
@@ -75,12 +77,25 @@ def object_path(name: str) -> str:
     return str(path)
 
 
+# kinds chosen elsewhere than among variant groups (netsnoop.dns picks its own programs)
+OTHER_KINDS = ("cgroup_skb",)
+
+
+def _kinds_from(variable: str) -> list[str]:
+    """The variant kinds listed in an environment variable; an unknown one is a usage error."""
+    kinds = [k.strip() for k in os.environ.get(variable, "").split(",") if k.strip()]
+    for k in kinds:
+        if k not in HOOK_KINDS + OTHER_KINDS:
+            raise BadSetting(f"{variable}: unknown hook kind {k!r} (valid: {', '.join(HOOK_KINDS + OTHER_KINDS)})")
+    return [k for k in kinds if k in HOOK_KINDS]
+
+
 def hook_order() -> tuple[str, ...]:
     """Kinds to try, best first. ``NETSNOOP_PREFER`` moves kinds to the front;
     ``NETSNOOP_HOOKS`` allows only the kinds it lists (to rule out a broken hook)."""
-    preferred = [k for k in os.environ.get("NETSNOOP_PREFER", "").split(",") if k in HOOK_KINDS]
+    preferred = _kinds_from("NETSNOOP_PREFER")
     order = tuple(preferred) + tuple(k for k in DEFAULT_ORDER if k not in preferred)
-    allowed = [k for k in os.environ.get("NETSNOOP_HOOKS", "").split(",") if k in HOOK_KINDS]
+    allowed = _kinds_from("NETSNOOP_HOOKS")
     return tuple(k for k in order if k in allowed) if allowed else order
 
 
@@ -125,12 +140,21 @@ class Program:
         program that names no tracepoint."""
         return self.kind == "iter" or (self.kind in ("raw_tp", "raw_tracepoint") and not self.target)
 
-    def available(self) -> bool:
-        """Cheap pre-check before trying: classic tracepoints need the event in tracefs."""
+    def unavailable(self) -> str | None:
+        """Why this program cannot work here, found without trying it (None: try it).
+        Classic tracepoints need their event in tracefs; BTF-typed kinds need the
+        kernel's own BTF."""
+        if self.kind in KERNEL_BTF_KINDS and not kernel.has_kernel_btf():
+            return f"needs the kernel's own BTF ({kernel.VMLINUX_BTF} is missing)"
         if self.kind == "tracepoint":
+            try:
+                events = os.path.join(kernel.ensure_tracefs(), "events")
+            except MissingFeature as err:
+                return str(err)
             category, _, event = self.target.partition(":")
-            return kernel.tracefs_event_exists(category, event)
-        return True
+            if not os.path.isdir(os.path.join(events, category, event)):
+                return f"no event {self.target} in tracefs"
+        return None
 
 
 class Map:
@@ -315,9 +339,10 @@ class BPFObject:
         variants: dict[str, str] | None = None,
         optional: frozenset[str] = frozenset(),
         linked: frozenset[str] = frozenset(),
+        path: str | None = None,
     ) -> None:
         self.name = name
-        self.path = object_path(name)
+        self.path = path or object_path(name)  # another path: tests' own objects
         self.rodata = {k: v for k, v in (rodata or {}).items() if v is not None}
         self.max_entries = {"events": ringbuf_bytes, **(max_entries or {})}
         self.forced = dict(variants or {})
@@ -330,6 +355,8 @@ class BPFObject:
         self._maps: dict[str, Map] = {}
         self._btf: BTF | None = None
         self._rejected: set[str] = set()
+        self.why: dict[str, str] = {}  # program name -> why it is not used
+        self.skipped: list[str] = []  # on-demand programs this kernel cannot run (see _choose_variants)
         self.loaded = False
 
     # -- lifecycle --------------------------------------------------------------------
@@ -387,15 +414,29 @@ class BPFObject:
         for group, progs in groups.items():
             pick = picks[group]
             if pick is None and group not in self.optional:
-                tried = ", ".join(f"{p.kind} {p.target}" for p in progs)
-                raise MissingFeature(f"this kernel offers no hook for {self.name}'s {group} (tried: {tried})")
+                raise MissingFeature(f"{self.name}: no hook for {group} can be used here ({self.tried(group)})")
             for p in progs:
                 L.bpf_program__set_autoload(p.handle, p is pick)
             self.chosen[group] = pick.kind if pick else None
+        self.skipped = []
         for p in self.programs():
             if p.variant:
                 group, kind = p.variant.split("__")
                 L.bpf_program__set_autoload(p.handle, self.chosen.get(group) == kind)
+            elif p.on_demand and p.unavailable():  # an iterator without kernel BTF
+                L.bpf_program__set_autoload(p.handle, False)
+                self.why[p.name] = p.unavailable()  # type: ignore[assignment]
+                self.skipped.append(p.name)
+
+    def tried(self, group: str) -> str:
+        """What was tried for ``group`` and why each failed, for messages."""
+        order = hook_order()
+        progs = [p for p in self.programs() if p.is_variant and p.group == group]
+        tried = sorted((p for p in progs if p.kind in order), key=lambda p: order.index(p.kind))
+        if not tried:
+            return (f"NETSNOOP_HOOKS={os.environ.get('NETSNOOP_HOOKS', '')} allows none of its kinds: "
+                    + ", ".join(p.kind for p in progs))
+        return "tried: " + "; ".join(f"{p.kind} {p.target}: {self.why.get(p.name, 'refused')}" for p in tried)
 
     def _pick(self, group: str, progs: list[Program], order: tuple[str, ...]) -> Program | None:
         """The group's variant: the forced one, else the best kind not yet rejected."""
@@ -405,7 +446,14 @@ class BPFObject:
                 raise LoadError(f"{self.name}: no {self.forced[group]} variant for {group}")
             return pick[0]
         ranked = sorted((p for p in progs if p.kind in order), key=lambda p: order.index(p.kind))
-        return next((p for p in ranked if p.name not in self._rejected and p.available()), None)
+        for p in ranked:
+            if p.name in self._rejected:
+                continue
+            why = p.unavailable()
+            if why is None:
+                return p
+            self.why[p.name] = why
+        return None
 
     def _set_rodata(self) -> None:
         if not self.rodata:
@@ -460,24 +508,26 @@ class BPFObject:
             if err == 0:
                 self.loaded = True
                 return self
-            failed = self._failed_variant(messages)
+            failed, line = self._failed_variant(messages)
             self._close_object()
             if failed is None or self.forced:
                 raise LoadError(f"loading {self.name} failed: {errno_message(err)}" + _tail(messages))
             log.info("%s: variant %s refused by the kernel, trying the next one", self.name, failed)
             self._rejected.add(failed)
+            self.why[failed] = f"refused at load [libbpf: {line.strip()[:120]}]"
 
-    def _failed_variant(self, messages: list[str]) -> str | None:
+    def _failed_variant(self, messages: list[str]) -> tuple[str | None, str]:
+        """The enabled variant libbpf's log names as refused, and that log line."""
         enabled = {f"{g}__{k}" for g, k in self.chosen.items() if k}
         for line in reversed(messages):
             m = _FAILED_PROG.search(line)
-            if not m:
+            if not m or "fail" not in line:  # relocation notes name programs too
                 continue
             name = m.group(1)
             owner = companion_of(name) or name  # a refused companion takes its variant along
-            if owner in enabled:
-                return owner
-        return None
+            # the last program that failed decides: one that is no variant is a real error
+            return (owner, line) if owner in enabled else (None, "")
+        return None, ""
 
     def attach(self) -> "BPFObject":
         """Attach every loaded program; a refused variant triggers a reload without it."""
@@ -495,11 +545,14 @@ class BPFObject:
                     err = last_errno()
                     if p.is_variant and not self.forced:
                         failed = p.name
+                        self.why[failed] = f"attach failed: {errno_message(err)}"
                         break
                     raise LoadError(f"attaching {p.name} ({p.section}) failed: {errno_message(err)}" + _tail(messages))
                 self.links.append(link)
             if failed is None and not self.forced:
                 failed = self._refused_on_demand()
+                if failed:
+                    self.why[failed] = "its raw_tp companion cannot run on a chosen CPU"
             if failed is None:
                 return self
             log.info("%s: attaching %s failed, trying the next variant", self.name, failed)
@@ -567,6 +620,8 @@ class BPFObject:
         iterators) or over what its kind walks (``iter/tcp``: this namespace's TCP
         sockets); returns what it printed. The link lives only for the walk."""
         L = lib()
+        if program in self.skipped:  # said at start (runner.Tracer.open): nothing to walk with
+            return b""
         prog = self.loaded_program(program)
         if prog is None:
             raise LoadError(f"{self.name}: iterator {program} is not loaded")

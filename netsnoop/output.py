@@ -20,13 +20,13 @@ import codecs
 import csv
 import io
 import json
-import os
 import re
 import sys
 from dataclasses import dataclass, field
 from typing import IO, Any, Callable, Iterable, Sequence
 
 from netsnoop.fmt import UNSAFE, UNSAFE_BEYOND_C0, printable, printable_lines
+from netsnoop.process import write_all
 
 # What a CSV field must not hold unquoted and unescaped: control characters, the separator, the quote.
 _CSV_SPECIAL = re.compile(UNSAFE.pattern[:-1] + ',"]')
@@ -125,7 +125,7 @@ class Sink:
     def _write(self, text: str) -> None:
         """Write and flush ``text``.
 
-        To a real file or pipe it goes with ``os.write``, partial writes resumed here:
+        To a real file or pipe it goes with ``process.write_all``, partial writes resumed:
         CPython's buffered writer can drop the tail of a write larger than its buffer
         when a signal (Ctrl-C) interrupts a later write blocked on a full pipe (seen as
         4 KiB holes in ``netsnoop ... | slow-reader`` output). Anything written through
@@ -138,9 +138,7 @@ class Sink:
             self.stream.flush()
             return
         self.stream.flush()
-        data = memoryview(text.encode(self._encoding, "backslashreplace"))
-        while data:
-            data = data[os.write(self._fd, data) :]
+        write_all(self._fd, text.encode(self._encoding, "backslashreplace"))
 
     def write(self, rows: Iterable[Sequence[Any]]) -> None:
         raise NotImplementedError

@@ -1,24 +1,24 @@
 """The run loop every tracing subcommand shares: signals, duration, polling, summary.
 
-SIGINT and SIGTERM only set a flag; the loop notices within one poll interval, drains
-what the kernel already produced, prints the summary (with lost events) and returns
-normally, so the BPF object's context manager detaches everything.
+SIGINT, SIGTERM and SIGHUP only set a flag (:mod:`netsnoop.process`); the loop notices
+within one poll interval, drains what the kernel already produced, prints the summary
+(with lost events) and returns normally, so the BPF object's context manager detaches
+everything.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from types import FrameType
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from netsnoop import kernel
+from netsnoop import kernel, process
+from netsnoop.errors import BadSetting
 from netsnoop.fmt import Clock
 from netsnoop.loader import BATCH_EVENTS, DEFAULT_RINGBUF_BYTES, BPFObject, RingBuffer
-from netsnoop.output import Column, OutputOptions, make_sink, time_columns
+from netsnoop.output import Column, OutputOptions, Sink, make_sink, time_columns
 
 POLL_MS = 100
 COALESCE_MAX_S = 0.005  # see _coalesce_seconds()
@@ -26,26 +26,25 @@ COALESCE_WORST_RATE = 64e6  # bytes/s of events a pause must leave room for
 
 
 class StopFlag:
-    """Set by SIGINT/SIGTERM, or when the duration has passed."""
+    """Set by SIGINT, SIGTERM or SIGHUP (see :mod:`netsnoop.process`: also one that came
+    while the programs were being loaded), or when the duration has passed."""
 
     def __init__(self, duration: float | None = None) -> None:
         self.stopped = False
         self.deadline = time.monotonic() + duration if duration else None
 
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        self.stopped = True
-
     def __enter__(self) -> "StopFlag":
-        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        self._signals = process.handling().__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for s, h in self._old.items():
-            signal.signal(s, h)
+        self._signals.__exit__(*exc)
 
     def __bool__(self) -> bool:
-        if not self.stopped and self.deadline is not None and time.monotonic() >= self.deadline:
-            self.stopped = True
+        if not self.stopped:
+            if process.stop_requested() or (self.deadline is not None and time.monotonic() >= self.deadline):
+                self.stopped = True
+                process.stopping()
         return self.stopped
 
     def remaining_ms(self, cap_ms: int) -> int:
@@ -66,9 +65,15 @@ class Tracer:
     optional: frozenset[str] = frozenset()
     max_entries: dict[str, int] = field(default_factory=dict)
     linked: frozenset[str] = frozenset()
+    # optional group -> what the output lacks without it, said in a warning when this
+    # kernel has no hook for it (None: the subcommand says so itself, when it matters)
+    costs: dict[str, str | None] = field(default_factory=dict)
 
-    def open(self, rodata: dict[str, Any] | None = None, **kwargs: Any) -> BPFObject:
-        """Check privileges and BTF, then load and attach (closed again on failure)."""
+    def open(self, rodata: dict[str, Any] | None = None, quiet: bool = False, **kwargs: Any) -> BPFObject:
+        """Check settings, privileges and BTF, then load and attach (closed again on
+        failure). What could not be had -- an optional hook, an iterator -- is said
+        on stderr unless ``quiet``."""
+        check_settings()
         kernel.require_privileges()
         kernel.require_btf()
         obj = BPFObject(self.obj, rodata=rodata, optional=self.optional, linked=self.linked,
@@ -78,12 +83,49 @@ class Tracer:
         except BaseException:
             obj.close()
             raise
+        if not quiet:
+            for line in self.shortfalls(obj):
+                warn(line)
         return obj
+
+    def shortfalls(self, obj: BPFObject) -> list[str]:
+        """One line per optional hook group without a hook, and per iterator skipped."""
+        out = []
+        for group, kind in obj.chosen.items():
+            cost = self.costs.get(group, "what it shows is missing from the output")
+            if kind is None and cost is not None:
+                out.append(f"{self.obj}: no hook for {group} here, so {cost} ({obj.tried(group)})")
+        for name in obj.skipped:
+            out.append(f"{self.obj}: {name} is skipped: it {obj.why[name]}; what it adds to the summary is missing")
+        return out
 
     def probe(self) -> dict[str, str | None]:
         """Load and attach for real, then detach: the hooks this kernel gave us."""
-        with self.open() as obj:
+        with self.open(quiet=True) as obj:
             return dict(obj.chosen)
+
+
+def check_settings() -> None:
+    """Environment variables with a value netsnoop cannot use are a usage error (exit
+    2), said before anything is loaded."""
+    from netsnoop.loader import hook_order
+
+    hook_order()
+    coalesce_override()
+
+
+def coalesce_override() -> float | None:
+    """``NETSNOOP_COALESCE_MS``, in seconds (None: unset)."""
+    text = os.environ.get("NETSNOOP_COALESCE_MS")
+    if text is None:
+        return None
+    try:
+        ms = float(text)
+    except ValueError:
+        ms = float("nan")
+    if not (0 <= ms <= 1000):
+        raise BadSetting(f"NETSNOOP_COALESCE_MS={text!r}: not a number of milliseconds from 0 to 1000")
+    return ms / 1000
 
 
 def wait(duration: float | None, tick: Callable[[], None] | None = None, interval: float | None = None,
@@ -127,6 +169,9 @@ def run_intervals(report: Callable[[], None], interval: float | None, count: int
     except BrokenPipeError:
         silence_stdout()
         return None
+    except process.OutputStalled as err:
+        warn(str(err))
+        return None
     return shown
 
 
@@ -162,8 +207,8 @@ def stream(
     coalesce = _coalesce_seconds(ring)
 
     ready(banner)
-    sink.header()
     try:
+        sink.header()
         with StopFlag(duration) as stop:
             while not stop:
                 events = ring.poll_events(stop.remaining_ms(POLL_MS), decoder)
@@ -181,6 +226,10 @@ def stream(
                 sink.write(rows(at_stop()))
     except BrokenPipeError:
         silence_stdout()
+        return sink.count
+    except process.OutputStalled as err:  # the facts are still worth having, on stderr
+        warn(str(err))
+        Sink.summary(sink, {"events": sink.count, **obj.health(), **(facts() if facts else {})})
         return sink.count
     sink.summary({"events": sink.count, **obj.health(), **(facts() if facts else {})})
     warn_missed_runs(obj)
@@ -238,9 +287,9 @@ def _coalesce_seconds(ring: RingBuffer) -> float:
     fill only half the ring meanwhile, so small rings (``--ringbuf``) get no pause.
     ``NETSNOOP_COALESCE_MS`` overrides it (0 turns it off), for measuring.
     """
-    override = os.environ.get("NETSNOOP_COALESCE_MS")
+    override = coalesce_override()
     if override is not None:
-        return max(0.0, float(override) / 1000)
+        return override
     pause = min(COALESCE_MAX_S, (ring.size or 0) / 2 / COALESCE_WORST_RATE)
     return pause if pause >= 0.001 else 0.0
 
@@ -253,7 +302,4 @@ def _drain_rounds(ring: RingBuffer) -> int:
 
 def silence_stdout() -> None:
     """The reader went away (``| head``): stop quietly, without a flush error at exit."""
-    import os
-
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
+    process.discard_stdout()

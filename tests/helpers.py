@@ -39,24 +39,66 @@ def run(args: list[str], timeout: float = 60, **kw: Any) -> subprocess.Completed
     return subprocess.run(NETSNOOP + args, capture_output=True, text=True, timeout=timeout, cwd=ROOT, **kw)
 
 
+PROG_TYPES = {1: "socket_filter", 2: "kprobe", 5: "tracepoint", 17: "raw_tracepoint", 26: "tracing"}
+
+
+def bpf_fds(pid: int) -> list[dict[str, str]]:
+    """What the BPF file descriptors a process holds say of themselves (fdinfo): a
+    program has ``prog_type``, a link (an attachment) ``link_type``. Read by the test,
+    from the kernel: a netsnoop that only claimed to trace holds none."""
+    out = []
+    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+        try:
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                info = dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+        except OSError:
+            continue
+        if "prog_type" in info or "link_type" in info:
+            out.append(info)
+    return out
+
+
+def parse_hooks(text: str) -> dict[str, str | None]:
+    """``hooks: set_state=tp_btf accept=none`` from a text summary line, as a dict."""
+    for line in reversed(text.splitlines()):
+        if line.startswith("netsnoop: ") and "hooks: " in line:
+            pairs = line.split("hooks: ", 1)[1].split(",", 1)[0].split()
+            return {k: (None if v == "none" else v) for k, v in (p.split("=", 1) for p in pairs)}
+    raise AssertionError(f"no summary with hooks in: {text[-500:]!r}")
+
+
 class Trace:
     """A netsnoop subcommand running in the background, ready once it says so.
 
-    >>> with Trace(["states", "--json"]) as t:
+    >>> with Trace(["states", "--json"], hooks="tracepoint") as t:
     ...     make_traffic()
     >>> t.records  # parsed JSON lines (or t.lines for text)
+    >>> t.hooks    # {"set_state": "tracepoint"}: the kind each hook group ran on
+
+    Once it says it is tracing, the process must hold attached BPF programs (checked
+    in the kernel's own fdinfo: ``t.links``, and ``t.prog_types`` of the attached
+    programs: tracing for tp_btf/fentry, tracepoint, kprobe). ``hooks`` forces the
+    kinds allowed (NETSNOOP_HOOKS); every attached program must then be of those
+    kinds, and after the stop the summary must name only them.
     """
 
-    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(self, args: list[str], env: dict[str, str] | None = None, hooks: str | None = None,
+                 prefix: list[str] | None = None) -> None:
         self.args = args
+        self.prefix = prefix or []  # a command that execs netsnoop (unshare, ip netns exec)
         self.env = {**os.environ, **(env or {})}
+        self.forced = hooks.split(",") if hooks else None
+        if hooks:
+            self.env["NETSNOOP_HOOKS"] = hooks
         self.stdout = ""
         self.stderr = ""
         self.returncode: int | None = None
+        self.links: list[dict[str, str]] = []
+        self.prog_types: set[str] = set()
 
     def __enter__(self) -> "Trace":
         self.proc = subprocess.Popen(
-            NETSNOOP + self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=self.env,
+            self.prefix + NETSNOOP + self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=self.env,
         )
         self._out: list[str] = []
         self._err: list[str] = []
@@ -80,6 +122,20 @@ class Trace:
         if not ready.wait(READY_TIMEOUT) or self.proc.poll() is not None:
             self.stop()
             raise AssertionError(f"netsnoop {' '.join(self.args)} did not start: rc={self.returncode} {self.stderr}")
+        fds = bpf_fds(self.proc.pid)
+        types = {i["prog_id"]: PROG_TYPES.get(int(i["prog_type"]), i["prog_type"]) for i in fds if "prog_type" in i}
+        self.links = [i for i in fds if "link_type" in i]
+        self.prog_types = {types.get(i.get("prog_id", ""), "?") for i in self.links}  # of the attached ones
+        if not self.links:
+            self.stop()
+            raise AssertionError(f"netsnoop {' '.join(self.args)} said it was tracing but has no BPF program attached")
+        if self.forced:
+            kinds = {"tp_btf": "tracing", "fentry": "tracing", "fexit": "tracing", "tracepoint": "tracepoint",
+                     "kprobe": "kprobe", "kretprobe": "kprobe"}
+            if not self.prog_types <= {kinds[k] for k in self.forced}:
+                self.stop()
+                raise AssertionError(f"NETSNOOP_HOOKS={','.join(self.forced)} but attached programs are of type "
+                                     f"{sorted(self.prog_types)}")
         time.sleep(0.05)
         return self
 
@@ -98,6 +154,9 @@ class Trace:
             self.stdout = "".join(self._out)
             self.stderr = "".join(self._err)
             self.returncode = self.proc.returncode
+            if self.forced and self.links:
+                ran = {k for k in self.hooks.values() if k}
+                assert ran and ran <= set(self.forced), f"NETSNOOP_HOOKS={self.forced} but hooks ran: {self.hooks}"
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -119,6 +178,12 @@ class Trace:
     @property
     def summary(self) -> dict[str, Any]:
         return next(r for r in self.all_records if r.get("type") == "summary")
+
+    @property
+    def hooks(self) -> dict[str, str | None]:
+        """The kind of hook each group ran on, from the summary (JSON or text)."""
+        summaries = [r for r in self.all_records if r.get("type") == "summary"]
+        return summaries[-1]["hooks"] if summaries else parse_hooks(self.stderr)
 
 
 def free_port(family: int = socket.AF_INET) -> int:
@@ -274,3 +339,40 @@ def listening(host: str = "127.0.0.1", backlog: int = 128) -> Iterator[socket.so
         yield s
     finally:
         s.close()
+
+
+PROG_TYPE_OF_KIND = {"kprobe": "kprobe", "kretprobe": "kprobe", "tracepoint": "tracepoint", "tp_btf": "tracing",
+                     "fentry": "tracing", "fexit": "tracing"}
+
+
+def kernel_text_symbols() -> set[str]:
+    with open("/proc/kallsyms") as f:
+        return {p[2] for p in map(str.split, f) if len(p) >= 3 and p[1] in "tT"}
+
+
+def assert_verified(obj: Any, group: str, kind: str) -> dict[str, str]:
+    """What the verifier accepting ``group``'s ``kind`` variant of a loaded BPFObject
+    means, checked from the kernel's side rather than from the loader's word: the
+    program has a file descriptor, the kernel lists it (its own fdinfo: type, id), and
+    the point it would attach to exists in this kernel (kallsyms for kprobes and
+    fentry, tracefs for tracepoints, the BTF trace stub for tp_btf). Returns fdinfo."""
+    from netsnoop.libbpf import lib
+
+    name = f"{group}__{kind}"
+    prog = obj.loaded_program(name)
+    assert prog is not None, f"{obj.name}: {name} was not loaded"
+    fd = lib().bpf_program__fd(prog.handle)
+    assert fd >= 0, f"{obj.name}: {name} has no file descriptor: the kernel did not take it"
+    with open(f"/proc/self/fdinfo/{fd}") as f:
+        info = dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+    assert PROG_TYPES.get(int(info["prog_type"])) == PROG_TYPE_OF_KIND[kind], (name, info)
+    assert int(info["prog_id"]) in bpf_prog_ids()
+    target = prog.section.split("/", 1)[1]
+    if kind in ("kprobe", "kretprobe", "fentry", "fexit"):
+        assert target in kernel_text_symbols(), f"{target} is not a kernel function here"
+    elif kind == "tracepoint":
+        sh("mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing")
+        assert os.path.isdir(f"/sys/kernel/tracing/events/{target}"), f"no tracepoint {target}"
+    else:
+        assert f"__bpf_trace_{target}" in kernel_text_symbols(), f"no BTF tracepoint {target}"
+    return info

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -62,16 +63,30 @@ print(n, file=sys.stderr)
 """
 
 
+def wait_until_full(write_end: int) -> None:
+    """Until the pipe takes nothing more (its write end, which the test holds too, no
+    longer polls writable): the writer, which always has more, is blocked."""
+    poller = select.poll()
+    poller.register(write_end, select.POLLOUT)
+    deadline = time.monotonic() + 20
+    while poller.poll(0):
+        assert time.monotonic() < deadline, "the writer never filled the pipe"
+        time.sleep(0.001)
+
+
 def test_ctrl_c_on_a_full_pipe_loses_no_rows() -> None:
     """With CPython's buffered writer, a write larger than its buffer could lose its
     tail when Ctrl-C interrupted the next write, blocked on a full pipe (about one run
     in ten); the sink's own writes must not."""
     for _ in range(8):
-        proc = subprocess.Popen([sys.executable, "-c", WRITER], cwd=ROOT, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-        time.sleep(0.2)  # nobody reads: the pipe fills and the writer blocks
+        r, w = os.pipe()
+        proc = subprocess.Popen([sys.executable, "-c", WRITER], cwd=ROOT, stdout=w, stderr=subprocess.PIPE, text=True)
+        wait_until_full(w)  # nobody reads: the writer is blocked now
+        os.close(w)
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=20)
+        with os.fdopen(r) as reader:
+            out = reader.read()
+        err = proc.communicate(timeout=20)[1]
         rows = out.splitlines()[1:]
         assert len(rows) == int(err.split()[-1])
         assert [int(r.split()[0]) for r in rows] == list(range(len(rows)))

@@ -12,7 +12,7 @@ from netsnoop.output import Column, OutputOptions
 from netsnoop.runner import Tracer
 
 # accept() is missing on some architectures (arm64 has only accept4).
-TRACER = Tracer("accept", optional=frozenset({"accept"}))
+TRACER = Tracer("accept", optional=frozenset({"accept"}), costs={"accept": "connections returned by accept() are not shown"})
 
 COLUMNS = [
     Column("PID", 7), Column("COMM", 12, truncate=True), Column("IP", 2), Column("RADDR", 16),

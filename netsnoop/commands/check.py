@@ -9,9 +9,10 @@ from dataclasses import dataclass
 
 import click
 
-from netsnoop import kernel
+from netsnoop import kernel, process
 from netsnoop.commands import COMMANDS
 from netsnoop.errors import NetsnoopError
+from netsnoop.runner import check_settings
 
 BPF_MAP_TYPE_RINGBUF = 27
 PROBE_KINDS = ("tp_btf", "tracepoint", "fentry", "kprobe")
@@ -75,18 +76,36 @@ def _tracepoints(modules: list[object]) -> list[Finding]:
         for prog in BPFObject(tracer.obj).inspect():
             if prog.kind == "tracepoint":
                 targets.add(prog.target)
-    vmlinux = BTF.vmlinux()
+    vmlinux = BTF.vmlinux() if kernel.has_kernel_btf() else None  # tp_btf needs the kernel's own
     try:
         out = []
         for target in sorted(targets):
             category, _, event = target.partition(":")
-            raw = bool(vmlinux.find(f"btf_trace_{event}", TYPEDEF))
+            raw = bool(vmlinux and vmlinux.find(f"btf_trace_{event}", TYPEDEF))
             classic = kernel.tracefs_event_exists(category, event)
             how = ", ".join(w for w, ok in (("tp_btf", raw), ("tracefs", classic)) if ok) or "absent"
             out.append(Finding(f"tracepoint {target}", raw or classic, how))
         return out
     finally:
-        vmlinux.close()
+        if vmlinux:
+            vmlinux.close()
+
+
+def _kernel_btf() -> str:
+    if kernel.has_kernel_btf():
+        custom = os.environ.get("NETSNOOP_BTF")
+        return kernel.VMLINUX_BTF + (f" (CO-RE from NETSNOOP_BTF={custom})" if custom else "")
+    path = kernel.require_btf()  # NETSNOOP_BTF, checked; else the error
+    return (f"{kernel.VMLINUX_BTF} missing; NETSNOOP_BTF={path} serves CO-RE only: "
+            "tp_btf, fentry and iterators are unavailable")
+
+
+def _hooks(chosen: dict[str, str | None]) -> str:
+    """``set_state=tp_btf, tlp=none``, or ``tracepoint (8 hooks)`` when all agree."""
+    kinds = set(chosen.values())
+    if len(chosen) > 2 and len(kinds) == 1 and None not in kinds:
+        return f"via {kinds.pop()} ({len(chosen)} hooks)"
+    return "via " + ", ".join(f"{g}={k or 'none'}" for g, k in chosen.items())
 
 
 def findings() -> list[Finding]:
@@ -97,56 +116,97 @@ def findings() -> list[Finding]:
     found.append(Finding("libbpf", ok, detail))
     if not ok:
         return found
-    ok, detail = _try(lambda: kernel.require_btf())
-    found.append(Finding("kernel BTF", ok, detail))
+    found.append(Finding("kernel BTF", *_try(_kernel_btf)))
     ok_priv, detail = _try(_privileges)
     found.append(Finding("privileges", ok_priv, detail))
     found.append(Finding("tracefs", *_try(_tracefs)))
-    if not (ok and ok_priv):
+    if not ok_priv:
         return found
     found.append(Finding("ring buffer", *_try(_ringbuf)))
     for kind in PROBE_KINDS:
+        _stop_if_asked()
         found.append(Finding(kind, *_try(lambda kind=kind: _hook(kind))))
     modules = [importlib.import_module(mod) for name, (mod, _h) in COMMANDS.items() if name != "check"]
-    found.extend(_tracepoints(modules))
+    try:
+        found.extend(_tracepoints(modules))
+    except NetsnoopError as err:  # e.g. a bad NETSNOOP_BTF: the subcommands below say so too
+        found.append(Finding("tracepoints", False, str(err)))
     for name, module in zip([n for n in COMMANDS if n != "check"], modules):
         tracer = getattr(module, "TRACER", None)
         if tracer is None:
             continue
-
-        def probe(tracer=tracer) -> str:  # type: ignore[no-untyped-def]
-            chosen = tracer.probe()
-            return "via " + ", ".join(f"{g}={k or 'unavailable'}" for g, k in chosen.items())
-
-        ok, detail = _try(probe)
+        _stop_if_asked()
+        ok, detail = _try(lambda tracer=tracer: _hooks(tracer.probe()))
         found.append(Finding(f"netsnoop {name}", ok, detail))
     return found
 
 
+def _stop_if_asked() -> None:
+    """Ctrl-C only sets a flag (netsnoop.process): between two tries, end here."""
+    if process.stop_requested():
+        raise SystemExit(130)
+
+
+def verdict(results: list[Finding]) -> Finding:
+    """One line: how many subcommands can run here, and why the others cannot."""
+    tools = [f for f in results if f.item.startswith("netsnoop ")]
+    cannot = [f for f in tools if not f.ok]
+    line = f"{len(tools) - len(cannot)} of {len(tools)} subcommands can run here"
+    if cannot:
+        why: dict[str, list[str]] = {}
+        for f in cannot:
+            why.setdefault(_short(f.detail), []).append(f.item.split()[1])
+        line += "; " + "; ".join(("none" if len(names) == len(tools) else ", ".join(names)) + f": {reason}"
+                                 for reason, names in why.items())
+    elif not tools:
+        line = "no subcommand can run here: " + "; ".join(f"{f.item}: {_short(f.detail)}" for f in results if not f.ok)
+    return Finding("verdict", bool(tools) and len(cannot) < len(tools), line)
+
+
+def _short(detail: str) -> str:
+    """A message without libbpf's quoted log (``--verbose`` and ``--json`` keep it)."""
+    return detail.split(" [libbpf:", 1)[0]
+
+
 @click.command("check")
-@click.option("--json", "as_json", is_flag=True, help="one JSON object per finding")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per finding, the verdict last")
 def command(as_json: bool) -> None:
     """Show what this kernel offers and which subcommands can run here.
 
     Every hook kind is tried for real (loaded and attached, then detached), and every
-    subcommand's programs are loaded exactly as the subcommand would load them.
+    subcommand's programs are loaded exactly as the subcommand would load them. The
+    last line is the verdict: how many subcommands can run, and why others cannot.
     Exits 0 when at least one subcommand can run.
     """
+    check_settings()  # a bad NETSNOOP_* value is a usage error here too, not a "no" per row
     results = findings()
-    if as_json:
-        for f in results:
-            click.echo(json.dumps({"item": f.item, "ok": f.ok, "detail": f.detail}))
-    else:
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table(title="netsnoop check", title_justify="left")
-        table.add_column("item")
-        table.add_column("ok")
-        table.add_column("detail", overflow="fold")
-        for f in results:
-            table.add_row(f.item, "[green]yes[/]" if f.ok else "[red]no[/]", f.detail)
-        Console().print(table)
-    runnable = [f for f in results if f.item.startswith("netsnoop ") and f.ok]
-    if not runnable:
+    last = verdict(results)
+    try:
+        if as_json:
+            for f in [*results, last]:
+                click.echo(json.dumps({"item": f.item, "ok": f.ok, "detail": f.detail}))
+        else:
+            _table(results, last)
+    except BrokenPipeError:  # `check | head`: the reader has what it wanted
+        process.discard_stdout()
+    if not last.ok:
         raise SystemExit(1)
+
+
+def _table(results: list[Finding], last: Finding) -> None:
+    """At most 80 columns whatever the terminal, words kept whole; plain text (no
+    markup: details quote the kernel and libbpf)."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    console = Console(width=min(80, Console().width), highlight=False)
+    table = Table(title="netsnoop check", title_justify="left", box=None, pad_edge=False, show_edge=False)
+    table.add_column("item", no_wrap=True, max_width=30)
+    table.add_column("ok", no_wrap=True)
+    table.add_column("detail", overflow="fold")
+    for f in results:
+        item = f.item.replace("tracepoint ", "tp ") if f.item.startswith("tracepoint ") else f.item
+        table.add_row(Text(item), Text("yes", style="green") if f.ok else Text("no", style="red"), Text(_short(f.detail)))
+    console.print(table)
+    console.print(Text(last.detail, style="bold"), soft_wrap=False)

@@ -11,7 +11,8 @@ from netsnoop.output import Column, OutputOptions
 from netsnoop.runner import Tracer
 
 # Without an accept hook, C and X rows still work.
-TRACER = Tracer("tracer", optional=frozenset({"accept4", "accept"}))
+TRACER = Tracer("tracer", optional=frozenset({"accept4", "accept"}),
+                costs={g: f"connections returned by {g}() have no A row" for g in ("accept4", "accept")})
 
 
 def columns(verbose: bool) -> list[Column]:
