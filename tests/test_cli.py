@@ -9,7 +9,7 @@ import subprocess
 import time
 
 import pytest
-from helpers import NETSNOOP, ROOT, Trace, bpf_prog_ids, refused_connect, run
+from helpers import NETSNOOP, ROOT, Trace, assert_verified, bpf_prog_ids, refused_connect, run
 
 from netsnoop.loader import BPFObject
 
@@ -118,7 +118,7 @@ def test_kprobe_fallbacks_pass_the_verifier(name: str, groups: list[str]) -> Non
     for group in groups:
         with BPFObject(name, variants={group: "kprobe"}) as obj:
             obj.load()
-            assert obj.chosen[group] == "kprobe"
+            assert_verified(obj, group, "kprobe")
 
 
 def test_check_reports_hooks_and_runnable_subcommands() -> None:

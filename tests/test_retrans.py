@@ -7,8 +7,8 @@ import os
 import socket
 
 import pytest
-from helpers import NetnsPair, Trace, run
-from traffic_helpers import (Sink, flush_rules, in_netns, kernel_has_symbol, loaded_and_resolved, nft_input_chain,
+from helpers import NetnsPair, Trace, assert_verified, run
+from traffic_helpers import (Sink, flush_rules, in_netns, kernel_has_symbol, nft_input_chain,
                              nstat, wait_for)
 
 from netsnoop.loader import BPFObject
@@ -224,8 +224,8 @@ def test_kprobe_fallbacks_pass_the_verifier() -> None:
     would attach to exists in this kernel."""
     with BPFObject("retrans", variants={"retransmit": "kprobe", "synack": "kprobe", "tlp": "kprobe"}) as obj:
         obj.load()
-        for name in ("retransmit__kprobe", "synack__kprobe", "tlp__kprobe"):
-            assert loaded_and_resolved(obj, name), name
+        for group in ("retransmit", "synack", "tlp"):
+            assert_verified(obj, group, "kprobe")
 
 
 @pytest.mark.parametrize("args", [["-P", "0"], ["-4", "-x"], ["--port", "1,a"]])

@@ -16,8 +16,8 @@ from typing import Iterator
 
 import pytest
 from click.testing import CliRunner
-from helpers import NetnsPair, Trace
-from traffic_helpers import in_netns, loaded_and_resolved, nstat, wait_for
+from helpers import NetnsPair, Trace, assert_verified
+from traffic_helpers import in_netns, nstat, wait_for
 
 from netsnoop import netns
 from netsnoop.cli import cli
@@ -159,7 +159,7 @@ def test_kprobe_variant_passes_the_verifier() -> None:
 
     with BPFObject("synbl", variants={"queued": "kprobe"}) as obj:
         obj.load()
-        assert loaded_and_resolved(obj, "queued__kprobe")
+        assert_verified(obj, "queued", "kprobe")
 
 
 @pytest.mark.integration

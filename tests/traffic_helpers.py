@@ -14,7 +14,7 @@ import os
 import socket
 import threading
 import time
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 from helpers import NetnsPair
 
@@ -84,16 +84,6 @@ def kernel_has_symbol(symbol: str) -> bool:
     """Whether /proc/kallsyms lists ``symbol``: where a kprobe would attach."""
     with open("/proc/kallsyms") as f:
         return any(line.split()[2:3] == [symbol] for line in f)
-
-
-def loaded_and_resolved(obj: Any, name: str) -> bool:
-    """The verifier accepted program ``name`` (it has a descriptor) and the kernel
-    function it hooks exists: all a kprobe variant can prove on a kernel whose kprobes
-    cannot attach."""
-    from netsnoop.libbpf import lib
-
-    prog = obj.loaded_program(name)
-    return prog is not None and lib().bpf_program__fd(prog.handle) >= 0 and kernel_has_symbol(prog.target)
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
