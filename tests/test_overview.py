@@ -173,3 +173,20 @@ def test_a_full_queue_is_the_kernels_full_not_a_busy_one() -> None:
     report = build_report(snapshot(0, [], 5), snapshot(2, [full, busy], 9), Evidence(), {11: netns.Owner(42, "srv")})
     found = [(f["kind"], f["port"], f["pid"], f["listen_overflows"]) for f in report["findings"]]
     assert found == [("accept_queue_full", 80, 42, 4)]
+
+
+def test_a_flow_open_at_both_ends_gets_its_bytes_owner_and_rtt_quantiles() -> None:
+    from netsnoop.hist import Log2Hist
+
+    def sock(acked: int, received: int) -> netns.DiagSocket:
+        return netns.DiagSocket(2, 1, "10.0.0.1", 5000, "10.0.0.2", 80, 0, 0, 0, 21, rtt_us=300,
+                                bytes_acked=acked, bytes_received=received)
+
+    # RTT samples: 60 in slot 4 (16-31 us), 39 in slot 7 (128-255), 1 in slot 9 (512-1023)
+    slots = tuple([0] * 4 + [60, 0, 0, 39, 0, 1])
+    evidence = Evidence(rtt={"10.0.0.2": Log2Hist(slots, count=100, total=0)})
+    report = build_report(snapshot(0, [sock(1000, 50)], 0), snapshot(2, [sock(9000, 250)], 0), evidence,
+                          {21: netns.Owner(7, "client")})
+    (flow,) = report["flows"]
+    assert (flow["bytes_sent"], flow["bytes_received"], flow["pid"], flow["comm"]) == (8000, 200, 7, "client")
+    assert (flow["rtt_p50_us_at_most"], flow["rtt_p99_us_at_most"]) == (31, 255)

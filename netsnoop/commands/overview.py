@@ -90,6 +90,7 @@ class Evidence:
 
     connects: list[dict[str, Any]] = field(default_factory=list)
     drops: dict[str, int] = field(default_factory=dict)
+    rtt: dict[str, Any] = field(default_factory=dict)  # remote address -> Log2Hist of RTT samples (us)
     lost_events: int = 0
     unavailable: dict[str, str] = field(default_factory=dict)
 
@@ -105,6 +106,21 @@ def percentile(values: list[float], q: float) -> float | None:
         return None
     ordered = sorted(values)
     return ordered[max(0, min(len(ordered) - 1, -(-int(q * 100) * len(ordered) // 100) - 1))]
+
+
+def slot_percentile(hist: Any, q: float) -> int | None:
+    """The upper bound of the log2 slot holding the ``q`` quantile of a histogram (the
+    quantile is at most this), None when it is empty."""
+    from netsnoop.hist import slot_range
+
+    if not hist.count:
+        return None
+    need, seen = q * sum(hist.slots), 0
+    for i, n in enumerate(hist.slots):
+        seen += n
+        if n and seen >= need:
+            return slot_range(i)[1]
+    return slot_range(len(hist.slots) - 1)[1]
 
 
 def build_report(before: Snapshot, after: Snapshot, evidence: Evidence,
@@ -160,9 +176,13 @@ def build_report(before: Snapshot, after: Snapshot, evidence: Evidence,
                 continue
             sent, received = s.bytes_acked - p.bytes_acked, (s.bytes_received or 0) - (p.bytes_received or 0)
             if sent or received:
+                samples = evidence.rtt.get(s.raddr)
                 flows.append({"netns": ns.label, "netns_inode": ino, "local": _endpoint(s.laddr, s.lport),
                               "remote": _endpoint(s.raddr, s.rport), "bytes_sent": sent, "bytes_received": received,
-                              "rtt_ms": (s.rtt_us or 0) / 1000, **who(s.inode)})
+                              "srtt_ms": (s.rtt_us or 0) / 1000,
+                              "rtt_p50_us_at_most": slot_percentile(samples, 0.5) if samples else None,
+                              "rtt_p99_us_at_most": slot_percentile(samples, 0.99) if samples else None,
+                              **who(s.inode)})
     flows.sort(key=lambda f: -(f["bytes_sent"] + f["bytes_received"]))
 
     listeners = []
@@ -275,12 +295,14 @@ def gather(seconds: float, progress: Callable[[float], None]) -> tuple[Snapshot,
     from netsnoop import conn
     from netsnoop.commands import connect as connect_cmd
     from netsnoop.commands import drop as drop_cmd
+    from netsnoop.commands import rtt as rtt_cmd
 
     evidence = Evidence()
     objects = []
     try:
         for name, opener in (("connects", lambda: connect_cmd.TRACER.open({"report_mode": connect_cmd.OUTCOME})),
-                             ("drops", lambda: drop_cmd.TRACER.open({"count_only": 1, "with_stack": 0}))):
+                             ("drops", lambda: drop_cmd.TRACER.open({"count_only": 1, "with_stack": 0})),
+                             ("rtt", lambda: rtt_cmd.TRACER.open({"key_by": rtt_cmd.KEY_RADDR, "unit_div": 1}))):
             try:
                 objects.append((name, opener()))
             except NetsnoopError as err:
@@ -307,6 +329,10 @@ def gather(seconds: float, progress: Callable[[float], None]) -> tuple[Snapshot,
             evidence.lost_events += obj.health()["lost_events"]
             if name == "drops":
                 evidence.drops = _drops_by_reason(obj, drop_cmd)
+            if name == "rtt":
+                from netsnoop.hist import read_hists
+
+                evidence.rtt = {addr(k.family, k.addr): h for k, h in read_hists(obj, "rtts", "rtt_key")}
         return before, after, evidence
     finally:
         for _name, obj in objects:
@@ -377,10 +403,12 @@ def render(report: dict[str, Any]) -> list[str]:
                          f"{t['retransmitted_segments'] / s:7.1f} {share:9.2%} {t['states'].get('ESTABLISHED', 0):6d} "
                          f"{t['states'].get('CLOSE_WAIT', 0):11d}")
     if report["flows"]:
-        lines += ["", "TOP FLOWS (open at both ends of the sample)   KB sent  KB recv  RTT ms  owner"]
+        lines += ["", "TOP FLOWS (open at both ends of the sample)   KB sent  KB recv  RTT p50/p99 us  owner"]
         for f in report["flows"][:TOP_ROWS]:
+            p50, p99 = f["rtt_p50_us_at_most"], f["rtt_p99_us_at_most"]
+            rtt = f"<={p50}/<={p99}" if p50 is not None else f"~{f['srtt_ms'] * 1000:.0f} (srtt)"
             lines.append(f"  {_cut(f['netns'] + ' ' + f['local'] + ' > ' + f['remote'], 43):43} "
-                         f"{f['bytes_sent'] / 1024:8.0f} {f['bytes_received'] / 1024:8.0f} {f['rtt_ms']:7.2f}  "
+                         f"{f['bytes_sent'] / 1024:8.0f} {f['bytes_received'] / 1024:8.0f} {rtt:>14}  "
                          f"{printable(_owner(f))}")
     if report["connects"]:
         lines += ["", "CONNECTS BY DESTINATION        attempts  p50 ms  p99 ms  failed"]
@@ -441,7 +469,7 @@ def command(duration: float, out: o.OutputOptions) -> None:
     if tty:
         sys.stderr.write("\r" + " " * 30 + "\r")
     inodes = {s.inode for socks in after.sockets.values() for s in socks
-              if s.state in (netns.TCP_LISTEN, TCP_CLOSE_WAIT) or s.bytes_acked}
+              if s.state in (netns.TCP_LISTEN, TCP_CLOSE_WAIT) or s.bytes_acked or s.bytes_received}
     report = build_report(before, after, evidence, netns.socket_owners(inodes))
     if out.json:
         sys.stdout.write(json.dumps(report, ensure_ascii=False) + "\n")
