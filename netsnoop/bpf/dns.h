@@ -5,11 +5,7 @@
 
 #include "netsnoop.h"
 
-#define ETH_P_IP 0x0800
-#define ETH_P_IPV6 0x86DD
 #define DNS_PORT 53
-#define TCP_FLAG_SYN 0x02
-#define TCP_FLAG_ACK 0x10
 
 /* Payload bytes copied, at most: a query needs its header and question (12 + 255 + 4);
  * an answer the 1232 bytes EDNS senders keep to, TCP's length prefix, and more (one

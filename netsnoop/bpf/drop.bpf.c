@@ -7,8 +7,6 @@
 
 #define MAX_STACK 32
 #define MAX_REASONS 16
-#define ETH_P_IP 0x0800
-#define ETH_P_IPV6 0x86DD
 
 struct event {
 	__u64 ts_ns;
@@ -72,39 +70,6 @@ static __always_inline bool reason_allowed(__u32 reason)
 	return !reason_in(exclude_reasons, reason);
 }
 
-/* The IP and TCP headers of the packet, by wire offsets (not kernel structs). */
-static __always_inline bool parse_tcp(const struct sk_buff *skb, struct sock_tuple *t, __u8 *flags)
-{
-	unsigned char *head = BPF_CORE_READ(skb, head);
-	__u32 off = BPF_CORE_READ(skb, network_header);
-	__u16 proto = bpf_ntohs(BPF_CORE_READ(skb, protocol));
-	__u8 ip[40], th[14];
-
-	if (proto == ETH_P_IP) {
-		if (bpf_probe_read_kernel(ip, 20, head + off) || ip[0] >> 4 != 4 || ip[9] != IPPROTO_TCP)
-			return false;
-		t->family = AF_INET;
-		__builtin_memcpy(t->saddr, &ip[12], 4);
-		__builtin_memcpy(t->daddr, &ip[16], 4);
-		off += (ip[0] & 0xf) * 4;
-	} else if (proto == ETH_P_IPV6) {
-		if (bpf_probe_read_kernel(ip, 40, head + off) || ip[0] >> 4 != 6 || ip[6] != IPPROTO_TCP)
-			return false;
-		t->family = AF_INET6;
-		__builtin_memcpy(t->saddr, &ip[8], 16);
-		__builtin_memcpy(t->daddr, &ip[24], 16);
-		off += 40;
-	} else {
-		return false;
-	}
-	if (bpf_probe_read_kernel(th, sizeof(th), head + off))
-		return false;
-	t->sport = (th[0] << 8) | th[1];
-	t->dport = (th[2] << 8) | th[3];
-	*flags = th[13];
-	return true;
-}
-
 static __always_inline void count_drop(const struct sock_tuple *t, __u32 reason)
 {
 	struct drop_key key = {.reason = reason, .family = t->family, .sport = t->sport, .dport = t->dport};
@@ -125,7 +90,7 @@ static __always_inline int on_drop(void *ctx, const struct sk_buff *skb, void *l
 	if (bpf_core_enum_value_exists(enum skb_drop_reason, SKB_CONSUMED) &&
 	    reason == bpf_core_enum_value(enum skb_drop_reason, SKB_CONSUMED))
 		return 0; /* freed after use, not dropped */
-	if (!reason_allowed(reason) || !parse_tcp(skb, &t, &flags))
+	if (!reason_allowed(reason) || !read_skb_tcp(skb, &t, &flags))
 		return 0;
 	if (!tuple_allowed(&t))
 		return 0;

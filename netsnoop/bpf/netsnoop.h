@@ -175,6 +175,58 @@ static __always_inline bool tuple_allowed(const struct sock_tuple *t)
 	return family_allowed(t->family) && ports_allowed(t->sport, t->dport);
 }
 
+/* ---- packets --------------------------------------------------------------------- */
+
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+#define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_ACK 0x10
+
+/* The tuple and TCP flags of a TCP packet whose IP header starts at l3 (protocol proto,
+ * host order), read by wire offsets rather than kernel structs; false for anything else.
+ * IPv4 addresses are zero-padded to 16 bytes, as in read_sock_tuple(). */
+static __always_inline bool read_tcp_headers(const unsigned char *l3, __u16 proto, struct sock_tuple *t,
+					     __u8 *flags)
+{
+	__u8 ip[40], th[14];
+	__u32 off;
+
+	if (proto == ETH_P_IP) {
+		if (bpf_probe_read_kernel(ip, 20, l3) || ip[0] >> 4 != 4 || ip[9] != IPPROTO_TCP)
+			return false;
+		t->family = AF_INET;
+		__builtin_memset(t->saddr, 0, sizeof(t->saddr));
+		__builtin_memset(t->daddr, 0, sizeof(t->daddr));
+		__builtin_memcpy(t->saddr, &ip[12], 4);
+		__builtin_memcpy(t->daddr, &ip[16], 4);
+		off = (ip[0] & 0xf) * 4;
+	} else if (proto == ETH_P_IPV6) {
+		if (bpf_probe_read_kernel(ip, 40, l3) || ip[0] >> 4 != 6 || ip[6] != IPPROTO_TCP)
+			return false;
+		t->family = AF_INET6;
+		__builtin_memcpy(t->saddr, &ip[8], 16);
+		__builtin_memcpy(t->daddr, &ip[24], 16);
+		off = 40;
+	} else {
+		return false;
+	}
+	if (bpf_probe_read_kernel(th, sizeof(th), l3 + off))
+		return false;
+	t->sport = (th[0] << 8) | th[1];
+	t->dport = (th[2] << 8) | th[3];
+	*flags = th[13];
+	return true;
+}
+
+/* The same for a packet buffer whose network header is set (past the link layer). */
+static __always_inline bool read_skb_tcp(const struct sk_buff *skb, struct sock_tuple *t, __u8 *flags)
+{
+	unsigned char *head = BPF_CORE_READ(skb, head);
+	__u16 off = BPF_CORE_READ(skb, network_header);
+
+	return read_tcp_headers(head + off, bpf_ntohs(BPF_CORE_READ(skb, protocol)), t, flags);
+}
+
 static __always_inline bool sock_is_tcp(const struct sock *sk)
 {
 	/* a bitfield before 5.6, a plain u16 since: the probed read copes with both */

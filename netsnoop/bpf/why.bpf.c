@@ -6,10 +6,6 @@
  * Only tracepoints: they exist where kprobes and fentry do not. */
 #include "hooks.h"
 
-#define ETH_P_IP 0x0800
-#define ETH_P_IPV6 0x86DD
-#define TCP_FLAG_SYN 0x02
-#define TCP_FLAG_ACK 0x10
 
 enum why_kind {
 	WHY_SYN_IN = 1,         /* a SYN (no ACK) arrived on a device of netns */
@@ -58,45 +54,6 @@ static __always_inline __u32 skb_netns(const struct sk_buff *skb)
 	return sk ? BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum) : 0;
 }
 
-/* IP and TCP headers starting at l3, by wire offsets (not kernel structs). */
-static __always_inline bool parse_tcp(const unsigned char *l3, __u16 proto, struct sock_tuple *t, __u8 *flags)
-{
-	__u8 ip[40], th[14];
-	__u32 off;
-
-	if (proto == ETH_P_IP) {
-		if (bpf_probe_read_kernel(ip, 20, l3) || ip[0] >> 4 != 4 || ip[9] != IPPROTO_TCP)
-			return false;
-		t->family = AF_INET;
-		__builtin_memcpy(t->saddr, &ip[12], 4);
-		__builtin_memcpy(t->daddr, &ip[16], 4);
-		off = (ip[0] & 0xf) * 4;
-	} else if (proto == ETH_P_IPV6) {
-		if (bpf_probe_read_kernel(ip, 40, l3) || ip[0] >> 4 != 6 || ip[6] != IPPROTO_TCP)
-			return false;
-		t->family = AF_INET6;
-		__builtin_memcpy(t->saddr, &ip[8], 16);
-		__builtin_memcpy(t->daddr, &ip[24], 16);
-		off = 40;
-	} else {
-		return false;
-	}
-	if (bpf_probe_read_kernel(th, sizeof(th), l3 + off))
-		return false;
-	t->sport = (th[0] << 8) | th[1];
-	t->dport = (th[2] << 8) | th[3];
-	*flags = th[13];
-	return true;
-}
-
-static __always_inline bool parse_skb_l3(const struct sk_buff *skb, struct sock_tuple *t, __u8 *flags)
-{
-	unsigned char *head = BPF_CORE_READ(skb, head);
-	__u16 off = BPF_CORE_READ(skb, network_header);
-
-	return parse_tcp(head + off, bpf_ntohs(BPF_CORE_READ(skb, protocol)), t, flags);
-}
-
 static __always_inline struct event *new_event(__u8 kind, const struct sock_tuple *t)
 {
 	struct event *e = reserve_event(sizeof(*e));
@@ -124,7 +81,7 @@ static __always_inline int on_receive(const struct sk_buff *skb)
 	struct event *e;
 	__u8 flags = 0;
 
-	if (!parse_tcp(BPF_CORE_READ(skb, data), bpf_ntohs(BPF_CORE_READ(skb, protocol)), &t, &flags))
+	if (!read_tcp_headers(BPF_CORE_READ(skb, data), bpf_ntohs(BPF_CORE_READ(skb, protocol)), &t, &flags))
 		return 0;
 	if ((flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) != TCP_FLAG_SYN)
 		return 0;
@@ -164,7 +121,7 @@ static __always_inline int on_drop(const struct sk_buff *skb, __u32 reason)
 	if (bpf_core_enum_value_exists(enum skb_drop_reason, SKB_CONSUMED) &&
 	    reason == bpf_core_enum_value(enum skb_drop_reason, SKB_CONSUMED))
 		return 0;
-	if (!parse_skb_l3(skb, &t, &flags) || !(flags & TCP_FLAG_SYN))
+	if (!read_skb_tcp(skb, &t, &flags) || !(flags & TCP_FLAG_SYN))
 		return 0;
 	if (!family_allowed(t.family) || !(port_in(filter_ports, t.dport) || port_in(filter_ports, t.sport)))
 		return 0;
@@ -371,7 +328,7 @@ static __always_inline int on_icmp(const struct sk_buff *skb, int type, int code
 	struct event *e;
 	__u8 flags = 0;
 
-	if (!parse_skb_l3(skb, &t, &flags) || !(flags & TCP_FLAG_SYN))
+	if (!read_skb_tcp(skb, &t, &flags) || !(flags & TCP_FLAG_SYN))
 		return 0;
 	if (!family_allowed(t.family) || !port_in(filter_ports, t.dport))
 		return 0;
