@@ -34,7 +34,7 @@ def row(e: Any) -> tuple[Any, ...]:
 
 
 @click.command("solisten")
-@o.output_options(csv=False, wide=False, time=False, timestamp=False)
+@o.output_options(csv=False, wide=False)
 @o.pid_option()
 @click.option("-n", "--netns", type=click.IntRange(min=1, max=2**32 - 1), default=None, metavar="ID",
               help="only trace this network namespace (its inode: stat -L -c %i /proc/PID/ns/net)")
@@ -47,6 +47,10 @@ def command(out: OutputOptions, pid: int | None, netns: int | None, show_netns: 
     BACKLOG is the accept queue limit the kernel applied (the requested backlog,
     capped by net.core.somaxconn). A listen() that only changes the backlog of a
     socket already listening is shown too; a listen() that fails is not.
+
+    -t adds TIME(s), seconds since the first event, as on every other netsnoop
+    tracer (libbpf-tools' solisten -t heads its column TIME(s) too, but prints
+    the clock time in it: that is -T here, HH:MM:SS).
     """
     rodata = {"filter_pid": pid, "filter_netns": netns}
     with TRACER.open(rodata) as obj:
