@@ -403,6 +403,13 @@ def test_bad_arguments_are_usage_errors(args: list[str]) -> None:
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
 
 
+@pytest.mark.parametrize("args", [["-c", "/sys/fs/cgroup/unified"], ["--cgroupmap", "/sys/fs/bpf/map"]])
+def test_bcc_cgroup_spellings_name_the_right_one(args: list[str]) -> None:
+    done = run(["top", *args])
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert f"top has no {args[0]}: to trace one cgroup use --cgroup PATH" in done.stderr
+
+
 @pytest.mark.parametrize("kind", ["tp_btf", "kprobe"])
 def test_every_variant_passes_the_verifier_with_its_companions(kind: str) -> None:
     """The per-CPU cache (its drain, switch and destroy hooks) comes with tp_btf only."""

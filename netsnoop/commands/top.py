@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import click
 
@@ -23,6 +23,7 @@ from netsnoop.traffic import endpoints, take_all, typed_endpoints
 # kind of hook or neither uses tp_btf (see top.bpf.c).
 TRACER = Tracer("top", max_entries={"events": 4096}, linked=frozenset({"send", "recv"}))
 DRAIN = "send__tp_btf__drain"
+F = Callable[..., Any]
 DRAIN_TRIES = 3  # a CPU whose cache is being rewritten at that instant is asked again
 
 
@@ -195,6 +196,19 @@ def run(obj: BPFObject, view: Any, interval: float, count: int | None, sort: str
     return run_intervals(lambda: view.show(collect(obj, keys, values, cached, sort, rows)), interval, count)
 
 
+def cgroup_spelling(given: str) -> Callable[[F], F]:
+    """libbpf-tools' tcptop -c PATH and bcc's --cgroupmap are --cgroup PATH here: a
+    hidden ``given`` that says so, rather than "no such option"."""
+
+    def refuse(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+        if value is not None:
+            raise click.UsageError(f"top has no {given}: to trace one cgroup use --cgroup PATH "
+                                   "(a cgroup v2 directory, as libbpf-tools' tcptop -c takes)", ctx)
+
+    return click.option(given, f"_{given.lstrip('-')}", is_flag=False, flag_value="", default=None, hidden=True,
+                        expose_value=False, callback=refuse)
+
+
 @click.command("top")
 @click.option("-C", "--noclear", is_flag=True, help="don't clear the screen (scroll plain text)")
 @click.option("-S", "--nosummary", is_flag=True, help="skip the system summary (loadavg) line")
@@ -202,6 +216,8 @@ def run(obj: BPFObject, view: Any, interval: float, count: int | None, sort: str
 @o.ports_option("-P", "--port", "ports", help="only count these ports at either end (e.g. 80,443)")
 @o.family_option
 @o.cgroup_option
+@cgroup_spelling("-c")
+@cgroup_spelling("--cgroupmap")
 @click.option("-s", "--sort", type=click.Choice(SORT_KEYS), default="all", show_default=True,
               help="order of the rows: all (bytes sent and received), sent, received, pid; "
                    "bytes, tx, rx are other names for all, sent, received")
