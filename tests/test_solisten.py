@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import re
 import socket
+import subprocess
 import sys
 import time
 
 import pytest
 from click.testing import CliRunner
-from helpers import NetnsPair, Trace
+from helpers import NETSNOOP, ROOT, NetnsPair, Trace
 
 from netsnoop.cli import cli
 
@@ -106,6 +107,30 @@ def test_timestamps_are_seconds_since_the_first_listen_and_the_clock_time() -> N
     with socket.socket() as s, Trace(["solisten", "-p", str(os.getpid())]) as plain:
         s.listen(2)
     assert plain.lines[0].split() == ["PID", "COMM", "PROTO", "BACKLOG", "PORT", "ADDR"]
+
+
+def zsh_complete(words: str) -> dict[str, str]:
+    """What the real CLI's completion offers for the last of ``words``, as zsh asks
+    click for it: value -> help."""
+    env = {**os.environ, "_NETSNOOP_COMPLETE": "zsh_complete", "COMP_WORDS": words,
+           "COMP_CWORD": str(len(words.split(" ")) - 1)}
+    done = subprocess.run(NETSNOOP, capture_output=True, text=True, cwd=ROOT, env=env, timeout=30)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    lines = done.stdout.splitlines()  # type, value, help: three lines an item
+    return {lines[i + 1]: lines[i + 2] for i in range(0, len(lines) - 2, 3)}
+
+
+@integration
+def test_netns_completes_the_inodes_of_existing_namespaces() -> None:
+    with NetnsPair() as pair:
+        inodes = {name: str(netns_inode(f"/run/netns/{name}")) for name in (pair.a, pair.b)}
+        offered = zsh_complete("netsnoop solisten -n ")
+        prefix = inodes[pair.a][:-1]
+        narrowed = zsh_complete(f"netsnoop solisten --netns {prefix}")
+    assert offered[inodes[pair.a]] == pair.a and offered[inodes[pair.b]] == pair.b  # named: the name as help
+    assert str(netns_inode()) in offered  # this process's namespace
+    assert inodes[pair.a] in narrowed and all(i.startswith(prefix) for i in narrowed)
+    assert all(i.isdigit() for i in offered)
 
 
 def test_bad_values_are_usage_errors() -> None:
