@@ -341,6 +341,7 @@ def test_sort_keys_and_row_limit() -> None:
     assert text.lines[:2] == ["", "PID    COMM         LADDR                 RADDR                  RX_KB  TX_KB"]
     assert conns.named_text(text.lines) == ["B_srv", "A_cli", "A_srv", "B_cli"]
     assert conns.named_text(three.lines) == ["B_srv", "A_cli", "A_srv"]  # -s rx is -s received; -r 3 leaves B_cli out
+    assert len(three.lines) == 5  # to a pipe: bcc's blank line, header and rows, nothing more
 
 
 def test_sort_and_row_limit_in_the_live_view() -> None:
