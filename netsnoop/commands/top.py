@@ -17,13 +17,14 @@ from netsnoop.output import Column, JsonSink, TextSink
 from netsnoop.runner import Tracer, ready, run_intervals
 from netsnoop.traffic import endpoints, take_all, typed_endpoints
 
+F = Callable[..., Any]
+
 # No ring buffer traffic: the kernel sums bytes in the conns map. With tp_btf hooks
 # the bytes wait in a per-CPU cache, which the DRAIN program (and the cache's other
 # companions, loaded with send__tp_btf) move to conns: so send and recv use the same
 # kind of hook or neither uses tp_btf (see top.bpf.c).
 TRACER = Tracer("top", max_entries={"events": 4096}, linked=frozenset({"send", "recv"}))
 DRAIN = "send__tp_btf__drain"
-F = Callable[..., Any]
 DRAIN_TRIES = 3  # a CPU whose cache is being rewritten at that instant is asked again
 
 
