@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from typing import Iterator
 
 import helpers
 import pytest
 from click.testing import CliRunner
-from helpers import NetnsPair, Trace
+from helpers import NETSNOOP, ROOT, NetnsPair, Trace, sh
 
 from netsnoop.cli import cli
 
@@ -118,3 +120,41 @@ def test_missing_interface_is_a_clear_error() -> None:
 def test_interface_is_required() -> None:
     result = CliRunner().invoke(cli, ["netqtop"])
     assert result.exit_code == 2 and "Missing option '-n'" in result.output
+
+
+def complete(words: str, netns: str | None = None) -> list[str]:
+    """What the real CLI's completion offers for the last of ``words`` (as bash asks
+    click for it: ``_NETSNOOP_COMPLETE=bash_complete``), run inside ``netns``."""
+    env = {**os.environ, "_NETSNOOP_COMPLETE": "bash_complete", "COMP_WORDS": words,
+           "COMP_CWORD": str(len(words.split(" ")) - 1)}
+    prefix = ["ip", "netns", "exec", netns] if netns else []
+    done = subprocess.run([*prefix, *NETSNOOP], capture_output=True, text=True, cwd=ROOT, env=env, timeout=30)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    return [line.split(",", 1)[1] for line in done.stdout.splitlines() if line]
+
+
+def link_names(netns: str | None = None) -> set[str]:
+    """The interfaces iproute2 lists (``ip -o link``: "N: name[@peer]: ...")."""
+    out = sh(f"ip {'-n ' + netns + ' ' if netns else ''}-o link show").stdout
+    return {line.split(": ")[1].split("@")[0] for line in out.splitlines()}
+
+
+@integration
+def test_interface_names_complete_per_namespace() -> None:
+    """-n/--name completes the interfaces of the namespace netsnoop runs in, as
+    iproute2 lists them there: a veth end shows in its own namespace only."""
+    with NetnsPair() as p:
+        assert complete("netsnoop netqtop -n ", p.a) == sorted(link_names(p.a)) == sorted(["lo", p.dev_a])
+        assert complete("netsnoop netqtop -n ", p.b) == sorted(["lo", p.dev_b])
+        assert complete(f"netsnoop netqtop --name {p.dev_a[:4]}", p.a) == [p.dev_a]  # the typed prefix
+        assert complete(f"netsnoop netqtop --name {p.dev_b[:4]}", p.a) == []  # the peer is in the other namespace
+
+
+@integration
+def test_interface_names_complete_on_the_host() -> None:
+    """In the host namespace too (other tests may add or remove interfaces meanwhile:
+    what both listings have must be offered, what neither has must not)."""
+    before = link_names()
+    offered = set(complete("netsnoop netqtop -n "))
+    after = link_names()
+    assert before & after <= offered <= before | after and "lo" in offered

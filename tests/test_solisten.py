@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
+import subprocess
 import sys
+import time
 
 import pytest
 from click.testing import CliRunner
-from helpers import NetnsPair, Trace
+from helpers import NETSNOOP, ROOT, NetnsPair, Trace
 
 from netsnoop.cli import cli
 
@@ -69,6 +72,65 @@ def test_netns_filter_and_column() -> None:
     pid, _comm, netns, *rest = rows[0].split()
     assert (int(pid), int(netns)) == (child.pid, inode)
     assert rest == ["TCPv4", "11", port.strip(), "0.0.0.0"]
+
+
+@integration
+def test_timestamps_are_seconds_since_the_first_listen_and_the_clock_time() -> None:
+    """-t: TIME(s) is 0 for the first row and then the time between the listen()
+    calls, as the test's own clock measured it around them; -T: the wall clock,
+    HH:MM:SS, between the times the test read before and after."""
+    gap = 0.3
+    with socket.socket() as first, socket.socket() as second, \
+            Trace(["solisten", "-t", "-T", "-p", str(os.getpid())]) as t:
+        wall_before = time.time()
+        start = time.monotonic()
+        first.listen(3)
+        after_first = time.monotonic()
+        time.sleep(gap)  # the interval being measured, not a wait for anything
+        before_second = time.monotonic()
+        second.listen(4)
+        end = time.monotonic()
+        wall_after = time.time()
+        ports = [first.getsockname()[1], second.getsockname()[1]]
+    header, *rows = t.lines
+    assert header.split() == ["TIME", "TIME(s)", "PID", "COMM", "PROTO", "BACKLOG", "PORT", "ADDR"]
+    cells = [r.split() for r in rows]
+    assert [(c[5], c[6]) for c in cells] == [("3", str(ports[0])), ("4", str(ports[1]))], t.stdout
+    (hms1, since1), (hms2, since2) = ((c[0], float(c[1])) for c in cells)
+    assert since1 == 0.0
+    assert before_second - after_first <= since2 <= end - start
+    assert re.fullmatch(r"\d\d:\d\d:\d\d", hms1) and re.fullmatch(r"\d\d:\d\d:\d\d", hms2)
+    clock = {time.strftime("%H:%M:%S", time.localtime(s)) for s in range(int(wall_before), int(wall_after) + 1)}
+    assert {hms1, hms2} <= clock
+
+    # without the flags, no time columns (the flags are what adds them)
+    with socket.socket() as s, Trace(["solisten", "-p", str(os.getpid())]) as plain:
+        s.listen(2)
+    assert plain.lines[0].split() == ["PID", "COMM", "PROTO", "BACKLOG", "PORT", "ADDR"]
+
+
+def zsh_complete(words: str) -> dict[str, str]:
+    """What the real CLI's completion offers for the last of ``words``, as zsh asks
+    click for it: value -> help."""
+    env = {**os.environ, "_NETSNOOP_COMPLETE": "zsh_complete", "COMP_WORDS": words,
+           "COMP_CWORD": str(len(words.split(" ")) - 1)}
+    done = subprocess.run(NETSNOOP, capture_output=True, text=True, cwd=ROOT, env=env, timeout=30)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    lines = done.stdout.splitlines()  # type, value, help: three lines an item
+    return {lines[i + 1]: lines[i + 2] for i in range(0, len(lines) - 2, 3)}
+
+
+@integration
+def test_netns_completes_the_inodes_of_existing_namespaces() -> None:
+    with NetnsPair() as pair:
+        inodes = {name: str(netns_inode(f"/run/netns/{name}")) for name in (pair.a, pair.b)}
+        offered = zsh_complete("netsnoop solisten -n ")
+        prefix = inodes[pair.a][:-1]
+        narrowed = zsh_complete(f"netsnoop solisten --netns {prefix}")
+    assert offered[inodes[pair.a]] == pair.a and offered[inodes[pair.b]] == pair.b  # named: the name as help
+    assert str(netns_inode()) in offered  # this process's namespace
+    assert inodes[pair.a] in narrowed and all(i.startswith(prefix) for i in narrowed)
+    assert all(i.isdigit() for i in offered)
 
 
 def test_bad_values_are_usage_errors() -> None:

@@ -7,9 +7,12 @@ machine can land in the subnets asserted on.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import socket
 import sys
+import time
 
 import click
 import pytest
@@ -50,10 +53,10 @@ def test_bytes_by_subnet_and_first_match_wins() -> None:
     server_ip, client_ip = f"{NET}.1", f"{NET}.2"
     server = Sink(server_ip)
     try:
-        with Trace(["subnet", "-J", "-i", "0.2", f"{server_ip}/32,{NET}.0/24,0.0.0.0/0"]) as narrow_first, \
-             Trace(["subnet", "-J", "-i", "0.2", f"{NET}.0/24,{server_ip}/32"]) as wide_first, \
+        with Trace(["subnet", "--json", "-i", "0.2", f"{server_ip}/32,{NET}.0/24,0.0.0.0/0"]) as narrow_first, \
+             Trace(["subnet", "--json", "-i", "0.2", f"{NET}.0/24,{server_ip}/32"]) as wide_first, \
              Trace(["subnet", "-f", "K", "-i", "5", f"{server_ip}/32,{client_ip}/32"]) as text, \
-             Trace(["subnet", "-J", "-i", "0.2", f"{server_ip}/32,{NET}.0/24"], env={"NETSNOOP_HOOKS": "tracepoint"}) as classic:
+             Trace(["subnet", "--json", "-i", "0.2", f"{server_ip}/32,{NET}.0/24"], env={"NETSNOOP_HOOKS": "tracepoint"}) as classic:
             send(server, client_ip, server_ip, 3 * MIB, MIB)
     finally:
         server.close()
@@ -72,13 +75,59 @@ def test_bytes_by_subnet_and_first_match_wins() -> None:
     assert rows == [f"{server_ip + '/32':<21} {3072:>6}", f"{client_ip + '/32':<21} {1024:>6}"]
 
 
+def bcc_entries(lines: list[str]) -> tuple[list[dict], dict[str, float]]:
+    """The -J objects, checked line by line against bcc's layout, and their entries
+    summed over the intervals."""
+    objects: list[dict] = []
+    total: dict[str, float] = {}
+    for line in lines:
+        obj = json.loads(line)
+        assert list(obj) == ["date", "time", "entries"], line
+        assert json.dumps(obj) == line, line  # bcc's json.dumps: ", " and ": ", keys in bcc's order
+        assert re.fullmatch(r"\d\d:\d\d:\d\d", obj["time"]), line
+        values = list(obj["entries"].values())
+        assert values == sorted(values, reverse=True), line  # busiest subnet first
+        objects.append(obj)
+        for subnet, sent in obj["entries"].items():
+            total[subnet] = total.get(subnet, 0) + sent
+    return objects, total
+
+
+@pytest.mark.integration
+def test_bcc_json_layout() -> None:
+    """-J prints what bcc's tcpsubnet -J prints: one object per interval with its
+    date and time (%x, %X) and the subnets' values in the -f unit, integers for
+    bytes, Python 3's quotient for K; --json keeps netsnoop's per-subnet objects."""
+    server_ip, client_ip = f"{NET}.1", f"{NET}.2"
+    subnets = f"{server_ip}/32,{NET}.0/24"
+    server = Sink(server_ip)
+    days = {time.strftime("%x")}
+    try:
+        with Trace(["subnet", "-J", "-i", "5", subnets]) as bcc, \
+             Trace(["subnet", "-J", "-f", "K", "-i", "5", subnets]) as kib, \
+             Trace(["subnet", "--json", "-i", "5", subnets]) as ours:
+            send(server, client_ip, server_ip, 3 * MIB + 100, MIB)
+    finally:
+        server.close()
+    days.add(time.strftime("%x"))
+    objects, got = bcc_entries(bcc.lines)
+    assert objects and {o["date"] for o in objects} <= days
+    assert got == {f"{server_ip}/32": 3 * MIB + 100, f"{NET}.0/24": MIB}
+    assert all(isinstance(v, int) for o in objects for v in o["entries"].values())
+    _, kib_sums = bcc_entries(kib.lines)
+    assert kib_sums == {f"{server_ip}/32": (3 * MIB + 100) / 1024, f"{NET}.0/24": 1024.0}
+    assert isinstance(kib_sums[f"{NET}.0/24"], float)
+    assert "intervals" in bcc.stderr and not any('"summary"' in line for line in bcc.lines)  # summary on stderr
+    assert sums(ours.records) == got and "entries" not in ours.records[0]  # --json: netsnoop's layout
+
+
 @pytest.mark.integration
 def test_ipv6_subnets_in_a_private_namespace() -> None:
     with NetnsPair() as net:
         with in_netns(net.b):
             server = Sink(net.addr6_b)
         subnets = f"{net.addr6_b}/128,{net.addr6_a}/128,::/0"
-        with Trace(["subnet", "-J", "-f", "b", "-i", "5", subnets]) as t:
+        with Trace(["subnet", "--json", "-f", "b", "-i", "5", subnets]) as t:
             with in_netns(net.a):
                 send(server, net.addr6_a, net.addr6_b, 100_000, 50_000)
         server.close()
@@ -89,7 +138,8 @@ def test_ipv6_subnets_in_a_private_namespace() -> None:
 
 @pytest.mark.integration
 @pytest.mark.parametrize("args", [["10.0.0.0/33"], ["10.0.0.256/8"], ["not-a-net"], ["-f", "X"], ["-i", "0"],
-                                  [",".join(f"10.{i}.0.0/16" for i in range(33))]])
+                                  [",".join(f"10.{i}.0.0/16" for i in range(33))],
+                                  ["-J", "--json"]])
 def test_bad_arguments_are_usage_errors(args: list[str]) -> None:
     done = run(["subnet", *args])
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr

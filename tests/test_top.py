@@ -167,10 +167,12 @@ class Busy:
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
-def on_terminal(args: list[str], cols: int = 100, rows: int = 30, keys: bytes = b"") -> tuple[str, str]:
-    """Run netsnoop on a real terminal (script(1)'s pty, sized with stty), typing
-    ``keys`` once it traces; returns (everything the terminal got, the terminal's
-    settings (stty -a) after netsnoop ended). The exit status is checked here."""
+def on_terminal(args: list[str], cols: int = 100, rows: int = 30, keys: bytes = b"",
+                then: Callable[[], object] | None = None) -> tuple[str, str]:
+    """Run netsnoop on a real terminal (script(1)'s pty, sized with stty), calling
+    ``then`` and typing ``keys`` once it traces; returns (everything the terminal
+    got, the terminal's settings (stty -a) after netsnoop ended). The exit status
+    is checked here."""
     cmd = (f"stty cols {cols} rows {rows}; {shlex.join([*NETSNOOP, *args])}; echo netsnoop-rc=$?; "
            "stty -a; echo netsnoop-end")
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
@@ -188,8 +190,11 @@ def on_terminal(args: list[str], cols: int = 100, rows: int = 30, keys: bytes = 
 
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
-    if keys:
+    if keys or then:
         assert tracing.wait(READY_TIMEOUT), b"".join(screen)
+    if then:
+        then()
+    if keys:
         proc.stdin.write(keys)
         proc.stdin.flush()
     try:
@@ -261,6 +266,101 @@ def test_narrow_terminal_drops_text_columns_and_counts_rows_that_do_not_fit() ->
     assert conns == 16 and more == f"... {conns - len(rows)} more"
 
 
+class TwoConnections:
+    """Two loopback connections with known byte counts, four rows in all:
+    A, both ends in this process: the client sends 50,000 B and reads 200,000;
+    B: a child process sends 300,000 B and reads 1 of the server's 1,000.
+    ``expected`` maps each row's name to (pid, local port or None, rx, tx)."""
+
+    def __init__(self) -> None:
+        self.a = PayloadServer(size=200_000, request_bytes=50_000)
+        self.b = PayloadServer(size=1000, request_bytes=300_000)
+        self.expected: dict[str, tuple[int, int | None, int, int]] = {}
+
+    def __enter__(self) -> "TwoConnections":
+        self.a.__enter__()
+        self.b.__enter__()
+        self.ports = f"{self.a.port},{self.b.port}"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.b.__exit__()
+        self.a.__exit__()
+
+    def run(self) -> None:
+        me = os.getpid()
+        a_lport, got = fetch("127.0.0.1", self.a.port, send=50_000)
+        assert got == 200_000
+        child = subprocess.Popen([sys.executable, "-c", CLIENT, str(self.b.port)])
+        assert child.wait(timeout=30) == 0
+        self.expected = {"A_srv": (me, self.a.port, 50_000, 200_000), "A_cli": (me, a_lport, 200_000, 50_000),
+                         "B_srv": (me, self.b.port, 300_000, 1000), "B_cli": (child.pid, None, 1, 300_000)}
+
+    def name(self, pid: int, lport: int) -> str:
+        """Which row this is (the child's local port is the one the kernel chose)."""
+        return next(n for n, (p, port, _, _) in self.expected.items() if p == pid and port in (lport, None))
+
+    def named(self, records: list[dict]) -> list[str]:
+        """The rows' names in the order shown, each checked against its known bytes."""
+        names = [self.name(r["pid"], r["lport"]) for r in records]
+        for n, r in zip(names, records):
+            assert (r["rx_bytes"], r["tx_bytes"]) == self.expected[n][2:], (n, r)
+        return names
+
+    def named_text(self, lines: list[str]) -> list[str]:
+        """The same from bcc's text rows (PID COMM LADDR RADDR RX_KB TX_KB)."""
+        cells = [line.split() for line in lines if re.match(r"\d+ ", line)]
+        names = [self.name(int(c[0]), int(c[2].rsplit(":", 1)[1])) for c in cells]
+        for n, c in zip(names, cells):
+            assert (int(c[-2]), int(c[-1])) == tuple(b // 1024 for b in self.expected[n][2:]), (n, c)
+        return names
+
+
+def one_interval(t: Trace) -> list[dict]:
+    """The trace's rows, which all fell in its one interval."""
+    assert t.summary["intervals"] == 1 and len({r["timestamp"] for r in t.records}) == 1, t.stdout
+    return t.records
+
+
+def test_sort_keys_and_row_limit() -> None:
+    """-s orders the rows by the key (libbpf-tools' all/sent/received, pid, and the
+    short names); -r keeps the first ROWS in that order: the rows it leaves out
+    are there in the same run without it. Bytes from what the test sent."""
+    with TwoConnections() as conns:
+        top = ["top", "10", "-P", conns.ports]
+        with Trace([*top, "--json"]) as by_all, Trace([*top, "--json", "-s", "sent"]) as by_sent, \
+             Trace([*top, "--json", "-s", "pid"]) as by_pid, Trace([*top, "--json", "-s", "sent", "-r", "2"]) as two, \
+             Trace([*top, "-C", "-S", "-s", "received"]) as text, Trace([*top, "-C", "-S", "-s", "rx", "-r", "3"]) as three:
+            conns.run()
+    all_order = conns.named(one_interval(by_all))
+    assert all_order[:2] == ["B_srv", "B_cli"] and set(all_order[2:]) == {"A_srv", "A_cli"}  # 301,000; 300,001; 250,000 each
+    assert conns.named(one_interval(by_sent)) == ["B_cli", "A_srv", "A_cli", "B_srv"]
+    assert conns.named(one_interval(two)) == ["B_cli", "A_srv"]  # -r 2: the first two of the line above
+    pids = [r["pid"] for r in one_interval(by_pid)]
+    assert pids == sorted(pids) and len(set(pids)) == 2 and len(pids) == 4
+    assert text.lines[:2] == ["", "PID    COMM         LADDR                 RADDR                  RX_KB  TX_KB"]
+    assert conns.named_text(text.lines) == ["B_srv", "A_cli", "A_srv", "B_cli"]
+    assert conns.named_text(three.lines) == ["B_srv", "A_cli", "A_srv"]  # -s rx is -s received; -r 3 leaves B_cli out
+    assert len(three.lines) == 5  # to a pipe: bcc's blank line, header and rows, nothing more
+
+
+def test_sort_and_row_limit_in_the_live_view() -> None:
+    """The live view shows the first ROWS in --sort order; its totals line counts
+    every connection and says how many are shown."""
+    with TwoConnections() as conns:
+        run, _ = on_terminal(["top", "-s", "sent", "-r", "2", "2", "1", "-P", conns.ports], then=conns.run)
+    frame = last_frame(run)
+    assert conns.named_text(frame) == ["B_cli", "A_srv"], frame
+    rx, tx = (sum(e[i] for e in conns.expected.values()) // 1024 for i in (2, 3))
+    assert frame[-1] == f"total: 4 connections (2 shown: -r 2), RX_KB {rx}, TX_KB {tx}"
+
+    # scrolling text on a terminal says how many -r left out; to a pipe it prints bcc's rows only
+    with TwoConnections() as conns:
+        run, _ = on_terminal(["top", "-C", "-S", "-s", "sent", "-r", "2", "2", "1", "-P", conns.ports], then=conns.run)
+    lines = [ANSI.sub("", line) for line in run.splitlines()]
+    assert conns.named_text(lines) == ["B_cli", "A_srv"] and "... 2 more (-r 2)" in lines, lines
+
+
 def test_pid_filter_keeps_one_process() -> None:
     with PayloadServer(size=1000, request_bytes=300000) as srv, \
          Trace(["top", "--json", "5", "-p", str(os.getpid())]) as t:
@@ -297,10 +397,18 @@ def test_count_stops_after_that_many_intervals() -> None:
     assert (summary["type"], summary["intervals"], summary["lost_events"]) == ("summary", 3, 0)
 
 
-@pytest.mark.parametrize("args", [["0"], ["1", "0"], ["-P", "70000"], ["--cgroup", "/nonexistent"], ["x"]])
+@pytest.mark.parametrize("args", [["0"], ["1", "0"], ["-P", "70000"], ["--cgroup", "/nonexistent"], ["x"],
+                                  ["-s", "size"], ["-r", "0"], ["-r", "x"]])
 def test_bad_arguments_are_usage_errors(args: list[str]) -> None:
     done = run(["top", *args])
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("args", [["-c", "/sys/fs/cgroup/unified"], ["--cgroupmap", "/sys/fs/bpf/map"]])
+def test_bcc_cgroup_spellings_name_the_right_one(args: list[str]) -> None:
+    done = run(["top", *args])
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert f"top has no {args[0]}: to trace one cgroup use --cgroup PATH" in done.stderr
 
 
 @pytest.mark.parametrize("kind", ["tp_btf", "kprobe"])

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import click
+from click.shell_completion import CompletionItem
 
 from netsnoop import options as o
 from netsnoop.btf import StructDecoder
@@ -44,6 +45,22 @@ class InterfaceName(click.ParamType):
         except OSError:
             self.fail(f"network interface {value!r} does not exist (in this network namespace)", param, ctx)
         return Interface(value, ifindex, queue_counts(value))
+
+    def shell_complete(self, ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+        """The names convert() accepts: this network namespace's interfaces (the
+        tool watches an interface of its own namespace only, so another namespace's
+        names would complete to an error)."""
+        return [CompletionItem(name) for name in interface_names() if name.startswith(incomplete)]
+
+
+def interface_names() -> list[str]:
+    """This network namespace's interfaces, from the kernel (netlink), sorted.
+    /sys/class/net would show the namespace sysfs was mounted in, which after a
+    setns() without a remount is another one."""
+    try:
+        return sorted(name for _index, name in socket.if_nameindex())
+    except OSError:
+        return []
 
 
 def queue_counts(name: str) -> dict[int, int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json as jsonlib
 import struct
 import sys
 import time
@@ -84,34 +85,64 @@ class Totals:
         return delta
 
 
+def bcc_value(unit: str) -> Any:
+    """bcc's -f conversion, with its types: bytes and bits stay integers, the larger
+    units are divided (a float, as Python 3 divides)."""
+    bits, divisor = UNITS[unit]
+    if divisor == 1:
+        return lambda b: b * bits
+    return lambda b: b * bits / divisor
+
+
+def bcc_line(date: str, hms: str, entries: dict[str, Any]) -> str:
+    """One interval as bcc's tcpsubnet -J prints it (json.dumps' default separators)."""
+    return jsonlib.dumps({"date": date, "time": hms, "entries": entries}) + "\n"
+
+
 @click.command("subnet")
 @click.argument("subnets", type=SubnetList(), default=DEFAULT_SUBNETS, required=False)
 @click.option("-f", "--format", "unit", type=click.Choice(list(UNITS)), default="B", show_default=True,
               help="unit: B K M G bytes, or b k m g bits")
 @click.option("-i", "--interval", type=o.SECONDS, default=1.0, show_default=True,
               help="output interval, in seconds")
-@click.option("-J", "--json", is_flag=True, help="one JSON object per subnet per interval")
+@click.option("-J", "bcc_json", is_flag=True,
+              help='bcc tcpsubnet\'s JSON: one object per interval, {"date": ..., "time": ..., '
+                   '"entries": {SUBNET: SENT, ...}}, SENT in the -f unit')
+@click.option("--json", is_flag=True,
+              help="one JSON object per subnet per interval (exact bytes, the -f value, a timestamp)")
 @click.option("-v", "--verbose", is_flag=True, help="print the subnet table given to the kernel")
 @o.duration_option
-def command(subnets: list[Subnet], unit: str, interval: float, json: bool, verbose: bool,
+def command(subnets: list[Subnet], unit: str, interval: float, bcc_json: bool, json: bool, verbose: bool,
             duration: float | None) -> None:
     """Summarise TCP bytes sent, by destination subnet.
 
     SUBNETS is a comma-separated list of CIDR networks (IPv4 or IPv6); each send is
     counted in the first one that contains its destination, so put narrow subnets
     before wide ones. Only subnets that received bytes in an interval are listed.
+
+    -J writes what bcc's tcpsubnet -J writes, so its consumers keep working: one
+    line per interval, busiest subnet first, values as bcc computes them (whole
+    numbers for B and b, fractions for the larger units); the summary goes to
+    stderr. --json is netsnoop's own layout, one typed object per subnet.
     """
+    if bcc_json and json:
+        raise click.UsageError("-J (bcc's JSON layout) and --json (one object per subnet) cannot be combined")
     if verbose:
         for i, s in enumerate(subnets):
             click.echo(f"subnet {i}: {s.text} = {s.network.network_address} mask {s.network.netmask}", err=True)
     bits, divisor = UNITS[unit]
     sink = make_sink(OutputOptions(json=json), COLUMNS)
+    as_bcc = bcc_value(unit)
 
     def show(totals: Totals) -> None:
         now = time.time()
         stamp = time.localtime(now)
         date, hms = time.strftime("%x", stamp), time.strftime("%X", stamp)
         sent = sorted(((b, s) for b, s in zip(totals.interval(), subnets) if b), key=lambda bs: -bs[0])
+        if bcc_json:
+            sys.stdout.write(bcc_line(date, hms, {s.text: as_bcc(b) for b, s in sent}))
+            sys.stdout.flush()
+            return
         if not json:
             sys.stdout.write(f"[{date} {hms}]\n")
         sink.write([(s.text, int(b * bits / divisor), b, date, hms, round(now, 6)) for b, s in sent])

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import click
 
 from netsnoop import options as o
 from netsnoop.btf import StructDecoder
-from netsnoop.fmt import AF_INET6, comm, ip_version
+from netsnoop.fmt import comm, ip_version
 from netsnoop.live import LiveView, use_live
 from netsnoop.loader import BPFObject
 from netsnoop.output import Column, JsonSink, TextSink
 from netsnoop.runner import Tracer, ready, run_intervals
 from netsnoop.traffic import endpoints, take_all, typed_endpoints
+
+F = Callable[..., Any]
 
 # No ring buffer traffic: the kernel sums bytes in the conns map. With tp_btf hooks
 # the bytes wait in a per-CPU cache, which the DRAIN program (and the cache's other
@@ -47,9 +49,39 @@ def columns(v6: bool) -> list[Column]:
 TOTALS = {c.header: i for i, c in enumerate(columns(False))}
 
 
+# -s/--sort: libbpf-tools tcptop's keys (all, sent, received), pid, and the short
+# names people also reach for. Every key ends in the same tie-breakers, so equal
+# rows keep one order from one interval to the next.
+SORT_ALIASES = {"bytes": "all", "tx": "sent", "rx": "received"}
+SORT_KEYS = ("all", "sent", "received", "pid", *SORT_ALIASES)
+_SORTS = {
+    "all": lambda k, v: (-(v.rx + v.tx), k.pid, v.lport, v.rport),
+    "sent": lambda k, v: (-v.tx, -(v.rx + v.tx), k.pid, v.lport, v.rport),
+    "received": lambda k, v: (-v.rx, -(v.rx + v.tx), k.pid, v.lport, v.rport),
+    "pid": lambda k, v: (k.pid, -(v.rx + v.tx), v.lport, v.rport),
+}
+
+
 class Interval(NamedTuple):
-    ipv4: list[tuple[Any, ...]]
-    ipv6: list[tuple[Any, ...]]
+    """One interval's rows in sort order (at most -r of them), and what all the
+    connections that matched add up to, shown or not."""
+
+    rows: list[tuple[Any, ...]]
+    connections: int
+    rx: int
+    tx: int
+
+    @property
+    def ipv4(self) -> list[tuple[Any, ...]]:
+        return [r for r in self.rows if r[TOTALS["IP"]] == 4]
+
+    @property
+    def ipv6(self) -> list[tuple[Any, ...]]:
+        return [r for r in self.rows if r[TOTALS["IP"]] == 6]
+
+    @property
+    def hidden(self) -> int:
+        return self.connections - len(self.rows)
 
 
 def drain(obj: BPFObject) -> None:
@@ -60,20 +92,22 @@ def drain(obj: BPFObject) -> None:
             return
 
 
-def collect(obj: BPFObject, keys: StructDecoder, values: StructDecoder, cached: bool) -> Interval:
-    """Take (read and clear) the interval's counts, busiest connection first."""
+def collect(obj: BPFObject, keys: StructDecoder, values: StructDecoder, cached: bool,
+            sort: str = "all", rows: int | None = None) -> Interval:
+    """Take (read and clear) the interval's counts, in ``sort`` order, the first
+    ``rows`` of them."""
     now = round(time.time(), 6)
     if cached:
         drain(obj)
     entries = [(keys.decode(k), values.decode(v)) for k, v in take_all(obj.map("conns"))]
     entries = [(k, v) for k, v in entries if not v.excluded and (v.rx or v.tx)]
-    entries.sort(key=lambda kv: kv[1].rx + kv[1].tx, reverse=True)
-    out = Interval([], [])
-    for k, v in entries:
+    order = _SORTS[SORT_ALIASES.get(sort, sort)]
+    entries.sort(key=lambda kv: order(*kv))
+    out = Interval([], len(entries), sum(v.rx for _, v in entries), sum(v.tx for _, v in entries))
+    for k, v in entries[:rows]:
         local, remote, *typed = endpoints(v.family, v.laddr, v.lport, v.raddr, v.rport)
-        row = (k.pid, comm(v.comm), local, remote, v.rx // 1024, v.tx // 1024, ip_version(v.family), *typed,
-               v.rx, v.tx, now)
-        (out.ipv6 if v.family == AF_INET6 else out.ipv4).append(row)
+        out.rows.append((k.pid, comm(v.comm), local, remote, v.rx // 1024, v.tx // 1024, ip_version(v.family),
+                         *typed, v.rx, v.tx, now))
     return out
 
 
@@ -95,12 +129,14 @@ class TextView:
         if not (interval.ipv4 or interval.ipv6) and out.isatty():  # bcc shows nothing: say so to people
             self.sinks[0].header()
             out.write("no TCP traffic matched\n")
-        for n, (sink, rows) in enumerate(zip(self.sinks, interval)):
+        for n, (sink, rows) in enumerate(zip(self.sinks, (interval.ipv4, interval.ipv6))):
             if rows:
                 if n:
                     out.write("\n")
                 sink.header()
                 sink.write(rows)
+        if interval.hidden and out.isatty():  # pipes get bcc's rows only
+            out.write(f"... {interval.hidden} more (-r {len(interval.rows)})\n")
         out.flush()
 
     def summary(self, record: dict[str, Any]) -> None:
@@ -117,7 +153,7 @@ class JsonLines:
         self.sink = JsonSink(columns(False))
 
     def show(self, interval: Interval) -> None:
-        self.sink.write(interval.ipv4 + interval.ipv6)
+        self.sink.write(interval.rows)
 
     def summary(self, record: dict[str, Any]) -> None:
         self.sink.summary(record)
@@ -140,11 +176,11 @@ class Live(TextView):
         self.view = LiveView(drop=LIVE_DROP)
 
     def show(self, interval: Interval) -> None:
-        rows = interval.ipv4 + interval.ipv6
-        rx, tx = (sum(r[TOTALS[k]] for r in rows) for k in ("RX_BYTES", "TX_BYTES"))
+        n = interval.connections
         head = ([loadavg_line()] if self.summary_line else []) + [self.unit]
-        footer = [f"total: {len(rows)} connection{'' if len(rows) == 1 else 's'}, "
-                  f"RX_KB {rx // 1024}, TX_KB {tx // 1024}"] if rows else []
+        limited = f" ({len(interval.rows)} shown: -r {len(interval.rows)})" if interval.hidden else ""
+        footer = [f"total: {n} connection{'' if n == 1 else 's'}{limited}, "
+                  f"RX_KB {interval.rx // 1024}, TX_KB {interval.tx // 1024}"] if n else []
         self.view.show(head, [(columns(False), interval.ipv4), (columns(True), interval.ipv6)], footer,
                        empty="no TCP traffic matched")
 
@@ -152,12 +188,26 @@ class Live(TextView):
         self.view.close()
 
 
-def run(obj: BPFObject, view: Any, interval: float, count: int | None) -> int | None:
+def run(obj: BPFObject, view: Any, interval: float, count: int | None, sort: str = "all",
+        rows: int | None = None) -> int | None:
     """Show every interval until Ctrl-C or ``count``; returns the intervals shown
     (None: stdout's reader went away)."""
     keys, values = StructDecoder(obj.btf, "conn_key"), StructDecoder(obj.btf, "conn_bytes")
     cached = obj.loaded_program(DRAIN) is not None
-    return run_intervals(lambda: view.show(collect(obj, keys, values, cached)), interval, count)
+    return run_intervals(lambda: view.show(collect(obj, keys, values, cached, sort, rows)), interval, count)
+
+
+def cgroup_spelling(given: str) -> Callable[[F], F]:
+    """libbpf-tools' tcptop -c PATH and bcc's --cgroupmap are --cgroup PATH here: a
+    hidden ``given`` that says so, rather than "no such option"."""
+
+    def refuse(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+        if value is not None:
+            raise click.UsageError(f"top has no {given}: to trace one cgroup use --cgroup PATH "
+                                   "(a cgroup v2 directory, as libbpf-tools' tcptop -c takes)", ctx)
+
+    return click.option(given, f"_{given.lstrip('-')}", is_flag=False, flag_value="", default=None, hidden=True,
+                        expose_value=False, callback=refuse)
 
 
 @click.command("top")
@@ -167,10 +217,17 @@ def run(obj: BPFObject, view: Any, interval: float, count: int | None) -> int | 
 @o.ports_option("-P", "--port", "ports", help="only count these ports at either end (e.g. 80,443)")
 @o.family_option
 @o.cgroup_option
+@cgroup_spelling("-c")
+@cgroup_spelling("--cgroupmap")
+@click.option("-s", "--sort", type=click.Choice(SORT_KEYS), default="all", show_default=True,
+              help="order of the rows: all (bytes sent and received), sent, received, pid; "
+                   "bytes, tx, rx are other names for all, sent, received")
+@click.option("-r", "--rows", type=click.IntRange(min=1), default=None, metavar="ROWS",
+              help="show at most ROWS connections an interval, the first in --sort order (default: all)")
 @click.option("--json", is_flag=True, help="one JSON object per connection per interval")
 @o.interval_count_arguments()
 def command(noclear: bool, nosummary: bool, pid: int | None, ports: Any, family: int | None, cgroup: int | None,
-            json: bool, interval: float, count: int | None) -> None:
+            sort: str, rows: int | None, json: bool, interval: float, count: int | None) -> None:
     """Summarise TCP send/receive throughput by process and connection.
 
     Every INTERVAL seconds (default 1), COUNT times (default: until Ctrl-C). Bytes are
@@ -180,13 +237,18 @@ def command(noclear: bool, nosummary: bool, pid: int | None, ports: Any, family:
     unless -C: it fits the terminal (COMM, then LADDR, then PID give way before a
     number is cut; rows that do not fit are counted), ends with the interval's
     totals, and q quits.
+
+    Rows come busiest first (-s all); -s sent, -s received or -s pid order them
+    otherwise (IPv4 and IPv6 keep their own tables, each in that order; --json
+    gives all rows in that order). -r keeps the first ROWS connections of each
+    interval; the live view's totals line still counts them all.
     """
     rodata = {**o.port_filters(ports=ports), "filter_pid": pid, "filter_family": family, "filter_cgroup": cgroup}
     with TRACER.open(rodata) as obj:
         view: Any = JsonLines() if json else Live(not nosummary, interval) if use_live(noclear, json) else TextView(not nosummary)
         try:
             ready(f"Tracing... Output every {interval:g} secs. Hit Ctrl-C to end")
-            shown = run(obj, view, interval, count)
+            shown = run(obj, view, interval, count, sort, rows)
         finally:
             view.close()
         if shown is None:
