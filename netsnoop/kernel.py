@@ -136,21 +136,6 @@ def tracefs_event_exists(category: str, name: str) -> bool:
     return os.path.isdir(os.path.join(d, "events", category, name))
 
 
-@lru_cache(maxsize=None)
-def kallsyms_functions() -> frozenset[str]:
-    """Names of the kernel's text symbols (t/T), for kprobe availability."""
-    names = set()
-    try:
-        with open("/proc/kallsyms") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) >= 3 and parts[1] in ("t", "T"):
-                    names.add(parts[2])
-    except OSError:
-        pass
-    return frozenset(names)
-
-
 def fdinfo(fd: int) -> dict[str, str]:
     """The key/value lines of /proc/self/fdinfo/<fd>: how BPF maps and programs describe
     themselves (max_entries, recursion_misses...); {} if unreadable."""

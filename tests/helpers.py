@@ -350,12 +350,15 @@ def kernel_text_symbols() -> set[str]:
         return {p[2] for p in map(str.split, f) if len(p) >= 3 and p[1] in "tT"}
 
 
+BTF_KIND_TYPEDEF = 8
+
+
 def assert_verified(obj: Any, group: str, kind: str) -> dict[str, str]:
     """What the verifier accepting ``group``'s ``kind`` variant of a loaded BPFObject
     means, checked from the kernel's side rather than from the loader's word: the
     program has a file descriptor, the kernel lists it (its own fdinfo: type, id), and
     the point it would attach to exists in this kernel (kallsyms for kprobes and
-    fentry, tracefs for tracepoints, the BTF trace stub for tp_btf). Returns fdinfo."""
+    fentry, tracefs for tracepoints, the BTF trace typedef for tp_btf). Returns fdinfo."""
     from netsnoop.libbpf import lib
 
     name = f"{group}__{kind}"
@@ -373,6 +376,12 @@ def assert_verified(obj: Any, group: str, kind: str) -> dict[str, str]:
     elif kind == "tracepoint":
         sh("mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing")
         assert os.path.isdir(f"/sys/kernel/tracing/events/{target}"), f"no tracepoint {target}"
-    else:
-        assert f"__bpf_trace_{target}" in kernel_text_symbols(), f"no BTF tracepoint {target}"
+    else:  # the BTF typedef every raw tracepoint has, whatever event class defines it
+        from netsnoop.btf import BTF
+
+        btf = BTF.vmlinux()
+        try:
+            assert btf.find(f"btf_trace_{target}", BTF_KIND_TYPEDEF) > 0, f"no BTF tracepoint {target}"
+        finally:
+            btf.close()
     return info

@@ -16,8 +16,7 @@ import time
 
 import click
 import pytest
-from helpers import NetnsPair, Trace, run
-from verifier_helpers import assert_kernel_holds
+from helpers import NetnsPair, Trace, assert_verified, run
 from traffic_helpers import Sink, in_netns
 
 from netsnoop.commands.subnet import SubnetList, subnet_filters
@@ -157,7 +156,7 @@ def test_verbose_shows_the_kernel_table() -> None:
 def test_kprobe_fallback_passes_the_verifier() -> None:
     with BPFObject("subnet", variants={"send": "kprobe"}) as obj:
         obj.load()
-        assert_kernel_holds(obj, {"send": "kprobe"})
+        assert_verified(obj, "send", "kprobe")
 
 
 def test_subnets_become_kernel_tables() -> None:
