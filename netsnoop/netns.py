@@ -19,7 +19,7 @@ import os
 import socket
 import struct
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 CLONE_NEWNET = 0x40000000
 # The host's (init_net's) namespace inode is a kernel constant (PROC_NET_INIT_INO), so it
@@ -418,3 +418,55 @@ def listener_drops(ns: Netns) -> dict[int, int]:
                     continue
                 raise
     return out
+
+
+# ---- naming namespaces in rows --------------------------------------------------------
+
+def holder_pid(ns: Netns) -> int | None:
+    """The process through which ``ns`` was found (its lowest PID), None for a namespace
+    known only by its ``ip netns`` name."""
+    parts = ns.path.split("/")
+    return int(parts[2]) if ns.path.startswith("/proc/") and parts[2].isdigit() else None
+
+
+class NetnsLabels:
+    """Namespace inode -> the label rows show, cached (at most ``limit`` entries).
+
+    An inode not in the cache makes the namespaces be listed again (each process's
+    ``/proc/PID/ns/net``: not more than once per ``interval`` seconds); one still
+    unknown after that is shown by its inode. ``owner`` names an unnamed namespace
+    after a process in it (its container), or returns "" to keep the inode.
+    """
+
+    def __init__(self, owner: Callable[[int], str] | None = None, limit: int = 4096, interval: float = 1.0) -> None:
+        self._owner = owner
+        self._limit = limit
+        self._interval = interval
+        self._labels: dict[int, str] = {}
+        self._listed = -interval
+
+    def __call__(self, inode: int) -> str:
+        try:
+            return self._labels[inode]
+        except KeyError:
+            return self._miss(inode)
+
+    def _miss(self, inode: int) -> str:
+        import time
+
+        if inode == 0:
+            return "-"
+        now = time.monotonic()
+        if now - self._listed >= self._interval:
+            self._listed = now
+            found = {ns.inode: ns for ns in namespaces()}
+            self._labels.clear()
+            for ns in list(found.values())[: self._limit]:
+                self._labels[ns.inode] = self._label(ns)
+        return self._labels.get(inode) or f"netns:{inode}"
+
+    def _label(self, ns: Netns) -> str:
+        if ns.name or ns.host or self._owner is None:
+            return ns.label
+        pid = holder_pid(ns)
+        return (self._owner(pid) if pid else "") or ns.label

@@ -1,12 +1,15 @@
 // SPDX-License-Identifier: GPL-2.0
 /* states: every TCP state change, with the time spent in the old state (tcpstates). */
 #include "hooks.h"
+#include "where.h"
 
 struct event {
 	__u64 skaddr;
 	__u64 ts_ns;
 	__u64 delta_ns; /* time in oldstate, 0 when its start was not seen */
+	__u64 cgroup;   /* of the task on the CPU (C-PID) */
 	__u32 pid;
+	__u32 netns;    /* the socket's network namespace (inode) */
 	__u16 family;
 	__u16 lport;
 	__u16 rport;
@@ -43,7 +46,8 @@ static __always_inline int on_state(const struct sock *sk, int oldstate, int new
 	struct sock_tuple t;
 	__u64 key = (__u64)sk, now = bpf_ktime_get_ns(), delta = 0;
 	struct entered_state *since, entry = { .ns = now, .state = newstate };
-	__u32 pid;
+	__u64 cgroup;
+	__u32 pid, netns;
 	struct event *e;
 
 	/* close() after shutdown(SHUT_WR) calls tcp_set_state() with the state the socket
@@ -53,6 +57,9 @@ static __always_inline int on_state(const struct sock *sk, int oldstate, int new
 		return 0;
 	read_sock_tuple(sk, &t);
 	if (!tuple_allowed(&t))
+		return 0;
+	netns = sock_netns(sk);
+	if (!netns_allowed(netns))
 		return 0;
 
 	since = bpf_map_lookup_elem(&entered, &key);
@@ -67,7 +74,10 @@ static __always_inline int on_state(const struct sock *sk, int oldstate, int new
 		bpf_map_update_elem(&entered, &key, &entry, BPF_ANY);
 
 	pid = current_pid();
-	if (!pid_allowed(pid))
+	if (!pids_allowed(pid))
+		return 0;
+	cgroup = bpf_get_current_cgroup_id();
+	if (filter_cgroup && cgroup != filter_cgroup)
 		return 0;
 	e = reserve_event(sizeof(*e));
 	if (!e)
@@ -75,7 +85,9 @@ static __always_inline int on_state(const struct sock *sk, int oldstate, int new
 	e->skaddr = key;
 	e->ts_ns = now;
 	e->delta_ns = delta;
+	e->cgroup = cgroup;
 	e->pid = pid;
+	e->netns = netns;
 	e->family = t.family;
 	e->lport = t.sport;
 	e->rport = t.dport;

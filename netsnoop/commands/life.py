@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from netsnoop import options as o
+from netsnoop import where
 from netsnoop.fmt import addr, comm, ip_version
 from netsnoop.output import Column, OutputOptions
 from netsnoop.loader import BPFObject
@@ -40,21 +41,25 @@ def columns(wide: bool) -> list[Column]:
         Column("RPORT", 5),
         Column("TX_KB", kb, align=">"),
         Column("RX_KB", kb, align=">"),
-        Column("MS", spec=".2f"),
+        Column("MS", 10 if wide else 0, spec=".2f"),
         Column("TX_BYTES", text=False),
         Column("RX_BYTES", text=False),
+        *where.columns(wide),
     ]
 
 
 @click.command("life")
 @o.output_options()
-@o.pid_option("only trace sessions owned by this process ID")
+@where.pids_option("only trace sessions owned by these processes")
 @o.ports_option("-L", "--localport", "lports", help="only trace these local ports (e.g. 80,81)")
 @o.ports_option("-D", "--remoteport", "rports", help="only trace these remote ports")
 @o.ports_option("-P", "--port", "ports", help="only trace these ports at either end (local OR remote)")
 @o.family_option
+@o.cgroup_option
+@where.netns_option
 @o.duration_option
-def command(out: OutputOptions, pid: int | None, lports: Any, rports: Any, ports: Any, family: int | None, duration: float | None) -> None:
+def command(out: OutputOptions, pids: list[int] | None, lports: Any, rports: Any, ports: Any, family: int | None,
+            cgroup: int | None, netns: list[int] | None, duration: float | None) -> None:
     """Trace the lifespan of TCP sessions: one line per session when it closes.
 
     PID/COMM are the process that used the socket (connect, send, recv or close in its
@@ -64,16 +69,21 @@ def command(out: OutputOptions, pid: int | None, lports: Any, rports: Any, ports
     -L and -D must both match; -P matches a port at either end.
 
     Sessions that close without their start having been seen (begun before tracing)
-    have no row; the summary counts them (closes_without_start; not with -p). Sessions
+    have no row; the summary counts them (closes_without_start; not with -p or --cgroup,
+    since whose they were is unknown). Sessions
     whose end the kernel did not let any hook see have no row either; the summary
     counts them too (ends_not_seen), and a warning says so.
+
+    NETNS is the session's network namespace, CONTAINER its owner's container, pod or
+    systemd unit (-w; always in --json); -p and --cgroup judge the owner.
     """
     same = sorted(set(lports or ()) & set(rports or ()))
     if same:
         both = ",".join(map(str, same))
         warn(f"-L and -D must both match: a session shows only if its local port is in -L and its remote "
              f"port in -D; -P {both} matches {both} at either end")
-    rodata = {**o.port_filters(lports, rports, ports), "filter_pid": pid, "filter_family": family,
+    rodata = {**o.port_filters(lports, rports, ports), **where.filters(pids, netns), "filter_family": family,
+              "filter_cgroup": cgroup,
               "own_netns": os.stat("/proc/self/ns/net").st_ino}
 
     def row(e: Any) -> tuple[Any, ...]:
@@ -81,6 +91,7 @@ def command(out: OutputOptions, pid: int | None, lports: Any, rports: Any, ports
             e.pid, comm(e.comm) if e.pid else "?", ip_version(e.family),
             addr(e.family, e.laddr), e.lport, addr(e.family, e.raddr), e.rport,
             e.tx_bytes // 1024, e.rx_bytes // 1024, e.span_ns / 1e6, e.tx_bytes, e.rx_bytes,
+            *where.values(e.netns, e.cgroup),
         )
 
     with TRACER.open(rodata) as obj:
