@@ -40,14 +40,19 @@ F = Callable[..., Any]
 
 # ---- reading cgroup paths --------------------------------------------------------------
 
-_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\\]")
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\\\\\udc80-\udcff]")
+
+
+def _escape(m: re.Match[str]) -> str:
+    code = ord(m.group())
+    return f"\\x{code - 0xDC00 if code >= 0xDC80 else code:02x}"
 
 
 def printable(raw: bytes | str) -> str:
     """A name made safe to print: invalid UTF-8, control bytes and backslashes as
     ``\\xNN`` escapes (cgroup names are chosen by whoever may create cgroups)."""
-    text = raw.decode("utf-8", "backslashreplace") if isinstance(raw, bytes) else raw
-    return _UNPRINTABLE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    text = raw.decode("utf-8", "surrogateescape") if isinstance(raw, bytes) else raw
+    return _UNPRINTABLE.sub(_escape, text)
 
 
 # runtime prefix of a systemd scope -> the name rows use
