@@ -209,27 +209,45 @@ def netns_label(inode: int) -> str:
 
 # ---- columns ---------------------------------------------------------------------------
 
-def columns(text: bool) -> list[Column]:
-    """NETNS and CONTAINER (text when ``text``, always in JSON with the exact inode,
-    cgroup path and id). Placed last in a tool's columns: CONTAINER is unpadded."""
+def columns(text: bool, json: bool = True) -> list[Column]:
+    """NETNS and CONTAINER (text when ``text``), and in JSON the exact inode, cgroup
+    path and id; none at all when neither shows them, so that rows do not pay for
+    names nobody sees. Placed last in a tool's columns: CONTAINER is unpadded."""
+    if not (text or json):
+        return []
     return [
         Column("NETNS", 14, text=text), Column("CONTAINER", text=text),
         Column("NETNS_INODE", text=False), Column("CGROUP", text=False), Column("CGROUP_ID", text=False),
     ]
 
 
+_values: dict[tuple[int, int], tuple[str, str, int, str, int]] = {}
+VALUES_LIMIT = 4096
+
+
 def values(netns_inode: int, cgroup_id: int) -> tuple[str, str, int, str, int]:
-    """The values of :func:`columns`, in order."""
+    """The values of :func:`columns`, in order. Rows come from few (namespace, cgroup)
+    pairs: each pair is named once (bounded), unless a name is still a number (an
+    inode or id not found yet), which is looked up again next time."""
+    try:
+        return _values[netns_inode, cgroup_id]
+    except KeyError:
+        pass
     path, label = cgroups()(cgroup_id)
-    return (netns_label(netns_inode), label, netns_inode, path, cgroup_id)
+    answer = (netns_label(netns_inode), label, netns_inode, path, cgroup_id)
+    if not answer[0].startswith("netns:") and not label.startswith("cgroup:"):
+        if len(_values) >= VALUES_LIMIT:
+            _values.pop(next(iter(_values)))
+        _values[netns_inode, cgroup_id] = answer
+    return answer
 
 
 # getters by header, for tools that build rows per column (conn.py)
 FIELDS: dict[str, Callable[[Any], Any]] = {
-    "NETNS": lambda e: netns_label(e.netns),
-    "CONTAINER": lambda e: cgroups().label(e.cgroup),
+    "NETNS": lambda e: values(e.netns, e.cgroup)[0],
+    "CONTAINER": lambda e: values(e.netns, e.cgroup)[1],
     "NETNS_INODE": lambda e: e.netns,
-    "CGROUP": lambda e: cgroups().path(e.cgroup),
+    "CGROUP": lambda e: values(e.netns, e.cgroup)[3],
     "CGROUP_ID": lambda e: e.cgroup,
 }
 

@@ -172,6 +172,13 @@ def test_uid_filter_and_column() -> None:
     assert [line.split()[:2] for line in t.lines[1:]] == [[str(nobody), str(proc.pid)]]
 
 
+def cgroup_id_of(pid: int) -> int:
+    """The cgroup v2 id of a process: the inode of its directory, from /proc/PID/cgroup."""
+    with open(f"/proc/{pid}/cgroup") as f:
+        path = next(line[3:].rstrip("\n") for line in f if line.startswith("0::"))
+    return os.stat(cgroup2_root() + path).st_ino
+
+
 def cgroup2_root() -> str:
     with open("/proc/mounts") as f:
         for line in f:
@@ -288,6 +295,7 @@ HANGING_CLIENT = "import socket, sys; socket.create_connection((sys.argv[1], int
 def test_outcome_shows_an_unanswered_attempt_as_pending_at_exit() -> None:
     port = 5003
     with NetnsPair() as ns:
+        inode_a = os.stat(f"/run/netns/{ns.a}").st_ino
         ns.exec(ns.b, "nft add table inet t")
         ns.exec(ns.b, "nft add chain inet t in '{ type filter hook input priority 0; }'")
         ns.exec(ns.b, f"nft add rule inet t in tcp dport {port} tcp flags syn counter drop")
@@ -299,6 +307,7 @@ def test_outcome_shows_an_unanswered_attempt_as_pending_at_exit() -> None:
                 while "packets 0 " in ns.exec(ns.b, "nft list ruleset").stdout:  # the SYN is out, dropped
                     assert time.monotonic() < deadline, "the SYN never reached the rule"
                     time.sleep(0.02)
+                cgroup_id = cgroup_id_of(proc.pid)
                 t.stop(settle=0)
                 waited = time.monotonic() - t0
             finally:
@@ -308,6 +317,9 @@ def test_outcome_shows_an_unanswered_attempt_as_pending_at_exit() -> None:
     assert len(rows) == 1, t.records
     assert rows[0]["result"] == "PENDING" and rows[0]["dport"] == port and rows[0]["pid"] == proc.pid
     assert rows[0]["saddr"] == ns.addr_a and 0 < rows[0]["lat_ms"] <= waited * 1000
+    # who and where, kept with the attempt in the kernel
+    assert (rows[0]["netns"], rows[0]["netns_inode"]) == (ns.a, inode_a)
+    assert rows[0]["cgroup_id"] == cgroup_id
 
 
 def test_pending_is_the_outcome_of_an_attempt_still_in_syn_sent() -> None:

@@ -16,12 +16,12 @@ from netsnoop.runner import Tracer
 TRACER = Tracer("accept", optional=frozenset({"accept"}))
 
 
-def columns(wide: bool) -> list[Column]:
+def columns(wide: bool, json: bool = True) -> list[Column]:
     """bcc's layout; -w fits IPv6 addresses and adds NETNS and CONTAINER (always in JSON)."""
     a = 26 if wide else 16
     return [
         Column("PID", 7), Column("COMM", 12, truncate=True), Column("IP", 2), Column("RADDR", a),
-        Column("RPORT", 5), Column("LADDR", a), Column("LPORT", 5), *where.columns(wide),
+        Column("RPORT", 5), Column("LADDR", a), Column("LPORT", 5), *where.columns(wide, json),
     ]
 
 
@@ -45,4 +45,4 @@ def command(out: OutputOptions, pids: list[int] | None, ports: Any, family: int 
     """
     rodata = conn.filters(pids=pids, family=family, cgroup=cgroup, netns=netns, lports=ports)
     with TRACER.open(rodata) as obj:
-        conn.show(obj, columns(out.wide), out, duration, "Tracing... Hit Ctrl-C to end.")
+        conn.show(obj, columns(out.wide, out.json), out, duration, "Tracing... Hit Ctrl-C to end.")

@@ -52,7 +52,7 @@ class Duration(click.ParamType):
         return seconds
 
 
-def columns(uid: bool, lport: bool, outcome: bool, wide: bool = False) -> list[Column]:
+def columns(uid: bool, lport: bool, outcome: bool, wide: bool = False, json: bool = True) -> list[Column]:
     """bcc's layout; UID is always in JSON, LPORT wherever it is known; -w fits IPv6
     addresses and adds NETNS and CONTAINER (always in JSON)."""
     a = 26 if wide else 16
@@ -63,7 +63,7 @@ def columns(uid: bool, lport: bool, outcome: bool, wide: bool = False) -> list[C
     ]
     if outcome:
         cols += [Column("RESULT", 15), Column("LAT(ms)", 8 if wide else 0, spec=".2f")]
-    return cols + where.columns(wide)
+    return cols + where.columns(wide, json)
 
 
 def count_rows(obj: BPFObject) -> list[tuple[Any, ...]]:
@@ -145,4 +145,4 @@ def command(out: OutputOptions, pids: list[int] | None, ports: Any, uid: int | N
             show_counts(obj, out, duration)
         else:
             at_stop = (lambda: pending(obj)) if outcome else None
-            conn.show(obj, columns(print_uid, lport, outcome, out.wide), out, duration, BANNER, at_stop)
+            conn.show(obj, columns(print_uid, lport, outcome, out.wide, out.json), out, duration, BANNER, at_stop)

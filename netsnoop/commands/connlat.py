@@ -13,13 +13,13 @@ from netsnoop.runner import Tracer
 TRACER = Tracer("connlat")
 
 
-def columns(lport: bool, wide: bool = False) -> list[Column]:
+def columns(lport: bool, wide: bool = False, json: bool = True) -> list[Column]:
     """bcc's layout; -w fits IPv6 addresses and adds NETNS and CONTAINER (always in JSON)."""
     a = 26 if wide else 16
     return [
         Column("PID", 6), Column("COMM", 12, truncate=True), Column("IP", 2), Column("SADDR", a),
         Column("LPORT", 6, text=lport, json=lport), Column("DADDR", a), Column("DPORT", 5),
-        Column("LAT(ms)", 7 if wide else 0, spec=".2f"), Column("RESULT", text=False), *where.columns(wide),
+        Column("LAT(ms)", 7 if wide else 0, spec=".2f"), Column("RESULT", text=False), *where.columns(wide, json),
     ]
 
 
@@ -50,4 +50,4 @@ def command(out: OutputOptions, min_ms: float | None, pids: list[int] | None, lp
     """
     rodata = {**conn.filters(pids=pids, family=family, cgroup=cgroup, netns=netns), "min_lat_ns": int(min_ms * 1e6) if min_ms else None}
     with TRACER.open(rodata) as obj:
-        conn.show(obj, columns(lport, out.wide), out, duration, "Tracing... Hit Ctrl-C to end.")
+        conn.show(obj, columns(lport, out.wide, out.json), out, duration, "Tracing... Hit Ctrl-C to end.")

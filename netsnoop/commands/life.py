@@ -29,7 +29,7 @@ def ends_not_seen(obj: BPFObject) -> int:
     return obj.counter("ends_not_seen")
 
 
-def columns(wide: bool) -> list[Column]:
+def columns(wide: bool, json: bool = True) -> list[Column]:
     a, kb = (26, 6) if wide else (15, 5)
     return [
         Column("PID", 5 if not wide else 7),
@@ -44,7 +44,7 @@ def columns(wide: bool) -> list[Column]:
         Column("MS", 10 if wide else 0, spec=".2f"),
         Column("TX_BYTES", text=False),
         Column("RX_BYTES", text=False),
-        *where.columns(wide),
+        *where.columns(wide, json),
     ]
 
 
@@ -86,13 +86,16 @@ def command(out: OutputOptions, pids: list[int] | None, lports: Any, rports: Any
               "filter_cgroup": cgroup,
               "own_netns": os.stat("/proc/self/ns/net").st_ino}
 
+    cols = columns(out.wide, out.json)
+    named = where.values if out.wide or out.json else None  # as where.columns()
+
     def row(e: Any) -> tuple[Any, ...]:
-        return (
+        r = (
             e.pid, comm(e.comm) if e.pid else "?", ip_version(e.family),
             addr(e.family, e.laddr), e.lport, addr(e.family, e.raddr), e.rport,
             e.tx_bytes // 1024, e.rx_bytes // 1024, e.span_ns / 1e6, e.tx_bytes, e.rx_bytes,
-            *where.values(e.netns, e.cgroup),
         )
+        return r + named(e.netns, e.cgroup) if named else r
 
     with TRACER.open(rodata) as obj:
         def facts() -> dict[str, int]:
@@ -102,4 +105,4 @@ def command(out: OutputOptions, pids: list[int] | None, lports: Any, rports: Any
                      "that see an end; their rows are missing (ends_not_seen in the summary)")
             return {"closes_without_start": obj.counter("closes_without_start"), "ends_not_seen": unseen}
 
-        stream(obj, columns(out.wide), row, out, duration, facts=facts)
+        stream(obj, cols, row, out, duration, facts=facts)

@@ -15,7 +15,7 @@ from netsnoop.runner import Tracer, stream
 TRACER = Tracer("states")
 
 
-def columns(wide: bool) -> list[Column]:
+def columns(wide: bool, json: bool = True) -> list[Column]:
     a = 26 if wide else 15
     return [
         Column("SKADDR", 16),
@@ -30,7 +30,7 @@ def columns(wide: bool) -> list[Column]:
         Column("->", 2, json=False, csv=False),
         Column("NEWSTATE", 11),
         Column("MS", 10 if wide else 0, spec=".3f"),
-        *where.columns(wide),
+        *where.columns(wide, json),
     ]
 
 
@@ -71,16 +71,19 @@ def command(out: OutputOptions, lports: Any, rports: Any, ports: Any, pids: list
     rodata = {**o.port_filters(lports, rports, ports), **where.filters(pids, netns), "filter_family": family,
               "filter_cgroup": cgroup}
 
+    cols = columns(out.wide, out.json)
+    named = where.values if out.wide or out.json else None  # as where.columns()
+
     def row(e: Any) -> tuple[Any, ...]:
-        return (
+        r = (
             f"{e.skaddr:x}", e.pid, comm(e.comm), ip_version(e.family),
             addr(e.family, e.laddr), e.lport, addr(e.family, e.raddr), e.rport,
             tcp_state(e.oldstate), "->", tcp_state(e.newstate), e.delta_ns / 1e6,
-            *where.values(e.netns, e.cgroup),
         )
+        return r + named(e.netns, e.cgroup) if named else r
 
     with TRACER.open(rodata) as obj:
         def facts() -> dict[str, int]:
             return {"changes_not_seen": obj.counter("changes_not_seen")}
 
-        stream(obj, columns(out.wide), row, out, duration, facts=facts)
+        stream(obj, cols, row, out, duration, facts=facts)

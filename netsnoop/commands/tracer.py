@@ -15,14 +15,14 @@ from netsnoop.runner import Tracer
 TRACER = Tracer("tracer", optional=frozenset({"accept4", "accept"}))
 
 
-def columns(verbose: bool, wide: bool = False) -> list[Column]:
+def columns(verbose: bool, wide: bool = False, json: bool = True) -> list[Column]:
     """bcc's layout; -v swaps T for long TYPE names and adds NETNS (as bcc) and
     CONTAINER; -w fits IPv6 addresses and adds NETNS and CONTAINER (all always in JSON)."""
     a = 26 if wide else 16
     return [
         Column("T", 2, text=not verbose, json=False), Column("TYPE", 12, text=verbose),
         Column("PID", 6), Column("COMM", 16, truncate=True), Column("IP", 2), Column("SADDR", a),
-        Column("DADDR", a), Column("SPORT", 6), Column("DPORT", 6), *where.columns(verbose or wide),
+        Column("DADDR", a), Column("SPORT", 6), Column("DPORT", 6), *where.columns(verbose or wide, json),
     ]
 
 
@@ -51,4 +51,4 @@ def command(out: OutputOptions, verbose: bool, pids: list[int] | None, netns: li
     """
     rodata = conn.filters(pids=pids, family=family, cgroup=cgroup, netns=netns)
     with TRACER.open(rodata) as obj:
-        conn.show(obj, columns(verbose, out.wide), out, duration, "Tracing TCP established connections. Ctrl-C to end.")
+        conn.show(obj, columns(verbose, out.wide, out.json), out, duration, "Tracing TCP established connections. Ctrl-C to end.")
