@@ -81,13 +81,22 @@ FIELDS: dict[str, Callable[[Any], Any]] = {
     "RPORT": attrgetter("rport"),
     "RESULT": lambda e: outcome(e.state, e.err),
     "LAT(ms)": lambda e: e.lat_ns / 1e6,
-    **where.FIELDS,
 }
 
 
 def row_of(columns: Sequence[Column]) -> Callable[[Any], tuple[Any, ...]]:
-    """The ``row`` function for :func:`runner.stream`: values in column order."""
-    getters = [FIELDS[c.header] for c in columns]
+    """The ``row`` function for :func:`runner.stream`: values in column order; the
+    where columns (NETNS...), when there, are the last and come in one piece."""
+    named = [c for c in columns if c.header in where.HEADERS]
+    getters = [FIELDS[c.header] for c in columns if c.header not in where.HEADERS]
+    assert [c.header for c in named] == list(where.HEADERS[: len(named)]) and columns[len(getters):] == named
+    if named:
+        values = where.values
+
+        def row_where(e: Any) -> tuple[Any, ...]:
+            return tuple([get(e) for get in getters]) + values(e.netns, e.cgroup)
+
+        return row_where
 
     def row(e: Any) -> tuple[Any, ...]:
         return tuple([get(e) for get in getters])

@@ -209,23 +209,27 @@ def netns_label(inode: int) -> str:
 
 # ---- columns ---------------------------------------------------------------------------
 
+HEADERS = ("NETNS", "CONTAINER", "NETNS_INODE", "CGROUP")
+
+
 def columns(text: bool, json: bool = True) -> list[Column]:
-    """NETNS and CONTAINER (text when ``text``), and in JSON the exact inode, cgroup
-    path and id; none at all when neither shows them, so that rows do not pay for
-    names nobody sees. Placed last in a tool's columns: CONTAINER is unpadded."""
+    """NETNS and CONTAINER (text when ``text``), and in JSON the exact inode and the
+    cgroup path; none at all when neither shows them, so that rows do not pay for
+    names nobody sees. Always a tool's last columns, in this order (see
+    :func:`values`): CONTAINER is unpadded."""
     if not (text or json):
         return []
     return [
         Column("NETNS", 14, text=text), Column("CONTAINER", text=text),
-        Column("NETNS_INODE", text=False), Column("CGROUP", text=False), Column("CGROUP_ID", text=False),
+        Column("NETNS_INODE", text=False), Column("CGROUP", text=False),
     ]
 
 
-_values: dict[tuple[int, int], tuple[str, str, int, str, int]] = {}
+_values: dict[tuple[int, int], tuple[str, str, int, str]] = {}
 VALUES_LIMIT = 4096
 
 
-def values(netns_inode: int, cgroup_id: int) -> tuple[str, str, int, str, int]:
+def values(netns_inode: int, cgroup_id: int) -> tuple[str, str, int, str]:
     """The values of :func:`columns`, in order. Rows come from few (namespace, cgroup)
     pairs: each pair is named once (bounded), unless a name is still a number (an
     inode or id not found yet), which is looked up again next time."""
@@ -234,22 +238,13 @@ def values(netns_inode: int, cgroup_id: int) -> tuple[str, str, int, str, int]:
     except KeyError:
         pass
     path, label = cgroups()(cgroup_id)
-    answer = (netns_label(netns_inode), label, netns_inode, path, cgroup_id)
+    answer = (netns_label(netns_inode), label, netns_inode, path)
     if not answer[0].startswith("netns:") and not label.startswith("cgroup:"):
         if len(_values) >= VALUES_LIMIT:
             _values.pop(next(iter(_values)))
         _values[netns_inode, cgroup_id] = answer
     return answer
 
-
-# getters by header, for tools that build rows per column (conn.py)
-FIELDS: dict[str, Callable[[Any], Any]] = {
-    "NETNS": lambda e: values(e.netns, e.cgroup)[0],
-    "CONTAINER": lambda e: values(e.netns, e.cgroup)[1],
-    "NETNS_INODE": lambda e: e.netns,
-    "CGROUP": lambda e: values(e.netns, e.cgroup)[3],
-    "CGROUP_ID": lambda e: e.cgroup,
-}
 
 
 # ---- options ---------------------------------------------------------------------------

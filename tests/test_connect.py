@@ -172,11 +172,10 @@ def test_uid_filter_and_column() -> None:
     assert [line.split()[:2] for line in t.lines[1:]] == [[str(nobody), str(proc.pid)]]
 
 
-def cgroup_id_of(pid: int) -> int:
-    """The cgroup v2 id of a process: the inode of its directory, from /proc/PID/cgroup."""
+def cgroup_path_of(pid: int) -> str:
+    """A process's cgroup v2 path, from /proc/PID/cgroup."""
     with open(f"/proc/{pid}/cgroup") as f:
-        path = next(line[3:].rstrip("\n") for line in f if line.startswith("0::"))
-    return os.stat(cgroup2_root() + path).st_ino
+        return next(line[3:].rstrip("\n") for line in f if line.startswith("0::"))
 
 
 def cgroup2_root() -> str:
@@ -307,7 +306,7 @@ def test_outcome_shows_an_unanswered_attempt_as_pending_at_exit() -> None:
                 while "packets 0 " in ns.exec(ns.b, "nft list ruleset").stdout:  # the SYN is out, dropped
                     assert time.monotonic() < deadline, "the SYN never reached the rule"
                     time.sleep(0.02)
-                cgroup_id = cgroup_id_of(proc.pid)
+                cgroup = cgroup_path_of(proc.pid)
                 t.stop(settle=0)
                 waited = time.monotonic() - t0
             finally:
@@ -319,7 +318,7 @@ def test_outcome_shows_an_unanswered_attempt_as_pending_at_exit() -> None:
     assert rows[0]["saddr"] == ns.addr_a and 0 < rows[0]["lat_ms"] <= waited * 1000
     # who and where, kept with the attempt in the kernel
     assert (rows[0]["netns"], rows[0]["netns_inode"]) == (ns.a, inode_a)
-    assert rows[0]["cgroup_id"] == cgroup_id
+    assert rows[0]["cgroup"] == cgroup
 
 
 def test_pending_is_the_outcome_of_an_attempt_still_in_syn_sent() -> None:
