@@ -18,6 +18,7 @@ import errno
 import os
 import socket
 import struct
+import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -434,29 +435,27 @@ class NetnsLabels:
 
     An inode not in the cache makes the namespaces be listed again (each process's
     ``/proc/PID/ns/net``: not more than once per ``interval`` seconds); one still
-    unknown after that is shown by its inode. ``owner`` names an unnamed namespace
-    after a process in it (its container), or returns "" to keep the inode.
+    unknown after that is shown by its inode. The kernel reuses the inode of a
+    namespace that is gone, so a listing older than ``max_age`` seconds is not trusted:
+    it is made again. ``owner`` names an unnamed namespace after a process in it (its
+    container), or returns "" to keep the inode.
     """
 
-    def __init__(self, owner: Callable[[int], str] | None = None, limit: int = 4096, interval: float = 1.0) -> None:
+    def __init__(self, owner: Callable[[int], str] | None = None, limit: int = 4096, interval: float = 1.0,
+                 max_age: float = 5.0) -> None:
         self._owner = owner
         self._limit = limit
         self._interval = interval
+        self._max_age = max_age
         self._labels: dict[int, str] = {}
-        self._listed = -interval
+        self._listed = -max(interval, max_age)
 
     def __call__(self, inode: int) -> str:
-        try:
+        now = time.monotonic()
+        if inode in self._labels and now - self._listed < self._max_age:
             return self._labels[inode]
-        except KeyError:
-            return self._miss(inode)
-
-    def _miss(self, inode: int) -> str:
-        import time
-
         if inode == 0:
             return "-"
-        now = time.monotonic()
         if now - self._listed >= self._interval:
             self._listed = now
             found = {ns.inode: ns for ns in namespaces()}

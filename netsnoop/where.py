@@ -227,16 +227,25 @@ def columns(text: bool, json: bool = True) -> list[Column]:
 
 _values: dict[tuple[int, int], tuple[str, str, int, str]] = {}
 VALUES_LIMIT = 4096
+VALUES_MAX_AGE = 5.0  # seconds: the kernel reuses a namespace's inode once it is gone
+_values_until = 0.0
+_monotonic = time.monotonic
 
 
 def values(netns_inode: int, cgroup_id: int) -> tuple[str, str, int, str]:
     """The values of :func:`columns`, in order. Rows come from few (namespace, cgroup)
-    pairs: each pair is named once (bounded), unless a name is still a number (an
-    inode or id not found yet), which is looked up again next time."""
-    try:
-        return _values[netns_inode, cgroup_id]
-    except KeyError:
-        pass
+    pairs: each pair is named once (bounded, and for a few seconds, as namespace
+    inodes are reused), unless a name is still a number (an inode or id not found
+    yet), which is looked up again next time."""
+    global _values_until
+    if _monotonic() < _values_until:
+        try:
+            return _values[netns_inode, cgroup_id]
+        except KeyError:
+            pass
+    else:
+        _values.clear()
+        _values_until = _monotonic() + VALUES_MAX_AGE
     path, label = cgroups()(cgroup_id)
     answer = (netns_label(netns_inode), label, netns_inode, path)
     if not answer[0].startswith("netns:") and not label.startswith("cgroup:"):

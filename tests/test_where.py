@@ -91,6 +91,34 @@ def test_netns_values_by_name_pid_inode_and_host() -> None:
             proc.wait()
 
 
+def test_a_namespace_name_removed_is_not_kept() -> None:
+    """Labels are listed again after max_age (the kernel reuses a gone namespace's
+    inode): a namespace whose `ip netns` name was removed, still alive through a
+    process, goes back to its inode; within max_age the listing is kept."""
+    with NetnsPair() as ns:
+        inode = os.stat(f"/run/netns/{ns.a}").st_ino
+        proc = ns.popen(ns.a, ["sleep", "30"])
+        try:
+            deadline = time.monotonic() + 5
+            while os.stat(f"/proc/{proc.pid}/ns/net").st_ino != inode and time.monotonic() < deadline:
+                time.sleep(0.01)
+            fresh = netns.NetnsLabels(interval=0, max_age=0)
+            kept = netns.NetnsLabels(interval=0, max_age=60)
+            assert fresh(inode) == kept(inode) == ns.a
+            subprocess.run(["ip", "netns", "del", ns.a], check=True)
+            assert fresh(inode) == f"netns:{inode}"
+            assert kept(inode) == ns.a
+        finally:
+            proc.kill()
+            proc.wait()
+
+
+def test_namespace_names_complete() -> None:
+    with NetnsPair() as ns:
+        got = [c.value for c in where.NETNS.shell_complete(None, None, f"host,{ns.a[:5]}")]  # type: ignore[arg-type]
+    assert f"host,{ns.a}" in got and f"host,{ns.b}" not in got  # completes the last item, by prefix
+
+
 # ---- cgroups made for the test ---------------------------------------------------------------
 
 class Cgroups:
