@@ -247,7 +247,7 @@ def values(netns_inode: int, cgroup_id: int) -> tuple[str, str, int, str]:
         _values.clear()
         _values_until = _monotonic() + VALUES_MAX_AGE
     path, label = cgroups()(cgroup_id)
-    answer = (netns_label(netns_inode), label, netns_inode, path)
+    answer = (printable(netns_label(netns_inode)), label, netns_inode, path)
     if not answer[0].startswith("netns:") and not label.startswith("cgroup:"):
         if len(_values) >= VALUES_LIMIT:
             _values.pop(next(iter(_values)))
