@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections import deque
 from typing import Any, Callable
 
 import click
@@ -105,9 +106,9 @@ def _walk(root: bytes, limit: int) -> dict[int, str]:
     """cgroup directory inode (the kernel's cgroup v2 id) -> its path from ``root``,
     for up to ``limit`` directories, breadth first."""
     found: dict[int, str] = {}
-    queue = [(root, "")]
+    queue = deque([(root, "")])
     while queue and len(found) < limit:
-        directory, rel = queue.pop(0)
+        directory, rel = queue.popleft()
         try:
             found[os.stat(directory).st_ino] = rel or "/"
             entries = list(os.scandir(directory))
