@@ -214,15 +214,16 @@ HEADERS = ("NETNS", "CONTAINER", "NETNS_INODE", "CGROUP")
 
 
 def columns(text: bool, json: bool = True) -> list[Column]:
-    """NETNS and CONTAINER (text when ``text``), and in JSON the exact inode and the
-    cgroup path; none at all when neither shows them, so that rows do not pay for
-    names nobody sees. Always a tool's last columns, in this order (see
-    :func:`values`): CONTAINER is unpadded."""
+    """NETNS and CONTAINER in text with ``text`` (-w), always in JSON with the exact
+    inode, and the cgroup path in JSON with -w too (each JSON field costs every row);
+    none at all when nothing shows them, so that rows do not pay for names nobody
+    sees. Always a tool's last columns, in this order (see :func:`values`):
+    CONTAINER is unpadded."""
     if not (text or json):
         return []
     return [
         Column("NETNS", 14, text=text), Column("CONTAINER", text=text),
-        Column("NETNS_INODE", text=False), Column("CGROUP", text=False),
+        Column("NETNS_INODE", text=False), Column("CGROUP", text=False, json=text),
     ]
 
 

@@ -298,7 +298,7 @@ def test_outcome_shows_an_unanswered_attempt_as_pending_at_exit() -> None:
         ns.exec(ns.b, "nft add table inet t")
         ns.exec(ns.b, "nft add chain inet t in '{ type filter hook input priority 0; }'")
         ns.exec(ns.b, f"nft add rule inet t in tcp dport {port} tcp flags syn counter drop")
-        with Trace(["connect", "--json", "--outcome", "-P", str(port)]) as t:
+        with Trace(["connect", "--json", "-w", "--outcome", "-P", str(port)]) as t:
             t0 = time.monotonic()
             proc = ns.popen(ns.a, [sys.executable, "-c", HANGING_CLIENT, ns.addr_b, str(port)])
             try:

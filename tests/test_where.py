@@ -294,13 +294,13 @@ TOOLS = ["states", "life", "connect", "accept", "tracer", "connlat"]
 def test_who_and_where(tool: str, world: World) -> None:
     """In one run of the peers, four traces of the tool:
     --netns ns.a (text, -w): NETNS and CONTAINER columns; rows of ns.a only;
-    --cgroup <the pod's container> (JSON): that process's rows only, with its pod, namespace, inode, cgroup path;
+    --cgroup <the pod's container> (JSON, -w): that process's rows only, with its pod and cgroup path;
     -p <this process>,<A> (JSON): rows of both, none of B;
     unfiltered (JSON): rows of A, B and this process, the control for every absence above."""
     ns, cg, me = world.ns, world.cg, os.getpid()
     wide = ["-v"] if tool == "tracer" else ["-w"]
     with Trace([tool, *wide, "--netns", ns.a]) as by_ns, \
-            Trace([tool, "--json", "--cgroup", cg.kube]) as by_cgroup, \
+            Trace([tool, "--json", "-w", "--cgroup", cg.kube]) as by_cgroup, \
             Trace([tool, "--json", "-p", f"{me},{world.a.pid}"]) as by_pid, \
             Trace([tool, "--json"]) as everything:
         world.run()
@@ -334,3 +334,4 @@ def test_who_and_where(tool: str, world: World) -> None:
 
     # -p: this process and A, not B
     assert {pid_of(tool, r) for r in by_pid.records} == {me, a}, by_pid.stdout
+    assert not any("cgroup" in r for r in by_pid.records)  # the path: with -w only
