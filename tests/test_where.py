@@ -5,6 +5,7 @@ named network namespaces of its own."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import subprocess
@@ -299,10 +300,12 @@ def test_who_and_where(tool: str, world: World) -> None:
     unfiltered (JSON): rows of A, B and this process, the control for every absence above."""
     ns, cg, me = world.ns, world.cg, os.getpid()
     wide = ["-v"] if tool == "tracer" else ["-w"]
+    # states reads namespace and cgroup only for filters when no column shows them
+    plain: Any = Trace([tool, "--netns", ns.a, "--cgroup", cg.docker]) if tool == "states" else contextlib.nullcontext()
     with Trace([tool, *wide, "--netns", ns.a]) as by_ns, \
             Trace([tool, "--json", "-w", "--cgroup", cg.kube]) as by_cgroup, \
             Trace([tool, "--json", "-p", f"{me},{world.a.pid}"]) as by_pid, \
-            Trace([tool, "--json"]) as everything:
+            Trace([tool, "--json"]) as everything, plain as by_both:
         world.run()
     a, b = world.a.pid, world.b.pid
     ours = {a, b, me}
@@ -335,3 +338,7 @@ def test_who_and_where(tool: str, world: World) -> None:
     # -p: this process and A, not B
     assert {pid_of(tool, r) for r in by_pid.records} == {me, a}, by_pid.stdout
     assert not any("cgroup" in r for r in by_pid.records)  # the path: with -w only
+
+    if tool == "states":  # text, no -w: A's own changes in ns.a (its sockets' local address)
+        fields = [line.split() for line in by_both.lines[1:]]
+        assert fields and {(int(f[1]), f[3]) for f in fields} == {(world.a.pid, ns.addr_a)}, by_both.stdout

@@ -69,7 +69,7 @@ def command(out: OutputOptions, lports: Any, rports: Any, ports: Any, pids: list
     each stands for one hidden change or more).
     """
     rodata = {**o.port_filters(lports, rports, ports), **where.filters(pids, netns), "filter_family": family,
-              "filter_cgroup": cgroup}
+              "filter_cgroup": cgroup, "with_where": int(out.wide or out.json)}
 
     cols = columns(out.wide, out.json)
     named = where.values if out.wide or out.json else None  # as where.columns()
