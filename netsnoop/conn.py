@@ -89,7 +89,7 @@ def row_of(columns: Sequence[Column]) -> Callable[[Any], tuple[Any, ...]]:
     where columns (NETNS...), when there, are the last and come in one piece."""
     named = [c for c in columns if c.header in where.HEADERS]
     getters = [FIELDS[c.header] for c in columns if c.header not in where.HEADERS]
-    assert [c.header for c in named] == list(where.HEADERS[: len(named)]) and columns[len(getters):] == named
+    assert [c.header for c in named] == list(where.HEADERS[: len(named)]) and list(columns[len(getters):]) == named
     if named:
         values = where.values
 

@@ -12,7 +12,8 @@ path under the cgroup v2 mount, read the way runtimes write it:
   ``docker:<first 12 hex>``; containerd/CRI ``cri-containerd-<id>.scope``, CRI-O
   ``crio-<id>.scope``, podman ``libpod-<id>.scope`` likewise;
 - Kubernetes: ``kubepods[-<qos>]-pod<uid>.slice`` (or ``kubepods/<qos>/pod<uid>``) ->
-  ``pod:<uid>/<qos>``, followed by the container when the path goes that deep;
+  ``pod:<uid>/<qos>``, followed by the container when the path goes that deep
+  (``container:<12 hex>`` when the path does not name the runtime);
 - else the deepest systemd unit (``*.service``, ``*.scope``), else the path itself.
 
 The namespace filter and the PID list live here too, as click types, with the limits
@@ -77,7 +78,8 @@ def describe(path: str) -> str:
             continue
         if _HEX_ID.match(part) and i > 0:
             parent = parts[i - 1]
-            runtime = "docker" if parent == "docker" else "containerd" if pod else ""
+            # under a pod the path does not say which runtime: "container", not a guess
+            runtime = "docker" if parent == "docker" else "container" if pod else ""
             if runtime:
                 container = f"{runtime}:{part[:12]}"
                 continue
@@ -99,7 +101,7 @@ def describe(path: str) -> str:
 
 def is_container(label: str) -> bool:
     """Whether ``describe()`` named a container or pod (not a unit or a path)."""
-    return label.startswith("pod:") or label.split(":", 1)[0] in _SCOPES.values()
+    return label.startswith("pod:") or label.split(":", 1)[0] in (*_SCOPES.values(), "container")
 
 
 def _walk(root: bytes, limit: int) -> dict[int, str]:

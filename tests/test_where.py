@@ -39,7 +39,7 @@ POD_UID = "6d1e4a3c-8f2b-4c5d-9e7f-0a1b2c3d4e5f"
     (f"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{POD_UID.replace('-', '_')}.slice/"
      f"cri-containerd-{DOCKER_ID}.scope", f"pod:{POD_UID}/burstable/containerd:4f1c2b7e9a0d"),
     (f"/kubepods.slice/kubepods-pod{POD_UID.replace('-', '_')}.slice", f"pod:{POD_UID}/guaranteed"),
-    (f"/kubepods/besteffort/pod{POD_UID}/{DOCKER_ID}", f"pod:{POD_UID}/besteffort/containerd:4f1c2b7e9a0d"),
+    (f"/kubepods/besteffort/pod{POD_UID}/{DOCKER_ID}", f"pod:{POD_UID}/besteffort/container:4f1c2b7e9a0d"),
     ("/system.slice/ssh.service", "ssh.service"),
     ("/user.slice/user-1000.slice/session-3.scope", "session-3.scope"),
     ("/system.slice/docker.service", "docker.service"),
