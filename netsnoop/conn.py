@@ -19,6 +19,7 @@ import errno
 from operator import attrgetter
 from typing import Any, Callable, Sequence
 
+from netsnoop import where
 from netsnoop.fmt import addr, comm, ip_version, tcp_state
 from netsnoop.loader import BPFObject
 from netsnoop.output import Column, OutputOptions
@@ -80,13 +81,22 @@ FIELDS: dict[str, Callable[[Any], Any]] = {
     "RPORT": attrgetter("rport"),
     "RESULT": lambda e: outcome(e.state, e.err),
     "LAT(ms)": lambda e: e.lat_ns / 1e6,
-    "NETNS": attrgetter("netns"),
 }
 
 
 def row_of(columns: Sequence[Column]) -> Callable[[Any], tuple[Any, ...]]:
-    """The ``row`` function for :func:`runner.stream`: values in column order."""
-    getters = [FIELDS[c.header] for c in columns]
+    """The ``row`` function for :func:`runner.stream`: values in column order; the
+    where columns (NETNS...), when there, are the last and come in one piece."""
+    named = [c for c in columns if c.header in where.HEADERS]
+    getters = [FIELDS[c.header] for c in columns if c.header not in where.HEADERS]
+    assert [c.header for c in named] == list(where.HEADERS[: len(named)]) and list(columns[len(getters):]) == named
+    if named:
+        values = where.values
+
+        def row_where(e: Any) -> tuple[Any, ...]:
+            return tuple([get(e) for get in getters]) + values(e.netns, e.cgroup)
+
+        return row_where
 
     def row(e: Any) -> tuple[Any, ...]:
         return tuple([get(e) for get in getters])
@@ -100,11 +110,11 @@ def show(obj: BPFObject, columns: Sequence[Column], out: OutputOptions, duration
     stream(obj, columns, row_of(columns), out, duration, banner=banner, at_stop=at_stop)
 
 
-def filters(pid: int | None = None, family: int | None = None, cgroup: int | None = None,
-            uid: int | None = None, netns: int | None = None, lports: list[int] | None = None,
+def filters(pids: list[int] | None = None, family: int | None = None, cgroup: int | None = None,
+            uid: int | None = None, netns: list[int] | None = None, lports: list[int] | None = None,
             rports: list[int] | None = None) -> dict[str, Any]:
-    """The kernel-side filters (netsnoop.h, conn.h) as read-only globals; None = any."""
+    """The kernel-side filters (netsnoop.h, where.h, conn.h) as read-only globals; None = any."""
     return {
-        "filter_pid": pid, "filter_family": family, "filter_cgroup": cgroup, "filter_uid": uid,
-        "filter_netns": netns, "filter_lports": lports, "filter_rports": rports,
+        **where.filters(pids, netns), "filter_family": family, "filter_cgroup": cgroup, "filter_uid": uid,
+        "filter_lports": lports, "filter_rports": rports,
     }

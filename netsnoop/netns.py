@@ -18,8 +18,9 @@ import errno
 import os
 import socket
 import struct
+import time
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 CLONE_NEWNET = 0x40000000
 # The host's (init_net's) namespace inode is a kernel constant (PROC_NET_INIT_INO), so it
@@ -426,3 +427,53 @@ def all_counters(ns: Netns) -> dict[str, int]:
         except OSError:
             text6 = ""
     return {**parse_counters(text), **parse_counters6(text6)}
+
+
+# ---- naming namespaces in rows --------------------------------------------------------
+
+def holder_pid(ns: Netns) -> int | None:
+    """The process through which ``ns`` was found (its lowest PID), None for a namespace
+    known only by its ``ip netns`` name."""
+    parts = ns.path.split("/")
+    return int(parts[2]) if ns.path.startswith("/proc/") and parts[2].isdigit() else None
+
+
+class NetnsLabels:
+    """Namespace inode -> the label rows show, cached (at most ``limit`` entries).
+
+    An inode not in the cache makes the namespaces be listed again (each process's
+    ``/proc/PID/ns/net``: not more than once per ``interval`` seconds); one still
+    unknown after that is shown by its inode. The kernel reuses the inode of a
+    namespace that is gone, so a listing older than ``max_age`` seconds is not trusted:
+    it is made again. ``owner`` names an unnamed namespace after a process in it (its
+    container), or returns "" to keep the inode.
+    """
+
+    def __init__(self, owner: Callable[[int], str] | None = None, limit: int = 4096, interval: float = 1.0,
+                 max_age: float = 5.0) -> None:
+        self._owner = owner
+        self._limit = limit
+        self._interval = interval
+        self._max_age = max_age
+        self._labels: dict[int, str] = {}
+        self._listed = -max(interval, max_age)
+
+    def __call__(self, inode: int) -> str:
+        now = time.monotonic()
+        if inode in self._labels and now - self._listed < self._max_age:
+            return self._labels[inode]
+        if inode == 0:
+            return "-"
+        if now - self._listed >= self._interval:
+            self._listed = now
+            found = {ns.inode: ns for ns in namespaces()}
+            self._labels.clear()
+            for ns in list(found.values())[: self._limit]:
+                self._labels[ns.inode] = self._label(ns)
+        return self._labels.get(inode) or f"netns:{inode}"
+
+    def _label(self, ns: Netns) -> str:
+        if ns.name or ns.host or self._owner is None:
+            return ns.label
+        pid = holder_pid(ns)
+        return (self._owner(pid) if pid else "") or ns.label

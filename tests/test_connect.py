@@ -172,6 +172,12 @@ def test_uid_filter_and_column() -> None:
     assert [line.split()[:2] for line in t.lines[1:]] == [[str(nobody), str(proc.pid)]]
 
 
+def cgroup_path_of(pid: int) -> str:
+    """A process's cgroup v2 path, from /proc/PID/cgroup."""
+    with open(f"/proc/{pid}/cgroup") as f:
+        return next(line[3:].rstrip("\n") for line in f if line.startswith("0::"))
+
+
 def cgroup2_root() -> str:
     with open("/proc/mounts") as f:
         for line in f:
@@ -288,10 +294,11 @@ HANGING_CLIENT = "import socket, sys; socket.create_connection((sys.argv[1], int
 def test_outcome_shows_an_unanswered_attempt_as_pending_at_exit() -> None:
     port = 5003
     with NetnsPair() as ns:
+        inode_a = os.stat(f"/run/netns/{ns.a}").st_ino
         ns.exec(ns.b, "nft add table inet t")
         ns.exec(ns.b, "nft add chain inet t in '{ type filter hook input priority 0; }'")
         ns.exec(ns.b, f"nft add rule inet t in tcp dport {port} tcp flags syn counter drop")
-        with Trace(["connect", "--json", "--outcome", "-P", str(port)]) as t:
+        with Trace(["connect", "--json", "-w", "--outcome", "-P", str(port)]) as t:
             t0 = time.monotonic()
             proc = ns.popen(ns.a, [sys.executable, "-c", HANGING_CLIENT, ns.addr_b, str(port)])
             try:
@@ -299,6 +306,7 @@ def test_outcome_shows_an_unanswered_attempt_as_pending_at_exit() -> None:
                 while "packets 0 " in ns.exec(ns.b, "nft list ruleset").stdout:  # the SYN is out, dropped
                     assert time.monotonic() < deadline, "the SYN never reached the rule"
                     time.sleep(0.02)
+                cgroup = cgroup_path_of(proc.pid)
                 t.stop(settle=0)
                 waited = time.monotonic() - t0
             finally:
@@ -308,6 +316,9 @@ def test_outcome_shows_an_unanswered_attempt_as_pending_at_exit() -> None:
     assert len(rows) == 1, t.records
     assert rows[0]["result"] == "PENDING" and rows[0]["dport"] == port and rows[0]["pid"] == proc.pid
     assert rows[0]["saddr"] == ns.addr_a and 0 < rows[0]["lat_ms"] <= waited * 1000
+    # who and where, kept with the attempt in the kernel
+    assert (rows[0]["netns"], rows[0]["netns_inode"]) == (ns.a, inode_a)
+    assert rows[0]["cgroup"] == cgroup
 
 
 def test_pending_is_the_outcome_of_an_attempt_still_in_syn_sent() -> None:

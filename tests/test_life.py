@@ -174,7 +174,8 @@ def test_ipv6_and_text_layout() -> None:
         lport, got = fetch("::1", srv.port, send=5000)
     assert got == 100_000
     header, *rows = t.lines
-    assert header.split() == ["PID", "COMM", "IP", "LADDR", "LPORT", "RADDR", "RPORT", "TX_KB", "RX_KB", "MS"]
+    assert header.split() == ["PID", "COMM", "IP", "LADDR", "LPORT", "RADDR", "RPORT", "TX_KB", "RX_KB", "MS", "NETNS",
+                              "CONTAINER"]
     fields = {int(r.split()[4]): r.split() for r in rows}
     assert set(fields) == {lport, srv.port}
     client = fields[lport]

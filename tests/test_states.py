@@ -105,12 +105,13 @@ def test_ipv6_loopback_text_output() -> None:
     with PayloadServer(host="::1", size=10) as srv, Trace(["states", "-w", "-6", "-P", str(srv.port)]) as t:
         fetch("::1", srv.port)
     header, *rows = t.lines
-    assert header.split() == ["SKADDR", "C-PID", "C-COMM", "IP", "LADDR", "LPORT", "RADDR", "RPORT", "OLDSTATE", "->", "NEWSTATE", "MS"]
+    assert header.split() == ["SKADDR", "C-PID", "C-COMM", "IP", "LADDR", "LPORT", "RADDR", "RPORT", "OLDSTATE", "->", "NEWSTATE", "MS",
+                              "NETNS", "CONTAINER"]
     assert rows, t.stderr
     for line in rows:
         cols = line.split()
-        assert cols[3] == "6" and cols[4] == "::1" and cols[6] == "::1"
-    assert any(line.split()[-2] == "ESTABLISHED" for line in rows)
+        assert cols[3] == "6" and cols[4] == "::1" and cols[6] == "::1" and cols[-2] == "host"
+    assert any(line.split()[-4] == "ESTABLISHED" for line in rows)
 
 
 def test_family_filter_excludes_ipv4() -> None:

@@ -189,8 +189,8 @@ def test_netns_filter_and_column() -> None:
             close_client(proc)
             srv.wait(timeout=10)
     rows = [r for r in t.records if 7070 in (r["sport"], r["dport"])]
-    assert [(r["type"], r["pid"], r["sport"], r["netns"]) for r in rows] == [
-        ("connect", proc.pid, lport, inode), ("close", proc.pid, lport, inode),
+    assert [(r["type"], r["pid"], r["sport"], r["netns_inode"], r["netns"]) for r in rows] == [
+        ("connect", proc.pid, lport, inode, ns.a), ("close", proc.pid, lport, inode, ns.a),
     ]
 
 
@@ -206,10 +206,10 @@ def test_text_layouts() -> None:
     assert short.lines[0].split() == ["T", "PID", "COMM", "IP", "SADDR", "DADDR", "SPORT", "DPORT"]
     assert short.lines[0].index("PID") == 3 and short.lines[0].index("COMM") == 10
     assert [str(proc.pid), "4", lo, lo, str(lport), str(port)] in [[f[1], *f[-5:]] for f in map(str.split, short.lines[1:]) if f[0] == "C"]
-    assert long.lines[0].split() == ["TIME(s)", "TYPE", "PID", "COMM", "IP", "SADDR", "DADDR", "SPORT", "DPORT", "NETNS"]
-    netns = str(os.stat("/proc/self/ns/net").st_ino)
+    assert long.lines[0].split() == ["TIME(s)", "TYPE", "PID", "COMM", "IP", "SADDR", "DADDR", "SPORT", "DPORT", "NETNS",
+                                       "CONTAINER"]
     mine = [f for f in map(str.split, long.lines[1:]) if str(port) in f]
-    assert [f[1] for f in mine] == ["connect", "accept", "close", "close"] and {f[-1] for f in mine} == {netns}
+    assert [f[1] for f in mine] == ["connect", "accept", "close", "close"] and {f[-2] for f in mine} == {"host"}
 
 
 @integration

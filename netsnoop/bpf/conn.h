@@ -6,6 +6,7 @@
 #define __NETSNOOP_CONN_H
 
 #include "hooks.h"
+#include "where.h"
 
 enum conn_kind {
 	CONN_CONNECT = 1, /* an active open (attempt, or its outcome) */
@@ -17,6 +18,7 @@ enum conn_kind {
 struct event {
 	__u64 ts_ns;
 	__u64 lat_ns;   /* connect() to this event, when the opener was seen */
+	__u64 cgroup;   /* the process's cgroup v2 id (its directory's inode) */
 	__u32 pid;
 	__u32 uid;
 	__u32 netns;
@@ -39,6 +41,7 @@ struct conn_owner {
 	__u64 cgroup;
 	__u32 pid;
 	__u32 uid;
+	__u32 netns;    /* the socket's network namespace (inode) */
 	char comm[TASK_COMM_LEN];
 	__u16 family;
 	__u16 rport;
@@ -50,7 +53,6 @@ struct conn_owner {
 EXPORT_STRUCT(conn_owner);
 
 const volatile __u32 filter_uid = 0xffffffff; /* any */
-const volatile __u32 filter_netns = 0;        /* inode of a network namespace, 0 = any */
 
 /* Sockets between open and resolution (or close, for tracer). LRU-bounded, and each
  * tool deletes its entry as soon as it has reported the socket. */
@@ -73,22 +75,19 @@ static __always_inline void owner_current(struct conn_owner *o, __u64 now)
 
 static __always_inline bool owner_allowed(const struct conn_owner *o)
 {
-	return pid_allowed(o->pid) && (filter_uid == 0xffffffff || o->uid == filter_uid) &&
+	return pids_allowed(o->pid) && (filter_uid == 0xffffffff || o->uid == filter_uid) &&
 	       (!filter_cgroup || o->cgroup == filter_cgroup);
 }
 
-static __always_inline __u32 sock_netns(const struct sock *sk)
-{
-	return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
-}
-
-/* Family, port and namespace filters against a socket; fills the tuple. */
-static __always_inline bool sock_allowed(const struct sock *sk, struct sock_tuple *t)
+/* Family, port and namespace filters against a socket; fills the tuple and the
+ * owner's namespace (read once, for the filter and the row). */
+static __always_inline bool sock_allowed(const struct sock *sk, struct sock_tuple *t, struct conn_owner *o)
 {
 	read_sock_tuple(sk, t);
 	if (!tuple_allowed(t))
 		return false;
-	return !filter_netns || sock_netns(sk) == filter_netns;
+	o->netns = sock_netns(sk);
+	return netns_allowed(o->netns);
 }
 
 static __always_inline void conn_remember(const struct sock *sk, const struct conn_owner *o)
@@ -120,7 +119,7 @@ static __always_inline bool connect_begins(const struct sock *sk, struct conn_ow
 	if (!sock_is_tcp(sk))
 		return false;
 	owner_current(o, now);
-	if (!owner_allowed(o) || !sock_allowed(sk, t))
+	if (!owner_allowed(o) || !sock_allowed(sk, t, o))
 		return false;
 	o->family = t->family;
 	o->rport = t->dport;
@@ -147,7 +146,7 @@ static __always_inline bool accepted(const struct sock *sk, struct conn_owner *o
 	if (!sock_is_tcp(sk))
 		return false;
 	owner_current(o, 0);
-	return owner_allowed(o) && sock_allowed(sk, t);
+	return owner_allowed(o) && sock_allowed(sk, t, o);
 }
 
 static __always_inline __u8 sock_state(const struct sock *sk)
@@ -213,7 +212,8 @@ static __always_inline int emit(const struct sock *sk, const struct sock_tuple *
 	e->lat_ns = o->start_ns ? now - o->start_ns : 0;
 	e->pid = o->pid;
 	e->uid = o->uid;
-	e->netns = sock_netns(sk);
+	e->cgroup = o->cgroup;
+	e->netns = o->netns;
 	e->err = conn_error(sk, o);
 	e->family = t->family;
 	e->lport = t->sport;

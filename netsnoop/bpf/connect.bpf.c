@@ -55,7 +55,7 @@ static __always_inline void count(const struct sock_tuple *t)
 static __always_inline int begin(const struct sock *sk, __u64 now)
 {
 	struct conn_owner o = {};
-	struct sock_tuple t;
+	struct sock_tuple t = {}; /* whole: an IPv4 address fills 4 of its 16 bytes, -c keys on all */
 	__u64 key = (__u64)sk;
 	__u32 tid;
 

@@ -3,13 +3,16 @@
  * payload bytes from the socket's own counters, less the SYN and FIN that those
  * count as sequence space (tcplife). */
 #include "hooks.h"
+#include "where.h"
 
 struct event {
 	__u64 ts_ns;
 	__u64 span_ns;
 	__u64 rx_bytes;
 	__u64 tx_bytes;
+	__u64 cgroup;   /* the owner's cgroup v2 id */
 	__u32 pid;
+	__u32 netns;    /* the socket's network namespace (inode) */
 	__u16 family;
 	__u16 lport;
 	__u16 rport;
@@ -25,6 +28,7 @@ EXPORT_STRUCT(event);
 struct session {
 	__u64 birth_ns;
 	__u64 alive_ns; /* when the exit check last found its socket */
+	__u64 cgroup;   /* the owner's cgroup v2 id, with pid */
 	__u32 pid;
 	__u32 netns;    /* the socket's network namespace (inode) */
 	__u16 family;
@@ -51,10 +55,11 @@ static __always_inline void count_close_without_start(const struct sock *sk)
 {
 	struct sock_tuple t;
 
-	if (filter_pid || !sock_is_tcp(sk)) /* whose it is is unknown: -p cannot tell */
+	/* whose it is is unknown: -p and --cgroup cannot tell */
+	if (filter_pids[0] || filter_cgroup || !sock_is_tcp(sk))
 		return;
 	read_sock_tuple(sk, &t);
-	if (tuple_allowed(&t))
+	if (tuple_allowed(&t) && netns_allowed(sock_netns(sk)))
 		count_one(&closes_without_start);
 }
 
@@ -65,9 +70,15 @@ static __always_inline void count_close_without_start(const struct sock *sk)
  * missing. */
 PERCPU_COUNTER(ends_not_seen);
 
+/* -p and --cgroup against a session's owner (the namespace was judged at birth). */
+static __always_inline bool owner_allowed(const struct session *s)
+{
+	return pids_allowed(s->pid) && (!filter_cgroup || s->cgroup == filter_cgroup);
+}
+
 static __always_inline void count_end_not_seen(const struct session *s)
 {
-	if (family_allowed(s->family) && ports_allowed(s->lport, s->rport) && pid_allowed(s->pid))
+	if (family_allowed(s->family) && ports_allowed(s->lport, s->rport) && owner_allowed(s))
 		count_one(&ends_not_seen);
 }
 
@@ -88,6 +99,7 @@ static __always_inline void note_ports(const struct sock *sk, struct session *s)
 static __always_inline void claim(struct session *s)
 {
 	s->pid = current_pid();
+	s->cgroup = bpf_get_current_cgroup_id();
 	bpf_get_current_comm(s->comm, sizeof(s->comm));
 }
 
@@ -138,7 +150,7 @@ static __always_inline void end_session(const struct sock *sk, __u64 key, struct
 	struct event *e;
 
 	read_sock_tuple(sk, &t);
-	if (!tuple_allowed(&t) || !pid_allowed(s->pid))
+	if (!tuple_allowed(&t) || !owner_allowed(s))
 		goto done;
 
 	e = reserve_event(sizeof(*e));
@@ -148,7 +160,9 @@ static __always_inline void end_session(const struct sock *sk, __u64 key, struct
 	e->span_ns = now - s->birth_ns;
 	e->rx_bytes = payload_received(sk);
 	e->tx_bytes = payload_acked(sk, s);
+	e->cgroup = s->cgroup;
 	e->pid = s->pid;
+	e->netns = s->netns;
 	e->family = t.family;
 	e->lport = t.sport;
 	e->rport = t.dport;
@@ -176,13 +190,17 @@ static __always_inline int on_state(const struct sock *sk, int oldstate, int new
 		s = bpf_map_lookup_elem(&sessions, &key);
 		if (s && first) {
 			count_end_not_seen(s); /* the last socket here ended unseen */
+			bpf_map_delete_elem(&sessions, &key);
 			s = NULL;
 		}
 		if (!s) {
 			if (!sock_is_tcp(sk))
 				return 0;
+			/* --netns: a session elsewhere is never kept, so never shown */
+			fresh.netns = sock_netns(sk);
+			if (!netns_allowed(fresh.netns))
+				return 0;
 			fresh.birth_ns = bpf_ktime_get_ns();
-			fresh.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
 			note_ports(sk, &fresh);
 			if (newstate == TCP_SYN_SENT) { /* connect(): process context */
 				claim(&fresh);

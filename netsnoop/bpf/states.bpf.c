@@ -1,12 +1,15 @@
 // SPDX-License-Identifier: GPL-2.0
 /* states: every TCP state change, with the time spent in the old state (tcpstates). */
 #include "hooks.h"
+#include "where.h"
 
 struct event {
 	__u64 skaddr;
 	__u64 ts_ns;
 	__u64 delta_ns; /* time in oldstate, 0 when its start was not seen */
+	__u64 cgroup;   /* of the task on the CPU (C-PID) */
 	__u32 pid;
+	__u32 netns;    /* the socket's network namespace (inode) */
 	__u16 family;
 	__u16 lport;
 	__u16 rport;
@@ -17,6 +20,11 @@ struct event {
 	char comm[TASK_COMM_LEN];
 };
 EXPORT_STRUCT(event);
+
+/* 0 when no row shows NETNS or CONTAINER (text without -w): the hook then reads the
+ * namespace only for --netns and the cgroup only for --cgroup, three helper calls fewer
+ * per change. */
+const volatile __u8 with_where = 1;
 
 /* Each socket's current state and when it entered it; deleted at CLOSE, LRU-bounded. */
 struct entered_state {
@@ -43,7 +51,8 @@ static __always_inline int on_state(const struct sock *sk, int oldstate, int new
 	struct sock_tuple t;
 	__u64 key = (__u64)sk, now = bpf_ktime_get_ns(), delta = 0;
 	struct entered_state *since, entry = { .ns = now, .state = newstate };
-	__u32 pid;
+	__u64 cgroup;
+	__u32 pid, netns;
 	struct event *e;
 
 	/* close() after shutdown(SHUT_WR) calls tcp_set_state() with the state the socket
@@ -53,6 +62,9 @@ static __always_inline int on_state(const struct sock *sk, int oldstate, int new
 		return 0;
 	read_sock_tuple(sk, &t);
 	if (!tuple_allowed(&t))
+		return 0;
+	netns = with_where || filter_netns[0] ? sock_netns(sk) : 0;
+	if (!netns_allowed(netns))
 		return 0;
 
 	since = bpf_map_lookup_elem(&entered, &key);
@@ -67,7 +79,10 @@ static __always_inline int on_state(const struct sock *sk, int oldstate, int new
 		bpf_map_update_elem(&entered, &key, &entry, BPF_ANY);
 
 	pid = current_pid();
-	if (!pid_allowed(pid))
+	if (!pids_allowed(pid))
+		return 0;
+	cgroup = with_where || filter_cgroup ? bpf_get_current_cgroup_id() : 0;
+	if (filter_cgroup && cgroup != filter_cgroup)
 		return 0;
 	e = reserve_event(sizeof(*e));
 	if (!e)
@@ -75,7 +90,9 @@ static __always_inline int on_state(const struct sock *sk, int oldstate, int new
 	e->skaddr = key;
 	e->ts_ns = now;
 	e->delta_ns = delta;
+	e->cgroup = cgroup;
 	e->pid = pid;
+	e->netns = netns;
 	e->family = t.family;
 	e->lport = t.sport;
 	e->rport = t.dport;

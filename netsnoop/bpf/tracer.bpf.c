@@ -72,7 +72,7 @@ static __always_inline int closed(const struct sock *sk, int newstate, __u64 now
 	}
 	conn_forget(sk);
 	closer.start_ns = 0;
-	if (!sock_is_tcp(sk) || !owner_allowed(&closer) || !sock_allowed(sk, &t))
+	if (!sock_is_tcp(sk) || !owner_allowed(&closer) || !sock_allowed(sk, &t, &closer))
 		return 0;
 	return emit(sk, &t, &closer, CONN_CLOSE, newstate, now);
 }

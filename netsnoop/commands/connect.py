@@ -11,6 +11,7 @@ import click
 
 from netsnoop import conn
 from netsnoop import options as o
+from netsnoop import where
 from netsnoop.btf import StructDecoder
 from netsnoop.fmt import addr
 from netsnoop.loader import BPFObject
@@ -51,16 +52,18 @@ class Duration(click.ParamType):
         return seconds
 
 
-def columns(uid: bool, lport: bool, outcome: bool) -> list[Column]:
-    """bcc's layout; UID is always in JSON, LPORT wherever it is known."""
+def columns(uid: bool, lport: bool, outcome: bool, wide: bool = False, json: bool = True) -> list[Column]:
+    """bcc's layout; UID is always in JSON, LPORT wherever it is known; -w fits IPv6
+    addresses and adds NETNS and CONTAINER (always in JSON)."""
+    a = 26 if wide else 16
     cols = [
         Column("UID", 5, text=uid), Column("PID", 6), Column("COMM", 12, truncate=True), Column("IP", 2),
-        Column("SADDR", 16), Column("LPORT", 6, text=lport, json=lport or outcome), Column("DADDR", 16),
-        Column("DPORT", 5),
+        Column("SADDR", a), Column("LPORT", 6, text=lport, json=lport or outcome), Column("DADDR", a),
+        Column("DPORT", 5 if not wide or outcome else 6),
     ]
     if outcome:
-        cols += [Column("RESULT", 15), Column("LAT(ms)", spec=".2f")]
-    return cols
+        cols += [Column("RESULT", 15), Column("LAT(ms)", 8 if wide else 0, spec=".2f")]
+    return cols + where.columns(wide, json)
 
 
 def count_rows(obj: BPFObject) -> list[tuple[Any, ...]]:
@@ -80,8 +83,8 @@ def pending(obj: BPFObject) -> list[Any]:
     now = time.monotonic_ns()  # bpf_ktime_get_ns()'s clock
     owners = sorted((owner.decode(raw) for _key, raw in obj.map("conn_owners").items()), key=lambda o: o.start_ns)
     return [
-        event.type(ts_ns=now, lat_ns=now - o.start_ns, pid=o.pid, uid=o.uid, netns=0, err=0, family=o.family,
-                   lport=0, rport=o.rport, kind=conn.CONNECT, state=conn.TCP_SYN_SENT, laddr=o.laddr,
+        event.type(ts_ns=now, lat_ns=now - o.start_ns, cgroup=o.cgroup, pid=o.pid, uid=o.uid, netns=o.netns, err=0,
+                   family=o.family, lport=0, rport=o.rport, kind=conn.CONNECT, state=conn.TCP_SYN_SENT, laddr=o.laddr,
                    raddr=o.raddr, comm=o.comm)
         for o in owners
     ]
@@ -97,8 +100,8 @@ def show_counts(obj: BPFObject, out: OutputOptions, duration: float | None) -> N
 
 
 @click.command("connect")
-@o.output_options(csv=False, wide=False, time=False)
-@o.pid_option("only trace connects made by this process ID")
+@o.output_options(csv=False, time=False)
+@where.pids_option("only trace connects made by these processes")
 @o.ports_option("-P", "--port", "ports", help="only trace these destination ports (e.g. 80,81)")
 @click.option("-u", "--uid", type=click.IntRange(0, 0xFFFFFFFE), default=None, help="only trace this UID")
 @click.option("-U", "--print-uid", is_flag=True, help="include a UID column")
@@ -107,10 +110,12 @@ def show_counts(obj: BPFObject, out: OutputOptions, duration: float | None) -> N
 @click.option("--outcome", is_flag=True, help="one row per attempt once it resolves: RESULT and LAT(ms)")
 @o.family_option
 @o.cgroup_option
+@where.netns_option
 @click.option("-d", "--duration", type=Duration(), default=None, is_flag=False, flag_value=BCC_DNS_FLAG,
               metavar="SECONDS", help="stop after this many seconds")
-def command(out: OutputOptions, pid: int | None, ports: Any, uid: int | None, print_uid: bool, lport: bool,
-            count: bool, outcome: bool, family: int | None, cgroup: int | None, duration: float | None) -> None:
+def command(out: OutputOptions, pids: list[int] | None, ports: Any, uid: int | None, print_uid: bool, lport: bool,
+            count: bool, outcome: bool, family: int | None, cgroup: int | None, netns: list[int] | None,
+            duration: float | None) -> None:
     """Trace active TCP connects (connect()), including those that fail.
 
     PID/COMM/UID are the process that called connect(). Without --outcome a row is
@@ -126,15 +131,18 @@ def command(out: OutputOptions, pid: int | None, ports: Any, uid: int | None, pr
     closed it before any error or answer. `netsnoop connlat` shows the same attempts
     that the peer answered.
 
+    NETNS is the connection's network namespace and CONTAINER the connecting process's
+    container, pod or systemd unit (see -w; always in --json).
+
     bcc's -d (DNS) is not available: -d is the duration here, as everywhere.
     """
     if count and outcome:
         raise click.UsageError("-c/--count and --outcome cannot be combined")
     mode = COUNT if count else OUTCOME if outcome else LPORT if lport else ATTEMPT
-    rodata = {**conn.filters(pid=pid, family=family, cgroup=cgroup, uid=uid, rports=ports), "report_mode": mode}
+    rodata = {**conn.filters(pids=pids, family=family, cgroup=cgroup, uid=uid, netns=netns, rports=ports), "report_mode": mode}
     with TRACER.open(rodata) as obj:
         if count:
             show_counts(obj, out, duration)
         else:
             at_stop = (lambda: pending(obj)) if outcome else None
-            conn.show(obj, columns(print_uid, lport, outcome), out, duration, BANNER, at_stop)
+            conn.show(obj, columns(print_uid, lport, outcome, out.wide, out.json), out, duration, BANNER, at_stop)

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from netsnoop import options as o
+from netsnoop import where
 from netsnoop.fmt import addr, comm, ip_version
 from netsnoop.output import Column, OutputOptions
 from netsnoop.loader import BPFObject
@@ -28,7 +29,7 @@ def ends_not_seen(obj: BPFObject) -> int:
     return obj.counter("ends_not_seen")
 
 
-def columns(wide: bool) -> list[Column]:
+def columns(wide: bool, json: bool = True) -> list[Column]:
     a, kb = (26, 6) if wide else (15, 5)
     return [
         Column("PID", 5 if not wide else 7),
@@ -40,21 +41,25 @@ def columns(wide: bool) -> list[Column]:
         Column("RPORT", 5),
         Column("TX_KB", kb, align=">"),
         Column("RX_KB", kb, align=">"),
-        Column("MS", spec=".2f"),
+        Column("MS", 10 if wide else 0, spec=".2f"),
         Column("TX_BYTES", text=False),
         Column("RX_BYTES", text=False),
+        *where.columns(wide, json),
     ]
 
 
 @click.command("life")
 @o.output_options()
-@o.pid_option("only trace sessions owned by this process ID")
+@where.pids_option("only trace sessions owned by these processes")
 @o.ports_option("-L", "--localport", "lports", help="only trace these local ports (e.g. 80,81)")
 @o.ports_option("-D", "--remoteport", "rports", help="only trace these remote ports")
 @o.ports_option("-P", "--port", "ports", help="only trace these ports at either end (local OR remote)")
 @o.family_option
+@o.cgroup_option
+@where.netns_option
 @o.duration_option
-def command(out: OutputOptions, pid: int | None, lports: Any, rports: Any, ports: Any, family: int | None, duration: float | None) -> None:
+def command(out: OutputOptions, pids: list[int] | None, lports: Any, rports: Any, ports: Any, family: int | None,
+            cgroup: int | None, netns: list[int] | None, duration: float | None) -> None:
     """Trace the lifespan of TCP sessions: one line per session when it closes.
 
     PID/COMM are the process that used the socket (connect, send, recv or close in its
@@ -64,24 +69,33 @@ def command(out: OutputOptions, pid: int | None, lports: Any, rports: Any, ports
     -L and -D must both match; -P matches a port at either end.
 
     Sessions that close without their start having been seen (begun before tracing)
-    have no row; the summary counts them (closes_without_start; not with -p). Sessions
+    have no row; the summary counts them (closes_without_start; not with -p or --cgroup,
+    since whose they were is unknown). Sessions
     whose end the kernel did not let any hook see have no row either; the summary
     counts them too (ends_not_seen), and a warning says so.
+
+    NETNS is the session's network namespace, CONTAINER its owner's container, pod or
+    systemd unit (-w; always in --json); -p and --cgroup judge the owner.
     """
     same = sorted(set(lports or ()) & set(rports or ()))
     if same:
         both = ",".join(map(str, same))
         warn(f"-L and -D must both match: a session shows only if its local port is in -L and its remote "
              f"port in -D; -P {both} matches {both} at either end")
-    rodata = {**o.port_filters(lports, rports, ports), "filter_pid": pid, "filter_family": family,
+    rodata = {**o.port_filters(lports, rports, ports), **where.filters(pids, netns), "filter_family": family,
+              "filter_cgroup": cgroup,
               "own_netns": os.stat("/proc/self/ns/net").st_ino}
 
+    cols = columns(out.wide, out.json)
+    named = where.values if out.wide or out.json else None  # as where.columns()
+
     def row(e: Any) -> tuple[Any, ...]:
-        return (
+        r = (
             e.pid, comm(e.comm) if e.pid else "?", ip_version(e.family),
             addr(e.family, e.laddr), e.lport, addr(e.family, e.raddr), e.rport,
             e.tx_bytes // 1024, e.rx_bytes // 1024, e.span_ns / 1e6, e.tx_bytes, e.rx_bytes,
         )
+        return r + named(e.netns, e.cgroup) if named else r
 
     with TRACER.open(rodata) as obj:
         def facts() -> dict[str, int]:
@@ -91,4 +105,4 @@ def command(out: OutputOptions, pid: int | None, lports: Any, rports: Any, ports
                      "that see an end; their rows are missing (ends_not_seen in the summary)")
             return {"closes_without_start": obj.counter("closes_without_start"), "ends_not_seen": unseen}
 
-        stream(obj, columns(out.wide), row, out, duration, facts=facts)
+        stream(obj, cols, row, out, duration, facts=facts)

@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from netsnoop import options as o
+from netsnoop import where
 from netsnoop.fmt import addr, comm, ip_version, tcp_state
 from netsnoop.output import Column, OutputOptions
 from netsnoop.runner import Tracer, stream
@@ -14,7 +15,7 @@ from netsnoop.runner import Tracer, stream
 TRACER = Tracer("states")
 
 
-def columns(wide: bool) -> list[Column]:
+def columns(wide: bool, json: bool = True) -> list[Column]:
     a = 26 if wide else 15
     return [
         Column("SKADDR", 16),
@@ -28,7 +29,8 @@ def columns(wide: bool) -> list[Column]:
         Column("OLDSTATE", 11),
         Column("->", 2, json=False, csv=False),
         Column("NEWSTATE", 11),
-        Column("MS", spec=".3f"),
+        Column("MS", 10 if wide else 0, spec=".3f"),
+        *where.columns(wide, json),
     ]
 
 
@@ -37,15 +39,22 @@ def columns(wide: bool) -> list[Column]:
 @o.ports_option("-L", "--localport", "lports", help="only trace these local ports (e.g. 80,81)")
 @o.ports_option("-D", "--remoteport", "rports", help="only trace these remote ports")
 @o.ports_option("-P", "--port", "ports", help="only trace these ports at either end (local OR remote)")
-@o.pid_option("only trace state changes made in the context of this process ID")
+@where.pids_option("only trace state changes made in the context of these processes")
 @o.family_option
+@o.cgroup_option
+@where.netns_option
 @o.duration_option
-def command(out: OutputOptions, lports: Any, rports: Any, ports: Any, pid: int | None, family: int | None, duration: float | None) -> None:
+def command(out: OutputOptions, lports: Any, rports: Any, ports: Any, pids: list[int] | None, family: int | None,
+            cgroup: int | None, netns: list[int] | None, duration: float | None) -> None:
     """Trace TCP state changes, and how long each socket spent in the old state.
 
     C-PID/C-COMM are the task on the CPU when the state changed: for changes driven by
     incoming packets (SYN_RECV, ESTABLISHED on the passive side) that may be another
-    process or a kernel thread. `netsnoop life` names sockets' owners.
+    process or a kernel thread. `netsnoop life` names sockets' owners. -p and --cgroup
+    judge that task too; --netns the socket.
+
+    NETNS is the socket's network namespace, CONTAINER the container, pod or systemd
+    unit of the task on the CPU (-w; always in --json).
 
     SKADDR is the socket's kernel address in hex (a string in --json too: it does not
     fit a JSON number exactly).
@@ -59,17 +68,22 @@ def command(out: OutputOptions, lports: Any, rports: Any, ports: Any, pid: int |
     entering). Its MS is 0 (unknown), and the summary counts these (changes_not_seen:
     each stands for one hidden change or more).
     """
-    rodata = {**o.port_filters(lports, rports, ports), "filter_pid": pid, "filter_family": family}
+    rodata = {**o.port_filters(lports, rports, ports), **where.filters(pids, netns), "filter_family": family,
+              "filter_cgroup": cgroup, "with_where": int(out.wide or out.json)}
+
+    cols = columns(out.wide, out.json)
+    named = where.values if out.wide or out.json else None  # as where.columns()
 
     def row(e: Any) -> tuple[Any, ...]:
-        return (
+        r = (
             f"{e.skaddr:x}", e.pid, comm(e.comm), ip_version(e.family),
             addr(e.family, e.laddr), e.lport, addr(e.family, e.raddr), e.rport,
             tcp_state(e.oldstate), "->", tcp_state(e.newstate), e.delta_ns / 1e6,
         )
+        return r + named(e.netns, e.cgroup) if named else r
 
     with TRACER.open(rodata) as obj:
         def facts() -> dict[str, int]:
             return {"changes_not_seen": obj.counter("changes_not_seen")}
 
-        stream(obj, columns(out.wide), row, out, duration, facts=facts)
+        stream(obj, cols, row, out, duration, facts=facts)

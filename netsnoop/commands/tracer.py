@@ -7,6 +7,7 @@ import click
 
 from netsnoop import conn
 from netsnoop import options as o
+from netsnoop import where
 from netsnoop.output import Column, OutputOptions
 from netsnoop.runner import Tracer
 
@@ -15,25 +16,26 @@ TRACER = Tracer("tracer", optional=frozenset({"accept4", "accept"}),
                 costs={g: f"connections returned by {g}() have no A row" for g in ("accept4", "accept")})
 
 
-def columns(verbose: bool) -> list[Column]:
-    """bcc's layout; -v swaps T for long TYPE names and adds NETNS (both always in JSON)."""
+def columns(verbose: bool, wide: bool = False, json: bool = True) -> list[Column]:
+    """bcc's layout; -v swaps T for long TYPE names and adds NETNS (as bcc) and
+    CONTAINER; -w fits IPv6 addresses and adds NETNS and CONTAINER (all always in JSON)."""
+    a = 26 if wide else 16
     return [
         Column("T", 2, text=not verbose, json=False), Column("TYPE", 12, text=verbose),
-        Column("PID", 6), Column("COMM", 16, truncate=True), Column("IP", 2), Column("SADDR", 16),
-        Column("DADDR", 16), Column("SPORT", 6), Column("DPORT", 6), Column("NETNS", text=verbose),
+        Column("PID", 6), Column("COMM", 16, truncate=True), Column("IP", 2), Column("SADDR", a),
+        Column("DADDR", a), Column("SPORT", 6), Column("DPORT", 6), *where.columns(verbose or wide, json),
     ]
 
 
 @click.command("tracer")
-@o.output_options(csv=False, wide=False, time=False)
-@click.option("-v", "--verbose", is_flag=True, help="long event type names and a NETNS column")
-@o.pid_option("only trace events made by this process ID")
-@click.option("-N", "--netns", type=click.IntRange(1, 0xFFFFFFFF), default=None, metavar="ID",
-              help="only trace this network namespace (the inode of /proc/PID/ns/net)")
+@o.output_options(csv=False, time=False)
+@click.option("-v", "--verbose", is_flag=True, help="long event type names, NETNS and CONTAINER columns")
+@where.pids_option("only trace events made by these processes")
+@where.netns_option
 @o.family_option
 @o.cgroup_option
 @o.duration_option
-def command(out: OutputOptions, verbose: bool, pid: int | None, netns: int | None, family: int | None,
+def command(out: OutputOptions, verbose: bool, pids: list[int] | None, netns: list[int] | None, family: int | None,
             cgroup: int | None, duration: float | None) -> None:
     """Trace TCP established connections: connect (C), accept (A) and close (X).
 
@@ -43,7 +45,11 @@ def command(out: OutputOptions, verbose: bool, pid: int | None, netns: int | Non
     process that opened or accepted it). A connection its peer reset while it waited
     in the accept queue gets its X right after its A, with the time of the reset.
     Closes by the peer of connections opened before tracing began are not shown.
+
+    NETNS is the connection's network namespace (its `ip netns` name, the container
+    that owns it, host, or netns:INODE); CONTAINER the process's container, pod or
+    systemd unit, else its cgroup path.
     """
-    rodata = conn.filters(pid=pid, family=family, cgroup=cgroup, netns=netns)
+    rodata = conn.filters(pids=pids, family=family, cgroup=cgroup, netns=netns)
     with TRACER.open(rodata) as obj:
-        conn.show(obj, columns(verbose), out, duration, "Tracing TCP established connections. Ctrl-C to end.")
+        conn.show(obj, columns(verbose, out.wide, out.json), out, duration, "Tracing TCP established connections. Ctrl-C to end.")
