@@ -84,11 +84,14 @@ FIELDS: dict[str, Callable[[Any], Any]] = {
 }
 
 
-def row_of(columns: Sequence[Column]) -> Callable[[Any], tuple[Any, ...]]:
+def row_of(columns: Sequence[Column],
+           extra: dict[str, Callable[[Any], Any]] | None = None) -> Callable[[Any], tuple[Any, ...]]:
     """The ``row`` function for :func:`runner.stream`: values in column order; the
-    where columns (NETNS...), when there, are the last and come in one piece."""
+    where columns (NETNS...), when there, are the last and come in one piece.
+    ``extra`` adds columns that need more than the event (NAME: a DNS watcher)."""
+    fields = {**FIELDS, **extra} if extra else FIELDS
     named = [c for c in columns if c.header in where.HEADERS]
-    getters = [FIELDS[c.header] for c in columns if c.header not in where.HEADERS]
+    getters = [fields[c.header] for c in columns if c.header not in where.HEADERS]
     assert [c.header for c in named] == list(where.HEADERS[: len(named)]) and list(columns[len(getters):]) == named
     if named:
         values = where.values
@@ -105,9 +108,19 @@ def row_of(columns: Sequence[Column]) -> Callable[[Any], tuple[Any, ...]]:
 
 
 def show(obj: BPFObject, columns: Sequence[Column], out: OutputOptions, duration: float | None, banner: str,
-         at_stop: Callable[[], list[Any]] | None = None) -> None:
-    """Stream the object's events as rows of ``columns`` until stopped."""
-    stream(obj, columns, row_of(columns), out, duration, banner=banner, at_stop=at_stop)
+         at_stop: Callable[[], list[Any]] | None = None, names: Any = None) -> None:
+    """Stream the object's events as rows of ``columns`` until stopped; with ``names``
+    (a :class:`netsnoop.dns.Watcher`), a NAME column before the where columns: the host
+    name this machine last resolved to the remote address."""
+    extra, facts = None, None
+    if names is not None:
+        columns = list(columns)
+        at = next((i for i, c in enumerate(columns) if c.header in where.HEADERS), len(columns))
+        columns.insert(at, Column("NAME", 24, truncate=True))
+        blank = None if out.json else ""  # a width spec needs a str; JSON keeps null
+        extra = {"NAME": lambda e: names.name_of(e.family, e.raddr, e.netns or None) or blank}
+        facts = lambda: {"dns": names.stats()}  # noqa: E731
+    stream(obj, columns, row_of(columns, extra), out, duration, banner=banner, at_stop=at_stop, facts=facts)
 
 
 def filters(pids: list[int] | None = None, family: int | None = None, cgroup: int | None = None,

@@ -22,7 +22,7 @@ from types import SimpleNamespace
 from typing import Any, Iterator
 
 import pytest
-from helpers import NetnsPair
+from helpers import NetnsPair, Trace
 
 from netsnoop.dns import (
     IPPROTO_TCP, IPPROTO_UDP, RECEIVED, SENT, TCP_ACK, TCP_SYN, Names, Watcher, address_key, parse_answer,
@@ -594,3 +594,33 @@ def test_nothing_stays_attached(monkeypatch: pytest.MonkeyPatch) -> None:
     while ours() & mine and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not ours() & mine
+
+
+@integration
+def test_connect_dns_names_the_resolved_destination_and_no_other(pair: NetnsPair,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NETSNOOP_HOOKS", raising=False)
+    probe = DnsNet(pair, {})
+    zone = {"web.test": {"a": [probe.host(10)]}}
+    with DnsNet(pair, zone) as net:
+        with Trace(["connect", "--dns", "--json", "-P", str(APP_PORT)]) as t:
+            out = net.client(resolve=[("web.test", socket.AF_INET)], bare=[net.host(30)])
+        assert out["resolved"] == {"web.test": [net.host(10)]}
+        names = {r["daddr"]: r["name"] for r in t.records}
+        # the resolved address is named; the one nobody resolved (the positive control's twin) is not
+        assert names == {net.host(10): "web.test", net.host(30): None}
+        assert t.summary["dns"]["names_learnt"] >= 1
+        with Trace(["connect", "--dns", "-P", str(APP_PORT)]) as text:
+            net.client(resolve=[("web.test", socket.AF_INET)])
+        assert text.lines[0].split()[-1] == "NAME" and text.lines[1].split()[-1] == "web.test"
+
+
+@integration
+def test_tracer_dns_names_the_connect_row(pair: NetnsPair, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NETSNOOP_HOOKS", raising=False)
+    probe = DnsNet(pair, {})
+    with DnsNet(pair, {"web.test": {"a": [probe.host(10)]}}) as net:
+        with Trace(["tracer", "--dns", "--json"]) as t:
+            net.client(resolve=[("web.test", socket.AF_INET)], bare=[net.host(30)])
+        connects = {r["daddr"]: r["name"] for r in t.records if r["type"] == "connect" and r["dport"] == APP_PORT}
+        assert connects == {net.host(10): "web.test", net.host(30): None}

@@ -3,13 +3,14 @@ outcome (--outcome) or counted per destination (-c)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from typing import Any
 
 import click
 
-from netsnoop import conn
+from netsnoop import conn, dns
 from netsnoop import options as o
 from netsnoop import where
 from netsnoop.btf import StructDecoder
@@ -41,8 +42,8 @@ class Duration(click.ParamType):
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
         if value == BCC_DNS_FLAG:
-            self.fail("-d is a duration in netsnoop (-d SECONDS); bcc's DNS mode (tcpconnect -d) "
-                      "is not available yet", param, ctx)
+            self.fail("-d is a duration in netsnoop (-d SECONDS); bcc's DNS mode (tcpconnect -d) is --dns here",
+                      param, ctx)
         try:
             seconds = float(value)
         except (TypeError, ValueError):
@@ -108,14 +109,15 @@ def show_counts(obj: BPFObject, out: OutputOptions, duration: float | None) -> N
 @click.option("-L", "--lport", is_flag=True, help="include the local port (LPORT)")
 @click.option("-c", "--count", is_flag=True, help="count connects per source and destination, print on exit")
 @click.option("--outcome", is_flag=True, help="one row per attempt once it resolves: RESULT and LAT(ms)")
+@click.option("--dns", "dns_names", is_flag=True, help="add NAME: the host name last resolved to DADDR (answers seen)")
 @o.family_option
 @o.cgroup_option
 @where.netns_option
 @click.option("-d", "--duration", type=Duration(), default=None, is_flag=False, flag_value=BCC_DNS_FLAG,
               metavar="SECONDS", help="stop after this many seconds")
 def command(out: OutputOptions, pids: list[int] | None, ports: Any, uid: int | None, print_uid: bool, lport: bool,
-            count: bool, outcome: bool, family: int | None, cgroup: int | None, netns: list[int] | None,
-            duration: float | None) -> None:
+            count: bool, outcome: bool, dns_names: bool, family: int | None, cgroup: int | None,
+            netns: list[int] | None, duration: float | None) -> None:
     """Trace active TCP connects (connect()), including those that fail.
 
     PID/COMM/UID are the process that called connect(). Without --outcome a row is
@@ -134,15 +136,20 @@ def command(out: OutputOptions, pids: list[int] | None, ports: Any, uid: int | N
     NETNS is the connection's network namespace and CONTAINER the connecting process's
     container, pod or systemd unit (see -w; always in --json).
 
-    bcc's -d (DNS) is not available: -d is the duration here, as everywhere.
+    --dns adds NAME: the host name this machine last resolved to DADDR, learnt from
+    the DNS answers local sockets receive (in that namespace) while tracing; no answer
+    seen, no name. bcc's -d (DNS) is --dns here: -d is the duration, as everywhere.
     """
     if count and outcome:
         raise click.UsageError("-c/--count and --outcome cannot be combined")
     mode = COUNT if count else OUTCOME if outcome else LPORT if lport else ATTEMPT
     rodata = {**conn.filters(pids=pids, family=family, cgroup=cgroup, uid=uid, netns=netns, rports=ports), "report_mode": mode}
-    with TRACER.open(rodata) as obj:
+    if count and dns_names:
+        raise click.UsageError("-c/--count and --dns cannot be combined")
+    with TRACER.open(rodata) as obj, (dns.Watcher() if dns_names else contextlib.nullcontext()) as names:
         if count:
             show_counts(obj, out, duration)
         else:
             at_stop = (lambda: pending(obj)) if outcome else None
-            conn.show(obj, columns(print_uid, lport, outcome, out.wide, out.json), out, duration, BANNER, at_stop)
+            conn.show(obj, columns(print_uid, lport, outcome, out.wide, out.json), out, duration, BANNER, at_stop,
+                      names)

@@ -3,9 +3,11 @@ connections (bcc tcptracer), each charged to the process that did it."""
 
 from __future__ import annotations
 
+import contextlib
+
 import click
 
-from netsnoop import conn
+from netsnoop import conn, dns
 from netsnoop import options as o
 from netsnoop import where
 from netsnoop.output import Column, OutputOptions
@@ -34,9 +36,10 @@ def columns(verbose: bool, wide: bool = False, json: bool = True) -> list[Column
 @where.netns_option
 @o.family_option
 @o.cgroup_option
+@click.option("--dns", "dns_names", is_flag=True, help="add NAME: the host name last resolved to DADDR (answers seen)")
 @o.duration_option
 def command(out: OutputOptions, verbose: bool, pids: list[int] | None, netns: list[int] | None, family: int | None,
-            cgroup: int | None, duration: float | None) -> None:
+            cgroup: int | None, dns_names: bool, duration: float | None) -> None:
     """Trace TCP established connections: connect (C), accept (A) and close (X).
 
     C is printed when a connect() seen starting completes its handshake, A when
@@ -48,8 +51,10 @@ def command(out: OutputOptions, verbose: bool, pids: list[int] | None, netns: li
 
     NETNS is the connection's network namespace (its `ip netns` name, the container
     that owns it, host, or netns:INODE); CONTAINER the process's container, pod or
-    systemd unit, else its cgroup path.
+    systemd unit, else its cgroup path. --dns adds NAME: the host name this machine
+    last resolved to DADDR, from DNS answers seen while tracing (none seen, no name).
     """
     rodata = conn.filters(pids=pids, family=family, cgroup=cgroup, netns=netns)
-    with TRACER.open(rodata) as obj:
-        conn.show(obj, columns(verbose, out.wide, out.json), out, duration, "Tracing TCP established connections. Ctrl-C to end.")
+    with TRACER.open(rodata) as obj, (dns.Watcher() if dns_names else contextlib.nullcontext()) as names:
+        conn.show(obj, columns(verbose, out.wide, out.json), out, duration,
+                  "Tracing TCP established connections. Ctrl-C to end.", names=names)
