@@ -46,25 +46,26 @@ def transfer(port, size):
         while c.recv(65536):
             pass
 held = []
-if "healthy" in scene:
-    transfer(8001, 100_000)
-if "lossy" in scene:
-    transfer(8002, 3_000_000)
+# the quick parts first, the lossy transfer last: everything must happen inside the sample
+if "queue" in scene:
+    for _ in range(4):
+        c = socket.socket(); c.setblocking(False); c.connect_ex((host, 8003)); held.append(c)
 if "refused" in scene:
     for _ in range(3):
         try:
             socket.create_connection((host, 8009), timeout=5)
         except ConnectionRefusedError:
             pass
-if "queue" in scene:
-    for _ in range(4):
-        c = socket.socket(); c.setblocking(False); c.connect_ex((host, 8003)); held.append(c)
 if "firewall" in scene:
-    c = socket.socket(); c.settimeout(0.3)
+    c = socket.socket(); c.settimeout(0.3); held.append(c)
     try:
         c.connect((host, 8004))
     except OSError:
         pass
+if "healthy" in scene:
+    transfer(8001, 100_000)
+if "lossy" in scene:
+    transfer(8002, 1_500_000)
 print("done", flush=True)
 sys.stdin.read()
 """
@@ -93,7 +94,7 @@ def run_scene(pair: NetnsPair, scene: str) -> tuple[dict, dict, dict, int, int]:
     try:
         assert server.stdout is not None and server.stdout.readline().strip() == "ready"
         before = {ns: nstat(pair, ns, *names) for ns in (pair.a, pair.b)}
-        view = subprocess.Popen(NETSNOOP + ["overview", "--json", "-d", "4"], cwd=ROOT, stdout=subprocess.PIPE,
+        view = subprocess.Popen(NETSNOOP + ["overview", "--json", "-d", "6"], cwd=ROOT, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
         assert view.stderr is not None
         line = view.stderr.readline()
