@@ -141,6 +141,8 @@ def test_each_problem_is_found_with_its_owner_namespace_and_the_kernels_figure()
         tcp = {t["netns"]: t for t in report["tcp"]}
         assert tcp[pair.a]["active_opens"] == delta[pair.a]["TcpActiveOpens"]
         assert tcp[pair.a]["failed_connects"] == delta[pair.a]["TcpAttemptFails"]
+        # resets received (no kernel counter): one per refused connect, the only resets the scene makes there
+        assert tcp[pair.a]["resets_received"] == 3
 
         # drops are counted over every namespace: at least the rule's own count
         assert report["drops"].get("NETFILTER_DROP", 0) >= nft_counter(pair, pair.b, 8004) > 0
@@ -191,3 +193,8 @@ def test_a_flow_open_at_both_ends_gets_its_bytes_owner_and_rtt_quantiles() -> No
     (flow,) = report["flows"]
     assert (flow["bytes_sent"], flow["bytes_received"], flow["pid"], flow["comm"]) == (8000, 200, 7, "client")
     assert (flow["rtt_p50_us_at_most"], flow["rtt_p99_us_at_most"]) == (31, 255)
+
+
+def test_a_namespace_whose_inode_was_reused_meanwhile_gives_no_deltas() -> None:
+    report = build_report(snapshot(0, [], 9), snapshot(2, [], 4), Evidence(), {})
+    assert report["tcp"] == [] and report["namespaces"] == 0

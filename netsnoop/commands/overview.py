@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import sys
 import time
 from collections import Counter, defaultdict
@@ -25,8 +26,10 @@ from netsnoop import options as o
 from netsnoop.errors import NetsnoopError
 from netsnoop.commands.drop import NORMAL_LABEL, NORMAL_REASONS
 from netsnoop.fmt import addr, comm, printable, tcp_state
-from netsnoop.runner import StopFlag, ready
+from netsnoop.runner import StopFlag, Tracer, ready
 
+# Resets received, per namespace: the kernel counts only those it sends (TcpOutRsts).
+RESETS = Tracer("resets")
 TOP_ROWS = 5  # flows and destinations on the screen
 JSON_ROWS = 100  # ... and in --json: a bound, so that a storm cannot make the record huge
 RETRANS_SHARE_WARN = 0.01  # a namespace retransmitting more than 1 % of its segments
@@ -91,6 +94,7 @@ class Evidence:
     connects: list[dict[str, Any]] = field(default_factory=list)
     drops: dict[str, int] = field(default_factory=dict)
     rtt: dict[str, Any] = field(default_factory=dict)  # remote address -> Log2Hist of RTT samples (us)
+    resets_received: dict[int, int] = field(default_factory=dict)  # namespace inode -> resets
     lost_events: int = 0
     unavailable: dict[str, str] = field(default_factory=dict)
 
@@ -128,7 +132,10 @@ def build_report(before: Snapshot, after: Snapshot, evidence: Evidence,
     """Everything the screen shows, as exact figures: pure, so it is tested from
     recorded snapshots without a kernel."""
     seconds = after.at - before.at
-    spaces = {ino: ns for ino, ns in after.spaces.items() if ino in before.spaces}
+    # a namespace seen at both ends; one whose counters went down was deleted meanwhile and
+    # its inode given to a new one (the kernel reuses them): its deltas would be nonsense
+    spaces = {ino: ns for ino, ns in after.spaces.items() if ino in before.spaces
+              and all(v >= before.counters.get(ino, {}).get(k, 0) for k, v in after.counters.get(ino, {}).items())}
 
     def who(inode: int) -> dict[str, Any]:
         o = owners.get(inode)
@@ -161,6 +168,7 @@ def build_report(before: Snapshot, after: Snapshot, evidence: Evidence,
             "netns": ns.label, "netns_inode": ino,
             "active_opens": d("TcpActiveOpens"), "passive_opens": d("TcpPassiveOpens"),
             "failed_connects": d("TcpAttemptFails"), "resets_sent": d("TcpOutRsts"),
+            "resets_received": evidence.resets_received.get(ino, 0),
             "established_resets": d("TcpEstabResets"),
             "segments_sent": d("TcpOutSegs"), "retransmitted_segments": d("TcpRetransSegs"),
             "listen_overflows": d("TcpExtListenOverflows"), "listen_drops": d("TcpExtListenDrops"),
@@ -302,7 +310,8 @@ def gather(seconds: float, progress: Callable[[float], None]) -> tuple[Snapshot,
     try:
         for name, opener in (("connects", lambda: connect_cmd.TRACER.open({"report_mode": connect_cmd.OUTCOME})),
                              ("drops", lambda: drop_cmd.TRACER.open({"count_only": 1, "with_stack": 0})),
-                             ("rtt", lambda: rtt_cmd.TRACER.open({"key_by": rtt_cmd.KEY_RADDR, "unit_div": 1}))):
+                             ("rtt", lambda: rtt_cmd.TRACER.open({"key_by": rtt_cmd.KEY_RADDR, "unit_div": 1})),
+                             ("resets", lambda: RESETS.open())):
             try:
                 objects.append((name, opener()))
             except NetsnoopError as err:
@@ -329,6 +338,9 @@ def gather(seconds: float, progress: Callable[[float], None]) -> tuple[Snapshot,
             evidence.lost_events += obj.health()["lost_events"]
             if name == "drops":
                 evidence.drops = _drops_by_reason(obj, drop_cmd)
+            if name == "resets":
+                evidence.resets_received = {struct.unpack("=I", k)[0]: struct.unpack("=Q", v)[0]
+                                            for k, v in obj.map("received").items()}
             if name == "rtt":
                 from netsnoop.hist import read_hists
 
@@ -392,14 +404,14 @@ def render(report: dict[str, Any]) -> list[str]:
                          f"{i['rx_bytes'] * 8 / s / 1e6:8.2f} {i['tx_packets'] / s:9.0f} {i['tx_bytes'] * 8 / s / 1e6:8.2f} "
                          f"{i['rx_dropped'] + i['tx_dropped']:8d} {i['rx_errors'] + i['tx_errors']:7d}")
     active = [t for t in report["tcp"] if t["active_opens"] or t["passive_opens"] or t["segments_sent"]
-              or t["failed_connects"] or t["resets_sent"]]
+              or t["failed_connects"] or t["resets_sent"] or t["resets_received"]]
     if active:
-        lines += ["", "TCP PER SECOND (every namespace)  active passive  failed  rst-out retrans  retrans%  estab  "
-                  "close_wait"]
+        lines += ["", "TCP PER SECOND (every namespace)  active passive  failed  rst-out  rst-in retrans  retrans%  "
+                  "estab  close_wait"]
         for t in active:
             share = t["retransmitted_segments"] / t["segments_sent"] if t["segments_sent"] else 0.0
             lines.append(f"  {_cut(t['netns'], 31):31} {t['active_opens'] / s:6.1f} {t['passive_opens'] / s:7.1f} "
-                         f"{t['failed_connects'] / s:7.1f} {t['resets_sent'] / s:8.1f} "
+                         f"{t['failed_connects'] / s:7.1f} {t['resets_sent'] / s:8.1f} {t['resets_received'] / s:7.1f} "
                          f"{t['retransmitted_segments'] / s:7.1f} {share:9.2%} {t['states'].get('ESTABLISHED', 0):6d} "
                          f"{t['states'].get('CLOSE_WAIT', 0):11d}")
     if report["flows"]:
