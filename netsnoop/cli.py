@@ -141,7 +141,7 @@ def _with_global_options(command: click.Command) -> click.Command:
         command.params.append(click.Option(
             ["--ringbuf"], type=RingSize(), default=None, expose_value=False, callback=_set_ringbuf,
             help="kernel-to-user event buffer size (also before the subcommand; default 8M)"))
-    command._netsnoop_globals = True  # type: ignore[attr-defined]
+    command._netsnoop_globals = True
     return command
 
 

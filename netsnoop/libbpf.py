@@ -25,6 +25,7 @@ from ctypes import (
     c_uint32,
     c_void_p,
 )
+from typing import TYPE_CHECKING, Any, Callable
 
 from netsnoop.errors import MissingFeature
 
@@ -165,6 +166,11 @@ class _Lib:
                 f"libbpf {major}.{self.libbpf_minor_version()} is too old: netsnoop needs libbpf >= 1.0"
             )
         self.version = f"{major}.{self.libbpf_minor_version()}"
+
+    if TYPE_CHECKING:
+        # The C functions are set as attributes from _SIGNATURES, which ctypes checks at
+        # each call; this tells the type checker so instead of restating every signature.
+        def __getattr__(self, name: str) -> Callable[..., Any]: ...
 
     @staticmethod
     def _open() -> ctypes.CDLL:

@@ -388,7 +388,8 @@ class BPFObject:
             self._close_object()
 
     def programs(self) -> list[Program]:
-        L, out, prog = lib(), [], None
+        L, prog = lib(), None
+        out: list[Program] = []
         while True:
             prog = L.bpf_object__next_program(self.handle, prog)
             if not prog:
@@ -404,7 +405,7 @@ class BPFObject:
                 groups.setdefault(p.group, []).append(p)
         while True:
             picks = {group: self._pick(group, progs, order) for group, progs in groups.items()}
-            kinds = {picks[g].kind for g in self.linked if picks.get(g)}
+            kinds = {pick.kind for g in self.linked if (pick := picks.get(g))}
             if len(kinds) <= 1 or self.forced:
                 break
             # linked groups disagree: none of them uses the best of those kinds
@@ -480,7 +481,8 @@ class BPFObject:
                 struct.pack_into(f"={var.code}", buf, var.offset, int(value))
 
     def _map_handles(self) -> list[int]:
-        L, out, m = lib(), [], None
+        L, m = lib(), None
+        out: list[int] = []
         while True:
             m = L.bpf_object__next_map(self.handle, m)
             if not m:

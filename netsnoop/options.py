@@ -36,7 +36,7 @@ class FiniteFloatRange(click.FloatRange):
             number = 0.0  # not a number at all: click's own message says so
         if not math.isfinite(number):
             self.fail(f"{value!r} is not a finite number", param, ctx)
-        return super().convert(value, param, ctx)  # type: ignore[no-any-return]
+        return super().convert(value, param, ctx)
 
 
 SECONDS = FiniteFloatRange(min=0, min_open=True, max=MAX_SECONDS)

@@ -171,10 +171,10 @@ def build_report(before: Snapshot, after: Snapshot, evidence: Evidence,
     for ino, ns in spaces.items():
         old_socks = {(s.laddr, s.lport, s.raddr, s.rport): s for s in before.sockets.get(ino, [])}
         for s in after.sockets.get(ino, []):
-            p = old_socks.get((s.laddr, s.lport, s.raddr, s.rport))
-            if p is None or s.bytes_acked is None or p.bytes_acked is None:
+            prev = old_socks.get((s.laddr, s.lport, s.raddr, s.rport))
+            if prev is None or s.bytes_acked is None or prev.bytes_acked is None:
                 continue
-            sent, received = s.bytes_acked - p.bytes_acked, (s.bytes_received or 0) - (p.bytes_received or 0)
+            sent, received = s.bytes_acked - prev.bytes_acked, (s.bytes_received or 0) - (prev.bytes_received or 0)
             if sent or received:
                 samples = evidence.rtt.get(s.raddr)
                 flows.append({"netns": ns.label, "netns_inode": ino, "local": _endpoint(s.laddr, s.lport),
@@ -220,7 +220,7 @@ def build_report(before: Snapshot, after: Snapshot, evidence: Evidence,
                          "p50_ms": percentile(dst["latencies_ms"], 0.5), "p99_ms": percentile(dst["latencies_ms"], 0.99),
                          "failures": dict(dst["failures"]), "pid": pid, "comm": name})
 
-    softirq = {k: after.softirqs.get(k, 0) - before.softirqs.get(k, 0) for k in ("NET_RX", "NET_TX")}
+    softirq: dict[str, float] = {k: after.softirqs.get(k, 0) - before.softirqs.get(k, 0) for k in ("NET_RX", "NET_TX")}
     ticks = after.cpu_ticks[1] - before.cpu_ticks[1]
     softirq["cpu_share"] = (after.cpu_ticks[0] - before.cpu_ticks[0]) / ticks if ticks > 0 else 0.0
 
@@ -310,19 +310,20 @@ def gather(seconds: float, progress: Callable[[float], None]) -> tuple[Snapshot,
         before = take_snapshot()
         spaces = dict(before.spaces)
         connect_obj = next((obj for name, obj in objects if name == "connects"), None)
-        ring = connect_obj.ring_buffer() if connect_obj else None
-        decoder = connect_obj.decoder("event") if connect_obj else None
+        feed = (connect_obj.ring_buffer(), connect_obj.decoder("event")) if connect_obj else None
         ready("Sampling... Hit Ctrl-C to end early.")
         with StopFlag(seconds) as stop:
             while not stop:
                 progress(time.monotonic() - before.at)
-                if ring is not None:
+                if feed is not None:
+                    ring, decoder = feed
                     for e in ring.poll_events(stop.remaining_ms(100), decoder):
                         evidence.connects.append(_connect_record(e, spaces, conn))
                 else:
                     time.sleep(min(0.1, stop.remaining_ms(100) / 1000))
         after = take_snapshot()
-        if ring is not None:
+        if feed is not None:
+            ring, decoder = feed
             while events := ring.read_events(decoder):
                 evidence.connects.extend(_connect_record(e, spaces, conn) for e in events)
         for name, obj in objects:

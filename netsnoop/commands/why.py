@@ -62,8 +62,8 @@ class Target(click.ParamType):
             ip = ipaddress.ip_address(host)
         except ValueError:
             self.fail(f"{host!r} is not an IP address", param, ctx)
-        if ip.version == 6 and ip.ipv4_mapped:  # type: ignore[union-attr]
-            ip = ip.ipv4_mapped  # type: ignore[union-attr]
+        if ip.version == 6 and ip.ipv4_mapped:
+            ip = ip.ipv4_mapped
         return str(ip), port
 
 
@@ -223,9 +223,9 @@ class Watch:
             where = (fl.syn_netns, fl.syn_ifindex)
             if fl.syns_in and where not in f.ifnames and where not in self.no_ifname:
                 ns = self.ns(fl.syn_netns)
-                name = N.ifname(ns, fl.syn_ifindex) if ns else None
-                if name:
-                    f.ifnames[where] = name
+                ifname = N.ifname(ns, fl.syn_ifindex) if ns else None
+                if ifname:
+                    f.ifnames[where] = ifname
                 else:
                     self.no_ifname.add(where)  # gone meanwhile: not asked again
         # rules are read where a firewall dropped something, and again at the end for
@@ -253,10 +253,10 @@ class Watch:
             except OSError:
                 continue
             for fl in group:
-                c = conns.get(fl.key)
-                if c is not None and c.inode:
+                sock = conns.get(fl.key)
+                if sock is not None and sock.inode:
                     self.facts.accepted.add(fl.key)
-                elif c is not None:
+                elif sock is not None:
                     self.facts.unaccepted[fl.key] = (now_ns - fl.server_established_ns) / 1e9
                 elif fl.key not in self.facts.unaccepted:
                     self.facts.accepted.add(fl.key)  # gone before we looked: accepted and closed
