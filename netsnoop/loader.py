@@ -424,9 +424,9 @@ class BPFObject:
             if p.variant:
                 group, kind = p.variant.split("__")
                 L.bpf_program__set_autoload(p.handle, self.chosen.get(group) == kind)
-            elif p.on_demand and p.unavailable():  # an iterator without kernel BTF
+            elif p.on_demand and (reason := p.unavailable()):  # an iterator without kernel BTF
                 L.bpf_program__set_autoload(p.handle, False)
-                self.why[p.name] = p.unavailable()  # type: ignore[assignment]
+                self.why[p.name] = reason
                 self.skipped.append(p.name)
 
     def tried(self, group: str) -> str:
@@ -466,7 +466,7 @@ class BPFObject:
         size = ctypes.c_size_t()
         ptr = L.bpf_map__initial_value(ro, ctypes.byref(size))
         buf = (ctypes.c_char * size.value).from_address(ptr)
-        variables = {v.name: v for v in self._btf.datasec(".rodata")}  # type: ignore[union-attr]
+        variables = {v.name: v for v in self.btf.datasec(".rodata")}
         for key, value in self.rodata.items():
             var = variables.get(key)
             if var is None:

@@ -564,8 +564,9 @@ class Bytes(MapSource):
     def poll(self) -> None:
         from netsnoop.commands.top import drain
 
+        assert self.obj is not None
         if self.cached:
-            drain(self.obj)  # type: ignore[arg-type]
+            drain(self.obj)
         for _k, raw in self.taken("conns", "conn_key"):
             v = self.values(raw)
             if v.excluded:
@@ -794,8 +795,7 @@ class Exporter:
         """What the run ends with on stderr, as the other subcommands' summaries: the
         scrapes served, and per source what it lost, what the kernel skipped, and the
         hook kind of each group."""
-        opened = [s for s in self.sources if s.obj is not None]
-        health = {s.name: s.obj.health() for s in opened}  # type: ignore[union-attr]
+        health = {s.name: s.obj.health() for s in self.sources if s.obj is not None}
         return {
             "scrapes": self.scrapes,
             "lost_events": sum(h["lost_events"] for h in health.values()),

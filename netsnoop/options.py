@@ -144,7 +144,7 @@ def cgroup_option(f: F) -> F:
     )(f)
 
 
-def interval_count_arguments(default_interval: float = 1.0) -> Callable[[F], F]:
+def interval_count_arguments(default_interval: float | None = 1.0) -> Callable[[F], F]:
     """bcc's positional ``[interval] [count]`` for the summarising tools."""
 
     def decorate(f: F) -> F:

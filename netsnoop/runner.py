@@ -143,7 +143,8 @@ def wait(duration: float | None, tick: Callable[[], None] | None = None, interva
             if next_tick is not None and time.monotonic() >= next_tick and tick is not None:
                 tick()
                 ticks += 1
-                next_tick += interval  # type: ignore[operator]
+                assert interval is not None  # there is a next tick only with an interval
+                next_tick += interval
                 if count is not None and ticks >= count:
                     return
 
