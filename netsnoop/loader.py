@@ -35,7 +35,7 @@ import struct
 import sys
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 from netsnoop import kernel
 from netsnoop.btf import BTF, StructDecoder

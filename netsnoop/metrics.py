@@ -775,6 +775,9 @@ class Exporter:
             print(f"netsnoop: warning: reading {s.name} failed: {err}", file=sys.stderr, flush=True)
             return None
 
+    def _families(self, s: Source) -> list[Metric] | None:
+        return self._guarded(s, lambda: list(s.families()))
+
     def describe(self) -> list[Metric]:
         return []  # families are only known at collect time (labels depend on the options)
 
@@ -786,8 +789,7 @@ class Exporter:
                 if s.error:
                     continue
                 self._guarded(s, s.poll)
-                fams = self._guarded(s, lambda: list(s.families()))
-                out.extend(fams or [])
+                out.extend(self._families(s) or [])
             out.extend(self.health())
         return iter(out)
 

@@ -16,6 +16,7 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
+from functools import partial
 from typing import Any, Callable, Iterator
 
 import pytest
@@ -246,7 +247,7 @@ def test_prometheus_sees_the_traffic_of_private_namespaces() -> None:
             # drops: what nft counted, under the kernel's reason, for that port
             for port, comment in ((dropped.port, "syn"), (lossy.port, "loss")):
                 got, want = prom.agrees(f'netsnoop_tcp_drops_total{{reason="NETFILTER_DROP",port="{port}"}}',
-                                        lambda: nft_packets(net, b, comment))
+                                        partial(nft_packets, net, b, comment))
                 assert got == want > 0, comment
 
             # retransmits of our ports: every retransmit those two namespaces made
@@ -269,7 +270,7 @@ def test_prometheus_sees_the_traffic_of_private_namespaces() -> None:
                                  ("active_opens_total", "TcpActiveOpens")):
                 for ns in (a, b):
                     got, want = prom.agrees(f'netsnoop_netns_tcp_{metric}{{netns="{ns}"}}',
-                                            lambda: nstat(ns).get(name, 0))
+                                            lambda ns=ns, name=name: nstat(ns).get(name, 0))
                     assert got == want, (metric, ns)
             assert nstat(b)["TcpExtListenOverflows"] > 0
 

@@ -84,7 +84,7 @@ def test_ctrl_c_at_any_moment_of_start_up_stops_at_once_and_cleans_up(tool: str)
             err = proc.communicate(timeout=3)[1]
         except subprocess.TimeoutExpired:
             proc.kill()
-            raise AssertionError(f"{tool}: still running 3 s after a Ctrl-C {delay} s into start-up")
+            raise AssertionError(f"{tool}: still running 3 s after a Ctrl-C {delay} s into start-up") from None
         assert time.monotonic() - sent < 3
         assert proc.returncode == 0 and "Traceback" not in err, (delay, err)
         assert " lost events, " in err.splitlines()[-1], err  # it ended through its summary
@@ -102,7 +102,7 @@ def fill_pipe(read_fd: int, port: int) -> None:
     queued = lambda: int.from_bytes(fcntl.ioctl(read_fd, termios.FIONREAD, b"\0" * 4), sys.byteorder)  # noqa: E731
     srv = socket.create_server(("127.0.0.1", port))
     try:
-        for n in range(20000):
+        for _ in range(20000):
             c = socket.create_connection(("127.0.0.1", port))
             s, _ = srv.accept()
             c.close()
@@ -141,7 +141,7 @@ def test_a_stop_signal_is_obeyed_when_nobody_reads_the_output(sig: int) -> None:
             err = proc.communicate(timeout=10)[1]
         except subprocess.TimeoutExpired:
             proc.kill()
-            raise AssertionError(f"signal {sig} ignored while stdout was stalled")
+            raise AssertionError(f"signal {sig} ignored while stdout was stalled") from None
         assert time.monotonic() - sent < 8  # the process's own bound is 1 s without progress, 5 s at most
         assert proc.returncode == 0 and "Traceback" not in err
         assert "the output was not read" in err and "lost events, " in err and "hooks: set_state=" in err, err

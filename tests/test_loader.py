@@ -34,7 +34,7 @@ def variants() -> list[tuple[str, str, str]]:
     from netsnoop.loader import BPFObject
 
     out = []
-    for name, (module, _help) in COMMANDS.items():
+    for module, _help in COMMANDS.values():
         tracer = getattr(__import__(module, fromlist=["TRACER"]), "TRACER", None)
         if tracer is None:
             continue

@@ -14,7 +14,7 @@ import json
 import os
 import sys
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -153,7 +153,7 @@ def build_report(before: Snapshot, after: Snapshot, evidence: Evidence,
     for ino, ns in spaces.items():
         a, b = after.counters.get(ino, {}), before.counters.get(ino, {})
 
-        def d(name: str) -> int:
+        def d(name: str, a: dict[str, int] = a, b: dict[str, int] = b) -> int:
             return a.get(name, 0) - b.get(name, 0)
 
         states = Counter(tcp_state(s.state) for s in after.sockets.get(ino, []))
