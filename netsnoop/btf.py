@@ -268,7 +268,9 @@ class StructDecoder:
         if run is None:
             pad = stride - offset - self.size
             if pad < 0:
-                raise struct.error(f"records of {stride - offset} bytes are too short for {self.size}-byte {self.type.__name__}")
+                raise struct.error(
+                    f"records of {stride - offset} bytes are too short for {self.size}-byte {self.type.__name__}"
+                )
             run = self._runs[(offset, stride)] = struct.Struct(f"={offset}x{self.struct.format[1:]}{pad}x")
         if len(buf) != count * stride:
             buf = buf[: count * stride]

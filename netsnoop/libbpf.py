@@ -250,4 +250,5 @@ class capture_log:
         _captured = self._outer
 
 
-__all__ = ["lib", "OpenOpts", "IterAttachOpts", "IterLinkInfo", "TestRunOpts", "BPF_F_TEST_RUN_ON_CPU", "SAMPLE_FN", "capture_log", "errno_message", "last_errno", "c_long", "c_uint"]
+__all__ = ["lib", "OpenOpts", "IterAttachOpts", "IterLinkInfo", "TestRunOpts", "BPF_F_TEST_RUN_ON_CPU", "SAMPLE_FN",
+           "capture_log", "errno_message", "last_errno", "c_long", "c_uint"]

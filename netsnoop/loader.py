@@ -169,7 +169,9 @@ class Map:
         self.key_size = L.bpf_map__key_size(handle)
         self.value_size = L.bpf_map__value_size(handle)
         self.ncpus = L.libbpf_num_possible_cpus() if self.type in PERCPU_MAP_TYPES else 1
-        self._stride = (self.value_size + 7) // 8 * 8 if self.ncpus > 1 or self.type in PERCPU_MAP_TYPES else self.value_size
+        self._stride = (
+            (self.value_size + 7) // 8 * 8 if self.ncpus > 1 or self.type in PERCPU_MAP_TYPES else self.value_size
+        )
 
     def _value_buf(self) -> ctypes.Array:
         return ctypes.create_string_buffer(self._stride * self.ncpus)
@@ -307,7 +309,9 @@ class RingBuffer:
             if length >= size:
                 out.extend(decode_run(buf, HEADER, stride, count))
             else:  # shorter than the struct: fails exactly as decoding the bytes would
-                out.extend(decode(bytes(buf[i + HEADER : i + HEADER + length])) for i in range(0, count * stride, stride))
+                out.extend(
+                    decode(bytes(buf[i + HEADER : i + HEADER + length])) for i in range(0, count * stride, stride)
+                )
 
         self._mapped.read(limit, run)
         return out

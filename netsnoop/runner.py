@@ -251,7 +251,9 @@ def warn_missed_runs(obj: BPFObject) -> None:
              "(one fired inside another on the same CPU); what they would have shown may be missing")
 
 
-def _row_builder(row: Callable[[Any], Sequence[Any] | None], out: OutputOptions) -> Callable[[list[Any]], Iterable[Sequence[Any]]]:
+def _row_builder(
+    row: Callable[[Any], Sequence[Any] | None], out: OutputOptions
+) -> Callable[[list[Any]], Iterable[Sequence[Any]]]:
     """Events -> rows for one batch. Without time columns it is a bare ``map`` (the hot
     path: no per-event Python frame besides the subcommand's ``row``)."""
     if not (out.time or out.timestamp or out.json):

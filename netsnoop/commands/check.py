@@ -212,6 +212,8 @@ def _table(results: list[Finding], last: Finding) -> None:
     table.add_column("detail", overflow="fold")
     for f in results:
         item = f.item.replace("tracepoint ", "tp ") if f.item.startswith("tracepoint ") else f.item
-        table.add_row(Text(item), Text("yes", style="green") if f.ok else Text("no", style="red"), Text(_short(f.detail)))
+        table.add_row(
+            Text(item), Text("yes", style="green") if f.ok else Text("no", style="red"), Text(_short(f.detail))
+        )
     console.print(table)
     console.print(Text(last.detail, style="bold"), soft_wrap=False)

@@ -196,7 +196,9 @@ def build_report(before: Snapshot, after: Snapshot, evidence: Evidence,
 
     close_wait = []
     for ino, ns in spaces.items():
-        earlier = {(s.laddr, s.lport, s.raddr, s.rport) for s in before.sockets.get(ino, []) if s.state == TCP_CLOSE_WAIT}
+        earlier = {
+            (s.laddr, s.lport, s.raddr, s.rport) for s in before.sockets.get(ino, []) if s.state == TCP_CLOSE_WAIT
+        }
         for s in after.sockets.get(ino, []):
             if s.state == TCP_CLOSE_WAIT and (s.laddr, s.lport, s.raddr, s.rport) in earlier:
                 close_wait.append({"netns": ns.label, "netns_inode": ino, "local": _endpoint(s.laddr, s.lport),
@@ -217,7 +219,8 @@ def build_report(before: Snapshot, after: Snapshot, evidence: Evidence,
     for dst in sorted(destinations.values(), key=lambda x: (-sum(x["failures"].values()), -x["attempts"])):
         (pid, name), _n = dst["owners"].most_common(1)[0]
         connects.append({"netns": dst["netns"], "remote": dst["remote"], "attempts": dst["attempts"],
-                         "p50_ms": percentile(dst["latencies_ms"], 0.5), "p99_ms": percentile(dst["latencies_ms"], 0.99),
+                         "p50_ms": percentile(dst["latencies_ms"], 0.5),
+                         "p99_ms": percentile(dst["latencies_ms"], 0.99),
                          "failures": dict(dst["failures"]), "pid": pid, "comm": name})
 
     softirq: dict[str, float] = {k: after.softirqs.get(k, 0) - before.softirqs.get(k, 0) for k in ("NET_RX", "NET_TX")}
@@ -342,7 +345,8 @@ def gather(seconds: float, progress: Callable[[float], None]) -> tuple[Snapshot,
 
 def _connect_record(e: Any, spaces: dict[int, netns.Netns], conn: Any) -> dict[str, Any]:
     where = spaces.get(e.netns)
-    return {"netns": where.label if where else f"netns:{e.netns}", "remote": _endpoint(addr(e.family, e.raddr), e.rport),
+    return {"netns": where.label if where else f"netns:{e.netns}",
+            "remote": _endpoint(addr(e.family, e.raddr), e.rport),
             "outcome": conn.outcome(e.state, e.err), "latency_ms": e.lat_ns / 1e6, "pid": e.pid, "comm": comm(e.comm)}
 
 
@@ -389,9 +393,11 @@ def render(report: dict[str, Any]) -> list[str]:
     if busy:
         lines += ["", "INTERFACES (every namespace)   rx pkt/s  rx Mb/s  tx pkt/s  tx Mb/s  dropped  errors"]
         for i in busy:
-            lines.append(f"  {_cut(i['netns'] + '/' + i['interface'], 28):28} {i['rx_packets'] / s:9.0f} "
-                         f"{i['rx_bytes'] * 8 / s / 1e6:8.2f} {i['tx_packets'] / s:9.0f} {i['tx_bytes'] * 8 / s / 1e6:8.2f} "
-                         f"{i['rx_dropped'] + i['tx_dropped']:8d} {i['rx_errors'] + i['tx_errors']:7d}")
+            lines.append(
+                f"  {_cut(i['netns'] + '/' + i['interface'], 28):28} {i['rx_packets'] / s:9.0f} "
+                f"{i['rx_bytes'] * 8 / s / 1e6:8.2f} {i['tx_packets'] / s:9.0f} {i['tx_bytes'] * 8 / s / 1e6:8.2f} "
+                f"{i['rx_dropped'] + i['tx_dropped']:8d} {i['rx_errors'] + i['tx_errors']:7d}"
+            )
     active = [t for t in report["tcp"] if t["active_opens"] or t["passive_opens"] or t["segments_sent"]
               or t["failed_connects"] or t["resets_sent"]]
     if active:
@@ -417,7 +423,9 @@ def render(report: dict[str, Any]) -> list[str]:
             failed = ", ".join(f"{n} {k}" for k, n in c["failures"].items()) or "-"
             p50 = "-" if c["p50_ms"] is None else f"{c['p50_ms']:.2f}"
             p99 = "-" if c["p99_ms"] is None else f"{c['p99_ms']:.2f}"
-            lines.append(f"  {_cut(c['netns'] + ' ' + c['remote'], 29):29} {c['attempts']:8d} {p50:>7} {p99:>7}  {failed}")
+            lines.append(
+                f"  {_cut(c['netns'] + ' ' + c['remote'], 29):29} {c['attempts']:8d} {p50:>7} {p99:>7}  {failed}"
+            )
     if report["drops"]:
         lines += ["", "TCP DROPS BY REASON (every namespace)"]
         for reason, n in report["drops"].items():

@@ -29,9 +29,9 @@ from netsnoop.runner import POLL_MS, StopFlag, Tracer, ready, silence_stdout, wa
 TRACER = Tracer("why", optional=frozenset({"fib", "fib6", "icmp", "synack", "error"}))
 REFRESH_S = 0.5  # how often the state around the flows is read again
 GRACE_S = 1.0  # how long an attempt may stay unexplained before it gets a verdict
-RELEVANT_COUNTERS = ("TcpExtListenOverflows", "TcpExtListenDrops", "IpOutNoRoutes", "Ip6OutNoRoutes", "TcpExtSyncookiesSent",
-                     "TcpExtTCPReqQFullDrop", "TcpExtTCPReqQFullDoCookies", "TcpExtIPReversePathFilter",
-                     "TcpAttemptFails", "TcpExtTCPSynRetrans")
+RELEVANT_COUNTERS = ("TcpExtListenOverflows", "TcpExtListenDrops", "IpOutNoRoutes", "Ip6OutNoRoutes",
+                     "TcpExtSyncookiesSent", "TcpExtTCPReqQFullDrop", "TcpExtTCPReqQFullDoCookies",
+                     "TcpExtIPReversePathFilter", "TcpAttemptFails", "TcpExtTCPSynRetrans")
 
 
 class Target(click.ParamType):
@@ -39,7 +39,9 @@ class Target(click.ParamType):
 
     name = "ADDR[:PORT]"
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[str | None, int | None]:
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[str | None, int | None]:
         if isinstance(value, tuple):
             return value
         text, port = str(value).strip(), None
@@ -218,7 +220,8 @@ class Watch:
                     firewalled.add(d.netns)
                 if name == "IP_RPFILTER":
                     self._rp_filter(fl, d)
-            if fl.fib_errors or fl.synack_retrans or any(f.reason_names.get(int(d.reason)) == "IP_RPFILTER" for d in fl.drops):
+            rp_filtered = any(f.reason_names.get(int(d.reason)) == "IP_RPFILTER" for d in fl.drops)
+            if fl.fib_errors or fl.synack_retrans or rp_filtered:
                 self._route(fl)
             where = (fl.syn_netns, fl.syn_ifindex)
             if fl.syns_in and where not in f.ifnames and where not in self.no_ifname:
