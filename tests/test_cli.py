@@ -141,7 +141,8 @@ def test_lost_events_are_counted_exactly() -> None:
 
     with PayloadServer(size=10) as srv:
         port = str(srv.port)
-        with Trace(["states", "--json", "-P", port]) as ref, Trace(["--ringbuf", "4K", "states", "--json", "-P", port]) as tiny:
+        with Trace(["states", "--json", "-P", port]) as ref, \
+                Trace(["--ringbuf", "4K", "states", "--json", "-P", port]) as tiny:
             tiny.proc.send_signal(signal.SIGSTOP)
             for _ in range(200):
                 fetch("127.0.0.1", srv.port)

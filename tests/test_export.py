@@ -389,7 +389,8 @@ def test_classic_tracepoints_count_the_same() -> None:
 
             port = str(sink.port)
             want = {
-                ("netsnoop_tcp_connects_total", (("netns", net.a), ("outcome", "refused"), ("port", str(refused_port)))): 1,
+                ("netsnoop_tcp_connects_total",
+                 (("netns", net.a), ("outcome", "refused"), ("port", str(refused_port)))): 1,
                 ("netsnoop_tcp_connects_total", (("netns", net.a), ("outcome", "established"), ("port", port))): 1,
                 ("netsnoop_tcp_accepts_total", (("netns", net.b), ("port", port))): 1,
                 ("netsnoop_tcp_sent_bytes_total", (("port", port),)): 300_000,

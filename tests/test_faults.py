@@ -73,7 +73,9 @@ def test_ctrl_c_at_any_moment_of_start_up_stops_at_once_and_cleans_up(tool: str)
     watched: set[str] = set()
     before_attach = []
     for delay in (0, 0.02, 0.04, 0.07, 0.1, 0.15, 0.2, 0.3):
-        proc = subprocess.Popen(NETSNOOP + [tool], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            NETSNOOP + [tool], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
         watch = ProgWatch(proc.pid)
         wait_for_netsnoop(proc)
         time.sleep(delay)  # the moment under test, not a wait for something
@@ -130,7 +132,9 @@ def test_a_stop_signal_is_obeyed_when_nobody_reads_the_output(sig: int) -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     r, w = os.pipe()
-    proc = subprocess.Popen(NETSNOOP + ["states", "-P", str(port)], cwd=ROOT, stdout=w, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        NETSNOOP + ["states", "-P", str(port)], cwd=ROOT, stdout=w, stderr=subprocess.PIPE, text=True
+    )
     os.close(w)
     try:
         assert proc.stderr is not None and proc.stderr.readline().startswith("Tracing")
@@ -203,7 +207,9 @@ def test_sighup_ends_like_sigterm_with_the_summary() -> None:
 def test_bad_coalesce_setting_is_a_usage_error(value: str) -> None:
     done = run(["states", "-d", "0.1"], env={**os.environ, "NETSNOOP_COALESCE_MS": value})
     assert done.returncode == 2, done.stderr
-    assert done.stderr.strip() == f"netsnoop: NETSNOOP_COALESCE_MS={value!r}: not a number of milliseconds from 0 to 1000"
+    assert (
+        done.stderr.strip() == f"netsnoop: NETSNOOP_COALESCE_MS={value!r}: not a number of milliseconds from 0 to 1000"
+    )
 
 
 @pytest.mark.parametrize("variable", ["NETSNOOP_HOOKS", "NETSNOOP_PREFER"])
@@ -251,7 +257,9 @@ def test_a_skip_under_ci_is_a_failure(tmp_path: Any, ci: str) -> None:
                           cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "CI": ci}, timeout=60)
     summary = done.stdout.strip().splitlines()[-1]
     if ci:
-        assert done.returncode == 1 and "1 failed" in summary and "1 passed" in summary and "1 error" in summary, summary
+        assert done.returncode == 1 and "1 failed" in summary and "1 passed" in summary and "1 error" in summary, (
+            summary
+        )
         assert "skipped under CI=true" in done.stdout
     else:
         assert done.returncode == 0 and "1 passed, 2 skipped" in summary, summary
