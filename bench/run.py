@@ -113,7 +113,7 @@ def states_kind(row: dict[str, Any]) -> str | None:
 
 STATES_OPENING = {("CLOSE", "SYN_SENT"), ("SYN_SENT", "ESTABLISHED"), ("LISTEN", "SYN_RECV"),
                   ("SYN_RECV", "ESTABLISHED")}
-TRACER_KINDS = {"C": "C", "A": "A", "X": "X", "connect": "C", "accept": "A", "close": "X"}
+TRACER_KINDS: dict[str | None, str] = {"C": "C", "A": "A", "X": "X", "connect": "C", "accept": "A", "close": "X"}
 
 # The storm matrix: label, the command's arguments ("{port}" becomes the storm's
 # listening port), what every connection must produce (None: not knowable), and the
@@ -152,7 +152,7 @@ ACCOUNTING: list[tuple[str, list[str], Expect]] = [
 FORMATS: dict[str, list[str]] = {"text": [], "json": ["--json"]}
 
 # Issue 18's targets.
-TARGETS = {
+TARGETS: dict[str, Any] = {
     "startup_s": 0.08,
     "rss_mb": 25.0,  # streaming tools
     "cpu_s_per_100k": {"text": 0.25, "json": 0.5},  # states and life
@@ -301,13 +301,13 @@ class Netsnoop:
         self._ready = threading.Event()
 
     def start(self) -> "Netsnoop":
-        out = open(self.stdout_path, "w") if self.stdout_path else subprocess.PIPE
+        out = open(self.stdout_path, "w") if self.stdout_path else None
         self.t0 = time.perf_counter()
         cmd = FLOOR_CMD + self.args[1:] if self.args[:1] == [FLOOR] else NETSNOOP + self.args
-        self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE, cwd=ROOT,
+        self.proc = subprocess.Popen(cmd, stdout=out or subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
                                      text=True, bufsize=1)
-        if self.stdout_path:
-            out.close()  # type: ignore[union-attr]
+        if out is not None:
+            out.close()
         self._thread = threading.Thread(target=self._read_stderr, daemon=True)
         self._thread.start()
         return self
@@ -346,7 +346,7 @@ class Netsnoop:
     def wait_file_header(self, timeout: float) -> None:
         """For stdout in a file: wait until the header line is there (text formats)."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and os.path.getsize(self.stdout_path or "") == 0:  # type: ignore[arg-type]
+        while time.monotonic() < deadline and os.path.getsize(self.stdout_path or "") == 0:
             time.sleep(0.01)
 
     def wait_drained(self, idle: float = 0.3, timeout: float = 60.0) -> None:
@@ -664,8 +664,8 @@ def run_traced(sc: Scenario, tmp: str) -> dict[str, Any]:
         "cpu_s": busy,
         "cpu_precise_s": exact,
         "cpu_total_s": ns.cpu_at_exit,
-        "cpu_s_per_100k": busy / counted * 1e5 if enough else None,  # type: ignore[operator]
-        "us_per_event": exact / counted * 1e6 if enough and exact is not None else None,  # type: ignore[operator]
+        "cpu_s_per_100k": busy / counted * 1e5 if enough and busy is not None and counted else None,
+        "us_per_event": exact / counted * 1e6 if enough and exact is not None and counted else None,
         "rss_mb": rss,
         "returncode": rc,
         "load": load_average(),

@@ -55,7 +55,7 @@ def test_bad_values_are_usage_errors(args: list[str]) -> None:
 def held_prog_ids(pid: int) -> set[int]:
     """The BPF programs a process holds (program and link fds), from the kernel's own
     /proc/PID/fdinfo: other tests' programs, loaded meanwhile, are not ours."""
-    ids = set()
+    ids: set[int] = set()
     for fd in os.listdir(f"/proc/{pid}/fdinfo"):
         try:
             with open(f"/proc/{pid}/fdinfo/{fd}") as f:

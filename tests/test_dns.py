@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from types import SimpleNamespace
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import pytest
 from helpers import NetnsPair
@@ -190,12 +190,13 @@ def test_address_keys() -> None:
 
 # ---- the table: queries, answers, namespaces, bounds --------------------------------
 
-CLIENT, SERVER = v4("10.0.0.2") + bytes(12), v4("10.0.0.53") + bytes(12)
+CLIENT_ADDR, SERVER_ADDR = v4("10.0.0.2") + bytes(12), v4("10.0.0.53") + bytes(12)
 
 
 def rec(kind: int, netns: int, payload: bytes, cport: int = 40000, proto: int = IPPROTO_UDP, seq: int = 0,
         flags: int = 0, ts: int = 1, caplen: int | None = None) -> tuple[Any, bytes]:
-    src, sport, dst, dport = (CLIENT, cport, SERVER, 53) if kind == SENT else (SERVER, 53, CLIENT, cport)
+    src, sport, dst, dport = ((CLIENT_ADDR, cport, SERVER_ADDR, 53) if kind == SENT
+                              else (SERVER_ADDR, 53, CLIENT_ADDR, cport))
     h = SimpleNamespace(ts_ns=ts, netns=netns, seq=seq, family=socket.AF_INET, sport=sport, dport=dport,
                         caplen=len(payload) if caplen is None else caplen, wirelen=len(payload), kind=kind,
                         proto=proto, tcp_flags=flags, saddr=src, daddr=dst)
@@ -487,7 +488,8 @@ class DnsNet:
         self.proc.wait()
         shutil.rmtree(self.etc, ignore_errors=True)
 
-    def client(self, resolve: list[tuple[str, int]] = (), raw: list[tuple[int, str]] = (), bare: list[str] = (),
+    def client(self, resolve: Sequence[tuple[str, int]] = (), raw: Sequence[tuple[int, str]] = (),
+               bare: Sequence[str] = (),
                replies: dict[str, int] | None = None) -> dict[str, Any]:
         job = {"resolve": list(resolve), "raw": list(raw), "bare": list(bare), "port": APP_PORT,
                "server": self.pair.addr_a, "replies": replies or {}}

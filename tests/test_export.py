@@ -443,6 +443,7 @@ def test_flow_maps_are_emptied_and_series_stay_bounded() -> None:
         exp.open(warn)
         try:
             drops = exp.sources[0]
+            assert isinstance(drops, metrics.Drops) and drops.obj is not None
             socks = []
             for port in range(20000, 20300):
                 with in_netns(net.a):

@@ -41,7 +41,8 @@ class ProgWatch:
     read every few ms), so that the test can tell afterwards that none outlived it."""
 
     def __init__(self, pid: int) -> None:
-        self.pid, self.ids = pid, set()
+        self.pid = pid
+        self.ids: set[str] = set()
         self._thread = threading.Thread(target=self._watch, daemon=True)
         self._thread.start()
 

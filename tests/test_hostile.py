@@ -18,7 +18,7 @@ import sys
 import termios
 import threading
 import time
-from typing import Any
+from typing import IO, Any
 
 import pytest
 from helpers import NETSNOOP, READY_TIMEOUT, ROOT, PayloadServer
@@ -84,10 +84,12 @@ class RawTrace:
             NETSNOOP + args, stdout=stdout, stderr=subprocess.PIPE, cwd=ROOT,
             env={**os.environ, "COLUMNS": "200", **env},
         )
+        reader: IO[bytes]
         if tty:
             os.close(slave)
             reader = os.fdopen(master, "rb", buffering=0)
         else:
+            assert self.proc.stdout is not None
             reader = self.proc.stdout
 
         def pump_out() -> None:
@@ -100,8 +102,11 @@ class RawTrace:
                     break
                 self.out += chunk
 
+        stderr = self.proc.stderr
+        assert stderr is not None
+
         def pump_err() -> None:
-            for line in self.proc.stderr:  # type: ignore[union-attr]
+            for line in stderr:
                 self.err += line
                 if line.startswith(b"Tracing"):
                     ready.set()

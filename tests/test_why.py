@@ -33,7 +33,7 @@ import struct
 import subprocess
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any, Iterator, TypeVar
 
 import pytest
 from helpers import NetnsPair, Trace
@@ -479,9 +479,11 @@ def verdicts_on(trace: Trace, port: int) -> list[dict[str, Any]]:
     return [r for r in trace.records if r.get("type") == "verdict" and r["port"] == port]
 
 
-def only_verdict(
-    world: Any, cls: type[Scenario], allowed_extra: tuple[str, ...] = ()
-) -> tuple[Scenario, dict[str, Any]]:
+ScenarioT = TypeVar("ScenarioT", bound=Scenario)
+
+
+def only_verdict(world: Any, cls: type[ScenarioT],
+                 allowed_extra: tuple[str, ...] = ()) -> tuple[ScenarioT, dict[str, Any]]:
     scenarios, trace = world
     s = scenarios[cls]
     if s.error is not None:
