@@ -480,7 +480,8 @@ class DnsNet:
         self.proc = p.popen(
             p.a, [sys.executable, "-c", RESPONDER, json.dumps(self.zone), str(APP_PORT), p.addr_a, p.addr6_a]
         )
-        assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == "ready", self.proc.stderr.read()  # type: ignore[union-attr]
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        assert self.proc.stdout.readline().strip() == "ready", self.proc.stderr.read()
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -202,7 +202,9 @@ def test_http_traffic_passes_no_descriptor_and_the_end_says_so(files: list) -> N
                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         assert server.stdout is not None
-        port = re.search(r"port (\d+)", server.stdout.readline())[1]  # type: ignore[index]
+        found = re.search(r"port (\d+)", server.stdout.readline())
+        assert found is not None
+        port = found[1]
         a, b = socket.socketpair()
         with a, b, Trace(["fdsnoop", "--json", "-p", str(server.pid)]) as http, \
                 Trace(["fdsnoop", "--json", "-p", str(os.getpid())]) as control:
