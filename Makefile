@@ -16,7 +16,7 @@ ARCH        := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/' -
 APT_PKGS    := clang llvm libbpf-dev libbpf1 bpftool nftables iproute2 util-linux procps python3-venv prometheus
 ARGS        ?=
 
-.PHONY: all bpf bundle deps apt venv run test test-unit bench dist check-env clean
+.PHONY: all bpf bundle deps apt venv run lint test test-unit bench dist check-env clean
 
 all: bpf bundle
 
@@ -68,8 +68,13 @@ run: deps
 	$(VENV)/bin/netsnoop check
 	$(VENV)/bin/netsnoop $(if $(ARGS),$(ARGS),states)
 
+## the lint and type gate (configured in pyproject.toml), run first by make test
+lint: venv
+	$(VENV)/bin/ruff check netsnoop tests bench
+	$(VENV)/bin/mypy
+
 ## the test suite (integration tests need root and kernel BTF; CI=true makes skips fail)
-test: deps
+test: deps lint
 	$(VPY) -m pytest -q -rs tests
 
 test-unit: deps
@@ -90,4 +95,4 @@ dist: deps
 	$(VPY) -m build --outdir dist .
 
 clean:
-	rm -rf $(BPF_DIR)/*.bpf.o $(VMLINUX_H) $(BUNDLED_LIBBPF) build dist *.egg-info netsnoop.egg-info
+	rm -rf $(BPF_DIR)/*.bpf.o $(VMLINUX_H) $(BUNDLED_LIBBPF) build dist *.egg-info netsnoop.egg-info .mypy_cache .ruff_cache

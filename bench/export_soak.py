@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,7 +31,7 @@ BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
 sys.path.insert(0, BENCH)
 
-from run import LOADGEN, RESULTS, build_loadgen, free_port, loadgen  # noqa: E402
+from run import RESULTS, build_loadgen, free_port, loadgen  # noqa: E402
 
 
 def rss_mib(pid: int) -> float:

@@ -20,6 +20,7 @@ import re
 import socket
 import subprocess
 import sys
+from typing import Any
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 TRACEFS = "/sys/kernel/tracing"
@@ -33,7 +34,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def storm_counts(count: int, concurrency: int) -> dict[str, object]:
+def storm_counts(count: int, concurrency: int) -> dict[str, Any]:
     """One storm on a port of our own, traced by an ftrace instance of our own."""
     if not os.path.exists(os.path.join(TRACEFS, "instances")):
         subprocess.run(["mount", "-t", "tracefs", "nodev", TRACEFS], check=True)
@@ -76,7 +77,7 @@ def main() -> int:
     for rep in range(opts.repeats):
         r = storm_counts(opts.n, opts.c)
         n = r["connections"]
-        changes: dict[str, int] = r["changes"]  # type: ignore[assignment]
+        changes: dict[str, int] = r["changes"]
         listener = changes.get("CLOSE->LISTEN", 0) + changes.get("LISTEN->CLOSE", 0)
         fixed = sum(v for k, v in changes.items() if k in FIXED or (k.endswith("->CLOSE") and k != "LISTEN->CLOSE"))
         print(f"storm #{rep + 1}: {n} connections, {sum(changes.values())} state changes "

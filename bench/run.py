@@ -113,7 +113,7 @@ def states_kind(row: dict[str, Any]) -> str | None:
 
 STATES_OPENING = {("CLOSE", "SYN_SENT"), ("SYN_SENT", "ESTABLISHED"), ("LISTEN", "SYN_RECV"),
                   ("SYN_RECV", "ESTABLISHED")}
-TRACER_KINDS = {"C": "C", "A": "A", "X": "X", "connect": "C", "accept": "A", "close": "X"}
+TRACER_KINDS: dict[str | None, str] = {"C": "C", "A": "A", "X": "X", "connect": "C", "accept": "A", "close": "X"}
 
 # The storm matrix: label, the command's arguments ("{port}" becomes the storm's
 # listening port), what every connection must produce (None: not knowable), and the
@@ -127,7 +127,8 @@ STORM: list[tuple[str, list[str], Expect | None, str | None]] = [
     ("states", ["states"], Expect(6, tuple((f"{o}->{n}", 1) for o, n in sorted(STATES_OPENING)) + (("->CLOSE", 2),),
                                   states_kind), "floor"),
     ("life", ["life"], Expect(2), "floor"),
-    ("tracer", ["tracer"], Expect(4, (("C", 1), ("A", 1), ("X", 2)), lambda r: TRACER_KINDS.get(r.get("t", r.get("type")))),
+    ("tracer", ["tracer"],
+     Expect(4, (("C", 1), ("A", 1), ("X", 2)), lambda r: TRACER_KINDS.get(r.get("t", r.get("type")))),
      "floor+syscalls"),
     ("connect", ["connect"], Expect(1), "floor+syscalls"),
     ("connect -c", ["connect", "-c"], Expect(1, count="connects"), "floor+syscalls"),
@@ -151,7 +152,7 @@ ACCOUNTING: list[tuple[str, list[str], Expect]] = [
 FORMATS: dict[str, list[str]] = {"text": [], "json": ["--json"]}
 
 # Issue 18's targets.
-TARGETS = {
+TARGETS: dict[str, Any] = {
     "startup_s": 0.08,
     "rss_mb": 25.0,  # streaming tools
     "cpu_s_per_100k": {"text": 0.25, "json": 0.5},  # states and life
@@ -300,13 +301,13 @@ class Netsnoop:
         self._ready = threading.Event()
 
     def start(self) -> "Netsnoop":
-        out = open(self.stdout_path, "w") if self.stdout_path else subprocess.PIPE
+        out = open(self.stdout_path, "w") if self.stdout_path else None
         self.t0 = time.perf_counter()
         cmd = FLOOR_CMD + self.args[1:] if self.args[:1] == [FLOOR] else NETSNOOP + self.args
-        self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE, cwd=ROOT,
+        self.proc = subprocess.Popen(cmd, stdout=out or subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
                                      text=True, bufsize=1)
-        if self.stdout_path:
-            out.close()  # type: ignore[union-attr]
+        if out is not None:
+            out.close()
         self._thread = threading.Thread(target=self._read_stderr, daemon=True)
         self._thread.start()
         return self
@@ -323,7 +324,9 @@ class Netsnoop:
     def wait_ready(self, timeout: float = 20.0) -> None:
         if not self._ready.wait(timeout) or self.ready_at is None:
             self.stop()
-            raise RuntimeError(f"netsnoop {' '.join(self.args)} did not start: {''.join(self.err_lines)[-400:].strip()}")
+            raise RuntimeError(
+                f"netsnoop {' '.join(self.args)} did not start: {''.join(self.err_lines)[-400:].strip()}"
+            )
 
     def wait_header(self, timeout: float) -> bool:
         """The first stdout line (piped stdout only): sets ``header_at``."""
@@ -343,7 +346,7 @@ class Netsnoop:
     def wait_file_header(self, timeout: float) -> None:
         """For stdout in a file: wait until the header line is there (text formats)."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and os.path.getsize(self.stdout_path or "") == 0:  # type: ignore[arg-type]
+        while time.monotonic() < deadline and os.path.getsize(self.stdout_path or "") == 0:
             time.sleep(0.01)
 
     def wait_drained(self, idle: float = 0.3, timeout: float = 60.0) -> None:
@@ -435,7 +438,9 @@ def parse_summary_text(stderr: str) -> dict[str, Any] | None:
     hook runs, hooks: set_state=tp_btf accept=none, 0 changes not seen`` gives events,
     lost_events, skipped_hook_runs, hooks ({group: kind or None}), changes_not_seen.
     None when there is no such line or a part of it is not understood."""
-    line = next((ln for ln in reversed(stderr.splitlines()) if ln.startswith("netsnoop: ") and "lost events" in ln), None)
+    line = next(
+        (ln for ln in reversed(stderr.splitlines()) if ln.startswith("netsnoop: ") and "lost events" in ln), None
+    )
     if line is None:
         return None
     out: dict[str, Any] = {}
@@ -659,8 +664,8 @@ def run_traced(sc: Scenario, tmp: str) -> dict[str, Any]:
         "cpu_s": busy,
         "cpu_precise_s": exact,
         "cpu_total_s": ns.cpu_at_exit,
-        "cpu_s_per_100k": busy / counted * 1e5 if enough else None,  # type: ignore[operator]
-        "us_per_event": exact / counted * 1e6 if enough and exact is not None else None,  # type: ignore[operator]
+        "cpu_s_per_100k": busy / counted * 1e5 if enough and busy is not None and counted else None,
+        "us_per_event": exact / counted * 1e6 if enough and exact is not None and counted else None,
         "rss_mb": rss,
         "returncode": rc,
         "load": load_average(),
@@ -788,7 +793,9 @@ def print_workloads(title: str, scenarios: list[Scenario], summ: dict[int, dict[
         print("  * aggregating in the kernel: CPU per event counted there (connects; send+receive calls)")
 
 
-def check_targets(startup: dict[str, Any], scs: list[Scenario], summ: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
+def check_targets(
+    startup: dict[str, Any], scs: list[Scenario], summ: dict[int, dict[str, Any]]
+) -> list[dict[str, Any]]:
     """Issue 18's targets against the medians (the worst run for losses and RSS), and
     issue 19's: every count the kernel makes knowable is delivered or its shortfall
     reported, and every summary parses."""
@@ -800,7 +807,8 @@ def check_targets(startup: dict[str, Any], scs: list[Scenario], summ: dict[int, 
     for sub, r in startup.items():
         if r.get("startup_s"):
             v = r["startup_s"]["median"]
-            add(f"start-up {sub} <= {TARGETS['startup_s']} s (median)", v, TARGETS["startup_s"], v <= TARGETS["startup_s"])
+            bound = TARGETS["startup_s"]
+            add(f"start-up {sub} <= {bound} s (median)", v, bound, v <= bound)
     for sc in scs:
         if sc.failures:
             add(f"every repeat ran: {sc.name} ({len(sc.failures)} failed)", None, None, False)
@@ -817,8 +825,9 @@ def check_targets(startup: dict[str, Any], scs: list[Scenario], summ: dict[int, 
         if s["verdict"] == "MISS":
             add(f"{what}: {sc.name} ({verdict_cell(s)})", None, None, False)
         else:
-            good.setdefault(what, []).append(f"{sc.label} {sc.fmt}" + (f" ({sc.section}{' ' + sc.workload[-1] if sc.section == 'bulk' else ''})"
-                                                              if sc.section != "storm" else ""))
+            chunk = " " + sc.workload[-1] if sc.section == "bulk" else ""
+            good.setdefault(what, []).append(f"{sc.label} {sc.fmt}" + (f" ({sc.section}{chunk})"
+                                                                       if sc.section != "storm" else ""))
     for what, names in good.items():
         add(f"{what}: {', '.join(names)}", None, None, True)
     for sc, s in done:
@@ -850,8 +859,10 @@ def pooled_ratios(scs: list[Scenario]) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {}
     for sc in scs:
         if sc.aggregating and sc.section in ("storm", "bulk"):
-            name = f"{sc.label} ({'+'.join(x.fmt for x in scs if x.label == sc.label and x.workload == sc.workload)}, " \
-                   f"{' '.join(sc.workload)})"
+            name = (
+                f"{sc.label} ({'+'.join(x.fmt for x in scs if x.label == sc.label and x.workload == sc.workload)}, "
+                f"{' '.join(sc.workload)})"
+            )
             out.setdefault(name, []).extend(r["ratio"] for r in sc.runs if r.get("ratio"))
     return {k: v for k, v in out.items() if v}
 
@@ -876,10 +887,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=1, help="client (and server) threads of the storm (default 1)")
     p.add_argument("--heavy-concurrency", type=int, default=2, help="threads of the accounting storms (default 2)")
     p.add_argument("--bulk-seconds", type=float, default=1.0, help="seconds per bulk transfer (default 1)")
-    p.add_argument("--bulk-chunks", default="1024,16384", help="bytes per write()/read() in bulk, a list (default 1024,16384)")
+    p.add_argument(
+        "--bulk-chunks", default="1024,16384", help="bytes per write()/read() in bulk, a list (default 1024,16384)"
+    )
     p.add_argument("--only", default="", help="comma-separated tools to run (e.g. states,life)")
     p.add_argument("--formats", default="text,json", help="output formats for storm and bulk (default text,json)")
-    p.add_argument("--skip", default="", help="comma-separated sections to skip: startup,storm,bulk,accounting,overview,export,kernel")
+    p.add_argument("--skip", default="",
+                   help="comma-separated sections to skip: startup,storm,bulk,accounting,overview,export,kernel")
     p.add_argument("--out", default=None, help="JSON results file (default bench/results/<time>-<commit>.json)")
     p.add_argument("--strict", action="store_true", help="exit with status 1 when a target is missed")
     p.add_argument("--no-floor", action="store_true", help="leave out the floor scenarios (empty programs)")
@@ -1160,8 +1174,8 @@ def compare_previous(prev: dict[str, Any] | None, result: dict[str, Any]) -> lis
             continue
         worse_now = c["ns_per_unit"] > o["ns_per_unit"] * (1 + REGRESSION["ns_per_unit"])
         flag = "(machine)" if c["name"].startswith("floor") else "ns/unit" if worse_now else ""
-        rows.append([f"kernel: {c['name']}", "", "", change(o["ns_per_unit"], c["ns_per_unit"], ".0f") + f" ns/{c['unit']}",
-                     "", flag])
+        rows.append([f"kernel: {c['name']}", "", "",
+                     change(o["ns_per_unit"], c["ns_per_unit"], ".0f") + f" ns/{c['unit']}", "", flag])
         worse += [f"kernel {c['name']}: {flag}"] if flag == "ns/unit" else []
     m = prev.get("meta", {})
     print(f"\nAgainst the previous run (commit {m.get('commit', '?')}{' dirty' if m.get('dirty') else ''}, "
@@ -1218,7 +1232,9 @@ def save_run(result: dict[str, Any], name: str) -> str:
     os.makedirs(RUNS, exist_ok=True)
     path = os.path.join(RUNS, f"{name}.json")
     lines = [f" {json.dumps(k)}: {json.dumps(v, separators=(',', ':'))}" for k, v in parts.items()]
-    lines.append(' "scenarios": [\n' + ",\n".join("  " + json.dumps(e, separators=(",", ":")) for e in scenarios) + "\n ]")
+    lines.append(
+        ' "scenarios": [\n' + ",\n".join("  " + json.dumps(e, separators=(",", ":")) for e in scenarios) + "\n ]"
+    )
     with open(path, "w") as f:
         f.write("{\n" + ",\n".join(lines) + "\n}\n")
     return path

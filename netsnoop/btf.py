@@ -78,11 +78,11 @@ class BTF:
         tid = self._lib.btf__find_by_name_kind(self.handle, name.encode(), kind)
         return tid if tid > 0 else 0
 
-    def _raw(self, tid: int) -> tuple[int, int, int, int, int]:
+    def _raw(self, tid: int) -> tuple[int, int, int, int, int, int]:
         """(kind, vlen, kind_flag, name_off, size_or_type) and the address after the header."""
         ptr = self._lib.btf__type_by_id(self.handle, tid)
         name_off, info, size_or_type = struct.unpack("III", ctypes.string_at(ptr, 12))
-        return (info >> 24) & 0x1F, info & 0xFFFF, info >> 31, name_off, size_or_type, ptr + 12  # type: ignore[return-value]
+        return (info >> 24) & 0x1F, info & 0xFFFF, info >> 31, name_off, size_or_type, ptr + 12
 
     def _name(self, off: int) -> str:
         return (self._lib.btf__name_by_offset(self.handle, off) or b"").decode()
@@ -238,7 +238,8 @@ class StructDecoder:
         fmt, names = _format(self.size, self.fields)
         self.struct = struct.Struct(fmt)
         self.names = names
-        self.type = namedtuple(struct_name, names)  # type: ignore[misc]
+        # a namedtuple whose fields are read from BTF at run time, so unknown to the type checker
+        self.type: type[Any] = namedtuple(struct_name, names)  # type: ignore[misc]
         by_name = {f.name: f for f in self.fields}
         groups = [by_name[n].count if by_name[n].code != "s" else 1 for n in names]
         # the struct's own unpack yields exactly len(names) values: no need for _make's check
@@ -267,7 +268,9 @@ class StructDecoder:
         if run is None:
             pad = stride - offset - self.size
             if pad < 0:
-                raise struct.error(f"records of {stride - offset} bytes are too short for {self.size}-byte {self.type.__name__}")
+                raise struct.error(
+                    f"records of {stride - offset} bytes are too short for {self.size}-byte {self.type.__name__}"
+                )
             run = self._runs[(offset, stride)] = struct.Struct(f"={offset}x{self.struct.format[1:]}{pad}x")
         if len(buf) != count * stride:
             buf = buf[: count * stride]

@@ -57,7 +57,9 @@ class LazyGroup(click.Group):
         module = importlib.import_module(COMMANDS[name][0])
         return _with_global_options(module.command)
 
-    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
         name = args[0] if args else ""
         if name and not name.startswith("-") and self.get_command(ctx, name) is None:
             known = [*COMMANDS, *ALIASES]
@@ -90,7 +92,9 @@ class LazyGroup(click.Group):
         except Exception as err:  # a bug: still one line, the traceback behind --verbose
             if ctx.obj and ctx.obj.get("verbose"):
                 raise
-            click.echo(f"netsnoop: internal error: {type(err).__name__}: {err} (--verbose shows the traceback)", err=True)
+            click.echo(
+                f"netsnoop: internal error: {type(err).__name__}: {err} (--verbose shows the traceback)", err=True
+            )
             ctx.exit(1)
 
 
@@ -141,7 +145,7 @@ def _with_global_options(command: click.Command) -> click.Command:
         command.params.append(click.Option(
             ["--ringbuf"], type=RingSize(), default=None, expose_value=False, callback=_set_ringbuf,
             help="kernel-to-user event buffer size (also before the subcommand; default 8M)"))
-    command._netsnoop_globals = True  # type: ignore[attr-defined]
+    command._netsnoop_globals = True
     return command
 
 

@@ -258,7 +258,9 @@ class Names:
             if key is None:
                 return None
             full = (netns, *key) if netns is not None else self._latest.get(key)
-        name = self._names.get(full) if full is not None else None
+        if full is None:
+            return None
+        name = self._names.get(full)
         if name is not None:
             self._names.move_to_end(full)
         return name

@@ -75,8 +75,8 @@ def _check_btf_file(path: str) -> str:
     L = lib()
     handle = L.btf__parse(path.encode(), None)
     if not handle:
-        err = ctypes.get_errno()
-        reason = os.strerror(err) if 0 < err < 4000 else "no BTF data in it"
+        code = ctypes.get_errno()
+        reason = os.strerror(code) if 0 < code < 4000 else "no BTF data in it"
         raise MissingFeature(f"{where}: cannot be read as BTF (a raw BTF file or an ELF file with .BTF): {reason}")
     L.btf__free(handle)
     return path

@@ -25,6 +25,7 @@ from ctypes import (
     c_uint32,
     c_void_p,
 )
+from typing import TYPE_CHECKING, Any, Callable
 
 from netsnoop.errors import MissingFeature
 
@@ -166,6 +167,11 @@ class _Lib:
             )
         self.version = f"{major}.{self.libbpf_minor_version()}"
 
+    if TYPE_CHECKING:
+        # The C functions are set as attributes from _SIGNATURES, which ctypes checks at
+        # each call; this tells the type checker so instead of restating every signature.
+        def __getattr__(self, name: str) -> Callable[..., Any]: ...
+
     @staticmethod
     def _open() -> ctypes.CDLL:
         override = os.environ.get("NETSNOOP_LIBBPF")
@@ -244,4 +250,5 @@ class capture_log:
         _captured = self._outer
 
 
-__all__ = ["lib", "OpenOpts", "IterAttachOpts", "IterLinkInfo", "TestRunOpts", "BPF_F_TEST_RUN_ON_CPU", "SAMPLE_FN", "capture_log", "errno_message", "last_errno", "c_long", "c_uint"]
+__all__ = ["lib", "OpenOpts", "IterAttachOpts", "IterLinkInfo", "TestRunOpts", "BPF_F_TEST_RUN_ON_CPU", "SAMPLE_FN",
+           "capture_log", "errno_message", "last_errno", "c_long", "c_uint"]

@@ -35,7 +35,7 @@ import struct
 import sys
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 from netsnoop import kernel
 from netsnoop.btf import BTF, StructDecoder
@@ -169,7 +169,9 @@ class Map:
         self.key_size = L.bpf_map__key_size(handle)
         self.value_size = L.bpf_map__value_size(handle)
         self.ncpus = L.libbpf_num_possible_cpus() if self.type in PERCPU_MAP_TYPES else 1
-        self._stride = (self.value_size + 7) // 8 * 8 if self.ncpus > 1 or self.type in PERCPU_MAP_TYPES else self.value_size
+        self._stride = (
+            (self.value_size + 7) // 8 * 8 if self.ncpus > 1 or self.type in PERCPU_MAP_TYPES else self.value_size
+        )
 
     def _value_buf(self) -> ctypes.Array:
         return ctypes.create_string_buffer(self._stride * self.ncpus)
@@ -307,7 +309,9 @@ class RingBuffer:
             if length >= size:
                 out.extend(decode_run(buf, HEADER, stride, count))
             else:  # shorter than the struct: fails exactly as decoding the bytes would
-                out.extend(decode(bytes(buf[i + HEADER : i + HEADER + length])) for i in range(0, count * stride, stride))
+                out.extend(
+                    decode(bytes(buf[i + HEADER : i + HEADER + length])) for i in range(0, count * stride, stride)
+                )
 
         self._mapped.read(limit, run)
         return out
@@ -388,7 +392,8 @@ class BPFObject:
             self._close_object()
 
     def programs(self) -> list[Program]:
-        L, out, prog = lib(), [], None
+        L, prog = lib(), None
+        out: list[Program] = []
         while True:
             prog = L.bpf_object__next_program(self.handle, prog)
             if not prog:
@@ -404,7 +409,7 @@ class BPFObject:
                 groups.setdefault(p.group, []).append(p)
         while True:
             picks = {group: self._pick(group, progs, order) for group, progs in groups.items()}
-            kinds = {picks[g].kind for g in self.linked if picks.get(g)}
+            kinds = {pick.kind for g in self.linked if (pick := picks.get(g))}
             if len(kinds) <= 1 or self.forced:
                 break
             # linked groups disagree: none of them uses the best of those kinds
@@ -423,9 +428,9 @@ class BPFObject:
             if p.variant:
                 group, kind = p.variant.split("__")
                 L.bpf_program__set_autoload(p.handle, self.chosen.get(group) == kind)
-            elif p.on_demand and p.unavailable():  # an iterator without kernel BTF
+            elif p.on_demand and (reason := p.unavailable()):  # an iterator without kernel BTF
                 L.bpf_program__set_autoload(p.handle, False)
-                self.why[p.name] = p.unavailable()  # type: ignore[assignment]
+                self.why[p.name] = reason
                 self.skipped.append(p.name)
 
     def tried(self, group: str) -> str:
@@ -465,7 +470,7 @@ class BPFObject:
         size = ctypes.c_size_t()
         ptr = L.bpf_map__initial_value(ro, ctypes.byref(size))
         buf = (ctypes.c_char * size.value).from_address(ptr)
-        variables = {v.name: v for v in self._btf.datasec(".rodata")}  # type: ignore[union-attr]
+        variables = {v.name: v for v in self.btf.datasec(".rodata")}
         for key, value in self.rodata.items():
             var = variables.get(key)
             if var is None:
@@ -480,7 +485,8 @@ class BPFObject:
                 struct.pack_into(f"={var.code}", buf, var.offset, int(value))
 
     def _map_handles(self) -> list[int]:
-        L, out, m = lib(), [], None
+        L, m = lib(), None
+        out: list[int] = []
         while True:
             m = L.bpf_object__next_map(self.handle, m)
             if not m:

@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence, cast
 
 from netsnoop import __version__, conn, netns
 from netsnoop.btf import StructDecoder
@@ -43,6 +43,12 @@ from netsnoop.traffic import take_all
 
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
+
+    class Family(Metric):
+        """A metric family of any kind: each kind's add_metric takes the label values,
+        then what a sample of that kind holds (a value, buckets and a sum, a dict)."""
+
+        def add_metric(self, labels: Sequence[str], value: Any, *more: Any) -> None: ...
 
 OTHER = "other"
 # Connect latency buckets, seconds: a loopback handshake (tens of microseconds) up to
@@ -174,7 +180,7 @@ def labels_of(name: str, with_ports: bool) -> list[str]:
             BY_NAME[name].source == "listeners"]
 
 
-def family(name: str, with_ports: bool) -> Metric:
+def family(name: str, with_ports: bool) -> Family:
     """An empty metric family of ``name``, typed, documented and labelled as METRICS says."""
     # imported here: the metric list (--help, option checks) needs no prometheus_client
     from prometheus_client.core import (
@@ -189,7 +195,7 @@ def family(name: str, with_ports: bool) -> Metric:
     kind = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily, "histogram": HistogramMetricFamily,
             "info": InfoMetricFamily}[doc.type]
     # an info metric's labels come with each sample's value
-    return kind(_base(name), doc.help, labels=[] if doc.type == "info" else labels)
+    return cast("Family", kind(_base(name), doc.help, labels=[] if doc.type == "info" else labels))
 
 
 # ---- bounded labels ------------------------------------------------------------------
@@ -210,7 +216,8 @@ class PortLabels:
         without --port-labels)."""
         if not self.ports:
             return [()]
-        return [(str(p),) for p in sorted(self.ports)] + [(OTHER,)]
+        ports: list[tuple[str, ...]] = [(str(p),) for p in sorted(self.ports)]
+        return ports + [(OTHER,)]
 
     def of(self, *candidates: int) -> tuple[str, ...]:
         """The label tuple (empty without --port-labels): the first candidate port that
@@ -305,7 +312,8 @@ class Buckets:
         self.sum += value
 
     def cumulative(self) -> list[tuple[str, float]]:
-        out, running = [], 0
+        out: list[tuple[str, float]] = []
+        running = 0
         counts = self.counts or [0] * len(self.bounds)
         for bound, n in zip(self.bounds, counts):
             running += n
@@ -323,7 +331,8 @@ def log2_buckets(slots: tuple[int, ...], count: int, per_unit: float = 1) -> lis
     2**(i+1) - 1) as cumulative buckets whose upper bounds are those largest values,
     divided by ``per_unit`` (1e6: microseconds -> seconds); the last slot also holds
     everything larger, so it is +Inf."""
-    out, running = [], 0
+    out: list[tuple[str, float]] = []
+    running = 0
     slots = tuple(slots) + (0,) * (HIST_SLOTS - len(slots))
     for i, n in enumerate(slots[: HIST_SLOTS - 1]):
         running += n
@@ -375,7 +384,7 @@ class Context:
 def _tracer(module: str) -> Tracer:
     import importlib
 
-    return importlib.import_module(f"netsnoop.commands.{module}").TRACER  # type: ignore[no-any-return]
+    return importlib.import_module(f"netsnoop.commands.{module}").TRACER
 
 
 class RingSource(Source):
@@ -555,8 +564,9 @@ class Bytes(MapSource):
     def poll(self) -> None:
         from netsnoop.commands.top import drain
 
+        assert self.obj is not None
         if self.cached:
-            drain(self.obj)  # type: ignore[arg-type]
+            drain(self.obj)
         for _k, raw in self.taken("conns", "conn_key"):
             v = self.values(raw)
             if v.excluded:
@@ -765,6 +775,9 @@ class Exporter:
             print(f"netsnoop: warning: reading {s.name} failed: {err}", file=sys.stderr, flush=True)
             return None
 
+    def _families(self, s: Source) -> list[Metric] | None:
+        return self._guarded(s, lambda: list(s.families()))
+
     def describe(self) -> list[Metric]:
         return []  # families are only known at collect time (labels depend on the options)
 
@@ -776,8 +789,7 @@ class Exporter:
                 if s.error:
                     continue
                 self._guarded(s, s.poll)
-                fams = self._guarded(s, lambda: list(s.families()))
-                out.extend(fams or [])
+                out.extend(self._families(s) or [])
             out.extend(self.health())
         return iter(out)
 
@@ -785,8 +797,7 @@ class Exporter:
         """What the run ends with on stderr, as the other subcommands' summaries: the
         scrapes served, and per source what it lost, what the kernel skipped, and the
         hook kind of each group."""
-        opened = [s for s in self.sources if s.obj is not None]
-        health = {s.name: s.obj.health() for s in opened}  # type: ignore[union-attr]
+        health = {s.name: s.obj.health() for s in self.sources if s.obj is not None}
         return {
             "scrapes": self.scrapes,
             "lost_events": sum(h["lost_events"] for h in health.values()),

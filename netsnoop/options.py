@@ -36,7 +36,7 @@ class FiniteFloatRange(click.FloatRange):
             number = 0.0  # not a number at all: click's own message says so
         if not math.isfinite(number):
             self.fail(f"{value!r} is not a finite number", param, ctx)
-        return super().convert(value, param, ctx)  # type: ignore[no-any-return]
+        return super().convert(value, param, ctx)
 
 
 SECONDS = FiniteFloatRange(min=0, min_open=True, max=MAX_SECONDS)
@@ -63,7 +63,8 @@ class PortList(click.ParamType):
                 self.fail(f"{part!r} is not a port in 1-65535", param, ctx)
             total += last - first + 1  # counted before anything is expanded
             if total > MAX_PORTS:
-                self.fail(f"at most {MAX_PORTS} ports can be filtered in the kernel; {_clip(str(value))} names more", param, ctx)
+                self.fail(f"at most {MAX_PORTS} ports can be filtered in the kernel; {_clip(str(value))} names more",
+                          param, ctx)
             ranges.append((first, last))
         return [p for first, last in ranges for p in range(first, last + 1)]
 
@@ -144,7 +145,7 @@ def cgroup_option(f: F) -> F:
     )(f)
 
 
-def interval_count_arguments(default_interval: float = 1.0) -> Callable[[F], F]:
+def interval_count_arguments(default_interval: float | None = 1.0) -> Callable[[F], F]:
     """bcc's positional ``[interval] [count]`` for the summarising tools."""
 
     def decorate(f: F) -> F:
@@ -171,7 +172,9 @@ def interval_option(f: F) -> F:
     )(f)
 
 
-def output_options(*, csv: bool = True, wide: bool = True, time: bool = True, timestamp: bool = True) -> Callable[[F], F]:
+def output_options(
+    *, csv: bool = True, wide: bool = True, time: bool = True, timestamp: bool = True
+) -> Callable[[F], F]:
     """Add the output flags a tool supports; the command receives them as ``out``."""
 
     def decorate(f: F) -> F:
@@ -192,7 +195,9 @@ def output_options(*, csv: bool = True, wide: bool = True, time: bool = True, ti
         if time:
             opts.append(click.option("-T", "--time", is_flag=True, help="include a TIME column (HH:MM:SS)"))
         if timestamp:
-            opts.append(click.option("-t", "--timestamp", is_flag=True, help="include TIME(s): seconds since the first event"))
+            opts.append(
+                click.option("-t", "--timestamp", is_flag=True, help="include TIME(s): seconds since the first event")
+            )
         if wide:
             opts.append(click.option("-w", "--wide", is_flag=True, help="wide columns (fit IPv6 addresses)"))
         if csv:
@@ -205,6 +210,8 @@ def output_options(*, csv: bool = True, wide: bool = True, time: bool = True, ti
     return decorate
 
 
-def port_filters(lports: list[int] | None = None, rports: list[int] | None = None, ports: list[int] | None = None) -> dict[str, Any]:
+def port_filters(
+    lports: list[int] | None = None, rports: list[int] | None = None, ports: list[int] | None = None
+) -> dict[str, Any]:
     """The common kernel filters (netsnoop.h) as read-only globals."""
     return {"filter_lports": lports, "filter_rports": rports, "filter_ports": ports}

@@ -345,16 +345,19 @@ def _object_encoder(ensure_ascii: bool = False) -> Callable[[Any], str]:
     bookkeeping, for every object; rows are flat, so one encoder serves them all
     (a fifth of the JSON path's time). Falls back where the C encoder is missing."""
     plain = json.JSONEncoder(separators=(",", ":"), ensure_ascii=ensure_ascii)
-    make = getattr(json.encoder, "c_make_encoder", None)
+    make: Callable[..., Any] | None = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return plain.encode
     strings = json.encoder.encode_basestring_ascii if ensure_ascii else json.encoder.encode_basestring
     try:
-        encoder = make(None, plain.default, strings, None, ":", ",", False, False, True)  # type: ignore[misc]
+        encoder = make(None, plain.default, strings, None, ":", ",", False, False, True)
         join = "".join
         fast: Callable[[Any], str] = lambda o: join(encoder(o, 0))  # noqa: E731
-        sample = {"s": 'a"\u00e9\n', "i": -(1 << 70), "f": 0.1, "n": None, "b": True, "l": [1.5, "x"], "nan": float("nan")}
+        sample = {"s": 'a"\u00e9\n', "i": -(1 << 70), "f": 0.1, "n": None, "b": True, "l": [1.5, "x"],
+                  "nan": float("nan")}
         if fast(sample) == plain.encode(sample):
             return fast
-    except TypeError:  # no C encoder, or another signature
+    except TypeError:  # a C encoder of another signature
         pass
     return plain.encode
 
@@ -367,7 +370,9 @@ def make_sink(opts: OutputOptions, columns: Sequence[Column], stream: IO[str] | 
     return TextSink(columns, stream)
 
 
-def write_table(opts: OutputOptions, columns: Sequence[Column], rows: Iterable[Sequence[Any]], stream: IO[str] | None = None) -> None:
+def write_table(
+    opts: OutputOptions, columns: Sequence[Column], rows: Iterable[Sequence[Any]], stream: IO[str] | None = None
+) -> None:
     """A whole table at once (the ``-c/--count`` summaries), in the user's format."""
     sink = make_sink(opts, columns, stream)
     sink.header()

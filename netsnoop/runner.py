@@ -143,7 +143,8 @@ def wait(duration: float | None, tick: Callable[[], None] | None = None, interva
             if next_tick is not None and time.monotonic() >= next_tick and tick is not None:
                 tick()
                 ticks += 1
-                next_tick += interval  # type: ignore[operator]
+                assert interval is not None  # there is a next tick only with an interval
+                next_tick += interval
                 if count is not None and ticks >= count:
                     return
 
@@ -250,7 +251,9 @@ def warn_missed_runs(obj: BPFObject) -> None:
              "(one fired inside another on the same CPU); what they would have shown may be missing")
 
 
-def _row_builder(row: Callable[[Any], Sequence[Any] | None], out: OutputOptions) -> Callable[[list[Any]], Iterable[Sequence[Any]]]:
+def _row_builder(
+    row: Callable[[Any], Sequence[Any] | None], out: OutputOptions
+) -> Callable[[list[Any]], Iterable[Sequence[Any]]]:
     """Events -> rows for one batch. Without time columns it is a bare ``map`` (the hot
     path: no per-event Python frame besides the subcommand's ``row``)."""
     if not (out.time or out.timestamp or out.json):

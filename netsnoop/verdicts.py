@@ -40,7 +40,8 @@ VERDICTS: dict[str, str] = {
     "NO_LISTENER": "nothing listens on the port in the namespace the SYN reached: it was answered with a reset",
     "LISTENER_ON_OTHER_ADDRESS": "a server listens on the port, but bound to another address than the one called",
     "LISTENER_IN_OTHER_NAMESPACE": "a server listens on the port, but in another network namespace",
-    "ACCEPT_QUEUE_FULL": "the listener's accept queue is full (the server does not accept() fast enough): SYNs are ignored",
+    "ACCEPT_QUEUE_FULL": ("the listener's accept queue is full (the server does not accept() fast enough): "
+                          "SYNs are ignored"),
     "SYN_QUEUE_FULL": "the listener's SYN queue is full: SYNs are dropped or answered with SYN cookies",
     "NO_ROUTE_BACK": "the SYN arrived but the SYN-ACK has no route back to the client",
     "SYNACK_UNANSWERED": "SYN-ACKs were sent and retransmitted, no ACK came back: the reply is lost on the way",
@@ -69,7 +70,7 @@ def errno_name(err: int) -> str:
     return ERRNO_NAMES.get(err, f"errno {err}")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Record:
     """One event from why.bpf.c with addresses as text (see ``struct event`` there)."""
 
@@ -94,7 +95,7 @@ class Record:
 FlowKey = tuple[str, int, str, int]  # server address, server port, client address, client port
 
 
-@dataclass(slots=True)
+@dataclass
 class Drop:
     reason: str
     netns: int
@@ -104,7 +105,7 @@ class Drop:
     ts_ns: int
 
 
-@dataclass(slots=True)
+@dataclass
 class Client:
     pid: int
     comm: str
@@ -131,7 +132,7 @@ class Client:
         return (self.end_ns - self.start_ns) / 1e6 if self.state == ESTABLISHED else None
 
 
-@dataclass(slots=True)
+@dataclass
 class Flow:
     """Everything seen of one attempt."""
 
@@ -401,7 +402,7 @@ class Facts:
 # ---- verdicts -----------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
+@dataclass
 class Verdict:
     name: str
     flow: Flow
@@ -444,14 +445,16 @@ def _client_words(flow: Flow, facts: Facts) -> str | None:
     c = flow.client
     if c is None:
         return None
-    who = f"{printable(c.comm)} (pid {c.pid}, {_in_ns(facts, c.netns)})" if c.pid else f"a client {_in_ns(facts, c.netns)}"
+    where = _in_ns(facts, c.netns)
+    who = f"{printable(c.comm)} (pid {c.pid}, {where})" if c.pid else f"a client {where}"
     if not c.resolved:
         return f"client {who} still waiting after {c.syns} SYN{'s' if c.syns > 1 else ''}"
     if c.state == ESTABLISHED:
         return f"client {who} connected in {c.latency_ms:.3f} ms"
     syns = f"{c.syns} SYN{'s' if c.syns > 1 else ''}"
     if c.icmp_error:
-        return f"client {who} was stopped by an ICMP error ({errno_name(c.err) if c.err else 'code not kept by the socket'}) after {syns}"
+        code = errno_name(c.err) if c.err else "code not kept by the socket"
+        return f"client {who} was stopped by an ICMP error ({code}) after {syns}"
     if not c.err:
         return f"client {who} gave up (closed the socket) after {syns}, unanswered"
     return f"client {who} failed: {errno_name(c.err)} after {syns}"
@@ -483,7 +486,8 @@ def _listener_verdict(flow: Flow, facts: Facts, ns: int, v: Verdict) -> Verdict:
         v.figures["listeners"] = [x.figures() for x in elsewhere]
         return v
     v.name = "NO_LISTENER"
-    v.why = f"nothing listens on port {port} {_in_ns(facts, ns)} (nor in any other namespace): the SYN was answered with a reset"
+    v.why = (f"nothing listens on port {port} {_in_ns(facts, ns)} (nor in any other namespace): "
+             "the SYN was answered with a reset")
     v.next_step = f"start the server, or check the port (ss -ltnp in netns {facts.label(ns)})"
     return v
 
@@ -500,8 +504,8 @@ def _firewall_verdict(flow: Flow, facts: Facts, d: Drop, v: Verdict) -> Verdict:
         hooks = ("prerouting", "input", "ingress", "forward")
         where = "the SYN after it arrived"
     candidates = _match_rules(facts, d.netns, port, hooks)
-    rejected = bool(flow.icmp) or (flow.client is not None and flow.client.resolved and (flow.client.icmp_error or flow.client.err in (
-        ECONNREFUSED, EHOSTUNREACH, ENETUNREACH, 13)))
+    rejected = bool(flow.icmp) or (flow.client is not None and flow.client.resolved and (
+        flow.client.icmp_error or flow.client.err in (ECONNREFUSED, EHOSTUNREACH, ENETUNREACH, 13)))
     rule = candidates[0] if candidates else None
     if rule is not None and rule.verdict == "reject":
         rejected = True
@@ -574,7 +578,9 @@ def decide(flow: Flow, facts: Facts) -> Verdict | None:
                 v.why = (f"the handshake completed, but {owner} has not accept()ed the connection "
                          f"in {waited:.1f} s: it waits in the accept queue")
                 if lst:
-                    v.evidence.append(f"listener {lst.endpoint} {_in_ns(facts, lst.netns)}: accept queue {lst.queue}/{lst.backlog}")
+                    v.evidence.append(
+                        f"listener {lst.endpoint} {_in_ns(facts, lst.netns)}: accept queue {lst.queue}/{lst.backlog}"
+                    )
                     v.figures["listener"] = lst.figures()
                 v.figures["unaccepted_s"] = round(waited, 3)
                 v.next_step = f"check why {owner} does not call accept() (blocked? busy? stack: cat /proc/PID/stack)"
@@ -602,7 +608,9 @@ def decide(flow: Flow, facts: Facts) -> Verdict | None:
             v.why = f"the SYNs never left: {v.why}"
             return done(v)
         if reason == "NETFILTER_DROP":
-            v.evidence.append(f"{plural(len(syn_drops), 'SYN')} dropped {_in_ns(facts, d.netns)}, reason NETFILTER_DROP")
+            v.evidence.append(
+                f"{plural(len(syn_drops), 'SYN')} dropped {_in_ns(facts, d.netns)}, reason NETFILTER_DROP"
+            )
             return done(_firewall_verdict(flow, facts, d, v))
         if reason == "IP_RPFILTER":
             dev, value = facts.rp_filter.get((d.netns, flow.syn_ifindex or d.ifindex), ("?", -1))
@@ -610,9 +618,12 @@ def decide(flow: Flow, facts: Facts) -> Verdict | None:
             route = facts.routes.get((d.netns, flow.key[2]))
             back = ("there is no route back to the client" if route and "unreachable" in route.lower()
                     else f"the route back to the client does not leave by {dev}")
-            v.why = f"reverse-path filtering {_in_ns(facts, d.netns)} dropped the SYN from {flow.key[2]} arriving on {dev}: {back}"
-            v.evidence.append(f"{plural(len(syn_drops), 'SYN')} dropped, reason IP_RPFILTER; rp_filter={value} on {dev} "
-                              f"(the higher of conf/all and conf/{dev} applies)")
+            v.why = (f"reverse-path filtering {_in_ns(facts, d.netns)} dropped the SYN from {flow.key[2]} "
+                     f"arriving on {dev}: {back}")
+            v.evidence.append(
+                f"{plural(len(syn_drops), 'SYN')} dropped, reason IP_RPFILTER; rp_filter={value} on {dev} "
+                f"(the higher of conf/all and conf/{dev} applies)"
+            )
             if route:
                 v.evidence.append(f"route back to {flow.key[2]}: {route}")
             n = facts.delta(d.netns, "TcpExtIPReversePathFilter")
@@ -652,14 +663,18 @@ def decide(flow: Flow, facts: Facts) -> Verdict | None:
         v.name = "NO_ROUTE_BACK"
         n = facts.delta(ns, no_routes)
         v.why = f"the SYN arrived {_in_ns(facts, ns)}, but the SYN-ACK has no route back to {flow.key[2]}"
-        v.evidence.append(f"{plural(len(flow.fib_errors), 'failed route lookup')} from {addr}:{port} to {flow.key[2]}:{flow.key[3]} "
-                          f"(fib_table_lookup error {flow.fib_errors[0]})")
+        v.evidence.append(
+            f"{plural(len(flow.fib_errors), 'failed route lookup')} from {addr}:{port} to {flow.key[2]}:{flow.key[3]} "
+            f"(fib_table_lookup error {flow.fib_errors[0]})"
+        )
         v.evidence.append(f"{no_routes} +{n} {_in_ns(facts, ns)}")
         route = facts.routes.get((ns, flow.key[2]))
         if route:
             v.evidence.append(f"ip route get {flow.key[2]}: {route}")
         v.figures.update({"ip_out_no_routes": n, "route_lookup_failures": len(flow.fib_errors), "route_back": route})
-        v.next_step = f"add a route to {flow.key[2]} in netns {facts.label(ns)} (ip route add {flow.key[2]} via GATEWAY)"
+        v.next_step = (
+            f"add a route to {flow.key[2]} in netns {facts.label(ns)} (ip route add {flow.key[2]} via GATEWAY)"
+        )
         return done(v)
 
     # 5. a listener took the SYN, silently
@@ -692,8 +707,10 @@ def decide(flow: Flow, facts: Facts) -> Verdict | None:
             v.name = "SYN_QUEUE_FULL"
             v.why = (f"the SYN queue of {lst.endpoint} {_in_ns(facts, ns)} is full: "
                      + ("SYNs are answered with SYN cookies" if cookies else "SYNs are dropped"))
-            v.evidence.append(f"TcpExtSyncookiesSent +{cookies}, TcpExtTCPReqQFullDrop +{facts.delta(ns, 'TcpExtTCPReqQFullDrop')}, "
-                              f"TcpExtTCPReqQFullDoCookies +{facts.delta(ns, 'TcpExtTCPReqQFullDoCookies')}")
+            v.evidence.append(
+                f"TcpExtSyncookiesSent +{cookies}, TcpExtTCPReqQFullDrop +{facts.delta(ns, 'TcpExtTCPReqQFullDrop')}, "
+                f"TcpExtTCPReqQFullDoCookies +{facts.delta(ns, 'TcpExtTCPReqQFullDoCookies')}"
+            )
             v.figures.update({"listener": lst.figures(), "syncookies_sent": cookies, "reqq_full": qfull})
             v.next_step = "raise the listen() backlog and net.ipv4.tcp_max_syn_backlog; look for a SYN flood"
             return done(v)
@@ -701,9 +718,14 @@ def decide(flow: Flow, facts: Facts) -> Verdict | None:
             if not settled:
                 return None
             v.name = "SYNACK_UNANSWERED"
-            v.why = (f"the server {_in_ns(facts, ns)} answered with a SYN-ACK and retransmitted it "
-                     f"{plural(flow.synack_retrans, 'time')}; no ACK came back: the reply is lost on the way to {flow.key[2]}")
-            v.next_step = f"follow the path back to {flow.key[2]}: routes, the client's firewall, NAT, asymmetric routing"
+            v.why = (
+                f"the server {_in_ns(facts, ns)} answered with a SYN-ACK and retransmitted it "
+                f"{plural(flow.synack_retrans, 'time')}; no ACK came back: "
+                f"the reply is lost on the way to {flow.key[2]}"
+            )
+            v.next_step = (
+                f"follow the path back to {flow.key[2]}: routes, the client's firewall, NAT, asymmetric routing"
+            )
             _route_back(v, facts, ns, flow.key[2])
             if lst:
                 v.figures["listener"] = lst.figures()
@@ -713,12 +735,15 @@ def decide(flow: Flow, facts: Facts) -> Verdict | None:
         if lst is None:
             # not dropped (no NO_SOCKET) and nobody here listens: routed on, or NATed
             v.name = "PASSED_ON"
-            v.why = (f"{plural(flow.syns_in, 'SYN')} arrived {_in_ns(facts, ns)}, which has no listener for {addr}:{port} "
-                     f"and did not drop them: they were forwarded or NATed elsewhere")
+            v.why = (
+                f"{plural(flow.syns_in, 'SYN')} arrived {_in_ns(facts, ns)}, which has no listener for {addr}:{port} "
+                f"and did not drop them: they were forwarded or NATed elsewhere"
+            )
             v.next_step = "watch the port the SYNs are forwarded or NATed to (-P), or run why where they go"
             return done(v)
         v.name = "NO_ANSWER"
-        v.why = f"{plural(flow.syns_in, 'SYN')} arrived {_in_ns(facts, ns)} and nothing on this host answered or dropped them"
+        v.why = (f"{plural(flow.syns_in, 'SYN')} arrived {_in_ns(facts, ns)} "
+                 "and nothing on this host answered or dropped them")
         v.next_step = "capture on both ends (tcpdump) and compare: the loss is outside what the kernel reports"
         return done(v)
 
@@ -735,7 +760,8 @@ def decide(flow: Flow, facts: Facts) -> Verdict | None:
         if c.icmp_error:
             v.name = "UNREACHABLE"
             v.why = (f"an ICMP error stopped the connect() to {addr}:{port}"
-                     + (f" ({errno_name(c.err)})" if c.err else "") + ": a router or the host says it cannot be reached")
+                     + (f" ({errno_name(c.err)})" if c.err else "")
+                     + ": a router or the host says it cannot be reached")
             v.next_step = f"check routes and firewalls towards {addr} (tcpdump -n icmp shows the error's type and code)"
         elif c.state == CLOSE and c.err == ECONNREFUSED:
             v.name = "REFUSED"
@@ -745,7 +771,9 @@ def decide(flow: Flow, facts: Facts) -> Verdict | None:
             v.name = "TIMEOUT"
             v.why = (f"{plural(c.syns, 'SYN')} to {addr}:{port} got no answer"
                      + (" before the client gave up" if not c.err else ""))
-            v.next_step = f"check the path to {addr} (a firewall that drops, a host that is down): traceroute -T -p {port}"
+            v.next_step = (
+                f"check the path to {addr} (a firewall that drops, a host that is down): traceroute -T -p {port}"
+            )
         elif c.err in (EHOSTUNREACH, ENETUNREACH, 13):
             v.name = "UNREACHABLE"
             v.why = f"an ICMP error says {addr} cannot be reached ({errno_name(c.err)})"
@@ -827,7 +855,9 @@ class Group:
 
     @property
     def all_latencies(self) -> list[float]:
-        return self.latencies + [v.figures["latency_ms"] for v in self.verdicts if v.figures.get("latency_ms") is not None]
+        return self.latencies + [
+            v.figures["latency_ms"] for v in self.verdicts if v.figures.get("latency_ms") is not None
+        ]
 
     def headline(self, facts: Facts) -> str:
         addr, port = self.first.flow.server
@@ -918,7 +948,8 @@ def nft_rules(text: str, netns: int) -> list[Rule]:
             packets = next((e["counter"].get("packets") for e in exprs
                             if isinstance(e, dict) and isinstance(e.get("counter"), dict)), None)
             out.append(Rule(netns, r.get("family", ""), r.get("table", ""), r.get("chain", ""), ch.get("hook", ""),
-                            int(r.get("handle", 0)), verdict, _rule_text(exprs), frozenset(_rule_ports(exprs)), packets))
+                            int(r.get("handle", 0)), verdict, _rule_text(exprs), frozenset(_rule_ports(exprs)),
+                            packets))
     return out
 
 
@@ -949,7 +980,9 @@ def _rule_text(exprs: list[Any]) -> str:
         if "match" in e:
             m = e["match"]
             op = m.get("op", "==")
-            parts.append(f"{_operand(m.get('left'))} {'' if op in ('==', 'in') else op + ' '}{_operand(m.get('right'))}")
+            parts.append(
+                f"{_operand(m.get('left'))} {'' if op in ('==', 'in') else op + ' '}{_operand(m.get('right'))}"
+            )
         elif "counter" in e:
             c = e["counter"] if isinstance(e["counter"], dict) else {}
             parts.append(f"counter packets {c.get('packets', 0)}")

@@ -98,7 +98,8 @@ class Trace:
 
     def __enter__(self) -> "Trace":
         self.proc = subprocess.Popen(
-            self.prefix + NETSNOOP + self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=self.env,
+            self.prefix + NETSNOOP + self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+            env=self.env,
         )
         self._out: list[str] = []
         self._err: list[str] = []
@@ -312,7 +313,8 @@ class NetnsPair:
     def __enter__(self) -> "NetnsPair":
         sh(f"ip netns add {self.a} && ip netns add {self.b}")
         sh(f"ip link add {self.dev_a} netns {self.a} type veth peer name {self.dev_b} netns {self.b}")
-        for ns, dev, a4, a6 in ((self.a, self.dev_a, self.addr_a, self.addr6_a), (self.b, self.dev_b, self.addr_b, self.addr6_b)):
+        for ns, dev, a4, a6 in ((self.a, self.dev_a, self.addr_a, self.addr6_a),
+                                (self.b, self.dev_b, self.addr_b, self.addr6_b)):
             sh(f"ip -n {ns} link set lo up && ip -n {ns} link set {dev} up")
             sh(f"ip -n {ns} addr add {a4}/24 dev {dev} && ip -n {ns} addr add {a6}/64 dev {dev} nodad")
         return self
@@ -325,7 +327,9 @@ class NetnsPair:
         return sh(f"ip netns exec {ns} {cmd}", check=check)
 
     def popen(self, ns: str, args: list[str]) -> subprocess.Popen[str]:
-        return subprocess.Popen(["ip", "netns", "exec", ns, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(
+            ["ip", "netns", "exec", ns, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
 
 
 @contextlib.contextmanager

@@ -52,7 +52,8 @@ def test_the_verdict_names_what_cannot_run_and_why() -> None:
 @integration
 def test_check_into_head_ends_quietly() -> None:
     """Issue 11.17: `check --json | head -1` printed a BrokenPipeError."""
-    done = subprocess.run(["bash", "-c", f"{' '.join(NETSNOOP)} check --json | head -1; echo \"${{PIPESTATUS[0]}}\" >&2"],
+    script = f"{' '.join(NETSNOOP)} check --json | head -1; echo \"${{PIPESTATUS[0]}}\" >&2"
+    done = subprocess.run(["bash", "-c", script],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert json.loads(done.stdout)["item"] == "kernel"
     assert done.stderr.strip() == "0", done.stderr
@@ -63,12 +64,15 @@ def test_check_without_kernel_btf_still_shows_its_table(tmp_path: Any) -> None:
     """Issue 11.13: check stopped without its table when the kernel's BTF was missing."""
     copy = tmp_path / "vmlinux"
     shutil.copyfile("/sys/kernel/btf/vmlinux", copy)
-    hide = ["unshare", "-m", "--propagation", "private", "sh", "-c", "mount -t tmpfs none /sys/kernel/btf && exec \"$@\"", "sh"]
+    hide = ["unshare", "-m", "--propagation", "private", "sh", "-c",
+            "mount -t tmpfs none /sys/kernel/btf && exec \"$@\"", "sh"]
     done = subprocess.run(hide + NETSNOOP + ["check", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "NETSNOOP_BTF": str(copy)})
     found = {r["item"]: r for r in map(json.loads, done.stdout.splitlines())}
     assert done.returncode == 0, done.stderr
-    assert found["kernel BTF"]["detail"].startswith(f"/sys/kernel/btf/vmlinux missing; NETSNOOP_BTF={copy} serves CO-RE only")
+    assert found["kernel BTF"]["detail"].startswith(
+        f"/sys/kernel/btf/vmlinux missing; NETSNOOP_BTF={copy} serves CO-RE only"
+    )
     assert not found["tp_btf"]["ok"] and found["tracepoint"]["ok"]
     assert found["netsnoop states"]["detail"] == "via set_state=tracepoint"
     assert found["verdict"]["detail"] == f"{len(TOOLS)} of {len(TOOLS)} subcommands can run here"

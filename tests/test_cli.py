@@ -55,7 +55,7 @@ def test_bad_values_are_usage_errors(args: list[str]) -> None:
 def held_prog_ids(pid: int) -> set[int]:
     """The BPF programs a process holds (program and link fds), from the kernel's own
     /proc/PID/fdinfo: other tests' programs, loaded meanwhile, are not ours."""
-    ids = set()
+    ids: set[int] = set()
     for fd in os.listdir(f"/proc/{pid}/fdinfo"):
         try:
             with open(f"/proc/{pid}/fdinfo/{fd}") as f:
@@ -141,7 +141,8 @@ def test_lost_events_are_counted_exactly() -> None:
 
     with PayloadServer(size=10) as srv:
         port = str(srv.port)
-        with Trace(["states", "--json", "-P", port]) as ref, Trace(["--ringbuf", "4K", "states", "--json", "-P", port]) as tiny:
+        with Trace(["states", "--json", "-P", port]) as ref, \
+                Trace(["--ringbuf", "4K", "states", "--json", "-P", port]) as tiny:
             tiny.proc.send_signal(signal.SIGSTOP)
             for _ in range(200):
                 fetch("127.0.0.1", srv.port)

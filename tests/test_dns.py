@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from types import SimpleNamespace
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import pytest
 from helpers import NetnsPair, Trace
@@ -47,7 +47,9 @@ def rr(owner: bytes, rtype: int, rdata: bytes, rclass: int = 1) -> bytes:
 def message(qid: int, name: str, qtype: int, records: list[bytes], flags: int = 0x8180,
             ancount: int | None = None) -> bytes:
     count = len(records) if ancount is None else ancount
-    return struct.pack("!6H", qid, flags, 1, count, 0, 0) + wire(name) + struct.pack("!HH", qtype, 1) + b"".join(records)
+    return (
+        struct.pack("!6H", qid, flags, 1, count, 0, 0) + wire(name) + struct.pack("!HH", qtype, 1) + b"".join(records)
+    )
 
 
 def query(qid: int, name: str, qtype: int = A) -> bytes:
@@ -91,7 +93,9 @@ def test_aaaa_and_compressed_cname_target() -> None:
     # the CNAME target is "edge" + a pointer to the question's "example.org"
     qname = "www.example.org"
     target = b"\x04edge\xc0\x10"  # offset 16: "example.org" inside the question
-    got = parse_answer(message(2, qname, AAAA, [rr(QNAME_PTR, CNAME, target), rr(b"\x04edge\xc0\x10", AAAA, v6("2001:db8::5"))]))
+    got = parse_answer(
+        message(2, qname, AAAA, [rr(QNAME_PTR, CNAME, target), rr(b"\x04edge\xc0\x10", AAAA, v6("2001:db8::5"))])
+    )
     assert got is not None and got[1] == [(socket.AF_INET6, v6("2001:db8::5"))] and got[0].name == qname
 
 
@@ -113,19 +117,21 @@ def hostile_messages() -> dict[str, bytes]:
         "pointer past the end": head + b"\xff\xff" + fixed_a,
         "control bytes in a label": message(9, "h.example", A, [rr(QNAME_PTR, CNAME, wire(b"ev\x1b[2Jil.example")),
                                                                 rr(wire(b"ev\x1b[2Jil.example"), A, v4("192.0.2.66"))]),
-        "NUL in a label": message(9, "h.example", A, [rr(QNAME_PTR, CNAME, b"\x03a\x00b\x00"), rr(b"\x03a\x00b\x00", A, v4("192.0.2.66"))]),
+        "NUL in a label": message(9, "h.example", A, [rr(QNAME_PTR, CNAME, b"\x03a\x00b\x00"),
+                                                      rr(b"\x03a\x00b\x00", A, v4("192.0.2.66"))]),
         "rdata past the end": base[:-2],
         "rdlength 16 for A": message(9, "h.example", A, [rr(QNAME_PTR, A, v4("192.0.2.66") * 4)]),
         "more records than sent": message(9, "h.example", A, [good_a], ancount=65535),
         "label past the end": message(9, "h.example", A, [b"\x3fabc"]),
         "extended label type": message(9, "h.example", A, [b"\x41" + b"a" * 10 + b"\0" + fixed_a]),
-        "name longer than 255": message(9, "h.example", A, [rr(b"".join(b"\x3f" + c * 63 for c in (b"a", b"b", b"c", b"d")) + b"\0",
-                                                                A, v4("192.0.2.66"))]),
+        "name longer than 255": message(9, "h.example", A, [
+            rr(b"".join(b"\x3f" + c * 63 for c in (b"a", b"b", b"c", b"d")) + b"\0", A, v4("192.0.2.66"))]),
         "two questions": struct.pack("!6H", 9, 0x8180, 2, 1, 0, 0) + wire("h.example") + b"\0\1\0\1" + wire("h.example")
         + b"\0\1\0\1" + good_a,
         "empty": b"",
         "header only": struct.pack("!6H", 9, 0x8180, 1, 1, 0, 0),
-        "class CH question": struct.pack("!6H", 9, 0x8180, 1, 1, 0, 0) + wire("h.example") + struct.pack("!HH", A, 3) + good_a,
+        "class CH question": struct.pack("!6H", 9, 0x8180, 1, 1, 0, 0) + wire("h.example") + struct.pack("!HH", A, 3)
+        + good_a,
     }
 
 
@@ -148,7 +154,9 @@ def test_cut_messages_keep_only_their_whole_records() -> None:
 
 def test_random_bytes_never_raise_and_never_name_badly() -> None:
     rng = random.Random(1234)
-    good = message(5, "ok.example", A, [rr(QNAME_PTR, CNAME, wire("x.example")), rr(wire("x.example"), A, v4("192.0.2.8"))])
+    good = message(
+        5, "ok.example", A, [rr(QNAME_PTR, CNAME, wire("x.example")), rr(wire("x.example"), A, v4("192.0.2.8"))]
+    )
     allowed = set("abcdefghijklmnopqrstuvwxyz0123456789-_.")
     for i in range(20000):
         if i % 2:
@@ -182,12 +190,13 @@ def test_address_keys() -> None:
 
 # ---- the table: queries, answers, namespaces, bounds --------------------------------
 
-CLIENT, SERVER = v4("10.0.0.2") + bytes(12), v4("10.0.0.53") + bytes(12)
+CLIENT_ADDR, SERVER_ADDR = v4("10.0.0.2") + bytes(12), v4("10.0.0.53") + bytes(12)
 
 
 def rec(kind: int, netns: int, payload: bytes, cport: int = 40000, proto: int = IPPROTO_UDP, seq: int = 0,
         flags: int = 0, ts: int = 1, caplen: int | None = None) -> tuple[Any, bytes]:
-    src, sport, dst, dport = (CLIENT, cport, SERVER, 53) if kind == SENT else (SERVER, 53, CLIENT, cport)
+    src, sport, dst, dport = ((CLIENT_ADDR, cport, SERVER_ADDR, 53) if kind == SENT
+                              else (SERVER_ADDR, 53, CLIENT_ADDR, cport))
     h = SimpleNamespace(ts_ns=ts, netns=netns, seq=seq, family=socket.AF_INET, sport=sport, dport=dport,
                         caplen=len(payload) if caplen is None else caplen, wirelen=len(payload), kind=kind,
                         proto=proto, tcp_flags=flags, saddr=src, daddr=dst)
@@ -238,7 +247,8 @@ def test_names_are_per_namespace_and_the_last_answer_wins() -> None:
 def test_the_table_is_bounded_and_forgets_the_least_recently_used() -> None:
     names = Names(max_names=3)
     for i in range(1, 6):
-        feed(names, rec(SENT, 1, query(i, f"n{i}.example")), rec(RECEIVED, 1, answer_a(i, f"n{i}.example", f"192.0.2.{i}")))
+        feed(names, rec(SENT, 1, query(i, f"n{i}.example")),
+             rec(RECEIVED, 1, answer_a(i, f"n{i}.example", f"192.0.2.{i}")))
         if i == 3:
             assert names.name_of(socket.AF_INET, "192.0.2.1", 1) == "n1.example"  # used: kept
     assert len(names) == 3
@@ -330,7 +340,8 @@ def answer(msg):
     hostile = entry.get("hostile")
     if hostile == "loop":       # the record's owner points at itself
         off = 12 + len(question)
-        return header(qid, 1) + question + struct.pack("!H", 0xC000 | off) + struct.pack("!HHIH", 1, 1, 60, 4) + A4(entry["addr"])
+        return (header(qid, 1) + question + struct.pack("!H", 0xC000 | off) + struct.pack("!HHIH", 1, 1, 60, 4)
+                + A4(entry["addr"]))
     if hostile == "control":    # a CNAME to a name with terminal escapes
         bad = "x\x1b[31mred\x07.test"
         return header(qid, 2) + question + rr(ptr, 5, wire(bad)) + rr(wire(bad), 1, A4(entry["addr"]))
@@ -466,8 +477,11 @@ class DnsNet:
         options = "options timeout:2 attempts:1" + (" use-vc" if self.tcp else "")
         with open(f"{self.etc}/resolv.conf", "w") as f:
             f.write(f"nameserver {server}\n{options}\n")
-        self.proc = p.popen(p.a, [sys.executable, "-c", RESPONDER, json.dumps(self.zone), str(APP_PORT), p.addr_a, p.addr6_a])
-        assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == "ready", self.proc.stderr.read()  # type: ignore[union-attr]
+        self.proc = p.popen(
+            p.a, [sys.executable, "-c", RESPONDER, json.dumps(self.zone), str(APP_PORT), p.addr_a, p.addr6_a]
+        )
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        assert self.proc.stdout.readline().strip() == "ready", self.proc.stderr.read()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -475,7 +489,8 @@ class DnsNet:
         self.proc.wait()
         shutil.rmtree(self.etc, ignore_errors=True)
 
-    def client(self, resolve: list[tuple[str, int]] = (), raw: list[tuple[int, str]] = (), bare: list[str] = (),
+    def client(self, resolve: Sequence[tuple[str, int]] = (), raw: Sequence[tuple[int, str]] = (),
+               bare: Sequence[str] = (),
                replies: dict[str, int] | None = None) -> dict[str, Any]:
         job = {"resolve": list(resolve), "raw": list(raw), "bare": list(bare), "port": APP_PORT,
                "server": self.pair.addr_a, "replies": replies or {}}
@@ -537,10 +552,13 @@ def test_names_from_udp_answers_in_a_namespace(pair: NetnsPair, hooks: str, monk
 def test_names_from_udp_over_ipv6(pair: NetnsPair, hooks: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NETSNOOP_HOOKS", hooks)
     probe = DnsNet(pair, {})
-    zone = {"v6.test": {"cname": ["edge.v6.test"], "aaaa": [probe.host(18, six=True)]}, "four.test": {"a": [probe.host(18)]}}
+    zone = {"v6.test": {"cname": ["edge.v6.test"], "aaaa": [probe.host(18, six=True)]},
+            "four.test": {"a": [probe.host(18)]}}
     with DnsNet(pair, zone, server6=True) as net, Watcher() as names:
         assert names.hooks["received"] == names.hooks["sent"] == hooks
-        out = net.client(resolve=[("v6.test", socket.AF_INET6), ("four.test", socket.AF_INET)], bare=[net.host(19, six=True)])
+        out = net.client(
+            resolve=[("v6.test", socket.AF_INET6), ("four.test", socket.AF_INET)], bare=[net.host(19, six=True)]
+        )
         assert out["resolved"] == {"v6.test": [net.host(18, six=True)], "four.test": [net.host(18)]}
         b = net.netns(pair.b)
         assert names.name_of(socket.AF_INET6, net.host(18, six=True), b) == "v6.test"

@@ -36,7 +36,8 @@ def test_syn_to_a_closed_port_is_dropped_with_no_socket(host: str) -> None:
     # this kernel answers with a RST and frees the SYN as dropped: NO_SOCKET
     for trace in (t, classic):
         (r,) = dropped(trace.records, port)
-        assert (r["ip"], r["daddr"], r["saddr"], r["flags"], r["state"]) == (6 if ":" in host else 4, host, host, "SYN", None)
+        assert (r["ip"], r["daddr"], r["saddr"], r["flags"], r["state"]) == \
+            (6 if ":" in host else 4, host, host, "SYN", None)
         assert r["reason"] == "NO_SOCKET"
         assert r["location"].startswith(("tcp_v4_rcv+", "tcp_v6_rcv+"))
         assert r["stack"][0].startswith(("kfree_skb", "sk_skb_reason_drop")), r["stack"]
@@ -105,11 +106,13 @@ def test_normal_reasons_are_left_out_and_reasons_can_be_excluded() -> None:
             unaccepted = socket.create_server((net.addr_b, 0))
         purge_port = unaccepted.getsockname()[1]
         ports = ["-P", f"{fw_port},{purge_port}"]
-        with Trace(["drop", "--json", *ports]) as default, \
-             Trace(["drop", "--json", "--normal", "--no-stack", *ports]) as normal, \
-             Trace(["drop", "--json", "--normal", "--reason", "!QUEUE_PURGE", *ports]) as not_purge, \
-             Trace(["drop", "--json", "--exclude-reason", "netfilter_drop", "--reason", "QUEUE_PURGE", *ports]) as purge, \
-             Trace(["drop", "-c", "--json", "--normal", *ports]) as counted:
+        with (
+            Trace(["drop", "--json", *ports]) as default,
+            Trace(["drop", "--json", "--normal", "--no-stack", *ports]) as normal,
+            Trace(["drop", "--json", "--normal", "--reason", "!QUEUE_PURGE", *ports]) as not_purge,
+            Trace(["drop", "--json", "--exclude-reason", "netfilter_drop", "--reason", "QUEUE_PURGE", *ports]) as purge,
+            Trace(["drop", "-c", "--json", "--normal", *ports]) as counted,
+        ):
             c = syn_until_dropped(net, fw_port, "fw")
             for _ in range(2):
                 with in_netns(net.a):

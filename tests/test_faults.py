@@ -41,7 +41,8 @@ class ProgWatch:
     read every few ms), so that the test can tell afterwards that none outlived it."""
 
     def __init__(self, pid: int) -> None:
-        self.pid, self.ids = pid, set()
+        self.pid = pid
+        self.ids: set[str] = set()
         self._thread = threading.Thread(target=self._watch, daemon=True)
         self._thread.start()
 
@@ -73,7 +74,9 @@ def test_ctrl_c_at_any_moment_of_start_up_stops_at_once_and_cleans_up(tool: str)
     watched: set[str] = set()
     before_attach = []
     for delay in (0, 0.02, 0.04, 0.07, 0.1, 0.15, 0.2, 0.3):
-        proc = subprocess.Popen(NETSNOOP + [tool], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            NETSNOOP + [tool], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
         watch = ProgWatch(proc.pid)
         wait_for_netsnoop(proc)
         time.sleep(delay)  # the moment under test, not a wait for something
@@ -84,7 +87,7 @@ def test_ctrl_c_at_any_moment_of_start_up_stops_at_once_and_cleans_up(tool: str)
             err = proc.communicate(timeout=3)[1]
         except subprocess.TimeoutExpired:
             proc.kill()
-            raise AssertionError(f"{tool}: still running 3 s after a Ctrl-C {delay} s into start-up")
+            raise AssertionError(f"{tool}: still running 3 s after a Ctrl-C {delay} s into start-up") from None
         assert time.monotonic() - sent < 3
         assert proc.returncode == 0 and "Traceback" not in err, (delay, err)
         assert " lost events, " in err.splitlines()[-1], err  # it ended through its summary
@@ -102,7 +105,7 @@ def fill_pipe(read_fd: int, port: int) -> None:
     queued = lambda: int.from_bytes(fcntl.ioctl(read_fd, termios.FIONREAD, b"\0" * 4), sys.byteorder)  # noqa: E731
     srv = socket.create_server(("127.0.0.1", port))
     try:
-        for n in range(20000):
+        for _ in range(20000):
             c = socket.create_connection(("127.0.0.1", port))
             s, _ = srv.accept()
             c.close()
@@ -130,7 +133,9 @@ def test_a_stop_signal_is_obeyed_when_nobody_reads_the_output(sig: int) -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     r, w = os.pipe()
-    proc = subprocess.Popen(NETSNOOP + ["states", "-P", str(port)], cwd=ROOT, stdout=w, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        NETSNOOP + ["states", "-P", str(port)], cwd=ROOT, stdout=w, stderr=subprocess.PIPE, text=True
+    )
     os.close(w)
     try:
         assert proc.stderr is not None and proc.stderr.readline().startswith("Tracing")
@@ -141,7 +146,7 @@ def test_a_stop_signal_is_obeyed_when_nobody_reads_the_output(sig: int) -> None:
             err = proc.communicate(timeout=10)[1]
         except subprocess.TimeoutExpired:
             proc.kill()
-            raise AssertionError(f"signal {sig} ignored while stdout was stalled")
+            raise AssertionError(f"signal {sig} ignored while stdout was stalled") from None
         assert time.monotonic() - sent < 8  # the process's own bound is 1 s without progress, 5 s at most
         assert proc.returncode == 0 and "Traceback" not in err
         assert "the output was not read" in err and "lost events, " in err and "hooks: set_state=" in err, err
@@ -203,7 +208,9 @@ def test_sighup_ends_like_sigterm_with_the_summary() -> None:
 def test_bad_coalesce_setting_is_a_usage_error(value: str) -> None:
     done = run(["states", "-d", "0.1"], env={**os.environ, "NETSNOOP_COALESCE_MS": value})
     assert done.returncode == 2, done.stderr
-    assert done.stderr.strip() == f"netsnoop: NETSNOOP_COALESCE_MS={value!r}: not a number of milliseconds from 0 to 1000"
+    assert (
+        done.stderr.strip() == f"netsnoop: NETSNOOP_COALESCE_MS={value!r}: not a number of milliseconds from 0 to 1000"
+    )
 
 
 @pytest.mark.parametrize("variable", ["NETSNOOP_HOOKS", "NETSNOOP_PREFER"])
@@ -251,7 +258,9 @@ def test_a_skip_under_ci_is_a_failure(tmp_path: Any, ci: str) -> None:
                           cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "CI": ci}, timeout=60)
     summary = done.stdout.strip().splitlines()[-1]
     if ci:
-        assert done.returncode == 1 and "1 failed" in summary and "1 passed" in summary and "1 error" in summary, summary
+        assert done.returncode == 1 and "1 failed" in summary and "1 passed" in summary and "1 error" in summary, (
+            summary
+        )
         assert "skipped under CI=true" in done.stdout
     else:
         assert done.returncode == 0 and "1 passed, 2 skipped" in summary, summary

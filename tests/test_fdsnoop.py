@@ -61,7 +61,8 @@ def _messages(count: int, control: list[bytes]) -> tuple[ctypes.Array, list[obje
 def sendmmsg_fds(sock: socket.socket, fds_per_message: list[list[int]]) -> None:
     """sendmmsg(2): one message per list, each carrying its fds as SCM_RIGHTS."""
     control = [struct.pack("=Qii", socket.CMSG_LEN(4 * len(f)), socket.SOL_SOCKET, socket.SCM_RIGHTS)
-               + struct.pack(f"={len(f)}i", *f).ljust(socket.CMSG_SPACE(4 * len(f)) - 16, b"\0") for f in fds_per_message]
+               + struct.pack(f"={len(f)}i", *f).ljust(socket.CMSG_SPACE(4 * len(f)) - 16, b"\0")
+               for f in fds_per_message]
     vec, _keep = _messages(len(control), control)
     sent = LIBC.sendmmsg(sock.fileno(), vec, len(control), 0)
     assert sent == len(control), os.strerror(ctypes.get_errno())
@@ -117,7 +118,9 @@ def test_sendmsg_and_recvmsg_rows_per_descriptor(files: list) -> None:
     assert [(r["fd"], r["name"]) for r in recvs] == list(zip(received, [f.name for f in files[:2]]))
     for r in sends + recvs:
         assert r["pid"] == os.getpid() and r["tid"] == threading.get_native_id()
-    assert {r["socket"] for r in sends} == {labels[0]} and {r["sock_fd"] for r in sends} == {int(labels[0].split(":")[0])}
+    assert {r["socket"] for r in sends} == {labels[0]} and {r["sock_fd"] for r in sends} == {
+        int(labels[0].split(":")[0])
+    }
     assert {r["socket"] for r in recvs} == {labels[1]}
     assert t.summary["lost_events"] == 0
 
@@ -199,7 +202,9 @@ def test_http_traffic_passes_no_descriptor_and_the_end_says_so(files: list) -> N
                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         assert server.stdout is not None
-        port = re.search(r"port (\d+)", server.stdout.readline())[1]  # type: ignore[index]
+        found = re.search(r"port (\d+)", server.stdout.readline())
+        assert found is not None
+        port = found[1]
         a, b = socket.socketpair()
         with a, b, Trace(["fdsnoop", "--json", "-p", str(server.pid)]) as http, \
                 Trace(["fdsnoop", "--json", "-p", str(os.getpid())]) as control:
@@ -221,7 +226,9 @@ def test_help_says_only_descriptor_passing_is_shown() -> None:
     assert "Only descriptor passing is shown" in result.output and "HTTP" in result.output
 
 
-@pytest.mark.parametrize("args", [["-n", "a-name-longer-than-15"], ["-n", ""], ["-t", "abc"], ["-p", "0"], ["-d", "-1"]])
+@pytest.mark.parametrize(
+    "args", [["-n", "a-name-longer-than-15"], ["-n", ""], ["-t", "abc"], ["-p", "0"], ["-d", "-1"]]
+)
 def test_bad_values_are_usage_errors(args: list[str]) -> None:
     result = CliRunner().invoke(cli, ["fdsnoop", *args])
     assert result.exit_code == 2, result.output

@@ -72,7 +72,8 @@ def test_json_is_typed_and_scaled() -> None:
     h = hist(1, 0, 2, total=12_500)
     assert to_json(h, "usecs", div=1000) == {
         "unit": "usecs", "count": 3, "sum": 12.5, "avg": 4.167,
-        "buckets": [{"low": 0, "high": 1, "count": 1}, {"low": 2, "high": 3, "count": 0}, {"low": 4, "high": 7, "count": 2}],
+        "buckets": [{"low": 0, "high": 1, "count": 1}, {"low": 2, "high": 3, "count": 0},
+                    {"low": 4, "high": 7, "count": 2}],
     }
     assert to_json(h, "nsecs")["sum"] == 12_500
 
@@ -99,7 +100,8 @@ def test_text_sections_labels_extra_facts_and_time() -> None:
 
 def test_json_sections_one_object_each_plus_facts() -> None:
     buf = io.StringIO()
-    sections = [Section(hist(0, 1, total=3), {"Local Address": "::1"}), Section(hist(1, total=1), {"Local Address": "10.0.0.1"})]
+    sections = [Section(hist(0, 1, total=3), {"Local Address": "::1"}),
+                Section(hist(1, total=1), {"Local Address": "10.0.0.1"})]
     write_sections(sections, "usecs", OutputOptions(json=True), facts={"listen_overflows": 0}, stream=buf)
     records = [json.loads(line) for line in buf.getvalue().splitlines()]
     assert [r.get("local_address") for r in records] == ["::1", "10.0.0.1", None]

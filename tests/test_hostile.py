@@ -18,7 +18,7 @@ import sys
 import termios
 import threading
 import time
-from typing import Any
+from typing import IO, Any
 
 import pytest
 from helpers import NETSNOOP, READY_TIMEOUT, ROOT, PayloadServer
@@ -27,7 +27,8 @@ from netsnoop.fmt import comm, printable
 
 pytestmark = pytest.mark.integration
 
-NAMES = [b"[/]x", b"[red]x", b"\x1b]0;pwn\x07", b'a,b"c', b"line\nbreak", b"caf\xc3\xa9", b"\xff\xfe", b"\x1b[2J\rcr\x08\x9b"]
+NAMES = [b"[/]x", b"[red]x", b"\x1b]0;pwn\x07", b'a,b"c', b"line\nbreak", b"caf\xc3\xa9", b"\xff\xfe",
+         b"\x1b[2J\rcr\x08\x9b"]
 
 # Renames itself before each connection (PR_SET_NAME = 15), connects, sends a byte,
 # reads the server's answer to EOF, closes; prints "<name hex> <local port>" per session.
@@ -83,10 +84,12 @@ class RawTrace:
             NETSNOOP + args, stdout=stdout, stderr=subprocess.PIPE, cwd=ROOT,
             env={**os.environ, "COLUMNS": "200", **env},
         )
+        reader: IO[bytes]
         if tty:
             os.close(slave)
             reader = os.fdopen(master, "rb", buffering=0)
         else:
+            assert self.proc.stdout is not None
             reader = self.proc.stdout
 
         def pump_out() -> None:
@@ -99,8 +102,11 @@ class RawTrace:
                     break
                 self.out += chunk
 
+        stderr = self.proc.stderr
+        assert stderr is not None
+
         def pump_err() -> None:
-            for line in self.proc.stderr:  # type: ignore[union-attr]
+            for line in stderr:
                 self.err += line
                 if line.startswith(b"Tracing"):
                     ready.set()
@@ -129,7 +135,9 @@ def traced() -> dict[str, Any]:
     """One round of hostile traffic, seen by `life` in every output mode at once."""
     with PayloadServer(size=10, request_bytes=1) as srv:
         port = str(srv.port)
-        traces = {mode: RawTrace(["life", "-w", "-D", port, *flags], env, tty) for mode, (flags, env, tty) in MODES.items()}
+        traces = {
+            mode: RawTrace(["life", "-w", "-D", port, *flags], env, tty) for mode, (flags, env, tty) in MODES.items()
+        }
         try:
             for mode, t in traces.items():
                 assert t.ready.wait(READY_TIMEOUT) and t.proc.poll() is None, (mode, bytes(t.err))
@@ -138,7 +146,9 @@ def traced() -> dict[str, Any]:
                 capture_output=True, text=True, timeout=30,
             )
             assert child.returncode == 0, child.stderr
-            sessions = {int(lport): bytes.fromhex(name) for name, lport in (line.split() for line in child.stdout.splitlines())}
+            sessions = {
+                int(lport): bytes.fromhex(name) for name, lport in (line.split() for line in child.stdout.splitlines())
+            }
             assert len(sessions) == len(NAMES)
             # each trace has shown every session once its local port is in the output
             deadline = time.monotonic() + 10
@@ -227,7 +237,8 @@ def test_fdsnoop_file_names_are_escaped_in_text_and_exact_in_json(tmp_path: Any)
     from helpers import Trace
 
     try:
-        with Trace(["fdsnoop", "-p", str(os.getpid())]) as text, Trace(["fdsnoop", "--json", "-p", str(os.getpid())]) as js:
+        with Trace(["fdsnoop", "-p", str(os.getpid())]) as text, \
+                Trace(["fdsnoop", "--json", "-p", str(os.getpid())]) as js:
             socket.send_fds(a, [b"x"], [fd])
             _, fds, _, _ = socket.recv_fds(b, 1, 1)
             deadline = time.monotonic() + 10  # rows are printed while the fds are still open

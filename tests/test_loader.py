@@ -20,7 +20,8 @@ integration = pytest.mark.integration
 # A private mount namespace where tracefs is absent and cannot be mounted (no
 # CAP_SYS_ADMIN), while CAP_BPF and CAP_PERFMON, which the README says suffice, remain.
 NO_TRACEFS = ["unshare", "-m", "--propagation", "private", "sh", "-c",
-              "for d in /sys/kernel/tracing /sys/kernel/debug/tracing /sys/kernel/debug; do umount -l $d 2>/dev/null; done;"
+              "for d in /sys/kernel/tracing /sys/kernel/debug/tracing /sys/kernel/debug; do "
+              "umount -l $d 2>/dev/null; done;"
               " exec setpriv --bounding-set -sys_admin --inh-caps -sys_admin \"$@\"", "sh"]
 # A private mount namespace where the kernel's BTF is hidden, as on a kernel without it.
 NO_KERNEL_BTF = ["unshare", "-m", "--propagation", "private", "sh", "-c",
@@ -34,7 +35,7 @@ def variants() -> list[tuple[str, str, str]]:
     from netsnoop.loader import BPFObject
 
     out = []
-    for name, (module, _help) in COMMANDS.items():
+    for module, _help in COMMANDS.values():
         tracer = getattr(__import__(module, fromlist=["TRACER"]), "TRACER", None)
         if tracer is None:
             continue
@@ -86,10 +87,12 @@ def test_a_missing_optional_hook_is_a_warning_naming_its_cost() -> None:
         assert (f"netsnoop: warning: tracer: no hook for {group} here, so connections returned by {group}() have no "
                 f"A row (tried: tracepoint syscalls:sys_exit_{group}: {MOUNT_FAILED}") in degraded.stderr
     assert degraded.hooks == {"set_state": "tp_btf", "accept4": None, "accept": None}
-    assert sorted(r["type"] for r in degraded.records if srv.port in (r["sport"], r["dport"])) == ["close", "close", "connect"]
+    assert sorted(r["type"] for r in degraded.records if srv.port in (r["sport"], r["dport"])) == \
+        ["close", "close", "connect"]
     assert full.hooks == {"set_state": "tp_btf", "accept4": "tracepoint", "accept": "tracepoint"}
     assert "warning" not in full.stderr
-    assert sorted(r["type"] for r in full.records if srv.port in (r["sport"], r["dport"])) == ["accept", "close", "close", "connect"]
+    assert sorted(r["type"] for r in full.records if srv.port in (r["sport"], r["dport"])) == \
+        ["accept", "close", "close", "connect"]
 
 
 @integration
@@ -120,7 +123,9 @@ def test_without_kernel_btf_netsnoop_btf_gives_the_classic_tracepoints(btf_copy:
     assert sum(str(srv.port) in line for line in t.lines[1:]) >= 6
     without = subprocess.run(NO_KERNEL_BTF + NETSNOOP + ["states", "-d", "0.2"], cwd=ROOT, capture_output=True,
                              text=True, timeout=60, env={k: v for k, v in os.environ.items() if k != "NETSNOOP_BTF"})
-    assert without.returncode == 1 and without.stderr.startswith("netsnoop: kernel BTF not found at /sys/kernel/btf/vmlinux")
+    assert without.returncode == 1 and without.stderr.startswith(
+        "netsnoop: kernel BTF not found at /sys/kernel/btf/vmlinux"
+    )
 
 
 @integration
@@ -168,4 +173,6 @@ def test_a_bad_netsnoop_btf_is_one_line_naming_it(tmp_path: Any, kind: str) -> N
             verdict = json.loads(done.stdout.splitlines()[-1])
             assert verdict["item"] == "verdict" and not verdict["ok"]
             tools = sum(hasattr(__import__(m, fromlist=["TRACER"]), "TRACER") for m, _h in COMMANDS.values())
-            assert verdict["detail"].startswith(f"0 of {tools} subcommands can run here; none: NETSNOOP_BTF={path}: {expected}")
+            assert verdict["detail"].startswith(
+                f"0 of {tools} subcommands can run here; none: NETSNOOP_BTF={path}: {expected}"
+            )

@@ -89,7 +89,8 @@ def test_every_metric_is_exposed_as_documented(scrapes: tuple[str, str, list[int
                 base = name[: -len("_info")] if flavour == "openmetrics" else name
             fam = families.get(base)
             assert fam is not None, (flavour, name, sorted(families))
-            assert fam.type == (doc.type if flavour == "openmetrics" or doc.type != "info" else "gauge"), (flavour, name)
+            expected = doc.type if flavour == "openmetrics" or doc.type != "info" else "gauge"
+            assert fam.type == expected, (flavour, name)
             assert fam.documentation == doc.help, (flavour, name)
             extra = {"le"} if doc.type == "histogram" else set()
             for sample in fam.samples:

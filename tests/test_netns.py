@@ -46,7 +46,7 @@ def test_listener_queue_owner_and_counters_of_another_namespace() -> None:
     with NetnsPair() as pair:
         server = pair.popen(pair.b, [sys.executable, "-c", SERVER, pair.addr_b, "8123"])
         try:
-            assert server.stdout.readline().strip() == "listening"
+            assert server.stdout is not None and server.stdout.readline().strip() == "listening"
             # listen(1) holds two connections; the ones after overflow the queue
             clients = []
             from traffic_helpers import in_netns

@@ -105,7 +105,8 @@ def run_scene(pair: NetnsPair, scene: str) -> tuple[dict, dict, dict, int, int]:
         out, err = view.communicate(timeout=30)
         assert view.returncode in (0, 1), err
         after = {ns: nstat(pair, ns, *names) for ns in (pair.a, pair.b)}
-        client.stdin.close()  # type: ignore[union-attr]
+        assert client.stdin is not None
+        client.stdin.close()
         client.wait(10)
         return json.loads(out), before, after, server.pid, client.pid
     finally:

@@ -136,7 +136,9 @@ def test_failed_retransmits_are_the_difference_from_retranssegs() -> None:
             server = Sink(net.addr_b)
         port = str(server.port)
         net.exec(net.a, "nft add table inet netsnoop_out")
-        net.exec(net.a, "nft 'add chain inet netsnoop_out output { type filter hook output priority 0; policy accept; }'")
+        net.exec(
+            net.a, "nft 'add chain inet netsnoop_out output { type filter hook output priority 0; policy accept; }'"
+        )
         with Trace(["retrans", "--json", "-P", port]) as t:
             with in_netns(net.a):
                 client = socket.create_connection((net.addr_b, server.port), timeout=5)

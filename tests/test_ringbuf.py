@@ -195,14 +195,14 @@ def recursion_object(tmp_path_factory: Any) -> str:
     import shutil
     import subprocess
 
-    clang = shutil.which("clang")
-    if clang is None:
+    clang = shutil.which("clang") or ""
+    if not clang:
         pytest.skip("clang is needed to build the test's own BPF object")
     out = str(tmp_path_factory.mktemp("bpf") / "recursion.bpf.o")
     arch = {"x86_64": "x86", "aarch64": "arm64"}[platform.machine()]
     subprocess.run([clang, "-g", "-O2", "-Wall", "-target", "bpf", f"-D__TARGET_ARCH_{arch}",
-                    "-I", os.path.join(ROOT, "netsnoop", "bpf"), "-c", os.path.join(ROOT, "tests", "bpf", "recursion.bpf.c"),
-                    "-o", out], check=True)
+                    "-I", os.path.join(ROOT, "netsnoop", "bpf"),
+                    "-c", os.path.join(ROOT, "tests", "bpf", "recursion.bpf.c"), "-o", out], check=True)
     return out
 
 

@@ -129,7 +129,8 @@ def test_version() -> None:
 
 @pytest.mark.parametrize(
     "args",
-    [["states", "-L", "70000"], ["states", "-p", "-5"], ["life", "-p", "abc"], ["life", "-D", "x"], ["states", "-d", "0"]],
+    [["states", "-L", "70000"], ["states", "-p", "-5"], ["life", "-p", "abc"], ["life", "-D", "x"],
+     ["states", "-d", "0"]],
 )
 def test_bad_option_values_are_usage_errors(args: list[str]) -> None:
     result = CliRunner().invoke(cli, args)
@@ -182,7 +183,9 @@ NON_FINITE = ["inf", "nan", "1e309", "-inf", "NaN", "Infinity"]
 
 
 @pytest.mark.parametrize("value", NON_FINITE)
-@pytest.mark.parametrize("args", [["states", "-d"], ["life", "--duration"], ["synbl", "-i"], ["rtt", "-i"], ["top"], ["softirqs"]])
+@pytest.mark.parametrize(
+    "args", [["states", "-d"], ["life", "--duration"], ["synbl", "-i"], ["rtt", "-i"], ["top"], ["softirqs"]]
+)
 def test_non_finite_numbers_are_usage_errors(args: list[str], value: str) -> None:
     positional = not args[-1].startswith("-")
     usage_error([*args, *(["--"] if positional else []), value], "finite")
@@ -253,13 +256,16 @@ def test_help_lists_each_subcommand_once() -> None:
     from netsnoop.commands import COMMANDS
 
     out = CliRunner().invoke(cli, ["--help"]).output
-    listed = [line.split()[0] for line in out.split("Commands:")[1].splitlines() if line.startswith("  ") and not line.startswith("   ")]
+    listed = [line.split()[0] for line in out.split("Commands:")[1].splitlines()
+              if line.startswith("  ") and not line.startswith("   ")]
     assert listed == list(COMMANDS)
     for bcc in set(BCC_NAMES) - set(COMMANDS):
         assert bcc not in listed
 
 
-@pytest.mark.parametrize("typo,meant", [("tcpstate", "states"), ("lif", "life"), ("tcplfie", "life"), ("conect", "connect")])
+@pytest.mark.parametrize(
+    "typo,meant", [("tcpstate", "states"), ("lif", "life"), ("tcplfie", "life"), ("conect", "connect")]
+)
 def test_unknown_names_suggest_the_closest(typo: str, meant: str) -> None:
     usage_error([typo], f"No such command '{typo}'", f"Did you mean '{meant}'?")
 

@@ -27,7 +27,8 @@ NFT_JSON = (
     '"left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": {"set": [80, 8080]}}}, '
     '{"counter": {"packets": 7, "bytes": 420}}, {"reject": {"type": "tcp reset"}}]}}, '
     '{"rule": {"family": "inet", "table": "filt", "chain": "input", "handle": 4, "expr": [{"match": {"op": "==", '
-    '"left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": {"range": [9000, 9010]}}}, {"drop": null}]}}, '
+    '"left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": {"range": [9000, 9010]}}}, '
+    '{"drop": null}]}}, '
     '{"rule": {"family": "inet", "table": "filt", "chain": "input", "handle": 5, "expr": [{"match": {"op": "==", '
     '"left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": {"prefix": {"addr": "10.0.0.0", "len": 8}}}}, '
     '{"accept": null}]}}]}'
@@ -44,7 +45,9 @@ def syn_drop(t: int, reason: int, cport: int = 40000, ns: int = NS_A, output: bo
 
 
 def connect(t: int, sk: int = 0xAB, ns: int = NS_B, pid: int = 42, comm: str = "curl") -> V.Record:
-    return V.Record(V.STATE, t, ns, 2, CLIENT, 0, SERVER, PORT, state=V.SYN_SENT, oldstate=V.CLOSE, sk=sk, pid=pid, comm=comm)
+    return V.Record(
+        V.STATE, t, ns, 2, CLIENT, 0, SERVER, PORT, state=V.SYN_SENT, oldstate=V.CLOSE, sk=sk, pid=pid, comm=comm
+    )
 
 
 def connect_end(t: int, state: int, err: int = 0, retrans: int = 0, cport: int = 40000, sk: int = 0xAB,
@@ -53,7 +56,9 @@ def connect_end(t: int, state: int, err: int = 0, retrans: int = 0, cport: int =
                     oldstate=V.SYN_SENT, sk=sk)
 
 
-def listener(addr: str = SERVER, ns: int = NS_A, queue: int = 0, backlog: int = 128, port: int = PORT) -> V.ListenerView:
+def listener(
+    addr: str = SERVER, ns: int = NS_A, queue: int = 0, backlog: int = 128, port: int = PORT
+) -> V.ListenerView:
     return V.ListenerView(ns, f"ns{ns % 10}", 2, addr, port, queue, backlog, 777, "server")
 
 
@@ -78,7 +83,9 @@ def one(records: list[V.Record], f: V.Facts) -> V.Verdict:
 
 
 def test_ok_carries_the_connect_latency_from_the_client() -> None:
-    v = one([connect(1 * S), syn_in(1 * S + MS), connect_end(1 * S + 3 * MS, V.ESTABLISHED)], facts(listeners=[listener()]))
+    v = one(
+        [connect(1 * S), syn_in(1 * S + MS), connect_end(1 * S + 3 * MS, V.ESTABLISHED)], facts(listeners=[listener()])
+    )
     assert (v.name, v.netns, v.failed) == ("OK", NS_A, False)
     assert v.figures["latency_ms"] == pytest.approx(3.0)
     assert v.figures["client"]["pid"] == 42 and v.figures["listener"]["pid"] == 777
@@ -155,14 +162,16 @@ def test_rp_filter_with_device_sysctl_and_counter() -> None:
     f = facts(rp_filter={(NS_A, 3): ("eth0", 1)}, counters={NS_A: {"TcpExtIPReversePathFilter": 2}},
               routes={(NS_A, CLIENT): "RTNETLINK answers: Network is unreachable"})
     v = one([syn_in(S), syn_drop(S, 4), syn_in(2 * S), syn_drop(2 * S, 4)], f)
-    assert (v.name, v.figures["device"], v.figures["rp_filter"], v.figures["ip_reverse_path_filter"]) == ("RP_FILTER", "eth0", 1, 2)
+    assert (v.name, v.figures["device"], v.figures["rp_filter"], v.figures["ip_reverse_path_filter"]) == \
+        ("RP_FILTER", "eth0", 1, 2)
     assert "Network is unreachable" in v.figures["route_back"]
 
 
 def test_no_route_back_from_a_failed_lookup_of_the_reply() -> None:
     fib = V.Record(V.FIB_FAIL, S + 1, 0, 2, SERVER, PORT, CLIENT, 40000, value=-11)
     v = one([syn_in(S), fib], facts(listeners=[listener()], counters={NS_A: {"IpOutNoRoutes": 1}}))
-    assert (v.name, v.netns, v.figures["ip_out_no_routes"], v.figures["route_lookup_failures"]) == ("NO_ROUTE_BACK", NS_A, 1, 1)
+    assert (v.name, v.netns, v.figures["ip_out_no_routes"], v.figures["route_lookup_failures"]) == \
+        ("NO_ROUTE_BACK", NS_A, 1, 1)
 
 
 def test_a_failed_lookup_of_another_flow_is_not_taken() -> None:
@@ -173,10 +182,12 @@ def test_a_failed_lookup_of_another_flow_is_not_taken() -> None:
 
 
 def test_accept_queue_full_with_owner_queue_and_counters() -> None:
-    f = facts(listeners=[listener(queue=2, backlog=1)], counters={NS_A: {"TcpExtListenOverflows": 2, "TcpExtListenDrops": 2}},
+    f = facts(listeners=[listener(queue=2, backlog=1)],
+              counters={NS_A: {"TcpExtListenOverflows": 2, "TcpExtListenDrops": 2}},
               queue_static={(NS_A, SERVER, PORT): 3.5})
     v = one([connect(S), syn_in(S), syn_in(2 * S), connect_end(3 * S, V.CLOSE, retrans=1)], f)
-    assert (v.name, v.netns, v.figures["listen_overflows"], v.figures["no_accept_s"]) == ("ACCEPT_QUEUE_FULL", NS_A, 2, 3.5)
+    assert (v.name, v.netns, v.figures["listen_overflows"], v.figures["no_accept_s"]) == \
+        ("ACCEPT_QUEUE_FULL", NS_A, 2, 3.5)
     assert v.figures["listener"]["queue"] == 2 and "server (pid 777)" in v.why and v.figures["syns"] == 2
 
 
@@ -219,7 +230,9 @@ def test_not_accepted_after_the_grace_period_only() -> None:
 def test_client_only_verdicts(err: int, icmp: bool, name: str) -> None:
     records = [connect(S)]
     if icmp:
-        records.append(V.Record(V.SK_ERROR, S + MS, NS_B, 2, CLIENT, 0, SERVER, PORT, value=err, state=V.SYN_SENT, sk=0xAB))
+        records.append(
+            V.Record(V.SK_ERROR, S + MS, NS_B, 2, CLIENT, 0, SERVER, PORT, value=err, state=V.SYN_SENT, sk=0xAB)
+        )
         err = 0  # the woken connect() consumed it: CLOSE shows none
     records.append(connect_end(S + 2 * MS, V.CLOSE, err=err))
     v = one(records, facts())
@@ -245,7 +258,9 @@ def test_grouping_counts_clients_attempts_and_syns() -> None:
         client = f"10.0.1.{i + 1}"
         for n in range(3):
             records.append(syn_in(S + n * S, cport=40000 + i, client=client))
-            records.append(V.Record(V.DROP, S + n * S, NS_A, 2, client, 40000 + i, SERVER, PORT, value=3, tcpflags=V.TCP_SYN))
+            records.append(
+                V.Record(V.DROP, S + n * S, NS_A, 2, client, 40000 + i, SERVER, PORT, value=3, tcpflags=V.TCP_SYN)
+            )
     (g,) = V.group(verdicts(records, facts()))
     assert g.name == "FIREWALL_DROP" and len(g.clients) == 5 and g.syns == 15
     assert g.headline(facts()) == "FIREWALL_DROP  10.0.0.1:8080 in netns nsA (x5 clients, 5 attempts, 15 SYNs)"
@@ -258,7 +273,9 @@ def test_groups_put_failures_first_and_healthy_line() -> None:
     bad = [syn_in(S, cport=40002), syn_drop(S, 2, cport=40002)]
     groups = V.group(verdicts(ok + bad, facts()))
     assert [g.name for g in groups] == ["NO_LISTENER", "OK"]
-    assert V.healthy_line([groups[1]]) == "OK: 1 connection attempt to port 8080, all connected (median connect 1.000 ms)"
+    assert (
+        V.healthy_line([groups[1]]) == "OK: 1 connection attempt to port 8080, all connected (median connect 1.000 ms)"
+    )
     assert V.healthy_line([]) == "OK: no TCP connection attempts seen"
 
 
@@ -275,7 +292,8 @@ def test_nft_rules_from_nft_json() -> None:
     assert (policy.handle, policy.verdict, policy.hook, policy.where) == (0, "drop", "input", "inet filt input policy")
     assert (reject.handle, reject.verdict, reject.ports, reject.packets) == (3, "reject", frozenset({80, 8080}), 7)
     assert reject.text == "tcp dport { 80, 8080 } counter packets 7 reject with tcp reset"
-    assert (drop.handle, 9005 in drop.ports, 9011 in drop.ports, drop.text) == (4, True, False, "tcp dport 9000-9010 drop")
+    assert (drop.handle, 9005 in drop.ports, 9011 in drop.ports, drop.text) == \
+        (4, True, False, "tcp dport 9000-9010 drop")
     assert V.nft_rules("not json", NS_A) == [] and V.nft_rules("", NS_A) == []
 
 
@@ -287,7 +305,9 @@ def test_target_argument(text: str, parsed: tuple[str | None, int | None]) -> No
     assert Target().convert(text, None, None) == parsed
 
 
-@pytest.mark.parametrize("text", ["10.0.0", "host.example:80", "10.0.0.1:0", "10.0.0.1:70000", "[fd00::1]x", "1.2.3.4:ab"])
+@pytest.mark.parametrize(
+    "text", ["10.0.0", "host.example:80", "10.0.0.1:0", "10.0.0.1:70000", "[fd00::1]x", "1.2.3.4:ab"]
+)
 def test_bad_target_is_a_usage_error(text: str) -> None:
     with pytest.raises(click.BadParameter):
         Target().convert(text, None, None)
@@ -329,7 +349,9 @@ def test_a_reused_client_port_is_a_new_attempt() -> None:
     records = []
     for n in range(3):
         t = (n + 1) * S
-        child = V.Record(V.STATE, t + 2 * MS, NS_A, 2, SERVER, PORT, CLIENT, 40000, state=V.ESTABLISHED, oldstate=V.SYN_RECV)
+        child = V.Record(
+            V.STATE, t + 2 * MS, NS_A, 2, SERVER, PORT, CLIENT, 40000, state=V.ESTABLISHED, oldstate=V.SYN_RECV
+        )
         records += [connect(t, sk=n + 1), syn_in(t + MS), connect_end(t + 2 * MS, V.ESTABLISHED, sk=n + 1), child]
     vs = verdicts(records, facts(listeners=[listener()]))
     assert [v.name for v in vs] == ["OK"] * 3

@@ -55,7 +55,9 @@ def test_wheel_traces_without_compiler_bpftool_or_system_libbpf(tmp_path: os.Pat
 
     assert os.path.exists(os.path.join(venv, "share", "man", "man8", "netsnoop.8"))
 
-    hidden = [system_libbpf()] + [os.path.realpath(p) for p in map(shutil.which, ("clang", "bpftool", "llvm-strip")) if p]
+    hidden = [system_libbpf()] + [
+        os.path.realpath(p) for p in map(shutil.which, ("clang", "bpftool", "llvm-strip")) if p
+    ]
     port = refused_connect()
     script = "".join(f"mount --bind /dev/null {h} && " for h in hidden)
     script += (

@@ -33,7 +33,7 @@ import struct
 import subprocess
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any, Iterator, TypeVar
 
 import pytest
 from helpers import NetnsPair, Trace
@@ -50,7 +50,9 @@ def nstat(net: NetnsPair, ns: str) -> dict[str, int]:
     return {k: int(v) for k, v in json.loads(out)["kernel"].items()}
 
 
-def python_server(net: NetnsPair, ns: str, bind: str, port: int, backlog: int = 16, accept: bool = False) -> subprocess.Popen[str]:
+def python_server(
+    net: NetnsPair, ns: str, bind: str, port: int, backlog: int = 16, accept: bool = False
+) -> subprocess.Popen[str]:
     """A Python listener in ``ns``; prints "ready" once listening. Without ``accept`` it
     never calls accept()."""
     code = (
@@ -218,7 +220,9 @@ class FirewallDrop(Scenario):
     def setup(self) -> None:
         self.server(accept=True)
         self.net.exec(self.net.a, "nft add table inet why_test")
-        self.net.exec(self.net.a, "nft 'add chain inet why_test input { type filter hook input priority 0; policy accept; }'")
+        self.net.exec(
+            self.net.a, "nft 'add chain inet why_test input { type filter hook input priority 0; policy accept; }'"
+        )
         self.net.exec(self.net.a, f"nft 'add rule inet why_test input tcp dport {self.port} counter {self.rule}'")
         rules = json.loads(self.net.exec(self.net.a, "nft -j list chain inet why_test input").stdout)["nftables"]
         self.facts["handle"] = next(r["rule"]["handle"] for r in rules if "rule" in r)
@@ -226,7 +230,9 @@ class FirewallDrop(Scenario):
     def traffic(self) -> None:
         assert self.curl() != 0
         rules = json.loads(self.net.exec(self.net.a, "nft -j list chain inet why_test input").stdout)["nftables"]
-        self.facts["rule_packets"] = next(e["counter"]["packets"] for r in rules if "rule" in r for e in r["rule"]["expr"] if "counter" in e)
+        self.facts["rule_packets"] = next(
+            e["counter"]["packets"] for r in rules if "rule" in r for e in r["rule"]["expr"] if "counter" in e
+        )
 
 
 class FirewallReject(FirewallDrop):
@@ -338,7 +344,8 @@ class Natted(Scenario):
         n.exec(n.b, f"ip route add {self.remote}/32 dev {n.dev_b}")
         n.exec(n.b, "nft add table ip why_nat")
         n.exec(n.b, "nft 'add chain ip why_nat out { type nat hook output priority -100; }'")
-        n.exec(n.b, f"nft 'add rule ip why_nat out ip daddr {self.remote} tcp dport {self.port} dnat to {n.addr_a}:{self.port + 1}'")
+        n.exec(n.b, f"nft 'add rule ip why_nat out ip daddr {self.remote} tcp dport {self.port} "
+                    f"dnat to {n.addr_a}:{self.port + 1}'")
         self.server_side()
 
     def server_side(self) -> None:
@@ -357,7 +364,8 @@ class Timeout(Natted):
 
     def server_side(self) -> None:
         n = self.net
-        n.exec(n.a, f"nft 'add table ip t; add chain ip t in {{ type filter hook input priority 0; }}; add rule ip t in tcp dport {self.port + 1} drop'")
+        n.exec(n.a, "nft 'add table ip t; add chain ip t in { type filter hook input priority 0; }; "
+                    f"add rule ip t in tcp dport {self.port + 1} drop'")
 
 
 class Unreachable(Natted):
@@ -377,7 +385,7 @@ class OutputDrop(Scenario):
     def setup(self) -> None:
         n = self.net
         self.server(accept=True)
-        n.exec(n.b, f"nft 'add table inet why_out; add chain inet why_out out {{ type filter hook output priority 0; }}; "
+        n.exec(n.b, "nft 'add table inet why_out; add chain inet why_out out { type filter hook output priority 0; }; "
                     f"add rule inet why_out out tcp dport {self.port} drop'")
 
     def traffic(self) -> None:
@@ -471,7 +479,11 @@ def verdicts_on(trace: Trace, port: int) -> list[dict[str, Any]]:
     return [r for r in trace.records if r.get("type") == "verdict" and r["port"] == port]
 
 
-def only_verdict(world: Any, cls: type[Scenario], allowed_extra: tuple[str, ...] = ()) -> tuple[Scenario, dict[str, Any]]:
+ScenarioT = TypeVar("ScenarioT", bound=Scenario)
+
+
+def only_verdict(world: Any, cls: type[ScenarioT],
+                 allowed_extra: tuple[str, ...] = ()) -> tuple[ScenarioT, dict[str, Any]]:
     scenarios, trace = world
     s = scenarios[cls]
     if s.error is not None:
@@ -501,7 +513,8 @@ pytestmark = pytest.mark.integration
 
 def test_ok_has_the_connect_latency_and_no_failure(world: Any) -> None:
     s, rec = only_verdict(world, Ok)
-    assert (rec["netns"], rec["address"], rec["port"], rec["attempts"], rec["clients"]) == (s.net.a, s.net.addr_a, s.port, 1, [s.net.addr_b])
+    assert (rec["netns"], rec["address"], rec["port"], rec["attempts"], rec["clients"]) == \
+        (s.net.a, s.net.addr_a, s.port, 1, [s.net.addr_b])
     assert 0 < rec["latency_ms"]["median"] < 1000
     client(s, rec)
     assert rec["syns"] == 1 + s.delta(s.net.b, "TcpExtTCPSynRetrans") == 1
@@ -520,7 +533,8 @@ def test_listener_on_other_address(world: Any) -> None:
     s, rec = only_verdict(world, OtherAddress)
     assert (rec["netns"], rec["address"], rec["port"]) == (s.net.a, s.net.addr_a, s.port)
     (lst,) = rec["listeners"]
-    assert (lst["netns"], lst["address"], lst["port"], lst["pid"], lst["comm"]) == (s.net.a, "127.0.0.1", s.port, s.facts["server_pid"], "python3")
+    assert (lst["netns"], lst["address"], lst["port"], lst["pid"], lst["comm"]) == \
+        (s.net.a, "127.0.0.1", s.port, s.facts["server_pid"], "python3")
     assert "127.0.0.1" in rec["why"]
     client(s, rec)
 
@@ -529,7 +543,8 @@ def test_listener_in_other_namespace(world: Any) -> None:
     s, rec = only_verdict(world, OtherNamespace)
     assert (rec["netns"], rec["address"], rec["port"]) == (s.net.a, s.net.addr_a, s.port)
     (lst,) = rec["listeners"]
-    assert (lst["netns"], lst["address"], lst["pid"], lst["comm"]) == (s.net.b, "0.0.0.0", s.facts["server_pid"], "python3")
+    assert (lst["netns"], lst["address"], lst["pid"], lst["comm"]) == \
+        (s.net.b, "0.0.0.0", s.facts["server_pid"], "python3")
     client(s, rec)
 
 
@@ -537,7 +552,8 @@ def test_firewall_drop_names_the_rule(world: Any) -> None:
     s, rec = only_verdict(world, FirewallDrop)
     assert (rec["netns"], rec["address"], rec["port"]) == (s.net.a, s.net.addr_a, s.port)
     rule = rec["rule"]
-    assert (rule["family"], rule["table"], rule["chain"], rule["handle"], rule["verdict"]) == ("inet", "why_test", "input", s.facts["handle"], "drop")
+    assert (rule["family"], rule["table"], rule["chain"], rule["handle"], rule["verdict"]) == \
+        ("inet", "why_test", "input", s.facts["handle"], "drop")
     assert rule["packets"] == s.facts["rule_packets"] == rec["syns"]  # nft's own counter
     assert rec["syns"] == 1 + s.delta(s.net.b, "TcpExtTCPSynRetrans") == 2
     assert any("tcpdump" in e for e in rec["evidence"])
@@ -547,7 +563,8 @@ def test_firewall_drop_names_the_rule(world: Any) -> None:
 
 def test_firewall_reject(world: Any) -> None:
     s, rec = only_verdict(world, FirewallReject)
-    assert (rec["netns"], rec["port"], rec["rule"]["handle"], rec["rule"]["verdict"]) == (s.net.a, s.port, s.facts["handle"], "reject")
+    assert (rec["netns"], rec["port"], rec["rule"]["handle"], rec["rule"]["verdict"]) == \
+        (s.net.a, s.port, s.facts["handle"], "reject")
     assert rec["icmp"] == {"type": 3, "code": 3}  # nft's reject: port unreachable
     assert rec["client"]["icmp_error"] is True
     client(s, rec)
@@ -659,7 +676,9 @@ def test_healthy_host_says_so_in_one_line_and_exits_0() -> None:
     assert lines[2].split()[:4] == [s.net.a, f"{s.net.addr_a}:{s.port}", "0/5", "python3"]
     assert lines[2].endswith(f"(pid {s.facts['server_pid']})")
     ok = [line for line in lines if line.startswith("OK:")]
-    assert len(ok) == 1 and ok[0].startswith(f"OK: 2 connection attempts to port {s.port}, all connected (median connect ")
+    assert len(ok) == 1 and ok[0].startswith(
+        f"OK: 2 connection attempts to port {s.port}, all connected (median connect "
+    )
     assert not any(name in trace.stdout for name in V.FAILED)
 
 
@@ -705,7 +724,8 @@ def test_ipv6_attempts_get_the_same_verdicts() -> None:
         assert s.error is None
         (rec,) = verdicts_on(trace, s.port)
         client = getattr(s, "source", s.net.addr6_b)
-        assert (rec["verdict"], rec["netns"], rec["address"], rec["clients"]) == (cls.verdict, s.net.a, s.net.addr6_a, [client])
+        assert (rec["verdict"], rec["netns"], rec["address"], rec["clients"]) == \
+            (cls.verdict, s.net.a, s.net.addr6_a, [client])
         assert rec["client"]["pid"] in s.facts["curl_pids"]
     nr = scenarios[NoRouteBack6]
     (rec,) = verdicts_on(trace, nr.port)

@@ -10,9 +10,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "overview": ("netsnoop.commands.overview", "One screen of what needs attention, in every network namespace."),
     "states": ("netsnoop.commands.states", "Trace TCP state changes, with time spent in each state (tcpstates)."),
     "life": ("netsnoop.commands.life", "Trace TCP sessions as they close: owner, bytes, duration (tcplife)."),
-    "connect": ("netsnoop.commands.connect", "Trace active TCP connects, and how they end with --outcome (tcpconnect)."),
+    "connect": ("netsnoop.commands.connect",
+                "Trace active TCP connects, and how they end with --outcome (tcpconnect)."),
     "accept": ("netsnoop.commands.accept", "Trace TCP connections returned by accept() (tcpaccept)."),
-    "tracer": ("netsnoop.commands.tracer", "Trace TCP connect, accept and close of established connections (tcptracer)."),
+    "tracer": ("netsnoop.commands.tracer",
+               "Trace TCP connect, accept and close of established connections (tcptracer)."),
     "connlat": ("netsnoop.commands.connlat", "Trace TCP connect latency (tcpconnlat)."),
     "top": ("netsnoop.commands.top", "Summarise TCP send/receive throughput by connection (tcptop)."),
     "retrans": ("netsnoop.commands.retrans", "Trace TCP retransmits and tail loss probes (tcpretrans)."),
@@ -25,7 +27,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "why": ("netsnoop.commands.why", "Say why TCP connections to a port fail, with the evidence (every namespace)."),
     "netqtop": ("netsnoop.commands.netqtop", "Per-queue packet counts and sizes of a network interface (netqtop)."),
     "softirqs": ("netsnoop.commands.softirqs", "Time spent in soft IRQs by type (softirqs)."),
-    "export": ("netsnoop.commands.export", "Serve TCP health as Prometheus metrics (connects, drops, retransmits, ...)."),
+    "export": ("netsnoop.commands.export",
+               "Serve TCP health as Prometheus metrics (connects, drops, retransmits, ...)."),
     "completion": ("netsnoop.commands.completion", "Print the shell completion script for bash, zsh or fish."),
 }
 

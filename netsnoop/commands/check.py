@@ -6,13 +6,16 @@ import importlib
 import json
 import os
 from dataclasses import dataclass
+from functools import partial
+from types import ModuleType
+from typing import Callable
 
 import click
 
 from netsnoop import kernel, process
 from netsnoop.commands import COMMANDS
 from netsnoop.errors import NetsnoopError
-from netsnoop.runner import check_settings
+from netsnoop.runner import Tracer, check_settings
 
 BPF_MAP_TYPE_RINGBUF = 27
 PROBE_KINDS = ("tp_btf", "tracepoint", "fentry", "kprobe")
@@ -25,7 +28,7 @@ class Finding:
     detail: str
 
 
-def _try(fn) -> tuple[bool, str]:  # type: ignore[no-untyped-def]
+def _try(fn: Callable[[], str]) -> tuple[bool, str]:
     try:
         return True, fn() or "yes"
     except NetsnoopError as err:
@@ -63,9 +66,9 @@ def _tracefs() -> str:
     return f"mounted at {where}" if before else f"was not mounted; mounted at {where}"
 
 
-def _tracepoints(modules: list[object]) -> list[Finding]:
+def _tracepoints(modules: list[ModuleType]) -> list[Finding]:
     """Every tracepoint a subcommand hooks, looked up in kernel BTF and tracefs."""
-    from netsnoop.btf import TYPEDEF, BTF
+    from netsnoop.btf import BTF, TYPEDEF
     from netsnoop.loader import BPFObject
 
     targets: set[str] = set()
@@ -100,8 +103,10 @@ def _kernel_btf() -> str:
             "tp_btf, fentry and iterators are unavailable")
 
 
-def _hooks(chosen: dict[str, str | None]) -> str:
-    """``set_state=tp_btf, tlp=none``, or ``tracepoint (8 hooks)`` when all agree."""
+def _hooks(tracer: Tracer) -> str:
+    """The hooks ``tracer`` gets when loaded for real: ``set_state=tp_btf, tlp=none``, or
+    ``tracepoint (8 hooks)`` when all agree."""
+    chosen = tracer.probe()
     kinds = set(chosen.values())
     if len(chosen) > 2 and len(kinds) == 1 and None not in kinds:
         return f"via {kinds.pop()} ({len(chosen)} hooks)"
@@ -125,7 +130,7 @@ def findings() -> list[Finding]:
     found.append(Finding("ring buffer", *_try(_ringbuf)))
     for kind in PROBE_KINDS:
         _stop_if_asked()
-        found.append(Finding(kind, *_try(lambda kind=kind: _hook(kind))))
+        found.append(Finding(kind, *_try(partial(_hook, kind))))
     modules = [importlib.import_module(mod) for name, (mod, _h) in COMMANDS.items() if name != "check"]
     try:
         found.extend(_tracepoints(modules))
@@ -136,7 +141,7 @@ def findings() -> list[Finding]:
         if tracer is None:
             continue
         _stop_if_asked()
-        ok, detail = _try(lambda tracer=tracer: _hooks(tracer.probe()))
+        ok, detail = _try(partial(_hooks, tracer))
         found.append(Finding(f"netsnoop {name}", ok, detail))
     return found
 
@@ -207,6 +212,8 @@ def _table(results: list[Finding], last: Finding) -> None:
     table.add_column("detail", overflow="fold")
     for f in results:
         item = f.item.replace("tracepoint ", "tp ") if f.item.startswith("tracepoint ") else f.item
-        table.add_row(Text(item), Text("yes", style="green") if f.ok else Text("no", style="red"), Text(_short(f.detail)))
+        table.add_row(
+            Text(item), Text("yes", style="green") if f.ok else Text("no", style="red"), Text(_short(f.detail))
+        )
     console.print(table)
     console.print(Text(last.detail, style="bold"), soft_wrap=False)

@@ -72,7 +72,8 @@ class ReasonList(click.ParamType):
         by_name = {n: v for v, n in drop_reasons().items()}
         if not by_name:
             self.fail("this kernel's BTF has no enum skb_drop_reason: it reports no drop reasons", param, ctx)
-        only, excluded = [], []
+        only: list[int] = []
+        excluded: list[int] = []
         for part in str(value).split(","):
             text = part.strip()
             negate = self.negated or text.startswith("!")

@@ -67,7 +67,9 @@ def row(e: Any) -> tuple[Any, ...]:
 @o.output_options(csv=False, wide=False, time=False, timestamp=False)
 @o.pid_option()
 @click.option("-t", "--tid", type=o.PID, default=None, help="only trace this thread ID")
-@click.option("-n", "--name", callback=comm_filter, default=None, metavar="NAME", help="only trace process names containing NAME")
+@click.option(
+    "-n", "--name", callback=comm_filter, default=None, metavar="NAME", help="only trace process names containing NAME"
+)
 @o.duration_option
 def command(out: OutputOptions, pid: int | None, tid: int | None, name: bytes | None, duration: float | None) -> None:
     """Trace file descriptors passed over Unix sockets (SCM_RIGHTS).

@@ -15,7 +15,7 @@ import os
 import struct
 import sys
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -160,7 +160,7 @@ def build_report(before: Snapshot, after: Snapshot, evidence: Evidence,
     for ino, ns in spaces.items():
         a, b = after.counters.get(ino, {}), before.counters.get(ino, {})
 
-        def d(name: str) -> int:
+        def d(name: str, a: dict[str, int] = a, b: dict[str, int] = b) -> int:
             return a.get(name, 0) - b.get(name, 0)
 
         states = Counter(tcp_state(s.state) for s in after.sockets.get(ino, []))
@@ -179,10 +179,10 @@ def build_report(before: Snapshot, after: Snapshot, evidence: Evidence,
     for ino, ns in spaces.items():
         old_socks = {(s.laddr, s.lport, s.raddr, s.rport): s for s in before.sockets.get(ino, [])}
         for s in after.sockets.get(ino, []):
-            p = old_socks.get((s.laddr, s.lport, s.raddr, s.rport))
-            if p is None or s.bytes_acked is None or p.bytes_acked is None:
+            prev = old_socks.get((s.laddr, s.lport, s.raddr, s.rport))
+            if prev is None or s.bytes_acked is None or prev.bytes_acked is None:
                 continue
-            sent, received = s.bytes_acked - p.bytes_acked, (s.bytes_received or 0) - (p.bytes_received or 0)
+            sent, received = s.bytes_acked - prev.bytes_acked, (s.bytes_received or 0) - (prev.bytes_received or 0)
             if sent or received:
                 samples = evidence.rtt.get(s.raddr)
                 flows.append({"netns": ns.label, "netns_inode": ino, "local": _endpoint(s.laddr, s.lport),
@@ -204,7 +204,9 @@ def build_report(before: Snapshot, after: Snapshot, evidence: Evidence,
 
     close_wait = []
     for ino, ns in spaces.items():
-        earlier = {(s.laddr, s.lport, s.raddr, s.rport) for s in before.sockets.get(ino, []) if s.state == TCP_CLOSE_WAIT}
+        earlier = {
+            (s.laddr, s.lport, s.raddr, s.rport) for s in before.sockets.get(ino, []) if s.state == TCP_CLOSE_WAIT
+        }
         for s in after.sockets.get(ino, []):
             if s.state == TCP_CLOSE_WAIT and (s.laddr, s.lport, s.raddr, s.rport) in earlier:
                 close_wait.append({"netns": ns.label, "netns_inode": ino, "local": _endpoint(s.laddr, s.lport),
@@ -225,10 +227,11 @@ def build_report(before: Snapshot, after: Snapshot, evidence: Evidence,
     for dst in sorted(destinations.values(), key=lambda x: (-sum(x["failures"].values()), -x["attempts"])):
         (pid, name), _n = dst["owners"].most_common(1)[0]
         connects.append({"netns": dst["netns"], "remote": dst["remote"], "attempts": dst["attempts"],
-                         "p50_ms": percentile(dst["latencies_ms"], 0.5), "p99_ms": percentile(dst["latencies_ms"], 0.99),
+                         "p50_ms": percentile(dst["latencies_ms"], 0.5),
+                         "p99_ms": percentile(dst["latencies_ms"], 0.99),
                          "failures": dict(dst["failures"]), "pid": pid, "comm": name})
 
-    softirq = {k: after.softirqs.get(k, 0) - before.softirqs.get(k, 0) for k in ("NET_RX", "NET_TX")}
+    softirq: dict[str, float] = {k: after.softirqs.get(k, 0) - before.softirqs.get(k, 0) for k in ("NET_RX", "NET_TX")}
     ticks = after.cpu_ticks[1] - before.cpu_ticks[1]
     softirq["cpu_share"] = (after.cpu_ticks[0] - before.cpu_ticks[0]) / ticks if ticks > 0 else 0.0
 
@@ -319,19 +322,20 @@ def gather(seconds: float, progress: Callable[[float], None]) -> tuple[Snapshot,
         before = take_snapshot()
         spaces = dict(before.spaces)
         connect_obj = next((obj for name, obj in objects if name == "connects"), None)
-        ring = connect_obj.ring_buffer() if connect_obj else None
-        decoder = connect_obj.decoder("event") if connect_obj else None
+        feed = (connect_obj.ring_buffer(), connect_obj.decoder("event")) if connect_obj else None
         ready("Sampling... Hit Ctrl-C to end early.")
         with StopFlag(seconds) as stop:
             while not stop:
                 progress(time.monotonic() - before.at)
-                if ring is not None:
+                if feed is not None:
+                    ring, decoder = feed
                     for e in ring.poll_events(stop.remaining_ms(100), decoder):
                         evidence.connects.append(_connect_record(e, spaces, conn))
                 else:
                     time.sleep(min(0.1, stop.remaining_ms(100) / 1000))
         after = take_snapshot()
-        if ring is not None:
+        if feed is not None:
+            ring, decoder = feed
             while events := ring.read_events(decoder):
                 evidence.connects.extend(_connect_record(e, spaces, conn) for e in events)
         for name, obj in objects:
@@ -353,7 +357,8 @@ def gather(seconds: float, progress: Callable[[float], None]) -> tuple[Snapshot,
 
 def _connect_record(e: Any, spaces: dict[int, netns.Netns], conn: Any) -> dict[str, Any]:
     where = spaces.get(e.netns)
-    return {"netns": where.label if where else f"netns:{e.netns}", "remote": _endpoint(addr(e.family, e.raddr), e.rport),
+    return {"netns": where.label if where else f"netns:{e.netns}",
+            "remote": _endpoint(addr(e.family, e.raddr), e.rport),
             "outcome": conn.outcome(e.state, e.err), "latency_ms": e.lat_ns / 1e6, "pid": e.pid, "comm": comm(e.comm)}
 
 
@@ -400,9 +405,11 @@ def render(report: dict[str, Any]) -> list[str]:
     if busy:
         lines += ["", "INTERFACES (every namespace)   rx pkt/s  rx Mb/s  tx pkt/s  tx Mb/s  dropped  errors"]
         for i in busy:
-            lines.append(f"  {_cut(i['netns'] + '/' + i['interface'], 28):28} {i['rx_packets'] / s:9.0f} "
-                         f"{i['rx_bytes'] * 8 / s / 1e6:8.2f} {i['tx_packets'] / s:9.0f} {i['tx_bytes'] * 8 / s / 1e6:8.2f} "
-                         f"{i['rx_dropped'] + i['tx_dropped']:8d} {i['rx_errors'] + i['tx_errors']:7d}")
+            lines.append(
+                f"  {_cut(i['netns'] + '/' + i['interface'], 28):28} {i['rx_packets'] / s:9.0f} "
+                f"{i['rx_bytes'] * 8 / s / 1e6:8.2f} {i['tx_packets'] / s:9.0f} {i['tx_bytes'] * 8 / s / 1e6:8.2f} "
+                f"{i['rx_dropped'] + i['tx_dropped']:8d} {i['rx_errors'] + i['tx_errors']:7d}"
+            )
     active = [t for t in report["tcp"] if t["active_opens"] or t["passive_opens"] or t["segments_sent"]
               or t["failed_connects"] or t["resets_sent"] or t["resets_received"]]
     if active:
@@ -428,7 +435,9 @@ def render(report: dict[str, Any]) -> list[str]:
             failed = ", ".join(f"{n} {k}" for k, n in c["failures"].items()) or "-"
             p50 = "-" if c["p50_ms"] is None else f"{c['p50_ms']:.2f}"
             p99 = "-" if c["p99_ms"] is None else f"{c['p99_ms']:.2f}"
-            lines.append(f"  {_cut(c['netns'] + ' ' + c['remote'], 29):29} {c['attempts']:8d} {p50:>7} {p99:>7}  {failed}")
+            lines.append(
+                f"  {_cut(c['netns'] + ' ' + c['remote'], 29):29} {c['attempts']:8d} {p50:>7} {p99:>7}  {failed}"
+            )
     if report["drops"]:
         lines += ["", "TCP DROPS BY REASON (every namespace)"]
         for reason, n in report["drops"].items():

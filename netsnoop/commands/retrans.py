@@ -86,7 +86,8 @@ def command(out: OutputOptions, count: bool, lossprobe: bool, sequence: bool, po
       netsnoop sees every namespace: a SYN-ACK retransmit counts in the listener's.
     SYN and SYN-ACK retransmits are in both (also in TcpExtTCPSynRetrans).
     """
-    rodata = {**o.port_filters(ports=ports), "filter_family": family, "count_only": count, "with_tlp": lossprobe, "with_owner": not count}
+    rodata = {**o.port_filters(ports=ports), "filter_family": family, "count_only": count, "with_tlp": lossprobe,
+              "with_owner": not count}
     with TRACER.open(rodata) as obj:
         if lossprobe and not obj.chosen.get("tlp"):
             click.echo(NO_TLP, err=True)

@@ -73,7 +73,7 @@ class Seconds(o.FiniteFloatRange):
               metavar="SECONDS", help="stop after this many seconds")
 @click.option("-c", "--cpu", type=click.IntRange(min=0, max=os.cpu_count() or 1 << 16, max_open=True),
               default=None, help="trace this CPU only")
-@o.interval_count_arguments(default_interval=None)  # type: ignore[arg-type]
+@o.interval_count_arguments(default_interval=None)
 def command(out: OutputOptions, nanoseconds: bool, events: bool, dist: bool, duration: float | None,
             cpu: int | None, interval: float | None, count: int | None) -> None:
     """Summarize the time spent in each soft IRQ type (net_rx, net_tx, timer, ...).

@@ -95,7 +95,7 @@ class Overflows:
                 dropped.setdefault(key[0], []).append((now.listeners[key], delta))
         owners = netns.socket_owners({lst.inode for found in dropped.values() for lst, _ in found})
         names = {ns.inode: ns for ns in netns.namespaces()}
-        rows = []
+        rows: list[tuple[Any, ...]] = []
         for ino in sorted(set(dropped) | {i for i, n in overflows.items() if n > 0}):
             label = names[ino].label if ino in names else f"netns:{ino}"
             found = dropped.get(ino, [])

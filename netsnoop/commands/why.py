@@ -29,9 +29,9 @@ from netsnoop.runner import POLL_MS, StopFlag, Tracer, ready, silence_stdout, wa
 TRACER = Tracer("why", optional=frozenset({"fib", "fib6", "icmp", "synack", "error"}))
 REFRESH_S = 0.5  # how often the state around the flows is read again
 GRACE_S = 1.0  # how long an attempt may stay unexplained before it gets a verdict
-RELEVANT_COUNTERS = ("TcpExtListenOverflows", "TcpExtListenDrops", "IpOutNoRoutes", "Ip6OutNoRoutes", "TcpExtSyncookiesSent",
-                     "TcpExtTCPReqQFullDrop", "TcpExtTCPReqQFullDoCookies", "TcpExtIPReversePathFilter",
-                     "TcpAttemptFails", "TcpExtTCPSynRetrans")
+RELEVANT_COUNTERS = ("TcpExtListenOverflows", "TcpExtListenDrops", "IpOutNoRoutes", "Ip6OutNoRoutes",
+                     "TcpExtSyncookiesSent", "TcpExtTCPReqQFullDrop", "TcpExtTCPReqQFullDoCookies",
+                     "TcpExtIPReversePathFilter", "TcpAttemptFails", "TcpExtTCPSynRetrans")
 
 
 class Target(click.ParamType):
@@ -39,7 +39,9 @@ class Target(click.ParamType):
 
     name = "ADDR[:PORT]"
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[str | None, int | None]:
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[str | None, int | None]:
         if isinstance(value, tuple):
             return value
         text, port = str(value).strip(), None
@@ -62,8 +64,8 @@ class Target(click.ParamType):
             ip = ipaddress.ip_address(host)
         except ValueError:
             self.fail(f"{host!r} is not an IP address", param, ctx)
-        if ip.version == 6 and ip.ipv4_mapped:  # type: ignore[union-attr]
-            ip = ip.ipv4_mapped  # type: ignore[union-attr]
+        if ip.version == 6 and ip.ipv4_mapped:
+            ip = ip.ipv4_mapped
         return str(ip), port
 
 
@@ -218,14 +220,15 @@ class Watch:
                     firewalled.add(d.netns)
                 if name == "IP_RPFILTER":
                     self._rp_filter(fl, d)
-            if fl.fib_errors or fl.synack_retrans or any(f.reason_names.get(int(d.reason)) == "IP_RPFILTER" for d in fl.drops):
+            rp_filtered = any(f.reason_names.get(int(d.reason)) == "IP_RPFILTER" for d in fl.drops)
+            if fl.fib_errors or fl.synack_retrans or rp_filtered:
                 self._route(fl)
             where = (fl.syn_netns, fl.syn_ifindex)
             if fl.syns_in and where not in f.ifnames and where not in self.no_ifname:
                 ns = self.ns(fl.syn_netns)
-                name = N.ifname(ns, fl.syn_ifindex) if ns else None
-                if name:
-                    f.ifnames[where] = name
+                ifname = N.ifname(ns, fl.syn_ifindex) if ns else None
+                if ifname:
+                    f.ifnames[where] = ifname
                 else:
                     self.no_ifname.add(where)  # gone meanwhile: not asked again
         # rules are read where a firewall dropped something, and again at the end for
@@ -253,10 +256,10 @@ class Watch:
             except OSError:
                 continue
             for fl in group:
-                c = conns.get(fl.key)
-                if c is not None and c.inode:
+                sock = conns.get(fl.key)
+                if sock is not None and sock.inode:
                     self.facts.accepted.add(fl.key)
-                elif c is not None:
+                elif sock is not None:
                     self.facts.unaccepted[fl.key] = (now_ns - fl.server_established_ns) / 1e9
                 elif fl.key not in self.facts.unaccepted:
                     self.facts.accepted.add(fl.key)  # gone before we looked: accepted and closed
