@@ -133,8 +133,12 @@ def test_ipv6() -> None:
 
 @integration
 def test_pid_and_family_filters() -> None:
-    with server() as (p4, port4), server("::1") as (p6, port6), \
-            Trace(["accept", "--json", "-p", str(p6.pid)]) as by_pid, Trace(["accept", "--json", "-4", "-P", f"{port4},{port6}"]) as by_family:
+    with (
+        server() as (p4, port4),
+        server("::1") as (p6, port6),
+        Trace(["accept", "--json", "-p", str(p6.pid)]) as by_pid,
+        Trace(["accept", "--json", "-4", "-P", f"{port4},{port6}"]) as by_family,
+    ):
         clients = [connect("127.0.0.1", port4), connect("::1", port6)]
         wait_done(p4)
         wait_done(p6)

@@ -10,7 +10,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections import namedtuple
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -69,16 +69,30 @@ def test_outcome_names() -> None:
 
 def test_rows_follow_the_columns() -> None:
     fields = "ts_ns lat_ns pid uid netns err family lport rport kind state laddr raddr comm"
-    event = namedtuple("event", fields)(
-        1, 2_500_000, 42, 1000, 4026531840, 111, socket.AF_INET6, 40000, 80, 1, 7,
-        socket.inet_pton(socket.AF_INET6, "::1"), socket.inet_pton(socket.AF_INET6, "fd00::2"), b"curl\0\0",
-    )
-    cols = [Column(h) for h in ("T", "TYPE", "UID", "PID", "COMM", "IP", "SADDR", "LPORT", "DADDR", "DPORT", "RESULT", "LAT(ms)")]
+    values = (1, 2_500_000, 42, 1000, 4026531840, 111, socket.AF_INET6, 40000, 80, 1, 7,
+              socket.inet_pton(socket.AF_INET6, "::1"), socket.inet_pton(socket.AF_INET6, "fd00::2"), b"curl\0\0")
+    event = SimpleNamespace(**dict(zip(fields.split(), values)))
+    cols = [
+        Column(h)
+        for h in ("T", "TYPE", "UID", "PID", "COMM", "IP", "SADDR", "LPORT", "DADDR", "DPORT", "RESULT", "LAT(ms)")
+    ]
     assert row_of(cols)(event) == ("C", "connect", 1000, 42, "curl", 6, "::1", 40000, "fd00::2", 80, "REFUSED", 2.5)
 
 
-@pytest.mark.parametrize("args", [["-c", "--outcome"], ["-u", "-1"], ["-P", "0"], ["-p", "x"], ["--cgroup", "/nonexistent"],
-                                  ["-d", "inf"], ["-d", "nan"], ["-d", "0"], ["-d", "x"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["-c", "--outcome"],
+        ["-u", "-1"],
+        ["-P", "0"],
+        ["-p", "x"],
+        ["--cgroup", "/nonexistent"],
+        ["-d", "inf"],
+        ["-d", "nan"],
+        ["-d", "0"],
+        ["-d", "x"],
+    ],
+)
 def test_bad_options_are_usage_errors(args: list[str]) -> None:
     result = CliRunner().invoke(cli, ["connect", *args])
     assert result.exit_code == 2, result.output

@@ -59,7 +59,14 @@ def test_min_ms_drops_fast_connects_and_keeps_slow_ones() -> None:
         ns.exec(ns.b, "nft add table inet t")
         ns.exec(ns.b, "nft add chain inet t in '{ type filter hook input priority 0; }'")
         ns.exec(ns.b, f"nft add rule inet t in tcp dport {slow_port} tcp flags syn numgen inc mod 2 0 drop")
-        server = ns.popen(ns.b, [sys.executable, "-c", f"import socket; s = socket.create_server(('', {slow_port})); print(flush=True); s.accept()"])
+        server = ns.popen(
+            ns.b,
+            [
+                sys.executable,
+                "-c",
+                f"import socket; s = socket.create_server(('', {slow_port})); print(flush=True); s.accept()",
+            ],
+        )
         assert server.stdout is not None and server.stdout.readline() == "\n"
         with Trace(["connlat", "--json", "300"]) as slow_only, Trace(["connlat", "--json"]) as every:
             fetch("127.0.0.1", srv.port)
@@ -121,18 +128,31 @@ def test_connect_outcome_and_connlat_share_one_definition_of_an_attempt() -> Non
         ns.exec(ns.b, "nft add table inet t")
         ns.exec(ns.b, "nft add chain inet t in '{ type filter hook input priority 0; }'")
         ns.exec(ns.b, f"nft add rule inet t in tcp dport {silent} tcp flags syn drop")
-        server = ns.popen(ns.b, [sys.executable, "-c", f"import socket; s = socket.create_server(('', {established})); print(flush=True); s.accept()"])
+        server = ns.popen(
+            ns.b,
+            [
+                sys.executable,
+                "-c",
+                f"import socket; s = socket.create_server(('', {established})); print(flush=True); s.accept()",
+            ],
+        )
         assert server.stdout is not None and server.stdout.readline() == "\n"
         ports = f"{established},{refused},{silent}"
         with Trace(["connect", "--json", "--outcome", "-P", ports]) as outcome, Trace(["connlat", "--json"]) as lat:
-            client = ns.popen(ns.a, [sys.executable, "-c", TIMED_CLIENT, ns.addr_b, str(established), str(refused), str(silent)])
+            client = ns.popen(
+                ns.a, [sys.executable, "-c", TIMED_CLIENT, ns.addr_b, str(established), str(refused), str(silent)]
+            )
             out, err = client.communicate(timeout=20)
             server.wait(timeout=10)
     wall = {int(p): (int(e), float(ms)) for p, e, ms in (line.split() for line in out.splitlines())}
     assert {p: e for p, (e, _ms) in wall.items()} == {established: 0, refused: 111, silent: 110}, err
     attempts = {r["dport"]: r for r in outcome.records if r["daddr"] == ns.addr_b}
     answered = {r["dport"]: r for r in lat.records if r["daddr"] == ns.addr_b}
-    assert {p: r["result"] for p, r in attempts.items()} == {established: "ESTABLISHED", refused: "REFUSED", silent: "TIMEOUT"}
+    assert {p: r["result"] for p, r in attempts.items()} == {
+        established: "ESTABLISHED",
+        refused: "REFUSED",
+        silent: "TIMEOUT",
+    }
     assert {p: r["result"] for p, r in answered.items()} == {established: "ESTABLISHED", refused: "REFUSED"}
     for port, r in answered.items():
         assert r["pid"] == attempts[port]["pid"] == client.pid

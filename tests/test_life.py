@@ -62,7 +62,9 @@ def download(host: str, port: int) -> subprocess.CompletedProcess[str]:
 
 def test_http_download_rows_name_server_and_client() -> None:
     with http_server() as (server, port), Trace(["life", "--json", "-P", str(port)]) as t:
-        client = subprocess.Popen([sys.executable, "-c", CLIENT, "127.0.0.1", str(port)], stdout=subprocess.PIPE, text=True)
+        client = subprocess.Popen(
+            [sys.executable, "-c", CLIENT, "127.0.0.1", str(port)], stdout=subprocess.PIPE, text=True
+        )
         out, _ = client.communicate(timeout=30)
     sent, received = map(int, out.split())  # what the client itself counted
     assert received > SIZE
@@ -112,8 +114,20 @@ def test_bytes_are_payload_bytes_exactly_at_both_ends() -> None:
         port = listener.getsockname()[1]
         ends = {}
         for how, (send, reply) in cases.items():
-            client = subprocess.Popen([sys.executable, "-c", SIZED_CLIENT, "127.0.0.1", str(port), str(send), str(reply),
-                                       "rst" if how == "rst" else "fin"], stdout=subprocess.PIPE, text=True)
+            client = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    SIZED_CLIENT,
+                    "127.0.0.1",
+                    str(port),
+                    str(send),
+                    str(reply),
+                    "rst" if how == "rst" else "fin",
+                ],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
             conn, _ = listener.accept()
             got = 0
             while got < send:
@@ -147,7 +161,10 @@ def test_same_port_for_local_and_remote_says_how_to_match_either_end() -> None:
     hint = [line for line in both.stderr.splitlines() if "-L and -D must both match" in line]
     assert len(hint) == 1 and f"-P {p} matches" in hint[0], both.stderr
     assert both.records == []
-    assert sorted((r["lport"] == srv.port, r["rport"] == srv.port) for r in either.records) == [(False, True), (True, False)]
+    assert sorted((r["lport"] == srv.port, r["rport"] == srv.port) for r in either.records) == [
+        (False, True),
+        (True, False),
+    ]
     assert "-L and -D" not in either.stderr
 
 
@@ -170,7 +187,10 @@ def test_pid_filter_uses_the_socket_owner() -> None:
 
 
 def test_ipv6_and_text_layout() -> None:
-    with PayloadServer(host="::1", size=100_000, request_bytes=5000) as srv, Trace(["life", "-w", "-P", str(srv.port)]) as t:
+    with (
+        PayloadServer(host="::1", size=100_000, request_bytes=5000) as srv,
+        Trace(["life", "-w", "-P", str(srv.port)]) as t,
+    ):
         lport, got = fetch("::1", srv.port, send=5000)
     assert got == 100_000
     header, *rows = t.lines

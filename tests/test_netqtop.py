@@ -103,7 +103,22 @@ def test_text_tables_with_throughput(pair: NetnsPair) -> None:
     with Trace(["netqtop", "-n", pair.dev_a, "-i", "0.5", "-t"]) as t:
         echo_traffic(pair)
     lines = t.lines
-    header = ["QueueID", "avg_size", "[0,", "64)", "[64,", "512)", "[512,", "2K)", "[2K,", "16K)", "[16K,", "64K)", "BPS", "PPS"]
+    header = [
+        "QueueID",
+        "avg_size",
+        "[0,",
+        "64)",
+        "[64,",
+        "512)",
+        "[512,",
+        "2K)",
+        "[2K,",
+        "16K)",
+        "[16K,",
+        "64K)",
+        "BPS",
+        "PPS",
+    ]
     assert lines.count("TX") == lines.count("RX") >= 1
     assert all(lines[i + 1].split() == header for i, line in enumerate(lines) if line in ("TX", "RX"))
     totals_512 = [int(line.split()[4]) for line in lines if line.split()[:1] == ["Total"]]

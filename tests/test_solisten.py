@@ -27,7 +27,9 @@ def mine(records: list[dict], port: int) -> list[dict]:
 
 
 @integration
-@pytest.mark.parametrize("family,host,proto", [(socket.AF_INET, "127.0.0.1", "TCPv4"), (socket.AF_INET6, "::1", "TCPv6")])
+@pytest.mark.parametrize(
+    "family,host,proto", [(socket.AF_INET, "127.0.0.1", "TCPv4"), (socket.AF_INET6, "::1", "TCPv6")]
+)
 def test_listen_row_with_backlog_port_and_address(family: int, host: str, proto: str) -> None:
     with socket.socket(family) as s, Trace(["solisten", "--json", "-p", str(os.getpid())]) as t:
         s.bind((host, 0))
@@ -55,7 +57,9 @@ def test_unbound_listen_reports_its_port_and_relisten_its_new_backlog() -> None:
     assert [(r["port"], r["backlog"], r["addr"]) for r in t.records] == [(port, 5, "0.0.0.0"), (port, 9, "0.0.0.0")]
 
 
-LISTENER = "import socket; s = socket.socket(); s.bind(('0.0.0.0', 0)); s.listen(11); print(s.getsockname()[1], flush=True)"
+LISTENER = (
+    "import socket; s = socket.socket(); s.bind(('0.0.0.0', 0)); s.listen(11); print(s.getsockname()[1], flush=True)"
+)
 
 
 @integration

@@ -9,7 +9,7 @@ import socket
 import subprocess
 import time
 import uuid
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 from helpers import PayloadServer, Trace, fetch, free_port, refused_connect
@@ -68,7 +68,7 @@ def test_full_session_both_ends_and_ms_in_state() -> None:
             assert client.recv(1) == b""  # the server's FIN has been taken in
             f1 = time.monotonic()
             client.close()
-    rows = {}
+    rows: dict[Any, Any] = {}
     for r in t.records:
         end = "client" if r["lport"] == lport or (r["lport"] == 0 and r["rport"] == port) else "server"
         rows.setdefault(end, []).append((r["oldstate"], r["newstate"], r["ms"]))
@@ -105,8 +105,22 @@ def test_ipv6_loopback_text_output() -> None:
     with PayloadServer(host="::1", size=10) as srv, Trace(["states", "-w", "-6", "-P", str(srv.port)]) as t:
         fetch("::1", srv.port)
     header, *rows = t.lines
-    assert header.split() == ["SKADDR", "C-PID", "C-COMM", "IP", "LADDR", "LPORT", "RADDR", "RPORT", "OLDSTATE", "->", "NEWSTATE", "MS",
-                              "NETNS", "CONTAINER"]
+    assert header.split() == [
+        "SKADDR",
+        "C-PID",
+        "C-COMM",
+        "IP",
+        "LADDR",
+        "LPORT",
+        "RADDR",
+        "RPORT",
+        "OLDSTATE",
+        "->",
+        "NEWSTATE",
+        "MS",
+        "NETNS",
+        "CONTAINER",
+    ]
     assert rows, t.stderr
     for line in rows:
         cols = line.split()

@@ -52,10 +52,14 @@ def test_bytes_by_subnet_and_first_match_wins() -> None:
     server_ip, client_ip = f"{NET}.1", f"{NET}.2"
     server = Sink(server_ip)
     try:
-        with Trace(["subnet", "--json", "-i", "0.2", f"{server_ip}/32,{NET}.0/24,0.0.0.0/0"]) as narrow_first, \
-             Trace(["subnet", "--json", "-i", "0.2", f"{NET}.0/24,{server_ip}/32"]) as wide_first, \
-             Trace(["subnet", "-f", "K", "-i", "5", f"{server_ip}/32,{client_ip}/32"]) as text, \
-             Trace(["subnet", "--json", "-i", "0.2", f"{server_ip}/32,{NET}.0/24"], env={"NETSNOOP_HOOKS": "tracepoint"}) as classic:
+        with (
+            Trace(["subnet", "--json", "-i", "0.2", f"{server_ip}/32,{NET}.0/24,0.0.0.0/0"]) as narrow_first,
+            Trace(["subnet", "--json", "-i", "0.2", f"{NET}.0/24,{server_ip}/32"]) as wide_first,
+            Trace(["subnet", "-f", "K", "-i", "5", f"{server_ip}/32,{client_ip}/32"]) as text,
+            Trace(
+                ["subnet", "--json", "-i", "0.2", f"{server_ip}/32,{NET}.0/24"], env={"NETSNOOP_HOOKS": "tracepoint"}
+            ) as classic,
+        ):
             send(server, client_ip, server_ip, 3 * MIB, MIB)
     finally:
         server.close()

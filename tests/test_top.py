@@ -79,7 +79,9 @@ def test_text_layout_with_ipv4_and_ipv6_tables() -> None:
     assert head4 == "PID    COMM         LADDR                 RADDR                  RX_KB  TX_KB"
     split = rest.index("")
     rows4, head6, rows6 = rest[:split], rest[split + 1], rest[split + 2:]
-    assert head6 == "PID    COMM         LADDR6                           RADDR6                            RX_KB  TX_KB"
+    assert (
+        head6 == "PID    COMM         LADDR6                           RADDR6                            RX_KB  TX_KB"
+    )
     cells = [r.split() for r in rows4]
     # busiest first: both ends of the 300000 B connection, then both ends of the other
     assert [c[2] for c in cells[:2]] in ([f"127.0.0.1:{big.port}", f"127.0.0.1:{big_lport}"],
@@ -151,7 +153,9 @@ class Busy:
     """HOSTILE running: .port (its server), .clients (its client ports)."""
 
     def __init__(self, name: str, conns: int = 1) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-c", HOSTILE, name, str(conns)], stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", HOSTILE, name, str(conns)], stdout=subprocess.PIPE, text=True
+        )
         assert self.proc.stdout is not None
         self.port, *self.clients = map(int, self.proc.stdout.readline().split())
 
@@ -327,12 +331,18 @@ def test_sort_keys_and_row_limit() -> None:
     are there in the same run without it. Bytes from what the test sent."""
     with TwoConnections() as conns:
         top = ["top", "10", "-P", conns.ports]
-        with Trace([*top, "--json"]) as by_all, Trace([*top, "--json", "-s", "sent"]) as by_sent, \
-             Trace([*top, "--json", "-s", "pid"]) as by_pid, Trace([*top, "--json", "-s", "sent", "-r", "2"]) as two, \
-             Trace([*top, "-C", "-S", "-s", "received"]) as text, Trace([*top, "-C", "-S", "-s", "rx", "-r", "3"]) as three:
+        with (
+            Trace([*top, "--json"]) as by_all,
+            Trace([*top, "--json", "-s", "sent"]) as by_sent,
+            Trace([*top, "--json", "-s", "pid"]) as by_pid,
+            Trace([*top, "--json", "-s", "sent", "-r", "2"]) as two,
+            Trace([*top, "-C", "-S", "-s", "received"]) as text,
+            Trace([*top, "-C", "-S", "-s", "rx", "-r", "3"]) as three,
+        ):
             conns.run()
     all_order = conns.named(one_interval(by_all))
-    assert all_order[:2] == ["B_srv", "B_cli"] and set(all_order[2:]) == {"A_srv", "A_cli"}  # 301,000; 300,001; 250,000 each
+    # 301,000; 300,001; 250,000 each
+    assert all_order[:2] == ["B_srv", "B_cli"] and set(all_order[2:]) == {"A_srv", "A_cli"}
     assert conns.named(one_interval(by_sent)) == ["B_cli", "A_srv", "A_cli", "B_srv"]
     assert conns.named(one_interval(two)) == ["B_cli", "A_srv"]  # -r 2: the first two of the line above
     pids = [r["pid"] for r in one_interval(by_pid)]
@@ -350,7 +360,8 @@ def test_sort_and_row_limit_in_the_live_view() -> None:
         run, _ = on_terminal(["top", "-s", "sent", "-r", "2", "2", "1", "-P", conns.ports], then=conns.run)
     frame = last_frame(run)
     assert conns.named_text(frame) == ["B_cli", "A_srv"], frame
-    rx, tx = (sum(e[i] for e in conns.expected.values()) // 1024 for i in (2, 3))
+    rx = sum(e[2] for e in conns.expected.values()) // 1024
+    tx = sum(e[3] for e in conns.expected.values()) // 1024
     assert frame[-1] == f"total: 4 connections (2 shown: -r 2), RX_KB {rx}, TX_KB {tx}"
 
     # scrolling text on a terminal says how many -r left out; to a pipe it prints bcc's rows only
@@ -386,7 +397,9 @@ def test_cgroup_filter() -> None:
             assert client.wait(timeout=30) == 0
     finally:
         os.rmdir(group)
-    assert [(r["pid"], r["rport"], r["tx_bytes"], r["rx_bytes"]) for r in t.records] == [(client.pid, srv.port, 300000, 1)]  # it reads 1 byte
+    assert [(r["pid"], r["rport"], r["tx_bytes"], r["rx_bytes"]) for r in t.records] == [
+        (client.pid, srv.port, 300000, 1)
+    ]  # it reads 1 byte
 
 
 def test_count_stops_after_that_many_intervals() -> None:
@@ -469,7 +482,9 @@ def test_an_open_connection_is_counted_in_the_interval_of_its_bytes() -> None:
             for n, burst in enumerate((100_000, 50_000, 7), 1):
                 client.sendall(b"b" * burst)
                 recv_exactly(server, burst)
-                wait_for_rows(t, lambda r: r.get("lport") == lport, n)  # its interval is over: the next burst is in another
+                wait_for_rows(
+                    t, lambda r: r.get("lport") == lport, n
+                )  # its interval is over: the next burst is in another
         client.close()
         server.close()
     sent = [r["tx_bytes"] for r in t.records if r["lport"] == lport]

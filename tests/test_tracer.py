@@ -136,8 +136,17 @@ def test_close_is_charged_to_the_process_that_closed() -> None:
         sock = socket.create_connection((lo, port))
         lport = sock.getsockname()[1]
         conn, _ = lsock.accept()
-        heir = subprocess.Popen([sys.executable, "-c", "import os, sys; sys.stdin.readline(); os.close(int(sys.argv[1]))",
-                                 str(sock.fileno())], stdin=subprocess.PIPE, text=True, pass_fds=[sock.fileno()])
+        heir = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import os, sys; sys.stdin.readline(); os.close(int(sys.argv[1]))",
+                str(sock.fileno()),
+            ],
+            stdin=subprocess.PIPE,
+            text=True,
+            pass_fds=[sock.fileno()],
+        )
         sock.close()  # not the last reference: nothing happens yet
         heir.communicate("close\n", timeout=10)
         drain_and_close(conn)
@@ -179,7 +188,8 @@ def test_pid_filter() -> None:
 
 @integration
 def test_netns_filter_and_column() -> None:
-    server = "import socket, sys; s = socket.create_server(('', 7070)); print(flush=True); c = s.accept()[0]; c.recv(1); c.close()"
+    server = ("import socket, sys; s = socket.create_server(('', 7070)); print(flush=True); "
+              "c = s.accept()[0]; c.recv(1); c.close()")
     with NetnsPair() as ns:
         inode = os.stat(f"/run/netns/{ns.a}").st_ino
         srv = ns.popen(ns.b, [sys.executable, "-c", server])
@@ -205,9 +215,22 @@ def test_text_layouts() -> None:
         drain_and_close(conn)
     assert short.lines[0].split() == ["T", "PID", "COMM", "IP", "SADDR", "DADDR", "SPORT", "DPORT"]
     assert short.lines[0].index("PID") == 3 and short.lines[0].index("COMM") == 10
-    assert [str(proc.pid), "4", lo, lo, str(lport), str(port)] in [[f[1], *f[-5:]] for f in map(str.split, short.lines[1:]) if f[0] == "C"]
-    assert long.lines[0].split() == ["TIME(s)", "TYPE", "PID", "COMM", "IP", "SADDR", "DADDR", "SPORT", "DPORT", "NETNS",
-                                       "CONTAINER"]
+    assert [str(proc.pid), "4", lo, lo, str(lport), str(port)] in [
+        [f[1], *f[-5:]] for f in map(str.split, short.lines[1:]) if f[0] == "C"
+    ]
+    assert long.lines[0].split() == [
+        "TIME(s)",
+        "TYPE",
+        "PID",
+        "COMM",
+        "IP",
+        "SADDR",
+        "DADDR",
+        "SPORT",
+        "DPORT",
+        "NETNS",
+        "CONTAINER",
+    ]
     mine = [f for f in map(str.split, long.lines[1:]) if str(port) in f]
     assert [f[1] for f in mine] == ["connect", "accept", "close", "close"] and {f[-2] for f in mine} == {"host"}
 

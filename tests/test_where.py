@@ -116,7 +116,7 @@ def test_a_namespace_name_removed_is_not_kept() -> None:
 
 def test_namespace_names_complete() -> None:
     with NetnsPair() as ns:
-        got = [c.value for c in where.NETNS.shell_complete(None, None, f"host,{ns.a[:5]}")]  # type: ignore[arg-type]
+        got = [c.value for c in where.NETNS.shell_complete(None, None, f"host,{ns.a[:5]}")]
     assert f"host,{ns.a}" in got and f"host,{ns.b}" not in got  # completes the last item, by prefix
 
 
@@ -256,14 +256,14 @@ class World:
     def run(self) -> None:
         """Both peers talk, and so does this process on loopback; returns when all is closed."""
         assert self.a.stdin and self.b.stdin and self.a.stdout and self.b.stdout
-        for proc in (self.a, self.b):
-            proc.stdin.write("go\n")
-            proc.stdin.flush()
+        for stdin in (self.a.stdin, self.b.stdin):
+            stdin.write("go\n")
+            stdin.flush()
         port_a, port_b = self.a.stdout.readline().strip(), self.b.stdout.readline().strip()
         self.a.stdin.write(f"{self.ns.addr_b} {port_b}\n")
         self.b.stdin.write(f"{self.ns.addr_a} {port_a}\n")
-        for proc in (self.a, self.b):
-            proc.stdin.close()
+        self.a.stdin.close()
+        self.b.stdin.close()
         with PayloadServer(size=100, request_bytes=10) as srv:
             fetch("127.0.0.1", srv.port, send=10)
         for proc in (self.a, self.b):
@@ -315,8 +315,12 @@ def test_who_and_where(tool: str, world: World) -> None:
     rows_a = [r for r in everything.records if pid_of(tool, r) == a]
     rows_b = [r for r in everything.records if pid_of(tool, r) == b]
     if tool != "states":  # states' C-PID is the task on the CPU: the socket may be another's
-        assert {(r["netns"], r["netns_inode"], r["container"]) for r in rows_a} == {(ns.a, world.inode_a, cg.docker_label)}
-        assert {(r["netns"], r["netns_inode"], r["container"]) for r in rows_b} == {(ns.b, world.inode_b, cg.kube_label)}
+        assert {(r["netns"], r["netns_inode"], r["container"]) for r in rows_a} == {
+            (ns.a, world.inode_a, cg.docker_label)
+        }
+        assert {(r["netns"], r["netns_inode"], r["container"]) for r in rows_b} == {
+            (ns.b, world.inode_b, cg.kube_label)
+        }
     else:
         assert {r["container"] for r in rows_a} == {cg.docker_label}
         assert {r["container"] for r in rows_b} == {cg.kube_label}

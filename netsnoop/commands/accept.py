@@ -13,7 +13,9 @@ from netsnoop.output import Column, OutputOptions
 from netsnoop.runner import Tracer
 
 # accept() is missing on some architectures (arm64 has only accept4).
-TRACER = Tracer("accept", optional=frozenset({"accept"}), costs={"accept": "connections returned by accept() are not shown"})
+TRACER = Tracer(
+    "accept", optional=frozenset({"accept"}), costs={"accept": "connections returned by accept() are not shown"}
+)
 
 
 def columns(wide: bool, json: bool = True) -> list[Column]:

@@ -143,7 +143,10 @@ def command(out: OutputOptions, pids: list[int] | None, ports: Any, uid: int | N
     if count and outcome:
         raise click.UsageError("-c/--count and --outcome cannot be combined")
     mode = COUNT if count else OUTCOME if outcome else LPORT if lport else ATTEMPT
-    rodata = {**conn.filters(pids=pids, family=family, cgroup=cgroup, uid=uid, netns=netns, rports=ports), "report_mode": mode}
+    rodata = {
+        **conn.filters(pids=pids, family=family, cgroup=cgroup, uid=uid, netns=netns, rports=ports),
+        "report_mode": mode,
+    }
     if count and dns_names:
         raise click.UsageError("-c/--count and --dns cannot be combined")
     with TRACER.open(rodata) as obj, (dns.Watcher() if dns_names else contextlib.nullcontext()) as names:

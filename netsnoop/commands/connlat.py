@@ -48,6 +48,9 @@ def command(out: OutputOptions, min_ms: float | None, pids: list[int] | None, lp
     NETNS is the connection's network namespace and CONTAINER the connecting process's
     container, pod or systemd unit (see -w; always in --json).
     """
-    rodata = {**conn.filters(pids=pids, family=family, cgroup=cgroup, netns=netns), "min_lat_ns": int(min_ms * 1e6) if min_ms else None}
+    rodata = {
+        **conn.filters(pids=pids, family=family, cgroup=cgroup, netns=netns),
+        "min_lat_ns": int(min_ms * 1e6) if min_ms else None,
+    }
     with TRACER.open(rodata) as obj:
         conn.show(obj, columns(lport, out.wide, out.json), out, duration, "Tracing... Hit Ctrl-C to end.")

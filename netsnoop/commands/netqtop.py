@@ -134,10 +134,14 @@ class Report:
         if not self.out.json:
             print(line, flush=True)
 
-    def _rows(self, delta: dict[tuple[int, int], list[int]], rx: int, elapsed: float, wall: float) -> list[tuple[Any, ...]]:
+    def _rows(
+        self, delta: dict[tuple[int, int], list[int]], rx: int, elapsed: float, wall: float
+    ) -> list[tuple[Any, ...]]:
         """One direction: every queue, busy or not, then (in text) bcc's Total line."""
         last = max([self.iface.queues[rx] - 1, *(q for (r, q) in delta if r == rx)])
-        per_queue = [(q, delta.get((rx, q)) or [0] * (2 + len(SIZE_KEYS))) for q in range(last + 1)]
+        per_queue: list[tuple[Any, list[int]]] = [
+            (q, delta.get((rx, q)) or [0] * (2 + len(SIZE_KEYS))) for q in range(last + 1)
+        ]
         if not self.out.json:
             per_queue.append(("Total", [sum(col) for col in zip(*(c for _q, c in per_queue))]))
         show, rows = self.show, []

@@ -245,7 +245,13 @@ def command(noclear: bool, nosummary: bool, pid: int | None, ports: Any, family:
     """
     rodata = {**o.port_filters(ports=ports), "filter_pid": pid, "filter_family": family, "filter_cgroup": cgroup}
     with TRACER.open(rodata) as obj:
-        view: Any = JsonLines() if json else Live(not nosummary, interval) if use_live(noclear, json) else TextView(not nosummary)
+        view: Any = (
+            JsonLines()
+            if json
+            else Live(not nosummary, interval)
+            if use_live(noclear, json)
+            else TextView(not nosummary)
+        )
         try:
             ready(f"Tracing... Output every {interval:g} secs. Hit Ctrl-C to end")
             shown = run(obj, view, interval, count, sort, rows)
