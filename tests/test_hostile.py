@@ -185,7 +185,8 @@ def test_text_rows_are_escaped_one_per_line(traced: dict[str, Any], mode: str) -
     data = b"\n".join(rows)
     assert not ACTIVE.search(data) and b"\x1b" not in data, data
     fields = [line.decode("utf-8").split() for line in rows[:-1]]
-    assert all(len(f) == 10 for f in fields), fields  # PID COMM IP LADDR LPORT RADDR RPORT TX_KB RX_KB MS
+    # PID COMM IP LADDR LPORT RADDR RPORT TX_KB RX_KB MS NETNS CONTAINER (-w)
+    assert all(len(f) == 12 for f in fields), fields
     found = rows_by_port(fields, 4)
     for lport, raw in traced["sessions"].items():
         assert lport in found, f"no row for {raw!r} (port {lport})"  # the positive control
