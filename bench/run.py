@@ -1227,6 +1227,8 @@ def save_run(result: dict[str, Any], name: str) -> str:
         "startup": rounded(startup),
         "kernel": rounded(result["kernel"]),
         "targets": rounded(result["targets"]),
+        "overview": rounded(result.get("overview")),
+        "export": rounded(result.get("export")),
         "previous": result.get("previous"),
     }
     os.makedirs(RUNS, exist_ok=True)
