@@ -87,9 +87,8 @@ static __always_inline int on_drop(void *ctx, const struct sk_buff *skb, void *l
 	struct event *e;
 	__u8 flags = 0;
 
-	if (bpf_core_enum_value_exists(enum skb_drop_reason, SKB_CONSUMED) &&
-	    reason == bpf_core_enum_value(enum skb_drop_reason, SKB_CONSUMED))
-		return 0; /* freed after use, not dropped */
+	if (reason_is_consumed(reason))
+		return 0;
 	if (!reason_allowed(reason) || !read_skb_tcp(skb, &t, &flags))
 		return 0;
 	if (!tuple_allowed(&t))

@@ -65,4 +65,18 @@
 		return handler(sk);                                                     \
 	}
 
+/* handler(const struct sock *sk): tcp:<event> of the tcp_event_sk class (tcp_destroy_sock,
+ * tcp_receive_reset...), as the hook group <group>. */
+#define TCP_SK_EVENT_HOOKS(group, event, handler)                                       \
+	SEC("tp_btf/" #event)                                                           \
+	int BPF_PROG(group##__tp_btf, struct sock *sk)                                  \
+	{                                                                               \
+		return handler(sk);                                                     \
+	}                                                                               \
+	SEC("tracepoint/tcp/" #event)                                                   \
+	int group##__tracepoint(struct trace_event_raw_tcp_event_sk *ctx)               \
+	{                                                                               \
+		return handler((const struct sock *)ctx->skaddr);                       \
+	}
+
 #endif /* __NETSNOOP_HOOKS_H */

@@ -302,17 +302,7 @@ int count_unseen_ends(void *ctx)
 	return 0;
 }
 
-SEC("tp_btf/tcp_destroy_sock")
-int BPF_PROG(destroy__tp_btf, struct sock *sk)
-{
-	return on_destroy(sk);
-}
-
-SEC("tracepoint/tcp/tcp_destroy_sock")
-int destroy__tracepoint(struct trace_event_raw_tcp_event_sk *ctx)
-{
-	return on_destroy((const struct sock *)ctx->skaddr);
-}
+TCP_SK_EVENT_HOOKS(destroy, tcp_destroy_sock, on_destroy)
 
 SET_STATE_HOOKS(on_state)
 SOCK_IO_HOOKS(on_io)

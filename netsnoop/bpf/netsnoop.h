@@ -175,6 +175,14 @@ static __always_inline bool tuple_allowed(const struct sock_tuple *t)
 	return family_allowed(t->family) && ports_allowed(t->sport, t->dport);
 }
 
+/* A kfree_skb reason that is no drop: SKB_CONSUMED, a buffer freed after use (kernels
+ * that have it report consume_skb() through kfree_skb too). */
+static __always_inline bool reason_is_consumed(__u32 reason)
+{
+	return bpf_core_enum_value_exists(enum skb_drop_reason, SKB_CONSUMED) &&
+	       reason == bpf_core_enum_value(enum skb_drop_reason, SKB_CONSUMED);
+}
+
 /* ---- packets --------------------------------------------------------------------- */
 
 #define ETH_P_IP 0x0800

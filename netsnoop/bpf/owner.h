@@ -79,15 +79,6 @@ static __always_inline void owner_of(const struct sock *sk, __u32 *pid, char *co
 #define SOCK_OWNER_HOOKS                                                                \
 	SOCK_IO_HOOKS(owner_is_current)                                                 \
 	SET_STATE_HOOKS(owner_on_state)                                                 \
-	SEC("tp_btf/tcp_destroy_sock")                                                  \
-	int BPF_PROG(forget__tp_btf, struct sock *sk)                                   \
-	{                                                                               \
-		return owner_forget(sk);                                                \
-	}                                                                               \
-	SEC("tracepoint/tcp/tcp_destroy_sock")                                          \
-	int forget__tracepoint(struct trace_event_raw_tcp_event_sk *ctx)                \
-	{                                                                               \
-		return owner_forget((const struct sock *)ctx->skaddr);                  \
-	}
+	TCP_SK_EVENT_HOOKS(forget, tcp_destroy_sock, owner_forget)
 
 #endif /* __NETSNOOP_OWNER_H */

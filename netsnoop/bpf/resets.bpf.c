@@ -18,14 +18,4 @@ static __always_inline int on_receive_reset(const struct sock *sk)
 	return 0;
 }
 
-SEC("tp_btf/tcp_receive_reset")
-int BPF_PROG(receive_reset__tp_btf, struct sock *sk)
-{
-	return on_receive_reset(sk);
-}
-
-SEC("tracepoint/tcp/tcp_receive_reset")
-int receive_reset__tracepoint(struct trace_event_raw_tcp_event_sk *ctx)
-{
-	return on_receive_reset((const struct sock *)ctx->skaddr);
-}
+TCP_SK_EVENT_HOOKS(receive_reset, tcp_receive_reset, on_receive_reset)

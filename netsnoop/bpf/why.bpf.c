@@ -118,8 +118,7 @@ static __always_inline int on_drop(const struct sk_buff *skb, __u32 reason)
 	struct event *e;
 	__u8 flags = 0;
 
-	if (bpf_core_enum_value_exists(enum skb_drop_reason, SKB_CONSUMED) &&
-	    reason == bpf_core_enum_value(enum skb_drop_reason, SKB_CONSUMED))
+	if (reason_is_consumed(reason))
 		return 0;
 	if (!read_skb_tcp(skb, &t, &flags) || !(flags & TCP_FLAG_SYN))
 		return 0;
