@@ -344,6 +344,7 @@ class BPFObject:
         optional: frozenset[str] = frozenset(),
         linked: frozenset[str] = frozenset(),
         path: str | None = None,
+        without: frozenset[str] = frozenset(),
     ) -> None:
         self.name = name
         self.path = path or object_path(name)  # another path: tests' own objects
@@ -352,6 +353,7 @@ class BPFObject:
         self.forced = dict(variants or {})
         self.optional = optional
         self.linked = linked
+        self.without = without  # optional groups not wanted this time: none of their variants loads
         self.handle = 0
         self.links: list[int] = []
         self.rings: list[RingBuffer] = []
@@ -444,7 +446,10 @@ class BPFObject:
         return "tried: " + "; ".join(f"{p.kind} {p.target}: {self.why.get(p.name, 'refused')}" for p in tried)
 
     def _pick(self, group: str, progs: list[Program], order: tuple[str, ...]) -> Program | None:
-        """The group's variant: the forced one, else the best kind not yet rejected."""
+        """The group's variant: the forced one, else the best kind not yet rejected
+        (none for a group not wanted)."""
+        if group in self.without and group in self.optional:
+            return None
         if group in self.forced:
             pick = [p for p in progs if p.kind == self.forced[group]]
             if not pick:

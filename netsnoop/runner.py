@@ -68,6 +68,9 @@ class Tracer:
     # optional group -> what the output lacks without it, said in a warning when this
     # kernel has no hook for it (None: the subcommand says so itself, when it matters)
     costs: dict[str, str | None] = field(default_factory=dict)
+    # optional groups that serve only the rows (a row's owner): not loaded at all when the
+    # object only counts (rodata count_only), where they would cost every hook run and add nothing
+    rows_only: frozenset[str] = frozenset()
 
     def open(self, rodata: dict[str, Any] | None = None, quiet: bool = False, **kwargs: Any) -> BPFObject:
         """Check settings, privileges and BTF, then load and attach (closed again on
@@ -76,7 +79,8 @@ class Tracer:
         check_settings()
         kernel.require_privileges()
         kernel.require_btf()
-        obj = BPFObject(self.obj, rodata=rodata, optional=self.optional, linked=self.linked,
+        without = self.rows_only if (rodata or {}).get("count_only") else frozenset()
+        obj = BPFObject(self.obj, rodata=rodata, optional=self.optional, linked=self.linked, without=without,
                         max_entries={**self.max_entries, **kwargs.pop("max_entries", {})}, **kwargs)
         try:
             obj.attach()
@@ -93,7 +97,7 @@ class Tracer:
         out = []
         for group, kind in obj.chosen.items():
             cost = self.costs.get(group, "what it shows is missing from the output")
-            if kind is None and cost is not None:
+            if kind is None and cost is not None and group not in obj.without:
                 out.append(f"{self.obj}: no hook for {group} here, so {cost} ({obj.tried(group)})")
         for name in obj.skipped:
             out.append(f"{self.obj}: {name} is skipped: it {obj.why[name]}; what it adds to the summary is missing")

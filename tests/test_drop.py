@@ -224,3 +224,13 @@ def test_tcp_flags_in_bcc_order() -> None:
     assert tcp_flags(0x12) == "SYN|ACK"
     assert tcp_flags(0x19) == "FIN|PSH|ACK"
     assert tcp_flags(0) == ""
+
+
+@pytest.mark.integration
+def test_counting_attaches_no_owner_hooks() -> None:
+    """-c shows no owner, so the owner hooks (send, recv, state changes, destroy) are not
+    loaded at all: the kernel holds one attached program for drop -c, five for drop."""
+    with Trace(["drop", "-c", "--json"]) as counting, Trace(["drop", "--json"]) as rows:
+        pass
+    assert len(counting.links) == 1 and len(rows.links) == 5, (counting.links, rows.links)
+    assert {g for g, k in counting.summary["hooks"].items() if k} == {"drop"}

@@ -18,7 +18,7 @@ from netsnoop.output import Column, OutputOptions
 from netsnoop.runner import Tracer, stream
 from netsnoop.traffic import OWNER_GROUPS, count_option, endpoints, owner, show_counts, tcp_flags, typed_endpoints
 
-TRACER = Tracer("drop", optional=OWNER_GROUPS)
+TRACER = Tracer("drop", optional=OWNER_GROUPS, rows_only=OWNER_GROUPS)
 MAX_REASONS = 16  # drop.bpf.c, for each of the include and the exclude list
 BANNER = "Tracing TCP drops ... Hit Ctrl-C to end."
 # Reasons the kernel's own documentation of enum skb_drop_reason

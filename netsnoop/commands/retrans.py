@@ -14,7 +14,8 @@ from netsnoop.traffic import OWNER_GROUPS, count_option, endpoints, owner, show_
 
 # SYN-ACK retransmits and tail loss probes are extras: without their hooks, data
 # and SYN retransmits are still traced. Loss probes need a kprobe (no tracepoint).
-TRACER = Tracer("retrans", optional=frozenset({"synack", "tlp", *OWNER_GROUPS}), costs={"tlp": None})  # -l says it
+TRACER = Tracer("retrans", optional=frozenset({"synack", "tlp", *OWNER_GROUPS}), costs={"tlp": None},
+                 rows_only=OWNER_GROUPS)  # -l says it
 TYPES = {1: "R", 2: "L"}
 BANNER = "Tracing retransmits ... Hit Ctrl-C to end"
 NO_TLP = ("netsnoop: -l: this kernel offers no hook for tail loss probes (a kprobe or fentry on "
