@@ -101,7 +101,7 @@ def command(out: OutputOptions, pids: list[int] | None, lports: Any, rports: Any
 
     with TRACER.open(rodata) as obj, (dns.Watcher() if dns_names else contextlib.nullcontext()) as names:
         def row(e: Any) -> tuple[Any, ...]:
-            r = (
+            r: tuple[Any, ...] = (
                 e.pid, comm(e.comm) if e.pid else "?", ip_version(e.family),
                 addr(e.family, e.laddr), e.lport, addr(e.family, e.raddr), e.rport,
                 e.tx_bytes // 1024, e.rx_bytes // 1024, e.span_ns / 1e6, e.tx_bytes, e.rx_bytes,
