@@ -6,10 +6,11 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
-from helpers import NETSNOOP, ROOT, Trace, assert_verified, bpf_prog_ids, refused_connect, run
+from helpers import NETSNOOP, ROOT, PayloadServer, Trace, assert_verified, bpf_prog_ids, refused_connect, run
 
 from netsnoop.loader import BPFObject
 
@@ -211,3 +212,62 @@ def test_usage_errors_are_one_line_and_exit_2(args: list[str], needles: list[str
     assert result.returncode == 2 and len(errors) == 1 and errors[0].startswith("Error:"), result.stderr
     assert result.stdout == ""
     assert all(n in errors[0] for n in needles), errors[0]
+
+
+# ---- -p: a list of PIDs wherever there is a -p ----------------------------------------------
+
+def test_every_pid_option_takes_a_list() -> None:
+    import click
+
+    from netsnoop.cli import cli
+    from netsnoop.options import PidList
+
+    ctx = click.Context(cli)
+    types = {}
+    for name in cli.list_commands(ctx):
+        command = cli.get_command(ctx, name)
+        assert command is not None
+        for param in command.params:
+            if "-p" in getattr(param, "opts", ()) and not getattr(param, "hidden", False):
+                types[name] = param.type
+    assert {"states", "life", "connect", "accept", "tracer", "connlat", "top", "fdsnoop", "solisten"} <= set(types)
+    assert all(isinstance(t, PidList) for t in types.values()), types
+
+
+# Waits for a line on stdin, then does one thing the tool under test sees.
+PID_CHILD = r"""
+import socket, sys
+sys.stdin.readline()
+what, port = sys.argv[1], int(sys.argv[2])
+if what == "listen":
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(3)
+elif what == "send":
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(b"x" * 5000)
+elif what == "fds":
+    a, b = socket.socketpair()
+    socket.send_fds(a, [b"x"], [0])
+    socket.recv_fds(b, 1, 1)
+"""
+
+
+@pytest.mark.parametrize("tool,what,args", [
+    ("solisten", "listen", []), ("fdsnoop", "fds", []), ("top", "send", ["0.2"]),
+])
+def test_pid_list_keeps_the_processes_listed(tool: str, what: str, args: list[str]) -> None:
+    """Three processes do the same thing; -p A,B shows A and B, and the same trace
+    without -p, running alongside, shows all three (the positive control)."""
+    with PayloadServer(request_bytes=5000) as srv:
+        procs = [subprocess.Popen([sys.executable, "-c", PID_CHILD, what, str(srv.port)], stdin=subprocess.PIPE,
+                                  text=True) for _ in range(3)]
+        a, b, c = procs
+        listed = [tool, "--json", "-p", f"{a.pid},{b.pid}", *args]
+        with Trace(listed) as only, Trace([tool, "--json", *args]) as everyone:
+            for p in procs:
+                p.communicate("go\n", timeout=20)
+                assert p.returncode == 0
+        ours = {p.pid for p in procs}
+        assert {r["pid"] for r in everyone.records} & ours == ours
+        assert {r["pid"] for r in only.records} == {a.pid, b.pid}

@@ -55,7 +55,8 @@ class NetnsInode(click.IntRange):
               help="only trace this network namespace (its inode: stat -L -c %i /proc/PID/ns/net)")
 @click.option("--show-netns", is_flag=True, help="show the network namespace (useful for containers)")
 @o.duration_option
-def command(out: OutputOptions, pid: int | None, netns: int | None, show_netns: bool, duration: float | None) -> None:
+def command(out: OutputOptions, pids: list[int] | None, netns: int | None, show_netns: bool,
+            duration: float | None) -> None:
     """Trace listen() on TCP sockets: who listens, on which address and port, with
     which backlog.
 
@@ -67,6 +68,6 @@ def command(out: OutputOptions, pid: int | None, netns: int | None, show_netns: 
     tracer (libbpf-tools' solisten -t heads its column TIME(s) too, but prints
     the clock time in it: that is -T here, HH:MM:SS).
     """
-    rodata = {"filter_pid": pid, "filter_netns": netns}
+    rodata = {"filter_pids": pids, "filter_netns": netns}
     with TRACER.open(rodata) as obj:
         stream(obj, columns(show_netns), row, out, duration)

@@ -230,7 +230,7 @@ def cgroup_spelling(given: str) -> Callable[[F], F]:
 @click.option("--json", is_flag=True, help="one JSON object per connection per interval")
 @click.option("--dns", "dns_names", is_flag=True, help="add NAME: the host name last resolved to RADDR (answers seen)")
 @o.interval_count_arguments()
-def command(noclear: bool, nosummary: bool, pid: int | None, ports: Any, family: int | None, cgroup: int | None,
+def command(noclear: bool, nosummary: bool, pids: list[int] | None, ports: Any, family: int | None, cgroup: int | None,
             sort: str, rows: int | None, json: bool, dns_names: bool, interval: float, count: int | None) -> None:
     """Summarise TCP send/receive throughput by process and connection.
 
@@ -250,7 +250,7 @@ def command(noclear: bool, nosummary: bool, pid: int | None, ports: Any, family:
     --dns adds NAME: the host name this machine last resolved to RADDR, learnt from
     the DNS answers local sockets receive while tracing; no answer seen, no name.
     """
-    rodata = {**o.port_filters(ports=ports), "filter_pid": pid, "filter_family": family, "filter_cgroup": cgroup}
+    rodata = {**o.port_filters(ports=ports), "filter_pids": pids, "filter_family": family, "filter_cgroup": cgroup}
     with TRACER.open(rodata) as obj, (dns.Watcher() if dns_names else contextlib.nullcontext()) as names:
         view: Any = (
             JsonLines(dns_names)
