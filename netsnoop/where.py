@@ -312,11 +312,19 @@ class NetnsList(click.ParamType):
         return number
 
     def shell_complete(self, ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+        """Every namespace that exists now, once, by the spelling convert() takes:
+        ``host``, its `ip netns` name, else its inode (a container's, say); the inodes
+        of all of them once a number is being typed. The help is how rows name it."""
         from click.shell_completion import CompletionItem
 
         head, _, last = incomplete.rpartition(",")
         prefix = head + "," if head else ""
-        return [CompletionItem(prefix + n) for n in _ip_netns_names() + ["host"] if n.startswith(last)]
+        items = []
+        for ns in netns.namespaces():
+            spelling = str(ns.inode) if last.isdigit() else "host" if ns.host else ns.name or str(ns.inode)
+            if spelling.startswith(last):
+                items.append(CompletionItem(prefix + spelling, help=printable(netns_label(ns.inode))))
+        return items
 
 
 NETNS = NetnsList()
