@@ -31,7 +31,8 @@ from typing import Any, Callable
 import click
 
 from netsnoop import netns
-from netsnoop.options import PID_MAX, cgroup2_mounts, pid_option
+# the PID list lives in options.py (every tool's -p); MAX_PIDS and PIDS stay importable from here
+from netsnoop.options import MAX_PIDS as MAX_PIDS, PID_MAX, PIDS as PIDS, cgroup2_mounts, pid_option
 from netsnoop.output import Column
 
 MAX_NETNS = 8  # where.h
