@@ -7,8 +7,10 @@ Protocol"). No library is needed for that, and none is used. Field names are upp
 case letters, digits and ``_``, not starting with ``_`` (journald drops those: they
 are its own trusted fields).
 
-Sending never blocks tracing for long: a journal that takes no entry for a second, or
-refuses one, costs that entry, and ``lost`` counts it for the summary.
+Sending never blocks tracing for long: an entry the journal does not take within a
+second, or refuses, is lost (``lost`` counts it for the summary), and after such a wait
+entries are offered without waiting until the journal takes one again, so a stuck
+journald costs entries, not the trace.
 """
 
 from __future__ import annotations
@@ -61,9 +63,16 @@ class Journal:
     def send(self, fields: dict[str, Any]) -> None:
         try:
             self.sock.send(encode(fields))
-            self.sent += 1
-        except OSError:  # a timeout (journald busy), a datagram it refuses, journald gone
+        except TimeoutError:  # journald took nothing for a second: stop waiting for it
             self.lost += 1
+            self.sock.settimeout(0)
+            return
+        except OSError:  # full while not waiting, a datagram it refuses, journald gone
+            self.lost += 1
+            return
+        self.sent += 1
+        if self.sock.gettimeout() == 0:
+            self.sock.settimeout(SEND_TIMEOUT)
 
     def close(self) -> None:
         self.sock.close()

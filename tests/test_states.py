@@ -281,10 +281,11 @@ BIND_RUN_SYSTEMD = ["unshare", "-m", "--propagation", "private", "sh", "-c",
 
 
 @contextlib.contextmanager
-def private_journal() -> Iterator[tuple[list[str], list[dict[str, str]]]]:
+def private_journal(read: bool = True) -> Iterator[tuple[list[str], list[dict[str, str]]]]:
     """A journal socket of the test's own, which netsnoop (started with the prefix
     this yields) finds at /run/systemd/journal/socket: a private mount namespace
-    binds the test's directory there. Yields the prefix and the entries received."""
+    binds the test's directory there. Yields the prefix and the entries received
+    (none, and nothing read, with ``read=False``: a stuck journal)."""
     import threading
 
     with tempfile.TemporaryDirectory() as d:
@@ -303,14 +304,16 @@ def private_journal() -> Iterator[tuple[list[str], list[dict[str, str]]]]:
                     continue
 
         th = threading.Thread(target=receive, daemon=True)
-        th.start()
+        if read:
+            th.start()
         prefix = [*BIND_RUN_SYSTEMD, d]
         try:
             yield prefix, entries
         finally:
             time.sleep(0.3)  # what was sent before the trace stopped is already queued
             done.set()
-            th.join(5)
+            if read:
+                th.join(5)
             sock.close()
 
 
@@ -364,3 +367,23 @@ def test_journal_missing_is_one_line_before_anything_loads() -> None:
         "netsnoop: cannot write to the systemd journal (/run/systemd/journal/socket: No such file or directory); "
         "is systemd-journald running?"
     ]
+
+
+def test_a_stuck_journal_costs_entries_not_the_trace() -> None:
+    """A journal that reads nothing: its queue fills, entries are counted as lost, and
+    every change still reaches stdout while the trace runs."""
+    with socket.create_server(("127.0.0.1", 0)) as listener, private_journal(read=False) as (prefix, _):
+        port = listener.getsockname()[1]
+        with Trace(["states", "-Y", "--json", "-P", str(port)], prefix=prefix) as t:
+            started = time.monotonic()
+            for _ in range(20):
+                socket.create_connection(("127.0.0.1", port)).close()
+                listener.accept()[0].close()
+            deadline = time.monotonic() + 10
+            while len(t._out) < 20 * 8 and time.monotonic() < deadline:  # rows printed so far, all about the port
+                time.sleep(0.05)
+            took = time.monotonic() - started
+    rows = [r for r in t.records if port in (r["lport"], r["rport"])]
+    assert len(rows) >= 20 * 8 and took < 10  # 8+ changes a connection, all printed while tracing
+    assert t.summary["journal_lost"] > 0
+    assert t.summary["journal_entries"] + t.summary["journal_lost"] == len(rows)
