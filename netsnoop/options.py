@@ -13,9 +13,12 @@ from typing import Any, Callable
 
 import click
 
+from netsnoop.fmt import printable
 from netsnoop.output import OutputOptions
 
 MAX_PORTS = 16  # netsnoop.h: MAX_PORTS
+MAX_PIDS = 16  # netsnoop.h: MAX_PIDS
+PID_MAX = 4194304  # the kernel's highest PID limit
 AF_INET, AF_INET6 = 2, 10
 MAX_SECONDS = 1_000_000_000  # about 31 years: far beyond any trace, well inside what timers and sleeps take
 
@@ -74,12 +77,35 @@ def _clip(text: str, limit: int = 40) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
+class PidList(click.ParamType):
+    """``1234`` or ``1234,5678``: up to 16 process IDs for the kernel's ``filter_pids``."""
+
+    name = "PIDS"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> list[int]:
+        if isinstance(value, list):
+            return value
+        pids: list[int] = []
+        for part in (p.strip() for p in str(value).split(",")):
+            if not part.isdigit() or not 1 <= int(part) <= PID_MAX:
+                self.fail(f"{printable(part)!r} is not a process ID (1-{PID_MAX})", param, ctx)
+            if int(part) not in pids:
+                pids.append(int(part))
+        if len(pids) > MAX_PIDS:
+            self.fail(f"at most {MAX_PIDS} process IDs can be filtered in the kernel, got {len(pids)}", param, ctx)
+        return pids
+
+
 PORTS = PortList()
-PID = click.IntRange(min=1, max=4194304)
+PID = click.IntRange(min=1, max=PID_MAX)
+PIDS = PidList()
 
 
-def pid_option(help: str = "only trace this process ID") -> Callable[[F], F]:
-    return click.option("-p", "--pid", type=PID, default=None, help=help)
+def pid_option(help: str = "only trace these process IDs") -> Callable[[F], F]:
+    """-p/--pid PID[,PID...] -> ``pids`` (a list, or None), for every tool's
+    ``filter_pids`` (netsnoop.h)."""
+    return click.option("-p", "--pid", "pids", type=PIDS, default=None, metavar="PIDS",
+                        help=help + " (a comma list of up to 16)")
 
 
 def ports_option(*decls: str, help: str) -> Callable[[F], F]:

@@ -16,8 +16,8 @@ path under the cgroup v2 mount, read the way runtimes write it:
   (``container:<12 hex>`` when the path does not name the runtime);
 - else the deepest systemd unit (``*.service``, ``*.scope``), else the path itself.
 
-The namespace filter and the PID list live here too, as click types, with the limits
-of the kernel's tables (where.h).
+The namespace filter lives here too, as a click type, with the limit of the kernel's
+table (where.h); the PID list is every tool's (options.py).
 """
 
 from __future__ import annotations
@@ -31,12 +31,11 @@ from typing import Any, Callable
 import click
 
 from netsnoop import netns
-from netsnoop.options import cgroup2_mounts
+# the PID list lives in options.py (every tool's -p); MAX_PIDS and PIDS stay importable from here
+from netsnoop.options import MAX_PIDS as MAX_PIDS, PID_MAX, PIDS as PIDS, cgroup2_mounts, pid_option
 from netsnoop.output import Column
 
 MAX_NETNS = 8  # where.h
-MAX_PIDS = 16  # where.h
-PID_MAX = 4194304  # the kernel's highest PID limit: a larger number is a namespace inode
 
 F = Callable[..., Any]
 
@@ -314,34 +313,22 @@ class NetnsList(click.ParamType):
         return number
 
     def shell_complete(self, ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+        """Every namespace that exists now, once, by the spelling convert() takes:
+        ``host``, its `ip netns` name, else its inode (a container's, say); the inodes
+        of all of them once a number is being typed. The help is how rows name it."""
         from click.shell_completion import CompletionItem
 
         head, _, last = incomplete.rpartition(",")
         prefix = head + "," if head else ""
-        return [CompletionItem(prefix + n) for n in _ip_netns_names() + ["host"] if n.startswith(last)]
-
-
-class PidList(click.ParamType):
-    """``1234`` or ``1234,5678``: up to 16 process IDs for the kernel's ``filter_pids``."""
-
-    name = "PIDS"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> list[int]:
-        if isinstance(value, list):
-            return value
-        pids: list[int] = []
-        for part in (p.strip() for p in str(value).split(",")):
-            if not part.isdigit() or not 1 <= int(part) <= PID_MAX:
-                self.fail(f"{printable(part)!r} is not a process ID (1-{PID_MAX})", param, ctx)
-            if int(part) not in pids:
-                pids.append(int(part))
-        if len(pids) > MAX_PIDS:
-            self.fail(f"at most {MAX_PIDS} process IDs can be filtered in the kernel, got {len(pids)}", param, ctx)
-        return pids
+        items = []
+        for ns in netns.namespaces():
+            spelling = str(ns.inode) if last.isdigit() else "host" if ns.host else ns.name or str(ns.inode)
+            if spelling.startswith(last):
+                items.append(CompletionItem(prefix + spelling, help=printable(netns_label(ns.inode))))
+        return items
 
 
 NETNS = NetnsList()
-PIDS = PidList()
 
 
 def netns_option(f: F) -> F:
@@ -354,12 +341,11 @@ def netns_option(f: F) -> F:
 
 
 def pids_option(help: str = "only trace these process IDs") -> Callable[[F], F]:
-    """-p/--pid PID[,PID...] -> ``pids`` (a list, or None)."""
-    return click.option("-p", "--pid", "pids", type=PIDS, default=None, metavar="PIDS",
-                        help=help + " (a comma list of up to 16)")
+    """-p/--pid PID[,PID...] -> ``pids``: :func:`netsnoop.options.pid_option`."""
+    return pid_option(help)
 
 
 def filters(pids: list[int] | None, netns_inodes: list[int] | None) -> dict[str, Any]:
-    """The where.h filters as read-only globals; None = any."""
+    """The where.h filters and netsnoop.h's process list as read-only globals; None = any."""
     return {"filter_pids": pids, "filter_netns": netns_inodes}
 

@@ -6,10 +6,11 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
-from helpers import NETSNOOP, ROOT, Trace, assert_verified, bpf_prog_ids, refused_connect, run
+from helpers import NETSNOOP, ROOT, PayloadServer, Trace, assert_verified, bpf_prog_ids, refused_connect, run
 
 from netsnoop.loader import BPFObject
 
@@ -211,3 +212,127 @@ def test_usage_errors_are_one_line_and_exit_2(args: list[str], needles: list[str
     assert result.returncode == 2 and len(errors) == 1 and errors[0].startswith("Error:"), result.stderr
     assert result.stdout == ""
     assert all(n in errors[0] for n in needles), errors[0]
+
+
+# ---- -p: a list of PIDs wherever there is a -p ----------------------------------------------
+
+def test_every_pid_option_takes_a_list() -> None:
+    import click
+
+    from netsnoop.cli import cli
+    from netsnoop.options import PidList
+
+    ctx = click.Context(cli)
+    types = {}
+    for name in cli.list_commands(ctx):
+        command = cli.get_command(ctx, name)
+        assert command is not None
+        for param in command.params:
+            if "-p" in getattr(param, "opts", ()) and not getattr(param, "hidden", False):
+                types[name] = param.type
+    assert {"states", "life", "connect", "accept", "tracer", "connlat", "top", "fdsnoop", "solisten"} <= set(types)
+    assert all(isinstance(t, PidList) for t in types.values()), types
+
+
+# Waits for a line on stdin, then does one thing the tool under test sees.
+PID_CHILD = r"""
+import socket, sys
+sys.stdin.readline()
+what, port = sys.argv[1], int(sys.argv[2])
+if what == "listen":
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(3)
+elif what == "send":
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(b"x" * 5000)
+elif what == "fds":
+    a, b = socket.socketpair()
+    socket.send_fds(a, [b"x"], [0])
+    socket.recv_fds(b, 1, 1)
+"""
+
+
+@pytest.mark.parametrize("tool,what,args", [
+    ("solisten", "listen", []), ("fdsnoop", "fds", []), ("top", "send", ["0.2"]),
+])
+def test_pid_list_keeps_the_processes_listed(tool: str, what: str, args: list[str]) -> None:
+    """Three processes do the same thing; -p A,B shows A and B, and the same trace
+    without -p, running alongside, shows all three (the positive control)."""
+    with PayloadServer(request_bytes=5000) as srv:
+        procs = [subprocess.Popen([sys.executable, "-c", PID_CHILD, what, str(srv.port)], stdin=subprocess.PIPE,
+                                  text=True) for _ in range(3)]
+        a, b, c = procs
+        listed = [tool, "--json", "-p", f"{a.pid},{b.pid}", *args]
+        with Trace(listed) as only, Trace([tool, "--json", *args]) as everyone:
+            for p in procs:
+                p.communicate("go\n", timeout=20)
+                assert p.returncode == 0
+        ours = {p.pid for p in procs}
+        assert {r["pid"] for r in everyone.records} & ours == ours
+        assert {r["pid"] for r in only.records} == {a.pid, b.pid}
+
+
+# ---- completion of values ------------------------------------------------------------------
+
+def complete(words: str) -> list[str]:
+    """What the real CLI's completion offers for the last of ``words``, as bash asks
+    click for it (``_NETSNOOP_COMPLETE=bash_complete``)."""
+    env = {**os.environ, "_NETSNOOP_COMPLETE": "bash_complete", "COMP_WORDS": words,
+           "COMP_CWORD": str(len(words.split(" ")) - 1)}
+    done = subprocess.run(NETSNOOP, capture_output=True, text=True, cwd=ROOT, env=env, timeout=30)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    items = [line for line in done.stdout.splitlines() if line]  # "plain,VALUE" each; nothing offered: one blank
+    assert all(line.startswith("plain,") for line in items), (words, done.stdout)
+    return [line.split(",", 1)[1] for line in items]
+
+
+def netns_options() -> dict[str, str]:
+    """Every subcommand with a namespace filter, and its long option."""
+    import click
+
+    from netsnoop.cli import cli
+    from netsnoop.where import NetnsList
+
+    ctx = click.Context(cli)
+    found = {}
+    for name in cli.list_commands(ctx):
+        command = cli.get_command(ctx, name)
+        assert command is not None
+        for param in command.params:
+            if isinstance(param.type, NetnsList):
+                found[name] = next(o for o in getattr(param, "opts", ()) if o.startswith("--"))
+    return found
+
+
+def test_every_namespace_filter_completes_namespace_names() -> None:
+    from helpers import NetnsPair
+
+    tools = netns_options()
+    assert {"states", "life", "connect", "accept", "tracer", "connlat", "solisten"} <= set(tools)
+    with NetnsPair() as pair:
+        inode = str(os.stat(f"/run/netns/{pair.a}").st_ino)
+        for tool, option in tools.items():
+            offered = complete(f"netsnoop {tool} {option} ")
+            assert {pair.a, pair.b, "host"} <= set(offered), (tool, offered)
+            assert complete(f"netsnoop {tool} {option} host,{pair.a[:-1]}") == [f"host,{pair.a}"], tool
+            assert inode in complete(f"netsnoop {tool} {option} {inode[:-2]}"), tool
+    assert pair.a not in complete(f"netsnoop states --netns {pair.a[:-1]}")  # gone with the namespace
+
+
+def kernel_drop_reasons() -> set[str]:
+    """enum skb_drop_reason's names as bpftool prints the kernel's BTF."""
+    dump = subprocess.run(["bpftool", "btf", "dump", "file", "/sys/kernel/btf/vmlinux", "format", "c"],
+                          capture_output=True, text=True, check=True).stdout
+    block = dump[dump.index("enum skb_drop_reason {"):]
+    block = block[: block.index("};")]
+    names = [line.split("=")[0].strip() for line in block.splitlines()[1:] if "=" in line]
+    return {n.removeprefix("SKB_DROP_REASON_").removeprefix("SKB_") for n in names}
+
+
+def test_drop_reason_completes_the_kernels_reason_names() -> None:
+    assert set(complete("netsnoop drop --reason ")) == kernel_drop_reasons()
+    assert complete("netsnoop drop --reason NETFILTER_D") == ["NETFILTER_DROP"]
+    assert complete("netsnoop drop --reason NO_SOCKET,!NETFILTER_D") == ["NO_SOCKET,!NETFILTER_DROP"]
+    assert "NO_SOCKET" in complete("netsnoop drop --exclude-reason NO_SO")
+    assert complete("netsnoop drop --reason ZZ_NO_SUCH") == []

@@ -429,6 +429,7 @@ for name, family in job["resolve"]:
         with socket.socket(info[0], socket.SOCK_STREAM) as s:
             s.settimeout(5)
             s.connect(info[4])
+            s.sendall(b"x" * job["send"])
 for qid, name in job["raw"]:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.settimeout(2)
@@ -446,6 +447,7 @@ for addr in job["bare"]:
     with socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(5)
         s.connect((addr, job["port"]))
+        s.sendall(b"x" * job["send"])
 print(json.dumps(out), flush=True)
 """
 
@@ -490,9 +492,9 @@ class DnsNet:
         shutil.rmtree(self.etc, ignore_errors=True)
 
     def client(self, resolve: Sequence[tuple[str, int]] = (), raw: Sequence[tuple[int, str]] = (),
-               bare: Sequence[str] = (),
-               replies: dict[str, int] | None = None) -> dict[str, Any]:
-        job = {"resolve": list(resolve), "raw": list(raw), "bare": list(bare), "port": APP_PORT,
+               bare: Sequence[str] = (), replies: dict[str, int] | None = None, send: int = 0) -> dict[str, Any]:
+        """``send``: bytes each connection sends before it closes."""
+        job = {"resolve": list(resolve), "raw": list(raw), "bare": list(bare), "port": APP_PORT, "send": send,
                "server": self.pair.addr_a, "replies": replies or {}}
         out = subprocess.run(["ip", "netns", "exec", self.pair.b, sys.executable, "-c", CLIENT, json.dumps(job)],
                              capture_output=True, text=True, timeout=60, check=True)
@@ -642,3 +644,48 @@ def test_tracer_dns_names_the_connect_row(pair: NetnsPair, monkeypatch: pytest.M
             net.client(resolve=[("web.test", socket.AF_INET)], bare=[net.host(30)])
         connects = {r["daddr"]: r["name"] for r in t.records if r["type"] == "connect" and r["dport"] == APP_PORT}
         assert connects == {net.host(10): "web.test", net.host(30): None}
+
+
+@integration
+def test_life_dns_names_the_resolved_remote_end_and_no_other(pair: NetnsPair, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NETSNOOP_HOOKS", raising=False)
+    probe = DnsNet(pair, {})
+    with DnsNet(pair, {"web.test": {"a": [probe.host(10)]}}) as net:
+        with Trace(["life", "--dns", "--json", "-P", str(APP_PORT)]) as t:
+            out = net.client(resolve=[("web.test", socket.AF_INET)], bare=[net.host(30)])
+        assert out["resolved"] == {"web.test": [net.host(10)]}
+        clients = {r["raddr"]: r["name"] for r in t.records if r["rport"] == APP_PORT}
+        # the resolved address is named; the one nobody resolved (the positive control's twin) is not
+        assert clients == {net.host(10): "web.test", net.host(30): None}
+        # the server's ends of the same sessions: their remote end (the client) was never resolved
+        servers = [r for r in t.records if r["lport"] == APP_PORT]
+        assert len(servers) == 2 and {r["name"] for r in servers} == {None}
+        assert t.summary["dns"]["names_learnt"] >= 1
+        with Trace(["life", "--dns", "-D", str(APP_PORT)]) as text:
+            net.client(resolve=[("web.test", socket.AF_INET)])
+        assert text.lines[0].split()[-1] == "NAME" and text.lines[1].split()[-1] == "web.test"
+
+
+@integration
+def test_top_dns_names_the_resolved_remote_end_and_no_other(pair: NetnsPair, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NETSNOOP_HOOKS", raising=False)
+    probe = DnsNet(pair, {})
+    with DnsNet(pair, {"web.test": {"a": [probe.host(10)]}}) as net:
+        with Trace(["top", "--dns", "--json", "-P", str(APP_PORT), "0.2"]) as t:
+            out = net.client(resolve=[("web.test", socket.AF_INET)], bare=[net.host(30)], send=3000)
+        assert out["resolved"] == {"web.test": [net.host(10)]}
+        sent: dict[str, int] = {}
+        names: dict[str, set[str | None]] = {}
+        for r in t.records:
+            if r["rport"] == APP_PORT:
+                sent[r["raddr"]] = sent.get(r["raddr"], 0) + r["tx_bytes"]
+                names.setdefault(r["raddr"], set()).add(r["name"])
+        assert sent == {net.host(10): 3000, net.host(30): 3000}  # what the client sent to each
+        # the resolved address is named; the one nobody resolved (the positive control's twin) is not
+        assert names == {net.host(10): {"web.test"}, net.host(30): {None}}
+        assert t.summary["dns"]["names_learnt"] >= 1
+        with Trace(["top", "--dns", "-C", "-S", "-P", str(APP_PORT), "0.2"]) as text:
+            net.client(resolve=[("web.test", socket.AF_INET)], send=3000)
+        header = next(line for line in text.lines if line.startswith("PID"))
+        rows = [line.split() for line in text.lines if f":{APP_PORT}" in line]
+        assert header.split()[-1] == "NAME" and rows and {r[-1] for r in rows} == {"web.test"}

@@ -131,10 +131,10 @@ def test_netns_completes_the_inodes_of_existing_namespaces() -> None:
         offered = zsh_complete("netsnoop solisten -n ")
         prefix = inodes[pair.a][:-1]
         narrowed = zsh_complete(f"netsnoop solisten --netns {prefix}")
-    assert offered[inodes[pair.a]] == pair.a and offered[inodes[pair.b]] == pair.b  # named: the name as help
-    assert str(netns_inode()) in offered  # this process's namespace
-    assert inodes[pair.a] in narrowed and all(i.startswith(prefix) for i in narrowed)
-    assert all(i.isdigit() for i in offered)
+    assert offered[pair.a] == pair.a and offered[pair.b] == pair.b  # named: by the name
+    assert offered["host"] == "host"  # this process's namespace
+    # a number being typed: the inodes, with how rows name each as the help
+    assert narrowed[inodes[pair.a]] == pair.a and all(i.startswith(prefix) and i.isdigit() for i in narrowed)
 
 
 def test_bad_values_are_usage_errors() -> None:

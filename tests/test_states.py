@@ -7,12 +7,14 @@ import os
 import re
 import socket
 import subprocess
+import sys
+import tempfile
 import time
 import uuid
 from typing import Any, Iterator
 
 import pytest
-from helpers import PayloadServer, Trace, fetch, free_port, refused_connect
+from helpers import NETSNOOP, ROOT, PayloadServer, Trace, fetch, free_port, refused_connect
 
 pytestmark = pytest.mark.integration
 
@@ -247,3 +249,141 @@ def test_a_change_the_hook_did_not_see_shows_in_the_next_one() -> None:
     assert sorted(e.delta_ns for e in after if e.oldstate == established) == [0, 0]
     later = [e for e in after if e.oldstate != established]
     assert later and all(e.delta_ns > 0 for e in later)  # the changes after those are timed again
+
+
+# ---- -Y: the systemd journal --------------------------------------------------------------
+
+def journal_entries(data: bytes) -> dict[str, str]:
+    """One native-protocol datagram as journald reads it (NAME=value lines; a NAME
+    alone on its line is followed by a 64-bit little-endian length and that many
+    bytes), written here from systemd's description, not from netsnoop's encoder."""
+    fields: dict[str, str] = {}
+    pos = 0
+    while pos < len(data):
+        end = data.index(b"\n", pos)
+        line = data[pos:end]
+        if b"=" in line:
+            name, value = line.split(b"=", 1)
+            pos = end + 1
+        else:
+            name, size = line, int.from_bytes(data[end + 1 : end + 9], "little")
+            value = data[end + 9 : end + 9 + size]
+            assert data[end + 9 + size : end + 10 + size] == b"\n"
+            pos = end + 10 + size
+        assert re.fullmatch(rb"[A-Z0-9][A-Z0-9_]*", name), name  # what journald accepts from a client
+        fields[name.decode()] = value.decode()
+    return fields
+
+
+# Runs the command after DIR in a private mount namespace whose /run/systemd is DIR.
+BIND_RUN_SYSTEMD = ["unshare", "-m", "--propagation", "private", "sh", "-c",
+                    'mount --bind "$0" /run/systemd && exec "$@"']
+
+
+@contextlib.contextmanager
+def private_journal(read: bool = True) -> Iterator[tuple[list[str], list[dict[str, str]]]]:
+    """A journal socket of the test's own, which netsnoop (started with the prefix
+    this yields) finds at /run/systemd/journal/socket: a private mount namespace
+    binds the test's directory there. Yields the prefix and the entries received
+    (none, and nothing read, with ``read=False``: a stuck journal)."""
+    import threading
+
+    with tempfile.TemporaryDirectory() as d:
+        os.mkdir(f"{d}/journal")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(f"{d}/journal/socket")
+        sock.settimeout(0.2)
+        entries: list[dict[str, str]] = []
+        done = threading.Event()
+
+        def receive() -> None:
+            while not done.is_set():
+                try:
+                    entries.append(journal_entries(sock.recv(1 << 16)))
+                except socket.timeout:
+                    continue
+
+        th = threading.Thread(target=receive, daemon=True)
+        if read:
+            th.start()
+        prefix = [*BIND_RUN_SYSTEMD, d]
+        try:
+            yield prefix, entries
+        finally:
+            time.sleep(0.3)  # what was sent before the trace stopped is already queued
+            done.set()
+            if read:
+                th.join(5)
+            sock.close()
+
+
+RENAMED_CLIENT = r"""
+import ctypes, socket, sys
+ctypes.CDLL(None).prctl(15, b"evil\nname\x1b[31m", 0, 0, 0)  # PR_SET_NAME
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+print(s.getsockname()[1], flush=True)
+s.close()
+"""
+
+
+def test_journal_gets_each_change_with_bccs_fields() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener, private_journal() as (prefix, entries):
+        port = listener.getsockname()[1]
+        with Trace(["states", "-Y", "--json", "-P", str(port)], prefix=prefix) as t:
+            out = subprocess.run([sys.executable, "-c", RENAMED_CLIENT, str(port)], capture_output=True, text=True,
+                                 check=True, timeout=20)
+            lport = int(out.stdout)
+            server, _ = listener.accept()
+            server.close()
+    client = [e for e in entries if e["OBJECT_TCP_DESTINATION_PORT"] == str(port)
+              and e["OBJECT_TCP_SOURCE_PORT"] in (str(lport), "0")]
+    # the client's side of a connection it closed first: what TCP goes through
+    assert [(e["OBJECT_TCP_OLD_STATE"], e["OBJECT_TCP_NEW_STATE"]) for e in client] == [
+        ("CLOSE", "SYN_SENT"), ("SYN_SENT", "ESTABLISHED"), ("ESTABLISHED", "FIN_WAIT1"),
+        ("FIN_WAIT1", "FIN_WAIT2"), ("FIN_WAIT2", "CLOSE"),
+    ]
+    first = client[0]
+    assert first["SYSLOG_IDENTIFIER"] == "netsnoop" and first["PRIORITY"] == "5"
+    assert first["OBJECT_IPV4_SOURCE_ADDRESS"] == first["OBJECT_IPV4_DESTINATION_ADDRESS"] == "127.0.0.1"
+    assert first["NETSNOOP_NETNS"] == "host"
+    assert first["NETSNOOP_NETNS_INODE"] == str(os.stat("/proc/self/ns/net").st_ino)
+    # connect() ran in the renamed client: its name exactly in its own field, escaped in MESSAGE
+    assert first["NETSNOOP_COMM"] == "evil\nname\x1b[31m"
+    assert first["MESSAGE"] == f"evil\\nname\\x1b[31m 127.0.0.1 0 -> 127.0.0.1 {port} CLOSE -> SYN_SENT"
+    # one entry per row printed, the same facts
+    rows = [r for r in t.records if port in (r["lport"], r["rport"])]
+    assert [(e["NETSNOOP_SKADDR"], e["OBJECT_TCP_OLD_STATE"], e["OBJECT_TCP_NEW_STATE"], e["OBJECT_TCP_SOURCE_PORT"])
+            for e in entries] == [(r["skaddr"], r["oldstate"], r["newstate"], str(r["lport"])) for r in rows]
+    assert all(int(e["OBJECT_TCP_SPAN_TIME"]) == int(e["NETSNOOP_SPAN_NS"]) // 1000 for e in entries)
+    assert t.summary["journal_entries"] == len(entries) and t.summary["journal_lost"] == 0
+
+
+def test_journal_missing_is_one_line_before_anything_loads() -> None:
+    with tempfile.TemporaryDirectory() as empty:  # a /run/systemd with no journal in it
+        out = subprocess.run([*BIND_RUN_SYSTEMD, empty, *NETSNOOP, "states", "-Y", "-d", "1"],
+                             capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert out.returncode == 1 and out.stdout == ""
+    assert out.stderr.strip().splitlines() == [
+        "netsnoop: cannot write to the systemd journal (/run/systemd/journal/socket: No such file or directory); "
+        "is systemd-journald running?"
+    ]
+
+
+def test_a_stuck_journal_costs_entries_not_the_trace() -> None:
+    """A journal that reads nothing: its queue fills, entries are counted as lost, and
+    every change still reaches stdout while the trace runs."""
+    with socket.create_server(("127.0.0.1", 0)) as listener, private_journal(read=False) as (prefix, _):
+        port = listener.getsockname()[1]
+        with Trace(["states", "-Y", "--json", "-P", str(port)], prefix=prefix) as t:
+            started = time.monotonic()
+            for _ in range(20):
+                socket.create_connection(("127.0.0.1", port)).close()
+                listener.accept()[0].close()
+            deadline = time.monotonic() + 10
+            while len(t._out) < 20 * 8 and time.monotonic() < deadline:  # rows printed so far, all about the port
+                time.sleep(0.05)
+            took = time.monotonic() - started
+    rows = [r for r in t.records if port in (r["lport"], r["rport"])]
+    assert len(rows) >= 20 * 8 and took < 10  # 8+ changes a connection, all printed while tracing
+    assert t.summary["journal_lost"] > 0
+    assert t.summary["journal_entries"] + t.summary["journal_lost"] == len(rows)

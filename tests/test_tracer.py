@@ -29,8 +29,11 @@ s.close()
 """
 
 
-def client(host: str, port: int, ns: NetnsPair | None = None, netns: str = "") -> tuple[subprocess.Popen[str], int]:
+def client(host: str, port: int, ns: NetnsPair | None = None, netns: str = "",
+           uid: int | None = None) -> tuple[subprocess.Popen[str], int]:
     args = [sys.executable, "-c", CLIENT, host, str(port)]
+    if uid is not None:  # setpriv execs the client: same pid, another user
+        args = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *args]
     if ns is not None:
         args = ["ip", "netns", "exec", netns, *args]
     proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -58,7 +61,7 @@ def rows_for(records: list[dict[str, Any]], port: int) -> list[tuple[Any, ...]]:
 
 # ---- unit ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("args", [["-N", "0"], ["-N", "abc"], ["-p", "-3"]])
+@pytest.mark.parametrize("args", [["-N", "0"], ["-N", "abc"], ["-p", "-3"], ["-u", "-1"], ["-u", "nobody"]])
 def test_bad_options_are_usage_errors(args: list[str]) -> None:
     result = CliRunner().invoke(cli, ["tracer", *args])
     assert result.exit_code == 2, result.output
@@ -184,6 +187,37 @@ def test_pid_filter() -> None:
             close_client(proc)
             drain_and_close(conn)
     assert rows_for(t.records, port) == [("close", proc.pid, lo, lport, lo, port)]
+
+
+@integration
+def test_uid_filter_and_column() -> None:
+    """-u keeps the events of one user's processes (its connect and its close), not
+    root's connect nor this process's accept and close of the same connection; -U
+    shows every row's UID first, as bcc."""
+    lo, nobody, me = "127.0.0.1", 65534, os.getpid()
+    with listening() as lsock, Trace(["tracer", "--json", "-u", str(nobody)]) as only, Trace(["tracer", "-U"]) as text:
+        port = lsock.getsockname()[1]
+        theirs, their_port = client(lo, port, uid=nobody)
+        conn, _ = lsock.accept()
+        with open(f"/proc/{theirs.pid}/status") as f:  # the kernel's own word on the client's user
+            assert [line.split()[1] for line in f if line.startswith("Uid:")] == [str(nobody)]
+        close_client(theirs)
+        drain_and_close(conn)
+        root, root_port = client(lo, port)  # the positive control's twin, made by root
+        conn, _ = lsock.accept()
+        close_client(root)
+        drain_and_close(conn)
+    assert rows_for(only.records, port) == [
+        ("connect", theirs.pid, lo, their_port, lo, port), ("close", theirs.pid, lo, their_port, lo, port),
+    ]
+    assert {r["uid"] for r in only.records} == {nobody}
+    assert text.lines[0].split() == ["UID", "T", "PID", "COMM", "IP", "SADDR", "DADDR", "SPORT", "DPORT"]
+    rows = [f for f in map(str.split, text.lines[1:]) if str(port) in f[-2:]]
+    assert sorted((f[1], f[2], f[0]) for f in rows) == sorted([
+        ("C", str(theirs.pid), str(nobody)), ("A", str(me), "0"), ("X", str(theirs.pid), str(nobody)),
+        ("X", str(me), "0"), ("C", str(root.pid), "0"), ("A", str(me), "0"), ("X", str(root.pid), "0"),
+        ("X", str(me), "0"),
+    ])
 
 
 @integration

@@ -75,7 +75,7 @@ static __always_inline void owner_current(struct conn_owner *o, __u64 now)
 
 static __always_inline bool owner_allowed(const struct conn_owner *o)
 {
-	return pids_allowed(o->pid) && (filter_uid == 0xffffffff || o->uid == filter_uid) &&
+	return pid_allowed(o->pid) && (filter_uid == 0xffffffff || o->uid == filter_uid) &&
 	       (!filter_cgroup || o->cgroup == filter_cgroup);
 }
 

@@ -73,7 +73,7 @@ PERCPU_COUNTER(ends_not_seen);
 /* -p and --cgroup against a session's owner (the namespace was judged at birth). */
 static __always_inline bool owner_allowed(const struct session *s)
 {
-	return pids_allowed(s->pid) && (!filter_cgroup || s->cgroup == filter_cgroup);
+	return pid_allowed(s->pid) && (!filter_cgroup || s->cgroup == filter_cgroup);
 }
 
 static __always_inline void count_end_not_seen(const struct session *s)

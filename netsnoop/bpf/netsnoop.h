@@ -14,6 +14,7 @@
 #define AF_INET6 10
 #define TASK_COMM_LEN 16
 #define MAX_PORTS 16
+#define MAX_PIDS 16
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -86,7 +87,7 @@ static __always_inline void count_key(void *map, const void *key)
 
 /* ---- filters (read-only globals, set before load) -------------------------------- */
 
-const volatile __u32 filter_pid = 0;      /* tgid, 0 = any */
+const volatile __u32 filter_pids[MAX_PIDS] = {}; /* tgids, up to the first 0; none = any */
 const volatile __u16 filter_family = 0;   /* AF_INET / AF_INET6, 0 = both */
 const volatile __u16 filter_lports[MAX_PORTS] = {};
 const volatile __u16 filter_rports[MAX_PORTS] = {};
@@ -122,9 +123,23 @@ static __always_inline bool family_allowed(__u16 family)
 	return !filter_family || filter_family == family;
 }
 
+/* Whether value is in set, a list of n that ends at its first 0. */
+static __always_inline bool u32_in(const volatile __u32 *set, int n, __u32 value)
+{
+#pragma unroll
+	for (int i = 0; i < n; i++) {
+		if (set[i] == 0)
+			return false;
+		if (set[i] == value)
+			return true;
+	}
+	return false;
+}
+
+/* -p PID[,PID...]: a process (tgid) against the list. */
 static __always_inline bool pid_allowed(__u32 pid)
 {
-	return !filter_pid || filter_pid == pid;
+	return !filter_pids[0] || u32_in(filter_pids, MAX_PIDS, pid);
 }
 
 /* The current task's cgroup v2 id against --cgroup. */

@@ -5,7 +5,7 @@
  * state change is traced before an unbound socket gets its port (so the port would
  * read 0), and a listen() that only changes the backlog of a listening socket
  * changes no state at all. At sys_exit the socket is found from the fd. */
-#include "netsnoop.h"
+#include "where.h"
 
 struct event {
 	__u64 ts_ns;
@@ -18,8 +18,6 @@ struct event {
 	char comm[TASK_COMM_LEN];
 };
 EXPORT_STRUCT(event);
-
-const volatile __u32 filter_netns = 0; /* network namespace inode, 0 = any */
 
 /* The fd passed to listen(), per thread, from sys_enter to sys_exit. */
 struct {
@@ -84,7 +82,7 @@ int listen_exit__tracepoint(struct trace_event_raw_sys_exit *ctx)
 	if (t.family != AF_INET && t.family != AF_INET6)
 		return 0;
 	netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
-	if (filter_netns && netns != filter_netns)
+	if (!netns_allowed(netns))
 		return 0;
 
 	e = reserve_event(sizeof(*e));

@@ -79,7 +79,7 @@ static __always_inline int on_state(const struct sock *sk, int oldstate, int new
 		bpf_map_update_elem(&entered, &key, &entry, BPF_ANY);
 
 	pid = current_pid();
-	if (!pids_allowed(pid))
+	if (!pid_allowed(pid))
 		return 0;
 	cgroup = with_where || filter_cgroup ? bpf_get_current_cgroup_id() : 0;
 	if (filter_cgroup && cgroup != filter_cgroup)

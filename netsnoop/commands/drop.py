@@ -88,6 +88,22 @@ class ReasonList(click.ParamType):
                 self.fail(f"at most {MAX_REASONS} reasons can be filtered in the kernel", param, ctx)
         return ReasonFilter(tuple(only), tuple(excluded))
 
+    def shell_complete(self, ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+        """The running kernel's reason names (its BTF), for the last item of a comma
+        list, keeping a leading ``!``; none when this kernel reports no reasons."""
+        from click.shell_completion import CompletionItem
+
+        from netsnoop.errors import NetsnoopError
+
+        head, _, last = incomplete.rpartition(",")
+        bang = "!" if last.startswith("!") else ""
+        typed = last[len(bang):].upper().removeprefix("SKB_DROP_REASON_")
+        try:
+            names = sorted(set(drop_reasons().values()))
+        except NetsnoopError:
+            return []
+        return [CompletionItem((head + "," if head else "") + bang + n) for n in names if n.startswith(typed)]
+
 
 def kernel_filter(reasons: ReasonFilter | None, excluded: ReasonFilter | None, normal: bool) -> dict[str, list[int]]:
     """The in-kernel lists: what --reason keeps, and what is excluded: the "!" names, the

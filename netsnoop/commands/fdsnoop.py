@@ -71,7 +71,8 @@ def row(e: Any) -> tuple[Any, ...]:
     "-n", "--name", callback=comm_filter, default=None, metavar="NAME", help="only trace process names containing NAME"
 )
 @o.duration_option
-def command(out: OutputOptions, pid: int | None, tid: int | None, name: bytes | None, duration: float | None) -> None:
+def command(out: OutputOptions, pids: list[int] | None, tid: int | None, name: bytes | None,
+            duration: float | None) -> None:
     """Trace file descriptors passed over Unix sockets (SCM_RIGHTS).
 
     Only descriptor passing is shown: one row per descriptor a process sends or
@@ -83,7 +84,7 @@ def command(out: OutputOptions, pid: int | None, tid: int | None, name: bytes | 
     through io_uring, and 32-bit processes (their compat syscalls have no
     syscall tracepoints).
     """
-    rodata = {"filter_pid": pid, "filter_tid": tid, "filter_comm": name}
+    rodata = {"filter_pids": pids, "filter_tid": tid, "filter_comm": name}
     with TRACER.open(rodata) as obj:
         if stream(obj, COLUMNS, row, out, duration) == 0:
             print(NOTHING_PASSED, file=sys.stderr, flush=True)

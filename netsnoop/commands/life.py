@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
 import click
 
+from netsnoop import dns
 from netsnoop import options as o
 from netsnoop import where
 from netsnoop.fmt import addr, comm, ip_version
@@ -29,7 +31,8 @@ def ends_not_seen(obj: BPFObject) -> int:
     return obj.counter("ends_not_seen")
 
 
-def columns(wide: bool, json: bool = True) -> list[Column]:
+def columns(wide: bool, json: bool = True, names: bool = False) -> list[Column]:
+    """bcc's layout; --dns adds NAME before the where columns (-w; always in JSON)."""
     a, kb = (26, 6) if wide else (15, 5)
     return [
         Column("PID", 5 if not wide else 7),
@@ -44,6 +47,7 @@ def columns(wide: bool, json: bool = True) -> list[Column]:
         Column("MS", 10 if wide else 0, spec=".2f"),
         Column("TX_BYTES", text=False),
         Column("RX_BYTES", text=False),
+        *([Column("NAME", 24, truncate=True)] if names else []),
         *where.columns(wide, json),
     ]
 
@@ -57,9 +61,10 @@ def columns(wide: bool, json: bool = True) -> list[Column]:
 @o.family_option
 @o.cgroup_option
 @where.netns_option
+@click.option("--dns", "dns_names", is_flag=True, help="add NAME: the host name last resolved to RADDR (answers seen)")
 @o.duration_option
 def command(out: OutputOptions, pids: list[int] | None, lports: Any, rports: Any, ports: Any, family: int | None,
-            cgroup: int | None, netns: list[int] | None, duration: float | None) -> None:
+            cgroup: int | None, netns: list[int] | None, dns_names: bool, duration: float | None) -> None:
     """Trace the lifespan of TCP sessions: one line per session when it closes.
 
     PID/COMM are the process that used the socket (connect, send, recv or close in its
@@ -76,6 +81,10 @@ def command(out: OutputOptions, pids: list[int] | None, lports: Any, rports: Any
 
     NETNS is the session's network namespace, CONTAINER its owner's container, pod or
     systemd unit (-w; always in --json); -p and --cgroup judge the owner.
+
+    --dns adds NAME: the host name this machine last resolved to RADDR, learnt from
+    the DNS answers local sockets receive (in that namespace) while tracing; no answer
+    seen, no name.
     """
     same = sorted(set(lports or ()) & set(rports or ()))
     if same:
@@ -86,23 +95,27 @@ def command(out: OutputOptions, pids: list[int] | None, lports: Any, rports: Any
               "filter_cgroup": cgroup,
               "own_netns": os.stat("/proc/self/ns/net").st_ino}
 
-    cols = columns(out.wide, out.json)
+    cols = columns(out.wide, out.json, dns_names)
     named = where.values if out.wide or out.json else None  # as where.columns()
+    blank = None if out.json else ""  # no name: JSON null, an empty text field
 
-    def row(e: Any) -> tuple[Any, ...]:
-        r = (
-            e.pid, comm(e.comm) if e.pid else "?", ip_version(e.family),
-            addr(e.family, e.laddr), e.lport, addr(e.family, e.raddr), e.rport,
-            e.tx_bytes // 1024, e.rx_bytes // 1024, e.span_ns / 1e6, e.tx_bytes, e.rx_bytes,
-        )
-        return r + named(e.netns, e.cgroup) if named else r
+    with TRACER.open(rodata) as obj, (dns.Watcher() if dns_names else contextlib.nullcontext()) as names:
+        def row(e: Any) -> tuple[Any, ...]:
+            r: tuple[Any, ...] = (
+                e.pid, comm(e.comm) if e.pid else "?", ip_version(e.family),
+                addr(e.family, e.laddr), e.lport, addr(e.family, e.raddr), e.rport,
+                e.tx_bytes // 1024, e.rx_bytes // 1024, e.span_ns / 1e6, e.tx_bytes, e.rx_bytes,
+            )
+            if names is not None:
+                r += (names.name_of(e.family, e.raddr, e.netns or None) or blank,)
+            return r + named(e.netns, e.cgroup) if named else r
 
-    with TRACER.open(rodata) as obj:
-        def facts() -> dict[str, int]:
+        def facts() -> dict[str, Any]:
             unseen = ends_not_seen(obj)
             if unseen:
                 warn(f"{unseen} session{'s' if unseen > 1 else ''} ended without the kernel running the hooks "
                      "that see an end; their rows are missing (ends_not_seen in the summary)")
-            return {"closes_without_start": obj.counter("closes_without_start"), "ends_not_seen": unseen}
+            more = {"dns": names.stats()} if names is not None else {}
+            return {"closes_without_start": obj.counter("closes_without_start"), "ends_not_seen": unseen, **more}
 
         stream(obj, cols, row, out, duration, facts=facts)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import click
-from click.shell_completion import CompletionItem
 
 from netsnoop import options as o
+from netsnoop import where
 from netsnoop.fmt import addr, comm, ip_version
 from netsnoop.output import Column, OutputOptions
 from netsnoop.runner import Tracer, stream
@@ -34,28 +34,16 @@ def row(e: Any) -> tuple[Any, ...]:
     )
 
 
-class NetnsInode(click.IntRange):
-    """A network namespace's inode; completes those of the namespaces that exist now
-    (named under /run/netns, or holding a process), with their names as the help."""
-
-    def __init__(self) -> None:
-        super().__init__(min=1, max=2**32 - 1)
-
-    def shell_complete(self, ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
-        from netsnoop.netns import namespaces
-
-        return [CompletionItem(str(ns.inode), help=ns.label) for ns in namespaces()
-                if str(ns.inode).startswith(incomplete)]
-
-
 @click.command("solisten")
 @o.output_options(csv=False, wide=False)
 @o.pid_option()
-@click.option("-n", "--netns", type=NetnsInode(), default=None, metavar="ID",
-              help="only trace this network namespace (its inode: stat -L -c %i /proc/PID/ns/net)")
+@click.option("-n", "-N", "--netns", "netns", type=where.NETNS, default=None, metavar="NETNS",
+              help="only trace these network namespaces: an `ip netns` name, a PID (its namespace), "
+                   "an inode (bcc's -n), or host; a comma list of up to 8")
 @click.option("--show-netns", is_flag=True, help="show the network namespace (useful for containers)")
 @o.duration_option
-def command(out: OutputOptions, pid: int | None, netns: int | None, show_netns: bool, duration: float | None) -> None:
+def command(out: OutputOptions, pids: list[int] | None, netns: list[int] | None, show_netns: bool,
+            duration: float | None) -> None:
     """Trace listen() on TCP sockets: who listens, on which address and port, with
     which backlog.
 
@@ -67,6 +55,6 @@ def command(out: OutputOptions, pid: int | None, netns: int | None, show_netns: 
     tracer (libbpf-tools' solisten -t heads its column TIME(s) too, but prints
     the clock time in it: that is -T here, HH:MM:SS).
     """
-    rodata = {"filter_pid": pid, "filter_netns": netns}
+    rodata = {"filter_pids": pids, "filter_netns": netns}
     with TRACER.open(rodata) as obj:
         stream(obj, columns(show_netns), row, out, duration)

@@ -2,17 +2,47 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import click
 
 from netsnoop import options as o
 from netsnoop import where
-from netsnoop.fmt import addr, comm, ip_version, tcp_state
+from netsnoop.journal import Journal
+from netsnoop.fmt import addr, comm, ip_version, printable, tcp_state
 from netsnoop.output import Column, OutputOptions
 from netsnoop.runner import Tracer, stream
 
 TRACER = Tracer("states")
+JOURNAL_IDENTIFIER = "netsnoop"
+
+
+def journal_fields(e: Any, r: tuple[Any, ...], named: tuple[str, str, int, str]) -> dict[str, Any]:
+    """A state change as a journal entry: bcc tcpstates -Y's fields (journalctl
+    OBJECT_TCP_NEW_STATE=CLOSE works as with bcc), and netsnoop's own."""
+    ip = f"IPV{r[3]}"
+    pid = e.pid or None  # 0: no task (softirq on an idle CPU)
+    return {
+        "MESSAGE": f"{printable(r[2])} {r[4]} {r[5]} -> {r[6]} {r[7]} {r[8]} -> {r[10]}",
+        "PRIORITY": 5,
+        "SYSLOG_IDENTIFIER": JOURNAL_IDENTIFIER,
+        # journald adds OBJECT_COMM, OBJECT_UID... itself for a PID it may read
+        "OBJECT_PID": pid,
+        f"OBJECT_{ip}_SOURCE_ADDRESS": r[4],
+        "OBJECT_TCP_SOURCE_PORT": r[5],
+        f"OBJECT_{ip}_DESTINATION_ADDRESS": r[6],
+        "OBJECT_TCP_DESTINATION_PORT": r[7],
+        "OBJECT_TCP_OLD_STATE": r[8],
+        "OBJECT_TCP_NEW_STATE": r[10],
+        "OBJECT_TCP_SPAN_TIME": e.delta_ns // 1000,  # microseconds, as bcc
+        "NETSNOOP_COMM": r[2],  # the name when it happened, exactly
+        "NETSNOOP_SKADDR": r[0],
+        "NETSNOOP_SPAN_NS": e.delta_ns,
+        "NETSNOOP_NETNS": named[0],
+        "NETSNOOP_NETNS_INODE": named[2],
+        "NETSNOOP_CONTAINER": named[1],
+    }
 
 
 def columns(wide: bool, json: bool = True) -> list[Column]:
@@ -43,9 +73,10 @@ def columns(wide: bool, json: bool = True) -> list[Column]:
 @o.family_option
 @o.cgroup_option
 @where.netns_option
+@click.option("-Y", "--journal", is_flag=True, help="also log each state change to the systemd journal")
 @o.duration_option
 def command(out: OutputOptions, lports: Any, rports: Any, ports: Any, pids: list[int] | None, family: int | None,
-            cgroup: int | None, netns: list[int] | None, duration: float | None) -> None:
+            cgroup: int | None, netns: list[int] | None, journal: bool, duration: float | None) -> None:
     """Trace TCP state changes, and how long each socket spent in the old state.
 
     C-PID/C-COMM are the task on the CPU when the state changed: for changes driven by
@@ -67,23 +98,37 @@ def command(out: OutputOptions, lports: Any, rports: Any, ports: Any, pids: list
     so; a socket's next change then shows it (it leaves a state it was not seen
     entering). Its MS is 0 (unknown), and the summary counts these (changes_not_seen:
     each stands for one hidden change or more).
+
+    -Y also writes each change to the systemd journal (as bcc tcpstates -Y), with
+    bcc's fields (OBJECT_TCP_OLD_STATE, OBJECT_TCP_NEW_STATE, OBJECT_PID,
+    OBJECT_IPV4_SOURCE_ADDRESS...) and netsnoop's (NETSNOOP_NETNS,
+    NETSNOOP_CONTAINER, NETSNOOP_SKADDR...), under SYSLOG_IDENTIFIER=netsnoop:
+    journalctl -t netsnoop OBJECT_TCP_NEW_STATE=CLOSE. Rows still go to stdout; the
+    summary counts the entries the journal did not take (journal_lost).
     """
     rodata = {**o.port_filters(lports, rports, ports), **where.filters(pids, netns), "filter_family": family,
-              "filter_cgroup": cgroup, "with_where": int(out.wide or out.json)}
+              "filter_cgroup": cgroup, "with_where": int(out.wide or out.json or journal)}
 
     cols = columns(out.wide, out.json)
     named = where.values if out.wide or out.json else None  # as where.columns()
 
-    def row(e: Any) -> tuple[Any, ...]:
-        r = (
-            f"{e.skaddr:x}", e.pid, comm(e.comm), ip_version(e.family),
-            addr(e.family, e.laddr), e.lport, addr(e.family, e.raddr), e.rport,
-            tcp_state(e.oldstate), "->", tcp_state(e.newstate), e.delta_ns / 1e6,
-        )
-        return r + named(e.netns, e.cgroup) if named else r
+    with contextlib.ExitStack() as stack:
+        log = stack.enter_context(Journal()) if journal else None  # before loading: no journal, no trace
 
-    with TRACER.open(rodata) as obj:
+        def row(e: Any) -> tuple[Any, ...]:
+            r = (
+                f"{e.skaddr:x}", e.pid, comm(e.comm), ip_version(e.family),
+                addr(e.family, e.laddr), e.lport, addr(e.family, e.raddr), e.rport,
+                tcp_state(e.oldstate), "->", tcp_state(e.newstate), e.delta_ns / 1e6,
+            )
+            if log is not None:
+                log.send(journal_fields(e, r, where.values(e.netns, e.cgroup)))
+            return r + named(e.netns, e.cgroup) if named else r
+
+        obj = stack.enter_context(TRACER.open(rodata))
+
         def facts() -> dict[str, int]:
-            return {"changes_not_seen": obj.counter("changes_not_seen")}
+            more = {"journal_entries": log.sent, "journal_lost": log.lost} if log is not None else {}
+            return {"changes_not_seen": obj.counter("changes_not_seen"), **more}
 
         stream(obj, cols, row, out, duration, facts=facts)

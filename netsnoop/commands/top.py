@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from typing import Any, Callable, NamedTuple
 
 import click
 
+from netsnoop import dns
 from netsnoop import options as o
 from netsnoop.btf import StructDecoder
 from netsnoop.fmt import comm, ip_version
@@ -28,8 +30,9 @@ DRAIN = "send__tp_btf__drain"
 DRAIN_TRIES = 3  # a CPU whose cache is being rewritten at that instant is asked again
 
 
-def columns(v6: bool) -> list[Column]:
-    """bcc's two tables (IPv6 addresses need wider columns); JSON gets typed fields."""
+def columns(v6: bool, names: bool = False) -> list[Column]:
+    """bcc's two tables (IPv6 addresses need wider columns); JSON gets typed fields;
+    --dns adds NAME last."""
     a, suffix = (32, "6") if v6 else (21, "")
     return [
         Column("PID", 6),
@@ -43,7 +46,7 @@ def columns(v6: bool) -> list[Column]:
         Column("RX_BYTES", text=False),
         Column("TX_BYTES", text=False),
         Column("timestamp", text=False),
-    ]
+    ] + ([Column("NAME", 24, truncate=True)] if names else [])
 
 
 TOTALS = {c.header: i for i, c in enumerate(columns(False))}
@@ -93,9 +96,9 @@ def drain(obj: BPFObject) -> None:
 
 
 def collect(obj: BPFObject, keys: StructDecoder, values: StructDecoder, cached: bool,
-            sort: str = "all", rows: int | None = None) -> Interval:
+            sort: str = "all", rows: int | None = None, name: Callable[[Any], Any] | None = None) -> Interval:
     """Take (read and clear) the interval's counts, in ``sort`` order, the first
-    ``rows`` of them."""
+    ``rows`` of them; ``name`` gives the NAME cell of a connection (--dns)."""
     now = round(time.time(), 6)
     if cached:
         drain(obj)
@@ -107,7 +110,7 @@ def collect(obj: BPFObject, keys: StructDecoder, values: StructDecoder, cached: 
     for k, v in entries[:rows]:
         local, remote, *typed = endpoints(v.family, v.laddr, v.lport, v.raddr, v.rport)
         out.rows.append((k.pid, comm(v.comm), local, remote, v.rx // 1024, v.tx // 1024, ip_version(v.family),
-                         *typed, v.rx, v.tx, now))
+                         *typed, v.rx, v.tx, now, *((name(v),) if name else ())))
     return out
 
 
@@ -119,9 +122,9 @@ def loadavg_line() -> str:
 class TextView:
     """bcc's scrolling layout: a blank line, the loadavg line, then the tables."""
 
-    def __init__(self, summary: bool) -> None:
+    def __init__(self, summary: bool, names: bool = False) -> None:
         self.summary_line = summary
-        self.sinks = (TextSink(columns(False)), TextSink(columns(True)))
+        self.sinks = (TextSink(columns(False, names)), TextSink(columns(True, names)))
 
     def show(self, interval: Interval) -> None:
         out = sys.stdout
@@ -149,8 +152,8 @@ class TextView:
 class JsonLines:
     """One object per connection per interval, stamped with the interval's end."""
 
-    def __init__(self) -> None:
-        self.sink = JsonSink(columns(False))
+    def __init__(self, names: bool = False) -> None:
+        self.sink = JsonSink(columns(False, names))
 
     def show(self, interval: Interval) -> None:
         self.sink.write(interval.rows)
@@ -170,8 +173,8 @@ class Live(TextView):
     """The same tables, redrawn in place on a terminal, with the unit spelled out, a
     totals line, and a line saying so when nothing matched."""
 
-    def __init__(self, summary: bool, interval: float) -> None:
-        super().__init__(summary)
+    def __init__(self, summary: bool, interval: float, names: bool = False) -> None:
+        super().__init__(summary, names)
         self.unit = f"RX_KB, TX_KB: KiB received and sent in each {interval:g} s interval; q quits"
         self.view = LiveView(drop=LIVE_DROP)
 
@@ -181,7 +184,7 @@ class Live(TextView):
         limited = f" ({len(interval.rows)} shown: -r {len(interval.rows)})" if interval.hidden else ""
         footer = [f"total: {n} connection{'' if n == 1 else 's'}{limited}, "
                   f"RX_KB {interval.rx // 1024}, TX_KB {interval.tx // 1024}"] if n else []
-        self.view.show(head, [(columns(False), interval.ipv4), (columns(True), interval.ipv6)], footer,
+        self.view.show(head, [(self.sinks[0].columns, interval.ipv4), (self.sinks[1].columns, interval.ipv6)], footer,
                        empty="no TCP traffic matched")
 
     def close(self) -> None:
@@ -189,12 +192,12 @@ class Live(TextView):
 
 
 def run(obj: BPFObject, view: Any, interval: float, count: int | None, sort: str = "all",
-        rows: int | None = None) -> int | None:
+        rows: int | None = None, name: Callable[[Any], Any] | None = None) -> int | None:
     """Show every interval until Ctrl-C or ``count``; returns the intervals shown
     (None: stdout's reader went away)."""
     keys, values = StructDecoder(obj.btf, "conn_key"), StructDecoder(obj.btf, "conn_bytes")
     cached = obj.loaded_program(DRAIN) is not None
-    return run_intervals(lambda: view.show(collect(obj, keys, values, cached, sort, rows)), interval, count)
+    return run_intervals(lambda: view.show(collect(obj, keys, values, cached, sort, rows, name)), interval, count)
 
 
 def cgroup_spelling(given: str) -> Callable[[F], F]:
@@ -225,9 +228,10 @@ def cgroup_spelling(given: str) -> Callable[[F], F]:
 @click.option("-r", "--rows", type=click.IntRange(min=1), default=None, metavar="ROWS",
               help="show at most ROWS connections an interval, the first in --sort order (default: all)")
 @click.option("--json", is_flag=True, help="one JSON object per connection per interval")
+@click.option("--dns", "dns_names", is_flag=True, help="add NAME: the host name last resolved to RADDR (answers seen)")
 @o.interval_count_arguments()
-def command(noclear: bool, nosummary: bool, pid: int | None, ports: Any, family: int | None, cgroup: int | None,
-            sort: str, rows: int | None, json: bool, interval: float, count: int | None) -> None:
+def command(noclear: bool, nosummary: bool, pids: list[int] | None, ports: Any, family: int | None, cgroup: int | None,
+            sort: str, rows: int | None, json: bool, dns_names: bool, interval: float, count: int | None) -> None:
     """Summarise TCP send/receive throughput by process and connection.
 
     Every INTERVAL seconds (default 1), COUNT times (default: until Ctrl-C). Bytes are
@@ -242,21 +246,27 @@ def command(noclear: bool, nosummary: bool, pid: int | None, ports: Any, family:
     otherwise (IPv4 and IPv6 keep their own tables, each in that order; --json
     gives all rows in that order). -r keeps the first ROWS connections of each
     interval; the live view's totals line still counts them all.
+
+    --dns adds NAME: the host name this machine last resolved to RADDR, learnt from
+    the DNS answers local sockets receive while tracing; no answer seen, no name.
     """
-    rodata = {**o.port_filters(ports=ports), "filter_pid": pid, "filter_family": family, "filter_cgroup": cgroup}
-    with TRACER.open(rodata) as obj:
+    rodata = {**o.port_filters(ports=ports), "filter_pids": pids, "filter_family": family, "filter_cgroup": cgroup}
+    with TRACER.open(rodata) as obj, (dns.Watcher() if dns_names else contextlib.nullcontext()) as names:
         view: Any = (
-            JsonLines()
+            JsonLines(dns_names)
             if json
-            else Live(not nosummary, interval)
+            else Live(not nosummary, interval, dns_names)
             if use_live(noclear, json)
-            else TextView(not nosummary)
+            else TextView(not nosummary, dns_names)
         )
+        blank = None if json else ""  # no name: JSON null, an empty text field
+        # per namespace where the map records one; else the newest name learnt in any
+        name = (lambda v: names.name_of(v.family, v.raddr, getattr(v, "netns", None)) or blank) if names else None
         try:
             ready(f"Tracing... Output every {interval:g} secs. Hit Ctrl-C to end")
-            shown = run(obj, view, interval, count, sort, rows)
+            shown = run(obj, view, interval, count, sort, rows, name)
         finally:
             view.close()
         if shown is None:
             return
-        view.summary({"intervals": shown, **obj.health()})
+        view.summary({"intervals": shown, **obj.health(), **({"dns": names.stats()} if names else {})})
