@@ -17,6 +17,7 @@ from traffic_helpers import Sink, flush_rules, in_netns, nft_input_chain, nft_ru
 from netsnoop.commands.drop import command as drop_command
 from netsnoop.commands.drop import drop_reasons
 from netsnoop.ksyms import KernelSymbols
+from netsnoop.netns import HOST_NETNS_INODE
 from netsnoop.traffic import tcp_flags
 
 HAVE_BTF = os.path.exists("/sys/kernel/btf/vmlinux")
@@ -41,6 +42,8 @@ def test_syn_to_a_closed_port_is_dropped_with_no_socket(host: str) -> None:
         assert (r["ip"], r["daddr"], r["saddr"], r["flags"], r["state"]) == \
             (6 if ":" in host else 4, host, host, "SYN", None)
         assert r["reason"] == "NO_SOCKET"
+        # no socket took it: the namespace is the device's (loopback's: the host's)
+        assert (r["netns"], r["netns_inode"], r["pid"], r["container"]) == ("host", HOST_NETNS_INODE, None, "-")
         assert r["location"].startswith(("tcp_v4_rcv+", "tcp_v6_rcv+"))
         assert r["stack"][0].startswith(("kfree_skb", "sk_skb_reason_drop")), r["stack"]
         assert any(f.startswith(("tcp_v4_rcv+", "tcp_v6_rcv+")) for f in r["stack"])

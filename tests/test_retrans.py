@@ -55,8 +55,8 @@ def test_established_connection_retransmits_are_traced_and_counted() -> None:
 
     # -c, forced onto the classic tracepoint, counts the same retransmits per flow
     flows = [r for r in counted.records if r["lport"] == lport]
-    assert [(f["laddr"], f["raddr"], f["rport"], f["segs"]) for f in flows] == [
-        (net.addr_a, net.addr_b, server.port, retransmitted)]
+    assert [(f["laddr"], f["raddr"], f["rport"], f["segs"], f["netns"]) for f in flows] == [
+        (net.addr_a, net.addr_b, server.port, retransmitted, net.a)]
     assert counted.summary["hooks"]["retransmit"] == "tracepoint"
 
     header, *lines = text.lines
