@@ -198,6 +198,9 @@ def test_drops_name_the_socket_owner() -> None:
     (["--reason", "NOT_A_REASON"], "not a drop reason"),
     (["--reason", "NO_SOCKE"], "did you mean NO_SOCKET"),
     (["-P", "70000"], "not a port"),
+    (["--netns", "no-such-netns-here"], "no network namespace named 'no-such-netns-here'"),
+    (["--cgroup", "/nonexistent"], "is not a cgroup v2 directory"),
+    (["-p", "x"], "'x' is not a process ID"),
 ])
 def test_bad_options_are_usage_errors(args: list[str], message: str) -> None:
     done = run(["drop", *args])

@@ -232,7 +232,8 @@ def test_kprobe_fallbacks_pass_the_verifier() -> None:
             assert_verified(obj, group, "kprobe")
 
 
-@pytest.mark.parametrize("args", [["-P", "0"], ["-4", "-x"], ["--port", "1,a"]])
+@pytest.mark.parametrize("args", [["-P", "0"], ["-4", "-x"], ["--port", "1,a"], ["--netns", "no-such-netns-here"],
+                                  ["--cgroup", "/nonexistent"], ["-p", "0"]])
 def test_bad_options_are_usage_errors(args: list[str]) -> None:
     done = run(["retrans", *args])
     assert done.returncode == 2 and "Traceback" not in done.stderr
