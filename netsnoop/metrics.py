@@ -86,11 +86,11 @@ METRICS: list[MetricDoc] = [
     MetricDoc("netsnoop_tcp_accepts_total", "counter",
               "TCP connections returned by accept()/accept4(), per network namespace.", ("netns", PORT), "accepts"),
     MetricDoc("netsnoop_tcp_drops_total", "counter",
-              "TCP packets the kernel dropped, by its drop reason (enum skb_drop_reason), all network namespaces.",
-              ("reason", PORT), "drops"),
+              "TCP packets the kernel dropped, by its drop reason (enum skb_drop_reason), per network namespace "
+              "(the socket's, else the device's).", ("netns", "reason", PORT), "drops"),
     MetricDoc("netsnoop_tcp_retransmits_total", "counter",
               "TCP retransmissions the kernel sent (tcp:tcp_retransmit_skb and SYN-ACK retransmits, as netsnoop "
-              "retrans -c counts them), all network namespaces.", (PORT,), "retrans"),
+              "retrans -c counts them), per network namespace of the socket.", ("netns", PORT), "retrans"),
     MetricDoc("netsnoop_tcp_sent_bytes_total", "counter",
               "Bytes processes sent on TCP sockets (sendmsg return values), all network namespaces.", (PORT,), "bytes"),
     MetricDoc("netsnoop_tcp_received_bytes_total", "counter",
@@ -499,7 +499,7 @@ class Drops(MapSource):
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
         self.tracer = _tracer("drop")
-        self.counts: dict[tuple[str, ...], int] = {}
+        self.counts: dict[tuple[Any, ...], int] = ctx.netns.track({})
 
     def rodata(self) -> dict[str, Any]:
         return {"count_only": 1, "with_stack": 0}
@@ -509,13 +509,13 @@ class Drops(MapSource):
 
         for k, v in self.taken("counts", "drop_key"):
             reason = reason_name(k.reason) if k.reason else "unknown"  # a kernel without drop reasons
-            key = (reason, *self.ctx.ports.of(k.dport, k.sport))
+            key = (self.ctx.netns.key(k.netns), reason, *self.ctx.ports.of(k.dport, k.sport))
             self.counts[key] = self.counts.get(key, 0) + struct.unpack_from("=Q", v)[0]
 
     def families(self) -> Iterator[Metric]:
         f = family("netsnoop_tcp_drops_total", self.ctx.ports.enabled)
-        for key, n in sorted(self.counts.items()):
-            f.add_metric(list(key), n)
+        for (ino, *rest), n in sorted(self.counts.items(), key=str):
+            f.add_metric([self.ctx.netns.label(ino), *rest], n)
         yield f
 
 
@@ -525,22 +525,20 @@ class Retransmits(MapSource):
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
         self.tracer = _tracer("retrans")
-        self.counts: dict[tuple[str, ...], int] = {}
+        self.counts: dict[tuple[Any, ...], int] = ctx.netns.track({})
 
     def rodata(self) -> dict[str, Any]:
         return {"count_only": 1}
 
     def poll(self) -> None:
         for k, v in self.taken("counts", "flow_key"):
-            key = self.ctx.ports.of(k.lport, k.rport)
+            key = (self.ctx.netns.key(k.netns), *self.ctx.ports.of(k.lport, k.rport))
             self.counts[key] = self.counts.get(key, 0) + struct.unpack_from("=Q", v)[0]
 
     def families(self) -> Iterator[Metric]:
         f = family("netsnoop_tcp_retransmits_total", self.ctx.ports.enabled)
-        for key, n in sorted(self.counts.items()):
-            f.add_metric(list(key), n)
-        if not self.counts and not self.ctx.ports.enabled:
-            f.add_metric([], 0)
+        for (ino, *port), n in sorted(self.counts.items(), key=str):
+            f.add_metric([self.ctx.netns.label(ino), *port], n)
         yield f
 
 

@@ -11,10 +11,13 @@ import sys
 
 import pytest
 from helpers import NetnsPair, Trace, closed_port, refused_connect, run
+from loss_scene import loss_scene, per_netns
 from traffic_helpers import Sink, flush_rules, in_netns, nft_input_chain, nft_rule_packets, wait_for
 
+from netsnoop.commands.drop import command as drop_command
 from netsnoop.commands.drop import drop_reasons
 from netsnoop.ksyms import KernelSymbols
+from netsnoop.netns import HOST_NETNS_INODE
 from netsnoop.traffic import tcp_flags
 
 HAVE_BTF = os.path.exists("/sys/kernel/btf/vmlinux")
@@ -39,6 +42,8 @@ def test_syn_to_a_closed_port_is_dropped_with_no_socket(host: str) -> None:
         assert (r["ip"], r["daddr"], r["saddr"], r["flags"], r["state"]) == \
             (6 if ":" in host else 4, host, host, "SYN", None)
         assert r["reason"] == "NO_SOCKET"
+        # no socket took it: the namespace is the device's (loopback's: the host's)
+        assert (r["netns"], r["netns_inode"], r["pid"], r["container"]) == ("host", HOST_NETNS_INODE, None, "-")
         assert r["location"].startswith(("tcp_v4_rcv+", "tcp_v6_rcv+"))
         assert r["stack"][0].startswith(("kfree_skb", "sk_skb_reason_drop")), r["stack"]
         assert any(f.startswith(("tcp_v4_rcv+", "tcp_v6_rcv+")) for f in r["stack"])
@@ -193,6 +198,9 @@ def test_drops_name_the_socket_owner() -> None:
     (["--reason", "NOT_A_REASON"], "not a drop reason"),
     (["--reason", "NO_SOCKE"], "did you mean NO_SOCKET"),
     (["-P", "70000"], "not a port"),
+    (["--netns", "no-such-netns-here"], "no network namespace named 'no-such-netns-here'"),
+    (["--cgroup", "/nonexistent"], "is not a cgroup v2 directory"),
+    (["-p", "x"], "'x' is not a process ID"),
 ])
 def test_bad_options_are_usage_errors(args: list[str], message: str) -> None:
     done = run(["drop", *args])
@@ -234,3 +242,66 @@ def test_counting_attaches_no_owner_hooks() -> None:
         pass
     assert len(counting.links) == 1 and len(rows.links) == 5, (counting.links, rows.links)
     assert {g for g, k in counting.summary["hooks"].items() if k} == {"drop"}
+
+
+@pytest.mark.integration
+def test_who_and_where_of_drops() -> None:
+    """Two container-like processes in two namespaces lose each other's packets to
+    their namespaces' firewalls. Each drop names its namespace, the owner of the socket
+    that had the packet (not whoever was on the CPU) and that owner's container; the
+    filters keep one side each; -c counts per namespace what each firewall counted.
+    The unfiltered trace is the control for every absence."""
+    with loss_scene() as scene:
+        ns, cg, a, b = scene.ns, scene.cg, scene.a.pid, scene.b.pid
+        fw = ["--reason", "NETFILTER_DROP", "--no-stack"]
+        with Trace(["drop", "--json", *fw]) as everything, \
+             Trace(["drop", "-w", *fw, "--netns", ns.a]) as by_ns, \
+             Trace(["drop", "--json", "-w", *fw, "--cgroup", cg.kube]) as by_cgroup, \
+             Trace(["drop", "--json", *fw, "-p", f"{a},{os.getpid()}"]) as by_pid, \
+             Trace(["drop", "-c", "--json", *fw]) as counted, \
+             Trace(["drop", "-c", "--json", *fw, "--cgroup", cg.docker]) as counted_docker:
+            scene.start()
+            scene.lose()
+    dropped = scene.dropped
+    assert dropped[ns.a] > 0 and dropped[ns.b] > 0
+
+    for name in (ns.a, ns.b):
+        rows = [r for r in everything.records if r["netns"] == name]
+        assert len(rows) == dropped[name], (name, everything.records, dropped)
+        pid, comm, container = scene.owner(name)
+        assert {(r["pid"], r["comm"], r["container"], r["netns_inode"]) for r in rows} == {
+            (pid, comm, container, scene.inode[name])}
+
+    # --netns, text -w: NETNS and CONTAINER before REASON; A's drops only
+    header, *lines = by_ns.lines
+    assert header.split()[-3:] == ["NETNS", "CONTAINER", "REASON"], header
+    fields = [line.split() for line in lines]
+    assert len(fields) == dropped[ns.a], by_ns.stdout
+    assert {(f[1], f[-3], f[-2]) for f in fields} == {(str(a), ns.a, cg.docker_label)}
+
+    # --cgroup: B's drops only, with its cgroup path
+    assert len(by_cgroup.records) == dropped[ns.b], by_cgroup.records
+    assert {(r["pid"], r["netns"], r["cgroup"]) for r in by_cgroup.records} == {(b, ns.b, cg.rel(cg.kube))}
+
+    # -p: A's drops (this process owns no socket that drops), none of B's
+    assert len(by_pid.records) == dropped[ns.a] and {r["pid"] for r in by_pid.records} == {a}, by_pid.records
+
+    # -c: per namespace, what each firewall counted; with --cgroup only A's namespace
+    assert {k: v for k, v in per_netns(counted.records, "drops").items() if k in dropped} == dropped
+    assert {r["netns_inode"] for r in counted.records if r["netns"] == ns.b} == {scene.inode[ns.b]}
+    assert per_netns(counted_docker.records, "drops") == {ns.a: dropped[ns.a]}, counted_docker.records
+
+
+def test_reason_names_complete() -> None:
+    """--reason completes the running kernel's reason names (its BTF), for the last item
+    of a list and after a "!"."""
+    reasons = set(drop_reasons().values())
+    param = next(p for p in drop_command.params if p.name == "reasons")
+
+    def complete(text: str) -> list[str]:
+        return [c.value for c in param.type.shell_complete(None, param, text)]
+
+    got = complete("NETFILTER")
+    assert got and set(got) <= reasons and "NETFILTER_DROP" in got and all(g.startswith("NETFILTER") for g in got)
+    assert "NO_SOCKET,!NETFILTER_DROP" in complete("NO_SOCKET,!netf")
+    assert len(complete("")) == len(reasons - {"CONSUMED"})

@@ -124,7 +124,7 @@ def run_scene(pair: NetnsPair, scene: str) -> tuple[dict, dict, dict, int, int]:
 def test_each_problem_is_found_with_its_owner_namespace_and_the_kernels_figure() -> None:
     with NetnsPair() as pair, nft_input_chain(pair, pair.b) as add:
         add("tcp dport 8004 counter drop")
-        add("tcp dport 8002 numgen random mod 100 < 5 drop")
+        add("tcp dport 8002 numgen random mod 100 < 5 counter drop")
         pair.exec(pair.a, "sysctl -qw net.ipv4.tcp_syn_retries=1")
         report, before, after, server_pid, client_pid = run_scene(pair, "healthy,lossy,refused,queue,firewall")
         delta = {ns: {k: after[ns][k] - before[ns][k] for k in after[ns]} for ns in after}
@@ -151,9 +151,11 @@ def test_each_problem_is_found_with_its_owner_namespace_and_the_kernels_figure()
         # resets received (no kernel counter): one per refused connect, the only resets the scene makes there
         assert tcp[pair.a]["resets_received"] == 3
 
-        # drops are counted over every namespace: at least the rule's own count
-        assert report["drops"].get("NETFILTER_DROP", 0) >= nft_counter(pair, pair.b, 8004) > 0
-        assert any(f["kind"] == "drops" and f["reason"] == "NETFILTER_DROP" for f in found)
+        # drops are counted per namespace: exactly what the two rules there counted
+        fw = [(d["netns"], d["count"]) for d in report["drops"] if d["reason"] == "NETFILTER_DROP"]
+        assert (pair.b, nft_counter(pair, pair.b, 8004) + nft_counter(pair, pair.b, 8002)) in fw, fw
+        assert nft_counter(pair, pair.b, 8004) > 0 and pair.a not in {ns for ns, _n in fw}
+        assert any(f["kind"] == "drops" and f["reason"] == "NETFILTER_DROP" and f["netns"] == pair.b for f in found)
         # the healthy flow is not a finding
         assert not [f for f in found if "8001" in f["text"]]
 

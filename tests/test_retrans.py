@@ -5,9 +5,11 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import urllib.request
 
 import pytest
-from helpers import NetnsPair, Trace, assert_verified, run
+from helpers import NetnsPair, Trace, assert_verified, free_port, run
+from loss_scene import loss_scene, per_netns
 from traffic_helpers import (Sink, flush_rules, in_netns, kernel_has_symbol, nft_input_chain,
                              nstat, wait_for)
 
@@ -53,8 +55,8 @@ def test_established_connection_retransmits_are_traced_and_counted() -> None:
 
     # -c, forced onto the classic tracepoint, counts the same retransmits per flow
     flows = [r for r in counted.records if r["lport"] == lport]
-    assert [(f["laddr"], f["raddr"], f["rport"], f["segs"]) for f in flows] == [
-        (net.addr_a, net.addr_b, server.port, retransmitted)]
+    assert [(f["laddr"], f["raddr"], f["rport"], f["segs"], f["netns"]) for f in flows] == [
+        (net.addr_a, net.addr_b, server.port, retransmitted, net.a)]
     assert counted.summary["hooks"]["retransmit"] == "tracepoint"
 
     header, *lines = text.lines
@@ -230,7 +232,76 @@ def test_kprobe_fallbacks_pass_the_verifier() -> None:
             assert_verified(obj, group, "kprobe")
 
 
-@pytest.mark.parametrize("args", [["-P", "0"], ["-4", "-x"], ["--port", "1,a"]])
+@pytest.mark.parametrize("args", [["-P", "0"], ["-4", "-x"], ["--port", "1,a"], ["--netns", "no-such-netns-here"],
+                                  ["--cgroup", "/nonexistent"], ["-p", "0"]])
 def test_bad_options_are_usage_errors(args: list[str]) -> None:
     done = run(["retrans", *args])
     assert done.returncode == 2 and "Traceback" not in done.stderr
+
+
+def test_who_and_where_of_retransmits() -> None:
+    """Two container-like processes in two namespaces retransmit what each other's
+    firewall dropped. Each retransmit names its namespace, the socket's owner (a
+    timer sent it, not the process) and the owner's container; the filters keep one
+    side each, in the kernel; -c counts per namespace what nstat counts there. The
+    unfiltered trace is the control for every absence."""
+    with loss_scene() as scene:
+        ns, cg, a, b = scene.ns, scene.cg, scene.a.pid, scene.b.pid
+        with Trace(["retrans", "--json"]) as everything, \
+             Trace(["retrans", "-w", "--netns", ns.b]) as by_ns, \
+             Trace(["retrans", "--json", "--cgroup", cg.docker]) as by_cgroup, \
+             Trace(["retrans", "--json", "-p", f"{b},{os.getpid()}"]) as by_pid, \
+             Trace(["retrans", "-c", "--json"]) as counted:
+            scene.start()
+            scene.lose()
+    resent = scene.retransmitted
+    assert resent[ns.a] >= 2 and resent[ns.b] >= 2
+
+    for name in (ns.a, ns.b):
+        rows = [r for r in everything.records if r["netns"] == name]
+        assert sum(r["segs"] for r in rows) == resent[name], (name, everything.records, resent)
+        pid, comm, container = scene.owner(name)
+        assert {(r["pid"], r["comm"], r["container"], r["netns_inode"]) for r in rows} == {
+            (pid, comm, container, scene.inode[name])}
+
+    # --netns, text -w: the last two columns are NETNS and CONTAINER; B's side only
+    header, *lines = by_ns.lines
+    assert header.split()[-2:] == ["NETNS", "CONTAINER"], header
+    fields = [line.split() for line in lines]
+    assert sum(int(f[7]) for f in fields) == resent[ns.b], by_ns.stdout
+    assert {(f[1], f[-2], f[-1]) for f in fields} == {(str(b), ns.b, cg.kube_label)}
+
+    # --cgroup: A's retransmits only; -p: B's (this process owns none of them)
+    assert {(r["pid"], r["netns"]) for r in by_cgroup.records} == {(a, ns.a)}, by_cgroup.records
+    assert sum(r["segs"] for r in by_cgroup.records) == resent[ns.a]
+    assert {(r["pid"], r["netns"]) for r in by_pid.records} == {(b, ns.b)}, by_pid.records
+    assert sum(r["segs"] for r in by_pid.records) == resent[ns.b]
+
+    # -c: per namespace, what nstat counts inside each
+    assert {k: v for k, v in per_netns(counted.records, "segs").items() if k in resent} == resent
+    assert {r["netns_inode"] for r in counted.records if r["netns"] == ns.a} == {scene.inode[ns.a]}
+
+
+def test_export_labels_drops_and_retransmits_by_namespace() -> None:
+    """netsnoop export's drop and retransmit series carry the namespace: each equals
+    what that namespace's firewall (drops) and nstat (retransmits) counted."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    target = f"127.0.0.1:{free_port()}"
+    with loss_scene() as scene, Trace(["export", "--listen", target, "--metrics", "drops,retrans"]):
+        scene.start()
+        scene.lose()
+
+        def samples() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+            with urllib.request.urlopen(f"http://{target}/metrics", timeout=5) as r:
+                text = r.read().decode()
+            return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                    for f in text_string_to_metric_families(text) for s in f.samples}
+
+        want: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        for name in (scene.ns.a, scene.ns.b):
+            want["netsnoop_tcp_drops_total", (("netns", name), ("reason", "NETFILTER_DROP"))] = scene.dropped[name]
+            want["netsnoop_tcp_retransmits_total", (("netns", name),)] = scene.retransmitted[name]
+        # the exporter empties the kernel's maps every second: wait for the poll
+        assert wait_for(lambda: all(samples().get(k) == v for k, v in want.items()), timeout=10), \
+            (want, {k: samples().get(k) for k in want})

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 /* drop: TCP packets the kernel frees as dropped (skb:kfree_skb), with the packet's
- * addresses and flags, the socket state, the kernel's drop reason and the kernel
- * stack of the drop point (tcpdrop); or, with -c, counted per reason and 4-tuple. */
+ * addresses and flags, the socket state and owner, the network namespace, the
+ * kernel's drop reason and the kernel stack of the drop point (tcpdrop); or, with -c,
+ * counted per reason, namespace and 4-tuple. */
 #include "traffic.h"
 #include "owner.h"
 
@@ -11,6 +12,7 @@
 struct event {
 	__u64 ts_ns;
 	__u64 location; /* return address into the function that dropped it */
+	__u64 cgroup; /* the owner's cgroup v2 id, or 0 */
 	__u32 pid; /* the owner of the socket that had the packet (sock_owners), or 0 */
 	__u32 reason; /* enum skb_drop_reason; names come from kernel BTF */
 	__u16 family;
@@ -22,13 +24,14 @@ struct event {
 	__u8 daddr[16];
 	char comm[TASK_COMM_LEN];
 	__s32 stack_bytes; /* bytes of stack[] filled, or a negative error */
-	__u32 pad;
+	__u32 netns; /* drop_netns() */
 	__u64 stack[MAX_STACK];
 };
 EXPORT_STRUCT(event);
 
 struct drop_key {
 	__u32 reason;
+	__u32 netns; /* drop_netns() */
 	__u16 family;
 	__u16 sport;
 	__u16 dport;
@@ -70,22 +73,34 @@ static __always_inline bool reason_allowed(__u32 reason)
 	return !reason_in(exclude_reasons, reason);
 }
 
-static __always_inline void count_drop(const struct sock_tuple *t, __u32 reason)
+static __always_inline void count_drop(const struct sock_tuple *t, __u32 reason, __u32 netns)
 {
-	struct drop_key key = {.reason = reason, .family = t->family, .sport = t->sport, .dport = t->dport};
+	struct drop_key key = {.reason = reason, .netns = netns, .family = t->family, .sport = t->sport,
+			       .dport = t->dport};
 
 	__builtin_memcpy(key.saddr, t->saddr, 16);
 	__builtin_memcpy(key.daddr, t->daddr, 16);
 	count_key(&counts, &key);
 }
 
+/* The network namespace a drop happened in: the socket's when one had the packet,
+ * else the device's it arrived on or was leaving by (a packet no socket took). */
+static __always_inline __u32 drop_netns(const struct sk_buff *skb, const struct sock *sk)
+{
+	if (sk)
+		return sock_netns(sk);
+	return BPF_CORE_READ(skb, dev, nd_net.net, ns.inum);
+}
+
 static __always_inline int on_drop(void *ctx, const struct sk_buff *skb, void *location, __u32 reason,
 				   const struct sock *rx_sk)
 {
+	const struct sock_owner *o;
 	struct sock_tuple t = {};
 	const struct sock *sk;
 	struct event *e;
 	__u8 flags = 0;
+	__u32 netns;
 
 	if (reason_is_consumed(reason))
 		return 0;
@@ -93,21 +108,26 @@ static __always_inline int on_drop(void *ctx, const struct sk_buff *skb, void *l
 		return 0;
 	if (!tuple_allowed(&t))
 		return 0;
+	sk = BPF_CORE_READ(skb, sk);
+	if (!sk)
+		sk = rx_sk;
+	netns = drop_netns(skb, sk);
+	if (!netns_allowed(netns))
+		return 0;
+	o = owner_wanted(count_only) ? owner_lookup(sk) : NULL;
+	if (!owner_allowed(o))
+		return 0;
 	if (count_only) {
-		count_drop(&t, reason);
+		count_drop(&t, reason, netns);
 		return 0;
 	}
 	e = reserve_event(sizeof(*e));
 	if (!e)
 		return 0;
-	sk = BPF_CORE_READ(skb, sk);
-	if (!sk)
-		sk = rx_sk;
 	e->ts_ns = bpf_ktime_get_ns();
 	e->location = (__u64)location;
-	e->pid = 0;
-	e->comm[0] = 0;
-	owner_of(sk, &e->pid, e->comm);
+	owner_copy(o, &e->pid, e->comm, &e->cgroup);
+	e->netns = netns;
 	e->reason = reason;
 	e->family = t.family;
 	e->sport = t.sport;

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 /* retrans: TCP retransmits, SYN-ACK retransmits and (where a kprobe can reach
- * tcp_send_loss_probe) tail loss probes, as events or counted per flow (tcpretrans). */
+ * tcp_send_loss_probe) tail loss probes, with the socket's owner and network
+ * namespace, as events or counted per namespace and flow (tcpretrans). */
 #include "traffic.h"
 #include "owner.h"
 
@@ -9,10 +10,11 @@
 
 struct event {
 	__u64 ts_ns;
+	__u64 cgroup; /* the owner's cgroup v2 id, 0 if none is known */
 	__u32 pid; /* the socket's owner (sock_owners), 0 if none is known */
 	__u32 seq;
 	__u32 segs; /* segments this retransmit sent (tcp_skb_pcount), 0 for a TLP row */
-	__u32 pad;
+	__u32 netns; /* the socket's network namespace (inode) */
 	char comm[TASK_COMM_LEN];
 	__u16 family;
 	__u16 lport;
@@ -31,6 +33,7 @@ struct flow_key {
 	__u16 lport;
 	__u16 rport;
 	__u16 pad;
+	__u32 netns;
 };
 EXPORT_STRUCT(flow_key);
 
@@ -46,9 +49,9 @@ struct {
 	__type(value, __u64);
 } counts SEC(".maps");
 
-static __always_inline void count_flow(const struct sock_tuple *t, __u32 segs)
+static __always_inline void count_flow(const struct sock_tuple *t, __u32 netns, __u32 segs)
 {
-	struct flow_key key = {};
+	struct flow_key key = {.netns = netns};
 
 	__builtin_memcpy(key.laddr, t->saddr, 16);
 	__builtin_memcpy(key.raddr, t->daddr, 16);
@@ -61,22 +64,29 @@ static __always_inline void count_flow(const struct sock_tuple *t, __u32 segs)
 static __always_inline int report(const struct sock *sk, const struct sock_tuple *t, __u8 state, __u8 type,
 				  __u32 seq, __u32 segs)
 {
+	const struct sock_owner *o;
 	struct event *e;
+	__u32 netns;
 
 	if (!tuple_allowed(t))
 		return 0;
+	netns = sock_netns(sk);
+	if (!netns_allowed(netns))
+		return 0;
+	o = owner_wanted(count_only) ? owner_lookup(sk) : NULL;
+	if (!owner_allowed(o))
+		return 0;
 	if (count_only) {
 		if (segs) /* a loss probe row sends nothing itself */
-			count_flow(t, segs);
+			count_flow(t, netns, segs);
 		return 0;
 	}
 	e = reserve_event(sizeof(*e));
 	if (!e)
 		return 0;
 	e->ts_ns = bpf_ktime_get_ns();
-	e->pid = 0;
-	e->comm[0] = 0;
-	owner_of(sk, &e->pid, e->comm);
+	owner_copy(o, &e->pid, e->comm, &e->cgroup);
+	e->netns = netns;
 	e->seq = seq;
 	e->segs = segs;
 	e->family = t->family;

@@ -4,14 +4,16 @@ kernel's own drop reason)."""
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
 import click
 
 from netsnoop import options as o
+from netsnoop import where
 from netsnoop.btf import BTF
+from netsnoop.errors import NetsnoopError
 from netsnoop.fmt import ip_version, tcp_state
 from netsnoop.ksyms import kernel_symbols
 from netsnoop.output import Column, OutputOptions
@@ -89,20 +91,19 @@ class ReasonList(click.ParamType):
         return ReasonFilter(tuple(only), tuple(excluded))
 
     def shell_complete(self, ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
-        """The running kernel's reason names (its BTF), for the last item of a comma
-        list, keeping a leading ``!``; none when this kernel reports no reasons."""
+        """The running kernel's reason names for the last item of the list, keeping
+        its ``!`` (none where the kernel's BTF cannot be read)."""
         from click.shell_completion import CompletionItem
-
-        from netsnoop.errors import NetsnoopError
 
         head, _, last = incomplete.rpartition(",")
         bang = "!" if last.startswith("!") else ""
         typed = last[len(bang):].upper().removeprefix("SKB_DROP_REASON_")
         try:
-            names = sorted(set(drop_reasons().values()))
+            names = sorted(set(drop_reasons().values()) - {"CONSUMED"})
         except NetsnoopError:
             return []
-        return [CompletionItem((head + "," if head else "") + bang + n) for n in names if n.startswith(typed)]
+        prefix = (head + "," if head else "") + bang
+        return [CompletionItem(prefix + n) for n in names if n.startswith(typed)]
 
 
 def kernel_filter(reasons: ReasonFilter | None, excluded: ReasonFilter | None, normal: bool) -> dict[str, list[int]]:
@@ -119,7 +120,18 @@ def kernel_filter(reasons: ReasonFilter | None, excluded: ReasonFilter | None, n
     return {"filter_reasons": only, "exclude_reasons": out}
 
 
-def columns() -> list[Column]:
+# CONTAINER cannot be the last text column here (the stack lines follow REASON): padded
+# to fit a runtime's name and 12 hex digits
+CONTAINER_WIDTH = 23
+
+
+def where_columns(wide: bool, json: bool) -> list[Column]:
+    """where.columns() for a place before REASON, in the same order."""
+    return [replace(c, width=CONTAINER_WIDTH) if c.header == "CONTAINER" else c for c in where.columns(wide, json)]
+
+
+def columns(wide: bool = False, json: bool = True) -> list[Column]:
+    """NETNS and CONTAINER come before REASON: in text its stack lines end the row."""
     return [
         Column("PID", 7, json=False),
         Column("IP", 2),
@@ -127,6 +139,7 @@ def columns() -> list[Column]:
         Column(">", 1, json=False),
         Column("DADDR:DPORT", 20, json=False),
         Column("STATE (FLAGS)", 26, json=False),
+        *where_columns(wide, json),
         Column("REASON", json=False, lines=True),  # in text, followed by the stack lines
         *typed_endpoints("S", "D"),
         Column("STATE", text=False),
@@ -145,16 +158,19 @@ COUNT_COLUMNS = [
     Column("SADDR:SPORT", 25, json=False),
     Column("DADDR:DPORT", 25, json=False),
     Column("DROPS", 6, align=">"),
+    Column("NETNS"),
     Column("REASON", text=False),
     Column("NORMAL", text=False),
     Column("IP", text=False),
     *typed_endpoints("S", "D"),
+    Column("NETNS_INODE", text=False),
 ]
 
 
-def row(e: Any) -> tuple[Any, ...]:
+def row(e: Any, named: Any = None) -> tuple[Any, ...]:
     """Text gets the stack as tab-indented lines after REASON (and a blank line, as
-    bcc prints it); JSON gets it as a list. No socket: STATE "-", JSON null."""
+    bcc prints it); JSON gets it as a list. No socket: STATE "-", JSON null.
+    ``named``: where.values, when where.columns() are shown."""
     src, dst, *typed = endpoints(e.family, e.saddr, e.sport, e.daddr, e.dport)
     state = tcp_state(e.state) if e.state else None
     flags, reason, normal = tcp_flags(e.tcpflags), reason_name(e.reason), is_normal(e.reason)
@@ -162,7 +178,8 @@ def row(e: Any) -> tuple[Any, ...]:
     text_reason = reason + (NORMAL_LABEL if normal else "") + "".join(f"\n\t{f}" for f in frames) \
         + ("\n" if frames else "")
     pid, name = owner(e)
-    return (pid or "-", ip_version(e.family), src, ">", dst, f"{state or '-'} ({flags})", text_reason, *typed,
+    return (pid or "-", ip_version(e.family), src, ">", dst, f"{state or '-'} ({flags})",
+            *(named(e.netns, e.cgroup) if named else ()), text_reason, *typed,
             state, flags, reason, normal, kernel_symbols().format(e.location), frames, pid, name)
 
 
@@ -170,11 +187,12 @@ def count_row(k: Any, n: int) -> tuple[Any, ...]:
     src, dst, *typed = endpoints(k.family, k.saddr, k.sport, k.daddr, k.dport)
     normal = is_normal(k.reason)
     reason = reason_name(k.reason)
-    return (reason + (NORMAL_LABEL if normal else ""), src, dst, n, reason, normal, ip_version(k.family), *typed)
+    return (reason + (NORMAL_LABEL if normal else ""), src, dst, n, where.printable(where.netns_label(k.netns)),
+            reason, normal, ip_version(k.family), *typed, k.netns)
 
 
 @click.command("drop")
-@o.output_options(csv=False, wide=False, time=False)
+@o.output_options(csv=False, time=False)
 @click.option("--reason", "reasons", type=ReasonList(), default=None,
               help="only these drop reasons, as the kernel names them (e.g. NO_SOCKET,NETFILTER_DROP); "
                    "'!NAME' excludes one instead (e.g. '!NO_SOCKET')")
@@ -183,12 +201,16 @@ def count_row(k: Any, n: int) -> tuple[Any, ...]:
 @click.option("--normal", is_flag=True,
               help=f"also show the reasons of normal operation ({', '.join(NORMAL_REASONS)}), labelled (normal)")
 @click.option("--no-stack", is_flag=True, help="don't capture and print the kernel stack of each drop")
-@count_option("count drops per reason and 4-tuple, print a table on exit")
+@count_option("count drops per reason, network namespace and 4-tuple, print a table on exit")
 @o.ports_option("-P", "--port", "ports", help="only trace these ports at either end (e.g. 80,443)")
+@where.pids_option("only drops of sockets these processes own")
 @o.family_option
+@o.cgroup_option
+@where.netns_option
 @o.duration_option
 def command(out: OutputOptions, reasons: ReasonFilter | None, excluded: ReasonFilter | None, normal: bool,
-            no_stack: bool, count: bool, ports: Any, family: int | None, duration: float | None) -> None:
+            no_stack: bool, count: bool, ports: Any, pids: list[int] | None, family: int | None,
+            cgroup: int | None, netns: list[int] | None, duration: float | None) -> None:
     """Trace TCP packets the kernel drops, with the reason and the kernel stack.
 
     SADDR:SPORT > DADDR:DPORT are the packet's own addresses (for a received packet
@@ -199,6 +221,13 @@ def command(out: OutputOptions, reasons: ReasonFilter | None, excluded: ReasonFi
     process that connected it or last sent on or received from it while netsnoop ran
     ("-" when none did, or no socket took the packet).
 
+    NETNS is the network namespace of the drop: the socket's, else that of the device
+    the packet came in or went out by. CONTAINER is the container, pod or systemd
+    unit of the socket's owner (both with -w; always in --json). -p and --cgroup keep
+    the drops of sockets whose owner is among those processes or in that cgroup (a
+    drop no known owner's socket had is left out then); --netns judges NETNS. All
+    three filters run in the kernel. -c counts per reason, namespace and 4-tuple.
+
     Some reasons are normal operation, not a packet refused: the kernel's own
     documentation of enum skb_drop_reason calls QUEUE_PURGE a "bulk free" (a queue
     freed whole, e.g. the data of a connection nobody accepted when its listener
@@ -206,11 +235,15 @@ def command(out: OutputOptions, reasons: ReasonFilter | None, excluded: ReasonFi
     are left out unless --normal is given or --reason names them; shown, they are
     labelled "(normal)" (JSON: "normal": true).
     """
+    with_owner = not count or bool(pids or cgroup)  # -c: only -p and --cgroup need owners
     rodata = {**o.port_filters(ports=ports), "filter_family": family, **kernel_filter(reasons, excluded, normal),
-              "count_only": count, "with_stack": not no_stack, "with_owner": not count}
-    with TRACER.open(rodata) as obj:
+              **where.filters(pids, netns), "filter_cgroup": cgroup,
+              "count_only": count, "with_stack": not no_stack, "with_owner": with_owner}
+    tracer = replace(TRACER, rows_only=frozenset()) if count and with_owner else TRACER
+    with tracer.open(rodata) as obj:
         if count:
             show_counts(obj, "drop_key", COUNT_COLUMNS, count_row, out, duration, BANNER)
             return
         out.time = True  # bcc always shows TIME
-        stream(obj, columns(), row, out, duration, banner=BANNER)
+        named = where.values if out.wide or out.json else None  # as where.columns()
+        stream(obj, columns(out.wide, out.json), lambda e: row(e, named), out, duration, banner=BANNER)

@@ -3,7 +3,7 @@ every network namespace at once, in one screen.
 
 The kernel's counters (``nstat``, ``/proc/net/dev``, ``ss``) are read inside each
 namespace at the start and at the end of the sample; the BPF programs of ``connect``
-(outcomes, with owner and latency) and ``drop`` (counted by reason in the kernel) add
+(outcomes, with owner and latency) and ``drop`` (counted by namespace and reason in the kernel) add
 who and why. Findings that need attention come first, each naming who and where and
 the command to run next.
 """
@@ -31,6 +31,7 @@ from netsnoop.runner import StopFlag, Tracer, ready
 # Resets received, per namespace: the kernel counts only those it sends (TcpOutRsts).
 RESETS = Tracer("resets")
 TOP_ROWS = 5  # flows and destinations on the screen
+DROP_ROWS = 10  # (namespace, reason) pairs of drops on the screen
 JSON_ROWS = 100  # ... and in --json: a bound, so that a storm cannot make the record huge
 RETRANS_SHARE_WARN = 0.01  # a namespace retransmitting more than 1 % of its segments
 RETRANS_MIN_SEGMENTS = 100  # ... out of enough segments for the share to mean something
@@ -89,10 +90,10 @@ def _cpu_ticks() -> tuple[int, int]:
 @dataclass
 class Evidence:
     """What the BPF programs saw meanwhile: connect attempts as they resolved, and
-    drops counted by reason; ``unavailable`` says why a part is missing."""
+    drops counted by namespace and reason; ``unavailable`` says why a part is missing."""
 
     connects: list[dict[str, Any]] = field(default_factory=list)
-    drops: dict[str, int] = field(default_factory=dict)
+    drops: list[dict[str, Any]] = field(default_factory=list)  # netns, netns_inode, reason, count
     rtt: dict[str, Any] = field(default_factory=dict)  # remote address -> Log2Hist of RTT samples (us)
     resets_received: dict[int, int] = field(default_factory=dict)  # namespace inode -> resets
     lost_events: int = 0
@@ -237,7 +238,7 @@ def build_report(before: Snapshot, after: Snapshot, evidence: Evidence,
 
     report = {
         "seconds": round(seconds, 3), "namespaces": len(spaces), "interfaces": interfaces, "tcp": tcp,
-        "flows": flows[:JSON_ROWS], "connects": connects[:JSON_ROWS], "drops": evidence.drops,
+        "flows": flows[:JSON_ROWS], "connects": connects[:JSON_ROWS], "drops": evidence.drops[:JSON_ROWS],
         "listeners": listeners, "close_wait": close_wait, "softirqs": softirq,
         "lost_events": evidence.lost_events, "unavailable": evidence.unavailable,
     }
@@ -273,10 +274,11 @@ def findings(report: dict[str, Any]) -> list[dict[str, Any]]:
         if t["failed_connects"] and not any(c["netns"] == t["netns"] and c["failures"] for c in report["connects"]):
             add("connect_failed", f"{t['failed_connects']} connects failed in {t['netns']} (TcpAttemptFails)",
                 "netsnoop connect --outcome", netns=t["netns"], count=t["failed_connects"])
-    for reason, n in sorted(report["drops"].items(), key=lambda kv: -kv[1]):
+    for d in report["drops"]:
+        reason, n, where = d["reason"], d["count"], d["netns"]
         if reason not in NORMAL_REASONS and reason != NO_REASON:
-            add("drops", f"{n} TCP packet{'s' if n > 1 else ''} dropped: {reason} (all namespaces)",
-                f"netsnoop drop --reason {reason}", reason=reason, count=n)
+            add("drops", f"{n} TCP packet{'s' if n > 1 else ''} dropped in {where}: {reason}",
+                f"netsnoop drop --reason {reason} --netns {d['netns_inode']}", netns=where, reason=reason, count=n)
     for i in report["interfaces"]:
         bad = i["rx_dropped"] + i["tx_dropped"] + i["rx_errors"] + i["tx_errors"]
         if bad:
@@ -341,7 +343,7 @@ def gather(seconds: float, progress: Callable[[float], None]) -> tuple[Snapshot,
         for name, obj in objects:
             evidence.lost_events += obj.health()["lost_events"]
             if name == "drops":
-                evidence.drops = _drops_by_reason(obj, drop_cmd)
+                evidence.drops = _drops_by_reason(obj, drop_cmd, {**spaces, **after.spaces})
             if name == "resets":
                 evidence.resets_received = {struct.unpack("=I", k)[0]: struct.unpack("=Q", v)[0]
                                             for k, v in obj.map("received").items()}
@@ -362,16 +364,17 @@ def _connect_record(e: Any, spaces: dict[int, netns.Netns], conn: Any) -> dict[s
             "outcome": conn.outcome(e.state, e.err), "latency_ms": e.lat_ns / 1e6, "pid": e.pid, "comm": comm(e.comm)}
 
 
-def _drops_by_reason(obj: Any, drop_cmd: Any) -> dict[str, int]:
-    import struct
-
+def _drops_by_reason(obj: Any, drop_cmd: Any, spaces: dict[int, netns.Netns]) -> list[dict[str, Any]]:
+    """The drop program's counts summed per namespace and reason, most first."""
     from netsnoop.btf import StructDecoder
 
     key = StructDecoder(obj.btf, "drop_key")
-    out: Counter[str] = Counter()
+    out: Counter[tuple[int, str]] = Counter()
     for raw_key, raw_value in obj.map("counts").items():
-        out[drop_cmd.reason_name(key.decode(raw_key).reason)] += struct.unpack_from("=Q", raw_value)[0]
-    return dict(out.most_common())
+        k = key.decode(raw_key)
+        out[k.netns, drop_cmd.reason_name(k.reason)] += struct.unpack_from("=Q", raw_value)[0]
+    return [{"netns": spaces[ino].label if ino in spaces else f"netns:{ino}", "netns_inode": ino, "reason": reason,
+             "count": n} for (ino, reason), n in out.most_common()]
 
 
 # ---- the screen ----------------------------------------------------------------------
@@ -439,10 +442,13 @@ def render(report: dict[str, Any]) -> list[str]:
                 f"  {_cut(c['netns'] + ' ' + c['remote'], 29):29} {c['attempts']:8d} {p50:>7} {p99:>7}  {failed}"
             )
     if report["drops"]:
-        lines += ["", "TCP DROPS BY REASON (every namespace)"]
-        for reason, n in report["drops"].items():
+        lines += ["", "TCP DROPS BY NAMESPACE AND REASON"]
+        for d in report["drops"][:DROP_ROWS]:
+            reason = d["reason"]
             label = NORMAL_LABEL if reason in NORMAL_REASONS else " (no reason given)" if reason == NO_REASON else ""
-            lines.append(f"  {reason:30} {n:8d}{label}")
+            lines.append(f"  {_cut(d['netns'], 20):20} {reason:30} {d['count']:8d}{label}")
+        if len(report["drops"]) > DROP_ROWS:
+            lines.append(f"  ... {len(report['drops']) - DROP_ROWS} more (--json has them)")
     if report["listeners"]:
         filling = [li for li in report["listeners"] if li["queue"]]
         lines += ["", f"LISTENERS: {len(report['listeners'])} in every namespace"
@@ -472,7 +478,7 @@ def command(duration: float, out: o.OutputOptions) -> None:
     """Sample every network namespace for a few seconds, then show one screen: what
     needs attention first ("!" lines, each naming who and where and the command to run
     next), then interfaces, TCP per second, top flows, connects by destination, drops
-    by reason, listeners and soft IRQs.
+    by namespace and reason, listeners and soft IRQs.
 
     Counters are the kernel's own, read inside each namespace (nstat, /proc/net/dev,
     ss); connect outcomes and drop reasons come from the connect and drop programs.
