@@ -14,7 +14,6 @@ from helpers import NetnsPair, Trace, closed_port, refused_connect, run
 from loss_scene import loss_scene, per_netns
 from traffic_helpers import Sink, flush_rules, in_netns, nft_input_chain, nft_rule_packets, wait_for
 
-from netsnoop.commands.drop import command as drop_command
 from netsnoop.commands.drop import drop_reasons
 from netsnoop.ksyms import KernelSymbols
 from netsnoop.netns import HOST_NETNS_INODE
@@ -290,18 +289,3 @@ def test_who_and_where_of_drops() -> None:
     assert {k: v for k, v in per_netns(counted.records, "drops").items() if k in dropped} == dropped
     assert {r["netns_inode"] for r in counted.records if r["netns"] == ns.b} == {scene.inode[ns.b]}
     assert per_netns(counted_docker.records, "drops") == {ns.a: dropped[ns.a]}, counted_docker.records
-
-
-def test_reason_names_complete() -> None:
-    """--reason completes the running kernel's reason names (its BTF), for the last item
-    of a list and after a "!"."""
-    reasons = set(drop_reasons().values())
-    param = next(p for p in drop_command.params if p.name == "reasons")
-
-    def complete(text: str) -> list[str]:
-        return [c.value for c in param.type.shell_complete(None, param, text)]
-
-    got = complete("NETFILTER")
-    assert got and set(got) <= reasons and "NETFILTER_DROP" in got and all(g.startswith("NETFILTER") for g in got)
-    assert "NO_SOCKET,!NETFILTER_DROP" in complete("NO_SOCKET,!netf")
-    assert len(complete("")) == len(reasons - {"CONSUMED"})
