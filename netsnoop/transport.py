@@ -321,7 +321,7 @@ def _same_from(words: memoryview, first: int) -> int:
     return n  # pragma: no cover - count() said otherwise
 
 
-class _PerfRing:
+class PerfRing:
     """One CPU's perf buffer, read from its pages (see the module's docstring)."""
 
     def __init__(self, fd: int, data_size: int) -> None:
@@ -421,13 +421,13 @@ class PerfBuffer(Transport):
 
         cpus = kernel.online_cpus() if cpus is None else cpus
         per_cpu = perf_bytes_per_cpu(total, len(cpus))
-        self.rings: list[_PerfRing] = []
+        self.rings: list[PerfRing] = []
         self._epoll: _Epoll | None = None
         try:
             for cpu in cpus:
                 fd = perf_event_open(cpu)
                 try:
-                    ring = _PerfRing(fd, per_cpu)
+                    ring = PerfRing(fd, per_cpu)
                 except BaseException:
                     os.close(fd)
                     raise
