@@ -436,7 +436,7 @@ def interpreter_floor(runs: int) -> dict[str, Any]:
 
 # -- workloads under tracing --------------------------------------------------------------
 
-SUMMARY_PART = re.compile(r"(\d+) ([a-z][a-z ]*)|([a-z][a-z ]*):\s*(.*)")
+SUMMARY_PART = re.compile(r"(\d+) ([a-z][a-z ]*)|([a-z][a-z ]*):\s*(.*)|([a-z]+) (transport)")
 MISSED_RUNS = re.compile(r"the kernel skipped (\d+) runs?")
 CAUSES = ("lost_events", "skipped_hook_runs", "ends_not_seen", "changes_not_seen")
 
@@ -444,8 +444,9 @@ CAUSES = ("lost_events", "skipped_hook_runs", "ends_not_seen", "changes_not_seen
 def parse_summary_text(stderr: str) -> dict[str, Any] | None:
     """The text summary, the last ``netsnoop: ...`` line on stderr naming lost events,
     back into the JSON summary's keys: ``netsnoop: 5 events, 0 lost events, 0 skipped
-    hook runs, hooks: set_state=tp_btf accept=none, 0 changes not seen`` gives events,
-    lost_events, skipped_hook_runs, hooks ({group: kind or None}), changes_not_seen.
+    hook runs, ring transport, hooks: set_state=tp_btf accept=none, 0 changes not seen``
+    gives events, lost_events, skipped_hook_runs, transport, hooks ({group: kind or
+    None}), changes_not_seen.
     None when there is no such line or a part of it is not understood."""
     line = next(
         (ln for ln in reversed(stderr.splitlines()) if ln.startswith("netsnoop: ") and "lost events" in ln), None
@@ -459,6 +460,8 @@ def parse_summary_text(stderr: str) -> dict[str, Any] | None:
             return None
         if m.group(1) is not None:
             out[m.group(2).replace(" ", "_")] = int(m.group(1))
+        elif m.group(5) is not None:
+            out["transport"] = m.group(5)
         else:
             pairs = [kv.partition("=") for kv in m.group(4).split()]
             if any(not sep for _, sep, _ in pairs):
