@@ -391,14 +391,19 @@ class _PerfEventAttr(ctypes.Structure):
                 ("wakeup_events", ctypes.c_uint32), ("bp_type", ctypes.c_uint32), ("config1", ctypes.c_uint64)]
 
 
-def perf_event_open(cpu: int) -> int:
-    """A BPF-output perf event on ``cpu``: where bpf_perf_event_output() writes for that CPU."""
+PERF_WATERMARK = 1 << 14  # perf_event_attr.watermark: wake at wakeup_watermark bytes, not per sample
+
+
+def perf_event_open(cpu: int, watermark: int = 0) -> int:
+    """A BPF-output perf event on ``cpu``: where bpf_perf_event_output() writes for that
+    CPU. With ``watermark`` the reader is woken once that many bytes wait, else at every
+    sample."""
     nr = _PERF_EVENT_OPEN.get(platform.machine().lower())
     if nr is None:
         raise LoadError(f"perf buffer: perf_event_open's number on {platform.machine()} is unknown")
     attr = _PerfEventAttr(type=PERF_TYPE_SOFTWARE, size=ctypes.sizeof(_PerfEventAttr),
                           config=PERF_COUNT_SW_BPF_OUTPUT, sample_period=1, sample_type=PERF_SAMPLE_RAW,
-                          wakeup_events=1)
+                          flags=PERF_WATERMARK if watermark else 0, wakeup_events=watermark or 1)
     libc = ctypes.CDLL(None, use_errno=True)
     libc.syscall.restype = ctypes.c_long
     fd = libc.syscall(ctypes.c_long(nr), ctypes.byref(attr), ctypes.c_int(-1), ctypes.c_int(cpu), ctypes.c_int(-1),
@@ -425,7 +430,9 @@ class PerfBuffer(Transport):
         self._epoll: _Epoll | None = None
         try:
             for cpu in cpus:
-                fd = perf_event_open(cpu)
+                # woken per quarter buffer, not per sample (a wake-up per event halves
+                # a storm's rate); what arrives slower is read at the caller's poll timeout
+                fd = perf_event_open(cpu, per_cpu // 4)
                 try:
                     ring = PerfRing(fd, per_cpu)
                 except BaseException:
