@@ -32,7 +32,6 @@ import logging
 import os
 import re
 import struct
-import sys
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Iterator

@@ -246,7 +246,7 @@ class MappedRing(Transport):
         if size <= 0 or size & (size - 1):
             raise ValueError(f"ring buffer size {size} is not a power of two")
         page = mmap.PAGESIZE
-        self.size, self._mask = size, size - 1
+        self.size, self._size, self._mask = size, size, size - 1
         self._consumer = mmap.mmap(fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
         self._pages = mmap.mmap(fd, page + size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
         self._producer = memoryview(self._pages)[:8]
@@ -264,7 +264,7 @@ class MappedRing(Transport):
 
     def read(self, limit: int, handle: RunHandler) -> int:
         """Stops at the first record still being written."""
-        data, mask, size = self._data, self._mask, self.size
+        data, mask, size = self._data, self._mask, self._size
         cons, done = self._cons, 0
         prod = _U64.unpack_from(self._producer)[0]
         while done < limit:
