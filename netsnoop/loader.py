@@ -622,10 +622,10 @@ class BPFObject:
     def lost_events(self) -> int:
         """Events the BPF side could not hand over (buffer full), over all CPUs.
 
-        Through a perf buffer, a full buffer is known twice: kernels from 5.4 on return
-        the error to the program (counted in perf_scratch's ``full``), and every kernel
-        tells the reader in a PERF_RECORD_LOST -- but only with the next sample that
-        fits, so the reader's count can lag. Where the program saw the error, its count
+        Through a perf buffer, a full buffer can be known twice: kernels that return
+        the error to the program have it counted in perf_scratch's ``full``, and every
+        kernel tells the reader in a PERF_RECORD_LOST -- but only with the next sample
+        that fits, so the reader's count can lag. Where the program saw the error, its count
         is complete; elsewhere it is 0 and the reader's is all there is: the larger."""
         lost = self.counter("lost_events") if self.has_map("lost_events") else 0
         if self.transport == PERF and self.has_map("perf_scratch"):

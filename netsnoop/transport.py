@@ -46,6 +46,7 @@ import ctypes
 import fcntl
 import functools
 import mmap
+import operator
 import os
 import platform
 import struct
@@ -94,6 +95,7 @@ Buffer = Union[memoryview, bytes]
 # handle(buf, offset, length, stride, count): ``count`` records every ``stride`` bytes
 # from the start of ``buf``, each ``offset`` bytes of header then ``length`` bytes of data.
 RunHandler = Callable[[Buffer, int, int, int, int], None]
+_TS = operator.attrgetter("ts_ns")
 
 
 def mapped_reading() -> bool:
@@ -179,8 +181,12 @@ class Transport:
     ``close``, and ``size`` (bytes the kernel can hold before it drops events); the
     decoding into events or records is done here, once."""
 
-    kind = RING
     size: int | None = None
+    # one buffer per CPU (perf): a batch is merged by the events' ts_ns, so that events
+    # come in time order as from a ring buffer -- tools that pair an event with a later
+    # one (why: a connect and its answer) rely on it. An event that a CPU finished
+    # writing just after its buffer was read comes with the next batch.
+    per_cpu = False
 
     def wait(self, timeout_ms: int) -> None:
         """Block until records are available (or at least look so), or the timeout."""
@@ -216,6 +222,8 @@ class Transport:
                            for i in range(0, count * stride, stride))
 
         self.read(limit, run)
+        if self.per_cpu and len(out) > 1 and "ts_ns" in decoder.names:
+            out.sort(key=_TS)
         return out
 
     def consume(self) -> list[bytes]:
@@ -418,7 +426,7 @@ class PerfBuffer(Transport):
     """A perf event array map, one perf buffer per online CPU, read from their pages.
     ``size`` is all CPUs' buffers together."""
 
-    kind = PERF
+    per_cpu = True
 
     def __init__(self, map_fd: int, total: int, cpus: list[int] | None = None) -> None:
         from netsnoop import kernel
@@ -456,8 +464,12 @@ class PerfBuffer(Transport):
             self._epoll.wait(timeout_ms)
 
     def read(self, limit: int, handle: RunHandler) -> int:
-        """Each CPU's buffer in turn; the events of different CPUs are not merged by time."""
+        """Each CPU's buffer in turn, each first up to its share of ``limit`` (so that a
+        backlog on one CPU does not hold back the others' events)."""
         done = 0
+        share = -(-limit // max(1, len(self.rings)))
+        for ring in self.rings:
+            done += ring.read(min(share, limit - done), handle)
         for ring in self.rings:
             if done >= limit:
                 break
@@ -540,7 +552,7 @@ class LibbpfRing(_Libbpf):
 
 
 class LibbpfPerf(_Libbpf):
-    kind = PERF
+    per_cpu = True
 
     def __init__(self, fd: int, total: int) -> None:
         from netsnoop import kernel

@@ -247,6 +247,21 @@ def test_perf_lost_records_are_counted_and_split_runs(perf: HandmadePerf) -> Non
     reader.close()
 
 
+def test_perf_lost_record_across_the_end_is_read_whole(perf: HandmadePerf) -> None:
+    """A PERF_RECORD_LOST whose count lies across the end of the data pages (its header
+    never does: records are multiples of 8 bytes)."""
+    reader = perf.reader()
+    for i in range(170):  # 170 samples of 24 bytes: the next record starts 16 bytes before the end
+        perf.sample(bytes([i]) * 12)
+    assert len(read_all(reader)[0]) == 170 and perf.head % perf.size == perf.size - 16
+    perf.lost(987654321)
+    perf.sample(b"after-the-loss......")
+    records, _ = read_all(reader)
+    assert records == [b"after-the-loss......"] and reader.lost == 987654321
+    assert perf.tail == perf.head
+    reader.close()
+
+
 def _states_decoder() -> Any:
     from netsnoop.btf import BTF, StructDecoder
     from netsnoop.libbpf import lib
