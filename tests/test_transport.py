@@ -3,7 +3,7 @@
 NETSNOOP_TRANSPORT=perf forces it here, and the tests that hold netsnoop to exact
 figures -- rows per state change, payload bytes per session, connects counted against
 those made, events lost under a one-page buffer in a storm, the mapped reader against
-libbpf's -- run again through it, unchanged. Every trace they start must then say in its
+libbpf's, why's verdict per connection -- run again through it, unchanged. Every trace they start must then say in its
 summary that the perf buffer carried its events (the same runs in their own modules
 say "ring").
 """
@@ -20,6 +20,7 @@ import test_connect
 import test_life
 import test_ringbuf
 import test_states
+import test_why
 
 import helpers
 from helpers import NETSNOOP, ROOT, Trace, refused_connect
@@ -65,6 +66,8 @@ EXACT: list[Callable[[], None]] = [
     test_connect.test_load_20000_connects_are_counted_exactly,
     test_cli.test_lost_events_are_counted_exactly,
     test_ringbuf.test_mapped_reader_and_libbpf_reader_see_the_same_events,
+    # pairs each connect with its answer: events of different CPUs must come in time order
+    test_why.test_every_connection_counts_even_on_one_reused_client_port,
 ]
 
 
