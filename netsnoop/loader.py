@@ -18,6 +18,9 @@ values; everything else is decided here:
 * **Linked groups** must use the same kind of hook (a design that needs the typed
   socket in every one of them): if one group's best kind is refused, the others give
   it up too.
+* **Event channel.** The ``events`` map is a BPF ring buffer, or where the kernel has
+  none (or ``NETSNOOP_TRANSPORT=perf``) a perf event array, set before load with the
+  programs' ``use_perf`` flag; :mod:`netsnoop.transport` reads either.
 * **Filters** are ``const volatile`` globals in ``.rodata``; their offsets and types
   come from the object's BTF, so Python never restates them.
 * **Cleanup**: links, ring buffers and the object are released on ``close()``, which
