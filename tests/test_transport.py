@@ -10,6 +10,7 @@ say "ring").
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from typing import Any, Callable
@@ -119,3 +120,22 @@ def test_unknown_transport_is_a_usage_error() -> None:
     result = subprocess.run(NETSNOOP + ["states"], env={**os.environ, "NETSNOOP_TRANSPORT": "pipe"}, cwd=ROOT,
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 2 and "NETSNOOP_TRANSPORT" in result.stderr and "Traceback" not in result.stderr
+
+
+@integration
+def test_check_names_the_transport_and_every_subcommand_loads_through_perf() -> None:
+    """`netsnoop check` says which transport a run gets; forced onto the perf buffer,
+    every subcommand's object still passes the verifier and attaches (check loads each
+    as the subcommand would), and the ring buffer it did not choose is still reported."""
+    def check(transport: str) -> dict[str, dict[str, Any]]:
+        result = subprocess.run(NETSNOOP + ["check", "--json"], env={**os.environ, "NETSNOOP_TRANSPORT": transport},
+                                cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        return {f["item"]: f for f in map(json.loads, result.stdout.splitlines())}
+
+    found = check("perf")
+    assert found["transport"]["ok"] and found["transport"]["detail"].startswith("perf buffer")
+    assert found["perf buffer"]["ok"] and found["ring buffer"]["ok"]
+    tools = {k: f for k, f in found.items() if k.startswith("netsnoop ")}
+    assert len(tools) >= 17 and all(f["ok"] for f in tools.values()), [f for f in tools.values() if not f["ok"]]
+    assert found["verdict"]["detail"] == f"{len(tools)} of {len(tools)} subcommands can run here"
