@@ -121,12 +121,18 @@ TRACER_KINDS: dict[str | None, str] = {"C": "C", "A": "A", "X": "X", "connect": 
 #     ("why", ["why", "-P", "{port}"], None, "floor"),
 # (an Expect instead of None once its rows per connection are known from the kernel).
 FLOOR = "@floor"  # bench/floor.py instead of netsnoop: empty programs on the named hook groups
+# Leading NAME=value arguments are the run's environment: the perf-buffer rows (kernels
+# without a BPF ring buffer get that transport) beside the ring buffer's.
+PERF = "NETSNOOP_TRANSPORT=perf"
 STORM: list[tuple[str, list[str], Expect | None, str | None]] = [
     ("floor", [FLOOR, "set_state", "send", "recv"], None, None),
     ("floor+syscalls", [FLOOR], None, None),
     ("states", ["states"], Expect(6, tuple((f"{o}->{n}", 1) for o, n in sorted(STATES_OPENING)) + (("->CLOSE", 2),),
                                   states_kind), "floor"),
     ("life", ["life"], Expect(2), "floor"),
+    ("states[perf]", [PERF, "states"],
+     Expect(6, tuple((f"{o}->{n}", 1) for o, n in sorted(STATES_OPENING)) + (("->CLOSE", 2),), states_kind), "floor"),
+    ("life[perf]", [PERF, "life"], Expect(2), "floor"),
     ("tracer", ["tracer"],
      Expect(4, (("C", 1), ("A", 1), ("X", 2)), lambda r: TRACER_KINDS.get(r.get("t", r.get("type")))),
      "floor+syscalls"),
@@ -148,6 +154,7 @@ ACCOUNTING: list[tuple[str, list[str], Expect]] = [
     ("connect -P", ["connect", "-P", "{port}"], Expect(1)),
     ("life -P, 16K ring", ["--ringbuf", "16K", "life", "-P", "{port}"], Expect(2)),
     ("connect -P, 16K ring", ["--ringbuf", "16K", "connect", "-P", "{port}"], Expect(1)),
+    ("life -P, 16K perf", [PERF, "--ringbuf", "16K", "life", "-P", "{port}"], Expect(2)),
 ]
 FORMATS: dict[str, list[str]] = {"text": [], "json": ["--json"]}
 
@@ -303,9 +310,11 @@ class Netsnoop:
     def start(self) -> "Netsnoop":
         out = open(self.stdout_path, "w") if self.stdout_path else None
         self.t0 = time.perf_counter()
-        cmd = FLOOR_CMD + self.args[1:] if self.args[:1] == [FLOOR] else NETSNOOP + self.args
+        settings = dict(a.split("=", 1) for a in self.args if is_setting(a))
+        args = [a for a in self.args if not is_setting(a)]
+        cmd = FLOOR_CMD + args[1:] if args[:1] == [FLOOR] else NETSNOOP + args
         self.proc = subprocess.Popen(cmd, stdout=out or subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
-                                     text=True, bufsize=1)
+                                     text=True, bufsize=1, env={**os.environ, **settings})
         if out is not None:
             out.close()
         self._thread = threading.Thread(target=self._read_stderr, daemon=True)
@@ -427,7 +436,7 @@ def interpreter_floor(runs: int) -> dict[str, Any]:
 
 # -- workloads under tracing --------------------------------------------------------------
 
-SUMMARY_PART = re.compile(r"(\d+) ([a-z][a-z ]*)|([a-z][a-z ]*):\s*(.*)")
+SUMMARY_PART = re.compile(r"(\d+) ([a-z][a-z ]*)|([a-z][a-z ]*):\s*(.*)|([a-z]+) (transport)")
 MISSED_RUNS = re.compile(r"the kernel skipped (\d+) runs?")
 CAUSES = ("lost_events", "skipped_hook_runs", "ends_not_seen", "changes_not_seen")
 
@@ -435,8 +444,9 @@ CAUSES = ("lost_events", "skipped_hook_runs", "ends_not_seen", "changes_not_seen
 def parse_summary_text(stderr: str) -> dict[str, Any] | None:
     """The text summary, the last ``netsnoop: ...`` line on stderr naming lost events,
     back into the JSON summary's keys: ``netsnoop: 5 events, 0 lost events, 0 skipped
-    hook runs, hooks: set_state=tp_btf accept=none, 0 changes not seen`` gives events,
-    lost_events, skipped_hook_runs, hooks ({group: kind or None}), changes_not_seen.
+    hook runs, ring transport, hooks: set_state=tp_btf accept=none, 0 changes not seen``
+    gives events, lost_events, skipped_hook_runs, transport, hooks ({group: kind or
+    None}), changes_not_seen.
     None when there is no such line or a part of it is not understood."""
     line = next(
         (ln for ln in reversed(stderr.splitlines()) if ln.startswith("netsnoop: ") and "lost events" in ln), None
@@ -450,6 +460,8 @@ def parse_summary_text(stderr: str) -> dict[str, Any] | None:
             return None
         if m.group(1) is not None:
             out[m.group(2).replace(" ", "_")] = int(m.group(1))
+        elif m.group(5) is not None:
+            out["transport"] = m.group(5)
         else:
             pairs = [kv.partition("=") for kv in m.group(4).split()]
             if any(not sep for _, sep, _ in pairs):
@@ -915,7 +927,12 @@ def preflight() -> None:
 
 
 def subcommand(args: list[str]) -> str:
-    return next(a for a in args if not a.startswith("-") and not a[0].isdigit())
+    return next(a for a in args if not a.startswith("-") and not a[0].isdigit() and not is_setting(a))
+
+
+def is_setting(arg: str) -> bool:
+    """An environment setting of a scenario (``NETSNOOP_TRANSPORT=perf``), not an argument."""
+    return arg.startswith("NETSNOOP_") and "=" in arg
 
 
 def selected(label: str, args: list[str], only: set[str]) -> bool:

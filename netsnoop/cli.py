@@ -124,10 +124,8 @@ def _set_verbose(ctx: click.Context, param: click.Parameter, value: bool) -> Non
 
 
 def _set_ringbuf(ctx: click.Context, param: click.Parameter, value: int | None) -> None:
-    if value is not None:
-        from netsnoop import loader
-
-        loader.ringbuf_bytes = value
+    if value is not None:  # read by runner.ring_bytes() when the objects are loaded
+        ctx.find_root().ensure_object(dict)["ringbuf"] = value
 
 
 def _with_global_options(command: click.Command) -> click.Command:
@@ -176,11 +174,8 @@ def cli(ctx: click.Context, verbose: bool, ringbuf: int) -> None:
     (`netsnoop tcplife` is `netsnoop life`). Run `netsnoop check` to see what this
     kernel supports.
     """
-    ctx.obj = {"verbose": verbose}
+    ctx.obj = {"verbose": verbose, "ringbuf": ringbuf}
     _escape_unencodable_output()
-    from netsnoop import loader
-
-    loader.ringbuf_bytes = ringbuf
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.ERROR + 10,
         format="netsnoop: %(name)s: %(message)s",

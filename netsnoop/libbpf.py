@@ -96,6 +96,10 @@ BPF_F_TEST_RUN_ON_CPU = 1
 PRINT_FN = CFUNCTYPE(c_int, c_int, c_char_p, c_void_p)
 # int (*ring_buffer_sample_fn)(void *ctx, void *data, size_t size)
 SAMPLE_FN = CFUNCTYPE(c_int, c_void_p, c_void_p, c_size_t)
+# void (*perf_buffer_sample_fn)(void *ctx, int cpu, void *data, __u32 size)
+PERF_SAMPLE_FN = CFUNCTYPE(None, c_void_p, c_int, c_void_p, c_uint32)
+# void (*perf_buffer_lost_fn)(void *ctx, int cpu, __u64 cnt)
+LOST_FN = CFUNCTYPE(None, c_void_p, c_int, ctypes.c_uint64)
 
 _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "libbpf_major_version": (c_uint32, []),
@@ -126,6 +130,9 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "bpf_map__value_size": (c_uint32, [c_void_p]),
     "bpf_map__max_entries": (c_uint32, [c_void_p]),
     "bpf_map__set_max_entries": (c_int, [c_void_p, c_uint32]),
+    "bpf_map__set_type": (c_int, [c_void_p, c_int]),
+    "bpf_map__set_key_size": (c_int, [c_void_p, c_uint32]),
+    "bpf_map__set_value_size": (c_int, [c_void_p, c_uint32]),
     "bpf_map__initial_value": (c_void_p, [c_void_p, POINTER(c_size_t)]),
     "bpf_map__btf_value_type_id": (c_uint32, [c_void_p]),
     "bpf_map__btf_key_type_id": (c_uint32, [c_void_p]),
@@ -139,6 +146,10 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "ring_buffer__poll": (c_int, [c_void_p, c_int]),
     "ring_buffer__consume": (c_int, [c_void_p]),
     "ring_buffer__free": (None, [c_void_p]),
+    "perf_buffer__new": (c_void_p, [c_int, c_size_t, PERF_SAMPLE_FN, LOST_FN, c_void_p, c_void_p]),
+    "perf_buffer__poll": (c_int, [c_void_p, c_int]),
+    "perf_buffer__consume": (c_int, [c_void_p]),
+    "perf_buffer__free": (None, [c_void_p]),
     "btf__load_vmlinux_btf": (c_void_p, []),
     "btf__parse": (c_void_p, [c_char_p, c_void_p]),
     "btf__free": (None, [c_void_p]),

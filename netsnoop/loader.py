@@ -18,6 +18,9 @@ values; everything else is decided here:
 * **Linked groups** must use the same kind of hook (a design that needs the typed
   socket in every one of them): if one group's best kind is refused, the others give
   it up too.
+* **Event channel.** The ``events`` map is a BPF ring buffer, or where the kernel has
+  none (or ``NETSNOOP_TRANSPORT=perf``) a perf event array, set before load with the
+  programs' ``use_perf`` flag; :mod:`netsnoop.transport` reads either.
 * **Filters** are ``const volatile`` globals in ``.rodata``; their offsets and types
   come from the object's BTF, so Python never restates them.
 * **Cleanup**: links, ring buffers and the object are released on ``close()``, which
@@ -32,7 +35,6 @@ import logging
 import os
 import re
 import struct
-import sys
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Iterator
@@ -42,7 +44,6 @@ from netsnoop.btf import BTF, StructDecoder
 from netsnoop.errors import BadSetting, LoadError, MissingFeature
 from netsnoop.libbpf import (
     BPF_F_TEST_RUN_ON_CPU,
-    SAMPLE_FN,
     IterAttachOpts,
     IterLinkInfo,
     OpenOpts,
@@ -52,7 +53,7 @@ from netsnoop.libbpf import (
     last_errno,
     lib,
 )
-from netsnoop.ringbuf import HEADER, MappedRing, map_size, mapped_reading
+from netsnoop.transport import BPF_MAP_TYPE_PERF_EVENT_ARRAY, DEFAULT_BYTES, PERF, Transport, choose, open_transport
 
 log = logging.getLogger("netsnoop.loader")
 
@@ -60,9 +61,6 @@ HOOK_KINDS = ("tp_btf", "tracepoint", "fentry", "fexit", "kprobe", "kretprobe")
 # kinds the kernel attaches through its own BTF (a type id in it): NETSNOOP_BTF cannot stand in
 KERNEL_BTF_KINDS = ("tp_btf", "fentry", "fexit", "fmod_ret", "iter", "lsm")
 DEFAULT_ORDER = ("tp_btf", "tracepoint", "fentry", "fexit", "kprobe", "kretprobe")
-DEFAULT_RINGBUF_BYTES = 8 << 20
-BATCH_EVENTS = 2048  # events decoded per read: bounds what a backlog costs in memory
-ringbuf_bytes = DEFAULT_RINGBUF_BYTES  # set by `netsnoop --ringbuf SIZE`
 BPF_MAP_TYPE_PERCPU_ARRAY = 6
 BPF_MAP_TYPE_PERCPU_HASH = 5
 BPF_MAP_TYPE_LRU_PERCPU_HASH = 10
@@ -228,103 +226,6 @@ class Map:
         return struct.unpack_from("=Q", v)[0]
 
 
-class RingBuffer:
-    """A BPF ring buffer, read in batches: raw records (``poll``/``consume``) or decoded
-    events (``poll_events``/``read_events``, what :func:`netsnoop.runner.stream` uses).
-
-    Records are read straight from the ring's shared pages where the CPU's memory
-    model allows (:mod:`netsnoop.ringbuf`): no call back into Python per record, and a
-    run of equal records decoded in one C loop. Elsewhere libbpf reads the ring and a
-    C callback copies each record. ``*_events`` return at most ``limit`` events a call,
-    which bounds the memory a backlog can take.
-    """
-
-    def __init__(self, fd: int) -> None:
-        self.handle = 0
-        self.size = map_size(fd)
-        self._mapped: MappedRing | None = None
-        self._batch: list[bytes] = []
-        if self.size and mapped_reading():
-            self._mapped = MappedRing(fd, self.size)
-            return
-        self._limit = [0]  # records per read, 0 = all (a cell the callback sees)
-        batch, limit = self._batch, self._limit
-        string_at = ctypes.string_at
-
-        def sample(_ctx: int, data: int, size: int) -> int:
-            batch.append(string_at(data, size))
-            return -1 if limit[0] and len(batch) >= limit[0] else 0  # < 0: libbpf stops here
-
-        self._cb = SAMPLE_FN(sample)  # keep alive as long as the ring buffer
-        self.handle = lib().ring_buffer__new(fd, self._cb, None, None)
-        if not self.handle:
-            raise LoadError(f"creating the ring buffer failed: {errno_message(last_errno())}")
-
-    def poll(self, timeout_ms: int) -> list[bytes]:
-        """Wait up to ``timeout_ms`` for records; return (and forget) all received."""
-        if self._mapped is not None:
-            self._mapped.wait(timeout_ms)
-            return self.consume()
-        lib().ring_buffer__poll(self.handle, timeout_ms)
-        return self.drain()
-
-    def consume(self) -> list[bytes]:
-        if self._mapped is not None:
-            self._mapped.read(sys.maxsize, self._copy_run)
-        else:
-            lib().ring_buffer__consume(self.handle)
-        return self.drain()
-
-    def _copy_run(self, buf: Any, length: int, stride: int, count: int) -> None:
-        self._batch.extend(bytes(buf[i + HEADER : i + HEADER + length]) for i in range(0, count * stride, stride))
-
-    def drain(self) -> list[bytes]:
-        if not self._batch:
-            return []
-        out = self._batch[:]
-        del self._batch[:]
-        return out
-
-    def poll_events(self, timeout_ms: int, decoder: StructDecoder, limit: int = BATCH_EVENTS) -> list[Any]:
-        """Wait up to ``timeout_ms`` for records; return up to ``limit`` of them, decoded."""
-        if self._mapped is not None:
-            self._mapped.wait(timeout_ms)
-            return self.read_events(decoder, limit)
-        self._limit[0] = limit
-        lib().ring_buffer__poll(self.handle, timeout_ms)
-        self._limit[0] = 0
-        return list(map(decoder.decode, self.drain()))
-
-    def read_events(self, decoder: StructDecoder, limit: int = BATCH_EVENTS) -> list[Any]:
-        """Up to ``limit`` records already in the ring, decoded (no waiting)."""
-        if self._mapped is None:
-            self._limit[0] = limit
-            lib().ring_buffer__consume(self.handle)
-            self._limit[0] = 0
-            return list(map(decoder.decode, self.drain()))
-        out: list[Any] = []
-        decode, decode_run, size = decoder.decode, decoder.decode_run, decoder.size
-
-        def run(buf: Any, length: int, stride: int, count: int) -> None:
-            if length >= size:
-                out.extend(decode_run(buf, HEADER, stride, count))
-            else:  # shorter than the struct: fails exactly as decoding the bytes would
-                out.extend(
-                    decode(bytes(buf[i + HEADER : i + HEADER + length])) for i in range(0, count * stride, stride)
-                )
-
-        self._mapped.read(limit, run)
-        return out
-
-    def close(self) -> None:
-        if self._mapped is not None:
-            self._mapped.close()
-            self._mapped = None
-        if self.handle:
-            lib().ring_buffer__free(self.handle)
-            self.handle = 0
-
-
 _FAILED_PROG = re.compile(r"prog '([^']+)'")
 
 
@@ -345,18 +246,21 @@ class BPFObject:
         linked: frozenset[str] = frozenset(),
         path: str | None = None,
         without: frozenset[str] = frozenset(),
+        ring_bytes: int = DEFAULT_BYTES,
+        transport: str | None = None,
     ) -> None:
         self.name = name
         self.path = path or object_path(name)  # another path: tests' own objects
         self.rodata = {k: v for k, v in (rodata or {}).items() if v is not None}
-        self.max_entries = {"events": ringbuf_bytes, **(max_entries or {})}
+        self.max_entries = {"events": ring_bytes, **(max_entries or {})}
+        self.transport = transport or choose()  # how events travel: transport.RING or PERF
         self.forced = dict(variants or {})
         self.optional = optional
         self.linked = linked
         self.without = without  # optional groups not wanted this time: none of their variants loads
         self.handle = 0
         self.links: list[int] = []
-        self.rings: list[RingBuffer] = []
+        self.rings: list[Transport] = []
         self.chosen: dict[str, str | None] = {}
         self._maps: dict[str, Map] = {}
         self._btf: BTF | None = None
@@ -500,10 +404,18 @@ class BPFObject:
 
     def _configure(self) -> None:
         L = lib()
+        perf = self.transport == PERF
         for m in self._map_handles():
             name = L.bpf_map__name(m).decode()
-            if name in self.max_entries:
+            if name == "events" and perf:  # one slot per CPU, sized by libbpf (max_entries 0)
+                L.bpf_map__set_type(m, BPF_MAP_TYPE_PERF_EVENT_ARRAY)
+                L.bpf_map__set_key_size(m, 4)
+                L.bpf_map__set_value_size(m, 4)
+                L.bpf_map__set_max_entries(m, 0)
+            elif name in self.max_entries:
                 L.bpf_map__set_max_entries(m, self.max_entries[name])
+        if perf and any(v.name == "use_perf" for v in self.btf.datasec(".rodata")):
+            self.rodata["use_perf"] = 1
         self._set_rodata()
 
     def load(self) -> "BPFObject":
@@ -616,8 +528,9 @@ class BPFObject:
         except KeyError:
             return False
 
-    def ring_buffer(self, map_name: str = "events") -> RingBuffer:
-        ring = RingBuffer(self.map(map_name).fd)
+    def ring_buffer(self, map_name: str = "events") -> Transport:
+        """The reader of the events channel (a BPF ring buffer, or per-CPU perf buffers)."""
+        ring = open_transport(self.map(map_name).fd, self.transport, self.max_entries.get(map_name, DEFAULT_BYTES))
         self.rings.append(ring)
         return ring
 
@@ -710,15 +623,26 @@ class BPFObject:
         return self.map(map_name).sum_u64(struct.pack("=I", 0))
 
     def lost_events(self) -> int:
-        """Events the BPF side could not hand over (ring buffer full), over all CPUs."""
-        return self.counter("lost_events") if self.has_map("lost_events") else 0
+        """Events the BPF side could not hand over (buffer full), over all CPUs.
+
+        Through a perf buffer, a full buffer can be known twice: kernels that return
+        the error to the program have it counted in perf_scratch's ``full``, and every
+        kernel tells the reader in a PERF_RECORD_LOST -- but only with the next sample
+        that fits, so the reader's count can lag. Where the program saw the error, its count
+        is complete; elsewhere it is 0 and the reader's is all there is: the larger."""
+        lost = self.counter("lost_events") if self.has_map("lost_events") else 0
+        if self.transport == PERF and self.has_map("perf_scratch"):
+            full = self.map("perf_scratch").sum_u64(struct.pack("=I", 0))
+            lost += max(full, sum(r.lost() for r in self.rings))
+        return lost
 
     def health(self) -> dict[str, Any]:
         """What every summary reports about the tracing itself: events the BPF side
-        could not hand over, hook runs the kernel skipped, and which kind of hook each
-        group ran on (None: an optional group this kernel has no hook for)."""
+        could not hand over, hook runs the kernel skipped, which kind of hook each group
+        ran on (None: an optional group this kernel has no hook for), and the channel
+        the events came through (ring or perf)."""
         return {"lost_events": self.lost_events(), "skipped_hook_runs": self.missed_runs(),
-                "hooks": dict(self.chosen)}
+                "transport": self.transport, "hooks": dict(self.chosen)}
 
     def missed_runs(self) -> int:
         """Runs of this object's programs that the kernel skipped: a hook that fires while

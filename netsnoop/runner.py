@@ -17,8 +17,9 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 from netsnoop import kernel, process
 from netsnoop.errors import BadSetting
 from netsnoop.fmt import Clock
-from netsnoop.loader import BATCH_EVENTS, DEFAULT_RINGBUF_BYTES, BPFObject, RingBuffer
+from netsnoop.loader import BPFObject
 from netsnoop.output import Column, OutputOptions, Sink, make_sink, time_columns
+from netsnoop.transport import BATCH_EVENTS, DEFAULT_BYTES, Transport, forced
 
 POLL_MS = 100
 COALESCE_MAX_S = 0.005  # see _coalesce_seconds()
@@ -81,7 +82,8 @@ class Tracer:
         kernel.require_btf()
         without = self.rows_only if (rodata or {}).get("count_only") else frozenset()
         obj = BPFObject(self.obj, rodata=rodata, optional=self.optional, linked=self.linked, without=without,
-                        max_entries={**self.max_entries, **kwargs.pop("max_entries", {})}, **kwargs)
+                        max_entries={**self.max_entries, **kwargs.pop("max_entries", {})},
+                        ring_bytes=ring_bytes(), **kwargs)
         try:
             obj.attach()
         except BaseException:
@@ -115,7 +117,17 @@ def check_settings() -> None:
     from netsnoop.loader import hook_order
 
     hook_order()
+    forced()
     coalesce_override()
+
+
+def ring_bytes() -> int:
+    """The event buffer size ``--ringbuf`` asked for (kept in the command line's context)."""
+    import click
+
+    ctx = click.get_current_context(silent=True)
+    settings = ctx.find_root().obj if ctx is not None else None
+    return int(settings.get("ringbuf") or DEFAULT_BYTES) if isinstance(settings, dict) else DEFAULT_BYTES
 
 
 def coalesce_override() -> float | None:
@@ -285,7 +297,7 @@ def _row_builder(
     return rows
 
 
-def _coalesce_seconds(ring: RingBuffer) -> float:
+def _coalesce_seconds(ring: Transport) -> float:
     """How long to let events gather after a reader has caught up, before waiting again.
 
     A reader that wakes for every few events spends its time (and the traced
@@ -301,10 +313,10 @@ def _coalesce_seconds(ring: RingBuffer) -> float:
     return pause if pause >= 0.001 else 0.0
 
 
-def _drain_rounds(ring: RingBuffer) -> int:
+def _drain_rounds(ring: Transport) -> int:
     """Reads enough to empty a full ring of the smallest records (16 bytes), and no more
     (a storm that goes on after Ctrl-C must not keep us here)."""
-    return (ring.size or DEFAULT_RINGBUF_BYTES) // 16 // BATCH_EVENTS + 1
+    return (ring.size or DEFAULT_BYTES) // 16 // BATCH_EVENTS + 1
 
 
 def silence_stdout() -> None:

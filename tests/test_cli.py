@@ -87,7 +87,7 @@ def test_signal_ends_cleanly_and_detaches(sig: int) -> None:
         t.stop(sig)
     assert t.returncode == 0
     assert t.summary == {"type": "summary", "events": 2, "lost_events": 0, "skipped_hook_runs": 0,
-                         "hooks": {"set_state": "tp_btf"}, "changes_not_seen": 0}
+                         "transport": "ring", "hooks": {"set_state": "tp_btf"}, "changes_not_seen": 0}
     assert not progs_still_loaded(ours)
 
 

@@ -1,9 +1,10 @@
-"""The ring buffer reader and batch decoding: the hot path every streaming tool shares.
+"""The event readers and batch decoding: the hot path every streaming tool shares.
 
-The reader is checked against a ring laid out by hand in a memfd (the kernel's layout:
-consumer page, producer page, data), so wrap-around, records still being written and
-discarded records are all exercised without needing the kernel to produce them; then
-against the kernel itself, side by side with libbpf's reader.
+Each reader is checked against a buffer laid out by hand in a memfd, the way the kernel
+lays it out (a ring: consumer page, producer page, data; a perf buffer: the
+perf_event_mmap_page, data), so wrap-around, records still being written, discarded
+records and lost-sample records are all exercised without needing the kernel to
+produce them; then against the kernel itself, side by side with libbpf's reader.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 
 from helpers import ROOT, PayloadServer, Trace, fetch
-from netsnoop.ringbuf import BUSY, DISCARD, MappedRing
+from netsnoop.transport import BUSY, DISCARD, PERF_RECORD_LOST, PERF_RECORD_SAMPLE, MappedRing, PerfRing
 
 PAGE = mmap.PAGESIZE
 
@@ -58,14 +59,14 @@ class HandmadeRing:
         os.close(self.fd)
 
 
-def read_all(ring: MappedRing, limit: int = 1 << 30) -> tuple[list[bytes], list[int]]:
+def read_all(ring: MappedRing | PerfRing, limit: int = 1 << 30) -> tuple[list[bytes], list[int]]:
     """(each record's data, the length of each run handed over)."""
     records: list[bytes] = []
     runs: list[int] = []
 
-    def handle(buf: Any, length: int, stride: int, count: int) -> None:
+    def handle(buf: Any, offset: int, length: int, stride: int, count: int) -> None:
         runs.append(count)
-        records.extend(bytes(buf[i * stride + 8 : i * stride + 8 + length]) for i in range(count))
+        records.extend(bytes(buf[i * stride + offset : i * stride + offset + length]) for i in range(count))
 
     ring.read(limit, handle)
     return records, runs
@@ -138,6 +139,126 @@ def test_discarded_records_are_skipped_and_lengths_split_runs(ring: HandmadeRing
     assert records == [b"x" * 16, b"y" * 16, b"z" * 32, b"w" * 16]
     assert runs == [2, 1, 1]
     assert ring.consumer == ring.prod
+    reader.close()
+
+
+class HandmadePerf:
+    """One CPU's perf buffer memory, written the way the kernel writes it."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self.fd = os.memfd_create("perf")
+        os.ftruncate(self.fd, PAGE + size)
+        self.mem = mmap.mmap(self.fd, PAGE + size)
+        self.head = 0
+
+    def _append(self, record: bytes) -> None:
+        for i, byte in enumerate(record):
+            self.mem[PAGE + (self.head + i) % self.size] = byte
+        self.head += len(record)
+        struct.pack_into("=Q", self.mem, 1024, self.head)  # data_head
+
+    def sample(self, data: bytes) -> None:
+        """PERF_RECORD_SAMPLE with PERF_SAMPLE_RAW: header, raw size, data padded to 8."""
+        raw = data + bytes(-(len(data) + 4) % 8)
+        self._append(struct.pack("=IHHI", PERF_RECORD_SAMPLE, 1, 12 + len(raw), len(raw)) + raw)
+
+    def lost(self, count: int) -> None:
+        self._append(struct.pack("=IHHQQ", PERF_RECORD_LOST, 0, 24, 7, count))
+
+    def other(self) -> None:
+        """A record of a kind the reader skips (PERF_RECORD_THROTTLE, 5)."""
+        self._append(struct.pack("=IHHQQQ", 5, 0, 32, 1, 2, 3))
+
+    @property
+    def tail(self) -> int:
+        return struct.unpack_from("=Q", self.mem, 1032)[0]
+
+    def reader(self) -> PerfRing:
+        return PerfRing(os.dup(self.fd), self.size)
+
+    def close(self) -> None:
+        self.mem.close()
+        os.close(self.fd)
+
+
+@pytest.fixture
+def perf() -> Any:
+    p = HandmadePerf()
+    yield p
+    p.close()
+
+
+def test_perf_samples_of_one_size_come_as_one_run(perf: HandmadePerf) -> None:
+    data = [bytes([i]) * 44 for i in range(9)]  # 44 + 4 bytes of raw size: no padding
+    for d in data:
+        perf.sample(d)
+    perf.sample(b"q" * 20)  # another size: a run of its own, padded
+    reader = perf.reader()
+    records, runs = read_all(reader)
+    assert records[:9] == data and records[9][:20] == b"q" * 20 and runs == [9, 1]
+    assert perf.tail == perf.head and reader.lost == 0
+    assert read_all(reader) == ([], [])
+    reader.close()
+
+
+def test_perf_limit_leaves_the_rest(perf: HandmadePerf) -> None:
+    for i in range(6):
+        perf.sample(bytes([i]) * 12)
+    reader = perf.reader()
+    first, _ = read_all(reader, limit=4)
+    rest, _ = read_all(reader)
+    assert [r[0] for r in first] == [0, 1, 2, 3] and [r[0] for r in rest] == [4, 5]
+    reader.close()
+
+
+def test_perf_records_wrapping_around_the_end_are_stitched_together(perf: HandmadePerf) -> None:
+    reader = perf.reader()
+    seen: list[bytes] = []
+    written: list[bytes] = []
+    lost = 0
+    for i in range(300):  # 300 x 64 bytes and some LOST records: the 4 KiB buffer wraps 5 times
+        d = bytes([i % 256]) * 48 + b"end."
+        perf.sample(d)
+        written.append(d)
+        if i % 11 == 0:
+            perf.lost(i)  # 24 bytes: puts later records, and some LOST ones, across the end
+            lost += i
+        if i % 5 == 0:
+            perf.other()
+        if i % 7 == 0:
+            seen += read_all(reader)[0]
+    seen += read_all(reader)[0]
+    assert seen == written
+    assert reader.lost == lost
+    reader.close()
+
+
+def test_perf_lost_records_are_counted_and_split_runs(perf: HandmadePerf) -> None:
+    perf.sample(b"a" * 28)
+    perf.sample(b"b" * 28)
+    perf.lost(1000)
+    perf.sample(b"c" * 28)
+    perf.lost(234)
+    reader = perf.reader()
+    records, runs = read_all(reader)
+    assert records == [b"a" * 28, b"b" * 28, b"c" * 28] and runs == [2, 1]
+    assert reader.lost == 1234 and perf.tail == perf.head
+    reader.close()
+
+
+def test_perf_lost_record_across_the_end_is_read_whole(perf: HandmadePerf) -> None:
+    """A PERF_RECORD_LOST whose count lies across the end of the data pages (its header
+    never does: records are multiples of 8 bytes)."""
+    reader = perf.reader()
+    for i in range(170):  # 170 samples of 24 bytes: the next record starts 16 bytes before the end
+        perf.sample(bytes([i]) * 12)
+    assert len(read_all(reader)[0]) == 170 and perf.head % perf.size == perf.size - 16
+    perf.lost(987654321)
+    perf.sample(b"after-the-loss......")
+    records, _ = read_all(reader)
+    assert records == [b"after-the-loss......"] and reader.lost == 987654321
+    assert perf.tail == perf.head
     reader.close()
 
 

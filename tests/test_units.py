@@ -275,13 +275,13 @@ def test_global_options_after_the_subcommand() -> None:
     the command itself is stopped at its first line)."""
     from unittest import mock
 
-    from netsnoop import loader
+    from netsnoop.runner import ring_bytes
 
     seen: dict[str, object] = {}
 
     def fake_open(self: object, *args: object, **kw: object) -> None:
         ctx = click.get_current_context()
-        seen.update(ringbuf=loader.ringbuf_bytes, verbose=ctx.find_root().obj["verbose"])
+        seen.update(ringbuf=ring_bytes(), verbose=ctx.find_root().obj["verbose"])
         raise click.exceptions.Exit(0)
 
     with mock.patch("netsnoop.runner.Tracer.open", fake_open):

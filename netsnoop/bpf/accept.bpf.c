@@ -3,14 +3,14 @@
  * the accepting process's context. A connect to a closed port never gets here. */
 #include "conn.h"
 
-static __always_inline int on_accept(const struct sock *sk)
+static __always_inline int on_accept(void *ctx, const struct sock *sk)
 {
 	struct conn_owner o = {};
 	struct sock_tuple t;
 
 	if (!accepted(sk, &o, &t))
 		return 0;
-	return emit(sk, &t, &o, CONN_ACCEPT, sock_state(sk), bpf_ktime_get_ns());
+	return emit(ctx, sk, &t, &o, CONN_ACCEPT, sock_state(sk), bpf_ktime_get_ns());
 }
 
 ACCEPT_HOOKS(on_accept)

@@ -201,7 +201,7 @@ static __always_inline bool attempt_answered(int newstate, __s32 err)
 
 /* ---- events --------------------------------------------------------------------- */
 
-static __always_inline int emit(const struct sock *sk, const struct sock_tuple *t,
+static __always_inline int emit(void *ctx, const struct sock *sk, const struct sock_tuple *t,
 				const struct conn_owner *o, __u8 kind, __u8 state, __u64 now)
 {
 	struct event *e = reserve_event(sizeof(*e));
@@ -223,7 +223,7 @@ static __always_inline int emit(const struct sock *sk, const struct sock_tuple *
 	__builtin_memcpy(e->laddr, t->saddr, 16);
 	__builtin_memcpy(e->raddr, t->daddr, 16);
 	__builtin_memcpy(e->comm, o->comm, TASK_COMM_LEN);
-	bpf_ringbuf_submit(e, 0);
+	submit_event(ctx, e, sizeof(*e));
 	return 0;
 }
 
@@ -260,25 +260,25 @@ static __always_inline const struct sock *fd_sock(long fd)
  * context. The syscall exits are tracepoints everywhere (accept may not exist on an
  * architecture: optional group); the kretprobe covers both where they are missing. */
 #define ACCEPT_HOOKS(handler)                                                           \
-	static __always_inline int handler##_fd(long fd)                                \
+	static __always_inline int handler##_fd(void *ctx, long fd)                     \
 	{                                                                               \
 		const struct sock *sk = fd_sock(fd);                                    \
-		return sk ? handler(sk) : 0;                                            \
+		return sk ? handler(ctx, sk) : 0;                                       \
 	}                                                                               \
 	SEC("tracepoint/syscalls/sys_exit_accept4")                                     \
 	int accept4__tracepoint(struct syscall_exit *ctx)                               \
 	{                                                                               \
-		return handler##_fd(ctx->ret);                                          \
+		return handler##_fd(ctx, ctx->ret);                                     \
 	}                                                                               \
 	SEC("kretprobe/inet_csk_accept")                                                \
 	int BPF_KRETPROBE(accept4__kretprobe, struct sock *sk)                          \
 	{                                                                               \
-		return sk ? handler(sk) : 0;                                            \
+		return sk ? handler(ctx, sk) : 0;                                       \
 	}                                                                               \
 	SEC("tracepoint/syscalls/sys_exit_accept")                                      \
 	int accept__tracepoint(struct syscall_exit *ctx)                                \
 	{                                                                               \
-		return handler##_fd(ctx->ret);                                          \
+		return handler##_fd(ctx, ctx->ret);                                     \
 	}
 
 /* getsockopt(SOL_SOCKET, SO_ERROR) hands the socket's error to its owner and clears it

@@ -52,7 +52,7 @@ static __always_inline void count(const struct sock_tuple *t)
 	count_key(&counts, &key); /* a full table loses counts: reported as lost events */
 }
 
-static __always_inline int begin(const struct sock *sk, __u64 now)
+static __always_inline int begin(void *ctx, const struct sock *sk, __u64 now)
 {
 	struct conn_owner o = {};
 	struct sock_tuple t = {}; /* whole: an IPv4 address fills 4 of its 16 bytes, -c keys on all */
@@ -66,7 +66,7 @@ static __always_inline int begin(const struct sock *sk, __u64 now)
 		count(&t);
 		return 0;
 	case REPORT_ATTEMPT:
-		return emit(sk, &t, &o, CONN_CONNECT, TCP_SYN_SENT, now);
+		return emit(ctx, sk, &t, &o, CONN_CONNECT, TCP_SYN_SENT, now);
 	case REPORT_LPORT:
 		tid = (__u32)bpf_get_current_pid_tgid();
 		bpf_map_update_elem(&connecting, &tid, &key, BPF_ANY);
@@ -77,7 +77,7 @@ static __always_inline int begin(const struct sock *sk, __u64 now)
 }
 
 /* The first report after connect() began, with the local port now assigned. */
-static __always_inline int report(const struct sock *sk, __u8 state, __u64 now)
+static __always_inline int report(void *ctx, const struct sock *sk, __u8 state, __u64 now)
 {
 	struct conn_owner *o = conn_recall(sk);
 	struct sock_tuple t;
@@ -85,17 +85,17 @@ static __always_inline int report(const struct sock *sk, __u8 state, __u64 now)
 	if (!o)
 		return 0;
 	read_sock_tuple(sk, &t);
-	emit(sk, &t, o, CONN_CONNECT, state, now);
+	emit(ctx, sk, &t, o, CONN_CONNECT, state, now);
 	conn_forget(sk);
 	return 0;
 }
 
-static __always_inline int on_state(const struct sock *sk, int oldstate, int newstate)
+static __always_inline int on_state(void *ctx, const struct sock *sk, int oldstate, int newstate)
 {
 	if (newstate == TCP_SYN_SENT)
-		return begin(sk, bpf_ktime_get_ns());
+		return begin(ctx, sk, bpf_ktime_get_ns());
 	if (attempt_resolves(oldstate, newstate))
-		return report(sk, newstate, bpf_ktime_get_ns());
+		return report(ctx, sk, newstate, bpf_ktime_get_ns());
 	return 0;
 }
 
@@ -114,5 +114,5 @@ int connect_exit__tracepoint(struct syscall_exit *ctx)
 		return 0;
 	s = (const struct sock *)*sk;
 	bpf_map_delete_elem(&connecting, &tid);
-	return report(s, sock_state(s), bpf_ktime_get_ns());
+	return report(ctx, s, sock_state(s), bpf_ktime_get_ns());
 }

@@ -5,7 +5,7 @@
 
 const volatile __u64 min_lat_ns = 0; /* only report slower connects */
 
-static __always_inline int on_state(const struct sock *sk, int oldstate, int newstate)
+static __always_inline int on_state(void *ctx, const struct sock *sk, int oldstate, int newstate)
 {
 	__u64 now = bpf_ktime_get_ns();
 	struct conn_owner *owner;
@@ -20,7 +20,7 @@ static __always_inline int on_state(const struct sock *sk, int oldstate, int new
 		return 0;
 	if (attempt_answered(newstate, conn_error(sk, owner)) && now - owner->start_ns >= min_lat_ns) {
 		read_sock_tuple(sk, &t);
-		emit(sk, &t, owner, CONN_CONNECT, newstate, now);
+		emit(ctx, sk, &t, owner, CONN_CONNECT, newstate, now);
 	}
 	conn_forget(sk);
 	return 0;

@@ -86,7 +86,7 @@ static __always_inline __u32 dns_udp(const struct pkt *p, bool rx, __u8 *addrs)
 	return 0;
 }
 
-static __always_inline int on_packet(const struct sk_buff *skb, const struct pkt *p, bool rx)
+static __always_inline int on_packet(void *ctx, const struct sk_buff *skb, const struct pkt *p, bool rx)
 {
 	__u8 addrs[32] = {};
 	__u8 u[8];
@@ -121,7 +121,7 @@ static __always_inline int on_packet(const struct sk_buff *skb, const struct pkt
 	r->h.tcp_flags = 0;
 	__builtin_memcpy(r->h.saddr, addrs, 16);
 	__builtin_memcpy(r->h.daddr, addrs + 16, 16);
-	dns_submit(r, cap);
+	dns_submit(ctx, r, cap);
 	return 0;
 }
 
@@ -133,7 +133,7 @@ int BPF_PROG(received__tp_btf, struct sk_buff *skb)
 
 	p.proto = skb->protocol;
 	p.l3 = (__u64)skb->data;
-	return on_packet(skb, &p, true);
+	return on_packet(ctx, skb, &p, true);
 }
 
 SEC("tracepoint/net/netif_receive_skb")
@@ -144,7 +144,7 @@ int received__tracepoint(struct trace_event_raw_net_dev_template *ctx)
 
 	p.proto = BPF_CORE_READ(skb, protocol);
 	p.l3 = (__u64)BPF_CORE_READ(skb, data);
-	return on_packet(skb, &p, true);
+	return on_packet(ctx, skb, &p, true);
 }
 
 /* Sent: skb->data is at the link header; the network header is where the stack set it
@@ -158,7 +158,7 @@ int BPF_PROG(sent__tp_btf, const struct sk_buff *skb, const struct net_device *d
 		return 0;
 	p.proto = skb->protocol;
 	p.l3 = (__u64)skb->head + skb->network_header;
-	return on_packet(skb, &p, false);
+	return on_packet(ctx, skb, &p, false);
 }
 
 SEC("tracepoint/net/net_dev_start_xmit")
@@ -172,5 +172,5 @@ int sent__tracepoint(struct trace_event_raw_net_dev_start_xmit *ctx)
 		return 0;
 	p.proto = BPF_CORE_READ(skb, protocol);
 	p.l3 = (__u64)BPF_CORE_READ(skb, head) + nh;
-	return on_packet(skb, &p, false);
+	return on_packet(ctx, skb, &p, false);
 }

@@ -70,14 +70,13 @@ static __always_inline __u32 dns_cap(__u32 len, bool rx)
 }
 
 /* Hand the header and the first cap payload bytes over. */
-static __always_inline void dns_submit(struct dns_rec *r, __u32 cap)
+static __always_inline void dns_submit(void *ctx, struct dns_rec *r, __u32 cap)
 {
 	cap &= ANSWER_CAP - 1;
 	r->h.caplen = cap;
 	r->h.pad = 0;
 	r->h.ts_ns = bpf_ktime_get_ns();
-	if (bpf_ringbuf_output(&events, r, sizeof(r->h) + cap, 0))
-		count_lost();
+	output_event(ctx, r, sizeof(r->h) + cap);
 }
 
 #endif /* __NETSNOOP_DNS_H */

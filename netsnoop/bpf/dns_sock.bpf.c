@@ -99,7 +99,7 @@ static __always_inline void dns_packet(struct __sk_buff *ctx, bool rx)
 	cap = dns_cap(len < cap ? len : cap, rx);
 	if (cap && bpf_skb_load_bytes(ctx, l4 + hlen, r->data, cap))
 		cap = 0;
-	dns_submit(r, cap);
+	dns_submit(ctx, r, cap);
 }
 
 SEC("cgroup_skb/ingress")

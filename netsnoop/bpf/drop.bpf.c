@@ -137,7 +137,7 @@ static __always_inline int on_drop(void *ctx, const struct sk_buff *skb, void *l
 	__builtin_memcpy(e->saddr, t.saddr, 16);
 	__builtin_memcpy(e->daddr, t.daddr, 16);
 	e->stack_bytes = with_stack ? bpf_get_stack(ctx, e->stack, sizeof(e->stack), 0) : 0;
-	bpf_ringbuf_submit(e, 0);
+	submit_event(ctx, e, sizeof(*e));
 	return 0;
 }
 

@@ -90,11 +90,13 @@ static __always_inline int on_enter(int sock_fd, __u64 msgs, __u8 action, __u8 m
 	return 0;
 }
 
-/* The loops below live in global (non-inlined) functions: the verifier checks each
- * once on its own instead of once per iteration of the loop that calls it. */
+/* The loops below live in non-inlined functions: the verifier checks each once per
+ * call site instead of once per iteration of the loop that calls it. They are static
+ * (checked with their caller's state) because they pass on the hook's ctx, which
+ * bpf_perf_event_output() needs and a global function cannot take on older kernels. */
 
 /* One event per descriptor in a SCM_RIGHTS payload of n ints at user address data. */
-__noinline int emit_fds(__u64 data, __u32 n, __s32 sock_fd, __u32 action)
+static __noinline int emit_fds(void *ctx, __u64 data, __u32 n, __s32 sock_fd, __u32 action)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct event *e;
@@ -114,13 +116,13 @@ __noinline int emit_fds(__u64 data, __u32 n, __s32 sock_fd, __u32 action)
 		e->fd = fd;
 		e->action = action;
 		bpf_get_current_comm(e->comm, sizeof(e->comm));
-		bpf_ringbuf_submit(e, 0);
+		submit_event(ctx, e, sizeof(*e));
 	}
 	return 0;
 }
 
 /* Every SCM_RIGHTS control message of one message header (user memory). */
-__noinline int scan_msg(__u64 uhdr, __s32 sock_fd, __u32 action)
+static __noinline int scan_msg(void *ctx, __u64 uhdr, __s32 sock_fd, __u32 action)
 {
 	struct user_msghdr h;
 	struct cmsghdr cm;
@@ -139,14 +141,14 @@ __noinline int scan_msg(__u64 uhdr, __s32 sock_fd, __u32 action)
 		if (cm.cmsg_level == SOL_SOCKET && cm.cmsg_type == SCM_RIGHTS) {
 			data = pos + CMSG_HDR_LEN;
 			len = pos + cm.cmsg_len > end ? end - data : cm.cmsg_len - CMSG_HDR_LEN;
-			emit_fds(data, len / sizeof(__s32), sock_fd, action);
+			emit_fds(ctx, data, len / sizeof(__s32), sock_fd, action);
 		}
 		pos += (cm.cmsg_len + 7) & ~7UL;
 	}
 	return 0;
 }
 
-static __always_inline int on_exit(long ret)
+static __always_inline int on_exit(void *ctx, long ret)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct call *found = bpf_map_lookup_elem(&calls, &id), c;
@@ -159,10 +161,10 @@ static __always_inline int on_exit(long ret)
 	if (ret < 0)
 		return 0;
 	if (!c.multi)
-		return scan_msg(c.msgs, c.sock_fd, c.action);
+		return scan_msg(ctx, c.msgs, c.sock_fd, c.action);
 	/* sendmmsg/recvmmsg return how many messages went through */
 	for (i = 0; i < MAX_MSGS && i < ret; i++)
-		scan_msg(c.msgs + i * sizeof(struct mmsghdr), c.sock_fd, c.action);
+		scan_msg(ctx, c.msgs + i * sizeof(struct mmsghdr), c.sock_fd, c.action);
 	return 0;
 }
 
@@ -176,7 +178,7 @@ static __always_inline int on_exit(long ret)
 	SEC("tracepoint/syscalls/sys_exit_" #name)                                      \
 	int name##_exit__tracepoint(struct trace_event_raw_sys_exit *ctx)               \
 	{                                                                               \
-		return on_exit(ctx->ret);                                               \
+		return on_exit(ctx, ctx->ret);                                          \
 	}
 
 SYSCALL_HOOKS(sendmsg, ACTION_SEND, 0)

@@ -12,23 +12,23 @@
 	SEC("tp_btf/inet_sock_set_state")                                               \
 	int BPF_PROG(set_state__tp_btf, const struct sock *sk, int oldstate, int newstate) \
 	{                                                                               \
-		return handler(sk, oldstate, newstate);                                 \
+		return handler(ctx, sk, oldstate, newstate);                                 \
 	}                                                                               \
 	SEC("tracepoint/sock/inet_sock_set_state")                                      \
 	int set_state__tracepoint(struct trace_event_raw_inet_sock_set_state *ctx)      \
 	{                                                                               \
-		return handler((const struct sock *)ctx->skaddr, ctx->oldstate,         \
+		return handler(ctx, (const struct sock *)ctx->skaddr, ctx->oldstate,         \
 			       ctx->newstate);                                          \
 	}                                                                               \
 	SEC("fentry/tcp_set_state")                                                     \
 	int BPF_PROG(set_state__fentry, struct sock *sk, int state)                     \
 	{                                                                               \
-		return handler(sk, BPF_CORE_READ(sk, __sk_common.skc_state), state);    \
+		return handler(ctx, sk, BPF_CORE_READ(sk, __sk_common.skc_state), state);    \
 	}                                                                               \
 	SEC("kprobe/tcp_set_state")                                                     \
 	int BPF_KPROBE(set_state__kprobe, struct sock *sk, int state)                   \
 	{                                                                               \
-		return handler(sk, BPF_CORE_READ(sk, __sk_common.skc_state), state);    \
+		return handler(ctx, sk, BPF_CORE_READ(sk, __sk_common.skc_state), state);    \
 	}
 
 /* handler(const struct sock *sk): a process sent on / received from a socket, in that
@@ -71,12 +71,12 @@
 	SEC("tp_btf/" #event)                                                           \
 	int BPF_PROG(group##__tp_btf, struct sock *sk)                                  \
 	{                                                                               \
-		return handler(sk);                                                     \
+		return handler(ctx, sk);                                                \
 	}                                                                               \
 	SEC("tracepoint/tcp/" #event)                                                   \
 	int group##__tracepoint(struct trace_event_raw_tcp_event_sk *ctx)               \
 	{                                                                               \
-		return handler((const struct sock *)ctx->skaddr);                       \
+		return handler(ctx, (const struct sock *)ctx->skaddr);                  \
 	}
 
 #endif /* __NETSNOOP_HOOKS_H */

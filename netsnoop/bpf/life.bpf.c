@@ -143,7 +143,7 @@ static __always_inline __u64 payload_received(const struct sock *sk)
 
 /* The session's row: at its CLOSE, or at the socket's destruction if that CLOSE
  * never reached the hook. */
-static __always_inline void end_session(const struct sock *sk, __u64 key, struct session *s)
+static __always_inline void end_session(void *ctx, const struct sock *sk, __u64 key, struct session *s)
 {
 	__u64 now = bpf_ktime_get_ns();
 	struct sock_tuple t;
@@ -169,12 +169,12 @@ static __always_inline void end_session(const struct sock *sk, __u64 key, struct
 	__builtin_memcpy(e->laddr, t.saddr, 16);
 	__builtin_memcpy(e->raddr, t.daddr, 16);
 	__builtin_memcpy(e->comm, s->comm, TASK_COMM_LEN);
-	bpf_ringbuf_submit(e, 0);
+	submit_event(ctx, e, sizeof(*e));
 done:
 	bpf_map_delete_elem(&sessions, &key);
 }
 
-static __always_inline int on_state(const struct sock *sk, int oldstate, int newstate)
+static __always_inline int on_state(void *ctx, const struct sock *sk, int oldstate, int newstate)
 {
 	__u64 key = (__u64)sk;
 	struct session *s, fresh = {};
@@ -235,7 +235,7 @@ static __always_inline int on_state(const struct sock *sk, int oldstate, int new
 			count_close_without_start(sk);
 		return 0;
 	}
-	end_session(sk, key, s);
+	end_session(ctx, sk, key, s);
 	return 0;
 }
 
@@ -243,13 +243,13 @@ static __always_inline int on_state(const struct sock *sk, int oldstate, int new
  * its CLOSE: under storms the kernel sometimes does not run the state hook for an
  * orphaned socket's last changes (one fired inside another run of it on that CPU).
  * Its row is written now, a moment later than the CLOSE. */
-static __always_inline int on_destroy(const struct sock *sk)
+static __always_inline int on_destroy(void *ctx, const struct sock *sk)
 {
 	__u64 key = (__u64)sk;
 	struct session *s = bpf_map_lookup_elem(&sessions, &key);
 
 	if (s)
-		end_session(sk, key, s);
+		end_session(ctx, sk, key, s);
 	return 0;
 }
 

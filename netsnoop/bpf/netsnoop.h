@@ -24,11 +24,16 @@ char LICENSE[] SEC("license") = "GPL";
 
 /* ---- delivery -------------------------------------------------------------------- */
 
-/* Size set by the loader (default 8 MiB). */
+/* The event channel: a BPF ring buffer (kernels from 5.8 on), or where there is none a
+ * perf buffer -- user space turns this map into a BPF_MAP_TYPE_PERF_EVENT_ARRAY (one
+ * slot per CPU) and sets use_perf before load; the verifier then prunes the ring
+ * branches, whose helpers an older kernel would refuse. Size set by the loader. */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1 << 23);
 } events SEC(".maps");
+
+const volatile bool use_perf = false;
 
 /* A count kept per CPU in a one-slot array; user space sums it (BPFObject.counter). */
 #define PERCPU_COUNTER(name)                                                            \
@@ -48,7 +53,7 @@ static __always_inline void count_one(void *counter)
 		__sync_fetch_and_add(n, 1);
 }
 
-/* Events that could not be reserved in the ring buffer, per CPU. */
+/* Events that could not be handed over (ring or perf buffer full), per CPU. */
 PERCPU_COUNTER(lost_events);
 
 /* Count an event that never reached user space (ring buffer or aggregation map full). */
@@ -57,13 +62,111 @@ static __always_inline void count_lost(void)
 	count_one(&lost_events);
 }
 
-static __always_inline void *reserve_event(__u64 size)
-{
-	void *e = bpf_ringbuf_reserve(&events, size, 0);
+/* Perf mode builds an event in per-CPU scratch memory before copying it out. A hook
+ * that fires in an interrupt can run between another hook's reserve and submit on the
+ * same CPU, so each nesting level gets its own slot (three, as the kernel's own
+ * bpf_perf_event_output allows); ``full`` counts outputs the perf buffer had no room
+ * for, which the reader also learns from PERF_RECORD_LOST on kernels that do not
+ * return that error (see transport.PerfReader.lost). */
+#define EVENT_MAX 512
+#define PERF_NEST 3
+struct perf_scratch {
+	__u64 full;
+	__u32 depth;
+	__u32 pad;
+	__u8 slot[PERF_NEST][EVENT_MAX];
+};
+EXPORT_STRUCT(perf_scratch);
 
-	if (!e)
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct perf_scratch);
+} perf_scratch SEC(".maps");
+
+static __always_inline void *__reserve_event(__u64 size)
+{
+	struct perf_scratch *s;
+	__u32 zero = 0, d;
+	void *e;
+
+	if (!use_perf) {
+		e = bpf_ringbuf_reserve(&events, size, 0);
+		if (!e)
+			count_lost();
+		return e;
+	}
+	s = bpf_map_lookup_elem(&perf_scratch, &zero);
+	if (!s) {
 		count_lost();
-	return e;
+		return NULL;
+	}
+	d = s->depth;
+	if (d >= PERF_NEST) {
+		count_lost();
+		return NULL;
+	}
+	s->depth = d + 1;
+	return s->slot[d];
+}
+
+/* Memory for one event of a constant size, or NULL (counted as lost); every event
+ * reserved is handed to submit_event(). */
+#define reserve_event(size)                                                             \
+	({                                                                              \
+		_Static_assert((size) <= EVENT_MAX, "event larger than EVENT_MAX");     \
+		__reserve_event(size);                                                  \
+	})
+
+/* Count a failed perf output: a full buffer apart (see struct perf_scratch). */
+static __always_inline void count_perf_failure(long err)
+{
+	struct perf_scratch *s;
+	__u32 zero = 0;
+
+	if (err != -28 /* ENOSPC */) {
+		count_lost();
+		return;
+	}
+	s = bpf_map_lookup_elem(&perf_scratch, &zero);
+	if (s)
+		__sync_fetch_and_add(&s->full, 1);
+}
+
+/* Hand over an event from reserve_event(); ctx is the hook's own context argument,
+ * which bpf_perf_event_output() needs. */
+static __always_inline void submit_event(void *ctx, void *e, __u64 size)
+{
+	struct perf_scratch *s;
+	__u32 zero = 0;
+	long err;
+
+	if (!use_perf) {
+		bpf_ringbuf_submit(e, 0);
+		return;
+	}
+	err = bpf_perf_event_output(ctx, &events, BPF_F_CURRENT_CPU, e, size);
+	if (err)
+		count_perf_failure(err);
+	s = bpf_map_lookup_elem(&perf_scratch, &zero);
+	if (s && s->depth)
+		s->depth--;
+}
+
+/* Hand over size bytes that the caller keeps elsewhere (no reservation). */
+static __always_inline void output_event(void *ctx, void *data, __u64 size)
+{
+	long err;
+
+	if (!use_perf) {
+		if (bpf_ringbuf_output(&events, data, size, 0))
+			count_lost();
+		return;
+	}
+	err = bpf_perf_event_output(ctx, &events, BPF_F_CURRENT_CPU, data, size);
+	if (err)
+		count_perf_failure(err);
 }
 
 /* Add one to key's __u64 counter in a hash map (the -c modes), creating it; a full map

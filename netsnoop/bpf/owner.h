@@ -49,14 +49,14 @@ static __always_inline int owner_is_current(const struct sock *sk)
 	return 0;
 }
 
-static __always_inline int owner_on_state(const struct sock *sk, int oldstate, int newstate)
+static __always_inline int owner_on_state(void *ctx, const struct sock *sk, int oldstate, int newstate)
 {
 	if (newstate == TCP_SYN_SENT || newstate == TCP_LISTEN) /* inside connect() or listen() */
 		owner_is_current(sk);
 	return 0;
 }
 
-static __always_inline int owner_forget(const struct sock *sk)
+static __always_inline int owner_forget(void *ctx, const struct sock *sk)
 {
 	__u64 key = (__u64)sk;
 

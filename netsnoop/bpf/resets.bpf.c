@@ -10,7 +10,7 @@ struct {
 	__type(value, __u64); /* resets it received */
 } received SEC(".maps");
 
-static __always_inline int on_receive_reset(const struct sock *sk)
+static __always_inline int on_receive_reset(void *ctx, const struct sock *sk)
 {
 	__u32 netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
 

@@ -61,7 +61,7 @@ static __always_inline void count_flow(const struct sock_tuple *t, __u32 netns, 
 	count_key_by(&counts, &key, segs);
 }
 
-static __always_inline int report(const struct sock *sk, const struct sock_tuple *t, __u8 state, __u8 type,
+static __always_inline int report(void *ctx, const struct sock *sk, const struct sock_tuple *t, __u8 state, __u8 type,
 				  __u32 seq, __u32 segs)
 {
 	const struct sock_owner *o;
@@ -96,14 +96,14 @@ static __always_inline int report(const struct sock *sk, const struct sock_tuple
 	e->type = type;
 	__builtin_memcpy(e->laddr, t->saddr, 16);
 	__builtin_memcpy(e->raddr, t->daddr, 16);
-	bpf_ringbuf_submit(e, 0);
+	submit_event(ctx, e, sizeof(*e));
 	return 0;
 }
 
 /* A buffer of data (or a SYN) sent again. Under GSO/TSO one buffer carries many
  * segments: the kernel counts them as tcp_skb_pcount(skb), the tcp_gso_segs of the
  * skb's TCP control block (skb->cb), and adds that to TcpRetransSegs; so do we. */
-static __always_inline int on_retransmit(const struct sock *sk, const struct sk_buff *skb)
+static __always_inline int on_retransmit(void *ctx, const struct sock *sk, const struct sk_buff *skb)
 {
 	const struct tcp_skb_cb *cb;
 	struct sock_tuple t;
@@ -118,12 +118,12 @@ static __always_inline int on_retransmit(const struct sock *sk, const struct sk_
 		bpf_core_read(&seq, sizeof(seq), &cb->seq);
 		bpf_core_read(&segs, sizeof(segs), &cb->tcp_gso_segs);
 	}
-	return report(sk, &t, BPF_CORE_READ(sk, __sk_common.skc_state), RETRANSMIT, seq, segs ? segs : 1);
+	return report(ctx, sk, &t, BPF_CORE_READ(sk, __sk_common.skc_state), RETRANSMIT, seq, segs ? segs : 1);
 }
 
 /* A SYN-ACK sent again: the 4-tuple lives in the request sock, the owner is the
  * listener's. */
-static __always_inline int on_synack(const struct sock *listener, const struct request_sock *req)
+static __always_inline int on_synack(void *ctx, const struct sock *listener, const struct request_sock *req)
 {
 	const struct sock_common *c = &req->__req_common;
 	struct sock_tuple t = {};
@@ -138,7 +138,7 @@ static __always_inline int on_synack(const struct sock *listener, const struct r
 		BPF_CORE_READ_INTO((__u32 *)t.saddr, c, skc_rcv_saddr);
 		BPF_CORE_READ_INTO((__u32 *)t.daddr, c, skc_daddr);
 	}
-	return report(listener, &t, BPF_CORE_READ(c, skc_state), RETRANSMIT,
+	return report(ctx, listener, &t, BPF_CORE_READ(c, skc_state), RETRANSMIT,
 		      BPF_CORE_READ((struct tcp_request_sock *)req, snt_isn), 1);
 }
 
@@ -149,7 +149,7 @@ int BPF_PROG(retransmit__tp_btf, const struct sock *sk, const struct sk_buff *sk
 {
 	if (bpf_core_field_exists(struct trace_event_raw_tcp_retransmit_skb, err) && (int)ctx[2])
 		return 0;
-	return on_retransmit(sk, skb);
+	return on_retransmit(ctx, sk, skb);
 }
 
 SEC("tracepoint/tcp/tcp_retransmit_skb")
@@ -157,31 +157,31 @@ int retransmit__tracepoint(struct trace_event_raw_tcp_retransmit_skb *ctx)
 {
 	if (bpf_core_field_exists(ctx->err) && ctx->err)
 		return 0;
-	return on_retransmit((const struct sock *)ctx->skaddr, (const struct sk_buff *)ctx->skbaddr);
+	return on_retransmit(ctx, (const struct sock *)ctx->skaddr, (const struct sk_buff *)ctx->skbaddr);
 }
 
 SEC("kprobe/tcp_retransmit_skb")
 int BPF_KPROBE(retransmit__kprobe, struct sock *sk, struct sk_buff *skb)
 {
-	return on_retransmit(sk, skb);
+	return on_retransmit(ctx, sk, skb);
 }
 
 SEC("tp_btf/tcp_retransmit_synack")
 int BPF_PROG(synack__tp_btf, const struct sock *sk, const struct request_sock *req)
 {
-	return on_synack(sk, req);
+	return on_synack(ctx, sk, req);
 }
 
 SEC("tracepoint/tcp/tcp_retransmit_synack")
 int synack__tracepoint(struct trace_event_raw_tcp_retransmit_synack *ctx)
 {
-	return on_synack((const struct sock *)ctx->skaddr, (const struct request_sock *)ctx->req);
+	return on_synack(ctx, (const struct sock *)ctx->skaddr, (const struct request_sock *)ctx->req);
 }
 
 SEC("kprobe/tcp_rtx_synack")
 int BPF_KPROBE(synack__kprobe, const struct sock *sk, struct request_sock *req)
 {
-	return on_synack(sk, req);
+	return on_synack(ctx, sk, req);
 }
 
 /* No tracepoint marks a tail loss probe; only a kprobe (or fentry) can see it. */
@@ -193,7 +193,7 @@ int BPF_KPROBE(tlp__kprobe, struct sock *sk)
 	if (!with_tlp)
 		return 0;
 	read_sock_tuple(sk, &t);
-	return report(sk, &t, BPF_CORE_READ(sk, __sk_common.skc_state), TLP,
+	return report(ctx, sk, &t, BPF_CORE_READ(sk, __sk_common.skc_state), TLP,
 		      BPF_CORE_READ((struct tcp_sock *)sk, snd_nxt), 0);
 }
 

@@ -96,6 +96,6 @@ int listen_exit__tracepoint(struct trace_event_raw_sys_exit *ctx)
 	e->lport = t.sport;
 	__builtin_memcpy(e->laddr, t.saddr, 16);
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
-	bpf_ringbuf_submit(e, 0);
+	submit_event(ctx, e, sizeof(*e));
 	return 0;
 }

@@ -46,7 +46,7 @@ struct {
  * does not count that either. Each is one change or more not shown. */
 PERCPU_COUNTER(changes_not_seen);
 
-static __always_inline int on_state(const struct sock *sk, int oldstate, int newstate)
+static __always_inline int on_state(void *ctx, const struct sock *sk, int oldstate, int newstate)
 {
 	struct sock_tuple t;
 	__u64 key = (__u64)sk, now = bpf_ktime_get_ns(), delta = 0;
@@ -101,7 +101,7 @@ static __always_inline int on_state(const struct sock *sk, int oldstate, int new
 	__builtin_memcpy(e->laddr, t.saddr, 16);
 	__builtin_memcpy(e->raddr, t.daddr, 16);
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
-	bpf_ringbuf_submit(e, 0);
+	submit_event(ctx, e, sizeof(*e));
 	return 0;
 }
 

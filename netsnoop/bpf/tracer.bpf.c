@@ -10,7 +10,7 @@
 #define OWNED 1
 
 /* C: the handshake completed for a connect() seen starting. */
-static __always_inline int connected(const struct sock *sk, int newstate, __u64 now)
+static __always_inline int connected(void *ctx, const struct sock *sk, int newstate, __u64 now)
 {
 	struct conn_owner *o = conn_recall(sk);
 	struct sock_tuple t;
@@ -22,7 +22,7 @@ static __always_inline int connected(const struct sock *sk, int newstate, __u64 
 		return 0;
 	}
 	read_sock_tuple(sk, &t);
-	emit(sk, &t, o, CONN_CONNECT, newstate, now);
+	emit(ctx, sk, &t, o, CONN_CONNECT, newstate, now);
 	o->start_ns = 0; /* kept as the owner, for a close the peer causes */
 	return 0;
 }
@@ -54,7 +54,7 @@ static __always_inline int child_born(const struct sock *sk)
 /* X: the first step out of ESTABLISHED/CLOSE_WAIT towards closing. FIN_WAIT1 and
  * LAST_ACK only happen in close()/shutdown(); CLOSE also when a reset arrives or a
  * timer gives up, in softirq, where the closer is the owner we remembered. */
-static __always_inline int closed(const struct sock *sk, int newstate, __u64 now)
+static __always_inline int closed(void *ctx, const struct sock *sk, int newstate, __u64 now)
 {
 	struct conn_owner closer, *o;
 	struct sock_tuple t;
@@ -74,10 +74,10 @@ static __always_inline int closed(const struct sock *sk, int newstate, __u64 now
 	closer.start_ns = 0;
 	if (!sock_is_tcp(sk) || !owner_allowed(&closer) || !sock_allowed(sk, &t, &closer))
 		return 0;
-	return emit(sk, &t, &closer, CONN_CLOSE, newstate, now);
+	return emit(ctx, sk, &t, &closer, CONN_CLOSE, newstate, now);
 }
 
-static __always_inline int on_state(const struct sock *sk, int oldstate, int newstate)
+static __always_inline int on_state(void *ctx, const struct sock *sk, int oldstate, int newstate)
 {
 	__u64 now = bpf_ktime_get_ns();
 
@@ -86,17 +86,17 @@ static __always_inline int on_state(const struct sock *sk, int oldstate, int new
 	if (oldstate == TCP_LISTEN && newstate == TCP_SYN_RECV)
 		return child_born(sk);
 	if (oldstate == TCP_SYN_SENT)
-		return connected(sk, newstate, now);
+		return connected(ctx, sk, newstate, now);
 	if ((oldstate == TCP_ESTABLISHED || oldstate == TCP_CLOSE_WAIT) &&
 	    (newstate == TCP_FIN_WAIT1 || newstate == TCP_LAST_ACK || newstate == TCP_CLOSE))
-		return closed(sk, newstate, now);
+		return closed(ctx, sk, newstate, now);
 	return 0;
 }
 
 /* A: the acceptor becomes the owner, so that a reset from the peer is charged to it.
  * A connection its peer already reset while it waited in the accept queue gets its X
  * now, charged to the acceptor, with the time it closed. */
-static __always_inline int on_accept(const struct sock *sk)
+static __always_inline int on_accept(void *ctx, const struct sock *sk)
 {
 	struct conn_owner o = {}, *child = conn_recall(sk);
 	struct sock_tuple t;
@@ -107,7 +107,7 @@ static __always_inline int on_accept(const struct sock *sk)
 			conn_forget(sk);
 		return 0;
 	}
-	emit(sk, &t, &o, CONN_ACCEPT, sock_state(sk), bpf_ktime_get_ns());
+	emit(ctx, sk, &t, &o, CONN_ACCEPT, sock_state(sk), bpf_ktime_get_ns());
 	if (!child) { /* born before tracing began */
 		o.closed_ns = OWNED;
 		conn_remember(sk, &o);
@@ -122,7 +122,7 @@ static __always_inline int on_accept(const struct sock *sk)
 	if (reset_ns <= OWNED)
 		return 0;
 	conn_forget(sk);
-	return emit(sk, &t, &o, CONN_CLOSE, TCP_CLOSE, reset_ns);
+	return emit(ctx, sk, &t, &o, CONN_CLOSE, TCP_CLOSE, reset_ns);
 }
 
 SET_STATE_HOOKS(on_state)

@@ -75,7 +75,7 @@ static __always_inline struct event *new_event(__u8 kind, const struct sock_tupl
 
 /* netif_receive_skb fires before the stack resets the network header (a NIC's driver
  * leaves it unset), but after eth_type_trans: skb->data is the IP header. */
-static __always_inline int on_receive(const struct sk_buff *skb)
+static __always_inline int on_receive(void *ctx, const struct sk_buff *skb)
 {
 	struct sock_tuple t = {};
 	struct event *e;
@@ -93,25 +93,25 @@ static __always_inline int on_receive(const struct sk_buff *skb)
 	e->netns = dev_netns(BPF_CORE_READ(skb, dev));
 	e->extra = BPF_CORE_READ(skb, dev, ifindex);
 	e->tcpflags = flags;
-	bpf_ringbuf_submit(e, 0);
+	submit_event(ctx, e, sizeof(*e));
 	return 0;
 }
 
 SEC("tp_btf/netif_receive_skb")
 int BPF_PROG(receive__tp_btf, const struct sk_buff *skb)
 {
-	return on_receive(skb);
+	return on_receive(ctx, skb);
 }
 
 SEC("tracepoint/net/netif_receive_skb")
 int receive__tracepoint(struct trace_event_raw_net_dev_template *ctx)
 {
-	return on_receive((const struct sk_buff *)ctx->skbaddr);
+	return on_receive(ctx, (const struct sk_buff *)ctx->skbaddr);
 }
 
 /* ---- a SYN or SYN-ACK is dropped -------------------------------------------------- */
 
-static __always_inline int on_drop(const struct sk_buff *skb, __u32 reason)
+static __always_inline int on_drop(void *ctx, const struct sk_buff *skb, __u32 reason)
 {
 	struct sock_tuple t = {};
 	const struct sock *sk;
@@ -133,7 +133,7 @@ static __always_inline int on_drop(const struct sk_buff *skb, __u32 reason)
 	e->extra = BPF_CORE_READ(skb, skb_iif);
 	e->state = sk ? BPF_CORE_READ(sk, __sk_common.skc_state) : 0;
 	e->tcpflags = flags;
-	bpf_ringbuf_submit(e, 0);
+	submit_event(ctx, e, sizeof(*e));
 	return 0;
 }
 
@@ -144,7 +144,7 @@ int drop__tp_btf(__u64 *ctx)
 
 	if (bpf_core_field_exists(struct trace_event_raw_kfree_skb, reason))
 		reason = ctx[2];
-	return on_drop((const struct sk_buff *)ctx[0], reason);
+	return on_drop(ctx, (const struct sk_buff *)ctx[0], reason);
 }
 
 SEC("tracepoint/skb/kfree_skb")
@@ -154,12 +154,12 @@ int drop__tracepoint(struct trace_event_raw_kfree_skb *ctx)
 
 	if (bpf_core_field_exists(ctx->reason))
 		reason = ctx->reason;
-	return on_drop(ctx->skbaddr, reason);
+	return on_drop(ctx, ctx->skbaddr, reason);
 }
 
 /* ---- a listener retransmits its SYN-ACK ------------------------------------------- */
 
-static __always_inline int on_synack_retrans(const struct sock *sk, const struct request_sock *req)
+static __always_inline int on_synack_retrans(void *ctx, const struct sock *sk, const struct request_sock *req)
 {
 	struct sock_tuple t = {};
 	struct event *e;
@@ -181,27 +181,27 @@ static __always_inline int on_synack_retrans(const struct sock *sk, const struct
 		return 0;
 	e->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
 	e->sk = (__u64)sk;
-	bpf_ringbuf_submit(e, 0);
+	submit_event(ctx, e, sizeof(*e));
 	return 0;
 }
 
 SEC("tp_btf/tcp_retransmit_synack")
 int BPF_PROG(synack__tp_btf, const struct sock *sk, const struct request_sock *req)
 {
-	return on_synack_retrans(sk, req);
+	return on_synack_retrans(ctx, sk, req);
 }
 
 SEC("tracepoint/tcp/tcp_retransmit_synack")
 int synack__tracepoint(struct trace_event_raw_tcp_retransmit_synack *ctx)
 {
-	return on_synack_retrans((const struct sock *)ctx->skaddr, (const struct request_sock *)ctx->req);
+	return on_synack_retrans(ctx, (const struct sock *)ctx->skaddr, (const struct request_sock *)ctx->req);
 }
 
 /* ---- a route lookup fails (IPv4) ---------------------------------------------------- */
 
 /* The lookup carries no namespace: user space matches it to a flow by its ports and
  * addresses (a SYN-ACK's lookup is the SYN's tuple reversed). */
-static __always_inline int on_fib(const struct flowi4 *flp, int err)
+static __always_inline int on_fib(void *ctx, const struct flowi4 *flp, int err)
 {
 	struct sock_tuple t = {};
 	struct event *e;
@@ -219,14 +219,14 @@ static __always_inline int on_fib(const struct flowi4 *flp, int err)
 	if (!e)
 		return 0;
 	e->value = err;
-	bpf_ringbuf_submit(e, 0);
+	submit_event(ctx, e, sizeof(*e));
 	return 0;
 }
 
 SEC("tp_btf/fib_table_lookup")
 int BPF_PROG(fib__tp_btf, __u32 tb_id, const struct flowi4 *flp, const struct fib_nh_common *nhc, int err)
 {
-	return on_fib(flp, err);
+	return on_fib(ctx, flp, err);
 }
 
 /* The classic tracepoint copies the flow's fields out (no pointer to it). */
@@ -249,7 +249,7 @@ int fib__tracepoint(struct trace_event_raw_fib_table_lookup *ctx)
 	if (!e)
 		return 0;
 	e->value = ctx->err;
-	bpf_ringbuf_submit(e, 0);
+	submit_event(ctx, e, sizeof(*e));
 	return 0;
 }
 
@@ -272,7 +272,7 @@ static __always_inline int rt6_error(__u8 type)
 	return 0;
 }
 
-static __always_inline int fib6_event(__u32 netns, const struct sock_tuple *t, int err)
+static __always_inline int fib6_event(void *ctx, __u32 netns, const struct sock_tuple *t, int err)
 {
 	struct event *e;
 
@@ -283,7 +283,7 @@ static __always_inline int fib6_event(__u32 netns, const struct sock_tuple *t, i
 		return 0;
 	e->netns = netns;
 	e->value = err;
-	bpf_ringbuf_submit(e, 0);
+	submit_event(ctx, e, sizeof(*e));
 	return 0;
 }
 
@@ -300,7 +300,7 @@ int BPF_PROG(fib6__tp_btf, const struct net *net, const struct fib6_result *res,
 	t.dport = bpf_ntohs(BPF_CORE_READ(flp, uli.ports.dport));
 	bpf_core_read(t.saddr, 16, &flp->saddr);
 	bpf_core_read(t.daddr, 16, &flp->daddr);
-	return fib6_event(BPF_CORE_READ(net, ns.inum), &t, rt6_error(BPF_CORE_READ(res, fib6_type)));
+	return fib6_event(ctx, BPF_CORE_READ(net, ns.inum), &t, rt6_error(BPF_CORE_READ(res, fib6_type)));
 }
 
 SEC("tracepoint/fib6/fib6_table_lookup")
@@ -316,12 +316,12 @@ int fib6__tracepoint(struct trace_event_raw_fib6_table_lookup *ctx)
 	/* 16 bytes at an odd offset: read, since a context may only be loaded aligned */
 	bpf_probe_read_kernel(t.saddr, 16, ctx->src);
 	bpf_probe_read_kernel(t.daddr, 16, ctx->dst);
-	return fib6_event(0, &t, ctx->err);
+	return fib6_event(ctx, 0, &t, ctx->err);
 }
 
 /* ---- an ICMP error about a TCP packet is sent (e.g. an nft reject) ---------------- */
 
-static __always_inline int on_icmp(const struct sk_buff *skb, int type, int code)
+static __always_inline int on_icmp(void *ctx, const struct sk_buff *skb, int type, int code)
 {
 	struct sock_tuple t = {};
 	struct event *e;
@@ -337,14 +337,14 @@ static __always_inline int on_icmp(const struct sk_buff *skb, int type, int code
 	e->netns = skb_netns(skb);
 	e->value = (type << 8) | (code & 0xff);
 	e->tcpflags = flags;
-	bpf_ringbuf_submit(e, 0);
+	submit_event(ctx, e, sizeof(*e));
 	return 0;
 }
 
 SEC("tp_btf/icmp_send")
 int BPF_PROG(icmp__tp_btf, const struct sk_buff *skb, int type, int code)
 {
-	return on_icmp(skb, type, code);
+	return on_icmp(ctx, skb, type, code);
 }
 
 /* ---- handshake states ---------------------------------------------------------------- */
@@ -353,7 +353,7 @@ int BPF_PROG(icmp__tp_btf, const struct sk_buff *skb, int type, int code)
  * comm), its outcome (SYN_SENT -> ESTABLISHED or CLOSE, with sk_err and how many
  * times the SYN was retransmitted), and a server's handshake completing
  * (SYN_RECV -> ESTABLISHED, the child socket). */
-static __always_inline int on_state(const struct sock *sk, int oldstate, int newstate)
+static __always_inline int on_state(void *ctx, const struct sock *sk, int oldstate, int newstate)
 {
 	struct sock_tuple t = {};
 	struct event *e;
@@ -384,7 +384,7 @@ static __always_inline int on_state(const struct sock *sk, int oldstate, int new
 		e->pid = current_pid();
 		bpf_get_current_comm(e->comm, sizeof(e->comm));
 	}
-	bpf_ringbuf_submit(e, 0);
+	submit_event(ctx, e, sizeof(*e));
 	return 0;
 }
 
@@ -394,7 +394,7 @@ SET_STATE_HOOKS(on_state)
  * ICMP error is reported while the socket is still SYN_SENT, and the woken connect()
  * may consume sk_err (sock_error) before it is read here: the report itself is the
  * evidence. (The classic tracepoint names no socket, so only the typed one serves.) */
-static __always_inline int on_error(const struct sock *sk)
+static __always_inline int on_error(void *ctx, const struct sock *sk)
 {
 	struct sock_tuple t = {};
 	struct event *e;
@@ -415,12 +415,12 @@ static __always_inline int on_error(const struct sock *sk)
 	e->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
 	e->state = state;
 	e->value = BPF_CORE_READ(sk, sk_err);
-	bpf_ringbuf_submit(e, 0);
+	submit_event(ctx, e, sizeof(*e));
 	return 0;
 }
 
 SEC("tp_btf/inet_sk_error_report")
 int BPF_PROG(error__tp_btf, const struct sock *sk)
 {
-	return on_error(sk);
+	return on_error(ctx, sk);
 }

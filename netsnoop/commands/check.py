@@ -17,7 +17,6 @@ from netsnoop.commands import COMMANDS
 from netsnoop.errors import NetsnoopError
 from netsnoop.runner import Tracer, check_settings
 
-BPF_MAP_TYPE_RINGBUF = 27
 PROBE_KINDS = ("tp_btf", "tracepoint", "fentry", "kprobe")
 
 
@@ -39,12 +38,39 @@ def _try(fn: Callable[[], str]) -> tuple[bool, str]:
 
 def _ringbuf() -> str:
     from netsnoop.libbpf import errno_message, last_errno, lib
+    from netsnoop.transport import BPF_MAP_TYPE_RINGBUF
 
     fd = lib().bpf_map_create(BPF_MAP_TYPE_RINGBUF, b"ns_probe", 0, 0, 4096, None)
     if fd < 0:
         raise NetsnoopError(f"cannot create a ring buffer map: {errno_message(last_errno())}")
     os.close(fd)
-    return "yes"
+    return "one buffer all CPUs share, events in time order (kernels from 5.8 on)"
+
+
+def _perfbuf() -> str:
+    from netsnoop.libbpf import errno_message, last_errno, lib
+    from netsnoop.transport import BPF_MAP_TYPE_PERF_EVENT_ARRAY, perf_event_open
+
+    ncpus = len(kernel.online_cpus())
+    fd = lib().bpf_map_create(BPF_MAP_TYPE_PERF_EVENT_ARRAY, b"ns_probe", 4, 4, ncpus, None)
+    if fd < 0:
+        raise NetsnoopError(f"cannot create a perf event array map: {errno_message(last_errno())}")
+    os.close(fd)
+    os.close(perf_event_open(kernel.online_cpus()[0]))
+    return (f"one buffer per CPU, --ringbuf split between {ncpus} CPUs (one busy CPU can lose "
+            "events while the others have room); each event is copied once more, and events of "
+            "different CPUs come in no common order")
+
+
+def _transport(ring_ok: bool) -> tuple[bool, str]:
+    from netsnoop.transport import PERF, forced
+
+    how = forced()
+    if how:
+        return True, f"{'perf buffer' if how == PERF else 'ring buffer'}, as NETSNOOP_TRANSPORT={how} asks"
+    if ring_ok:
+        return True, "ring buffer (NETSNOOP_TRANSPORT=perf forces the perf buffer)"
+    return True, "perf buffer: this kernel has no ring buffer"
 
 
 def _hook(kind: str) -> str:
@@ -127,7 +153,10 @@ def findings() -> list[Finding]:
     found.append(Finding("tracefs", *_try(_tracefs)))
     if not ok_priv:
         return found
-    found.append(Finding("ring buffer", *_try(_ringbuf)))
+    ring_ok, detail = _try(_ringbuf)
+    found.append(Finding("ring buffer", ring_ok, detail))
+    found.append(Finding("perf buffer", *_try(_perfbuf)))
+    found.append(Finding("transport", *_transport(ring_ok)))
     for kind in PROBE_KINDS:
         _stop_if_asked()
         found.append(Finding(kind, *_try(partial(_hook, kind))))
