@@ -11,7 +11,9 @@ from typing import Any, Callable
 import click
 from click.shell_completion import CompletionItem
 
+from netsnoop import netns as netns_
 from netsnoop import options as o
+from netsnoop import where
 from netsnoop.btf import StructDecoder
 from netsnoop.loader import BPFObject
 from netsnoop.output import Column, OutputOptions, make_sink, write_table
@@ -33,24 +35,33 @@ class Interface:
 
 
 class InterfaceName(click.ParamType):
-    """A network interface of this network namespace, with its queue counts."""
+    """The name of a network interface; looked up (with its queue counts) by
+    :func:`find_interface`, in the namespace --netns names."""
 
     name = "NAME"
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Interface:
-        if isinstance(value, Interface):
-            return value
-        try:
-            ifindex = socket.if_nametoindex(value)
-        except OSError:
-            self.fail(f"network interface {value!r} does not exist (in this network namespace)", param, ctx)
-        return Interface(value, ifindex, queue_counts(value))
-
     def shell_complete(self, ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
-        """The names convert() accepts: this network namespace's interfaces (the
-        tool watches an interface of its own namespace only, so another namespace's
-        names would complete to an error)."""
+        """This network namespace's interfaces (another namespace's, given with
+        --netns, are not listed: completion runs before that option is read)."""
         return [CompletionItem(name) for name in interface_names() if name.startswith(incomplete)]
+
+
+def find_interface(name: str, inode: int | None) -> Interface:
+    """Interface ``name`` of the namespace ``inode`` (None: this one), entered to read
+    its index and queues; a usage error when it has none of that name."""
+    where_ = "this network namespace"
+    try:
+        if inode is None:
+            return Interface(name, socket.if_nametoindex(name), queue_counts(name))
+        where_ = f"network namespace {where.printable(where.netns_label(inode))}"
+        ns = netns_.by_inode().get(inode)
+        if ns is None:
+            raise OSError
+        with netns_.entered(ns):
+            return Interface(name, socket.if_nametoindex(name), queue_counts(name))
+    except OSError:
+        raise click.BadParameter(f"network interface {where.printable(name)!r} does not exist (in {where_})",
+                                 param_hint="'-n' / '--name'") from None
 
 
 def interface_names() -> list[str]:
@@ -64,7 +75,9 @@ def interface_names() -> list[str]:
 
 
 def queue_counts(name: str) -> dict[int, int]:
-    """Queues per direction from sysfs (tx-N, rx-N); 1 each when sysfs cannot tell."""
+    """Queues per direction from sysfs (tx-N, rx-N); 1 each when sysfs cannot tell.
+    sysfs shows the namespace it was mounted in: another namespace's interface is
+    mostly not there (1 each), so the tables grow with the queues seen instead."""
     try:
         entries = os.listdir(f"/sys/class/net/{name}/queues")
     except OSError:
@@ -170,12 +183,16 @@ class Report:
 @click.command("netqtop")
 @o.output_options(csv=False, wide=False, time=False, timestamp=False)
 @click.option("-n", "--name", "iface", type=InterfaceName(), required=True,
-              help="the network interface to watch (in this network namespace)")
+              help="the network interface to watch (in this network namespace, or the one --netns names)")
+@click.option("-N", "--netns", "netns", type=where.NETNS, default=None, metavar="NETNS",
+              help="the network namespace of the interface: an `ip netns` name, a PID (its namespace), "
+                   "an inode, or host")
 @click.option("-i", "--interval", type=o.SECONDS, default=1.0, show_default=True,
               metavar="SECONDS", help="print every this many seconds")
 @click.option("-t", "--throughput", is_flag=True, help="add BPS and PPS columns (bytes and packets per second)")
 @o.duration_option
-def command(out: OutputOptions, iface: Interface, interval: float, throughput: bool, duration: float | None) -> None:
+def command(out: OutputOptions, iface: str, netns: list[int] | None, interval: float, throughput: bool,
+            duration: float | None) -> None:
     """Show packets per TX and RX queue of one network interface, by packet size.
 
     Every interval: for each queue, the average packet size and the number of
@@ -186,11 +203,19 @@ def command(out: OutputOptions, iface: Interface, interval: float, throughput: b
     bytes are 14 a packet below /proc/net/dev's). On exit, what arrived since the
     last interval is printed too. --json gives one object per queue and interval
     (with exact packets and bytes, and no Total line).
+
+    An interface lives in one network namespace: this one, or the one --netns
+    names (netsnoop stays where it is; the kernel matches the device's namespace).
     """
-    rodata = {"filter_ifindex": iface.ifindex, "filter_netns": os.stat("/proc/self/ns/net").st_ino}
+    if netns and len(netns) > 1:
+        raise click.BadParameter("one network namespace: the interface's", param_hint="'-N' / '--netns'")
+    inode = netns[0] if netns else os.stat("/proc/self/ns/net").st_ino
+    interface = find_interface(iface, netns[0] if netns else None)
+    rodata = {"filter_ifindex": interface.ifindex, "filter_netns": inode}
     with TRACER.open(rodata) as obj:
-        report = Report(out, iface, throughput, QueueCounters(obj))
-        ready(f"Tracing {iface.name}... Hit Ctrl-C to end.")
+        report = Report(out, interface, throughput, QueueCounters(obj))
+        place = f" in {where.printable(where.netns_label(inode))}" if netns else ""
+        ready(f"Tracing {interface.name}{place}... Hit Ctrl-C to end.")
         try:
             wait(duration, report, interval)
             report(final=True)

@@ -9,6 +9,7 @@ from typing import Any, Callable, NamedTuple
 import click
 
 from netsnoop import options as o
+from netsnoop import where
 from netsnoop.btf import StructDecoder
 from netsnoop.fmt import comm, ip_version
 from netsnoop.live import LiveView, use_live
@@ -28,8 +29,9 @@ DRAIN = "send__tp_btf__drain"
 DRAIN_TRIES = 3  # a CPU whose cache is being rewritten at that instant is asked again
 
 
-def columns(v6: bool) -> list[Column]:
-    """bcc's two tables (IPv6 addresses need wider columns); JSON gets typed fields."""
+def columns(v6: bool, wide: bool = False) -> list[Column]:
+    """bcc's two tables (IPv6 addresses need wider columns); JSON gets typed fields,
+    and the connection's NETNS and the process's CONTAINER (text: with -w)."""
     a, suffix = (32, "6") if v6 else (21, "")
     return [
         Column("PID", 6),
@@ -43,6 +45,7 @@ def columns(v6: bool) -> list[Column]:
         Column("RX_BYTES", text=False),
         Column("TX_BYTES", text=False),
         Column("timestamp", text=False),
+        *where.columns(wide),
     ]
 
 
@@ -107,7 +110,7 @@ def collect(obj: BPFObject, keys: StructDecoder, values: StructDecoder, cached: 
     for k, v in entries[:rows]:
         local, remote, *typed = endpoints(v.family, v.laddr, v.lport, v.raddr, v.rport)
         out.rows.append((k.pid, comm(v.comm), local, remote, v.rx // 1024, v.tx // 1024, ip_version(v.family),
-                         *typed, v.rx, v.tx, now))
+                         *typed, v.rx, v.tx, now, *where.values(v.netns, v.cgroup)))
     return out
 
 
@@ -119,9 +122,10 @@ def loadavg_line() -> str:
 class TextView:
     """bcc's scrolling layout: a blank line, the loadavg line, then the tables."""
 
-    def __init__(self, summary: bool) -> None:
+    def __init__(self, summary: bool, wide: bool = False) -> None:
         self.summary_line = summary
-        self.sinks = (TextSink(columns(False)), TextSink(columns(True)))
+        self.wide = wide
+        self.sinks = (TextSink(columns(False, wide)), TextSink(columns(True, wide)))
 
     def show(self, interval: Interval) -> None:
         out = sys.stdout
@@ -163,15 +167,15 @@ class JsonLines:
 
 
 # On a narrow terminal these go first, in this order; addresses and counts stay whole.
-LIVE_DROP = ("COMM", "LADDR", "LADDR6", "PID")
+LIVE_DROP = ("CONTAINER", "NETNS", "COMM", "LADDR", "LADDR6", "PID")
 
 
 class Live(TextView):
     """The same tables, redrawn in place on a terminal, with the unit spelled out, a
     totals line, and a line saying so when nothing matched."""
 
-    def __init__(self, summary: bool, interval: float) -> None:
-        super().__init__(summary)
+    def __init__(self, summary: bool, interval: float, wide: bool = False) -> None:
+        super().__init__(summary, wide)
         self.unit = f"RX_KB, TX_KB: KiB received and sent in each {interval:g} s interval; q quits"
         self.view = LiveView(drop=LIVE_DROP)
 
@@ -181,7 +185,8 @@ class Live(TextView):
         limited = f" ({len(interval.rows)} shown: -r {len(interval.rows)})" if interval.hidden else ""
         footer = [f"total: {n} connection{'' if n == 1 else 's'}{limited}, "
                   f"RX_KB {interval.rx // 1024}, TX_KB {interval.tx // 1024}"] if n else []
-        self.view.show(head, [(columns(False), interval.ipv4), (columns(True), interval.ipv6)], footer,
+        tables = [(columns(False, self.wide), interval.ipv4), (columns(True, self.wide), interval.ipv6)]
+        self.view.show(head, tables, footer,
                        empty="no TCP traffic matched")
 
     def close(self) -> None:
@@ -213,10 +218,12 @@ def cgroup_spelling(given: str) -> Callable[[F], F]:
 @click.command("top")
 @click.option("-C", "--noclear", is_flag=True, help="don't clear the screen (scroll plain text)")
 @click.option("-S", "--nosummary", is_flag=True, help="skip the system summary (loadavg) line")
-@o.pid_option()
+@where.pids_option("only count these processes")
 @o.ports_option("-P", "--port", "ports", help="only count these ports at either end (e.g. 80,443)")
 @o.family_option
 @o.cgroup_option
+@where.netns_option
+@click.option("-w", "--wide", is_flag=True, help="add NETNS and CONTAINER columns (always in --json)")
 @cgroup_spelling("-c")
 @cgroup_spelling("--cgroupmap")
 @click.option("-s", "--sort", type=click.Choice(SORT_KEYS), default="all", show_default=True,
@@ -226,8 +233,9 @@ def cgroup_spelling(given: str) -> Callable[[F], F]:
               help="show at most ROWS connections an interval, the first in --sort order (default: all)")
 @click.option("--json", is_flag=True, help="one JSON object per connection per interval")
 @o.interval_count_arguments()
-def command(noclear: bool, nosummary: bool, pid: int | None, ports: Any, family: int | None, cgroup: int | None,
-            sort: str, rows: int | None, json: bool, interval: float, count: int | None) -> None:
+def command(noclear: bool, nosummary: bool, pids: list[int] | None, ports: Any, family: int | None,
+            cgroup: int | None, netns: list[int] | None, wide: bool, sort: str, rows: int | None, json: bool,
+            interval: float, count: int | None) -> None:
     """Summarise TCP send/receive throughput by process and connection.
 
     Every INTERVAL seconds (default 1), COUNT times (default: until Ctrl-C). Bytes are
@@ -242,15 +250,20 @@ def command(noclear: bool, nosummary: bool, pid: int | None, ports: Any, family:
     otherwise (IPv4 and IPv6 keep their own tables, each in that order; --json
     gives all rows in that order). -r keeps the first ROWS connections of each
     interval; the live view's totals line still counts them all.
+
+    NETNS is the connection's network namespace, CONTAINER the process's container,
+    pod or systemd unit (-w; always in --json); --netns and --cgroup filter on them in
+    the kernel.
     """
-    rodata = {**o.port_filters(ports=ports), "filter_pid": pid, "filter_family": family, "filter_cgroup": cgroup}
+    rodata = {**o.port_filters(ports=ports), **where.filters(pids, netns), "filter_family": family,
+              "filter_cgroup": cgroup}
     with TRACER.open(rodata) as obj:
         view: Any = (
             JsonLines()
             if json
-            else Live(not nosummary, interval)
+            else Live(not nosummary, interval, wide)
             if use_live(noclear, json)
-            else TextView(not nosummary)
+            else TextView(not nosummary, wide)
         )
         try:
             ready(f"Tracing... Output every {interval:g} secs. Hit Ctrl-C to end")
