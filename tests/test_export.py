@@ -238,9 +238,10 @@ def test_prometheus_sees_the_traffic_of_private_namespaces() -> None:
             assert (queue, ss[1], ss[2]) == (8, "8", "7")
             assert prom.value(f'netsnoop_tcp_listener_queue_limit{{netns="{b}",port="{full_port}"}}') == 7
             # and as each connection found it when it joined: 0, 1, ... 7 waiting
-            joined = {m["le"]: v for m, v in prom.query(f'netsnoop_tcp_accept_queue_length_bucket{{netns="{b}",backlog_limit="7"}}')}
+            joined_q = f'netsnoop_tcp_accept_queue_length_%s{{netns="{b}",backlog_limit="7"}}'
+            joined = {m["le"]: v for m, v in prom.query(joined_q % "bucket")}
             assert (joined["1.0"], joined["3.0"], joined["7.0"], joined["+Inf"]) == (2, 4, 8, 8), joined
-            assert prom.value(f'netsnoop_tcp_accept_queue_length_sum{{netns="{b}",backlog_limit="7"}}') == sum(range(8))
+            assert prom.value(joined_q % "sum") == sum(range(8))
 
             # connects by outcome, in the client's namespace, per destination port
             connects = f'netsnoop_tcp_connects_total{{netns="{a}",outcome="%s",port="%s"}}'
