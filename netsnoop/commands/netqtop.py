@@ -16,8 +16,9 @@ from netsnoop import options as o
 from netsnoop import where
 from netsnoop.btf import StructDecoder
 from netsnoop.loader import BPFObject
-from netsnoop.output import Column, OutputOptions, make_sink, write_table
-from netsnoop.runner import Tracer, ready, silence_stdout, wait
+from netsnoop.hist import Writer
+from netsnoop.output import Column, OutputOptions
+from netsnoop.runner import Tracer, every_interval
 
 # No ring buffer events: keep the shared one small.
 TRACER = Tracer("netqtop", max_entries={"events": 4096})
@@ -138,14 +139,10 @@ class Report:
 
     def __init__(self, out: OutputOptions, iface: Interface, throughput: bool, counters: QueueCounters) -> None:
         self.out, self.iface, self.throughput, self.counters = out, iface, throughput, counters
+        self.write = Writer(out)
         self.cols = columns(throughput)
         self.show: Callable[[Any], Any] = (lambda v: round(v, 2) if isinstance(v, float) else v) if out.json else human
         self.since = time.monotonic()
-        self.intervals = 0
-
-    def _text(self, line: str) -> None:
-        if not self.out.json:
-            print(line, flush=True)
 
     def _rows(
         self, delta: dict[tuple[int, int], list[int]], rx: int, elapsed: float, wall: float
@@ -164,20 +161,21 @@ class Report:
                          show(packets / elapsed), packets, nbytes, wall))
         return rows
 
-    def __call__(self, final: bool = False) -> None:
-        """One interval; ``final`` (at exit) prints only if packets came since the last."""
+    def __call__(self, final: bool = False) -> bool:
+        """One interval; ``final`` (at exit) prints only if packets came since the last
+        (False: it did not)."""
         now = time.monotonic()
         elapsed, self.since = max(now - self.since, 1e-9), now
         delta = self.counters.delta()
         if final and not any(c[1] for c in delta.values()):
-            return
+            return False
         wall = round(time.time(), 6)
-        self._text(time.asctime())
+        self.write.heading(time.asctime())
         for rx, label in DIRECTIONS:
-            self._text(("\n" if rx else "") + label)
-            write_table(self.out, self.cols, self._rows(delta, rx, elapsed, wall))
-        self._text("-" * (95 if self.throughput else 76))
-        self.intervals += 1
+            self.write.heading(("\n" if rx else "") + label)
+            self.write.table(self.cols, self._rows(delta, rx, elapsed, wall))
+        self.write.heading("-" * (95 if self.throughput else 76))
+        return True
 
 
 @click.command("netqtop")
@@ -215,11 +213,5 @@ def command(out: OutputOptions, iface: str, netns: list[int] | None, interval: f
     with TRACER.open(rodata) as obj:
         report = Report(out, interface, throughput, QueueCounters(obj))
         place = f" in {where.printable(where.netns_label(inode))}" if netns else ""
-        ready(f"Tracing {interface.name}{place}... Hit Ctrl-C to end.")
-        try:
-            wait(duration, report, interval)
-            report(final=True)
-        except BrokenPipeError:
-            silence_stdout()
-            return
-        make_sink(out, report.cols).summary({"intervals": report.intervals, **obj.health()})
+        every_interval(obj, report, out, interval, duration=duration,
+                       banner=f"Tracing {interface.name}{place}... Hit Ctrl-C to end.")

@@ -11,9 +11,9 @@ import click
 from netsnoop import options as o
 from netsnoop import where
 from netsnoop.fmt import addr
-from netsnoop.hist import Section, read_hists, summary, write_sections
+from netsnoop.hist import Section, Writer, read_hists
 from netsnoop.output import OutputOptions
-from netsnoop.runner import Tracer, ready, run_intervals
+from netsnoop.runner import Tracer, every_interval
 
 # Histograms only: the ring buffer every object carries stays at one page.
 TRACER = Tracer("rtt", max_entries={"events": 4096})
@@ -101,15 +101,14 @@ def command(interval: float | None, duration: float | None, out: OutputOptions, 
         **where.filters(None, netns), "by_netns": int(bynetns),
     }
 
+    write = Writer(out)
     with TRACER.open(rodata) as obj:
 
-        def report() -> None:
+        def report(last: bool) -> None:
             hists = [(netns_name(k.netns), k, h) for k, h in read_hists(obj, "rtts", "rtt_key")]
             hists.sort(key=lambda nkh: (nkh[0], nkh[1].family, nkh[1].addr))
             sections = [Section(h, {**({"netns": name} if bynetns else {}),
                                     **({label: addr(k.family, k.addr)} if label else {})}) for name, k, h in hists]
-            write_sections(sections, unit, out, div=div, averages=extension)
+            write.sections(sections, unit, div=div, averages=extension)
 
-        ready("Tracing TCP RTT... Hit Ctrl-C to end.")
-        if run_intervals(report, interval, duration=duration) is not None:
-            summary(out, obj)
+        every_interval(obj, report, out, interval, duration=duration, banner="Tracing TCP RTT... Hit Ctrl-C to end.")

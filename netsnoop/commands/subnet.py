@@ -17,7 +17,8 @@ from netsnoop.btf import StructDecoder
 from netsnoop.fmt import AF_INET, AF_INET6
 from netsnoop.loader import BPFObject
 from netsnoop.output import Column, OutputOptions, make_sink
-from netsnoop.runner import Tracer, ready, run_intervals
+from netsnoop.hist import Writer
+from netsnoop.runner import Tracer, every_interval
 
 TRACER = Tracer("subnet", max_entries={"events": 4096})
 MAX_SUBNETS = 32  # subnet.bpf.c
@@ -142,7 +143,8 @@ def command(subnets: list[Subnet], unit: str, interval: float, bcc_json: bool, j
         for i, s in enumerate(subnets):
             click.echo(f"subnet {i}: {s.text} = {s.network.network_address} mask {s.network.netmask}", err=True)
     bits, divisor = UNITS[unit]
-    sink = make_sink(OutputOptions(json=json), COLUMNS)
+    out = OutputOptions(json=json)
+    sink, write = make_sink(out, COLUMNS), Writer(out)
     as_bcc = bcc_value(unit)
 
     def show(totals: Totals) -> None:
@@ -164,14 +166,11 @@ def command(subnets: list[Subnet], unit: str, interval: float, bcc_json: bool, j
             sys.stdout.write(bcc_line(date, hms, {s.text: as_bcc(b) for b, s in sent}))
             sys.stdout.flush()
             return
-        sys.stdout.write(f"[{date} {hms}]\n")
+        write.heading(f"[{date} {hms}]")
         sink.write([(s.text, int(b * bits / divisor), b, date, hms, round(now, 6), "", 0) for b, s in sent])
         sys.stdout.flush()
 
     with TRACER.open({**subnet_filters(subnets), **where.filters(None, netns)}) as obj:
         totals = Totals(obj)
-        ready(f"Tracing... Output every {interval:g} secs. Hit Ctrl-C to end")
-        shown = run_intervals(lambda: show(totals), interval, duration=duration)
-        if shown is None:
-            return
-        sink.summary({"intervals": shown, **obj.health()})
+        every_interval(obj, lambda last: show(totals), out, interval, duration=duration,
+                       banner=f"Tracing... Output every {interval:g} secs. Hit Ctrl-C to end")

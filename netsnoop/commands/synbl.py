@@ -11,9 +11,9 @@ import click
 from netsnoop import netns
 from netsnoop import options as o
 from netsnoop import where
-from netsnoop.hist import Section, read_hists, summary, write_sections
-from netsnoop.output import Column, OutputOptions, make_sink
-from netsnoop.runner import Tracer, ready, run_intervals, warn
+from netsnoop.hist import Section, Writer, read_hists
+from netsnoop.output import Column, OutputOptions
+from netsnoop.runner import Tracer, every_interval, warn
 
 TRACER = Tracer("synbl", max_entries={"events": 4096})
 ANY = "*"  # the LISTENER of a namespace's total that no single listener can be given
@@ -152,19 +152,18 @@ def command(interval: float | None, duration: float | None, out: OutputOptions, 
     """
     with TRACER.open({"filter_family": family, **where.filters(None, netns)}) as obj:
         overflows = Overflows(family, netns)
+        write = Writer(out)
 
-        def report() -> None:
+        def report(last: bool) -> None:
             total, rows = overflows.since_last()
             hists = [(where.printable(where.netns_label(k.netns)), k.backlog_max, h)
                      for k, h in read_hists(obj, "backlog", "synbl_key")]
             sections = [Section(h, {"netns": name, "backlog_max": limit})
                         for name, limit, h in sorted(hists, key=lambda nlh: nlh[:2])]
-            write_sections(sections, "backlog", out, facts={"listen_overflows_all_netns": total})
+            write.sections(sections, "backlog", facts={"listen_overflows_all_netns": total})
             if rows:
-                sink = make_sink(out, overflow_columns())
-                sink.header()
-                sink.write(rows)
+                write.table(overflow_columns(), rows)
 
-        ready("Tracing SYN backlog size. Ctrl-C to end.")
-        if run_intervals(report, interval, duration=duration) is not None:
-            summary(out, obj)
+        only = {"only": {"netns": [where.printable(where.netns_label(i)) for i in netns]}} if netns else {}
+        every_interval(obj, report, out, interval, duration=duration, banner="Tracing SYN backlog size. Ctrl-C to end.",
+                       facts=lambda: only)

@@ -14,8 +14,8 @@ from netsnoop.btf import StructDecoder
 from netsnoop.fmt import comm, ip_version
 from netsnoop.live import LiveView, use_live
 from netsnoop.loader import BPFObject
-from netsnoop.output import Column, JsonSink, TextSink
-from netsnoop.runner import Tracer, ready, run_intervals
+from netsnoop.output import Column, JsonSink, OutputOptions, TextSink
+from netsnoop.runner import Tracer, every_interval
 from netsnoop.traffic import endpoints, take_all, typed_endpoints
 
 F = Callable[..., Any]
@@ -143,9 +143,6 @@ class TextView:
             out.write(f"... {interval.hidden} more (-r {len(interval.rows)})\n")
         out.flush()
 
-    def summary(self, record: dict[str, Any]) -> None:
-        self.sinks[0].summary(record)  # to stderr
-
     def close(self) -> None:
         pass
 
@@ -158,9 +155,6 @@ class JsonLines:
 
     def show(self, interval: Interval) -> None:
         self.sink.write(interval.rows)
-
-    def summary(self, record: dict[str, Any]) -> None:
-        self.sink.summary(record)
 
     def close(self) -> None:
         pass
@@ -193,13 +187,15 @@ class Live(TextView):
         self.view.close()
 
 
-def run(obj: BPFObject, view: Any, interval: float, count: int | None, sort: str = "all",
+def run(obj: BPFObject, view: Any, json: bool, interval: float, count: int | None, sort: str = "all",
         rows: int | None = None) -> int | None:
-    """Show every interval until Ctrl-C or ``count``; returns the intervals shown
-    (None: stdout's reader went away)."""
+    """Show every interval until Ctrl-C or ``count``, then the summary; returns the
+    intervals shown (None: stdout's reader went away)."""
     keys, values = StructDecoder(obj.btf, "conn_key"), StructDecoder(obj.btf, "conn_bytes")
     cached = obj.loaded_program(DRAIN) is not None
-    return run_intervals(lambda: view.show(collect(obj, keys, values, cached, sort, rows)), interval, count)
+    return every_interval(obj, lambda last: view.show(collect(obj, keys, values, cached, sort, rows)),
+                          OutputOptions(json=json), interval, count,
+                          banner=f"Tracing... Output every {interval:g} secs. Hit Ctrl-C to end", finish=view.close)
 
 
 def cgroup_spelling(given: str) -> Callable[[F], F]:
@@ -265,11 +261,4 @@ def command(noclear: bool, nosummary: bool, pids: list[int] | None, ports: Any, 
             if use_live(noclear, json)
             else TextView(not nosummary, wide)
         )
-        try:
-            ready(f"Tracing... Output every {interval:g} secs. Hit Ctrl-C to end")
-            shown = run(obj, view, interval, count, sort, rows)
-        finally:
-            view.close()
-        if shown is None:
-            return
-        view.summary({"intervals": shown, **obj.health()})
+        run(obj, view, json, interval, count, sort, rows)
