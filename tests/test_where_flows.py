@@ -51,8 +51,8 @@ def test_top_and_subnet_count_in_each_namespace(world: World) -> None:  # noqa: 
     assert per_connection(only_a.records, a) == per_connection(everything.records, a)
     header = next(line for line in text.lines if line.startswith("PID"))
     assert header.split()[-2:] == ["NETNS", "CONTAINER"]
-    rows = [line.split() for line in text.lines if line.split()[:1] == [str(a)]]
-    assert rows and {tuple(f[-2:]) for f in rows} == {(ns.a, cg.docker_label)}, text.stdout
+    fields = [line.split() for line in text.lines if line.split()[:1] == [str(a)]]
+    assert fields and {tuple(f[-2:]) for f in fields} == {(ns.a, cg.docker_label)}, text.stdout
 
     sent: dict[str, int] = defaultdict(int)
     for r in by_subnet.records:
