@@ -11,9 +11,11 @@ The API, for every histogram tool:
   clearing the map (one interval's worth).
 * :class:`Section` -- one histogram to show, with its labels (``backlog_max = 128``)
   and extra facts printed under it (``overflows = 3``).
-* :func:`write_sections` -- one interval's sections, in the user's format.
+* :class:`Writer` -- what the interval tools print around their rows: headings,
+  sections, tables; :func:`write_sections` -- one interval's sections.
 * :func:`render` -- the bcc text lines of one histogram.
-* :func:`summary` -- the end-of-run record with the lost events.
+
+The run itself (the interval loop and the summary) is :func:`netsnoop.runner.every_interval`.
 """
 
 from __future__ import annotations
@@ -22,11 +24,11 @@ import json
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import IO, Any, Iterable
+from typing import IO, Any, Iterable, Sequence
 
 from netsnoop.btf import StructDecoder
 from netsnoop.loader import BPFObject
-from netsnoop.output import OutputOptions, make_sink, snake
+from netsnoop.output import Column, OutputOptions, snake, write_table
 
 STARS = 40  # bcc's bar width
 
@@ -150,6 +152,40 @@ def interval_heading(out: OutputOptions, now: float | None = None) -> list[str]:
     return [""]
 
 
+class Writer:
+    """What the interval tools print around their rows, in the user's format: each
+    interval's heading (text only) and histograms. Tables go through the sinks
+    (:meth:`table`), so every format's rules hold there too."""
+
+    def __init__(self, out: OutputOptions, stream: IO[str] | None = None) -> None:
+        self.out = out
+        self.stream = stream
+
+    def _write(self, lines: list[str]) -> None:
+        if lines:
+            stream = self.stream or sys.stdout
+            stream.write("\n".join(lines) + "\n")
+            stream.flush()
+
+    def heading(self, *lines: str, now: float | None = None) -> None:
+        """The text before an interval: ``lines``, or bcc's (a blank line, then
+        ``HH:MM:SS`` with -T). Nothing in JSON, whose records carry a timestamp."""
+        if not self.out.json:
+            self._write(list(lines) or interval_heading(self.out, now))
+
+    def sections(self, sections: Iterable[Section], unit: str, div: int = 1, averages: bool = False,
+                 facts: dict[str, Any] | None = None, heading: bool = True) -> None:
+        """One interval's histograms (after bcc's heading unless not ``heading``), see
+        :func:`write_sections`."""
+        now = time.time()
+        if heading:
+            self.heading(now=now)
+        self._write(_section_lines(sections, unit, self.out, div, averages, facts, now))
+
+    def table(self, columns: Sequence[Column], rows: Iterable[Sequence[Any]]) -> None:
+        write_table(self.out, columns, rows, self.stream)
+
+
 def write_sections(sections: Iterable[Section], unit: str, out: OutputOptions, div: int = 1,
                    averages: bool = False, facts: dict[str, Any] | None = None,
                    stream: IO[str] | None = None) -> None:
@@ -158,8 +194,11 @@ def write_sections(sections: Iterable[Section], unit: str, out: OutputOptions, d
     object per section. ``div`` turns recorded sums into ``unit`` (e.g. 1000: ns->us).
     ``facts`` about the whole interval follow as ``name = value`` lines (JSON: one more
     object)."""
-    stream = stream or sys.stdout
-    now = time.time()
+    Writer(out, stream).sections(sections, unit, div, averages, facts)
+
+
+def _section_lines(sections: Iterable[Section], unit: str, out: OutputOptions, div: int, averages: bool,
+                   facts: dict[str, Any] | None, now: float) -> list[str]:
     lines: list[str] = []
     if out.json:
         dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
@@ -172,7 +211,6 @@ def write_sections(sections: Iterable[Section], unit: str, out: OutputOptions, d
         if facts:
             lines.append(dumps({**{snake(k): v for k, v in facts.items()}, "timestamp": round(now, 6)}))
     else:
-        lines.extend(interval_heading(out, now))
         for s in sections:
             if s.labels:
                 lines.append("")
@@ -182,12 +220,4 @@ def write_sections(sections: Iterable[Section], unit: str, out: OutputOptions, d
                 lines.append(average_line(s.hist, unit, div))
             lines.extend(_label_lines(s.extra))
         lines.extend(_label_lines(facts or {}))
-    if lines:
-        stream.write("\n".join(lines) + "\n")
-        stream.flush()
-
-
-def summary(out: OutputOptions, obj: BPFObject, **facts: Any) -> None:
-    """End of run: ``facts`` and the samples the BPF side could not count (a histogram
-    map was full), via the sink (stderr for text, a JSON summary line)."""
-    make_sink(out, []).summary({**facts, **obj.health()})
+    return lines

@@ -10,7 +10,8 @@ loaded in their counting modes (one program per signal, never a second copy):
   read and emptied (lookup-and-delete) every second and at each scrape, so the maps
   stay small however many flows come and go, and their sums live here under bounded
   labels;
-* ``rtt`` keeps one log2 histogram in the kernel, read as it is at scrape time.
+* ``rtt`` and ``synbl`` keep log2 histograms per namespace in the kernel, read as they
+  are at scrape time (a gone namespace's move here, out of the kernel's map).
 
 The namespace-wide kernel counters (what ``nstat`` shows inside each namespace) and the
 listeners' accept queues (sock_diag, what ``ss -lt`` shows) are read at scrape time by
@@ -92,17 +93,18 @@ METRICS: list[MetricDoc] = [
               "TCP retransmissions the kernel sent (tcp:tcp_retransmit_skb and SYN-ACK retransmits, as netsnoop "
               "retrans -c counts them), per network namespace of the socket.", ("netns", PORT), "retrans"),
     MetricDoc("netsnoop_tcp_sent_bytes_total", "counter",
-              "Bytes processes sent on TCP sockets (sendmsg return values), all network namespaces.", (PORT,), "bytes"),
+              "Bytes processes sent on TCP sockets (sendmsg return values), per network namespace of the socket.",
+              ("netns", PORT), "bytes"),
     MetricDoc("netsnoop_tcp_received_bytes_total", "counter",
-              "Bytes processes received from TCP sockets (recvmsg return values), all network namespaces.",
-              (PORT,), "bytes"),
+              "Bytes processes received from TCP sockets (recvmsg return values), per network namespace of the "
+              "socket.", ("netns", PORT), "bytes"),
     MetricDoc("netsnoop_tcp_rtt_seconds", "histogram",
               "Smoothed round-trip time of established TCP sockets, sampled on every segment they receive, "
-              "all network namespaces (log2 buckets of microseconds).", (), "rtt"),
+              "per network namespace (log2 buckets of microseconds).", ("netns",), "rtt"),
     MetricDoc("netsnoop_tcp_accept_queue_length", "histogram",
-              "Connections already waiting in a listener's accept queue when a new one joined it, by the "
-              "listener's backlog limit from listen(), all network namespaces (log2 buckets).",
-              ("backlog_limit",), "backlog"),
+              "Connections already waiting in a listener's accept queue when a new one joined it, by network "
+              "namespace and the listener's backlog limit from listen() (log2 buckets).",
+              ("netns", "backlog_limit"), "backlog"),
     MetricDoc("netsnoop_netns_tcp_active_opens_total", "counter",
               "The kernel's TcpActiveOpens (connects that sent a SYN), per network namespace.", ("netns",), "netns"),
     MetricDoc("netsnoop_netns_tcp_passive_opens_total", "counter",
@@ -548,8 +550,8 @@ class Bytes(MapSource):
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
         self.tracer = _tracer("top")
-        self.sent: dict[tuple[str, ...], int] = {}
-        self.received: dict[tuple[str, ...], int] = {}
+        self.sent: dict[tuple[Any, ...], int] = ctx.netns.track({})
+        self.received: dict[tuple[Any, ...], int] = ctx.netns.track({})
 
     def open(self) -> None:
         super().open()
@@ -569,19 +571,51 @@ class Bytes(MapSource):
             v = self.values(raw)
             if v.excluded:
                 continue
-            key = self.ctx.ports.of(v.lport, v.rport)
+            key = (self.ctx.netns.key(v.netns), *self.ctx.ports.of(v.lport, v.rport))
             self.sent[key] = self.sent.get(key, 0) + v.tx
             self.received[key] = self.received.get(key, 0) + v.rx
 
     def families(self) -> Iterator[Metric]:
+        label = self.ctx.netns.label
         for name, sums in (("netsnoop_tcp_sent_bytes_total", self.sent),
                            ("netsnoop_tcp_received_bytes_total", self.received)):
             f = family(name, self.ctx.ports.enabled)
-            for key, n in sorted(sums.items()):
-                f.add_metric(list(key), n)
-            if not sums and not self.ctx.ports.enabled:
-                f.add_metric([], 0)
+            for (ino, *port), n in sorted(sums.items(), key=str):
+                f.add_metric([label(ino), *port], n)
             yield f
+
+
+class NetnsHists:
+    """Log2 histograms the kernel keeps per namespace (and more: ``extra`` of the key),
+    cumulative, read at scrape time under bounded ``netns`` labels. A namespace that is
+    gone gets no more samples: its histograms move here (and out of the kernel's map,
+    which so stays as small as the live namespaces), still counted under its label."""
+
+    def __init__(self, source: Source, map_name: str, key_struct: str,
+                 extra: Callable[[Any], tuple[Any, ...]]) -> None:
+        self.source, self.map_name, self.key_struct, self.extra = source, map_name, key_struct, extra
+        self.retired: dict[tuple[Any, ...], list[int]] = source.ctx.netns.track({})
+
+    def read(self) -> dict[tuple[Any, ...], list[int]]:
+        """(netns key, *extra) -> [count, sum, slot 0, slot 1, ...]."""
+        obj, names = self.source.obj, self.source.ctx.netns
+        assert obj is not None
+        live = names.refresh()
+        out = {k: list(v) for k, v in self.retired.items()}
+        gone = []
+        for key, hist in read_hists(obj, self.map_name, self.key_struct, clear=False):
+            sums = [hist.count, hist.total, *hist.slots]
+            label_key = (names.key(key.netns), *self.extra(key))
+            if key.netns not in live:
+                gone.append((key, label_key, sums))
+            had = out.get(label_key)
+            out[label_key] = [a + b for a, b in zip(had, sums)] if had else sums
+        m, encode = obj.map(self.map_name), StructDecoder(obj.btf, self.key_struct).encode
+        for key, label_key, sums in gone:
+            had = self.retired.get(label_key)
+            self.retired[label_key] = [a + b for a, b in zip(had, sums)] if had else sums
+            m.delete(encode(**key._asdict()))
+        return out
 
 
 class Rtt(Source):
@@ -592,16 +626,16 @@ class Rtt(Source):
         self.tracer = _tracer("rtt")
 
     def rodata(self) -> dict[str, Any]:
-        return {"key_by": 0, "unit_div": 1}
+        return {"key_by": 0, "unit_div": 1, "by_netns": 1}
+
+    def open(self) -> None:
+        super().open()
+        self.hists = NetnsHists(self, "rtts", "rtt_key", lambda k: ())
 
     def families(self) -> Iterator[Metric]:
-        assert self.obj is not None
         h = family("netsnoop_tcp_rtt_seconds", False)
-        slots: tuple[int, ...] = ()
-        count = total = 0
-        for _key, hist in read_hists(self.obj, "rtts", "rtt_key", clear=False):
-            slots, count, total = hist.slots, hist.count, hist.total
-        h.add_metric([], log2_buckets(slots, count, 1e6), total / 1e6)
+        for (ino,), (count, total, *slots) in sorted(self.hists.read().items()):
+            h.add_metric([self.ctx.netns.label(ino)], log2_buckets(tuple(slots), count, 1e6), total / 1e6)
         yield h
 
 
@@ -615,12 +649,14 @@ class Backlog(Source):
         super().__init__(ctx)
         self.tracer = _tracer("synbl")
 
+    def open(self) -> None:
+        super().open()
+        self.hists = NetnsHists(self, "backlog", "synbl_key", lambda k: (k.backlog_max,))
+
     def families(self) -> Iterator[Metric]:
-        assert self.obj is not None
         h = family("netsnoop_tcp_accept_queue_length", False)
-        for key, hist in sorted(read_hists(self.obj, "backlog", "synbl_key", clear=False),
-                                key=lambda kh: kh[0].backlog_max):
-            h.add_metric([str(key.backlog_max)], log2_buckets(hist.slots, hist.count), hist.total)
+        for (ino, limit), (count, total, *slots) in sorted(self.hists.read().items()):
+            h.add_metric([self.ctx.netns.label(ino), str(limit)], log2_buckets(tuple(slots), count), total)
         yield h
 
 

@@ -172,17 +172,25 @@ def run_intervals(report: Callable[[], None], interval: float | None, count: int
     by stopping is reported too, as bcc does, so nothing counted goes unreported.
     Returns how many reports were shown, or None when stdout's reader went away
     (``| head``), after which the caller should stop quietly."""
-    shown = 0
+    return _each_interval(lambda last: report(), interval, count, duration)
 
-    def tick() -> None:
-        nonlocal shown
-        report()
-        shown += 1
+
+def _each_interval(report: Callable[[bool], bool | None], interval: float | None, count: int | None,
+                   duration: float | None) -> int | None:
+    """The loop of :func:`run_intervals` and :func:`every_interval`: ``report(last)``,
+    counted unless it returns False."""
+    shown = ticks = 0
+
+    def tick(last: bool = False) -> None:
+        nonlocal shown, ticks
+        ticks += 1
+        if report(last) is not False:
+            shown += 1
 
     try:
         wait(duration, tick if interval else None, interval, count)
-        if count is None or shown < count:
-            tick()
+        if count is None or ticks < count:
+            tick(True)
     except BrokenPipeError:
         silence_stdout()
         return None
@@ -251,6 +259,43 @@ def stream(
     sink.summary({"events": sink.count, **obj.health(), **(facts() if facts else {})})
     warn_missed_runs(obj)
     return sink.count
+
+
+def every_interval(
+    obj: BPFObject,
+    report: Callable[[bool], bool | None],
+    out: OutputOptions,
+    interval: float | None,
+    count: int | None = None,
+    duration: float | None = None,
+    banner: str = "Tracing... Hit Ctrl-C to end.",
+    facts: Callable[[], dict[str, Any]] | None = None,
+    finish: Callable[[], None] | None = None,
+) -> int | None:
+    """The run of the interval tools (top, subnet, netqtop, rtt, synbl, softirqs), as
+    :func:`stream` is the event tools': the ready line, ``report`` every ``interval``
+    seconds (at most ``count`` times; with no interval once, at the end) until Ctrl-C
+    or ``duration``, then one summary, the same record as stream()'s with
+    ``intervals`` where it has ``events``.
+
+    ``report(last)`` shows one interval; ``last`` is the one cut short by stopping,
+    which is shown too (as bcc does: nothing counted goes unreported). It returns False
+    when it showed nothing, which then is no interval. ``finish`` runs after the last
+    report, whatever happened, and before the summary (a live view gives the terminal
+    back). Returns the intervals shown, or None when stdout's reader went away
+    (``| head``): the caller stops quietly.
+    """
+    ready(banner)
+    try:
+        shown = _each_interval(report, interval, count, duration)
+    finally:
+        if finish is not None:
+            finish()
+    if shown is None:
+        return None
+    make_sink(out, []).summary({"intervals": shown, **obj.health(), **(facts() if facts else {})})
+    warn_missed_runs(obj)
+    return shown
 
 
 def warn(message: str) -> None:

@@ -238,9 +238,10 @@ def test_prometheus_sees_the_traffic_of_private_namespaces() -> None:
             assert (queue, ss[1], ss[2]) == (8, "8", "7")
             assert prom.value(f'netsnoop_tcp_listener_queue_limit{{netns="{b}",port="{full_port}"}}') == 7
             # and as each connection found it when it joined: 0, 1, ... 7 waiting
-            joined = {m["le"]: v for m, v in prom.query('netsnoop_tcp_accept_queue_length_bucket{backlog_limit="7"}')}
+            joined_q = f'netsnoop_tcp_accept_queue_length_%s{{netns="{b}",backlog_limit="7"}}'
+            joined = {m["le"]: v for m, v in prom.query(joined_q % "bucket")}
             assert (joined["1.0"], joined["3.0"], joined["7.0"], joined["+Inf"]) == (2, 4, 8, 8), joined
-            assert prom.value('netsnoop_tcp_accept_queue_length_sum{backlog_limit="7"}') == sum(range(8))
+            assert prom.value(joined_q % "sum") == sum(range(8))
 
             # connects by outcome, in the client's namespace, per destination port
             connects = f'netsnoop_tcp_connects_total{{netns="{a}",outcome="%s",port="%s"}}'
@@ -271,9 +272,9 @@ def test_prometheus_sees_the_traffic_of_private_namespaces() -> None:
             got, want = prom.agrees(ours, retransmitted)
             assert got == want >= nft_packets(net, b, "loss")
 
-            # bytes: what the sender sent and the receiver read
-            assert prom.settles_at(f'netsnoop_tcp_sent_bytes_total{{port="{lossy.port}"}}', size) == size
-            assert prom.value(f'netsnoop_tcp_received_bytes_total{{port="{lossy.port}"}}') == size
+            # bytes: what the sender sent and the receiver read, each in its namespace
+            assert prom.settles_at(f'netsnoop_tcp_sent_bytes_total{{netns="{a}",port="{lossy.port}"}}', size) == size
+            assert prom.value(f'netsnoop_tcp_received_bytes_total{{netns="{b}",port="{lossy.port}"}}') == size
 
             # the namespaces' own counters, as nstat reads them there
             for metric, name in (("listen_overflows_total", "TcpExtListenOverflows"),
@@ -297,7 +298,7 @@ def test_prometheus_sees_the_traffic_of_private_namespaces() -> None:
                 sleeper.kill()
 
             # RTT: samples were taken (every segment received by an established socket)
-            assert (prom.value("netsnoop_tcp_rtt_seconds_count") or 0) > 0
+            assert (prom.value(f'netsnoop_tcp_rtt_seconds_count{{netns="{a}"}}') or 0) > 0
 
             # netsnoop's health: every source up, nothing lost, build info
             assert {m["source"]: v for m, v in prom.query("netsnoop_source_up")} == {
@@ -405,8 +406,8 @@ def test_classic_tracepoints_count_the_same() -> None:
                  (("netns", net.a), ("outcome", "refused"), ("port", str(refused_port)))): 1,
                 ("netsnoop_tcp_connects_total", (("netns", net.a), ("outcome", "established"), ("port", port))): 1,
                 ("netsnoop_tcp_accepts_total", (("netns", net.b), ("port", port))): 1,
-                ("netsnoop_tcp_sent_bytes_total", (("port", port),)): 300_000,
-                ("netsnoop_tcp_received_bytes_total", (("port", port),)): 300_000,
+                ("netsnoop_tcp_sent_bytes_total", (("netns", net.a), ("port", port))): 300_000,
+                ("netsnoop_tcp_received_bytes_total", (("netns", net.b), ("port", port))): 300_000,
             }
             assert wait_for(lambda: all(samples().get(k) == v for k, v in want.items()), timeout=10), \
                 {k: samples().get(k) for k in want}

@@ -173,3 +173,17 @@ def test_interface_names_complete_on_the_host() -> None:
     offered = set(complete("netsnoop netqtop -n "))
     after = link_names()
     assert before & after <= offered <= before | after and "lo" in offered
+
+
+@integration
+def test_the_interface_of_another_namespace(pair: NetnsPair, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run on the host, --netns names the interface's namespace: it is found there, and
+    only its packets count (the peer veth in the other namespace, likely of the same
+    ifindex, would double them); without --netns the name is not the host's."""
+    monkeypatch.setattr(helpers, "NETSNOOP", NETSNOOP)  # the host's namespace, not A's
+    with Trace(["netqtop", "-n", pair.dev_a, "--netns", pair.a, "-i", "0.5", "--json"]) as t:
+        echo_traffic(pair)
+    assert totals(t.records, "TX")["size_512_2k"] == totals(t.records, "RX")["size_512_2k"] == COUNT
+    assert f"Tracing {pair.dev_a} in {pair.a}" in t.stderr
+    result = CliRunner().invoke(cli, ["netqtop", "-n", pair.dev_a])
+    assert result.exit_code == 2 and "does not exist (in this network namespace)" in result.output

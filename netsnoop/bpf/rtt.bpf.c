@@ -2,21 +2,26 @@
 /* rtt: log2 histograms of the smoothed TCP round-trip time of established sockets,
  * sampled on every segment they receive (tcprtt). */
 #include "hist.h"
+#include "where.h"
 
 #define KEY_NONE 0
 #define KEY_LADDR 1
 #define KEY_RADDR 2
 
-/* One histogram per local or remote address (-b/-B), or a single one (all zero). */
+/* One histogram per local or remote address (-b/-B) and per network namespace
+ * (by_netns), or a single one (all zero). */
 struct rtt_key {
 	__u8 addr[16];
 	__u16 family;
+	__u16 pad;
+	__u32 netns;
 };
 EXPORT_STRUCT(rtt_key);
 
 HIST_MAP(rtts, struct rtt_key, 10240);
 
 const volatile __u8 key_by = KEY_NONE;
+const volatile __u8 by_netns = 0;        /* 1: one histogram per network namespace */
 const volatile __u32 unit_div = 1;       /* 1: microseconds, 1000: milliseconds */
 /* -a / -A: only this local / remote address (family 0 = no filter). */
 const volatile __u16 filter_laddr_family = 0;
@@ -46,12 +51,19 @@ static __always_inline int on_segment(const struct sock *sk)
 {
 	struct rtt_key key = {};
 	struct sock_tuple t;
-	__u32 srtt;
+	__u32 srtt, netns = 0;
 
 	/* srtt_us holds 8x the smoothed RTT in microseconds; 0 means no sample yet */
 	srtt = BPF_CORE_READ((struct tcp_sock *)sk, srtt_us) >> 3;
 	if (!srtt)
 		return 0;
+	if (by_netns || filter_netns[0]) { /* read only when something uses it */
+		netns = sock_netns(sk);
+		if (!netns_allowed(netns))
+			return 0;
+		if (by_netns)
+			key.netns = netns;
+	}
 	read_sock_tuple(sk, &t);
 	if (!tuple_allowed(&t))
 		return 0;

@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: GPL-2.0
-/* subnet: TCP bytes sent, summed per destination subnet in the kernel (tcpsubnet).
- * The subnets are read-only globals; the first one that matches wins. Per-CPU
- * counters only grow: user space reports the difference between two reads. */
+/* subnet: TCP bytes sent, summed per destination subnet and network namespace in the
+ * kernel (tcpsubnet). The subnets are read-only globals; the first one that matches
+ * wins. Per-CPU counters only grow: user space reports the difference between two
+ * reads. */
 #include "traffic.h"
+#include "where.h"
 
 #define MAX_SUBNETS 32
 
@@ -12,10 +14,16 @@ const volatile __u16 subnet_family[MAX_SUBNETS] = {};
 const volatile __u32 subnet_addr[MAX_SUBNETS * 4] = {};
 const volatile __u32 subnet_mask[MAX_SUBNETS * 4] = {};
 
+struct subnet_key {
+	__u32 subnet; /* index into the tables above */
+	__u32 netns;  /* the socket's network namespace (inode) */
+};
+EXPORT_STRUCT(subnet_key);
+
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, MAX_SUBNETS);
-	__type(key, __u32);
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct subnet_key);
 	__type(value, __u64);
 } sent SEC(".maps");
 
@@ -32,11 +40,15 @@ static __always_inline bool subnet_matches(__u32 i, __u16 family, const __u32 *d
 
 static __always_inline int on_send(const struct sock *sk, long bytes, bool btf_sk)
 {
+	struct subnet_key key = {};
 	__u32 d[4] = {};
 	__u16 family;
 	__u64 *total;
 
 	if (bytes <= 0 || !sk || !sock_is_tcp(sk))
+		return 0;
+	key.netns = sock_netns(sk);
+	if (!netns_allowed(key.netns))
 		return 0;
 	family = BPF_CORE_READ(sk, __sk_common.skc_family);
 	if (family == AF_INET6)
@@ -48,9 +60,17 @@ static __always_inline int on_send(const struct sock *sk, long bytes, bool btf_s
 	for (__u32 i = 0; i < MAX_SUBNETS && i < subnet_count; i++) {
 		if (!subnet_matches(i, family, d))
 			continue;
-		total = bpf_map_lookup_elem(&sent, &i);
-		if (total)
+		key.subnet = i;
+		total = bpf_map_lookup_elem(&sent, &key);
+		if (total) {
 			*total += bytes;
+		} else if (bpf_map_update_elem(&sent, &key, &(__u64){ bytes }, BPF_NOEXIST)) {
+			total = bpf_map_lookup_elem(&sent, &key); /* made by another CPU meanwhile? */
+			if (total)
+				*total += bytes;
+			else
+				count_lost();
+		}
 		break;
 	}
 	return 0;

@@ -4,10 +4,12 @@
  * kernel's own counters, in user space: a SYN that finds the queue full is freed with
  * no drop reason, so no hook here could see every one. */
 #include "hist.h"
+#include "where.h"
 
-/* One histogram per listen() backlog limit (sk_max_ack_backlog). */
+/* One histogram per listen() backlog limit (sk_max_ack_backlog) and network namespace. */
 struct synbl_key {
 	__u32 backlog_max;
+	__u32 netns;
 };
 EXPORT_STRUCT(synbl_key);
 
@@ -27,6 +29,9 @@ static __always_inline int on_queued(const struct sock *sk, bool queued)
 	__u32 len;
 
 	if (!is_tcp_listener(sk))
+		return 0;
+	key.netns = sock_netns(sk);
+	if (!netns_allowed(key.netns))
 		return 0;
 	len = BPF_CORE_READ(sk, sk_ack_backlog);
 	if (queued && len > 0)

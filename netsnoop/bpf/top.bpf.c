@@ -15,9 +15,13 @@
  *     the same address never adds to its entry;
  *   - when another process runs on that CPU and uses a socket, or a fifth socket
  *     needs a place.
+ * The socket's namespace, the process's cgroup and the filters on them are read when
+ * a socket takes a place in the cache, not per call: the hot path stays a compare and
+ * an add.
  * The other variants (classic tracepoint, kprobe) pass an untyped pointer: they add
  * to conns directly, on every call. */
 #include "traffic.h"
+#include "where.h"
 
 /* One conns entry per socket and process. Besides the socket's address, the key holds
  * its two ports (network order; inet_sport, since skc_num is cleared when a socket
@@ -42,6 +46,9 @@ struct conn_bytes {
 	__u8 laddr[16];
 	__u8 raddr[16];
 	char comm[TASK_COMM_LEN];
+	__u64 cgroup; /* the process's cgroup v2 id */
+	__u32 netns;  /* the socket's network namespace (inode) */
+	__u32 pad2;
 };
 EXPORT_STRUCT(conn_bytes);
 
@@ -53,9 +60,9 @@ struct {
 } conns SEC(".maps");
 
 /* Whether a socket's bytes are counted at all: TCP, and through the filters. */
-static __always_inline bool counted(const struct sock *sk, struct sock_tuple *t)
+static __always_inline bool counted(const struct sock *sk, struct sock_tuple *t, __u32 netns)
 {
-	if (!sock_is_tcp(sk))
+	if (!sock_is_tcp(sk) || !netns_allowed(netns))
 		return false;
 	read_sock_tuple(sk, t);
 	return tuple_allowed(t);
@@ -74,7 +81,8 @@ static __always_inline void describe(const struct sock *sk, struct conn_bytes *e
 {
 	struct sock_tuple t;
 
-	entry->excluded = !counted(sk, &t);
+	entry->netns = sock_netns(sk);
+	entry->excluded = !counted(sk, &t, entry->netns);
 	if (entry->excluded)
 		return;
 	entry->family = t.family;
@@ -104,6 +112,7 @@ static __always_inline void count_in_map(const struct sock *sk, __u32 pid, long 
 	if (!v) {
 		describe(sk, &fresh);
 		bpf_get_current_comm(fresh.comm, sizeof(fresh.comm));
+		fresh.cgroup = bpf_get_current_cgroup_id();
 		v = conn_entry(&key, &fresh);
 	}
 	if (!v) {
@@ -137,8 +146,9 @@ struct cached_socket {
 struct cpu_cache {
 	__u64 switches; /* context switches on this CPU, counted by send__tp_btf__switch */
 	__u64 checked;  /* switches when the running task was last confirmed as the owner */
+	__u64 cgroup;   /* the owner's cgroup v2 id */
 	__u32 pid;      /* the owner */
-	__u32 busy;     /* being rewritten: the drain and the destroy hook keep off */
+	__u32 busy;     /* being rewritten or flushed: the drain and the destroy hook keep off */
 	__u32 next;     /* the place to take when all are in use */
 	char comm[TASK_COMM_LEN];
 	struct cached_socket socks[CACHED_SOCKETS];
@@ -204,7 +214,7 @@ static __noinline void cache_miss(struct cpu_cache *c, struct sock *sk, __u32 po
 	struct cached_socket *cs;
 	__u32 pid = current_pid();
 
-	if (!pid_allowed(pid) || !cgroup_allowed())
+	if (!pids_allowed(pid) || !cgroup_allowed())
 		return; /* not counted, and the cache stays its owner's */
 	c->busy = 1;
 	compiler_barrier();
@@ -216,6 +226,7 @@ static __noinline void cache_miss(struct cpu_cache *c, struct sock *sk, __u32 po
 				c->socks[i].sk = 0;
 			}
 			c->pid = pid;
+			c->cgroup = bpf_get_current_cgroup_id();
 			bpf_get_current_comm(c->comm, sizeof(c->comm));
 		}
 		c->checked = c->switches;
@@ -231,6 +242,7 @@ static __noinline void cache_miss(struct cpu_cache *c, struct sock *sk, __u32 po
 	sock_key(sk, pid, &cs->key);
 	describe(sk, &cs->entry);
 	__builtin_memcpy(cs->entry.comm, c->comm, TASK_COMM_LEN);
+	cs->entry.cgroup = c->cgroup;
 add:
 	add_bytes(cs, bytes, send);
 	compiler_barrier();
@@ -273,7 +285,7 @@ static __always_inline int on_bytes(struct sock *sk, long bytes, bool send, bool
 		return 0;
 	}
 	pid = current_pid();
-	if (pid_allowed(pid) && cgroup_allowed())
+	if (pids_allowed(pid) && cgroup_allowed())
 		count_in_map(sk, pid, bytes, send);
 	return 0;
 }

@@ -11,11 +11,14 @@ from typing import Any, Callable
 import click
 from click.shell_completion import CompletionItem
 
+from netsnoop import netns as netns_
 from netsnoop import options as o
+from netsnoop import where
 from netsnoop.btf import StructDecoder
 from netsnoop.loader import BPFObject
-from netsnoop.output import Column, OutputOptions, make_sink, write_table
-from netsnoop.runner import Tracer, ready, silence_stdout, wait
+from netsnoop.hist import Writer
+from netsnoop.output import Column, OutputOptions
+from netsnoop.runner import Tracer, every_interval
 
 # No ring buffer events: keep the shared one small.
 TRACER = Tracer("netqtop", max_entries={"events": 4096})
@@ -33,24 +36,33 @@ class Interface:
 
 
 class InterfaceName(click.ParamType):
-    """A network interface of this network namespace, with its queue counts."""
+    """The name of a network interface; looked up (with its queue counts) by
+    :func:`find_interface`, in the namespace --netns names."""
 
     name = "NAME"
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Interface:
-        if isinstance(value, Interface):
-            return value
-        try:
-            ifindex = socket.if_nametoindex(value)
-        except OSError:
-            self.fail(f"network interface {value!r} does not exist (in this network namespace)", param, ctx)
-        return Interface(value, ifindex, queue_counts(value))
-
     def shell_complete(self, ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
-        """The names convert() accepts: this network namespace's interfaces (the
-        tool watches an interface of its own namespace only, so another namespace's
-        names would complete to an error)."""
+        """This network namespace's interfaces (another namespace's, given with
+        --netns, are not listed: completion runs before that option is read)."""
         return [CompletionItem(name) for name in interface_names() if name.startswith(incomplete)]
+
+
+def find_interface(name: str, inode: int | None) -> Interface:
+    """Interface ``name`` of the namespace ``inode`` (None: this one), entered to read
+    its index and queues; a usage error when it has none of that name."""
+    where_ = "this network namespace"
+    try:
+        if inode is None:
+            return Interface(name, socket.if_nametoindex(name), queue_counts(name))
+        where_ = f"network namespace {where.printable(where.netns_label(inode))}"
+        ns = netns_.by_inode().get(inode)
+        if ns is None:
+            raise OSError
+        with netns_.entered(ns):
+            return Interface(name, socket.if_nametoindex(name), queue_counts(name))
+    except OSError:
+        raise click.BadParameter(f"network interface {where.printable(name)!r} does not exist (in {where_})",
+                                 param_hint="'-n' / '--name'") from None
 
 
 def interface_names() -> list[str]:
@@ -64,7 +76,9 @@ def interface_names() -> list[str]:
 
 
 def queue_counts(name: str) -> dict[int, int]:
-    """Queues per direction from sysfs (tx-N, rx-N); 1 each when sysfs cannot tell."""
+    """Queues per direction from sysfs (tx-N, rx-N); 1 each when sysfs cannot tell.
+    sysfs shows the namespace it was mounted in: another namespace's interface is
+    mostly not there (1 each), so the tables grow with the queues seen instead."""
     try:
         entries = os.listdir(f"/sys/class/net/{name}/queues")
     except OSError:
@@ -125,14 +139,10 @@ class Report:
 
     def __init__(self, out: OutputOptions, iface: Interface, throughput: bool, counters: QueueCounters) -> None:
         self.out, self.iface, self.throughput, self.counters = out, iface, throughput, counters
+        self.write = Writer(out)
         self.cols = columns(throughput)
         self.show: Callable[[Any], Any] = (lambda v: round(v, 2) if isinstance(v, float) else v) if out.json else human
         self.since = time.monotonic()
-        self.intervals = 0
-
-    def _text(self, line: str) -> None:
-        if not self.out.json:
-            print(line, flush=True)
 
     def _rows(
         self, delta: dict[tuple[int, int], list[int]], rx: int, elapsed: float, wall: float
@@ -151,31 +161,36 @@ class Report:
                          show(packets / elapsed), packets, nbytes, wall))
         return rows
 
-    def __call__(self, final: bool = False) -> None:
-        """One interval; ``final`` (at exit) prints only if packets came since the last."""
+    def __call__(self, final: bool = False) -> bool:
+        """One interval; ``final`` (at exit) prints only if packets came since the last
+        (False: it did not)."""
         now = time.monotonic()
         elapsed, self.since = max(now - self.since, 1e-9), now
         delta = self.counters.delta()
         if final and not any(c[1] for c in delta.values()):
-            return
+            return False
         wall = round(time.time(), 6)
-        self._text(time.asctime())
+        self.write.heading(time.asctime())
         for rx, label in DIRECTIONS:
-            self._text(("\n" if rx else "") + label)
-            write_table(self.out, self.cols, self._rows(delta, rx, elapsed, wall))
-        self._text("-" * (95 if self.throughput else 76))
-        self.intervals += 1
+            self.write.heading(("\n" if rx else "") + label)
+            self.write.table(self.cols, self._rows(delta, rx, elapsed, wall))
+        self.write.heading("-" * (95 if self.throughput else 76))
+        return True
 
 
 @click.command("netqtop")
 @o.output_options(csv=False, wide=False, time=False, timestamp=False)
 @click.option("-n", "--name", "iface", type=InterfaceName(), required=True,
-              help="the network interface to watch (in this network namespace)")
+              help="the network interface to watch (in this network namespace, or the one --netns names)")
+@click.option("-N", "--netns", "netns", type=where.NETNS, default=None, metavar="NETNS",
+              help="the network namespace of the interface: an `ip netns` name, a PID (its namespace), "
+                   "an inode, or host")
 @click.option("-i", "--interval", type=o.SECONDS, default=1.0, show_default=True,
               metavar="SECONDS", help="print every this many seconds")
 @click.option("-t", "--throughput", is_flag=True, help="add BPS and PPS columns (bytes and packets per second)")
 @o.duration_option
-def command(out: OutputOptions, iface: Interface, interval: float, throughput: bool, duration: float | None) -> None:
+def command(out: OutputOptions, iface: str, netns: list[int] | None, interval: float, throughput: bool,
+            duration: float | None) -> None:
     """Show packets per TX and RX queue of one network interface, by packet size.
 
     Every interval: for each queue, the average packet size and the number of
@@ -186,15 +201,17 @@ def command(out: OutputOptions, iface: Interface, interval: float, throughput: b
     bytes are 14 a packet below /proc/net/dev's). On exit, what arrived since the
     last interval is printed too. --json gives one object per queue and interval
     (with exact packets and bytes, and no Total line).
+
+    An interface lives in one network namespace: this one, or the one --netns
+    names (netsnoop stays where it is; the kernel matches the device's namespace).
     """
-    rodata = {"filter_ifindex": iface.ifindex, "filter_netns": os.stat("/proc/self/ns/net").st_ino}
+    if netns and len(netns) > 1:
+        raise click.BadParameter("one network namespace: the interface's", param_hint="'-N' / '--netns'")
+    inode = netns[0] if netns else os.stat("/proc/self/ns/net").st_ino
+    interface = find_interface(iface, netns[0] if netns else None)
+    rodata = {"filter_ifindex": interface.ifindex, "filter_netns": inode}
     with TRACER.open(rodata) as obj:
-        report = Report(out, iface, throughput, QueueCounters(obj))
-        ready(f"Tracing {iface.name}... Hit Ctrl-C to end.")
-        try:
-            wait(duration, report, interval)
-            report(final=True)
-        except BrokenPipeError:
-            silence_stdout()
-            return
-        make_sink(out, report.cols).summary({"intervals": report.intervals, **obj.health()})
+        report = Report(out, interface, throughput, QueueCounters(obj))
+        place = f" in {where.printable(where.netns_label(inode))}" if netns else ""
+        every_interval(obj, report, out, interval, duration=duration,
+                       banner=f"Tracing {interface.name}{place}... Hit Ctrl-C to end.")

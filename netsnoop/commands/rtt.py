@@ -9,10 +9,11 @@ from typing import Any
 import click
 
 from netsnoop import options as o
+from netsnoop import where
 from netsnoop.fmt import addr
-from netsnoop.hist import Section, read_hists, summary, write_sections
+from netsnoop.hist import Section, Writer, read_hists
 from netsnoop.output import OutputOptions
-from netsnoop.runner import Tracer, ready, run_intervals
+from netsnoop.runner import Tracer, every_interval
 
 # Histograms only: the ring buffer every object carries stays at one page.
 TRACER = Tracer("rtt", max_entries={"events": 4096})
@@ -33,6 +34,10 @@ class Address(click.ParamType):
             self.fail(f"{value!r} is not an IPv4 or IPv6 address", param, ctx)
         family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
         return family, ip.packed.ljust(16, b"\0")
+
+
+def netns_name(inode: int) -> str:
+    return where.printable(where.netns_label(inode)) if inode else ""
 
 
 def address_filter(prefix: str, value: tuple[int, bytes] | None) -> dict[str, Any]:
@@ -64,11 +69,13 @@ def no_pid(ctx: click.Context, param: click.Parameter, value: str | None) -> Non
 @click.option("-A", "--raddr", type=Address(), help="only sockets with this remote address")
 @click.option("-b", "--byladdr", is_flag=True, help="one histogram per local address")
 @click.option("-B", "--byraddr", is_flag=True, help="one histogram per remote address")
+@click.option("-n", "--bynetns", is_flag=True, help="one histogram per network namespace (with -b/-B: per both)")
 @click.option("-e", "--extension", is_flag=True, help="print the average RTT under each histogram")
 @o.family_option
+@where.netns_option
 def command(interval: float | None, duration: float | None, out: OutputOptions, milliseconds: bool,
             lports: Any, rports: Any, ports: Any, laddr: Any, raddr: Any, byladdr: bool, byraddr: bool,
-            extension: bool, family: int | None) -> None:
+            bynetns: bool, extension: bool, family: int | None, netns: list[int] | None) -> None:
     """Summarize TCP round-trip times as log2 histograms.
 
     Every segment an established socket receives (tracepoint tcp:tcp_probe, the top of
@@ -77,6 +84,8 @@ def command(interval: float | None, duration: float | None, out: OutputOptions, 
     are printed and cleared every -i SECONDS, or once at the end. Ports as in every
     netsnoop subcommand: -L local, -D remote, -P either end (bcc's tcprtt -p/-P are
     -L/-D here; -p is a process ID elsewhere, and a sample has no process).
+    --netns keeps the sockets of those network namespaces (in the kernel); -n gives
+    each namespace its own histogram, labelled netns.
     """
     if byladdr and byraddr:
         raise click.UsageError("-b and -B cannot be combined")
@@ -89,15 +98,17 @@ def command(interval: float | None, duration: float | None, out: OutputOptions, 
     rodata = {
         **o.port_filters(lports, rports, ports), "filter_family": family, "key_by": key_by, "unit_div": div,
         **address_filter("filter_laddr", laddr), **address_filter("filter_raddr", raddr),
+        **where.filters(None, netns), "by_netns": int(bynetns),
     }
 
+    write = Writer(out)
     with TRACER.open(rodata) as obj:
 
-        def report() -> None:
-            hists = sorted(read_hists(obj, "rtts", "rtt_key"), key=lambda kh: (kh[0].family, kh[0].addr))
-            sections = [Section(h, {label: addr(k.family, k.addr)} if label else {}) for k, h in hists]
-            write_sections(sections, unit, out, div=div, averages=extension)
+        def report(last: bool) -> None:
+            hists = [(netns_name(k.netns), k, h) for k, h in read_hists(obj, "rtts", "rtt_key")]
+            hists.sort(key=lambda nkh: (nkh[0], nkh[1].family, nkh[1].addr))
+            sections = [Section(h, {**({"netns": name} if bynetns else {}),
+                                    **({label: addr(k.family, k.addr)} if label else {})}) for name, k, h in hists]
+            write.sections(sections, unit, div=div, averages=extension)
 
-        ready("Tracing TCP RTT... Hit Ctrl-C to end.")
-        if run_intervals(report, interval, duration=duration) is not None:
-            summary(out, obj)
+        every_interval(obj, report, out, interval, duration=duration, banner="Tracing TCP RTT... Hit Ctrl-C to end.")

@@ -11,9 +11,9 @@ import click
 
 from netsnoop import options as o
 from netsnoop.btf import BTF
-from netsnoop.hist import Log2Hist, Section, interval_heading, read_hists, summary, write_sections
-from netsnoop.output import Column, OutputOptions, write_table
-from netsnoop.runner import Tracer, ready, run_intervals
+from netsnoop.hist import Log2Hist, Section, Writer, read_hists
+from netsnoop.output import Column, OutputOptions
+from netsnoop.runner import Tracer, every_interval
 
 TRACER = Tracer("softirqs", max_entries={"events": 4096})
 
@@ -38,14 +38,13 @@ def table_columns(label: str) -> list[Column]:
     return [Column("SOFTIRQ", 16), Column(f"TOTAL_{label}", 11, align=">"), Column("timestamp", text=False)]
 
 
-def write_totals(out: OutputOptions, hists: list[tuple[str, Log2Hist]], events: bool, label: str, div: int) -> None:
+def write_totals(write: Writer, hists: list[tuple[str, Log2Hist]], events: bool, label: str, div: int) -> None:
     """bcc's table: per vector the time (in the display unit) or the number of events,
     smallest first; JSON rows carry the time they were taken."""
     rows = sorted(((name, h.count if events else h.total // div) for name, h in hists), key=lambda r: r[1])
-    if not out.json:
-        click.echo("\n".join(interval_heading(out)))
+    write.heading()
     now = round(time.time(), 6)
-    write_table(out, table_columns("count" if events else label), [(*r, now) for r in rows])
+    write.table(table_columns("count" if events else label), [(*r, now) for r in rows])
 
 
 NO_SECONDS = "no seconds"  # what -d gives when no number follows it (bcc's habit)
@@ -87,17 +86,18 @@ def command(out: OutputOptions, nanoseconds: bool, events: bool, dist: bool, dur
     if events and dist:
         raise click.UsageError("-C and --dist cannot be combined")
     label, div = ("nsecs", 1) if nanoseconds else ("usecs", 1000)
+    write = Writer(out)
     with TRACER.open({"unit_div": div, "filter_cpu": cpu}) as obj:
 
-        def report() -> None:
+        def report(last: bool) -> None:
             keyed = read_hists(obj, "softirqs", "softirq_key")
             hists = sorted(((vector_name(k.vec), h) for k, h in keyed), key=lambda nh: nh[0])
             if dist:
-                write_sections([Section(h, {"softirq": name}) for name, h in hists], label, out, div=div)
+                write.sections([Section(h, {"softirq": name}) for name, h in hists], label, div=div)
             else:
-                write_totals(out, hists, events, label, div)
+                write_totals(write, hists, events, label, div)
 
         where = f" on CPU {cpu} only" if cpu is not None else ""
-        ready(f"Tracing soft irq event time{where}... Hit Ctrl-C to end.")
-        if run_intervals(report, interval, count, duration) is not None:
-            summary(out, obj, **({"only": {"cpu": cpu}} if cpu is not None else {}))
+        only = {"only": {"cpu": cpu}} if cpu is not None else {}
+        every_interval(obj, report, out, interval, count, duration,
+                       banner=f"Tracing soft irq event time{where}... Hit Ctrl-C to end.", facts=lambda: only)

@@ -12,10 +12,13 @@ from typing import Any, NamedTuple
 import click
 
 from netsnoop import options as o
+from netsnoop import where
+from netsnoop.btf import StructDecoder
 from netsnoop.fmt import AF_INET, AF_INET6
 from netsnoop.loader import BPFObject
 from netsnoop.output import Column, OutputOptions, make_sink
-from netsnoop.runner import Tracer, ready, run_intervals
+from netsnoop.hist import Writer
+from netsnoop.runner import Tracer, every_interval
 
 TRACER = Tracer("subnet", max_entries={"events": 4096})
 MAX_SUBNETS = 32  # subnet.bpf.c
@@ -31,6 +34,8 @@ COLUMNS = [
     Column("DATE", text=False),
     Column("TIME", text=False),
     Column("timestamp", text=False),
+    Column("NETNS", text=False),
+    Column("NETNS_INODE", text=False),
 ]
 
 
@@ -71,18 +76,22 @@ def subnet_filters(subnets: list[Subnet]) -> dict[str, Any]:
 
 
 class Totals:
-    """Per-subnet byte counts since the previous interval, from the kernel's per-CPU
-    running totals (they only grow, so nothing is lost between two reads)."""
+    """Byte counts per (subnet index, namespace inode) since the previous interval,
+    from the kernel's per-CPU running totals (they only grow, so nothing is lost
+    between two reads)."""
 
-    def __init__(self, obj: BPFObject, n: int) -> None:
-        self.map, self.keys = obj.map("sent"), [struct.pack("=I", i) for i in range(n)]
-        self.last = [0] * n
+    def __init__(self, obj: BPFObject) -> None:
+        self.map, self.key = obj.map("sent"), StructDecoder(obj.btf, "subnet_key").decode
+        self.last: dict[tuple[int, int], int] = {}
 
-    def interval(self) -> list[int]:
-        now = [self.map.sum_u64(k) for k in self.keys]
-        delta = [b - a for a, b in zip(self.last, now)]
+    def interval(self) -> dict[tuple[int, int], int]:
+        now = {}
+        for raw, per_cpu in self.map.items():
+            k = self.key(raw)
+            now[k.subnet, k.netns] = sum(struct.unpack_from("=Q", v)[0] for v in per_cpu)
+        delta = {k: n - self.last.get(k, 0) for k, n in now.items()}
         self.last = now
-        return delta
+        return {k: n for k, n in delta.items() if n}
 
 
 def bcc_value(unit: str) -> Any:
@@ -111,9 +120,10 @@ def bcc_line(date: str, hms: str, entries: dict[str, Any]) -> str:
 @click.option("--json", is_flag=True,
               help="one JSON object per subnet per interval (exact bytes, the -f value, a timestamp)")
 @click.option("-v", "--verbose", is_flag=True, help="print the subnet table given to the kernel")
+@where.netns_option
 @o.duration_option
 def command(subnets: list[Subnet], unit: str, interval: float, bcc_json: bool, json: bool, verbose: bool,
-            duration: float | None) -> None:
+            netns: list[int] | None, duration: float | None) -> None:
     """Summarise TCP bytes sent, by destination subnet.
 
     SUBNETS is a comma-separated list of CIDR networks (IPv4 or IPv6); each send is
@@ -123,7 +133,9 @@ def command(subnets: list[Subnet], unit: str, interval: float, bcc_json: bool, j
     -J writes what bcc's tcpsubnet -J writes, so its consumers keep working: one
     line per interval, busiest subnet first, values as bcc computes them (whole
     numbers for B and b, fractions for the larger units); the summary goes to
-    stderr. --json is netsnoop's own layout, one typed object per subnet.
+    stderr. --json is netsnoop's own layout, one typed object per subnet and
+    network namespace (netns, netns_inode); the text and -J add the namespaces up.
+    --netns counts only those namespaces (in the kernel).
     """
     if bcc_json and json:
         raise click.UsageError("-J (bcc's JSON layout) and --json (one object per subnet) cannot be combined")
@@ -131,27 +143,34 @@ def command(subnets: list[Subnet], unit: str, interval: float, bcc_json: bool, j
         for i, s in enumerate(subnets):
             click.echo(f"subnet {i}: {s.text} = {s.network.network_address} mask {s.network.netmask}", err=True)
     bits, divisor = UNITS[unit]
-    sink = make_sink(OutputOptions(json=json), COLUMNS)
+    out = OutputOptions(json=json)
+    sink, write = make_sink(out, COLUMNS), Writer(out)
     as_bcc = bcc_value(unit)
 
     def show(totals: Totals) -> None:
         now = time.time()
         stamp = time.localtime(now)
         date, hms = time.strftime("%x", stamp), time.strftime("%X", stamp)
-        sent = sorted(((b, s) for b, s in zip(totals.interval(), subnets) if b), key=lambda bs: -bs[0])
+        delta = totals.interval()
+        if json:
+            rows = sorted(delta.items(), key=lambda kb: (-kb[1], kb[0]))
+            sink.write([(subnets[i].text, int(b * bits / divisor), b, date, hms, round(now, 6),
+                         where.printable(where.netns_label(ino)), ino) for (i, ino), b in rows])
+            sys.stdout.flush()
+            return
+        per_subnet = [0] * len(subnets)
+        for (i, _ino), b in delta.items():
+            per_subnet[i] += b
+        sent = sorted(((b, s) for b, s in zip(per_subnet, subnets) if b), key=lambda bs: -bs[0])
         if bcc_json:
             sys.stdout.write(bcc_line(date, hms, {s.text: as_bcc(b) for b, s in sent}))
             sys.stdout.flush()
             return
-        if not json:
-            sys.stdout.write(f"[{date} {hms}]\n")
-        sink.write([(s.text, int(b * bits / divisor), b, date, hms, round(now, 6)) for b, s in sent])
+        write.heading(f"[{date} {hms}]")
+        sink.write([(s.text, int(b * bits / divisor), b, date, hms, round(now, 6), "", 0) for b, s in sent])
         sys.stdout.flush()
 
-    with TRACER.open(subnet_filters(subnets)) as obj:
-        totals = Totals(obj, len(subnets))
-        ready(f"Tracing... Output every {interval:g} secs. Hit Ctrl-C to end")
-        shown = run_intervals(lambda: show(totals), interval, duration=duration)
-        if shown is None:
-            return
-        sink.summary({"intervals": shown, **obj.health()})
+    with TRACER.open({**subnet_filters(subnets), **where.filters(None, netns)}) as obj:
+        totals = Totals(obj)
+        every_interval(obj, lambda last: show(totals), out, interval, duration=duration,
+                       banner=f"Tracing... Output every {interval:g} secs. Hit Ctrl-C to end")

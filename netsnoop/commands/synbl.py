@@ -10,9 +10,10 @@ import click
 
 from netsnoop import netns
 from netsnoop import options as o
-from netsnoop.hist import Section, read_hists, summary, write_sections
-from netsnoop.output import Column, OutputOptions, make_sink
-from netsnoop.runner import Tracer, ready, run_intervals, warn
+from netsnoop import where
+from netsnoop.hist import Section, Writer, read_hists
+from netsnoop.output import Column, OutputOptions
+from netsnoop.runner import Tracer, every_interval, warn
 
 TRACER = Tracer("synbl", max_entries={"events": 4096})
 ANY = "*"  # the LISTENER of a namespace's total that no single listener can be given
@@ -57,14 +58,17 @@ class Overflows:
     own. When several did, the split is unknown and the total is shown under "*".
     """
 
-    def __init__(self, family: int | None) -> None:
+    def __init__(self, family: int | None, only: list[int] | None = None) -> None:
         self.family = family
+        self.only = set(only) if only else None
         self.unreadable: set[str] = set()
         self.last = self._read()
 
     def _read(self) -> Reading:
         reading = Reading({}, {}, {})
         for ns in netns.namespaces():
+            if self.only is not None and ns.inode not in self.only:
+                continue
             try:
                 count = netns.counters(ns).get("TcpExtListenOverflows")
                 drops = netns.listener_drops(ns)
@@ -94,10 +98,9 @@ class Overflows:
             if delta > 0:
                 dropped.setdefault(key[0], []).append((now.listeners[key], delta))
         owners = netns.socket_owners({lst.inode for found in dropped.values() for lst, _ in found})
-        names = {ns.inode: ns for ns in netns.namespaces()}
         rows: list[tuple[Any, ...]] = []
         for ino in sorted(set(dropped) | {i for i, n in overflows.items() if n > 0}):
-            label = names[ino].label if ino in names else f"netns:{ino}"
+            label = where.printable(where.netns_label(ino))
             found = dropped.get(ino, [])
             total = overflows.get(ino, 0)
             single = len(found) == 1
@@ -118,7 +121,9 @@ class Overflows:
 @o.duration_option
 @o.output_options(csv=False, wide=False, timestamp=False)
 @o.family_option
-def command(interval: float | None, duration: float | None, out: OutputOptions, family: int | None) -> None:
+@where.netns_option
+def command(interval: float | None, duration: float | None, out: OutputOptions, family: int | None,
+            netns: list[int] | None) -> None:
     """Show the TCP accept (SYN) backlog length when connections arrive, as one log2
     histogram per backlog limit ("backlog_max", from listen()), and the listeners whose
     accept queue overflowed.
@@ -130,7 +135,8 @@ def command(interval: float | None, duration: float | None, out: OutputOptions, 
     \b
     Overflows are SYNs and final ACKs a listener dropped because its accept queue was
     full. After the histograms, one row per listener that dropped any:
-      NETNS      the network namespace (ip netns name, "host", or netns:<inode>)
+      NETNS      the network namespace (ip netns name, "host", its container, or
+                 netns:<inode>)
       LISTENER   its address:port; PID, COMM: the process holding it
       QUEUE/MAX  connections waiting for accept() now, and the limit listen() set
       DROPS      the listener's own drop count (ss -m's "d"): overflows and other drops
@@ -140,20 +146,24 @@ def command(interval: float | None, duration: float | None, out: OutputOptions, 
     "listen_overflows_all_netns" adds up every namespace netsnoop could enter
     (namespaces with a name under /run/netns or a process in them). -4/-6 select the
     listeners shown; the namespace counters cover both families.
+
+    Each histogram is one namespace's ("netns"). --netns keeps those namespaces only:
+    samples in the kernel, overflows and listen_overflows_all_netns here.
     """
-    with TRACER.open({"filter_family": family}) as obj:
-        overflows = Overflows(family)
+    with TRACER.open({"filter_family": family, **where.filters(None, netns)}) as obj:
+        overflows = Overflows(family, netns)
+        write = Writer(out)
 
-        def report() -> None:
+        def report(last: bool) -> None:
             total, rows = overflows.since_last()
-            sections = [Section(h, {"backlog_max": k.backlog_max})
-                        for k, h in sorted(read_hists(obj, "backlog", "synbl_key"), key=lambda kh: kh[0].backlog_max)]
-            write_sections(sections, "backlog", out, facts={"listen_overflows_all_netns": total})
+            hists = [(where.printable(where.netns_label(k.netns)), k.backlog_max, h)
+                     for k, h in read_hists(obj, "backlog", "synbl_key")]
+            sections = [Section(h, {"netns": name, "backlog_max": limit})
+                        for name, limit, h in sorted(hists, key=lambda nlh: nlh[:2])]
+            write.sections(sections, "backlog", facts={"listen_overflows_all_netns": total})
             if rows:
-                sink = make_sink(out, overflow_columns())
-                sink.header()
-                sink.write(rows)
+                write.table(overflow_columns(), rows)
 
-        ready("Tracing SYN backlog size. Ctrl-C to end.")
-        if run_intervals(report, interval, duration=duration) is not None:
-            summary(out, obj)
+        only = {"only": {"netns": [where.printable(where.netns_label(i)) for i in netns]}} if netns else {}
+        every_interval(obj, report, out, interval, duration=duration, banner="Tracing SYN backlog size. Ctrl-C to end.",
+                       facts=lambda: only)

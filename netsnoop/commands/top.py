@@ -11,12 +11,13 @@ import click
 
 from netsnoop import dns
 from netsnoop import options as o
+from netsnoop import where
 from netsnoop.btf import StructDecoder
 from netsnoop.fmt import comm, ip_version
 from netsnoop.live import LiveView, use_live
 from netsnoop.loader import BPFObject
-from netsnoop.output import Column, JsonSink, TextSink
-from netsnoop.runner import Tracer, ready, run_intervals
+from netsnoop.output import Column, JsonSink, OutputOptions, TextSink
+from netsnoop.runner import Tracer, every_interval
 from netsnoop.traffic import endpoints, take_all, typed_endpoints
 
 F = Callable[..., Any]
@@ -30,9 +31,10 @@ DRAIN = "send__tp_btf__drain"
 DRAIN_TRIES = 3  # a CPU whose cache is being rewritten at that instant is asked again
 
 
-def columns(v6: bool, names: bool = False) -> list[Column]:
-    """bcc's two tables (IPv6 addresses need wider columns); JSON gets typed fields;
-    --dns adds NAME last."""
+def columns(v6: bool, wide: bool = False, names: bool = False) -> list[Column]:
+    """bcc's two tables (IPv6 addresses need wider columns); JSON gets typed fields,
+    and the connection's NETNS and the process's CONTAINER (text: with -w); --dns adds
+    NAME last."""
     a, suffix = (32, "6") if v6 else (21, "")
     return [
         Column("PID", 6),
@@ -46,6 +48,7 @@ def columns(v6: bool, names: bool = False) -> list[Column]:
         Column("RX_BYTES", text=False),
         Column("TX_BYTES", text=False),
         Column("timestamp", text=False),
+        *where.columns(wide),
     ] + ([Column("NAME", 24, truncate=True)] if names else [])
 
 
@@ -110,7 +113,8 @@ def collect(obj: BPFObject, keys: StructDecoder, values: StructDecoder, cached: 
     for k, v in entries[:rows]:
         local, remote, *typed = endpoints(v.family, v.laddr, v.lport, v.raddr, v.rport)
         out.rows.append((k.pid, comm(v.comm), local, remote, v.rx // 1024, v.tx // 1024, ip_version(v.family),
-                         *typed, v.rx, v.tx, now, *((name(v),) if name else ())))
+                         *typed, v.rx, v.tx, now, *where.values(v.netns, v.cgroup),
+                         *((name(v),) if name else ())))
     return out
 
 
@@ -122,9 +126,9 @@ def loadavg_line() -> str:
 class TextView:
     """bcc's scrolling layout: a blank line, the loadavg line, then the tables."""
 
-    def __init__(self, summary: bool, names: bool = False) -> None:
+    def __init__(self, summary: bool, wide: bool = False, names: bool = False) -> None:
         self.summary_line = summary
-        self.sinks = (TextSink(columns(False, names)), TextSink(columns(True, names)))
+        self.sinks = (TextSink(columns(False, wide, names)), TextSink(columns(True, wide, names)))
 
     def show(self, interval: Interval) -> None:
         out = sys.stdout
@@ -142,9 +146,6 @@ class TextView:
             out.write(f"... {interval.hidden} more (-r {len(interval.rows)})\n")
         out.flush()
 
-    def summary(self, record: dict[str, Any]) -> None:
-        self.sinks[0].summary(record)  # to stderr
-
     def close(self) -> None:
         pass
 
@@ -153,28 +154,25 @@ class JsonLines:
     """One object per connection per interval, stamped with the interval's end."""
 
     def __init__(self, names: bool = False) -> None:
-        self.sink = JsonSink(columns(False, names))
+        self.sink = JsonSink(columns(False, names=names))
 
     def show(self, interval: Interval) -> None:
         self.sink.write(interval.rows)
-
-    def summary(self, record: dict[str, Any]) -> None:
-        self.sink.summary(record)
 
     def close(self) -> None:
         pass
 
 
 # On a narrow terminal these go first, in this order; addresses and counts stay whole.
-LIVE_DROP = ("COMM", "LADDR", "LADDR6", "PID")
+LIVE_DROP = ("CONTAINER", "NETNS", "COMM", "LADDR", "LADDR6", "PID")
 
 
 class Live(TextView):
     """The same tables, redrawn in place on a terminal, with the unit spelled out, a
     totals line, and a line saying so when nothing matched."""
 
-    def __init__(self, summary: bool, interval: float, names: bool = False) -> None:
-        super().__init__(summary, names)
+    def __init__(self, summary: bool, interval: float, wide: bool = False, names: bool = False) -> None:
+        super().__init__(summary, wide, names)
         self.unit = f"RX_KB, TX_KB: KiB received and sent in each {interval:g} s interval; q quits"
         self.view = LiveView(drop=LIVE_DROP)
 
@@ -184,20 +182,26 @@ class Live(TextView):
         limited = f" ({len(interval.rows)} shown: -r {len(interval.rows)})" if interval.hidden else ""
         footer = [f"total: {n} connection{'' if n == 1 else 's'}{limited}, "
                   f"RX_KB {interval.rx // 1024}, TX_KB {interval.tx // 1024}"] if n else []
-        self.view.show(head, [(self.sinks[0].columns, interval.ipv4), (self.sinks[1].columns, interval.ipv6)], footer,
+        tables = [(self.sinks[0].columns, interval.ipv4), (self.sinks[1].columns, interval.ipv6)]
+        self.view.show(head, tables, footer,
                        empty="no TCP traffic matched")
 
     def close(self) -> None:
         self.view.close()
 
 
-def run(obj: BPFObject, view: Any, interval: float, count: int | None, sort: str = "all",
-        rows: int | None = None, name: Callable[[Any], Any] | None = None) -> int | None:
-    """Show every interval until Ctrl-C or ``count``; returns the intervals shown
-    (None: stdout's reader went away)."""
+def run(obj: BPFObject, view: Any, json: bool, interval: float, count: int | None, sort: str = "all",
+        rows: int | None = None, names: dns.Watcher | None = None) -> int | None:
+    """Show every interval until Ctrl-C or ``count``, then the summary; returns the
+    intervals shown (None: stdout's reader went away)."""
     keys, values = StructDecoder(obj.btf, "conn_key"), StructDecoder(obj.btf, "conn_bytes")
     cached = obj.loaded_program(DRAIN) is not None
-    return run_intervals(lambda: view.show(collect(obj, keys, values, cached, sort, rows, name)), interval, count)
+    blank = None if json else ""  # no name: JSON null, an empty text field
+    name = (lambda v: names.name_of(v.family, v.raddr, v.netns) or blank) if names else None
+    return every_interval(obj, lambda last: view.show(collect(obj, keys, values, cached, sort, rows, name)),
+                          OutputOptions(json=json), interval, count,
+                          banner=f"Tracing... Output every {interval:g} secs. Hit Ctrl-C to end", finish=view.close,
+                          facts=(lambda: {"dns": names.stats()}) if names else None)
 
 
 def cgroup_spelling(given: str) -> Callable[[F], F]:
@@ -216,10 +220,12 @@ def cgroup_spelling(given: str) -> Callable[[F], F]:
 @click.command("top")
 @click.option("-C", "--noclear", is_flag=True, help="don't clear the screen (scroll plain text)")
 @click.option("-S", "--nosummary", is_flag=True, help="skip the system summary (loadavg) line")
-@o.pid_option()
+@where.pids_option("only count these processes")
 @o.ports_option("-P", "--port", "ports", help="only count these ports at either end (e.g. 80,443)")
 @o.family_option
 @o.cgroup_option
+@where.netns_option
+@click.option("-w", "--wide", is_flag=True, help="add NETNS and CONTAINER columns (always in --json)")
 @cgroup_spelling("-c")
 @cgroup_spelling("--cgroupmap")
 @click.option("-s", "--sort", type=click.Choice(SORT_KEYS), default="all", show_default=True,
@@ -230,8 +236,9 @@ def cgroup_spelling(given: str) -> Callable[[F], F]:
 @click.option("--json", is_flag=True, help="one JSON object per connection per interval")
 @click.option("--dns", "dns_names", is_flag=True, help="add NAME: the host name last resolved to RADDR (answers seen)")
 @o.interval_count_arguments()
-def command(noclear: bool, nosummary: bool, pids: list[int] | None, ports: Any, family: int | None, cgroup: int | None,
-            sort: str, rows: int | None, json: bool, dns_names: bool, interval: float, count: int | None) -> None:
+def command(noclear: bool, nosummary: bool, pids: list[int] | None, ports: Any, family: int | None,
+            cgroup: int | None, netns: list[int] | None, wide: bool, sort: str, rows: int | None, json: bool,
+            dns_names: bool, interval: float, count: int | None) -> None:
     """Summarise TCP send/receive throughput by process and connection.
 
     Every INTERVAL seconds (default 1), COUNT times (default: until Ctrl-C). Bytes are
@@ -247,26 +254,21 @@ def command(noclear: bool, nosummary: bool, pids: list[int] | None, ports: Any, 
     gives all rows in that order). -r keeps the first ROWS connections of each
     interval; the live view's totals line still counts them all.
 
+    NETNS is the connection's network namespace, CONTAINER the process's container,
+    pod or systemd unit (-w; always in --json); --netns and --cgroup filter on them in
+    the kernel.
+
     --dns adds NAME: the host name this machine last resolved to RADDR, learnt from
     the DNS answers local sockets receive while tracing; no answer seen, no name.
     """
-    rodata = {**o.port_filters(ports=ports), "filter_pids": pids, "filter_family": family, "filter_cgroup": cgroup}
+    rodata = {**o.port_filters(ports=ports), **where.filters(pids, netns), "filter_family": family,
+              "filter_cgroup": cgroup}
     with TRACER.open(rodata) as obj, (dns.Watcher() if dns_names else contextlib.nullcontext()) as names:
         view: Any = (
             JsonLines(dns_names)
             if json
-            else Live(not nosummary, interval, dns_names)
+            else Live(not nosummary, interval, wide, dns_names)
             if use_live(noclear, json)
-            else TextView(not nosummary, dns_names)
+            else TextView(not nosummary, wide, dns_names)
         )
-        blank = None if json else ""  # no name: JSON null, an empty text field
-        # per namespace where the map records one; else the newest name learnt in any
-        name = (lambda v: names.name_of(v.family, v.raddr, getattr(v, "netns", None)) or blank) if names else None
-        try:
-            ready(f"Tracing... Output every {interval:g} secs. Hit Ctrl-C to end")
-            shown = run(obj, view, interval, count, sort, rows, name)
-        finally:
-            view.close()
-        if shown is None:
-            return
-        view.summary({"intervals": shown, **obj.health(), **({"dns": names.stats()} if names else {})})
+        run(obj, view, json, interval, count, sort, rows, names)
