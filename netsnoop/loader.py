@@ -232,7 +232,7 @@ _FAILED_PROG = re.compile(r"prog '([^']+)'")
 class BPFObject:
     """One compiled object, from open to close.
 
-    >>> with BPFObject("states", rodata={"filter_pid": 42}) as obj:
+    >>> with BPFObject("states", rodata={"filter_pids": [42]}) as obj:
     ...     obj.attach()
     """
 

@@ -214,7 +214,7 @@ static __noinline void cache_miss(struct cpu_cache *c, struct sock *sk, __u32 po
 	struct cached_socket *cs;
 	__u32 pid = current_pid();
 
-	if (!pids_allowed(pid) || !cgroup_allowed())
+	if (!pid_allowed(pid) || !cgroup_allowed())
 		return; /* not counted, and the cache stays its owner's */
 	c->busy = 1;
 	compiler_barrier();
@@ -285,7 +285,7 @@ static __always_inline int on_bytes(struct sock *sk, long bytes, bool send, bool
 		return 0;
 	}
 	pid = current_pid();
-	if (pids_allowed(pid) && cgroup_allowed())
+	if (pid_allowed(pid) && cgroup_allowed())
 		count_in_map(sk, pid, bytes, send);
 	return 0;
 }
