@@ -51,6 +51,9 @@ if TYPE_CHECKING:
         def add_metric(self, labels: Sequence[str], value: Any, *more: Any) -> None: ...
 
 OTHER = "other"
+# connect's latency histograms between two reads (a second): namespaces x outcomes
+# (x labelled ports); more are counted as lost events
+LATENCY_KEYS = 4096
 REFRESH_S = 1.0  # how stale the list of namespaces may be
 HIST_SLOTS = 32  # hist.h
 
@@ -406,6 +409,10 @@ class Connects(MapSource):
         self.tracer = _tracer("connect")
         self.counts: dict[tuple[Any, ...], int] = ctx.netns.track({})
         self.latency: dict[tuple[Any, ...], Log2Hist] = ctx.netns.track({})
+
+    def open(self) -> None:
+        assert self.tracer is not None
+        self.obj = self.tracer.open(self.rodata(), max_entries={"latency": LATENCY_KEYS})
 
     def rodata(self) -> dict[str, Any]:
         from netsnoop.commands.connect import COUNT_LATENCY, COUNT_PORT, OUTCOME

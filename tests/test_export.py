@@ -188,11 +188,16 @@ def test_prometheus_sees_the_traffic_of_private_namespaces() -> None:
 
             # refused connects
             refused = 3
+            waited = 0.0  # the refused connect() calls' own time: their handshakes fit in it
             for _ in range(refused):
                 with in_netns(a):
                     c = socket.socket()
                 with c, pytest.raises(ConnectionRefusedError):
-                    c.connect((net.addr_b, closed_port))
+                    start = time.perf_counter()
+                    try:
+                        c.connect((net.addr_b, closed_port))
+                    finally:
+                        waited += time.perf_counter() - start
             resets = 5
             for _ in range(resets):
                 with in_netns(rst.a):
@@ -278,6 +283,15 @@ def test_prometheus_sees_the_traffic_of_private_namespaces() -> None:
             latency = 'netsnoop_tcp_connect_duration_seconds_count{netns="%s",outcome="%s",port="%s"}'
             assert prom.value(latency % (a, "established", lossy.port)) == 1
             assert prom.value(latency % (a, "refused", closed_port)) == refused
+            took = prom.value(f'netsnoop_tcp_connect_duration_seconds_sum{{netns="{a}",outcome="refused"}}')
+            assert took is not None and 0 < took < waited, (took, waited)
+            buckets = {m["le"]: v for m, v in prom.query(
+                f'netsnoop_tcp_connect_duration_seconds_bucket{{netns="{a}",outcome="refused"}}')}
+            assert buckets["+Inf"] == refused and len(buckets) == 32, buckets
+            # log2 buckets: the first that holds all of them ends below twice the slowest
+            # (a microsecond of rounding), which took no longer than all of them together
+            first = min(float(le) for le, v in buckets.items() if v == refused)
+            assert first <= 2 * waited + 1e-6, (first, waited)
             assert prom.value(f'netsnoop_tcp_accepts_total{{netns="{b}",port="{lossy.port}"}}') == 1
             # accepts: the passive opens there, less the connections left in the full
             # listener's queue (opened, never accepted); none in a

@@ -16,8 +16,9 @@ enum report_mode {
 const volatile __u8 report_mode = REPORT_ATTEMPT;
 
 /* Time from connect() to the resolution, log2 of microseconds, per count key with its
- * outcome (COUNT_LATENCY: export, whose keys hold no addresses). */
-HIST_MAP(latency, struct conn_count_key, 4096);
+ * outcome (COUNT_LATENCY: export, whose keys hold no addresses). A per-CPU map is
+ * allocated whole on every CPU: one entry unless user space sizes it for use. */
+HIST_MAP(latency, struct conn_count_key, 1);
 
 /* -L: the socket each thread is connecting, until connect() returns. */
 struct {
