@@ -357,6 +357,27 @@ def test_count_mode_sends_no_ring_records() -> None:
             assert {outcome(e.state, e.err) for e in records} == {"REFUSED"}
 
 
+@integration
+def test_a_full_count_map_counts_what_it_could_not_take_as_lost() -> None:
+    """Refused connects to five ports, one key each: a count map sized for two keys
+    keeps two and counts three lost; a latency map sized for one histogram keeps one
+    and counts four lost, while the counts (room enough) keep all five."""
+    from netsnoop.commands.connect import ATTEMPT, COUNT_LATENCY, COUNT_PORT, OUTCOME, TRACER
+
+    ports: list[int] = []
+    while len(ports) < 5:  # five different keys
+        ports += [p for p in [closed_port()] if p not in ports]
+    cases = [({"report_mode": ATTEMPT, "count_flags": COUNT_PORT}, {"counts": 2}, (2, 3)),
+             ({"report_mode": OUTCOME, "count_flags": COUNT_PORT | COUNT_LATENCY}, {"latency": 1}, (5, 4))]
+    for rodata, sizes, (kept, lost) in cases:
+        with TRACER.open({**conn_filters(rports=ports), "count_only": 1, **rodata}, max_entries=sizes,
+                         quiet=True) as obj:
+            for port in ports:
+                refused_connect("127.0.0.1", port)
+            counted = sum(struct.unpack_from("=Q", v)[0] for _k, v in obj.map("counts").items())
+            assert (counted, obj.health()["lost_events"]) == (kept, lost), rodata
+
+
 # A connect from namespace a to b, where b's firewall makes the SYN go unanswered (TIMEOUT)
 # or answers it with ICMP host-unreachable (UNREACHABLE). TCP_USER_TIMEOUT ends the
 # unanswered attempt at its first retransmission (about 1 s) instead of minutes later.
