@@ -79,9 +79,9 @@ METRICS: list[MetricDoc] = [
               "Time from connect() to the handshake's resolution, by outcome, per network namespace of the "
               "connecting socket (log2 buckets of microseconds).", ("netns", "outcome", PORT), "connects"),
     MetricDoc("netsnoop_tcp_connects_pending", "gauge",
-              "Active TCP connects still waiting for an answer (SYN sent, nothing back yet), all network "
-              "namespaces: a destination that drops SYNs shows here long before its connects time out.",
-              (PORT,), "connects"),
+              "Active TCP connects still waiting for an answer (SYN sent, nothing back yet), per network "
+              "namespace of the connecting socket: a destination that drops SYNs shows here long before its "
+              "connects time out.", ("netns", PORT), "connects"),
     MetricDoc("netsnoop_tcp_accepts_total", "counter",
               "TCP connections returned by accept()/accept4(), per network namespace.", ("netns", PORT), "accepts"),
     MetricDoc("netsnoop_tcp_resets_received_total", "counter",
@@ -409,6 +409,7 @@ class Connects(MapSource):
         self.tracer = _tracer("connect")
         self.counts: dict[tuple[Any, ...], int] = ctx.netns.track({})
         self.latency: dict[tuple[Any, ...], Log2Hist] = ctx.netns.track({})
+        self.waiting: dict[tuple[Any, ...], int] = ctx.netns.track({})
 
     def open(self) -> None:
         assert self.tracer is not None
@@ -451,17 +452,19 @@ class Connects(MapSource):
 
     def pending(self) -> Metric:
         """The attempts the object remembers until they resolve (conn_owners: bounded,
-        LRU), by destination port."""
+        LRU), per namespace and destination port. A gauge: a series once shown stays,
+        at 0 when nothing waits there (until its namespace's label goes)."""
         assert self.obj is not None
         owner = StructDecoder(self.obj.btf, "conn_owner").decode
-        # a gauge: every label value always there, 0 when nothing waits
-        waiting: dict[tuple[str, ...], int] = {p: 0 for p in self.ctx.ports.values()}
+        waiting = dict.fromkeys(self.waiting, 0)
         for _key, raw in self.obj.map("conn_owners").items():
-            port = self.ctx.ports.of(owner(raw).rport)
-            waiting[port] = waiting.get(port, 0) + 1
+            o = owner(raw)
+            key = (self.ctx.netns.key(o.netns), *self.ctx.ports.of(o.rport))
+            waiting[key] = waiting.get(key, 0) + 1
+        self.waiting.update(waiting)
         f = family("netsnoop_tcp_connects_pending", self.ctx.ports.enabled)
-        for port, n in sorted(waiting.items()):
-            f.add_metric(list(port), n)
+        for (ino, *port), n in sorted(waiting.items(), key=str):
+            f.add_metric([self.ctx.netns.label(ino), *port], n)
         return f
 
 

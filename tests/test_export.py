@@ -229,7 +229,7 @@ def test_prometheus_sees_the_traffic_of_private_namespaces() -> None:
             queue = prom.settles_at(f'netsnoop_tcp_listener_queue_length{{netns="{b}",port="{full_port}"}}', 8)
             ss = net.exec(b, f"ss -Hltn sport = :{full_port}").stdout.split()
             # the connect whose SYNs nft drops is still waiting for an answer
-            assert prom.settles_at(f'netsnoop_tcp_connects_pending{{port="{dropped.port}"}}', 1) == 1
+            assert prom.settles_at(f'netsnoop_tcp_connects_pending{{netns="{a}",port="{dropped.port}"}}', 1) == 1
             syn.close()
             for c in clients:
                 c.close()
@@ -267,7 +267,7 @@ def test_prometheus_sees_the_traffic_of_private_namespaces() -> None:
             assert prom.settles_at(connects % ("established", lossy.port), 1) == 1
             # the one that got no answer was closed by its owner: aborted, and no longer pending
             assert prom.settles_at(connects % ("aborted", dropped.port), 1) == 1
-            assert prom.settles_at(f'netsnoop_tcp_connects_pending{{port="{dropped.port}"}}', 0) == 0
+            assert prom.settles_at(f'netsnoop_tcp_connects_pending{{netns="{a}",port="{dropped.port}"}}', 0) == 0
             # the kernel's count of handshakes that failed there: the refused ones
             # (the attempt that got no answer was closed by its owner, not failed)
             assert delta(a, "TcpAttemptFails") == refused
