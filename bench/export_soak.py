@@ -76,17 +76,29 @@ def start_exporter(target: str, metrics: str | None = None) -> subprocess.Popen[
     return proc
 
 
+def cpu_s(pid: int) -> float:
+    """A process's user and system CPU time so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def ratio(mode: str, args: list[str], target: str, metrics: str | None = None) -> dict[str, Any]:
+    """The workload untraced, with the exporter, untraced again; and the exporter's own
+    CPU time during the traced run (what reading the kernel's counts costs it)."""
     before = loadgen(mode, *args)["rate"]
     proc = start_exporter(target, metrics)
     try:
+        spent = cpu_s(proc.pid)
         traced = loadgen(mode, *args)["rate"]
+        spent = cpu_s(proc.pid) - spent
         scrape(target)
     finally:
         proc.terminate()
         proc.wait(30)
     after = loadgen(mode, *args)["rate"]
-    return {"untraced": [before, after], "traced": traced, "ratio": traced / ((before + after) / 2)}
+    return {"untraced": [before, after], "traced": traced, "ratio": traced / ((before + after) / 2),
+            "exporter_cpu_s": spent}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,9 +134,11 @@ def soak(rounds: int, connections: int, namespaces: int, repeats: int, metrics: 
     for mode, args in (("storm", ["-n", str(connections)]), ("bulk", ["-t", "1", "-s", "1024"])):
         runs = [ratio(mode, args, target, metrics) for _ in range(repeats)]
         result["workload"][mode] = {"ratios": [r["ratio"] for r in runs],
-                                    "median": statistics.median(r["ratio"] for r in runs)}
+                                    "median": statistics.median(r["ratio"] for r in runs),
+                                    "exporter_cpu_s": [r["exporter_cpu_s"] for r in runs]}
         print(f"{mode}: traced/untraced median {result['workload'][mode]['median']:.2f} "
-              f"({', '.join(f'{r:.2f}' for r in result['workload'][mode]['ratios'])})", flush=True)
+              f"({', '.join(f'{r:.2f}' for r in result['workload'][mode]['ratios'])}); the exporter's CPU "
+              f"meanwhile {', '.join(f'{c:.2f}' for c in result['workload'][mode]['exporter_cpu_s'])} s", flush=True)
 
     if not rounds:
         return result
