@@ -54,6 +54,10 @@ OTHER = "other"
 # connect's latency histograms between two reads (a second): namespaces x outcomes
 # (x labelled ports); more are counted as lost events
 LATENCY_KEYS = 4096
+# The kernel's log2 slots of connect latency shown as buckets: those ending at 32 us (a
+# loopback handshake) up to 33.5 s (the SYN retries of a lost network), doubling; the
+# cumulative counts stay exact, the slots outside only fold into their neighbours.
+CONNECT_SLOTS = range(4, 25)
 REFRESH_S = 1.0  # how stale the list of namespaces may be
 HIST_SLOTS = 32  # hist.h
 
@@ -445,7 +449,8 @@ class Connects(MapSource):
         h = family("netsnoop_tcp_connect_duration_seconds", with_ports)
         for (ino, outcome, *port), hist in sorted(self.latency.items(), key=str):
             # slots of microseconds (ns / 1000), the sum in nanoseconds
-            h.add_metric([label(ino), outcome, *port], log2_buckets(hist.slots, hist.count, 1e9, div=1000),
+            buckets = log2_buckets(hist.slots, hist.count, 1e9, div=1000)
+            h.add_metric([label(ino), outcome, *port], [buckets[i] for i in CONNECT_SLOTS] + buckets[-1:],
                          hist.total / 1e9)
         yield h
         yield self.pending()
