@@ -64,8 +64,9 @@ def churn_namespaces(count: int) -> None:
             subprocess.run(["ip", "netns", "del", name], check=True)
 
 
-def start_exporter(target: str) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([sys.executable, "-m", "netsnoop", "export", "--listen", target],
+def start_exporter(target: str, metrics: str | None = None) -> subprocess.Popen[str]:
+    only = ["--metrics", metrics] if metrics else []
+    proc = subprocess.Popen([sys.executable, "-m", "netsnoop", "export", "--listen", target, *only],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     assert proc.stderr is not None
     line = proc.stderr.readline()
@@ -75,17 +76,29 @@ def start_exporter(target: str) -> subprocess.Popen[str]:
     return proc
 
 
-def ratio(mode: str, args: list[str], target: str) -> dict[str, Any]:
+def cpu_s(pid: int) -> float:
+    """A process's user and system CPU time so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def ratio(mode: str, args: list[str], target: str, metrics: str | None = None) -> dict[str, Any]:
+    """The workload untraced, with the exporter, untraced again; and the exporter's own
+    CPU time during the traced run (what reading the kernel's counts costs it)."""
     before = loadgen(mode, *args)["rate"]
-    proc = start_exporter(target)
+    proc = start_exporter(target, metrics)
     try:
+        spent = cpu_s(proc.pid)
         traced = loadgen(mode, *args)["rate"]
+        spent = cpu_s(proc.pid) - spent
         scrape(target)
     finally:
         proc.terminate()
         proc.wait(30)
     after = loadgen(mode, *args)["rate"]
-    return {"untraced": [before, after], "traced": traced, "ratio": traced / ((before + after) / 2)}
+    return {"untraced": [before, after], "traced": traced, "ratio": traced / ((before + after) / 2),
+            "exporter_cpu_s": spent}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,12 +107,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--connections", type=int, default=20000, help="storm connections per round")
     p.add_argument("--namespaces", type=int, default=10, help="namespaces made and deleted per round")
     p.add_argument("--repeats", type=int, default=3, help="workload ratio repeats")
+    p.add_argument("--metrics", default=None,
+                   help="export only these sources in the workload runs (its --metrics): which one costs what")
+    p.add_argument("--workload-only", action="store_true", help="only the workload ratios, no soak rounds")
     opts = p.parse_args(argv)
     if os.geteuid() != 0:
         print("export_soak: needs root", file=sys.stderr)
         return 2
     build_loadgen()
-    result = soak(opts.rounds, opts.connections, opts.namespaces, opts.repeats)
+    result = soak(0 if opts.workload_only else opts.rounds, opts.connections, opts.namespaces, opts.repeats,
+                  opts.metrics)
     os.makedirs(RESULTS, exist_ok=True)
     path = os.path.join(RESULTS, f"export-{time.strftime('%Y%m%d-%H%M%S')}.json")
     with open(path, "w") as f:
@@ -108,19 +125,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def soak(rounds: int, connections: int, namespaces: int, repeats: int) -> dict[str, Any]:
-    """The workload ratios, then the soak's rounds; printed as they come (make bench
-    runs this as its export section)."""
+def soak(rounds: int, connections: int, namespaces: int, repeats: int, metrics: str | None = None) -> dict[str, Any]:
+    """The workload ratios (with only the ``metrics`` sources, if given), then the
+    soak's rounds; printed as they come (make bench runs this as its export section)."""
     target = f"127.0.0.1:{free_port()}"
-    result: dict[str, Any] = {"rounds": [], "workload": {}}
+    result: dict[str, Any] = {"rounds": [], "workload": {}, "metrics": metrics or "all"}
 
     for mode, args in (("storm", ["-n", str(connections)]), ("bulk", ["-t", "1", "-s", "1024"])):
-        runs = [ratio(mode, args, target) for _ in range(repeats)]
+        runs = [ratio(mode, args, target, metrics) for _ in range(repeats)]
         result["workload"][mode] = {"ratios": [r["ratio"] for r in runs],
-                                    "median": statistics.median(r["ratio"] for r in runs)}
+                                    "median": statistics.median(r["ratio"] for r in runs),
+                                    "exporter_cpu_s": [r["exporter_cpu_s"] for r in runs]}
         print(f"{mode}: traced/untraced median {result['workload'][mode]['median']:.2f} "
-              f"({', '.join(f'{r:.2f}' for r in result['workload'][mode]['ratios'])})", flush=True)
+              f"({', '.join(f'{r:.2f}' for r in result['workload'][mode]['ratios'])}); the exporter's CPU "
+              f"meanwhile {', '.join(f'{c:.2f}' for c in result['workload'][mode]['exporter_cpu_s'])} s", flush=True)
 
+    if not rounds:
+        return result
     proc = start_exporter(target)
     try:
         print(f"{'round':>5} {'RSS MiB':>8} {'samples':>8} {'scrape ms':>10}", flush=True)

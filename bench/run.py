@@ -863,6 +863,15 @@ def check_targets(
     return checks
 
 
+def export_targets(export: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Issue 15's target: export costs the storm and bulk workloads no more than the
+    aggregating tools do (median ratio >= ratio_aggregating)."""
+    limit = TARGETS["ratio_aggregating"]
+    return [{"target": f"ratio >= {limit}: export ({mode}, median of {len(w['ratios'])} runs)",
+             "measured": w["median"], "limit": limit, "ok": w["median"] >= limit}
+            for mode, w in ((export or {}).get("workload") or {}).items()]
+
+
 def pooled_ratios(scs: list[Scenario]) -> dict[str, list[float]]:
     """Ratios of the tools that aggregate in the kernel, every output format's runs
     together: they write a few lines per interval, so the format makes no difference
@@ -1362,7 +1371,7 @@ def main(argv: list[str] | None = None) -> int:
         costs = run_kernel_costs(scs, log)
         print_kernel_costs(costs)
 
-    checks = check_targets(startup, scs, summ)
+    checks = check_targets(startup, scs, summ) + export_targets(export)
     print_targets(checks)
     meta["load_after"] = load_average()
     meta["seconds"] = round(time.time() - started, 1)

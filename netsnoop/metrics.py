@@ -4,12 +4,11 @@ its figures come from, and the collector that reads them at scrape time.
 Every figure is counted in the kernel. The BPF side is the subcommands' own objects,
 loaded in their counting modes (one program per signal, never a second copy):
 
-* ``connect`` (its --outcome mode) and ``accept`` hand over one record per connection,
-  which is summed here per namespace: a connection, never a packet, crosses over;
-* ``drop -c``, ``retrans -c`` and ``top`` count per flow in kernel hash maps, which are
-  read and emptied (lookup-and-delete) every second and at each scrape, so the maps
-  stay small however many flows come and go, and their sums live here under bounded
-  labels;
+* ``connect -c --outcome``, ``accept -c``, ``drop -c``, ``retrans -c``, ``top`` and
+  overview's resets count in kernel hash maps (connect also keeps latency histograms),
+  which are read and emptied (lookup-and-delete) every second and at each scrape, so
+  the maps stay small however many flows and namespaces come and go, and their sums
+  live here under bounded labels: nothing per connection or packet crosses over;
 * ``rtt`` and ``synbl`` keep log2 histograms per namespace in the kernel, read as they
   are at scrape time (a gone namespace's move here, out of the kernel's map).
 
@@ -24,20 +23,21 @@ there (every other port is "other"), ``reason`` and ``outcome`` are kernel enums
 
 from __future__ import annotations
 
-import bisect
+import ctypes
+import errno
 import os
 import platform
 import struct
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence, cast
 
 from netsnoop import __version__, conn, netns
 from netsnoop.btf import StructDecoder
 from netsnoop.errors import NetsnoopError
-from netsnoop.hist import read_hists
+from netsnoop.hist import Log2Hist, add_cpus, read_hists
 from netsnoop.loader import BPFObject
 from netsnoop.runner import Tracer
 from netsnoop.traffic import take_all
@@ -52,10 +52,13 @@ if TYPE_CHECKING:
         def add_metric(self, labels: Sequence[str], value: Any, *more: Any) -> None: ...
 
 OTHER = "other"
-# Connect latency buckets, seconds: a loopback handshake (tens of microseconds) up to
-# the SYN timeouts of a lost network (seconds).
-CONNECT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-                   2.5, 5.0, 10.0, 30.0)
+# connect's latency histograms between two reads (a second): namespaces x outcomes
+# (x labelled ports); more are counted as lost events
+LATENCY_KEYS = 4096
+# The kernel's log2 slots of connect latency shown as buckets: those ending at 32 us (a
+# loopback handshake) up to 33.5 s (the SYN retries of a lost network), doubling; the
+# cumulative counts stay exact, the slots outside only fold into their neighbours.
+CONNECT_SLOTS = range(4, 25)
 REFRESH_S = 1.0  # how stale the list of namespaces may be
 HIST_SLOTS = 32  # hist.h
 
@@ -78,14 +81,17 @@ METRICS: list[MetricDoc] = [
               "Active TCP connects by how the handshake resolved (established, refused, timeout, unreachable, "
               "...), per network namespace of the connecting socket.", ("netns", "outcome", PORT), "connects"),
     MetricDoc("netsnoop_tcp_connect_duration_seconds", "histogram",
-              "Time from connect() to ESTABLISHED of the connects that established, per network namespace.",
-              ("netns", PORT), "connects"),
+              "Time from connect() to the handshake's resolution, by outcome, per network namespace of the "
+              "connecting socket (log2 buckets of microseconds).", ("netns", "outcome", PORT), "connects"),
     MetricDoc("netsnoop_tcp_connects_pending", "gauge",
-              "Active TCP connects still waiting for an answer (SYN sent, nothing back yet), all network "
-              "namespaces: a destination that drops SYNs shows here long before its connects time out.",
-              (PORT,), "connects"),
+              "Active TCP connects still waiting for an answer (SYN sent, nothing back yet), per network "
+              "namespace of the connecting socket: a destination that drops SYNs shows here long before its "
+              "connects time out.", ("netns", PORT), "connects"),
     MetricDoc("netsnoop_tcp_accepts_total", "counter",
               "TCP connections returned by accept()/accept4(), per network namespace.", ("netns", PORT), "accepts"),
+    MetricDoc("netsnoop_tcp_resets_received_total", "counter",
+              "TCP resets received by a socket (tcp:tcp_receive_reset), per network namespace: the kernel keeps "
+              "no counter of them (netsnoop_netns_tcp_resets_sent_total counts those sent).", ("netns",), "resets"),
     MetricDoc("netsnoop_tcp_drops_total", "counter",
               "TCP packets the kernel dropped, by its drop reason (enum skb_drop_reason), per network namespace "
               "(the socket's, else the device's).", ("netns", "reason", PORT), "drops"),
@@ -166,7 +172,7 @@ METRICS: list[MetricDoc] = [
               ("source",), "health"),
 ]
 BY_NAME = {m.name: m for m in METRICS}
-SOURCES = ("connects", "accepts", "drops", "retrans", "bytes", "rtt", "backlog", "netns", "listeners")
+SOURCES = ("connects", "accepts", "resets", "drops", "retrans", "bytes", "rtt", "backlog", "netns", "listeners")
 
 
 def _base(name: str) -> str:
@@ -295,50 +301,22 @@ class NetnsLabels:
 
 # ---- histograms ----------------------------------------------------------------------
 
-@dataclass
-class Buckets:
-    """A Prometheus histogram kept here: counts per upper bound, count and sum."""
-
-    bounds: tuple[float, ...]
-    counts: list[int] = field(default_factory=list)
-    total: int = 0
-    sum: float = 0.0
-
-    def add(self, value: float) -> None:
-        if not self.counts:
-            self.counts = [0] * len(self.bounds)
-        i = bisect.bisect_left(self.bounds, value)
-        if i < len(self.bounds):
-            self.counts[i] += 1
-        self.total += 1
-        self.sum += value
-
-    def cumulative(self) -> list[tuple[str, float]]:
-        out: list[tuple[str, float]] = []
-        running = 0
-        counts = self.counts or [0] * len(self.bounds)
-        for bound, n in zip(self.bounds, counts):
-            running += n
-            out.append((_le(bound), running))
-        out.append(("+Inf", self.total))
-        return out
-
-
 def _le(bound: float) -> str:
     return repr(float(bound))
 
 
-def log2_buckets(slots: tuple[int, ...], count: int, per_unit: float = 1) -> list[tuple[str, float]]:
+def log2_buckets(slots: tuple[int, ...], count: int, per_unit: float = 1, div: int = 1) -> list[tuple[str, float]]:
     """hist.h's log2 slots of integer values (slot 0: 0 and 1, slot i: 2**i up to
     2**(i+1) - 1) as cumulative buckets whose upper bounds are those largest values,
     divided by ``per_unit`` (1e6: microseconds -> seconds); the last slot also holds
-    everything larger, so it is +Inf."""
+    everything larger, so it is +Inf. ``div``: the values were divided by it before
+    their slot was chosen (hist_add_scaled), so slot i ends at (2**(i+1)) * div - 1."""
     out: list[tuple[str, float]] = []
     running = 0
     slots = tuple(slots) + (0,) * (HIST_SLOTS - len(slots))
     for i, n in enumerate(slots[: HIST_SLOTS - 1]):
         running += n
-        out.append((_le(((1 << (i + 1)) - 1) / per_unit), running))
+        out.append((_le(((1 << (i + 1)) * div - 1) / per_unit), running))
     out.append(("+Inf", count))
     return out
 
@@ -389,101 +367,6 @@ def _tracer(module: str) -> Tracer:
     return importlib.import_module(f"netsnoop.commands.{module}").TRACER
 
 
-class RingSource(Source):
-    """A source whose object hands over one record per connection (ring buffer)."""
-
-    def open(self) -> None:
-        super().open()
-        assert self.obj is not None
-        self.ring = self.obj.ring_buffer()
-        self.decoder = self.obj.decoder("event")
-
-    def poll(self) -> None:
-        for _ in range(64):  # bounded: a storm that goes on must not keep us here
-            events = self.ring.read_events(self.decoder)
-            if not events:
-                return
-            for e in events:
-                self.count(e)
-
-    def count(self, e: Any) -> None:
-        raise NotImplementedError
-
-
-class Connects(RingSource):
-    name = "connects"
-
-    def __init__(self, ctx: Context) -> None:
-        super().__init__(ctx)
-        self.tracer = _tracer("connect")
-        self.counts: dict[tuple[Any, ...], int] = ctx.netns.track({})
-        self.latency: dict[tuple[Any, ...], Buckets] = ctx.netns.track({})
-
-    def rodata(self) -> dict[str, Any]:
-        from netsnoop.commands.connect import OUTCOME
-
-        return {"report_mode": OUTCOME}
-
-    def count(self, e: Any) -> None:
-        if e.kind != conn.CONNECT:
-            return
-        ino = self.ctx.netns.key(e.netns)
-        port = self.ctx.ports.of(e.rport)
-        outcome = conn.outcome(e.state, e.err).lower()
-        key = (ino, outcome, *port)
-        self.counts[key] = self.counts.get(key, 0) + 1
-        if e.state == conn.TCP_ESTABLISHED:
-            lkey = (ino, *port)
-            self.latency.setdefault(lkey, Buckets(CONNECT_BUCKETS)).add(e.lat_ns / 1e9)
-
-    def families(self) -> Iterator[Metric]:
-        label = self.ctx.netns.label
-        with_ports = self.ctx.ports.enabled
-        f = family("netsnoop_tcp_connects_total", with_ports)
-        for (ino, outcome, *port), n in sorted(self.counts.items(), key=str):
-            f.add_metric([label(ino), outcome, *port], n)
-        yield f
-        h = family("netsnoop_tcp_connect_duration_seconds", with_ports)
-        for (ino, *port), b in sorted(self.latency.items(), key=str):
-            h.add_metric([label(ino), *port], b.cumulative(), b.sum)
-        yield h
-        yield self.pending()
-
-    def pending(self) -> Metric:
-        """The attempts the object remembers until they resolve (conn_owners: bounded,
-        LRU), by destination port."""
-        assert self.obj is not None
-        owner = StructDecoder(self.obj.btf, "conn_owner").decode
-        # a gauge: every label value always there, 0 when nothing waits
-        waiting: dict[tuple[str, ...], int] = {p: 0 for p in self.ctx.ports.values()}
-        for _key, raw in self.obj.map("conn_owners").items():
-            port = self.ctx.ports.of(owner(raw).rport)
-            waiting[port] = waiting.get(port, 0) + 1
-        f = family("netsnoop_tcp_connects_pending", self.ctx.ports.enabled)
-        for port, n in sorted(waiting.items()):
-            f.add_metric(list(port), n)
-        return f
-
-
-class Accepts(RingSource):
-    name = "accepts"
-
-    def __init__(self, ctx: Context) -> None:
-        super().__init__(ctx)
-        self.tracer = _tracer("accept")
-        self.counts: dict[tuple[Any, ...], int] = ctx.netns.track({})
-
-    def count(self, e: Any) -> None:
-        key = (self.ctx.netns.key(e.netns), *self.ctx.ports.of(e.lport))
-        self.counts[key] = self.counts.get(key, 0) + 1
-
-    def families(self) -> Iterator[Metric]:
-        f = family("netsnoop_tcp_accepts_total", self.ctx.ports.enabled)
-        for (ino, *port), n in sorted(self.counts.items(), key=str):
-            f.add_metric([self.ctx.netns.label(ino), *port], n)
-        yield f
-
-
 class MapSource(Source):
     """A source whose object counts per flow in a kernel hash map (``counts`` or
     ``conns``), emptied into our bounded sums at every poll."""
@@ -493,6 +376,157 @@ class MapSource(Source):
         decode = StructDecoder(self.obj.btf, key_struct).decode
         for k, v in take_all(self.obj.map(map_name)):
             yield decode(k), v
+
+
+def take_hists(obj: BPFObject, map_name: str, key_struct: str) -> list[tuple[Any, Log2Hist]]:
+    """Every histogram of a per-CPU hist map (hist.h) with its decoded key, each entry
+    read and deleted in one step (so a sample counted meanwhile lands in the next
+    read), the CPUs added up."""
+    from netsnoop.errors import LoadError
+    from netsnoop.libbpf import errno_message, last_errno, lib
+
+    m = obj.map(map_name)
+    fn = lib().bpf_map_lookup_and_delete_elem
+    keys, hist = StructDecoder(obj.btf, key_struct).decode, StructDecoder(obj.btf, "hist").decode
+    stride = (m.value_size + 7) // 8 * 8  # the kernel's per-CPU value layout
+    out = []
+    for raw_key in list(m.keys()):
+        buf = ctypes.create_string_buffer(stride * m.ncpus)
+        rc = fn(m.fd, raw_key, buf)
+        if rc != 0:
+            err = -rc if rc < 0 else last_errno()
+            if err == errno.ENOENT:  # gone meanwhile
+                continue
+            raise LoadError(f"reading map {m.name} failed: {errno_message(err)}")
+        raw = buf.raw
+        out.append((keys(raw_key), add_cpus(hist(raw[i * stride:]) for i in range(m.ncpus))))
+    return out
+
+
+class Connects(MapSource):
+    """connect's outcome count mode: a counter and a latency histogram per namespace,
+    outcome (and port with --port-labels), in the kernel; nothing per connect crosses
+    over."""
+
+    name = "connects"
+
+    def __init__(self, ctx: Context) -> None:
+        super().__init__(ctx)
+        self.tracer = _tracer("connect")
+        self.counts: dict[tuple[Any, ...], int] = ctx.netns.track({})
+        self.latency: dict[tuple[Any, ...], Log2Hist] = ctx.netns.track({})
+        self.waiting: dict[tuple[Any, ...], int] = ctx.netns.track({})
+
+    def open(self) -> None:
+        assert self.tracer is not None
+        self.obj = self.tracer.open(self.rodata(), max_entries={"latency": LATENCY_KEYS})
+
+    def rodata(self) -> dict[str, Any]:
+        from netsnoop.commands.connect import COUNT_LATENCY, COUNT_PORT, OUTCOME
+
+        return {"report_mode": OUTCOME, "count_only": 1,
+                "count_flags": COUNT_LATENCY | (COUNT_PORT if self.ctx.ports.enabled else 0)}
+
+    def _key(self, k: Any) -> tuple[Any, ...]:
+        return (self.ctx.netns.key(k.netns), conn.outcome(k.state, k.err).lower(), *self.ctx.ports.of(k.port))
+
+    def poll(self) -> None:
+        assert self.obj is not None
+        for k, v in self.taken("counts", "conn_count_key"):
+            key = self._key(k)
+            self.counts[key] = self.counts.get(key, 0) + struct.unpack_from("=Q", v)[0]
+        for k, h in take_hists(self.obj, "latency", "conn_count_key"):
+            key = self._key(k)
+            was = self.latency.get(key)
+            self.latency[key] = h if was is None else Log2Hist(
+                tuple(a + b for a, b in zip(was.slots, h.slots)), was.count + h.count, was.total + h.total)
+
+    def families(self) -> Iterator[Metric]:
+        label = self.ctx.netns.label
+        with_ports = self.ctx.ports.enabled
+        f = family("netsnoop_tcp_connects_total", with_ports)
+        for (ino, outcome, *port), n in sorted(self.counts.items(), key=str):
+            f.add_metric([label(ino), outcome, *port], n)
+        yield f
+        h = family("netsnoop_tcp_connect_duration_seconds", with_ports)
+        for (ino, outcome, *port), hist in sorted(self.latency.items(), key=str):
+            # slots of microseconds (ns / 1000), the sum in nanoseconds
+            buckets = log2_buckets(hist.slots, hist.count, 1e9, div=1000)
+            h.add_metric([label(ino), outcome, *port], [buckets[i] for i in CONNECT_SLOTS] + buckets[-1:],
+                         hist.total / 1e9)
+        yield h
+        yield self.pending()
+
+    def pending(self) -> Metric:
+        """The attempts the object remembers until they resolve (conn_owners: bounded,
+        LRU), per namespace and destination port. A gauge: a series once shown stays,
+        at 0 when nothing waits there (until its namespace's label goes)."""
+        assert self.obj is not None
+        owner = StructDecoder(self.obj.btf, "conn_owner").decode
+        waiting = dict.fromkeys(self.waiting, 0)
+        for _key, raw in self.obj.map("conn_owners").items():
+            o = owner(raw)
+            key = (self.ctx.netns.key(o.netns), *self.ctx.ports.of(o.rport))
+            waiting[key] = waiting.get(key, 0) + 1
+        self.waiting.update(waiting)
+        f = family("netsnoop_tcp_connects_pending", self.ctx.ports.enabled)
+        for (ino, *port), n in sorted(waiting.items(), key=str):
+            f.add_metric([self.ctx.netns.label(ino), *port], n)
+        return f
+
+
+class Accepts(MapSource):
+    """accept's count mode: a counter per namespace (and local port with
+    --port-labels) in the kernel."""
+
+    name = "accepts"
+
+    def __init__(self, ctx: Context) -> None:
+        super().__init__(ctx)
+        self.tracer = _tracer("accept")
+        self.counts: dict[tuple[Any, ...], int] = ctx.netns.track({})
+
+    def rodata(self) -> dict[str, Any]:
+        from netsnoop.commands.connect import COUNT_PORT
+
+        return {"count_only": 1, "count_flags": COUNT_PORT if self.ctx.ports.enabled else 0}
+
+    def poll(self) -> None:
+        for k, v in self.taken("counts", "conn_count_key"):
+            key = (self.ctx.netns.key(k.netns), *self.ctx.ports.of(k.port))
+            self.counts[key] = self.counts.get(key, 0) + struct.unpack_from("=Q", v)[0]
+
+    def families(self) -> Iterator[Metric]:
+        f = family("netsnoop_tcp_accepts_total", self.ctx.ports.enabled)
+        for (ino, *port), n in sorted(self.counts.items(), key=str):
+            f.add_metric([self.ctx.netns.label(ino), *port], n)
+        yield f
+
+
+class Resets(MapSource):
+    """Resets received, per namespace: overview's resets object (the kernel has no
+    counter of them; TcpOutRsts counts only those it sends)."""
+
+    name = "resets"
+
+    def __init__(self, ctx: Context) -> None:
+        super().__init__(ctx)
+        from netsnoop.commands.overview import RESETS
+
+        self.tracer = RESETS
+        self.counts: dict[tuple[int], int] = ctx.netns.track({})
+
+    def poll(self) -> None:
+        assert self.obj is not None
+        for k, v in take_all(self.obj.map("received")):
+            key = (self.ctx.netns.key(struct.unpack_from("=I", k)[0]),)
+            self.counts[key] = self.counts.get(key, 0) + struct.unpack_from("=Q", v)[0]
+
+    def families(self) -> Iterator[Metric]:
+        f = family("netsnoop_tcp_resets_received_total", False)
+        for (ino,), n in sorted(self.counts.items()):
+            f.add_metric([self.ctx.netns.label(ino)], n)
+        yield f
 
 
 class Drops(MapSource):
@@ -756,7 +790,7 @@ class Listeners(Source):
 
 
 SOURCE_CLASSES: dict[str, Callable[[Context], Source]] = {
-    "connects": Connects, "accepts": Accepts, "drops": Drops, "retrans": Retransmits, "bytes": Bytes,
+    "connects": Connects, "accepts": Accepts, "resets": Resets, "drops": Drops, "retrans": Retransmits, "bytes": Bytes,
     "rtt": Rtt, "backlog": Backlog, "netns": NetnsCounters, "listeners": Listeners,
 }
 
@@ -795,10 +829,10 @@ class Exporter:
                 s.close()
                 s.error = s.error or "closed"
 
-    def poll(self, rings_only: bool = False) -> None:
+    def poll(self) -> None:
         with self.lock:
             for s in self.sources:
-                if not s.error and (not rings_only or isinstance(s, RingSource)):
+                if not s.error:
                     self._guarded(s, s.poll)
 
     def _guarded(self, s: Source, fn: Callable[[], Any]) -> Any:

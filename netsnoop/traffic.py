@@ -81,15 +81,21 @@ def show_counts(
     out: OutputOptions,
     duration: float | None,
     banner: str,
+    total: str | None = None,
+    at_stop: Callable[[], list[tuple[Any, int]]] | None = None,
 ) -> None:
     """The -c mode: the kernel counts into the ``counts`` map (key ``key_struct``,
-    u64 value) until Ctrl-C or the duration; then one table, busiest first."""
+    u64 value) until Ctrl-C or the duration; then one table, busiest first. ``at_stop``
+    adds entries known only at the end (connects still pending); ``total`` names what
+    is counted, for a summary that also gives their sum (``3 connects``)."""
     ready(banner)
     wait(duration)
     decode = StructDecoder(obj.btf, key_struct).decode
     entries = [(decode(k), struct.unpack_from("=Q", v)[0]) for k, v in obj.map("counts").items()]
+    entries += at_stop() if at_stop else []
     entries.sort(key=lambda kv: kv[1], reverse=True)
     sink = make_sink(out, columns)
     sink.header()
     sink.write([row(key, n) for key, n in entries])
-    sink.summary({"flows": len(entries), **obj.health()})
+    sums = {total: sum(n for _key, n in entries)} if total else {}
+    sink.summary({"flows": len(entries), **sums, **obj.health()})

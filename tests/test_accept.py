@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import subprocess
 import sys
@@ -91,6 +92,46 @@ def test_n_accepts_give_n_rows_with_server_pid_and_client_ports() -> None:
     assert {(r["laddr"], r["lport"], r["raddr"], r["ip"]) for r in rows} == {("127.0.0.1", port, "127.0.0.1", 4)}
     assert all(isinstance(r[k], int) for r in rows for k in ("pid", "rport", "lport", "ip"))
     assert t.summary["lost_events"] == 0
+
+
+@integration
+def test_count_per_namespace_equals_the_accepts_made_and_passive_opens() -> None:
+    """-c -N b: the connections a listener in b accepted, counted per local address,
+    port and namespace; nstat's TcpPassiveOpens there counts one more, the connection
+    left in the queue (not accepted, so not counted). Accepts in a, the filter's
+    negative control, are not counted."""
+    from helpers import NetnsPair
+    from traffic_helpers import in_netns, nstat
+
+    n = 4
+    with NetnsPair() as net:
+        listeners = {}
+        for ns, host in ((net.a, net.addr_a), (net.b, net.addr_b)):
+            with in_netns(ns):
+                listeners[ns] = socket.socket()
+            listeners[ns].bind((host, 0))
+            listeners[ns].listen(8)
+        port_b = listeners[net.b].getsockname()[1]
+        inode_b = os.stat(f"/run/netns/{net.b}").st_ino
+        before = nstat(net, net.b, "TcpPassiveOpens")["TcpPassiveOpens"]
+        with Trace(["accept", "-c", "--json", "-N", net.b]) as t:
+            for client_ns, server_ns, host in ((net.a, net.b, net.addr_b),) * n + ((net.b, net.a, net.addr_a),) * 2:
+                with in_netns(client_ns):
+                    c = socket.socket()
+                with c:
+                    c.connect((host, listeners[server_ns].getsockname()[1]))
+                    listeners[server_ns].accept()[0].close()
+            with in_netns(net.a):
+                queued = socket.socket()  # completes the handshake, never accepted
+            queued.connect((net.addr_b, port_b))
+            after = nstat(net, net.b, "TcpPassiveOpens")["TcpPassiveOpens"]
+        queued.close()
+        for s in listeners.values():
+            s.close()
+    assert t.records == [{"laddr": net.addr_b, "lport": port_b, "accepts": n, "netns": net.b,
+                          "netns_inode": inode_b}]
+    assert after - before == n + 1
+    assert t.summary["accepts"] == n and t.summary["lost_events"] == 0
 
 
 @integration

@@ -19,6 +19,7 @@ from conn_helpers import assert_in_kernel
 from helpers import NETSNOOP, ROOT, NetnsPair, PayloadServer, Trace, closed_port, fetch, refused_connect
 
 from netsnoop.cli import cli
+from netsnoop.conn import filters as conn_filters
 from netsnoop.conn import outcome, row_of
 from netsnoop.output import Column
 
@@ -82,7 +83,7 @@ def test_rows_follow_the_columns() -> None:
 @pytest.mark.parametrize(
     "args",
     [
-        ["-c", "--outcome"],
+        ["-c", "--dns"],
         ["-u", "-1"],
         ["-P", "0"],
         ["-p", "x"],
@@ -251,7 +252,9 @@ def test_count_equals_the_connects_made() -> None:
     with PayloadServer() as srv, Trace(["connect", "-c", "--json", "-P", str(srv.port)]) as t:
         for _ in range(n):
             fetch("127.0.0.1", srv.port)
-    assert t.records == [{"laddr": "127.0.0.1", "raddr": "127.0.0.1", "rport": srv.port, "connects": n}]
+    host = os.stat("/proc/self/ns/net").st_ino
+    assert t.records == [{"laddr": "127.0.0.1", "raddr": "127.0.0.1", "rport": srv.port, "connects": n,
+                          "netns": "host", "netns_inode": host}]
     assert t.summary["connects"] == n and t.summary["lost_events"] == 0
 
 
@@ -261,9 +264,118 @@ def test_count_text_table() -> None:
     with Trace(["connect", "-c", "-P", str(port)]) as t:
         for _ in range(3):
             refused_connect("127.0.0.1", port)
-    assert t.lines[0].split() == ["LADDR", "RADDR", "RPORT", "CONNECTS"]
-    assert t.lines[1].split() == ["127.0.0.1", "127.0.0.1", str(port), "3"]
-    assert "3 connects, 0 lost events" in t.stderr
+    assert t.lines[0].split() == ["LADDR", "RADDR", "RPORT", "CONNECTS", "NETNS"]
+    assert t.lines[1].split() == ["127.0.0.1", "127.0.0.1", str(port), "3", "host"]
+    assert "1 flows, 3 connects, 0 lost events" in t.stderr
+
+
+@integration
+def test_count_outcome_per_namespace_equals_the_connects_made_and_nstat() -> None:
+    """-c --outcome in one namespace (-N): refused connects to a closed port and
+    established ones to a server, counted per outcome and namespace as the test made
+    them and as nstat counts them there (TcpActiveOpens, TcpAttemptFails); an attempt
+    whose SYN a firewall drops is PENDING at exit. The other namespace's connects, to
+    the same kind of ports, are not counted (the filter's negative control)."""
+    from traffic_helpers import in_netns, nft_input_chain
+    from traffic_helpers import nstat as nstat_of
+
+    refused, established = 4, 3
+    with NetnsPair() as net, nft_input_chain(net, net.b) as rule:
+        with in_netns(net.b):
+            server = PayloadServer(net.addr_b)
+            closed = socket.socket()
+            closed.bind((net.addr_b, 0))
+            silent = socket.socket()  # its SYNs are dropped: never answered
+            silent.bind((net.addr_b, 0))
+        with in_netns(net.a):
+            closed_a = socket.socket()
+            closed_a.bind((net.addr_a, 0))
+        closed_port_b, silent_port = closed.getsockname()[1], silent.getsockname()[1]
+        rule(f"tcp dport {silent_port} drop")
+        counters = ("TcpActiveOpens", "TcpAttemptFails")
+        before = nstat_of(net, net.a, *counters)
+        with server, Trace(["connect", "-c", "--outcome", "--json", "-N", net.a]) as t:
+            for _ in range(refused):
+                with in_netns(net.a):
+                    c = socket.socket()
+                with c, pytest.raises(ConnectionRefusedError):
+                    c.connect((net.addr_b, closed_port_b))
+            for _ in range(established):
+                with in_netns(net.a):
+                    c = socket.socket()
+                with c:
+                    c.connect((net.addr_b, server.port))
+            with in_netns(net.a):
+                waiting = socket.socket()
+            waiting.setblocking(False)
+            assert waiting.connect_ex((net.addr_b, silent_port)) == errno.EINPROGRESS
+            for _ in range(2):  # from b: not in the filtered namespace
+                with in_netns(net.b):
+                    c = socket.socket()
+                with c, pytest.raises(ConnectionRefusedError):
+                    c.connect((net.addr_a, closed_a.getsockname()[1]))
+            after = nstat_of(net, net.a, *counters)
+        waiting.close()
+        for s in (closed, silent, closed_a):
+            s.close()
+    got = {(r["netns"], r["raddr"], r["rport"], r["result"]): r["connects"] for r in t.records}
+    assert got == {
+        (net.a, net.addr_b, closed_port_b, "REFUSED"): refused,
+        (net.a, net.addr_b, server.port, "ESTABLISHED"): established,
+        (net.a, net.addr_b, silent_port, "PENDING"): 1,
+    }, t.records
+    assert {r["laddr"] for r in t.records} == {net.addr_a}
+    assert after["TcpActiveOpens"] - before["TcpActiveOpens"] == t.summary["connects"] == refused + established + 1
+    assert after["TcpAttemptFails"] - before["TcpAttemptFails"] == refused
+    assert t.summary["lost_events"] == 0
+
+
+@integration
+def test_count_mode_sends_no_ring_records() -> None:
+    """Counting 1000 connects puts nothing in the events ring and loses nothing; the
+    same object emitting rows (the positive control) hands over one record per
+    connect."""
+    from netsnoop.commands.connect import OUTCOME, TRACER
+
+    n = 1000
+    port = closed_port()
+    for count_only in (1, 0):
+        with TRACER.open({**conn_filters(rports=[port]), "report_mode": OUTCOME, "count_only": count_only},
+                         quiet=True) as obj:
+            for _ in range(n):
+                refused_connect("127.0.0.1", port)
+            ring, decoder = obj.ring_buffer(), obj.decoder("event")
+            records = []
+            while batch := ring.read_events(decoder):
+                records.extend(batch)
+            counted = sum(struct.unpack_from("=Q", v)[0] for _k, v in obj.map("counts").items())
+            lost = obj.health()["lost_events"]
+        if count_only:
+            assert (len(records), counted, lost) == (0, n, 0)
+        else:
+            assert (len(records), counted, lost) == (n, 0, 0)
+            assert {outcome(e.state, e.err) for e in records} == {"REFUSED"}
+
+
+@integration
+def test_a_full_count_map_counts_what_it_could_not_take_as_lost() -> None:
+    """Refused connects to five ports, one key each: a count map sized for two keys
+    keeps two and counts three lost; a latency map sized for one histogram keeps one
+    and counts four lost, while the counts (room enough) keep all five."""
+    from netsnoop.commands.connect import ATTEMPT, COUNT_LATENCY, COUNT_PORT, OUTCOME, TRACER
+
+    ports: list[int] = []
+    while len(ports) < 5:  # five different keys
+        ports += [p for p in [closed_port()] if p not in ports]
+    cases = [({"report_mode": ATTEMPT, "count_flags": COUNT_PORT}, {"counts": 2}, (2, 3)),
+             ({"report_mode": OUTCOME, "count_flags": COUNT_PORT | COUNT_LATENCY}, {"latency": 1}, (5, 4))]
+    for rodata, sizes, (kept, lost) in cases:
+        with TRACER.open({**conn_filters(rports=ports), "count_only": 1, **rodata}, max_entries=sizes,
+                         quiet=True) as obj:
+            for port in ports:
+                refused_connect("127.0.0.1", port)
+            counted = sum(struct.unpack_from("=Q", v)[0] for _k, v in obj.map("counts").items())
+            assert (counted, obj.health()["lost_events"]) == (kept, lost), rodata
 
 
 # A connect from namespace a to b, where b's firewall makes the SYN go unanswered (TIMEOUT)
@@ -384,7 +496,8 @@ def test_load_20000_connects_are_counted_exactly() -> None:
     lost = counted.summary["lost_events"]
     total = sum(r["connects"] for r in counted.records)
     assert total == n - lost and lost == 0
-    assert counted.records == [{"laddr": "127.0.0.1", "raddr": "127.0.0.1", "rport": port, "connects": n}]
+    assert [(r["laddr"], r["raddr"], r["rport"], r["connects"], r["netns"]) for r in counted.records] == [
+        ("127.0.0.1", "127.0.0.1", port, n, "host")]
     rows = [r for r in streamed.records if r["pid"] == os.getpid()]
     assert len(rows) == n - streamed.summary["lost_events"]
     assert streamed.summary["events"] == len(streamed.records) == len(rows)

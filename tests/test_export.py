@@ -155,7 +155,8 @@ def serve_scraped(*args: str) -> Scraped:
 @pytest.mark.skipif(PROMETHEUS is None and os.environ.get("CI") != "true",
                     reason="needs the prometheus server (apt package prometheus; make deps installs it)")
 def test_prometheus_sees_the_traffic_of_private_namespaces() -> None:
-    with NetnsPair() as net, nft_input_chain(net, net.b) as rule:
+    with NetnsPair() as net, nft_input_chain(net, net.b) as rule, NetnsPair() as rst, \
+            nft_input_chain(rst, rst.a) as rst_rule:
         a, b = net.a, net.b
         with in_netns(b):
             lossy = Sink(net.addr_b)  # a transfer that loses packets
@@ -173,19 +174,36 @@ def test_prometheus_sees_the_traffic_of_private_namespaces() -> None:
             net.exec(ns, f"ip link set dev {dev} gso_max_segs 1")
         rule(f"tcp dport {dropped.port} counter drop comment \"syn\"")
         rule(f"tcp dport {lossy.port} numgen inc mod 40 == 7 counter drop comment \"loss\"")
+        # resets: a second pair where only refused connects happen, every reset that
+        # arrives counted by nft
+        with in_netns(rst.b):
+            rst_closed = socket.socket()
+            rst_closed.bind((rst.addr_b, 0))
+        rst_rule("tcp flags & rst != 0 counter comment \"rst\"")
 
         with serve_scraped("--port-labels", ",".join(map(str, ports))) as stack:
             prom = stack.prom
             assert prom.settles_at('up{job="netsnoop"}', 1) == 1
-            before = {a: nstat(a), b: nstat(b)}
+            before = {ns: nstat(ns) for ns in (a, b, rst.a, rst.b)}
 
             # refused connects
             refused = 3
+            waited = 0.0  # the refused connect() calls' own time: their handshakes fit in it
             for _ in range(refused):
                 with in_netns(a):
                     c = socket.socket()
                 with c, pytest.raises(ConnectionRefusedError):
-                    c.connect((net.addr_b, closed_port))
+                    start = time.perf_counter()
+                    try:
+                        c.connect((net.addr_b, closed_port))
+                    finally:
+                        waited += time.perf_counter() - start
+            resets = 5
+            for _ in range(resets):
+                with in_netns(rst.a):
+                    c = socket.socket()
+                with c, pytest.raises(ConnectionRefusedError):
+                    c.connect((rst.addr_b, rst_closed.getsockname()[1]))
             # a SYN dropped by nft (and its retransmit, after the 1 s initial RTO)
             with in_netns(a):
                 syn = socket.socket()
@@ -211,12 +229,12 @@ def test_prometheus_sees_the_traffic_of_private_namespaces() -> None:
             queue = prom.settles_at(f'netsnoop_tcp_listener_queue_length{{netns="{b}",port="{full_port}"}}', 8)
             ss = net.exec(b, f"ss -Hltn sport = :{full_port}").stdout.split()
             # the connect whose SYNs nft drops is still waiting for an answer
-            assert prom.settles_at(f'netsnoop_tcp_connects_pending{{port="{dropped.port}"}}', 1) == 1
+            assert prom.settles_at(f'netsnoop_tcp_connects_pending{{netns="{a}",port="{dropped.port}"}}', 1) == 1
             syn.close()
             for c in clients:
                 c.close()
             time.sleep(0.3)  # the closes' own segments
-            after = {a: nstat(a), b: nstat(b)}
+            after = {ns: nstat(ns) for ns in (a, b, rst.a, rst.b)}
 
             def delta(ns: str, name: str) -> int:
                 return after[ns].get(name, 0) - before[ns].get(name, 0)
@@ -231,6 +249,7 @@ def test_prometheus_sees_the_traffic_of_private_namespaces() -> None:
             assert got == want == nstat(b)["TcpExtListenDrops"] - before[b]["TcpExtListenDrops"] > 0
             full.close()
             closed.close()
+            rst_closed.close()
             lossy.close()
             dropped.close()
 
@@ -249,13 +268,46 @@ def test_prometheus_sees_the_traffic_of_private_namespaces() -> None:
             assert prom.settles_at(connects % ("established", lossy.port), 1) == 1
             # the one that got no answer was closed by its owner: aborted, and no longer pending
             assert prom.settles_at(connects % ("aborted", dropped.port), 1) == 1
-            assert prom.settles_at(f'netsnoop_tcp_connects_pending{{port="{dropped.port}"}}', 0) == 0
+            assert prom.settles_at(f'netsnoop_tcp_connects_pending{{netns="{a}",port="{dropped.port}"}}', 0) == 0
             # the kernel's count of handshakes that failed there: the refused ones
             # (the attempt that got no answer was closed by its owner, not failed)
             assert delta(a, "TcpAttemptFails") == refused
-            latency = f'netsnoop_tcp_connect_duration_seconds_count{{netns="{a}",port="{lossy.port}"}}'
-            assert prom.value(latency) == 1
+            # and per namespace, all ports together: every connect the kernel counted as
+            # an active open there, the failed ones as its attempt fails; none from b
+            assert prom.value(f'sum(netsnoop_tcp_connects_total{{netns="{a}"}})') == delta(a, "TcpActiveOpens") \
+                == refused + 1 + len(clients) + 1
+            failed = f'sum(netsnoop_tcp_connects_total{{netns="{a}",outcome!~"established|aborted"}})'
+            assert prom.value(failed) == delta(a, "TcpAttemptFails")
+            assert prom.value(f'sum(netsnoop_tcp_connects_total{{netns="{b}"}})') is None
+            assert delta(b, "TcpActiveOpens") == 0
+            # latency histograms by outcome: one sample per connect
+            latency = 'netsnoop_tcp_connect_duration_seconds_count{netns="%s",outcome="%s",port="%s"}'
+            assert prom.value(latency % (a, "established", lossy.port)) == 1
+            assert prom.value(latency % (a, "refused", closed_port)) == refused
+            took = prom.value(f'netsnoop_tcp_connect_duration_seconds_sum{{netns="{a}",outcome="refused"}}')
+            assert took is not None and 0 < took < waited, (took, waited)
+            buckets = {m["le"]: v for m, v in prom.query(
+                f'netsnoop_tcp_connect_duration_seconds_bucket{{netns="{a}",outcome="refused"}}')}
+            assert buckets["+Inf"] == refused and len(buckets) == len(metrics.CONNECT_SLOTS) + 1, buckets
+            # log2 buckets: the first that holds all of them ends below twice the slowest
+            # (a microsecond of rounding; 32 us at least), which took no longer than all
+            # of them together
+            first = min(float(le) for le, v in buckets.items() if v == refused)
+            assert first <= max(2 * waited + 1e-6, 32e-6), (first, waited)
             assert prom.value(f'netsnoop_tcp_accepts_total{{netns="{b}",port="{lossy.port}"}}') == 1
+            # accepts: the passive opens there, less the connections left in the full
+            # listener's queue (opened, never accepted); none in a
+            assert prom.value(f'sum(netsnoop_tcp_accepts_total{{netns="{b}"}})') == \
+                delta(b, "TcpPassiveOpens") - (queue or 0) == 1
+            assert prom.value(f'sum(netsnoop_tcp_accepts_total{{netns="{a}"}})') is None
+
+            # resets received: the kernel keeps no counter of them; each refused connect
+            # of the second pair got one, nft counted them arriving, the peer's
+            # TcpOutRsts counted them sent; the peer itself received none
+            received = f'netsnoop_tcp_resets_received_total{{netns="{rst.a}"}}'
+            assert prom.settles_at(received, resets) == resets == nft_packets(rst, rst.a, "rst") \
+                == delta(rst.b, "TcpOutRsts") == delta(rst.a, "TcpAttemptFails")
+            assert prom.value(f'netsnoop_tcp_resets_received_total{{netns="{rst.b}"}}') is None
 
             # drops: what nft counted, under the kernel's reason, for that port
             for port, comment in ((dropped.port, "syn"), (lossy.port, "loss")):

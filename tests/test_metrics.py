@@ -18,7 +18,8 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from netsnoop import metrics
-from netsnoop.metrics import METRICS, Buckets, NetnsLabels, PortLabels, log2_buckets
+from netsnoop.hist import Log2Hist
+from netsnoop.metrics import METRICS, NetnsLabels, PortLabels, log2_buckets
 
 PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(PROMTOOL is None and os.environ.get("CI") != "true",
@@ -184,7 +185,7 @@ def test_netns_labels_stay_bounded_and_make_room_for_live_namespaces() -> None:
     for ino in dead[:2]:
         assert labels.key(ino) == ino
         counts[(ino, "refused")] = 1
-        latency[(ino,)] = Buckets((1.0,))
+        latency[(ino, "refused")] = Log2Hist((1,), 1, 1)
     # full: a namespace that still exists takes the place of the vanished ones, whose
     # series go from every tracked sum
     host = metrics.netns.HOST_NETNS_INODE
@@ -198,12 +199,7 @@ def test_netns_labels_stay_bounded_and_make_room_for_live_namespaces() -> None:
         assert labels.admitted == {host, other}
 
 
-def test_histogram_buckets_are_cumulative_with_exact_sum_and_count() -> None:
-    b = Buckets((0.001, 0.01, 0.1))
-    for v in (0.0005, 0.001, 0.005, 0.5, 2.0):
-        b.add(v)
-    assert b.cumulative() == [("0.001", 2), ("0.01", 3), ("0.1", 3), ("+Inf", 5)]
-    assert (b.total, round(b.sum, 6)) == (5, 2.5065)
+def test_histogram_buckets_are_cumulative_up_to_each_slots_largest_value() -> None:
     # hist.h slot i holds integers 2**i .. 2**(i+1) - 1 (slot 0: 0 and 1): a bucket's
     # bound is its largest value (so a value of 2 is not under le=2 unless it is);
     # the last slot also holds everything larger: +Inf
@@ -212,3 +208,6 @@ def test_histogram_buckets_are_cumulative_with_exact_sum_and_count() -> None:
     assert buckets[:3] == [("1e-06", 1), ("3e-06", 1), ("7e-06", 4)]
     assert buckets[-2] == (repr((2**31 - 1) / 1e6), 4) and buckets[-1] == ("+Inf", 6) and len(buckets) == 32
     assert log2_buckets((2, 1), 3)[:3] == [("1.0", 2), ("3.0", 3), ("7.0", 3)]
+    # slots of microseconds taken from nanoseconds (hist_add_scaled, div 1000): slot 0
+    # holds 0 .. 1999 ns, slot 1 2000 .. 3999 ns; the bounds are those in seconds
+    assert log2_buckets((1, 2), 3, 1e9, div=1000)[:2] == [(repr(1999 / 1e9), 1), (repr(3999 / 1e9), 3)]

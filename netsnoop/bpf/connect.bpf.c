@@ -1,37 +1,24 @@
 // SPDX-License-Identifier: GPL-2.0
 /* connect: every active TCP open (tcpconnect), reported when connect() starts it, once
- * its local port is known (-L), when it resolves (--outcome), or counted (-c). */
-#include "conn.h"
+ * its local port is known (-L), when it resolves (--outcome), or counted at either
+ * point (-c, -c --outcome, export). */
+#include "conn_count.h"
+#include "hist.h"
 
 enum report_mode {
 	REPORT_ATTEMPT = 0, /* at connect(): no local port yet */
 	REPORT_LPORT = 1,   /* when connect() returns or the handshake resolves */
 	REPORT_OUTCOME = 2, /* when the handshake resolves: state reached, sk_err, latency */
-	REPORT_COUNT = 3,   /* counted per (laddr, raddr, rport) in the kernel */
 };
 
+/* Rows, or with count_only counts (conn_count.h): attempts at connect() (-c), or
+ * outcomes once the handshake resolves (-c --outcome, export). */
 const volatile __u8 report_mode = REPORT_ATTEMPT;
 
-/* -c: one counter per local address, remote address and remote port. */
-struct count_key {
-	__u8 laddr[16];
-	__u8 raddr[16];
-	__u16 rport;
-	__u16 family;
-};
-EXPORT_STRUCT(count_key);
-
-struct count_value {
-	__u64 connects;
-};
-EXPORT_STRUCT(count_value);
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, struct count_key);
-	__type(value, struct count_value);
-} counts SEC(".maps");
+/* Time from connect() to the resolution, log2 of microseconds, per count key with its
+ * outcome (COUNT_LATENCY: export, whose keys hold no addresses). A per-CPU map is
+ * allocated whole on every CPU: one entry unless user space sizes it for use. */
+HIST_MAP(latency, struct conn_count_key, 1);
 
 /* -L: the socket each thread is connecting, until connect() returns. */
 struct {
@@ -41,31 +28,37 @@ struct {
 	__type(value, __u64);
 } connecting SEC(".maps");
 
-static __always_inline void count(const struct sock_tuple *t)
+/* One more connect under its key: an attempt (state 0), or how it resolved. */
+static __always_inline void count(const struct sock *sk, const struct sock_tuple *t, const struct conn_owner *o,
+				  __u8 state, __u64 now)
 {
-	struct count_key key = {};
+	struct conn_count_key key;
 
-	__builtin_memcpy(key.laddr, t->saddr, 16);
-	__builtin_memcpy(key.raddr, t->daddr, 16);
-	key.rport = t->dport;
-	key.family = t->family;
+	count_key_of(&key, t, o->netns, t->dport, true);
+	if (state) {
+		key.state = state;
+		key.err = state == TCP_ESTABLISHED ? 0 : conn_error(sk, o);
+	}
 	count_key(&counts, &key); /* a full table loses counts: reported as lost events */
+	if (state && (count_flags & COUNT_LATENCY))
+		hist_add_scaled(&latency, &key, now - o->start_ns, 1000);
 }
 
 static __always_inline int begin(void *ctx, const struct sock *sk, __u64 now)
 {
 	struct conn_owner o = {};
-	struct sock_tuple t = {}; /* whole: an IPv4 address fills 4 of its 16 bytes, -c keys on all */
+	struct sock_tuple t;
 	__u64 key = (__u64)sk;
 	__u32 tid;
 
 	if (!connect_begins(sk, &o, &t, now))
 		return 0;
 	switch (report_mode) {
-	case REPORT_COUNT:
-		count(&t);
-		return 0;
 	case REPORT_ATTEMPT:
+		if (count_only) {
+			count(sk, &t, &o, 0, now);
+			return 0;
+		}
 		return emit(ctx, sk, &t, &o, CONN_CONNECT, TCP_SYN_SENT, now);
 	case REPORT_LPORT:
 		tid = (__u32)bpf_get_current_pid_tgid();
@@ -84,8 +77,17 @@ static __always_inline int report(void *ctx, const struct sock *sk, __u8 state, 
 
 	if (!o)
 		return 0;
-	read_sock_tuple(sk, &t);
-	emit(ctx, sk, &t, o, CONN_CONNECT, state, now);
+	if (count_only) {
+		/* the ends as connect() saw them: the count keys on no local port */
+		__builtin_memcpy(t.saddr, o->laddr, 16);
+		__builtin_memcpy(t.daddr, o->raddr, 16);
+		t.dport = o->rport;
+		t.family = o->family;
+		count(sk, &t, o, state, now);
+	} else {
+		read_sock_tuple(sk, &t);
+		emit(ctx, sk, &t, o, CONN_CONNECT, state, now);
+	}
 	conn_forget(sk);
 	return 0;
 }

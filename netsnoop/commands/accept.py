@@ -9,13 +9,24 @@ import click
 from netsnoop import conn
 from netsnoop import options as o
 from netsnoop import where
+from netsnoop.fmt import addr
 from netsnoop.output import Column, OutputOptions
 from netsnoop.runner import Tracer
+from netsnoop.traffic import count_option, show_counts
 
 # accept() is missing on some architectures (arm64 has only accept4).
 TRACER = Tracer(
     "accept", optional=frozenset({"accept"}), costs={"accept": "connections returned by accept() are not shown"}
 )
+BANNER = "Tracing... Hit Ctrl-C to end."
+
+# -c: per local address, port and namespace (the listener's), then the namespace's inode in JSON
+COUNT_COLUMNS = [Column("LADDR", 25), Column("LPORT", 6), Column("ACCEPTS", 10), Column("NETNS"),
+                 Column("NETNS_INODE", text=False)]
+
+
+def count_row(k: Any, n: int) -> tuple[Any, ...]:
+    return addr(k.family, k.laddr), k.port, n, where.netns_label(k.netns), k.netns
 
 
 def columns(wide: bool, json: bool = True) -> list[Column]:
@@ -31,12 +42,13 @@ def columns(wide: bool, json: bool = True) -> list[Column]:
 @o.output_options(csv=False)
 @where.pids_option("only trace accepts made by these processes")
 @o.ports_option("-P", "--port", "ports", help="only trace these local ports (e.g. 80,81)")
+@count_option("count accepts per local address, port and namespace in the kernel, print on exit")
 @o.family_option
 @o.cgroup_option
 @where.netns_option
 @o.duration_option
-def command(out: OutputOptions, pids: list[int] | None, ports: Any, family: int | None, cgroup: int | None,
-            netns: list[int] | None, duration: float | None) -> None:
+def command(out: OutputOptions, pids: list[int] | None, ports: Any, count: bool, family: int | None,
+            cgroup: int | None, netns: list[int] | None, duration: float | None) -> None:
     """Trace TCP connections returned by accept(): passive opens that a process took.
 
     PID/COMM are the accepting process. Connections to a closed port, or ones still
@@ -44,7 +56,12 @@ def command(out: OutputOptions, pids: list[int] | None, ports: Any, family: int 
 
     NETNS is the connection's network namespace and CONTAINER the acceptor's
     container, pod or systemd unit (see -w; always in --json).
+
+    -c counts in the kernel, with no row per accept, and prints one table on exit.
     """
-    rodata = conn.filters(pids=pids, family=family, cgroup=cgroup, netns=netns, lports=ports)
+    rodata = {**conn.filters(pids=pids, family=family, cgroup=cgroup, netns=netns, lports=ports), "count_only": count}
     with TRACER.open(rodata) as obj:
-        conn.show(obj, columns(out.wide, out.json), out, duration, "Tracing... Hit Ctrl-C to end.")
+        if count:
+            show_counts(obj, "conn_count_key", COUNT_COLUMNS, count_row, out, duration, BANNER, total="accepts")
+        else:
+            conn.show(obj, columns(out.wide, out.json), out, duration, BANNER)

@@ -1,12 +1,12 @@
 """netsnoop connect: active TCP connects (bcc tcpconnect), failed ones too, with their
-outcome (--outcome) or counted per destination (-c)."""
+outcome (--outcome), or counted in the kernel per destination and namespace (-c)."""
 
 from __future__ import annotations
 
 import contextlib
 import math
 import time
-from typing import Any
+from typing import Any, Callable
 
 import click
 
@@ -16,18 +16,25 @@ from netsnoop import where
 from netsnoop.btf import StructDecoder
 from netsnoop.fmt import addr
 from netsnoop.loader import BPFObject
-from netsnoop.output import Column, OutputOptions, make_sink, write_table
-from netsnoop.runner import Tracer, ready, wait
+from netsnoop.output import Column, OutputOptions
+from netsnoop.runner import Tracer
+from netsnoop.traffic import show_counts
 
-# sys_exit_connect only makes -L rows appear before the handshake resolves; without
-# sys_enter_getsockopt (so_error), an attempt whose owner took its soft error with
-# SO_ERROR before closing shows as ABORTED.
-TRACER = Tracer("connect", optional=frozenset({"connect_exit", "so_error"}))
+# sys_exit_connect only makes -L rows appear before the handshake resolves (not loaded
+# when counting); without sys_enter_getsockopt (so_error), an attempt whose owner took
+# its soft error with SO_ERROR before closing shows as ABORTED.
+TRACER = Tracer("connect", optional=frozenset({"connect_exit", "so_error"}), rows_only=frozenset({"connect_exit"}))
 BANNER = "Tracing connect ... Hit Ctrl-C to end"
-# enum report_mode in connect.bpf.c
-ATTEMPT, LPORT, OUTCOME, COUNT = range(4)
+# enum report_mode in connect.bpf.c; enum count_flags in conn_count.h
+ATTEMPT, LPORT, OUTCOME = range(3)
+COUNT_ADDRS, COUNT_PORT, COUNT_LATENCY = 1, 2, 4
 
-COUNT_COLUMNS = [Column("LADDR", 25), Column("RADDR", 25), Column("RPORT", 20), Column("CONNECTS")]
+
+def count_columns(outcome: bool) -> list[Column]:
+    """bcc's -c table, RESULT with --outcome, then the namespace (its inode in JSON)."""
+    return [Column("LADDR", 25), Column("RADDR", 25), Column("RPORT", 20),
+            *([Column("RESULT", 15)] if outcome else []), Column("CONNECTS", 10), Column("NETNS"),
+            Column("NETNS_INODE", text=False)]
 
 
 # bcc's `tcpconnect -d` traces DNS lookups; here -d is the duration, as everywhere in
@@ -67,14 +74,15 @@ def columns(uid: bool, lport: bool, outcome: bool, wide: bool = False, json: boo
     return cols + where.columns(wide, json)
 
 
-def count_rows(obj: BPFObject) -> list[tuple[Any, ...]]:
-    """The kernel's per-destination counters, busiest first."""
-    key, value = StructDecoder(obj.btf, "count_key"), StructDecoder(obj.btf, "count_value")
-    rows = []
-    for raw_key, raw_value in obj.map("counts").items():
-        k = key.decode(raw_key)
-        rows.append((addr(k.family, k.laddr), addr(k.family, k.raddr), k.rport, value.decode(raw_value).connects))
-    return sorted(rows, key=lambda r: (-r[3], r[:3]))
+def count_row(outcome: bool) -> Callable[[Any, int], tuple[Any, ...]]:
+    """A row of :func:`count_columns` from a ``conn_count_key`` and its count."""
+
+    def row(k: Any, n: int) -> tuple[Any, ...]:
+        result = (conn.outcome(k.state, k.err),) if outcome else ()
+        return (addr(k.family, k.laddr), addr(k.family, k.raddr), k.port, *result, n, where.netns_label(k.netns),
+                k.netns)
+
+    return row
 
 
 def pending(obj: BPFObject) -> list[Any]:
@@ -91,13 +99,18 @@ def pending(obj: BPFObject) -> list[Any]:
     ]
 
 
-def show_counts(obj: BPFObject, out: OutputOptions, duration: float | None) -> None:
-    """-c: count in the kernel until stopped, then one table (nothing per connect)."""
-    ready(BANNER)
-    wait(duration)
-    rows = count_rows(obj)
-    write_table(out, COUNT_COLUMNS, rows)
-    make_sink(out, COUNT_COLUMNS).summary({"connects": sum(r[3] for r in rows), **obj.health()})
+def pending_counts(obj: BPFObject) -> list[tuple[Any, int]]:
+    """-c --outcome: the attempts still unanswered when counting stops, counted as
+    PENDING per destination (their count keys, in SYN_SENT)."""
+    owner, key = StructDecoder(obj.btf, "conn_owner").decode, StructDecoder(obj.btf, "conn_count_key").type
+    waiting: dict[tuple[Any, ...], int] = {}
+    for _key, raw in obj.map("conn_owners").items():
+        o = owner(raw)
+        k = (o.netns, o.family, o.laddr, o.raddr, o.rport)
+        waiting[k] = waiting.get(k, 0) + 1
+    return [(key(laddr=laddr, raddr=raddr, netns=ino, err=0, port=port, family=family, state=conn.TCP_SYN_SENT,
+                 pad=b"\0" * 3), n)
+            for (ino, family, laddr, raddr, port), n in waiting.items()]
 
 
 @click.command("connect")
@@ -107,7 +120,9 @@ def show_counts(obj: BPFObject, out: OutputOptions, duration: float | None) -> N
 @click.option("-u", "--uid", type=click.IntRange(0, 0xFFFFFFFE), default=None, help="only trace this UID")
 @click.option("-U", "--print-uid", is_flag=True, help="include a UID column")
 @click.option("-L", "--lport", is_flag=True, help="include the local port (LPORT)")
-@click.option("-c", "--count", is_flag=True, help="count connects per source and destination, print on exit")
+@click.option("-c", "--count", is_flag=True,
+              help="count connects per source, destination and namespace in the kernel, print on exit "
+                   "(with --outcome: per outcome)")
 @click.option("--outcome", is_flag=True, help="one row per attempt once it resolves: RESULT and LAT(ms)")
 @click.option("--dns", "dns_names", is_flag=True, help="add NAME: the host name last resolved to DADDR (answers seen)")
 @o.family_option
@@ -136,22 +151,25 @@ def command(out: OutputOptions, pids: list[int] | None, ports: Any, uid: int | N
     NETNS is the connection's network namespace and CONTAINER the connecting process's
     container, pod or systemd unit (see -w; always in --json).
 
+    -c counts in the kernel, with no row per connect, and prints one table on exit:
+    connects per local address, destination and namespace as connect() starts them;
+    with --outcome, per outcome once each resolves (PENDING: still unanswered then).
+
     --dns adds NAME: the host name this machine last resolved to DADDR, learnt from
     the DNS answers local sockets receive (in that namespace) while tracing; no answer
     seen, no name. bcc's -d (DNS) is --dns here: -d is the duration, as everywhere.
     """
-    if count and outcome:
-        raise click.UsageError("-c/--count and --outcome cannot be combined")
-    mode = COUNT if count else OUTCOME if outcome else LPORT if lport else ATTEMPT
-    rodata = {
-        **conn.filters(pids=pids, family=family, cgroup=cgroup, uid=uid, netns=netns, rports=ports),
-        "report_mode": mode,
-    }
     if count and dns_names:
         raise click.UsageError("-c/--count and --dns cannot be combined")
+    rodata = {
+        **conn.filters(pids=pids, family=family, cgroup=cgroup, uid=uid, netns=netns, rports=ports),
+        "report_mode": OUTCOME if outcome else LPORT if lport and not count else ATTEMPT,
+        "count_only": count,
+    }
     with TRACER.open(rodata) as obj, (dns.Watcher() if dns_names else contextlib.nullcontext()) as names:
         if count:
-            show_counts(obj, out, duration)
+            show_counts(obj, "conn_count_key", count_columns(outcome), count_row(outcome), out, duration, BANNER,
+                        total="connects", at_stop=(lambda: pending_counts(obj)) if outcome else None)
         else:
             at_stop = (lambda: pending(obj)) if outcome else None
             conn.show(obj, columns(print_uid, lport, outcome, out.wide, out.json), out, duration, BANNER, at_stop,

@@ -14,8 +14,7 @@ from netsnoop.output import OutputOptions, make_sink
 from netsnoop.runner import StopFlag, ready, warn
 
 DEFAULT_LISTEN = "127.0.0.1:9435"
-POLL_S = 0.1  # how often the connection records are read: the ring must not fill meanwhile
-DRAIN_S = 1.0  # how often the per-flow kernel maps are emptied: they must not fill either
+DRAIN_S = 1.0  # how often the kernel's count maps are emptied: they must not fill meanwhile
 MAX_PORT_LABELS = 64
 
 
@@ -113,12 +112,13 @@ def command(listen: tuple[str, int], sources: list[str] | None, ports: list[int]
     OpenMetrics, as the scraper asks) until stopped.
 
     Everything is counted in the kernel and read when Prometheus scrapes: connects by
-    outcome and their latency, accepts, drops by kernel reason, retransmits, bytes, RTT
-    and accept queue lengths (the BPF programs of connect, accept, drop -c, retrans -c,
-    top, rtt and synbl, in their counting modes), and each network namespace's own
-    counters and listeners (read inside every namespace, as nstat and ss would show
-    them there). netsnoop's own health comes along: events it could not count, hook
-    runs the kernel skipped, the hook kind of each group.
+    outcome and their latency, accepts, resets received, drops by kernel reason,
+    retransmits, bytes, RTT and accept queue lengths (the BPF programs of connect -c
+    --outcome, accept -c, overview's resets, drop -c, retrans -c, top, rtt and synbl),
+    and each network namespace's own counters and listeners (read inside every
+    namespace, as nstat and ss would show them there). netsnoop's own health comes
+    along: events it could not count, hook runs the kernel skipped, the hook kind of
+    each group.
 
     Labels are bounded: netns (at most --max-netns values, then "other"), outcome and
     reason (kernel enums), listeners' ports (at most --max-listeners listeners), and a
@@ -159,14 +159,9 @@ def command(listen: tuple[str, int], sources: list[str] | None, ports: list[int]
 
 
 def run(exporter: Any, duration: float | None) -> None:
-    """Read the connection records often and empty the flow maps every second, until
+    """Empty the kernel's count maps every second (and at each scrape), until
     SIGINT/SIGTERM or the duration."""
-    next_drain = time.monotonic() + DRAIN_S
     with StopFlag(duration) as stop:
         while not stop:
-            time.sleep(POLL_S if stop.deadline is None else min(POLL_S, max(0.0, stop.deadline - time.monotonic())))
-            if time.monotonic() >= next_drain:
-                exporter.poll()
-                next_drain += DRAIN_S
-            else:
-                exporter.poll(rings_only=True)
+            time.sleep(DRAIN_S if stop.deadline is None else min(DRAIN_S, max(0.0, stop.deadline - time.monotonic())))
+            exporter.poll()
