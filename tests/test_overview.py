@@ -233,3 +233,41 @@ def test_dns_names_go_with_flows_destinations_and_findings_only_where_resolved()
 def test_a_namespace_whose_inode_was_reused_meanwhile_gives_no_deltas() -> None:
     report = build_report(snapshot(0, [], 9), snapshot(2, [], 4), Evidence(), {})
     assert report["tcp"] == [] and report["namespaces"] == 0
+
+
+PING_PONG = r"""
+import select, socket, sys, threading, time
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen()
+def serve():
+    c, _ = s.accept()
+    while b := c.recv(1):
+        c.sendall(b)
+threading.Thread(target=serve, daemon=True).start()
+c = socket.create_connection(s.getsockname())
+c.sendall(b"x"); c.recv(1)
+print("ready", flush=True)
+while not select.select([sys.stdin], [], [], 0.005)[0]:  # until told to stop
+    c.sendall(b"x"); c.recv(1)
+"""
+
+
+@pytest.mark.integration
+def test_rtt_samples_are_kept_per_namespace() -> None:
+    """Loopback traffic in one namespace gives that namespace RTT samples to 127.0.0.1;
+    the other namespace, where nothing talks, gets none for the same address."""
+    from netsnoop.commands.overview import gather
+
+    with NetnsPair() as pair:
+        busy = subprocess.Popen(["ip", "netns", "exec", pair.a, sys.executable, "-c", PING_PONG],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert busy.stdout is not None and busy.stdout.readline().strip() == "ready"
+            _before, after, evidence = gather(1.0, lambda elapsed: None)
+        finally:
+            assert busy.stdin is not None
+            busy.stdin.close()
+            busy.wait(10)
+        inode = {ns.label: ino for ino, ns in after.spaces.items()}
+        assert "rtt" not in evidence.unavailable
+        assert evidence.rtt[(inode[pair.a], "127.0.0.1")].count > 0
+        assert (inode[pair.b], "127.0.0.1") not in evidence.rtt
