@@ -169,7 +169,7 @@ def test_a_healthy_scene_has_no_finding_in_its_namespaces() -> None:
         # positive control: the healthy connect was seen, established, with its owner
         seen = [c for c in report["connects"] if c["netns"] == pair.a]
         assert [(c["remote"], c["attempts"], c["failures"], c["pid"]) for c in seen] == [
-            (f"{pair.addr_b}:8001", 1, {}, client_pid)]
+            (f"{pair.addr_b}:8001", 1, {}, client_pid)], (report["lost_events"], len(report["connects"]))
         assert {t["netns"]: t["active_opens"] for t in report["tcp"]}[pair.a] == (
             after[pair.a]["TcpActiveOpens"] - before[pair.a]["TcpActiveOpens"] == 1)
 
