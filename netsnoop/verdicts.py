@@ -378,6 +378,9 @@ class Facts:
     queue_static: dict[tuple[int, str, int], float] = field(default_factory=dict)  # listener -> s without shrinking
     reason_names: dict[int, str] = field(default_factory=dict)  # skb_drop_reason value -> name
     ifnames: dict[tuple[int, int], str] = field(default_factory=dict)  # (netns, ifindex) -> name
+    # --dns: (address, netns inode) -> the host name last resolved to it there, or None;
+    # unset when names were not asked for
+    name_of: Callable[[str, int], str | None] | None = None
     now_ns: int = 0
     grace_s: float = 1.0
     ended: bool = False  # the trace is over: what is still open is final
@@ -859,18 +862,30 @@ class Group:
             v.figures["latency_ms"] for v in self.verdicts if v.figures.get("latency_ms") is not None
         ]
 
+    def server_name(self, facts: Facts) -> str | None:
+        """The host name this machine last resolved to the server's address, where the
+        client asked (its namespace; the verdict's when the client is not on this host)."""
+        if facts.name_of is None:
+            return None
+        v = self.first
+        client = v.flow.client
+        return facts.name_of(v.flow.server[0], client.netns if client is not None and client.netns else v.netns)
+
     def headline(self, facts: Facts) -> str:
         addr, port = self.first.flow.server
         n, clients = self.attempts, self.clients
         count = (f"x{len(clients)} client{'s' if len(clients) > 1 else ''}, {n} attempt{'s' if n > 1 else ''}, "
                  f"{self.syns} SYN{'s' if self.syns != 1 else ''}")
-        return f"{self.name}  {addr}:{port} {_in_ns(facts, self.first.netns)} ({count})"
+        name = self.server_name(facts)
+        named = f" ({name})" if name else ""
+        return f"{self.name}  {addr}:{port}{named} {_in_ns(facts, self.first.netns)} ({count})"
 
     def record(self, facts: Facts) -> dict[str, Any]:
         v = self.first
         lats = self.all_latencies
         out = {"type": "verdict", "verdict": v.name, "netns": facts.label(v.netns), "netns_inode": v.netns,
-               "address": v.flow.server[0], "port": v.flow.server[1], "clients": self.clients,
+               "address": v.flow.server[0], "port": v.flow.server[1],
+               **({"name": self.server_name(facts)} if facts.name_of is not None else {}), "clients": self.clients,
                "attempts": self.attempts, "syns": self.syns, "why": v.why, "evidence": v.evidence,
                "next": v.next_step or None, **{k: x for k, x in v.figures.items() if k not in ("syns",)}}
         if lats:

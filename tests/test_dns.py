@@ -689,3 +689,58 @@ def test_top_dns_names_the_resolved_remote_end_and_no_other(pair: NetnsPair, mon
         header = next(line for line in text.lines if line.startswith("PID"))
         rows = [line.split() for line in text.lines if f":{APP_PORT}" in line]
         assert header.split()[-1] == "NAME" and rows and {r[-1] for r in rows} == {"web.test"}
+
+
+@integration
+def test_why_dns_names_the_resolved_server_and_no_other(pair: NetnsPair, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NETSNOOP_HOOKS", raising=False)
+    probe = DnsNet(pair, {})
+    with DnsNet(pair, {"web.test": {"a": [probe.host(10)]}}) as net:
+        with Trace(["why", "--dns", "--json", "-P", str(APP_PORT)]) as t:
+            out = net.client(resolve=[("web.test", socket.AF_INET)], bare=[net.host(30)])
+        assert out["resolved"] == {"web.test": [net.host(10)]}
+        verdicts = {r["address"]: (r["verdict"], r["name"]) for r in t.records if r["type"] == "verdict"}
+        # the resolved server is named; the one nobody resolved (the positive control's twin) is not
+        assert verdicts == {net.host(10): ("OK", "web.test"), net.host(30): ("OK", None)}
+        assert t.summary["dns"]["names_learnt"] >= 1
+        with Trace(["why", "--dns", "-P", str(APP_PORT)]) as text:
+            net.client(resolve=[("web.test", socket.AF_INET)], bare=[net.host(30)])
+            # the live verdict lines come once the attempts are settled (the run's end says only OK)
+            servers = [f"{net.host(10)}:{APP_PORT}", f"{net.host(30)}:{APP_PORT}"]
+            deadline = time.monotonic() + 15
+            while not all(f" {x} " in "".join(text._out) for x in servers) and time.monotonic() < deadline:
+                time.sleep(0.1)
+        heads = {line.split()[2]: line.split()[3] for line in text.lines if " OK  " in line}
+        # no name for the other: "in netns ..." follows its address
+        assert heads == {servers[0]: "(web.test)", servers[1]: "in"}, text.stdout
+
+
+@integration
+def test_overview_dns_names_the_resolved_destination_and_no_other(pair: NetnsPair,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from helpers import NETSNOOP, ROOT
+
+    from netsnoop.commands.overview import render
+
+    monkeypatch.delenv("NETSNOOP_HOOKS", raising=False)
+    probe = DnsNet(pair, {})
+    with DnsNet(pair, {"web.test": {"a": [probe.host(10)]}}) as net:
+        view = subprocess.Popen(NETSNOOP + ["overview", "--dns", "--json", "-d", "4"], cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert view.stderr is not None
+        line = view.stderr.readline()
+        assert line.startswith("Sampling"), line + view.stderr.read()
+        out = net.client(resolve=[("web.test", socket.AF_INET)], bare=[net.host(30)])
+        stdout, stderr = view.communicate(timeout=30)
+        assert view.returncode in (0, 1), stderr
+    assert out["resolved"] == {"web.test": [net.host(10)]}
+    report = json.loads(stdout)
+    mine = {c["remote"]: (c["attempts"], c["name"]) for c in report["connects"] if c["netns"] == pair.b}
+    # the resolved destination is named; the one nobody resolved (the positive control's twin) is not
+    assert mine == {f"{net.host(10)}:{APP_PORT}": (1, "web.test"), f"{net.host(30)}:{APP_PORT}": (1, None)}
+    assert report["dns"]["names_learnt"] >= 1
+    # the text screen of that very report, to our namespace's rows (other tests' may fill the top rows)
+    screen = render({**report, "connects": [c for c in report["connects"] if c["netns"] == pair.b]})
+    assert any(f"{pair.b} {net.host(10)}:{APP_PORT} (web.test) " in x for x in screen)
+    assert any(f"{pair.b} {net.host(30)}:{APP_PORT} " in x for x in screen)
+    assert not any(f"{net.host(30)}:{APP_PORT} (" in x for x in screen)

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from helpers import NETSNOOP, ROOT, NetnsPair
-from netsnoop.commands.overview import Evidence, Snapshot, build_report
+from netsnoop.commands.overview import Evidence, Snapshot, build_report, render
 from netsnoop import netns
 from traffic_helpers import nft_input_chain
 
@@ -169,7 +169,7 @@ def test_a_healthy_scene_has_no_finding_in_its_namespaces() -> None:
         # positive control: the healthy connect was seen, established, with its owner
         seen = [c for c in report["connects"] if c["netns"] == pair.a]
         assert [(c["remote"], c["attempts"], c["failures"], c["pid"]) for c in seen] == [
-            (f"{pair.addr_b}:8001", 1, {}, client_pid)]
+            (f"{pair.addr_b}:8001", 1, {}, client_pid)], (report["lost_events"], len(report["connects"]))
         assert {t["netns"]: t["active_opens"] for t in report["tcp"]}[pair.a] == (
             after[pair.a]["TcpActiveOpens"] - before[pair.a]["TcpActiveOpens"] == 1)
 
@@ -194,16 +194,80 @@ def test_a_flow_open_at_both_ends_gets_its_bytes_owner_and_rtt_quantiles() -> No
         return netns.DiagSocket(2, 1, "10.0.0.1", 5000, "10.0.0.2", 80, 0, 0, 0, 21, rtt_us=300,
                                 bytes_acked=acked, bytes_received=received)
 
-    # RTT samples: 60 in slot 4 (16-31 us), 39 in slot 7 (128-255), 1 in slot 9 (512-1023)
+    # RTT samples in its namespace (7): 60 in slot 4 (16-31 us), 39 in slot 7 (128-255), 1 in
+    # slot 9 (512-1023); another namespace's samples to the same address (slot 12) are not its
     slots = tuple([0] * 4 + [60, 0, 0, 39, 0, 1])
-    evidence = Evidence(rtt={"10.0.0.2": Log2Hist(slots, count=100, total=0)})
+    evidence = Evidence(rtt={(7, "10.0.0.2"): Log2Hist(slots, count=100, total=0),
+                             (8, "10.0.0.2"): Log2Hist(tuple([0] * 12 + [500]), count=500, total=0)})
     report = build_report(snapshot(0, [sock(1000, 50)], 0), snapshot(2, [sock(9000, 250)], 0), evidence,
                           {21: netns.Owner(7, "client")})
     (flow,) = report["flows"]
     assert (flow["bytes_sent"], flow["bytes_received"], flow["pid"], flow["comm"]) == (8000, 200, 7, "client")
     assert (flow["rtt_p50_us_at_most"], flow["rtt_p99_us_at_most"]) == (31, 255)
+    assert "name" not in flow  # no --dns, no name key
+
+
+def test_dns_names_go_with_flows_destinations_and_findings_only_where_resolved() -> None:
+    def sock(raddr: str, acked: int) -> netns.DiagSocket:
+        return netns.DiagSocket(2, 1, "10.0.0.1", 5000, raddr, 80, 0, 0, 0, 21, rtt_us=300,
+                                bytes_acked=acked, bytes_received=0)
+
+    def attempt(remote: str, outcome: str, name: str | None) -> dict:
+        return {"netns": "x", "remote": remote, "name": name, "outcome": outcome, "latency_ms": 0.1,
+                "pid": 5, "comm": "curl"}
+
+    evidence = Evidence(
+        connects=[attempt("10.0.0.2:80", "REFUSED", "api.test"), attempt("10.0.0.3:80", "REFUSED", None)],
+        names={(7, "10.0.0.2"): "api.test", (7, "10.0.0.3"): None})
+    report = build_report(snapshot(0, [sock("10.0.0.2", 0), sock("10.0.0.3", 0)], 0),
+                          snapshot(2, [sock("10.0.0.2", 10), sock("10.0.0.3", 20)], 0), evidence, {})
+    assert {f["remote"]: f["name"] for f in report["flows"]} == {"10.0.0.2:80": "api.test", "10.0.0.3:80": None}
+    assert {c["remote"]: c["name"] for c in report["connects"]} == {"10.0.0.2:80": "api.test", "10.0.0.3:80": None}
+    texts = sorted(f["text"] for f in report["findings"] if f["kind"] == "connect_failed")
+    assert texts == ["1 connect to 10.0.0.2:80 (api.test) REFUSED in x (curl, pid 5)",
+                     "1 connect to 10.0.0.3:80 REFUSED in x (curl, pid 5)"]
+    screen = "\n".join(render(report))
+    assert "x 10.0.0.2:80 (api.test)" in screen and "10.0.0.3:80 (" not in screen
 
 
 def test_a_namespace_whose_inode_was_reused_meanwhile_gives_no_deltas() -> None:
     report = build_report(snapshot(0, [], 9), snapshot(2, [], 4), Evidence(), {})
     assert report["tcp"] == [] and report["namespaces"] == 0
+
+
+PING_PONG = r"""
+import select, socket, sys, threading, time
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen()
+def serve():
+    c, _ = s.accept()
+    while b := c.recv(1):
+        c.sendall(b)
+threading.Thread(target=serve, daemon=True).start()
+c = socket.create_connection(s.getsockname())
+c.sendall(b"x"); c.recv(1)
+print("ready", flush=True)
+while not select.select([sys.stdin], [], [], 0.005)[0]:  # until told to stop
+    c.sendall(b"x"); c.recv(1)
+"""
+
+
+@pytest.mark.integration
+def test_rtt_samples_are_kept_per_namespace() -> None:
+    """Loopback traffic in one namespace gives that namespace RTT samples to 127.0.0.1;
+    the other namespace, where nothing talks, gets none for the same address."""
+    from netsnoop.commands.overview import gather
+
+    with NetnsPair() as pair:
+        busy = subprocess.Popen(["ip", "netns", "exec", pair.a, sys.executable, "-c", PING_PONG],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert busy.stdout is not None and busy.stdout.readline().strip() == "ready"
+            _before, after, evidence = gather(1.0, lambda elapsed: None)
+        finally:
+            assert busy.stdin is not None
+            busy.stdin.close()
+            busy.wait(10)
+        inode = {ns.label: ino for ino, ns in after.spaces.items()}
+        assert "rtt" not in evidence.unavailable
+        assert evidence.rtt[(inode[pair.a], "127.0.0.1")].count > 0
+        assert (inode[pair.b], "127.0.0.1") not in evidence.rtt

@@ -10,6 +10,7 @@ the command to run next.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import struct
@@ -17,11 +18,11 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import click
 
-from netsnoop import netns
+from netsnoop import dns, netns
 from netsnoop import options as o
 from netsnoop.errors import NetsnoopError
 from netsnoop.commands.drop import NORMAL_LABEL, NORMAL_REASONS
@@ -94,7 +95,10 @@ class Evidence:
 
     connects: list[dict[str, Any]] = field(default_factory=list)
     drops: list[dict[str, Any]] = field(default_factory=list)  # netns, netns_inode, reason, count
-    rtt: dict[str, Any] = field(default_factory=dict)  # remote address -> Log2Hist of RTT samples (us)
+    rtt: dict[tuple[int, str], Any] = field(default_factory=dict)  # (netns inode, remote address) -> Log2Hist (us)
+    # --dns: (netns inode, remote address) -> the name last resolved to it there, for the
+    # sockets of the end snapshot; None when names were not asked for (no "name" keys then)
+    names: dict[tuple[int, str], str | None] | None = None
     resets_received: dict[int, int] = field(default_factory=dict)  # namespace inode -> resets
     lost_events: int = 0
     unavailable: dict[str, str] = field(default_factory=dict)
@@ -185,9 +189,11 @@ def build_report(before: Snapshot, after: Snapshot, evidence: Evidence,
                 continue
             sent, received = s.bytes_acked - prev.bytes_acked, (s.bytes_received or 0) - (prev.bytes_received or 0)
             if sent or received:
-                samples = evidence.rtt.get(s.raddr)
+                samples = evidence.rtt.get((ino, s.raddr))
                 flows.append({"netns": ns.label, "netns_inode": ino, "local": _endpoint(s.laddr, s.lport),
-                              "remote": _endpoint(s.raddr, s.rport), "bytes_sent": sent, "bytes_received": received,
+                              "remote": _endpoint(s.raddr, s.rport),
+                              **({"name": evidence.names.get((ino, s.raddr))} if evidence.names is not None else {}),
+                              "bytes_sent": sent, "bytes_received": received,
                               "srtt_ms": (s.rtt_us or 0) / 1000,
                               "rtt_p50_us_at_most": slot_percentile(samples, 0.5) if samples else None,
                               "rtt_p99_us_at_most": slot_percentile(samples, 0.99) if samples else None,
@@ -218,6 +224,8 @@ def build_report(before: Snapshot, after: Snapshot, evidence: Evidence,
         key = (c["netns"], c["remote"])
         dst = destinations.setdefault(key, {"netns": c["netns"], "remote": c["remote"], "attempts": 0,
                                             "latencies_ms": [], "failures": Counter(), "owners": Counter()})
+        if "name" in c:  # the name last resolved to it when an attempt was made
+            dst["name"] = c["name"] or dst.get("name")
         dst["attempts"] += 1
         dst["owners"][(c["pid"], c["comm"])] += 1
         if c["outcome"] == "ESTABLISHED":
@@ -227,7 +235,8 @@ def build_report(before: Snapshot, after: Snapshot, evidence: Evidence,
     connects = []
     for dst in sorted(destinations.values(), key=lambda x: (-sum(x["failures"].values()), -x["attempts"])):
         (pid, name), _n = dst["owners"].most_common(1)[0]
-        connects.append({"netns": dst["netns"], "remote": dst["remote"], "attempts": dst["attempts"],
+        connects.append({"netns": dst["netns"], "remote": dst["remote"],
+                         **({"name": dst["name"]} if "name" in dst else {}), "attempts": dst["attempts"],
                          "p50_ms": percentile(dst["latencies_ms"], 0.5),
                          "p99_ms": percentile(dst["latencies_ms"], 0.99),
                          "failures": dict(dst["failures"]), "pid": pid, "comm": name})
@@ -262,9 +271,9 @@ def findings(report: dict[str, Any]) -> list[dict[str, Any]]:
                 queue=li["queue"], limit=li["limit"], listen_overflows=li["namespace_listen_overflows"])
     for c in report["connects"]:
         for outcome, n in sorted(c["failures"].items()):
-            add("connect_failed", f"{n} connect{'s' if n > 1 else ''} to {c['remote']} {outcome} in {c['netns']} "
+            add("connect_failed", f"{n} connect{'s' if n > 1 else ''} to {_remote(c)} {outcome} in {c['netns']} "
                 f"({_owner(c)})", "netsnoop connect --outcome", netns=c["netns"], remote=c["remote"],
-                outcome=outcome, count=n, pid=c["pid"])
+                **({"name": c["name"]} if "name" in c else {}), outcome=outcome, count=n, pid=c["pid"])
     for t in report["tcp"]:
         sent, retrans = t["segments_sent"], t["retransmitted_segments"]
         if sent >= RETRANS_MIN_SEGMENTS and retrans / sent > RETRANS_SHARE_WARN:
@@ -297,14 +306,21 @@ def _owner(row: dict[str, Any]) -> str:
     return f"{row['comm']}, pid {row['pid']}" if row.get("pid") else "owner unknown"
 
 
+def _remote(row: dict[str, Any]) -> str:
+    """The remote end, with the name this machine last resolved to it (--dns) if any."""
+    return f"{row['remote']} ({row['name']})" if row.get("name") else row["remote"]
+
+
 def _endpoint(address: str, port: int) -> str:
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
 # ---- BPF evidence ---------------------------------------------------------------------
 
-def gather(seconds: float, progress: Callable[[float], None]) -> tuple[Snapshot, Snapshot, Evidence]:
-    """Snapshot, watch for ``seconds`` with the connect and drop programs, snapshot."""
+def gather(seconds: float, progress: Callable[[float], None],
+           names: Any = None) -> tuple[Snapshot, Snapshot, Evidence]:
+    """Snapshot, watch for ``seconds`` with the connect and drop programs, snapshot;
+    ``names`` (a :class:`netsnoop.dns.Watcher`, --dns) names the remote ends."""
     from netsnoop import conn
     from netsnoop.commands import connect as connect_cmd
     from netsnoop.commands import drop as drop_cmd
@@ -315,7 +331,8 @@ def gather(seconds: float, progress: Callable[[float], None]) -> tuple[Snapshot,
     try:
         for name, opener in (("connects", lambda: connect_cmd.TRACER.open({"report_mode": connect_cmd.OUTCOME})),
                              ("drops", lambda: drop_cmd.TRACER.open({"count_only": 1, "with_stack": 0})),
-                             ("rtt", lambda: rtt_cmd.TRACER.open({"key_by": rtt_cmd.KEY_RADDR, "unit_div": 1})),
+                             ("rtt", lambda: rtt_cmd.TRACER.open({"key_by": rtt_cmd.KEY_RADDR, "unit_div": 1,
+                                                                  "by_netns": 1})),
                              ("resets", lambda: RESETS.open())):
             try:
                 objects.append((name, opener()))
@@ -332,14 +349,14 @@ def gather(seconds: float, progress: Callable[[float], None]) -> tuple[Snapshot,
                 if feed is not None:
                     ring, decoder = feed
                     for e in ring.poll_events(stop.remaining_ms(100), decoder):
-                        evidence.connects.append(_connect_record(e, spaces, conn))
+                        evidence.connects.append(_connect_record(e, spaces, conn, names))
                 else:
                     time.sleep(min(0.1, stop.remaining_ms(100) / 1000))
         after = take_snapshot()
         if feed is not None:
             ring, decoder = feed
             while events := ring.read_events(decoder):
-                evidence.connects.extend(_connect_record(e, spaces, conn) for e in events)
+                evidence.connects.extend(_connect_record(e, spaces, conn, names) for e in events)
         for name, obj in objects:
             evidence.lost_events += obj.health()["lost_events"]
             if name == "drops":
@@ -350,17 +367,21 @@ def gather(seconds: float, progress: Callable[[float], None]) -> tuple[Snapshot,
             if name == "rtt":
                 from netsnoop.hist import read_hists
 
-                evidence.rtt = {addr(k.family, k.addr): h for k, h in read_hists(obj, "rtts", "rtt_key")}
+                evidence.rtt = {(k.netns, addr(k.family, k.addr)): h for k, h in read_hists(obj, "rtts", "rtt_key")}
+        if names is not None:
+            evidence.names = {(ino, s.raddr): names.name_of(s.family, s.raddr, ino)
+                              for ino, socks in after.sockets.items() for s in socks if s.state != netns.TCP_LISTEN}
         return before, after, evidence
     finally:
         for _name, obj in objects:
             obj.close()
 
 
-def _connect_record(e: Any, spaces: dict[int, netns.Netns], conn: Any) -> dict[str, Any]:
+def _connect_record(e: Any, spaces: dict[int, netns.Netns], conn: Any, names: Any) -> dict[str, Any]:
     where = spaces.get(e.netns)
     return {"netns": where.label if where else f"netns:{e.netns}",
             "remote": _endpoint(addr(e.family, e.raddr), e.rport),
+            **({"name": names.name_of(e.family, e.raddr, e.netns)} if names is not None else {}),
             "outcome": conn.outcome(e.state, e.err), "latency_ms": e.lat_ns / 1e6, "pid": e.pid, "comm": comm(e.comm)}
 
 
@@ -425,22 +446,25 @@ def render(report: dict[str, Any]) -> list[str]:
                          f"{t['retransmitted_segments'] / s:7.1f} {share:9.2%} {t['states'].get('ESTABLISHED', 0):6d} "
                          f"{t['states'].get('CLOSE_WAIT', 0):11d}")
     if report["flows"]:
-        lines += ["", "TOP FLOWS (open at both ends of the sample)   KB sent  KB recv  RTT p50/p99 us  owner"]
-        for f in report["flows"][:TOP_ROWS]:
+        shown = [(f, f"{f['netns']} {f['local']} > {_remote(f)}") for f in report["flows"][:TOP_ROWS]]
+        width = _width((text for _f, text in shown), 43)
+        lines += ["", "TOP FLOWS (open at both ends of the sample)".ljust(width + 3)
+                  + "KB sent  KB recv  RTT p50/p99 us  owner"]
+        for f, text in shown:
             p50, p99 = f["rtt_p50_us_at_most"], f["rtt_p99_us_at_most"]
             rtt = f"<={p50}/<={p99}" if p50 is not None else f"~{f['srtt_ms'] * 1000:.0f} (srtt)"
-            lines.append(f"  {_cut(f['netns'] + ' ' + f['local'] + ' > ' + f['remote'], 43):43} "
+            lines.append(f"  {_cut(text, width):{width}} "
                          f"{f['bytes_sent'] / 1024:8.0f} {f['bytes_received'] / 1024:8.0f} {rtt:>14}  "
                          f"{printable(_owner(f))}")
     if report["connects"]:
-        lines += ["", "CONNECTS BY DESTINATION        attempts  p50 ms  p99 ms  failed"]
-        for c in report["connects"][:TOP_ROWS]:
+        dests = [(c, f"{c['netns']} {_remote(c)}") for c in report["connects"][:TOP_ROWS]]
+        width = _width((text for _c, text in dests), 29)
+        lines += ["", "CONNECTS BY DESTINATION".ljust(width + 2) + "attempts  p50 ms  p99 ms  failed"]
+        for c, text in dests:
             failed = ", ".join(f"{n} {k}" for k, n in c["failures"].items()) or "-"
             p50 = "-" if c["p50_ms"] is None else f"{c['p50_ms']:.2f}"
             p99 = "-" if c["p99_ms"] is None else f"{c['p99_ms']:.2f}"
-            lines.append(
-                f"  {_cut(c['netns'] + ' ' + c['remote'], 29):29} {c['attempts']:8d} {p50:>7} {p99:>7}  {failed}"
-            )
+            lines.append(f"  {_cut(text, width):{width}} {c['attempts']:8d} {p50:>7} {p99:>7}  {failed}")
     if report["drops"]:
         lines += ["", "TCP DROPS BY NAMESPACE AND REASON"]
         for d in report["drops"][:DROP_ROWS]:
@@ -466,6 +490,11 @@ def render(report: dict[str, Any]) -> list[str]:
     return [printable(line) for line in lines]
 
 
+def _width(texts: Iterable[str], least: int, most: int = 64) -> int:
+    """A column as wide as its longest cell (names make them longer), within bounds."""
+    return max(least, min(most, max((len(t) for t in texts), default=0)))
+
+
 def _cut(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
@@ -473,8 +502,10 @@ def _cut(text: str, width: int) -> str:
 @click.command("overview")
 @click.option("-d", "--duration", type=o.FiniteFloatRange(min=0, min_open=True, max=3600), default=5.0,
               show_default=True, metavar="SECONDS", help="how long to sample")
+@click.option("--dns", "dns_names", is_flag=True,
+              help="name remote ends: the host name last resolved to each (answers seen)")
 @o.output_options(csv=False, wide=False, time=False, timestamp=False)
-def command(duration: float, out: o.OutputOptions) -> None:
+def command(duration: float, dns_names: bool, out: o.OutputOptions) -> None:
     """Sample every network namespace for a few seconds, then show one screen: what
     needs attention first ("!" lines, each naming who and where and the command to run
     next), then interfaces, TCP per second, top flows, connects by destination, drops
@@ -484,6 +515,10 @@ def command(duration: float, out: o.OutputOptions) -> None:
     ss); connect outcomes and drop reasons come from the connect and drop programs.
     Flows are those open at both ends of the sample. --json gives every figure exactly.
     Exit status: 1 when something needs attention, else 0.
+
+    --dns names each remote end of the flows, connects and findings with the host name
+    this machine last resolved to it (in that namespace), learnt from the DNS answers
+    local sockets receive during the sample; no answer seen, no name.
     """
     tty = sys.stderr.isatty()
 
@@ -492,12 +527,16 @@ def command(duration: float, out: o.OutputOptions) -> None:
             sys.stderr.write(f"\rsampling {elapsed:4.1f}/{duration:g} s")
             sys.stderr.flush()
 
-    before, after, evidence = gather(duration, progress)
+    with (dns.Watcher() if dns_names else contextlib.nullcontext()) as names:
+        before, after, evidence = gather(duration, progress, names)
+        dns_stats = names.stats() if names is not None else None
     if tty:
         sys.stderr.write("\r" + " " * 30 + "\r")
     inodes = {s.inode for socks in after.sockets.values() for s in socks
               if s.state in (netns.TCP_LISTEN, TCP_CLOSE_WAIT) or s.bytes_acked or s.bytes_received}
     report = build_report(before, after, evidence, netns.socket_owners(inodes))
+    if dns_stats is not None:
+        report["dns"] = dns_stats
     if out.json:
         sys.stdout.write(json.dumps(report, ensure_ascii=False) + "\n")
     else:

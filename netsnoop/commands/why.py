@@ -8,6 +8,7 @@ nftables rules, sysctls, routes: each inside its namespace) and hands both to
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from typing import Any
 
 import click
 
+from netsnoop import dns
 from netsnoop import netns as N
 from netsnoop import options as o
 from netsnoop import verdicts as V
@@ -346,8 +348,10 @@ VERDICT_HELP = "\n".join(f"  {name:<28} {text}" for name, text in V.VERDICTS.ite
 @o.ports_option("-P", "--port", "ports", help="the server port(s) to watch (e.g. 80,443); default: every port")
 @o.duration_option
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per verdict, with every figure behind it")
+@click.option("--dns", "dns_names", is_flag=True,
+              help="name the server: the host name last resolved to its address (answers seen)")
 def command(target: tuple[str | None, int | None] | None, ports: list[int] | None, duration: float | None,
-            as_json: bool) -> None:
+            as_json: bool, dns_names: bool) -> None:
     """Say why TCP connections fail: watch attempts to a local port (server side) or
     from this host to ADDR[:PORT] (client side), in every network namespace, and give
     one verdict per failing flow with the evidence and the next step.
@@ -355,13 +359,20 @@ def command(target: tuple[str | None, int | None] | None, ports: list[int] | Non
     It starts with who listens on the port (namespace, address, owner, accept queue)
     and the nftables rules that name it, then follows attempts until Ctrl-C or -d.
     Exit status: 0 when every attempt seen succeeded, 1 when one failed.
+
+    --dns names the server of each verdict with the host name this machine last
+    resolved to its address (where the client asked), learnt from the DNS answers
+    local sockets receive while tracing; no answer seen, no name.
     """
     addr_filter, target_port = target if target else (None, None)
     watch_ports = sorted(set(ports or []) | ({target_port} if target_port else set()))
     if len(watch_ports) > o.MAX_PORTS:
         raise click.UsageError(f"at most {o.MAX_PORTS} ports can be watched")
-    with TRACER.open({"filter_ports": watch_ports}) as obj:
+    with TRACER.open({"filter_ports": watch_ports}) as obj, \
+            (dns.Watcher() if dns_names else contextlib.nullcontext()) as names:
         w = Watch(watch_ports, addr_filter)
+        if names is not None:
+            w.facts.name_of = lambda address, netns: names.name_of(0, address, netns)
         decoder = obj.decoder("event")
         ring = obj.ring_buffer()
         clock = Clock()
@@ -378,7 +389,7 @@ def command(target: tuple[str | None, int | None] | None, ports: list[int] | Non
             return
         failed = [g for g in groups if g.name in V.FAILED]
         try:
-            _report(w, groups, failed, as_json, obj)
+            _report(w, groups, failed, as_json, obj, {"dns": names.stats()} if names is not None else {})
         except BrokenPipeError:
             silence_stdout()
         warn_missed_runs(obj)
@@ -434,11 +445,12 @@ def _follow(w: Watch, obj: Any, ring: Any, decoder: Any, clock: Clock, duration:
     return update(ended=True)
 
 
-def _report(w: Watch, groups: list[V.Group], failed: list[V.Group], as_json: bool, obj: Any) -> None:
+def _report(w: Watch, groups: list[V.Group], failed: list[V.Group], as_json: bool, obj: Any,
+            more: dict[str, Any]) -> None:
     attempts = sum(g.attempts for g in groups)
     health = obj.health()
     summary = make_sink(OutputOptions(json=as_json), [])
-    facts = {"attempts": attempts, "failed": sum(g.attempts for g in failed), **health}
+    facts = {"attempts": attempts, "failed": sum(g.attempts for g in failed), **health, **more}
     if as_json:
         emit([V.json.dumps(g.record(w.facts)) for g in groups])
         summary.summary(facts)
