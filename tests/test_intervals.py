@@ -69,5 +69,6 @@ def test_the_six_tools_end_with_one_summary_shape() -> None:
             t.proc.wait(timeout=30)  # each stops by itself
     for tool, t in traces.items():
         assert t.returncode == 0, (tool, t.stderr)
-        assert set(t.summary) == {"type", "intervals", "lost_events", "skipped_hook_runs", "transport", "hooks"}, (tool, t.summary)
+        shape = {"type", "intervals", "lost_events", "skipped_hook_runs", "transport", "hooks"}
+        assert set(t.summary) == shape, (tool, t.summary)
         assert t.summary["intervals"] >= 1 and t.summary["lost_events"] == 0, (tool, t.summary)
