@@ -25,7 +25,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import IO, Any, Callable, Iterable, Sequence
 
-from netsnoop.fmt import UNSAFE, UNSAFE_BEYOND_C0, printable, printable_lines
+from netsnoop.fmt import UNSAFE, UNSAFE_BEYOND_C0, UNSAFE_BUT_NEWLINE, printable, printable_lines
 from netsnoop.process import write_all
 
 # What a CSV field must not hold unquoted and unescaped: control characters, the separator, the quote.
@@ -164,6 +164,7 @@ class TextSink(Sink):
             parts.append(f"{{{i}:{c.align}{width}{prec}{c.spec}}}")
             head.append(f"{{:{c.align}{width}}}".format(c.header))
         self._line = " ".join(parts).format
+        self._percent = _percent_layout(self.columns)
         self._header = printable(" ".join(head).rstrip())
         self._safe = [_text_escaper(c) if c.text else None for c in self.columns]
         self._multiline = any(c.text and c.lines for c in self.columns)
@@ -178,18 +179,35 @@ class TextSink(Sink):
             self._write(self._header + "\n")
 
     def write(self, rows: Iterable[Sequence[Any]]) -> None:
-        """Format the batch as is; only a batch in which some string holds a control
-        character (rare: a hostile name) is formatted from escaped values, cut to the
-        column width after escaping."""
+        """Format the batch as is; only a batch whose text holds a character a terminal
+        may act on (rare: a hostile name) is formatted again from escaped values, cut
+        to the column width after escaping."""
         rows = rows if isinstance(rows, list) else list(rows)
         if not rows:
             return
+        text = "" if self._multiline else "\n".join(self._lines(rows)) + "\n"
+        if not _shown_as_is(text, len(rows)):
+            line = self._line
+            text = "\n".join([line(*self._escaped(r)) for r in rows]) + "\n"
+        self.count += len(rows)
+        self._write(text)
+
+    def _lines(self, rows: list[Sequence[Any]]) -> list[str]:
+        """The rows formatted as the columns say: with printf-style formatting when it
+        gives the same text (most batches; it is faster than ``str.format``), else with
+        the format template."""
+        if self._percent is not None:
+            template, loose = self._percent
+            first = rows[0]
+            # `%s` writes a bool as True where str.format writes 1: a batch with a bool in
+            # such a column (a str column holds str) keeps str.format
+            if not any(type(first[i]) is not str and bool in map(type, [r[i] for r in rows]) for i in loose):
+                try:
+                    return list(map(template.__mod__, rows))
+                except (TypeError, ValueError):  # a row of other values or length: as str.format has it
+                    pass
         line = self._line
-        if self._multiline or _strings_match(rows, self._indexes, UNSAFE):
-            out = [line(*self._escaped(r)) for r in rows]
-        else:
-            out = [line(*r) for r in rows]
-        self._emit(out)
+        return [line(*r) for r in rows]
 
     def _escaped(self, row: Sequence[Any]) -> list[Any]:
         values = list(row)
@@ -248,18 +266,52 @@ class JsonSink(Sink):
         self._hex = [(c.json_key, c.hex_string) for c in self.columns if c.json and c.hex]
         self._ascii = not _is_utf8(self.stream)
         self._dumps = _object_encoder(self._ascii)
+        self._lines = self._object_lines
+        keys = [k for _i, k in self._fields]
+        if len(set(keys)) == len(keys):  # a key twice: one key in the object, as a dict has it
+            self._columns = [(i, c.hex_string if c.hex else None) for i, c in enumerate(self.columns) if c.json]
+            self._values = _value_encoders(self._ascii)
+            strings = json.encoder.encode_basestring_ascii if self._ascii else json.encoder.encode_basestring
+            self._template = "{" + ",".join(strings(k).replace("%", "%%") + ":%s" for k in keys) + "}"
+            self._lines = self._column_lines
 
     def write(self, rows: Iterable[Sequence[Any]]) -> None:
+        rows = rows if isinstance(rows, list) else list(rows)
+        if not rows:
+            return
+        text = "\n".join(self._lines(rows))
+        self.count += len(rows)
+        self._write(self._safe(text) + "\n")
+
+    def _object_lines(self, rows: list[Sequence[Any]]) -> list[str]:
+        """One dict per row through the JSON encoder."""
         fields, dumps = self._fields, self._dumps
         objects = [{k: r[i] for i, k in fields} for r in rows]
-        if not objects:
-            return
         for k, to_hex in self._hex:
             for o in objects:
                 o[k] = to_hex(o[k])
-        text = "\n".join([dumps(o) for o in objects])
-        self.count += len(objects)
-        self._write(self._safe(text) + "\n")
+        return [dumps(o) for o in objects]
+
+    def _column_lines(self, rows: list[Sequence[Any]]) -> list[str]:
+        """The same lines, encoded a column at a time: a column whose values are all of
+        one plain type (str, int, float or None: nearly every column of every batch)
+        is encoded by that type's own encoder over the whole column, the rest value by
+        value with the full encoder; the keys are in the line template once. A third
+        less time than a dict per row, for the same text."""
+        lengths = set(map(len, rows))
+        if len(lengths) != 1 or lengths.pop() < len(self.columns):
+            return self._object_lines(rows)  # rows of unequal length: as a dict per row does it
+        by_column = list(zip(*rows))
+        encoded = []
+        values, dumps = self._values, self._dumps
+        for i, to_hex in self._columns:
+            column: Sequence[Any] = by_column[i]
+            if to_hex is not None:
+                column = list(map(to_hex, column))
+            encode = values.get(type(column[0]))
+            out = encode(column) if encode is not None else None
+            encoded.append(out if out is not None else list(map(dumps, column)))
+        return list(map(self._template.__mod__, zip(*encoded)))
 
     def _safe(self, text: str) -> str:
         if self._ascii or text.isascii():  # isascii: no scan when there is nothing to find
@@ -307,6 +359,51 @@ def _strings_match(rows: list[Sequence[Any]], indexes: Sequence[int], pattern: r
 
 
 _NUMBERS = (int, float, bool)
+_SHOWN_ASCII = bytes(range(0x20, 0x7F)) + b"\n"  # what a terminal shows as it is, and the row ends
+
+
+def _shown_as_is(text: str, lines: int) -> bool:
+    """Whether ``text`` is ``lines`` lines holding no character a terminal may act on
+    (:data:`netsnoop.fmt.UNSAFE`): then no value needs escaping. ASCII text (nearly
+    every batch) is checked by deleting the harmless bytes, which is faster than a
+    regular expression; the line count catches a line break inside a value."""
+    if not text:
+        return False
+    if text.isascii():
+        if text.encode("ascii").translate(None, _SHOWN_ASCII):
+            return False
+    elif UNSAFE_BUT_NEWLINE.search(text):
+        return False
+    return text.count("\n") == lines
+
+
+def _percent_layout(columns: Sequence[Column]) -> tuple[str, list[int]] | None:
+    """The text line as a printf-style template that gives the same text as the
+    ``str.format`` one for values of the types the columns hold, with the indexes of
+    its ``%s`` fields (what they show of a bool differs, so the sink checks them);
+    None when a column's format has no printf equivalent (centred, or another spec)."""
+    shown = [i for i, c in enumerate(columns) if c.text]
+    parts: list[str] = []
+    loose: list[int] = []
+    for i, c in enumerate(columns):
+        if not c.text:
+            parts.append("%.0s")  # a JSON-only value takes its place in the row and shows nothing
+            continue
+        last = i == shown[-1]
+        if c.align not in ("<", ">") or not (c.spec == "" or re.fullmatch(r"\.\d+f|#?[xX]", c.spec)):
+            return None
+        width = "" if (last and c.align == "<") or not c.width else str(c.width)
+        flags = ("-" if c.align == "<" and width else "") + ("#" if c.spec.startswith("#") else "")
+        if c.spec:
+            if c.truncate and c.width:
+                return None  # str.format refuses a precision with these types
+            parts.append(f"%{flags}{width}{c.spec.lstrip('#')}")
+        else:
+            parts.append(f"%{flags}{width}{f'.{c.width}' if c.truncate and c.width else ''}s")
+            loose.append(i)
+        if not last:
+            parts.append(" ")
+    return "".join(parts), loose
 
 
 def _text_escaper(column: Column) -> Callable[[str], str]:
@@ -360,6 +457,42 @@ def _object_encoder(ensure_ascii: bool = False) -> Callable[[Any], str]:
     except TypeError:  # a C encoder of another signature
         pass
     return plain.encode
+
+
+def _value_encoders(ensure_ascii: bool) -> dict[type, Callable[[Sequence[Any]], list[str] | None]]:
+    """By the type of a column's first value: the column encoded as JSON's encoder
+    encodes each value, or None when some value is not of that type (the caller then
+    encodes the column value by value). The type of each value is checked by the
+    encoder that takes it (a str or float encoder refuses anything else), except that
+    ``int.__repr__`` also takes bools, which JSON spells ``true``/``false``."""
+    strings = json.encoder.encode_basestring_ascii if ensure_ascii else json.encoder.encode_basestring
+    special = frozenset(("nan", "inf", "-inf"))  # float.__repr__ of what JSON spells NaN, Infinity
+
+    def of_strings(column: Sequence[Any]) -> list[str] | None:
+        try:
+            return list(map(strings, column))
+        except TypeError:
+            return None
+
+    def of_floats(column: Sequence[Any]) -> list[str] | None:
+        try:
+            out = list(map(float.__repr__, column))
+        except TypeError:
+            return None
+        return out if special.isdisjoint(out) else None
+
+    def of_ints(column: Sequence[Any]) -> list[str] | None:
+        if bool in map(type, column):
+            return None
+        try:
+            return list(map(int.__repr__, column))
+        except TypeError:
+            return None
+
+    def of_nones(column: Sequence[Any]) -> list[str] | None:
+        return ["null"] * len(column) if column.count(None) == len(column) else None
+
+    return {str: of_strings, int: of_ints, float: of_floats, type(None): of_nones}
 
 
 def make_sink(opts: OutputOptions, columns: Sequence[Column], stream: IO[str] | None = None) -> Sink:
