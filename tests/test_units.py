@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from netsnoop.btf import Field, _format
 from netsnoop.cli import cli
-from netsnoop.fmt import Clock, addr, comm, tcp_state
+from netsnoop.fmt import Clock, addr, comm, ip_version, tcp_state
 from netsnoop.options import PORTS
 from netsnoop.runner import run_intervals
 from netsnoop.output import Column, CsvSink, JsonSink, OutputOptions, TextSink, snake, time_columns
@@ -60,8 +60,11 @@ def test_addresses_and_states() -> None:
     v4 = socket.inet_aton("10.1.2.3") + bytes(12)
     assert addr(socket.AF_INET, v4) == "10.1.2.3"
     assert addr(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, "::1")) == "::1"
-    assert tcp_state(1) == "ESTABLISHED" and tcp_state(99) == "99"
-    assert comm(b"curl\0\0garbage") == "curl"
+    assert tcp_state(1) == "ESTABLISHED" and tcp_state(12) == "NEW_SYN_RECV" and tcp_state(99) == "99"
+    assert tcp_state(0) == "0" and tcp_state(99) == "99"  # asked twice: a number stays a number
+    assert ip_version(socket.AF_INET) == 4 and ip_version(socket.AF_INET6) == 6 and ip_version(0) == 4
+    assert comm(b"curl\0\0garbage") == "curl" and comm(b"curl\0\0garbage") == "curl"
+    assert comm(b"nc\0") == "nc" and comm(b"\xffx\0") == "\\xffx"
 
 
 def test_clock_relative_seconds() -> None:
