@@ -317,3 +317,26 @@ def test_a_stdout_that_cannot_encode_a_name_gets_an_escape() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, env=env, timeout=30)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == b"name: caf\\xe9"
+
+
+def test_the_heap_of_start_up_is_frozen_once_a_subcommand_is_chosen() -> None:
+    """What importing a subcommand made is out of the collector's way, and the
+    collector runs less often, from then on (the event path allocates thousands of
+    short-lived rows per batch)."""
+    import gc
+
+    from click.testing import CliRunner
+
+    from netsnoop import cli
+
+    threshold = gc.get_threshold()
+    gc.unfreeze()
+    gc.set_threshold(700, 10, 10)  # Python's own, as a fresh process has it
+    try:
+        assert gc.get_freeze_count() == 0
+        result = CliRunner().invoke(cli.cli, ["states", "--help"])
+        assert result.exit_code == 0 and "state changes" in result.output
+        assert gc.get_freeze_count() > 1000 and gc.get_threshold() == cli.GC_THRESHOLD
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
