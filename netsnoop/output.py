@@ -17,9 +17,7 @@ that cannot encode a character gets an escape instead of an exception.
 from __future__ import annotations
 
 import codecs
-import csv
 import io
-import json
 import re
 import sys
 from dataclasses import dataclass, field
@@ -232,6 +230,8 @@ class CsvSink(Sink):
     @staticmethod
     def _csv(rows: list[list[str]]) -> str:
         buf = io.StringIO()
+        import csv  # only CSV output needs it
+
         csv.writer(buf, lineterminator="\n").writerows(rows)
         return buf.getvalue()
 
@@ -271,7 +271,7 @@ class JsonSink(Sink):
         if len(set(keys)) == len(keys):  # a key twice: one key in the object, as a dict has it
             self._columns = [(i, c.hex_string if c.hex else None) for i, c in enumerate(self.columns) if c.json]
             self._values = _value_encoders(self._ascii)
-            strings = json.encoder.encode_basestring_ascii if self._ascii else json.encoder.encode_basestring
+            strings = _strings_encoder(self._ascii)
             self._template = "{" + ",".join(strings(k).replace("%", "%%") + ":%s" for k in keys) + "}"
             self._lines = self._column_lines
 
@@ -436,16 +436,25 @@ def _is_utf8(stream: IO[str]) -> bool:
         return False
 
 
+def _strings_encoder(ensure_ascii: bool) -> Callable[[str], str]:
+    """JSON's own encoder of one string, quotes included."""
+    import json.encoder
+
+    return json.encoder.encode_basestring_ascii if ensure_ascii else json.encoder.encode_basestring
+
+
 def _object_encoder(ensure_ascii: bool = False) -> Callable[[Any], str]:
     """``json.dumps(o, separators=(",", ":"), ensure_ascii=...)`` without its per-call
     set-up: ``JSONEncoder.encode`` builds a new C encoder, with circular-reference
     bookkeeping, for every object; rows are flat, so one encoder serves them all
     (a fifth of the JSON path's time). Falls back where the C encoder is missing."""
+    import json  # imported where JSON is written: the text and CSV paths start faster
+
     plain = json.JSONEncoder(separators=(",", ":"), ensure_ascii=ensure_ascii)
     make: Callable[..., Any] | None = getattr(json.encoder, "c_make_encoder", None)
     if make is None:
         return plain.encode
-    strings = json.encoder.encode_basestring_ascii if ensure_ascii else json.encoder.encode_basestring
+    strings = _strings_encoder(ensure_ascii)
     try:
         encoder = make(None, plain.default, strings, None, ":", ",", False, False, True)
         join = "".join
@@ -465,7 +474,7 @@ def _value_encoders(ensure_ascii: bool) -> dict[type, Callable[[Sequence[Any]], 
     encodes the column value by value). The type of each value is checked by the
     encoder that takes it (a str or float encoder refuses anything else), except that
     ``int.__repr__`` also takes bools, which JSON spells ``true``/``false``."""
-    strings = json.encoder.encode_basestring_ascii if ensure_ascii else json.encoder.encode_basestring
+    strings = _strings_encoder(ensure_ascii)
     special = frozenset(("nan", "inf", "-inf"))  # float.__repr__ of what JSON spells NaN, Infinity
 
     def of_strings(column: Sequence[Any]) -> list[str] | None:
