@@ -272,7 +272,7 @@ class JsonSink(Sink):
             self._columns = [(i, c.hex_string if c.hex else None) for i, c in enumerate(self.columns) if c.json]
             self._values = _value_encoders(self._ascii)
             strings = _strings_encoder(self._ascii)
-            self._template = "{" + ",".join(strings(k).replace("%", "%%") + ":%s" for k in keys) + "}"
+            self._keys = [strings(k).replace("%", "%%") + ":" for k in keys]
             self._lines = self._column_lines
 
     def write(self, rows: Iterable[Sequence[Any]]) -> None:
@@ -296,22 +296,36 @@ class JsonSink(Sink):
         """The same lines, encoded a column at a time: a column whose values are all of
         one plain type (str, int, float or None: nearly every column of every batch)
         is encoded by that type's own encoder over the whole column, the rest value by
-        value with the full encoder; the keys are in the line template once. A third
-        less time than a dict per row, for the same text."""
+        value with the full encoder. The keys are written into the batch's line
+        template once, and so is the value of a column that holds one value all
+        through the batch (the where columns nearly always, a busy peer's address
+        often). A third to a half less time than a dict per row, for the same text."""
         lengths = set(map(len, rows))
         if len(lengths) != 1 or lengths.pop() < len(self.columns):
             return self._object_lines(rows)  # rows of unequal length: as a dict per row does it
         by_column = list(zip(*rows))
-        encoded = []
-        values, dumps = self._values, self._dumps
-        for i, to_hex in self._columns:
+        encoded, parts = [], []
+        values, dumps, n = self._values, self._dumps, len(rows)
+        for (i, to_hex), key in zip(self._columns, self._keys):
             column: Sequence[Any] = by_column[i]
             if to_hex is not None:
                 column = list(map(to_hex, column))
-            encode = values.get(type(column[0]))
+            kind = type(column[0])
+            encode = values.get(kind)
+            # equal values of one type are one JSON text (1 == 1.0 == True are not)
+            same = column.count(column[0]) == n
+            if encode is not None and same and (kind is str or set(map(type, column)) == {kind}):
+                one = encode(column[:1])
+                if one is not None:
+                    parts.append(key + one[0].replace("%", "%%"))
+                    continue
             out = encode(column) if encode is not None else None
             encoded.append(out if out is not None else list(map(dumps, column)))
-        return list(map(self._template.__mod__, zip(*encoded)))
+            parts.append(key + "%s")
+        template = "{" + ",".join(parts) + "}"
+        if not encoded:
+            return [template.replace("%%", "%")] * n
+        return list(map(template.__mod__, zip(*encoded)))
 
     def _safe(self, text: str) -> str:
         if self._ascii or text.isascii():  # isascii: no scan when there is nothing to find

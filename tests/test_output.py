@@ -255,3 +255,16 @@ def test_json_a_key_twice_is_one_key_as_in_a_dict() -> None:
     buf = io.StringIO()
     JsonSink([Column("A"), Column("B", key="a"), Column("C")], buf).write([(1, 2, 3)])
     assert buf.getvalue() == '{"a":2,"c":3}\n'
+
+
+@pytest.mark.parametrize("batch", [
+    [(1, "50%", 2.5, None), (1, "50%", 2.5, None)],  # every column one value: the template is the line
+    [(1, "%s%%", 1, "x"), (True, "%s%%", 1.0, "y"), (1.0, "%s%%", True, "z")],  # equal, not of one type
+    [(7, "a", 0.1, "%d"), (7, "b", 0.1, "%d"), (7, "c", 0.1, "%d")],
+])
+def test_json_columns_of_one_value_are_written_as_json_dumps_writes_them(batch: list[tuple[Any, ...]]) -> None:
+    cols = [Column("N", key="n%"), Column("S"), Column("F"), Column("X")]
+    buf = io.StringIO()
+    JsonSink(cols, buf).write(batch)
+    keys = ["n%", "s", "f", "x"]
+    assert buf.getvalue() == "".join(json.dumps(dict(zip(keys, r)), separators=(",", ":")) + "\n" for r in batch)
