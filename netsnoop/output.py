@@ -183,29 +183,31 @@ class TextSink(Sink):
         rows = rows if isinstance(rows, list) else list(rows)
         if not rows:
             return
-        text = "" if self._multiline else "\n".join(self._lines(rows)) + "\n"
+        text = "" if self._multiline else self._text(rows)
         if not _shown_as_is(text, len(rows)):
             line = self._line
             text = "\n".join([line(*self._escaped(r)) for r in rows]) + "\n"
         self.count += len(rows)
         self._write(text)
 
-    def _lines(self, rows: list[Sequence[Any]]) -> list[str]:
-        """The rows formatted as the columns say: with printf-style formatting when it
-        gives the same text (most batches; it is faster than ``str.format``), else with
-        the format template."""
+    def _text(self, rows: list[Sequence[Any]]) -> str:
+        """The rows formatted as the columns say, one line each: with printf-style
+        formatting when it gives the same text (it is faster than ``str.format``), else
+        with the format template. The one value the two show differently is a bool in a
+        ``%s`` field (``True`` where ``str.format`` writes ``1``): only a batch whose text
+        holds True or False is looked at for one."""
         if self._percent is not None:
             template, loose = self._percent
-            first = rows[0]
-            # `%s` writes a bool as True where str.format writes 1: a batch with a bool in
-            # such a column (a str column holds str) keeps str.format
-            if not any(type(first[i]) is not str and bool in map(type, [r[i] for r in rows]) for i in loose):
-                try:
-                    return list(map(template.__mod__, rows))
-                except (TypeError, ValueError):  # a row of other values or length: as str.format has it
-                    pass
+            try:
+                text = "\n".join(map(template.__mod__, rows)) + "\n"
+            except (TypeError, ValueError):  # a row of other values or length: as str.format has it
+                text = ""
+            if text and not ("True" in text or "False" in text):
+                return text
+            if text and not any(bool in map(type, [r[i] for r in rows]) for i in loose):
+                return text  # the words are in a name, not a bool's
         line = self._line
-        return [line(*r) for r in rows]
+        return "\n".join([line(*r) for r in rows]) + "\n"
 
     def _escaped(self, row: Sequence[Any]) -> list[Any]:
         values = list(row)
