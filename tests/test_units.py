@@ -340,3 +340,25 @@ def test_the_heap_of_start_up_is_frozen_once_a_subcommand_is_chosen() -> None:
     finally:
         gc.unfreeze()
         gc.set_threshold(*threshold)
+
+
+def test_conn_rows_are_the_columns_in_order_with_extras_and_where_last() -> None:
+    """row_of compiles one function per column list: every getter in its place, an
+    unknown event kind named by its number, an extra column's callable given the event,
+    and the where columns last, in one piece."""
+    from types import SimpleNamespace
+
+    from netsnoop import where
+    from netsnoop.conn import row_of
+
+    v4 = socket.inet_aton("10.1.2.3") + bytes(12)
+    e = SimpleNamespace(kind=9, pid=7, uid=0, comm=b"nc\0", family=socket.AF_INET, laddr=v4, raddr=bytes(16),
+                        lport=1, rport=2, state=7, err=111, lat_ns=1_500_000, netns=0, cgroup=0)
+    cols = [Column(h) for h in ("T", "TYPE", "PID", "COMM", "IP", "LADDR", "RADDR", "LPORT", "RPORT", "RESULT",
+                                "LAT(ms)", "NAME")]
+    seen = []
+    row = row_of(cols + where.columns(True, True), {"NAME": lambda ev: seen.append(ev) or "peer"})
+    got = row(e)
+    assert got[:12] == ("?", "9", 7, "nc", 4, "10.1.2.3", "0.0.0.0", 1, 2, "REFUSED", 1.5, "peer") and seen == [e]
+    assert len(got) == 12 + len(where.columns(True, True))
+    assert row_of(cols[:2])(SimpleNamespace(kind=3)) == ("X", "close")
