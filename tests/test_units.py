@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import socket
+from typing import Any
 
 import click
 import pytest
@@ -325,18 +326,16 @@ def test_the_heap_of_start_up_is_frozen_once_a_subcommand_is_chosen() -> None:
     short-lived rows per batch)."""
     import gc
 
-    from click.testing import CliRunner
-
-    from netsnoop import cli
+    from netsnoop import cli as cli_module
 
     threshold = gc.get_threshold()
     gc.unfreeze()
     gc.set_threshold(700, 10, 10)  # Python's own, as a fresh process has it
     try:
         assert gc.get_freeze_count() == 0
-        result = CliRunner().invoke(cli.cli, ["states", "--help"])
+        result = CliRunner().invoke(cli, ["states", "--help"])
         assert result.exit_code == 0 and "state changes" in result.output
-        assert gc.get_freeze_count() > 1000 and gc.get_threshold() == cli.GC_THRESHOLD
+        assert gc.get_freeze_count() > 1000 and gc.get_threshold() == cli_module.GC_THRESHOLD
     finally:
         gc.unfreeze()
         gc.set_threshold(*threshold)
@@ -356,8 +355,13 @@ def test_conn_rows_are_the_columns_in_order_with_extras_and_where_last() -> None
                         lport=1, rport=2, state=7, err=111, lat_ns=1_500_000, netns=0, cgroup=0)
     cols = [Column(h) for h in ("T", "TYPE", "PID", "COMM", "IP", "LADDR", "RADDR", "LPORT", "RPORT", "RESULT",
                                 "LAT(ms)", "NAME")]
-    seen = []
-    row = row_of(cols + where.columns(True, True), {"NAME": lambda ev: seen.append(ev) or "peer"})
+    seen: list[Any] = []
+
+    def name(ev: Any) -> str:
+        seen.append(ev)
+        return "peer"
+
+    row = row_of(cols + where.columns(True, True), {"NAME": name})
     got = row(e)
     assert got[:12] == ("?", "9", 7, "nc", 4, "10.1.2.3", "0.0.0.0", 1, 2, "REFUSED", 1.5, "peer") and seen == [e]
     assert len(got) == 12 + len(where.columns(True, True))
