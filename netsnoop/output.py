@@ -231,9 +231,9 @@ class CsvSink(Sink):
 
     @staticmethod
     def _csv(rows: list[list[str]]) -> str:
-        buf = io.StringIO()
         import csv  # only CSV output needs it
 
+        buf = io.StringIO()
         csv.writer(buf, lineterminator="\n").writerows(rows)
         return buf.getvalue()
 
@@ -270,7 +270,7 @@ class JsonSink(Sink):
         self._dumps = _object_encoder(self._ascii)
         self._lines = self._object_lines
         keys = [k for _i, k in self._fields]
-        if len(set(keys)) == len(keys):  # a key twice: one key in the object, as a dict has it
+        if len(set(keys)) == len(keys):  # (a key twice stays a dict per row: one key, the last value)
             self._columns = [(i, c.hex_string if c.hex else None) for i, c in enumerate(self.columns) if c.json]
             self._values = _value_encoders(self._ascii)
             strings = _strings_encoder(self._ascii)
