@@ -6,6 +6,7 @@ import re
 import socket
 import time
 from functools import lru_cache
+from typing import Any, Callable
 
 AF_INET = socket.AF_INET
 AF_INET6 = socket.AF_INET6
@@ -27,9 +28,21 @@ TCP_STATES = {
 }
 
 
-def tcp_state(value: int) -> str:
-    return TCP_STATES.get(value, str(value))
+class _Named(dict[int, Any]):
+    """A table of names whose lookup is the whole function: a value it lacks is
+    named by ``missing``. Called through ``__getitem__``, a bound C method, so the
+    per-event lookups (every state change, every row's IP version) run no Python frame."""
 
+    def __init__(self, names: dict[int, Any], missing: Callable[[int], Any]) -> None:
+        super().__init__(names)
+        self._missing = missing
+
+    def __missing__(self, value: int) -> Any:
+        return self._missing(value)
+
+
+# the kernel's name of a TCP state (its number, for one the table lacks)
+tcp_state: Callable[[int], str] = _Named(TCP_STATES, str).__getitem__
 
 _ntop = socket.inet_ntop
 
@@ -43,14 +56,16 @@ def addr(family: int, raw: bytes) -> str:
     return _ntop(AF_INET, raw[:4])
 
 
-def ip_version(family: int) -> int:
-    return 6 if family == AF_INET6 else 4
+# 6 for AF_INET6, else 4
+ip_version: Callable[[int], int] = _Named({AF_INET: 4, AF_INET6: 6}, lambda family: 4).__getitem__
 
 
+@lru_cache(maxsize=1024)
 def comm(raw: bytes) -> str:
     """A task's name as the kernel holds it (any bytes: names are the process's own
     choice). Bytes that are not UTF-8 become ``\\xff`` text, so the name never fails to
-    decode and no byte is lost; control characters stay, for the sinks to escape."""
+    decode and no byte is lost; control characters stay, for the sinks to escape.
+    Cached: a trace sees the same few names over and over."""
     return raw.split(b"\0", 1)[0].decode(errors="backslashreplace")
 
 

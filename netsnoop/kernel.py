@@ -7,7 +7,6 @@ mounts tracefs when a classic tracepoint needs it (as root, as perf and bpftool 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import platform
 import stat
@@ -120,7 +119,7 @@ def ensure_tracefs() -> str:
     found = tracefs_dir()
     if found:
         return found
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc = ctypes.CDLL(None, use_errno=True)  # the interpreter's own C library
     target = TRACEFS_DIRS[0]
     if libc.mount(b"nodev", target.encode(), b"tracefs", 0, None) != 0:
         err = ctypes.get_errno()

@@ -9,7 +9,6 @@ signatures themselves.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import os
 from ctypes import (
@@ -222,8 +221,9 @@ def last_errno() -> int:
 
 
 # libbpf formats with a va_list we cannot expand portably from Python, so we hand the
-# format and args to the C library's vsnprintf.
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# format and args to the C library's vsnprintf: the interpreter's own C library, found
+# without ctypes.util (whose import and ldconfig run cost start-up ~6 ms).
+_libc = ctypes.CDLL(None, use_errno=True)
 _libc.vsnprintf.argtypes = [c_char_p, c_size_t, c_char_p, c_void_p]
 _libc.vsnprintf.restype = c_int
 
@@ -233,6 +233,8 @@ _captured: list[str] | None = None
 
 @PRINT_FN
 def _print(level: int, fmt: bytes, args: int) -> int:
+    if level >= 2 and not log.isEnabledFor(logging.DEBUG):
+        return 0  # libbpf's debug lines (~950 per load) only ever go to --verbose
     buf = ctypes.create_string_buffer(2048)
     _libc.vsnprintf(buf, len(buf), fmt, args)
     text = buf.value.decode(errors="replace").rstrip()

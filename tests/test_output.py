@@ -171,3 +171,105 @@ def test_a_non_utf8_stream_gets_escapes_not_an_exception(sink_class: type, tmp_p
         assert records[11]["comm"] == "café" and records[-1]["pid"] == 99
     else:
         assert "caf\\xe9" in lines[12] and lines[-1].startswith("99")
+
+
+# Layouts and values for the fast paths: what each must print is what Python's format()
+# prints for the column's spec (the bcc layout), and what json.dumps prints.
+LAYOUT = [Column("A", 5), Column("B", 10, truncate=True), Column("HIDDEN", text=False), Column("C", 6, align=">"),
+          Column("D", 8, spec=".3f"), Column("E", 4, spec="x"), Column("F", 7), Column("LAST")]
+
+
+def _formatted(cols: list[Column], row: tuple[Any, ...]) -> str:
+    """One text line by the column rules written out: align, width (none for a last
+    left-aligned column), a cut to the width, the spec; one space between columns."""
+    shown = [(c, v) for c, v in zip(cols, row) if c.text]
+    parts = []
+    for n, (c, v) in enumerate(shown):
+        width = "" if (n == len(shown) - 1 and c.align == "<") or not c.width else str(c.width)
+        prec = f".{c.width}" if c.truncate and c.width else ""
+        parts.append(format(v, f"{c.align}{width}{prec}{c.spec}"))
+    return " ".join(parts)
+
+
+VALUE_ROWS = [
+    (1, "curl", 7, "x", 1.5, 255, 3, "end"),
+    (-12345678, "averyverylongname", "hidden", 123456789, -0.0005, 0, 2.5, 1 << 70),
+    (True, "café", None, False, 3, 4096, "ünï", "ü"),  # bools where ints are: str.format writes 1 and 0
+    (0, "", None, "", float("nan"), 1, float("inf"), ""),
+    (7, "8", 9, 10.25, 11, 12, -3, ""),
+]
+
+
+NAMED_LIKE_BOOLS = [(1, "True", 0, "False", 1.0, 2, "False", "True"), (2, "x", 1, "y", 2.0, 3, 4, "z")]
+
+
+@pytest.mark.parametrize("batch", [VALUE_ROWS, VALUE_ROWS[:1], VALUE_ROWS[1:2] * 3, VALUE_ROWS[2:3], NAMED_LIKE_BOOLS,
+                                   [NAMED_LIKE_BOOLS[0], VALUE_ROWS[2]]])
+def test_text_lines_are_the_column_rules_whatever_the_values(batch: list[tuple[Any, ...]]) -> None:
+    buf = io.StringIO()
+    TextSink(LAYOUT, buf).write(batch)
+    assert buf.getvalue() == "".join(_formatted(LAYOUT, r) + "\n" for r in batch)
+    if batch is not NAMED_LIKE_BOOLS:
+        assert buf.getvalue().count("True") == sum(v == "True" for r in batch for v in r)  # no bool shown as True
+
+
+def test_text_escapes_a_batch_when_one_value_would_break_a_line() -> None:
+    clean = (1, "curl", 0, 2, 0.5, 1, 3, "end")
+    for bad in ("a\nb", "a\rb", "a\x1bb", "\x7f", "\x9b", "\u2028x", "\u202ex", "x\udcff"):
+        buf = io.StringIO()
+        TextSink(LAYOUT, buf).write([clean, (*clean[:7], bad)])
+        out = buf.getvalue()
+        assert out.count("\n") == 2 and not TERMINAL_ACTIVE.search(out), (bad, out)
+        assert out.splitlines()[1].endswith(" " + printable(bad)) and out.startswith(_formatted(LAYOUT, clean))
+
+
+def test_text_rows_of_another_length_are_refused_as_before() -> None:
+    with pytest.raises(IndexError):
+        TextSink(LAYOUT, io.StringIO()).write([(1, "a")])
+
+
+JSON_ROWS = [
+    (1, "curl", 7, "x", 1.5, 255, 3, "end"),
+    (True, "café\u202e\x1b\n\"\\", None, False, float("nan"), -(1 << 70), [1, "a"], {"k": 2.5}),
+    (0, "", 0.1, "", float("inf"), 1, float("-inf"), None),
+    (None, None, None, None, None, None, None, None),
+    (2.5, 3, "s", 4, 5, 6.0, 7, True),
+]
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "ascii"])
+@pytest.mark.parametrize("batch", [JSON_ROWS, JSON_ROWS[:1], JSON_ROWS[1:2] * 2, JSON_ROWS[3:]])
+def test_json_lines_are_what_json_dumps_writes(batch: list[tuple[Any, ...]], encoding: str, tmp_path: Any) -> None:
+    path = tmp_path / "out"
+    with open(path, "w", encoding=encoding) as f:
+        JsonSink(LAYOUT, f).write(batch)
+    keys = [c.json_key for c in LAYOUT]
+    expected = [json.dumps(dict(zip(keys, r)), separators=(",", ":"), ensure_ascii=encoding == "ascii")
+                for r in batch]
+    got = path.read_text(encoding=encoding).splitlines()
+    assert len(got) == len(batch)
+    for line, want, row in zip(got, expected, batch):
+        # the sink writes U+202E as \u202e where json.dumps keeps it: the same value
+        if any("\u202e" in v for v in row if isinstance(v, str)) and encoding == "utf-8":
+            assert json.loads(line) == json.loads(want) and "\u202e" not in line
+        else:
+            assert line == want
+
+
+def test_json_a_key_twice_is_one_key_as_in_a_dict() -> None:
+    buf = io.StringIO()
+    JsonSink([Column("A"), Column("B", key="a"), Column("C")], buf).write([(1, 2, 3)])
+    assert buf.getvalue() == '{"a":2,"c":3}\n'
+
+
+@pytest.mark.parametrize("batch", [
+    [(1, "50%", 2.5, None), (1, "50%", 2.5, None)],  # every column one value: the template is the line
+    [(1, "%s%%", 1, "x"), (True, "%s%%", 1.0, "y"), (1.0, "%s%%", True, "z")],  # equal, not of one type
+    [(7, "a", 0.1, "%d"), (7, "b", 0.1, "%d"), (7, "c", 0.1, "%d")],
+])
+def test_json_columns_of_one_value_are_written_as_json_dumps_writes_them(batch: list[tuple[Any, ...]]) -> None:
+    cols = [Column("N", key="n%"), Column("S"), Column("F"), Column("X")]
+    buf = io.StringIO()
+    JsonSink(cols, buf).write(batch)
+    keys = ["n%", "s", "f", "x"]
+    assert buf.getvalue() == "".join(json.dumps(dict(zip(keys, r)), separators=(",", ":")) + "\n" for r in batch)

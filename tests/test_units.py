@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import socket
+from typing import Any
 
 import click
 import pytest
@@ -12,7 +13,7 @@ from click.testing import CliRunner
 
 from netsnoop.btf import Field, _format
 from netsnoop.cli import cli
-from netsnoop.fmt import Clock, addr, comm, tcp_state
+from netsnoop.fmt import Clock, addr, comm, ip_version, tcp_state
 from netsnoop.options import PORTS
 from netsnoop.runner import run_intervals
 from netsnoop.output import Column, CsvSink, JsonSink, OutputOptions, TextSink, snake, time_columns
@@ -60,8 +61,11 @@ def test_addresses_and_states() -> None:
     v4 = socket.inet_aton("10.1.2.3") + bytes(12)
     assert addr(socket.AF_INET, v4) == "10.1.2.3"
     assert addr(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, "::1")) == "::1"
-    assert tcp_state(1) == "ESTABLISHED" and tcp_state(99) == "99"
-    assert comm(b"curl\0\0garbage") == "curl"
+    assert tcp_state(1) == "ESTABLISHED" and tcp_state(12) == "NEW_SYN_RECV" and tcp_state(99) == "99"
+    assert tcp_state(0) == "0" and tcp_state(99) == "99"  # asked twice: a number stays a number
+    assert ip_version(socket.AF_INET) == 4 and ip_version(socket.AF_INET6) == 6 and ip_version(0) == 4
+    assert comm(b"curl\0\0garbage") == "curl" and comm(b"curl\0\0garbage") == "curl"
+    assert comm(b"nc\0") == "nc" and comm(b"\xffx\0") == "\\xffx"
 
 
 def test_clock_relative_seconds() -> None:
@@ -314,3 +318,51 @@ def test_a_stdout_that_cannot_encode_a_name_gets_an_escape() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, env=env, timeout=30)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == b"name: caf\\xe9"
+
+
+def test_the_heap_of_start_up_is_frozen_once_a_subcommand_is_chosen() -> None:
+    """What importing a subcommand made is out of the collector's way, and the
+    collector runs less often, from then on (the event path allocates thousands of
+    short-lived rows per batch)."""
+    import gc
+
+    from netsnoop import cli as cli_module
+
+    threshold = gc.get_threshold()
+    gc.unfreeze()
+    gc.set_threshold(700, 10, 10)  # Python's own, as a fresh process has it
+    try:
+        assert gc.get_freeze_count() == 0
+        result = CliRunner().invoke(cli, ["states", "--help"])
+        assert result.exit_code == 0 and "state changes" in result.output
+        assert gc.get_freeze_count() > 1000 and gc.get_threshold() == cli_module.GC_THRESHOLD
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
+
+
+def test_conn_rows_are_the_columns_in_order_with_extras_and_where_last() -> None:
+    """row_of compiles one function per column list: every getter in its place, an
+    unknown event kind named by its number, an extra column's callable given the event,
+    and the where columns last, in one piece."""
+    from types import SimpleNamespace
+
+    from netsnoop import where
+    from netsnoop.conn import row_of
+
+    v4 = socket.inet_aton("10.1.2.3") + bytes(12)
+    e = SimpleNamespace(kind=9, pid=7, uid=0, comm=b"nc\0", family=socket.AF_INET, laddr=v4, raddr=bytes(16),
+                        lport=1, rport=2, state=7, err=111, lat_ns=1_500_000, netns=0, cgroup=0)
+    cols = [Column(h) for h in ("T", "TYPE", "PID", "COMM", "IP", "LADDR", "RADDR", "LPORT", "RPORT", "RESULT",
+                                "LAT(ms)", "NAME")]
+    seen: list[Any] = []
+
+    def name(ev: Any) -> str:
+        seen.append(ev)
+        return "peer"
+
+    row = row_of(cols + where.columns(True, True), {"NAME": name})
+    got = row(e)
+    assert got[:12] == ("?", "9", 7, "nc", 4, "10.1.2.3", "0.0.0.0", 1, 2, "REFUSED", 1.5, "peer") and seen == [e]
+    assert len(got) == 12 + len(where.columns(True, True))
+    assert row_of(cols[:2])(SimpleNamespace(kind=3)) == ("X", "close")
