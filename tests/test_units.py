@@ -75,6 +75,19 @@ def test_clock_relative_seconds() -> None:
     assert len(clock.hms(5_000_000_000)) == 8
 
 
+def test_json_timestamps_are_the_microsecond_nearest_the_stamp() -> None:
+    """Decimal arithmetic is the oracle: the printed stamp is the wall time rounded
+    half up to the microsecond, six decimals, for stamps where float rounding is not."""
+    from decimal import ROUND_HALF_UP, Decimal
+
+    clock = Clock()
+    clock.offset_ns = 1_764_560_000_123_456_789 - 5_000_000_000
+    for ktime in (5_000_000_000, 5_000_000_211, 5_000_000_711, 5_000_000_500 - 456_789 + 456_000, 7_123_456_789):
+        want = (Decimal(ktime + clock.offset_ns) / Decimal(10**9)).quantize(Decimal("0.000001"), ROUND_HALF_UP)
+        got = clock.wall_us(ktime)
+        assert repr(got) == str(want).rstrip("0").rstrip("."), (ktime, got, want)
+
+
 COLS = [Column("PID", 5), Column("COMM", 10, truncate=True), Column("MS", spec=".2f"), Column("TX_BYTES", text=False)]
 
 
