@@ -236,26 +236,6 @@ struct syscall_exit {
 	__s64 ret;
 };
 
-/* The socket behind one of the current task's file descriptors. */
-static __always_inline const struct sock *fd_sock(long fd)
-{
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	struct file **fds, *file = NULL;
-	struct socket *sock;
-
-	if (fd < 0 || fd >= BPF_CORE_READ(task, files, fdt, max_fds))
-		return NULL;
-	fds = BPF_CORE_READ(task, files, fdt, fd);
-	if (bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]) || !file)
-		return NULL;
-	sock = BPF_CORE_READ(file, private_data);
-	/* a socket's file and its struct socket point at each other (any other file's
-	 * private_data is something else) */
-	if (!sock || BPF_CORE_READ(sock, file) != file)
-		return NULL;
-	return BPF_CORE_READ(sock, sk);
-}
-
 /* handler(const struct sock *sk): a connection accept()ed, in the accepting process's
  * context. The syscall exits are tracepoints everywhere (accept may not exist on an
  * architecture: optional group); the kretprobe covers both where they are missing. */

@@ -3,7 +3,7 @@
  * addresses and flags, the socket state and owner, the network namespace, the
  * kernel's drop reason and the kernel stack of the drop point (tcpdrop); or, with -c,
  * counted per reason, namespace and 4-tuple. */
-#include "traffic.h"
+#include "hooks.h"
 #include "owner.h"
 
 #define MAX_STACK 32

@@ -169,23 +169,29 @@ static __always_inline void output_event(void *ctx, void *data, __u64 size)
 		count_perf_failure(err);
 }
 
-/* Add one to key's __u64 counter in a hash map (the -c modes), creating it; a full map
+/* Add n to key's __u64 counter in a hash map (the -c modes), creating it; a full map
  * counts as a lost event. */
-static __always_inline void count_key(void *map, const void *key)
+static __always_inline void count_key_by(void *map, const void *key, __u64 n)
 {
-	__u64 one = 1, *n = bpf_map_lookup_elem(map, key);
+	__u64 *v = bpf_map_lookup_elem(map, key);
 
-	if (n) {
-		__sync_fetch_and_add(n, 1);
+	if (v) {
+		__sync_fetch_and_add(v, n);
 		return;
 	}
-	if (bpf_map_update_elem(map, key, &one, BPF_NOEXIST) == 0)
+	if (bpf_map_update_elem(map, key, &n, BPF_NOEXIST) == 0)
 		return;
-	n = bpf_map_lookup_elem(map, key); /* created by another CPU meanwhile? */
-	if (n)
-		__sync_fetch_and_add(n, 1);
+	v = bpf_map_lookup_elem(map, key); /* created by another CPU meanwhile? */
+	if (v)
+		__sync_fetch_and_add(v, n);
 	else
 		count_lost();
+}
+
+/* The same, adding one: a count of events. */
+static __always_inline void count_key(void *map, const void *key)
+{
+	count_key_by(map, key, 1);
 }
 
 /* ---- filters (read-only globals, set before load) -------------------------------- */
@@ -291,6 +297,27 @@ static __always_inline void read_sock_tuple(const struct sock *sk, struct sock_t
 static __always_inline bool tuple_allowed(const struct sock_tuple *t)
 {
 	return family_allowed(t->family) && ports_allowed(t->sport, t->dport);
+}
+
+/* The socket behind one of the current task's file descriptors, NULL if it is none. */
+static __always_inline const struct sock *fd_sock(long fd)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	struct file **fds, *file = NULL;
+	struct socket *sock;
+
+	if (fd < 0 || fd >= BPF_CORE_READ(fdt, max_fds))
+		return NULL;
+	fds = BPF_CORE_READ(fdt, fd);
+	if (bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]) || !file)
+		return NULL;
+	sock = BPF_CORE_READ(file, private_data);
+	/* a socket's file and its struct socket point at each other (any other file's
+	 * private_data is something else) */
+	if (!sock || BPF_CORE_READ(sock, file) != file)
+		return NULL;
+	return BPF_CORE_READ(sock, sk);
 }
 
 /* A kfree_skb reason that is no drop: SKB_CONSUMED, a buffer freed after use (kernels

@@ -2,7 +2,7 @@
 /* retrans: TCP retransmits, SYN-ACK retransmits and (where a kprobe can reach
  * tcp_send_loss_probe) tail loss probes, with the socket's owner and network
  * namespace, as events or counted per namespace and flow (tcpretrans). */
-#include "traffic.h"
+#include "hooks.h"
 #include "owner.h"
 
 #define RETRANSMIT 1

@@ -27,26 +27,6 @@ struct {
 	__type(value, __s32);
 } listen_fds SEC(".maps");
 
-/* The sock behind one of the current task's fds, or NULL if it is not a socket. */
-static __always_inline struct sock *fd_sock(int fd)
-{
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
-	struct file **fds, *file;
-	struct socket *sock;
-
-	if (fd < 0 || fd >= BPF_CORE_READ(fdt, max_fds))
-		return NULL;
-	fds = BPF_CORE_READ(fdt, fd);
-	if (bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]) || !file)
-		return NULL;
-	sock = BPF_CORE_READ(file, private_data);
-	/* a socket's file and its struct socket point at each other */
-	if (!sock || BPF_CORE_READ(sock, file) != file)
-		return NULL;
-	return BPF_CORE_READ(sock, sk);
-}
-
 SEC("tracepoint/syscalls/sys_enter_listen")
 int listen_enter__tracepoint(struct trace_event_raw_sys_enter *ctx)
 {
@@ -64,8 +44,8 @@ int listen_exit__tracepoint(struct trace_event_raw_sys_exit *ctx)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__s32 *fd = bpf_map_lookup_elem(&listen_fds, &id), sock_fd;
+	const struct sock *sk;
 	struct sock_tuple t;
-	struct sock *sk;
 	struct event *e;
 	__u32 netns;
 

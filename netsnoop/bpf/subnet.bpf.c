@@ -3,7 +3,7 @@
  * kernel (tcpsubnet). The subnets are read-only globals; the first one that matches
  * wins. Per-CPU counters only grow: user space reports the difference between two
  * reads. */
-#include "traffic.h"
+#include "hooks.h"
 #include "where.h"
 
 #define MAX_SUBNETS 32

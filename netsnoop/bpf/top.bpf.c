@@ -20,7 +20,7 @@
  * an add.
  * The other variants (classic tracepoint, kprobe) pass an untyped pointer: they add
  * to conns directly, on every call. */
-#include "traffic.h"
+#include "hooks.h"
 #include "where.h"
 
 /* One conns entry per socket and process. Besides the socket's address, the key holds
