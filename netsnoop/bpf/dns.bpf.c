@@ -34,11 +34,6 @@ static __always_inline __u32 linear_after(const struct sk_buff *skb, bool rx, __
 	return end > l3 + off ? end - (l3 + off) : 0;
 }
 
-static __always_inline __u32 dev_netns(const struct sk_buff *skb)
-{
-	return BPF_CORE_READ(skb, dev, nd_net.net, ns.inum);
-}
-
 /* The hot path: the IP header and the ports in one read. Returns the UDP header's
  * offset in the packet, 0 unless the packet is UDP with port 53 on the side asked for (the source
  * when received, the destination when sent); fills the addresses. */
@@ -110,7 +105,7 @@ static __always_inline int on_packet(void *ctx, const struct sk_buff *skb, const
 	cap = dns_cap(len < avail ? len : avail, rx);
 	if (cap && bpf_probe_read_kernel(r->data, cap, (void *)(p->l3 + udp + 8)))
 		cap = 0;
-	r->h.netns = dev_netns(skb);
+	r->h.netns = dev_netns(BPF_CORE_READ(skb, dev));
 	r->h.seq = 0;
 	r->h.family = family;
 	r->h.sport = (__u16)u[0] << 8 | u[1];

@@ -18,9 +18,8 @@ extern void *bpf_cast_to_kern_ctx(void *) __ksym;
 static __always_inline __u32 skb_netns(struct __sk_buff *ctx)
 {
 	struct sk_buff *skb = bpf_cast_to_kern_ctx(ctx);
-	__u32 inum = BPF_CORE_READ(skb, sk, __sk_common.skc_net.net, ns.inum);
 
-	return inum ? inum : BPF_CORE_READ(skb, dev, nd_net.net, ns.inum);
+	return packet_netns(skb, BPF_CORE_READ(skb, sk));
 }
 
 static __always_inline void dns_packet(struct __sk_buff *ctx, bool rx)

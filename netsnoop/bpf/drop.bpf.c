@@ -24,14 +24,14 @@ struct event {
 	__u8 daddr[16];
 	char comm[TASK_COMM_LEN];
 	__s32 stack_bytes; /* bytes of stack[] filled, or a negative error */
-	__u32 netns; /* drop_netns() */
+	__u32 netns; /* packet_netns() */
 	__u64 stack[MAX_STACK];
 };
 EXPORT_STRUCT(event);
 
 struct drop_key {
 	__u32 reason;
-	__u32 netns; /* drop_netns() */
+	__u32 netns; /* packet_netns() */
 	__u16 family;
 	__u16 sport;
 	__u16 dport;
@@ -53,24 +53,11 @@ struct {
 	__type(value, __u64);
 } counts SEC(".maps");
 
-/* Whether a 0-terminated reason list holds `reason`. */
-static __always_inline bool reason_in(const volatile __u32 *list, __u32 reason)
-{
-#pragma unroll
-	for (int i = 0; i < MAX_REASONS; i++) {
-		if (list[i] == 0)
-			return false;
-		if (list[i] == reason)
-			return true;
-	}
-	return false;
-}
-
 static __always_inline bool reason_allowed(__u32 reason)
 {
-	if (filter_reasons[0] != 0 && !reason_in(filter_reasons, reason))
+	if (filter_reasons[0] != 0 && !u32_in(filter_reasons, MAX_REASONS, reason))
 		return false;
-	return !reason_in(exclude_reasons, reason);
+	return !u32_in(exclude_reasons, MAX_REASONS, reason);
 }
 
 static __always_inline void count_drop(const struct sock_tuple *t, __u32 reason, __u32 netns)
@@ -81,15 +68,6 @@ static __always_inline void count_drop(const struct sock_tuple *t, __u32 reason,
 	__builtin_memcpy(key.saddr, t->saddr, 16);
 	__builtin_memcpy(key.daddr, t->daddr, 16);
 	count_key(&counts, &key);
-}
-
-/* The network namespace a drop happened in: the socket's when one had the packet,
- * else the device's it arrived on or was leaving by (a packet no socket took). */
-static __always_inline __u32 drop_netns(const struct sk_buff *skb, const struct sock *sk)
-{
-	if (sk)
-		return sock_netns(sk);
-	return BPF_CORE_READ(skb, dev, nd_net.net, ns.inum);
 }
 
 static __always_inline int on_drop(void *ctx, const struct sk_buff *skb, void *location, __u32 reason,
@@ -111,7 +89,7 @@ static __always_inline int on_drop(void *ctx, const struct sk_buff *skb, void *l
 	sk = BPF_CORE_READ(skb, sk);
 	if (!sk)
 		sk = rx_sk;
-	netns = drop_netns(skb, sk);
+	netns = packet_netns(skb, sk); /* a packet no socket took: the device's */
 	if (!netns_allowed(netns))
 		return 0;
 	o = owner_wanted(count_only) ? owner_lookup(sk) : NULL;

@@ -54,7 +54,7 @@ static __always_inline int count(const struct sk_buff *skb, const struct net_dev
 
 	if (BPF_CORE_READ(dev, ifindex) != filter_ifindex)
 		return 0;
-	if (filter_netns && BPF_CORE_READ(dev, nd_net.net, ns.inum) != filter_netns)
+	if (filter_netns && dev_netns(dev) != filter_netns)
 		return 0;
 	key.queue = BPF_CORE_READ(skb, queue_mapping);
 	if (rx) /* a recorded RX queue is stored plus one; 0 means none recorded */

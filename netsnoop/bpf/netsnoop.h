@@ -198,23 +198,28 @@ static __always_inline void count_key(void *map, const void *key)
 
 const volatile __u32 filter_pids[MAX_PIDS] = {}; /* tgids, up to the first 0; none = any */
 const volatile __u16 filter_family = 0;   /* AF_INET / AF_INET6, 0 = both */
-const volatile __u16 filter_lports[MAX_PORTS] = {};
-const volatile __u16 filter_rports[MAX_PORTS] = {};
-const volatile __u16 filter_ports[MAX_PORTS] = {}; /* either end */
+const volatile __u32 filter_lports[MAX_PORTS] = {}; /* host order; 32 bits wide, so that */
+const volatile __u32 filter_rports[MAX_PORTS] = {}; /* every list is searched by u32_in() */
+const volatile __u32 filter_ports[MAX_PORTS] = {};  /* either end */
 const volatile __u64 filter_cgroup = 0;   /* cgroup v2 id (inode of its directory), 0 = any */
 
-static __always_inline bool port_in(const volatile __u16 *ports, __u16 port)
+/* Whether value is in set, a list of n that ends at its first 0. */
+static __always_inline bool u32_in(const volatile __u32 *set, int n, __u32 value)
 {
-	if (ports[0] == 0)
-		return true;
 #pragma unroll
-	for (int i = 0; i < MAX_PORTS; i++) {
-		if (ports[i] == 0)
+	for (int i = 0; i < n; i++) {
+		if (set[i] == 0)
 			return false;
-		if (ports[i] == port)
+		if (set[i] == value)
 			return true;
 	}
 	return false;
+}
+
+/* A port against a port list; an empty list lets every port in. */
+static __always_inline bool port_in(const volatile __u32 *ports, __u16 port)
+{
+	return !ports[0] || u32_in(ports, MAX_PORTS, port);
 }
 
 /* Local/remote/either-end port filters, host byte order. */
@@ -230,19 +235,6 @@ static __always_inline bool ports_allowed(__u16 lport, __u16 rport)
 static __always_inline bool family_allowed(__u16 family)
 {
 	return !filter_family || filter_family == family;
-}
-
-/* Whether value is in set, a list of n that ends at its first 0. */
-static __always_inline bool u32_in(const volatile __u32 *set, int n, __u32 value)
-{
-#pragma unroll
-	for (int i = 0; i < n; i++) {
-		if (set[i] == 0)
-			return false;
-		if (set[i] == value)
-			return true;
-	}
-	return false;
 }
 
 /* -p PID[,PID...]: a process (tgid) against the list. */
@@ -326,6 +318,28 @@ static __always_inline bool reason_is_consumed(__u32 reason)
 {
 	return bpf_core_enum_value_exists(enum skb_drop_reason, SKB_CONSUMED) &&
 	       reason == bpf_core_enum_value(enum skb_drop_reason, SKB_CONSUMED);
+}
+
+/* ---- network namespaces ---------------------------------------------------------- */
+
+/* A namespace is named by its inode, as /proc/PID/ns/net and `ip netns` name it. */
+
+static __always_inline __u32 sock_netns(const struct sock *sk)
+{
+	return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+}
+
+/* 0 for no device */
+static __always_inline __u32 dev_netns(const struct net_device *dev)
+{
+	return dev ? BPF_CORE_READ(dev, nd_net.net, ns.inum) : 0;
+}
+
+/* A packet's: its socket's when one has it (sk, NULL for none), else its device's (the
+ * one it arrived on or leaves by). */
+static __always_inline __u32 packet_netns(const struct sk_buff *skb, const struct sock *sk)
+{
+	return sk ? sock_netns(sk) : dev_netns(BPF_CORE_READ(skb, dev));
 }
 
 /* ---- packets --------------------------------------------------------------------- */

@@ -12,7 +12,7 @@ struct {
 
 static __always_inline int on_receive_reset(void *ctx, const struct sock *sk)
 {
-	__u32 netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	__u32 netns = sock_netns(sk);
 
 	count_key(&received, &netns); /* a full table counts as a lost event */
 	return 0;

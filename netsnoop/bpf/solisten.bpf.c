@@ -61,7 +61,7 @@ int listen_exit__tracepoint(struct trace_event_raw_sys_exit *ctx)
 	read_sock_tuple(sk, &t);
 	if (t.family != AF_INET && t.family != AF_INET6)
 		return 0;
-	netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	netns = sock_netns(sk);
 	if (!netns_allowed(netns))
 		return 0;
 

@@ -161,8 +161,6 @@ struct {
 	__type(value, struct cpu_cache);
 } cpu_cache SEC(".maps");
 
-#define compiler_barrier() asm volatile("" ::: "memory")
-
 /* Move a cached socket's bytes to conns. Swapped out atomically: the drain runs in an
  * interrupt, so a byte added meanwhile is moved now or next time, never twice. A full
  * map leaves them cached for the next try, unless the place is being given up
@@ -217,7 +215,7 @@ static __noinline void cache_miss(struct cpu_cache *c, struct sock *sk, __u32 po
 	if (!pid_allowed(pid) || !cgroup_allowed())
 		return; /* not counted, and the cache stays its owner's */
 	c->busy = 1;
-	compiler_barrier();
+	barrier(); /* busy is set before the cache changes and cleared after */
 	if (c->checked != c->switches || !c->pid) { /* pid 0: no owner yet (a new cache) */
 		if (c->pid != pid) { /* another process: the last one's bytes go to conns */
 #pragma unroll
@@ -245,7 +243,7 @@ static __noinline void cache_miss(struct cpu_cache *c, struct sock *sk, __u32 po
 	cs->entry.cgroup = c->cgroup;
 add:
 	add_bytes(cs, bytes, send);
-	compiler_barrier();
+	barrier();
 	c->busy = 0;
 }
 

@@ -1,8 +1,8 @@
 /* Where, for the connection tools (states, life, connect, accept, tracer, connlat):
  * the network namespace filter they share, declared once (the process list,
  * filter_pids, is every tool's: netsnoop.h). A namespace is the inode of its net
- * (what /proc/PID/ns/net and `ip netns` name); the list ends at the first 0; an
- * empty list lets all in. */
+ * (what /proc/PID/ns/net and `ip netns` name; read by sock_netns() and its kin in
+ * netsnoop.h); the list ends at the first 0; an empty list lets all in. */
 #ifndef __NETSNOOP_WHERE_H
 #define __NETSNOOP_WHERE_H
 
@@ -15,12 +15,6 @@ const volatile __u32 filter_netns[MAX_NETNS] = {};
 static __always_inline bool netns_allowed(__u32 netns)
 {
 	return !filter_netns[0] || u32_in(filter_netns, MAX_NETNS, netns);
-}
-
-/* The socket's network namespace: one CO-RE read. */
-static __always_inline __u32 sock_netns(const struct sock *sk)
-{
-	return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
 }
 
 #endif /* __NETSNOOP_WHERE_H */

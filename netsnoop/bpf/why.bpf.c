@@ -38,11 +38,6 @@ struct event {
 };
 EXPORT_STRUCT(event);
 
-static __always_inline __u32 dev_netns(const struct net_device *dev)
-{
-	return dev ? BPF_CORE_READ(dev, nd_net.net, ns.inum) : 0;
-}
-
 static __always_inline __u32 skb_netns(const struct sk_buff *skb)
 {
 	__u32 ns = dev_netns(BPF_CORE_READ(skb, dev));
@@ -51,7 +46,7 @@ static __always_inline __u32 skb_netns(const struct sk_buff *skb)
 	if (ns)
 		return ns;
 	sk = BPF_CORE_READ(skb, sk);
-	return sk ? BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum) : 0;
+	return sk ? sock_netns(sk) : 0;
 }
 
 static __always_inline struct event *new_event(__u8 kind, const struct sock_tuple *t)
@@ -179,7 +174,7 @@ static __always_inline int on_synack_retrans(void *ctx, const struct sock *sk, c
 	e = new_event(WHY_SYNACK_RETRANS, &t);
 	if (!e)
 		return 0;
-	e->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	e->netns = sock_netns(sk);
 	e->sk = (__u64)sk;
 	submit_event(ctx, e, sizeof(*e));
 	return 0;
@@ -375,7 +370,7 @@ static __always_inline int on_state(void *ctx, const struct sock *sk, int oldsta
 	if (!e)
 		return 0;
 	e->sk = (__u64)sk;
-	e->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	e->netns = sock_netns(sk);
 	e->state = newstate;
 	e->oldstate = oldstate;
 	e->value = BPF_CORE_READ(sk, sk_err);
@@ -412,7 +407,7 @@ static __always_inline int on_error(void *ctx, const struct sock *sk)
 	if (!e)
 		return 0;
 	e->sk = (__u64)sk;
-	e->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	e->netns = sock_netns(sk);
 	e->state = state;
 	e->value = BPF_CORE_READ(sk, sk_err);
 	submit_event(ctx, e, sizeof(*e));
