@@ -174,68 +174,94 @@ done:
 	bpf_map_delete_elem(&sessions, &key);
 }
 
-static __always_inline int on_state(void *ctx, const struct sock *sk, int oldstate, int newstate)
+/* A socket's first step into a session (or a later one, if its birth was missed):
+ * its birth time, namespace and ends, and, for connect() (process context), its owner.
+ * --netns: a session elsewhere is never kept, so never shown. */
+static __always_inline int begin(const struct sock *sk, int newstate)
 {
 	__u64 key = (__u64)sk;
-	struct session *s, fresh = {};
+	struct session fresh = {};
 
-	if (newstate < TCP_FIN_WAIT1) {
-		/* SYN_SENT, SYN_RECV, ESTABLISHED: the session is being born. CLOSE ->
-		 * SYN_SENT (connect) and LISTEN -> SYN_RECV (a listener's new child) are a
-		 * socket's first steps: whatever the map holds for this address then is
-		 * the session of an earlier socket whose end no hook saw. It is counted and
-		 * replaced, so a new socket never inherits an old birth time or owner. */
-		bool first = (oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT) ||
-			     (oldstate == TCP_LISTEN && newstate == TCP_SYN_RECV);
-		s = bpf_map_lookup_elem(&sessions, &key);
-		if (s && first) {
-			count_end_not_seen(s); /* the last socket here ended unseen */
-			bpf_map_delete_elem(&sessions, &key);
-			s = NULL;
-		}
-		if (!s) {
-			if (!sock_is_tcp(sk))
-				return 0;
-			/* --netns: a session elsewhere is never kept, so never shown */
-			fresh.netns = sock_netns(sk);
-			if (!netns_allowed(fresh.netns))
-				return 0;
-			fresh.birth_ns = bpf_ktime_get_ns();
-			note_ports(sk, &fresh);
-			if (newstate == TCP_SYN_SENT) { /* connect(): process context */
-				claim(&fresh);
-				fresh.active = 1;
-			}
-			bpf_map_update_elem(&sessions, &key, &fresh, BPF_ANY);
-		} else if (newstate == TCP_ESTABLISHED && !s->lport) {
-			s->lport = local_port(sk);
-		}
+	if (!sock_is_tcp(sk))
 		return 0;
+	fresh.netns = sock_netns(sk);
+	if (!netns_allowed(fresh.netns))
+		return 0;
+	fresh.birth_ns = bpf_ktime_get_ns();
+	note_ports(sk, &fresh);
+	if (newstate == TCP_SYN_SENT) {
+		claim(&fresh);
+		fresh.active = 1;
 	}
-	if ((oldstate == TCP_ESTABLISHED && newstate == TCP_FIN_WAIT1) ||
-	    (oldstate == TCP_CLOSE_WAIT && newstate == TCP_LAST_ACK)) {
-		/* close()/shutdown() by the owner (process context): it sends a FIN. */
-		s = bpf_map_lookup_elem(&sessions, &key);
-		if (s) {
-			s->fin_sent = 1;
-			if (s->pid != current_pid())
-				claim(s);
-		}
-		return 0;
-	}
-	if (newstate != TCP_CLOSE)
-		return 0;
+	bpf_map_update_elem(&sessions, &key, &fresh, BPF_ANY);
+	return 0;
+}
 
-	s = bpf_map_lookup_elem(&sessions, &key);
-	if (s && oldstate >= TCP_FIN_WAIT1 && oldstate != TCP_CLOSE_WAIT && oldstate != TCP_LISTEN)
-		s->fin_sent = 1; /* FIN_WAIT1/2, TIME_WAIT, LAST_ACK, CLOSING: also when the hook
-				  * did not see the change that sent it */
+/* SYN_SENT, SYN_RECV, ESTABLISHED: the session is being born. CLOSE -> SYN_SENT
+ * (connect) and LISTEN -> SYN_RECV (a listener's new child) are a socket's first
+ * steps: whatever the map holds for this address then is the session of an earlier
+ * socket whose end no hook saw. It is counted and replaced, so a new socket never
+ * inherits an old birth time or owner. */
+static __always_inline int born(const struct sock *sk, int oldstate, int newstate)
+{
+	bool first = (oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT) ||
+		     (oldstate == TCP_LISTEN && newstate == TCP_SYN_RECV);
+	__u64 key = (__u64)sk;
+	struct session *s = bpf_map_lookup_elem(&sessions, &key);
+
+	if (s && first) {
+		count_end_not_seen(s); /* the last socket here ended unseen */
+		bpf_map_delete_elem(&sessions, &key);
+		s = NULL;
+	}
+	if (!s)
+		return begin(sk, newstate);
+	if (newstate == TCP_ESTABLISHED && !s->lport)
+		s->lport = local_port(sk);
+	return 0;
+}
+
+/* close()/shutdown() by the owner (process context): it sends a FIN. */
+static __always_inline int fin_sent(const struct sock *sk)
+{
+	__u64 key = (__u64)sk;
+	struct session *s = bpf_map_lookup_elem(&sessions, &key);
+
+	if (s) {
+		s->fin_sent = 1;
+		if (s->pid != current_pid())
+			claim(s);
+	}
+	return 0;
+}
+
+/* CLOSE: the session's row. It sent a FIN if it closes from FIN_WAIT1/2, TIME_WAIT,
+ * LAST_ACK or CLOSING, also when the hook did not see the change that sent it. */
+static __always_inline int closed(void *ctx, const struct sock *sk, int oldstate)
+{
+	__u64 key = (__u64)sk;
+	struct session *s = bpf_map_lookup_elem(&sessions, &key);
+
 	if (!s) {
 		if (oldstate != TCP_LISTEN) /* a listener is not a session */
 			count_close_without_start(sk);
 		return 0;
 	}
+	if (oldstate >= TCP_FIN_WAIT1 && oldstate != TCP_CLOSE_WAIT && oldstate != TCP_LISTEN)
+		s->fin_sent = 1;
 	end_session(ctx, sk, key, s);
+	return 0;
+}
+
+static __always_inline int on_state(void *ctx, const struct sock *sk, int oldstate, int newstate)
+{
+	if (newstate < TCP_FIN_WAIT1) /* SYN_SENT, SYN_RECV, ESTABLISHED */
+		return born(sk, oldstate, newstate);
+	if ((oldstate == TCP_ESTABLISHED && newstate == TCP_FIN_WAIT1) ||
+	    (oldstate == TCP_CLOSE_WAIT && newstate == TCP_LAST_ACK))
+		return fin_sent(sk);
+	if (newstate == TCP_CLOSE)
+		return closed(ctx, sk, oldstate);
 	return 0;
 }
 
