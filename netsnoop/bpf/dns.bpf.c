@@ -105,14 +105,9 @@ static __always_inline int on_packet(void *ctx, const struct sk_buff *skb, const
 	cap = dns_cap(len < avail ? len : avail, rx);
 	if (cap && bpf_probe_read_kernel(r->data, cap, (void *)(p->l3 + udp + 8)))
 		cap = 0;
-	r->h.netns = dev_netns(BPF_CORE_READ(skb, dev));
+	dns_head(r, u, rx, IPPROTO_UDP, family, dev_netns(BPF_CORE_READ(skb, dev)));
 	r->h.seq = 0;
-	r->h.family = family;
-	r->h.sport = (__u16)u[0] << 8 | u[1];
-	r->h.dport = (__u16)u[2] << 8 | u[3];
 	r->h.wirelen = len;
-	r->h.kind = rx ? DNS_RECEIVED : DNS_SENT;
-	r->h.proto = IPPROTO_UDP;
 	r->h.tcp_flags = 0;
 	__builtin_memcpy(r->h.saddr, addrs, 16);
 	__builtin_memcpy(r->h.daddr, addrs + 16, 16);

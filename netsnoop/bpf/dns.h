@@ -60,6 +60,19 @@ static __always_inline struct dns_rec *dns_scratch(bool rx)
 	return bpf_map_lookup_elem(&scratch, &slot);
 }
 
+/* The header fields both watchers fill alike: the ends' ports from the first four bytes
+ * of the UDP or TCP header th, the direction, the protocol, the family and namespace. */
+static __always_inline void dns_head(struct dns_rec *r, const __u8 *th, bool rx, __u8 proto, __u16 family,
+				     __u32 netns)
+{
+	r->h.netns = netns;
+	r->h.family = family;
+	r->h.sport = (__u16)th[0] << 8 | th[1];
+	r->h.dport = (__u16)th[2] << 8 | th[3];
+	r->h.kind = rx ? DNS_RECEIVED : DNS_SENT;
+	r->h.proto = proto;
+}
+
 /* Copy length for a record: at most what the direction keeps, masked for the verifier. */
 static __always_inline __u32 dns_cap(__u32 len, bool rx)
 {

@@ -84,14 +84,9 @@ static __always_inline void dns_packet(struct __sk_buff *ctx, bool rx)
 		__builtin_memcpy(r->h.saddr, data + 8, 16);
 		__builtin_memcpy(r->h.daddr, data + 24, 16);
 	}
-	r->h.netns = skb_netns(ctx);
+	dns_head(r, th, rx, proto, family, skb_netns(ctx));
 	r->h.seq = seq;
-	r->h.family = family;
-	r->h.sport = (__u16)th[0] << 8 | th[1];
-	r->h.dport = (__u16)th[2] << 8 | th[3];
 	r->h.wirelen = len;
-	r->h.kind = rx ? DNS_RECEIVED : DNS_SENT;
-	r->h.proto = proto;
 	r->h.tcp_flags = flags;
 	/* the bytes there are: the skb's length counts from the network header */
 	cap = ctx->len > l4 + hlen ? ctx->len - l4 - hlen : 0;

@@ -46,12 +46,7 @@ const volatile __u32 exclude_reasons[MAX_REASONS] = {}; /* 0-terminated: never t
 const volatile __u8 count_only = 0;
 const volatile __u8 with_stack = 1;
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, struct drop_key);
-	__type(value, __u64);
-} counts SEC(".maps");
+COUNT_MAP(counts, struct drop_key, 16384);
 
 static __always_inline bool reason_allowed(__u32 reason)
 {
@@ -90,10 +85,7 @@ static __always_inline int on_drop(void *ctx, const struct sk_buff *skb, void *l
 	if (!sk)
 		sk = rx_sk;
 	netns = packet_netns(skb, sk); /* a packet no socket took: the device's */
-	if (!netns_allowed(netns))
-		return 0;
-	o = owner_wanted(count_only) ? owner_lookup(sk) : NULL;
-	if (!owner_allowed(o))
+	if (!sock_passes(sk, netns, count_only, &o))
 		return 0;
 	if (count_only) {
 		count_drop(&t, reason, netns);

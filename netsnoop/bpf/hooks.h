@@ -110,4 +110,19 @@
 		return handler(ctx, (const struct sock *)ctx->skaddr);                  \
 	}
 
+/* handler(ctx, const struct sock *listener, const struct request_sock *req): a listener
+ * sent a SYN-ACK again (tcp:tcp_retransmit_synack), as the hook group synack. */
+#define SYNACK_RETRANS_HOOKS(handler)                                                   \
+	SEC("tp_btf/tcp_retransmit_synack")                                             \
+	int BPF_PROG(synack__tp_btf, const struct sock *sk, const struct request_sock *req) \
+	{                                                                               \
+		return handler(ctx, sk, req);                                           \
+	}                                                                               \
+	SEC("tracepoint/tcp/tcp_retransmit_synack")                                     \
+	int synack__tracepoint(struct trace_event_raw_tcp_retransmit_synack *ctx)       \
+	{                                                                               \
+		return handler(ctx, (const struct sock *)ctx->skaddr,                   \
+			       (const struct request_sock *)ctx->req);                  \
+	}
+
 #endif /* __NETSNOOP_HOOKS_H */

@@ -169,6 +169,15 @@ static __always_inline void output_event(void *ctx, void *data, __u64 size)
 		count_perf_failure(err);
 }
 
+/* A hash map of __u64 counts by key_type (the -c modes), for count_key(). */
+#define COUNT_MAP(name, key_type, entries)                                              \
+	struct {                                                                        \
+		__uint(type, BPF_MAP_TYPE_HASH);                                        \
+		__uint(max_entries, entries);                                           \
+		__type(key, key_type);                                                  \
+		__type(value, __u64);                                                   \
+	} name SEC(".maps")
+
 /* Add n to key's __u64 counter in a hash map (the -c modes), creating it; a full map
  * counts as a lost event. */
 static __always_inline void count_key_by(void *map, const void *key, __u64 n)
@@ -266,23 +275,37 @@ struct sock_tuple {
 	__u16 family;
 };
 
-static __always_inline void read_sock_tuple(const struct sock *sk, struct sock_tuple *t)
+/* The family and addresses of a socket's common part: a full socket's, or a request
+ * sock's (a connection in its handshake, before it has a socket of its own). */
+static __always_inline void read_common_addrs(const struct sock_common *c, struct sock_tuple *t)
 {
-	t->family = BPF_CORE_READ(sk, __sk_common.skc_family);
-	/* inet_sport, not skc_num: the latter is already 0 when CLOSE is traced */
-	t->sport = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
-	t->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	t->family = BPF_CORE_READ(c, skc_family);
 	if (t->family == AF_INET6) {
-		bpf_core_read(t->saddr, sizeof(t->saddr), &sk->__sk_common.skc_v6_rcv_saddr);
-		bpf_core_read(t->daddr, sizeof(t->daddr), &sk->__sk_common.skc_v6_daddr);
+		bpf_core_read(t->saddr, sizeof(t->saddr), &c->skc_v6_rcv_saddr);
+		bpf_core_read(t->daddr, sizeof(t->daddr), &c->skc_v6_daddr);
 	} else {
 		/* the 12 bytes after an IPv4 address are zero, never stack leftovers: the
 		 * tuple is compared and hashed whole (count keys) */
 		__builtin_memset(t->saddr, 0, sizeof(t->saddr));
 		__builtin_memset(t->daddr, 0, sizeof(t->daddr));
-		BPF_CORE_READ_INTO((__u32 *)t->saddr, sk, __sk_common.skc_rcv_saddr);
-		BPF_CORE_READ_INTO((__u32 *)t->daddr, sk, __sk_common.skc_daddr);
+		BPF_CORE_READ_INTO((__u32 *)t->saddr, c, skc_rcv_saddr);
+		BPF_CORE_READ_INTO((__u32 *)t->daddr, c, skc_daddr);
 	}
+}
+
+static __always_inline void read_sock_tuple(const struct sock *sk, struct sock_tuple *t)
+{
+	read_common_addrs(&sk->__sk_common, t);
+	/* inet_sport, not skc_num: the latter is already 0 when CLOSE is traced */
+	t->sport = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
+	t->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+}
+
+static __always_inline void read_req_tuple(const struct request_sock *req, struct sock_tuple *t)
+{
+	read_common_addrs(&req->__req_common, t);
+	t->sport = BPF_CORE_READ(req, __req_common.skc_num);
+	t->dport = bpf_ntohs(BPF_CORE_READ(req, __req_common.skc_dport));
 }
 
 /* The --ipv4/--ipv6 and port filters against a socket's tuple. */

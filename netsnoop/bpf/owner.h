@@ -90,6 +90,17 @@ static __always_inline bool owner_wanted(bool counting)
 	return with_owner && (!counting || filter_pids[0] || filter_cgroup);
 }
 
+/* Whether a row about sk, in namespace netns, passes --netns, -p and --cgroup; *o is then
+ * its owner as far as one is wanted (NULL: unknown, or not wanted). */
+static __always_inline bool sock_passes(const struct sock *sk, __u32 netns, bool counting,
+					const struct sock_owner **o)
+{
+	if (!netns_allowed(netns))
+		return false;
+	*o = owner_wanted(counting) ? owner_lookup(sk) : NULL;
+	return owner_allowed(*o);
+}
+
 /* The owner into a row's pid/comm/cgroup (0, "" and 0 when none is known). */
 static __always_inline void owner_copy(const struct sock_owner *o, __u32 *pid, char *comm, __u64 *cgroup)
 {

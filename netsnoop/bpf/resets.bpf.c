@@ -3,12 +3,7 @@
  * "resets received": the kernel keeps no counter of them, only of those it sends). */
 #include "hooks.h"
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);
-	__type(key, __u32);   /* the socket's network namespace (inode) */
-	__type(value, __u64); /* resets it received */
-} received SEC(".maps");
+COUNT_MAP(received, __u32, 4096); /* resets received per network namespace (inode) */
 
 static __always_inline int on_receive_reset(void *ctx, const struct sock *sk)
 {

@@ -42,12 +42,7 @@ const volatile __u8 count_only = 0;
 /* -l: report tail loss probes (the hook is attached whenever the kernel allows it) */
 const volatile __u8 with_tlp = 0;
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, struct flow_key);
-	__type(value, __u64);
-} counts SEC(".maps");
+COUNT_MAP(counts, struct flow_key, 16384); /* segments per flow */
 
 static __always_inline void count_flow(const struct sock_tuple *t, __u32 netns, __u32 segs)
 {
@@ -71,10 +66,7 @@ static __always_inline int report(void *ctx, const struct sock *sk, const struct
 	if (!tuple_allowed(t))
 		return 0;
 	netns = sock_netns(sk);
-	if (!netns_allowed(netns))
-		return 0;
-	o = owner_wanted(count_only) ? owner_lookup(sk) : NULL;
-	if (!owner_allowed(o))
+	if (!sock_passes(sk, netns, count_only, &o))
 		return 0;
 	if (count_only) {
 		if (segs) /* a loss probe row sends nothing itself */
@@ -125,20 +117,10 @@ static __always_inline int on_retransmit(void *ctx, const struct sock *sk, const
  * listener's. */
 static __always_inline int on_synack(void *ctx, const struct sock *listener, const struct request_sock *req)
 {
-	const struct sock_common *c = &req->__req_common;
-	struct sock_tuple t = {};
+	struct sock_tuple t;
 
-	t.family = BPF_CORE_READ(c, skc_family);
-	t.sport = BPF_CORE_READ(c, skc_num);
-	t.dport = bpf_ntohs(BPF_CORE_READ(c, skc_dport));
-	if (t.family == AF_INET6) {
-		BPF_CORE_READ_INTO(t.saddr, c, skc_v6_rcv_saddr.in6_u.u6_addr8);
-		BPF_CORE_READ_INTO(t.daddr, c, skc_v6_daddr.in6_u.u6_addr8);
-	} else {
-		BPF_CORE_READ_INTO((__u32 *)t.saddr, c, skc_rcv_saddr);
-		BPF_CORE_READ_INTO((__u32 *)t.daddr, c, skc_daddr);
-	}
-	return report(ctx, listener, &t, BPF_CORE_READ(c, skc_state), RETRANSMIT,
+	read_req_tuple(req, &t);
+	return report(ctx, listener, &t, BPF_CORE_READ(req, __req_common.skc_state), RETRANSMIT,
 		      BPF_CORE_READ((struct tcp_request_sock *)req, snt_isn), 1);
 }
 
@@ -166,17 +148,7 @@ int BPF_KPROBE(retransmit__kprobe, struct sock *sk, struct sk_buff *skb)
 	return on_retransmit(ctx, sk, skb);
 }
 
-SEC("tp_btf/tcp_retransmit_synack")
-int BPF_PROG(synack__tp_btf, const struct sock *sk, const struct request_sock *req)
-{
-	return on_synack(ctx, sk, req);
-}
-
-SEC("tracepoint/tcp/tcp_retransmit_synack")
-int synack__tracepoint(struct trace_event_raw_tcp_retransmit_synack *ctx)
-{
-	return on_synack(ctx, (const struct sock *)ctx->skaddr, (const struct request_sock *)ctx->req);
-}
+SYNACK_RETRANS_HOOKS(on_synack)
 
 SEC("kprobe/tcp_rtx_synack")
 int BPF_KPROBE(synack__kprobe, const struct sock *sk, struct request_sock *req)

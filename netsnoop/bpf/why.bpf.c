@@ -156,21 +156,12 @@ int drop__tracepoint(struct trace_event_raw_kfree_skb *ctx)
 
 static __always_inline int on_synack_retrans(void *ctx, const struct sock *sk, const struct request_sock *req)
 {
-	struct sock_tuple t = {};
+	struct sock_tuple t;
 	struct event *e;
 
-	t.family = BPF_CORE_READ(req, __req_common.skc_family);
-	t.sport = BPF_CORE_READ(req, __req_common.skc_num);
-	t.dport = bpf_ntohs(BPF_CORE_READ(req, __req_common.skc_dport));
+	read_req_tuple(req, &t);
 	if (!family_allowed(t.family) || !port_in(filter_ports, t.sport))
 		return 0;
-	if (t.family == AF_INET6) {
-		bpf_core_read(t.saddr, 16, &req->__req_common.skc_v6_rcv_saddr);
-		bpf_core_read(t.daddr, 16, &req->__req_common.skc_v6_daddr);
-	} else {
-		BPF_CORE_READ_INTO((__u32 *)t.saddr, req, __req_common.skc_rcv_saddr);
-		BPF_CORE_READ_INTO((__u32 *)t.daddr, req, __req_common.skc_daddr);
-	}
 	e = new_event(WHY_SYNACK_RETRANS, &t);
 	if (!e)
 		return 0;
@@ -180,17 +171,7 @@ static __always_inline int on_synack_retrans(void *ctx, const struct sock *sk, c
 	return 0;
 }
 
-SEC("tp_btf/tcp_retransmit_synack")
-int BPF_PROG(synack__tp_btf, const struct sock *sk, const struct request_sock *req)
-{
-	return on_synack_retrans(ctx, sk, req);
-}
-
-SEC("tracepoint/tcp/tcp_retransmit_synack")
-int synack__tracepoint(struct trace_event_raw_tcp_retransmit_synack *ctx)
-{
-	return on_synack_retrans(ctx, (const struct sock *)ctx->skaddr, (const struct request_sock *)ctx->req);
-}
+SYNACK_RETRANS_HOOKS(on_synack_retrans)
 
 /* ---- a route lookup fails (IPv4) ---------------------------------------------------- */
 
