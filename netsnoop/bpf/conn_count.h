@@ -30,12 +30,7 @@ EXPORT_STRUCT(conn_count_key);
 
 /* Sized for a host's destinations between two reads (export empties it every
  * second); a full map counts what it could not take as lost events. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, struct conn_count_key);
-	__type(value, __u64);
-} counts SEC(".maps");
+COUNT_MAP(counts, struct conn_count_key, 16384);
 
 /* The count key of a connection in namespace netns, with the fields count_flags asks
  * for (remote: connect's remote address too); the caller adds an outcome. */
