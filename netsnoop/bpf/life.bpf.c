@@ -174,9 +174,10 @@ done:
 	bpf_map_delete_elem(&sessions, &key);
 }
 
-/* A socket's first step into a session (or a later one, if its birth was missed):
- * its birth time, namespace and ends, and, for connect() (process context), its owner.
- * --netns: a session elsewhere is never kept, so never shown. */
+/* The first step of a session the hook sees (a later one than its first if tracing
+ * began in between): its birth time, namespace and ends, and for connect() (SYN_SENT,
+ * in process context) its owner. --netns: a session elsewhere is never kept, so never
+ * shown. */
 static __always_inline int begin(const struct sock *sk, int newstate)
 {
 	__u64 key = (__u64)sk;
