@@ -229,13 +229,6 @@ static __always_inline int emit(void *ctx, const struct sock *sk, const struct s
 
 /* ---- accept() --------------------------------------------------------------------- */
 
-/* The layout of every syscalls:sys_exit_* tracepoint record. */
-struct syscall_exit {
-	__u64 common;
-	__s32 nr;
-	__s64 ret;
-};
-
 /* handler(const struct sock *sk): a connection accept()ed, in the accepting process's
  * context. The syscall exits are tracepoints everywhere (accept may not exist on an
  * architecture: optional group); the kretprobe covers both where they are missing. */
@@ -246,7 +239,7 @@ struct syscall_exit {
 		return sk ? handler(ctx, sk) : 0;                                       \
 	}                                                                               \
 	SEC("tracepoint/syscalls/sys_exit_accept4")                                     \
-	int accept4__tracepoint(struct syscall_exit *ctx)                               \
+	int accept4__tracepoint(struct trace_event_raw_sys_exit *ctx)                   \
 	{                                                                               \
 		return handler##_fd(ctx, ctx->ret);                                     \
 	}                                                                               \
@@ -256,7 +249,7 @@ struct syscall_exit {
 		return sk ? handler(ctx, sk) : 0;                                       \
 	}                                                                               \
 	SEC("tracepoint/syscalls/sys_exit_accept")                                      \
-	int accept__tracepoint(struct syscall_exit *ctx)                                \
+	int accept__tracepoint(struct trace_event_raw_sys_exit *ctx)                    \
 	{                                                                               \
 		return handler##_fd(ctx, ctx->ret);                                     \
 	}

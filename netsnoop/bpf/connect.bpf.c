@@ -106,7 +106,7 @@ SO_ERROR_HOOK
 
 /* connect() returned (-L): a non-blocking attempt is still in SYN_SENT, its port known. */
 SEC("tracepoint/syscalls/sys_exit_connect")
-int connect_exit__tracepoint(struct syscall_exit *ctx)
+int connect_exit__tracepoint(struct trace_event_raw_sys_exit *ctx)
 {
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 	__u64 *sk = bpf_map_lookup_elem(&connecting, &tid);
