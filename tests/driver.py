@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import IO, Any
+from typing import IO, Any, Callable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NETSNOOP = [sys.executable, "-m", "netsnoop"]
@@ -69,18 +69,18 @@ class Netsnoop:
         if out is not None:
             out.close()
         else:
-            self._pump(self.proc.stdout, self.out_lines, self._first_output)
-        self._pump(self.proc.stderr, self.err_lines, self._ready_line)
+            self._pump(self.proc.stdout, self.out_lines, self._first_output, self._output)
+        self._pump(self.proc.stderr, self.err_lines, self._ready_line, self._ready)
         return self
 
-    def _pump(self, stream: IO[str] | None, sink: list[str], watch: Any) -> None:
+    def _pump(self, stream: IO[str] | None, sink: list[str], watch: Callable[[str], None],
+              ended: threading.Event) -> None:
         def run() -> None:
             assert stream is not None
             for line in stream:
                 sink.append(line)
                 watch(line)
-            self._ready.set()  # the end: nobody waits for a line that cannot come
-            self._output.set()
+            ended.set()  # nobody waits for a line that can no longer come
 
         th = threading.Thread(target=run, daemon=True)
         th.start()
