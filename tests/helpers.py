@@ -57,7 +57,10 @@ class Trace(Netsnoop):
 
     def __init__(self, args: list[str], env: dict[str, str] | None = None, hooks: str | None = None,
                  prefix: list[str] | None = None) -> None:
-        super().__init__(args, env={**(env or {}), **({"NETSNOOP_HOOKS": hooks} if hooks else {})}, prefix=prefix)
+        # NETSNOOP read here, not in driver: a fixture may set helpers.NETSNOOP to run every
+        # trace of its tests inside a namespace (test_netqtop)
+        super().__init__(args, env={**(env or {}), **({"NETSNOOP_HOOKS": hooks} if hooks else {})}, prefix=prefix,
+                         command=NETSNOOP)
         self.forced = hooks.split(",") if hooks else None
         self.links: list[dict[str, str]] = []
         self.prog_types: set[str] = set()
