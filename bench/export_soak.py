@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -32,6 +33,7 @@ ROOT = os.path.dirname(BENCH)
 sys.path.insert(0, BENCH)
 
 from run import RESULTS, build_loadgen, free_port, loadgen  # noqa: E402
+from driver import Netsnoop, cpu_seconds  # noqa: E402  (tests/driver.py: run.py puts tests/ on the path)
 
 
 def rss_mib(pid: int) -> float:
@@ -64,38 +66,23 @@ def churn_namespaces(count: int) -> None:
             subprocess.run(["ip", "netns", "del", name], check=True)
 
 
-def start_exporter(target: str, metrics: str | None = None) -> subprocess.Popen[str]:
+def start_exporter(target: str, metrics: str | None = None) -> Netsnoop:
     only = ["--metrics", metrics] if metrics else []
-    proc = subprocess.Popen([sys.executable, "-m", "netsnoop", "export", "--listen", target, *only],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    assert proc.stderr is not None
-    line = proc.stderr.readline()
-    if not line.startswith("Tracing"):
-        proc.kill()
-        raise RuntimeError(f"netsnoop export did not start: {line}{proc.stderr.read()}")
-    return proc
-
-
-def cpu_s(pid: int) -> float:
-    """A process's user and system CPU time so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return Netsnoop(["export", "--listen", target, *only]).start().wait_ready()
 
 
 def ratio(mode: str, args: list[str], target: str, metrics: str | None = None) -> dict[str, Any]:
     """The workload untraced, with the exporter, untraced again; and the exporter's own
     CPU time during the traced run (what reading the kernel's counts costs it)."""
     before = loadgen(mode, *args)["rate"]
-    proc = start_exporter(target, metrics)
+    ns = start_exporter(target, metrics)
     try:
-        spent = cpu_s(proc.pid)
+        spent = cpu_seconds(ns.proc.pid) or 0.0
         traced = loadgen(mode, *args)["rate"]
-        spent = cpu_s(proc.pid) - spent
+        spent = (cpu_seconds(ns.proc.pid) or 0.0) - spent
         scrape(target)
     finally:
-        proc.terminate()
-        proc.wait(30)
+        ns.stop(signal.SIGTERM)
     after = loadgen(mode, *args)["rate"]
     return {"untraced": [before, after], "traced": traced, "ratio": traced / ((before + after) / 2),
             "exporter_cpu_s": spent}
@@ -142,7 +129,7 @@ def soak(rounds: int, connections: int, namespaces: int, repeats: int, metrics: 
 
     if not rounds:
         return result
-    proc = start_exporter(target)
+    ns = start_exporter(target)
     try:
         print(f"{'round':>5} {'RSS MiB':>8} {'samples':>8} {'scrape ms':>10}", flush=True)
         for n in range(rounds):
@@ -152,13 +139,12 @@ def soak(rounds: int, connections: int, namespaces: int, repeats: int, metrics: 
             for _ in range(5):
                 took, samples = scrape(target)
                 times.append(took)
-            row = {"round": n + 1, "rss_mib": rss_mib(proc.pid), "samples": samples,
+            row = {"round": n + 1, "rss_mib": rss_mib(ns.proc.pid), "samples": samples,
                    "scrape_ms": statistics.median(times) * 1000}
             result["rounds"].append(row)
             print(f"{row['round']:>5} {row['rss_mib']:>8.1f} {row['samples']:>8} {row['scrape_ms']:>10.1f}", flush=True)
     finally:
-        proc.terminate()
-        proc.wait(30)
+        ns.stop(signal.SIGTERM)
     return result
 
 

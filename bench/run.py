@@ -54,13 +54,10 @@ import json
 import os
 import platform
 import re
-import selectors
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
@@ -69,11 +66,12 @@ BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
 LOADGEN = os.path.join(BENCH, "loadgen")
 RESULTS = os.path.join(BENCH, "results")
-NETSNOOP = [sys.executable, "-m", "netsnoop"]
 FLOOR_CMD = [sys.executable, os.path.join(BENCH, "floor.py")]
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests"))  # the process driver the tests use as well
+
+from driver import NETSNOOP, Netsnoop, bpf_fds, cpu_seconds, parse_summary_text  # noqa: E402
 
 HEADER_WINDOW_S = 0.5  # a header later than this after "Tracing..." is an interval's output
 
@@ -192,16 +190,6 @@ def stats(values: Iterable[float | None]) -> dict[str, float] | None:
     return {"median": statistics.median(vs), "min": min(vs), "max": max(vs), "n": len(vs)}
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """utime+stime of a process (threads included), from /proc/<pid>/stat."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
 def cpu_seconds_precise(pid: int) -> float | None:
     """CPU time summed over the process's threads from /proc/<pid>/task/*/sched
     (se.sum_exec_runtime, in ms with ns digits): /proc/<pid>/stat counts in 10 ms ticks,
@@ -299,109 +287,14 @@ def tracing_subcommands() -> list[str]:
 # -- one netsnoop process -----------------------------------------------------------------
 
 
-class Netsnoop:
-    """A netsnoop run we time and watch: stdout to a pipe or a file, stderr read by a
-    thread (so the "Tracing..." line is seen as soon as it is written)."""
-
-    def __init__(self, args: list[str], stdout_path: str | None = None) -> None:
-        self.args = args
-        self.stdout_path = stdout_path
-        self.err_lines: list[str] = []
-        self.ready_at: float | None = None
-        self.header_at: float | None = None
-        self.cpu_at_exit: float | None = None
-        self.returncode: int | None = None
-        self._ready = threading.Event()
-
-    def start(self) -> "Netsnoop":
-        out = open(self.stdout_path, "w") if self.stdout_path else None
-        self.t0 = time.perf_counter()
-        settings = dict(a.split("=", 1) for a in self.args if is_setting(a))
-        args = [a for a in self.args if not is_setting(a)]
-        cmd = FLOOR_CMD + args[1:] if args[:1] == [FLOOR] else NETSNOOP + args
-        self.proc = subprocess.Popen(cmd, stdout=out or subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
-                                     text=True, bufsize=1, env={**os.environ, **settings})
-        if out is not None:
-            out.close()
-        self._thread = threading.Thread(target=self._read_stderr, daemon=True)
-        self._thread.start()
-        return self
-
-    def _read_stderr(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            if self.ready_at is None and line.startswith("Tracing"):
-                self.ready_at = time.perf_counter() - self.t0
-                self._ready.set()
-            self.err_lines.append(line)
-        self._ready.set()
-
-    def wait_ready(self, timeout: float = 20.0) -> None:
-        if not self._ready.wait(timeout) or self.ready_at is None:
-            self.stop()
-            raise RuntimeError(
-                f"netsnoop {' '.join(self.args)} did not start: {''.join(self.err_lines)[-400:].strip()}"
-            )
-
-    def wait_header(self, timeout: float) -> bool:
-        """The first stdout line (piped stdout only): sets ``header_at``."""
-        assert self.proc.stdout is not None
-        sel = selectors.DefaultSelector()
-        sel.register(self.proc.stdout, selectors.EVENT_READ)
-        try:
-            if sel.select(timeout):
-                line = self.proc.stdout.readline()
-                if line:
-                    self.header_at = time.perf_counter() - self.t0
-                    return True
-            return False
-        finally:
-            sel.close()
-
-    def wait_file_header(self, timeout: float) -> None:
-        """For stdout in a file: wait until the header line is there (text formats)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and os.path.getsize(self.stdout_path or "") == 0:
-            time.sleep(0.01)
-
-    def wait_drained(self, idle: float = 0.3, timeout: float = 60.0) -> None:
-        """Until netsnoop's CPU time stops growing: the backlog has been written out."""
-        deadline = time.monotonic() + timeout
-        last = cpu_seconds(self.proc.pid)
-        while time.monotonic() < deadline:
-            time.sleep(idle)
-            now = cpu_seconds(self.proc.pid)
-            if now is None or last is None or now - last < 0.01:
-                return
-            last = now
-
-    def stop(self, timeout: float = 30.0) -> int:
-        """SIGINT, then read the CPU time of the exited (not yet reaped) process."""
-        if self.returncode is not None:
-            return self.returncode
-        if self.proc.stdout is not None:  # keep a piped stdout flowing while it stops
-            threading.Thread(target=self.proc.stdout.read, daemon=True).start()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                info = os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOWAIT | os.WNOHANG)
-            except ChildProcessError:
-                break
-            if info is not None:
-                self.cpu_at_exit = cpu_seconds(self.proc.pid)
-                break
-            time.sleep(0.01)
-        else:
-            self.proc.kill()
-        self.returncode = self.proc.wait()
-        self._thread.join(5)
-        return self.returncode
-
-    @property
-    def stderr(self) -> str:
-        return "".join(self.err_lines)
+def netsnoop(args: list[str], stdout_path: str | None = None) -> Netsnoop:
+    """A scenario's netsnoop run, started (tests/driver.py, shared with the tests):
+    its leading ``NAME=value`` arguments are its environment, ``FLOOR`` runs
+    bench/floor.py instead of netsnoop."""
+    settings = dict(a.split("=", 1) for a in args if is_setting(a))
+    rest = [a for a in args if not is_setting(a)]
+    command, rest = (FLOOR_CMD, rest[1:]) if rest[:1] == [FLOOR] else (NETSNOOP, rest)
+    return Netsnoop(rest, env=settings, command=command, stdout_path=stdout_path).start()
 
 
 # -- start-up -----------------------------------------------------------------------------
@@ -411,16 +304,16 @@ def measure_startup(sub: str, runs: int) -> dict[str, Any]:
     """exec -> first stdout line (or -> "Tracing..." for interval tools), and VmHWM."""
     samples, rss, basis = [], [], "header"
     for _ in range(runs):
-        ns = Netsnoop([sub, *STARTUP_ARGS.get(sub, [])]).start()
+        ns = netsnoop([sub, *STARTUP_ARGS.get(sub, [])])
         try:
             ns.wait_ready()
             # a streaming tool prints its header right after "Tracing..."; an interval
             # tool prints nothing until its first interval, so its start-up ends at ready
-            got = ns.wait_header(timeout=HEADER_WINDOW_S)
+            got = ns.wait_output(timeout=HEADER_WINDOW_S)
             if not got:
                 basis = "ready"
             rss.append(peak_rss_mb(ns.proc.pid))
-            samples.append(ns.header_at if got else ns.ready_at)
+            samples.append(ns.output_at if got else ns.ready_at)
         finally:
             ns.stop()
     return {"basis": basis, "seconds": samples, "startup_s": stats(samples), "rss_mb": stats(rss)}
@@ -442,38 +335,8 @@ def interpreter_floor(runs: int) -> dict[str, Any]:
 
 # -- workloads under tracing --------------------------------------------------------------
 
-SUMMARY_PART = re.compile(r"(\d+) ([a-z][a-z ]*)|([a-z][a-z ]*):\s*(.*)|([a-z]+) (transport)")
 MISSED_RUNS = re.compile(r"the kernel skipped (\d+) runs?")
 CAUSES = ("lost_events", "skipped_hook_runs", "ends_not_seen", "changes_not_seen")
-
-
-def parse_summary_text(stderr: str) -> dict[str, Any] | None:
-    """The text summary, the last ``netsnoop: ...`` line on stderr naming lost events,
-    back into the JSON summary's keys: ``netsnoop: 5 events, 0 lost events, 0 skipped
-    hook runs, ring transport, hooks: set_state=tp_btf accept=none, 0 changes not seen``
-    gives events, lost_events, skipped_hook_runs, transport, hooks ({group: kind or
-    None}), changes_not_seen.
-    None when there is no such line or a part of it is not understood."""
-    line = next(
-        (ln for ln in reversed(stderr.splitlines()) if ln.startswith("netsnoop: ") and "lost events" in ln), None
-    )
-    if line is None:
-        return None
-    out: dict[str, Any] = {}
-    for part in line[len("netsnoop: "):].split(", "):
-        m = SUMMARY_PART.fullmatch(part.strip())
-        if not m:
-            return None
-        if m.group(1) is not None:
-            out[m.group(2).replace(" ", "_")] = int(m.group(1))
-        elif m.group(5) is not None:
-            out["transport"] = m.group(5)
-        else:
-            pairs = [kv.partition("=") for kv in m.group(4).split()]
-            if any(not sep for _, sep, _ in pairs):
-                return None
-            out[m.group(3).replace(" ", "_")] = {k: None if v == "none" else v for k, _, v in pairs}
-    return out
 
 
 def text_row(header: list[str], line: str) -> dict[str, str]:
@@ -640,11 +503,11 @@ def run_traced(sc: Scenario, tmp: str) -> dict[str, Any]:
     args, wargs = sc.bound()
     before = loadgen(*wargs)
     path = os.path.join(tmp, "out")
-    ns = Netsnoop(args + FORMATS[sc.fmt], stdout_path=path).start()
+    ns = netsnoop(args + FORMATS[sc.fmt], stdout_path=path)
     try:
         ns.wait_ready()
         if sc.fmt == "text":
-            ns.wait_file_header(2.0)
+            ns.wait_output(2.0)
         time.sleep(0.05)
         cpu0, exact0 = cpu_seconds(ns.proc.pid), cpu_seconds_precise(ns.proc.pid)
         traced = loadgen(*wargs)
@@ -652,7 +515,7 @@ def run_traced(sc: Scenario, tmp: str) -> dict[str, Any]:
         cpu1, exact1 = cpu_seconds(ns.proc.pid), cpu_seconds_precise(ns.proc.pid)
         rss = peak_rss_mb(ns.proc.pid)
     finally:
-        rc = ns.stop()
+        rc = ns.stop().returncode
     after = loadgen(*wargs)  # untraced again: the traced run sits between two untraced ones
     untraced_rate = (before["rate"] + after["rate"]) / 2
     out = parse_output(path, sc.fmt, ns.stderr, traced["port"], sc.expect)
@@ -997,17 +860,8 @@ BPF_STATS = "/proc/sys/kernel/bpf_stats_enabled"
 
 def prog_stats(pid: int) -> tuple[int, int]:
     """Runs and nanoseconds of every BPF program that process ``pid`` holds (fdinfo)."""
-    runs = ns = 0
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
-                info = dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
-        except OSError:
-            continue
-        if "prog_id" in info and "run_cnt" in info:
-            runs += int(info["run_cnt"])
-            ns += int(info["run_time_ns"])
-    return runs, ns
+    progs = [info for info in bpf_fds(pid) if "run_cnt" in info]
+    return sum(int(i["run_cnt"]) for i in progs), sum(int(i["run_time_ns"]) for i in progs)
 
 
 def measure_kernel_cost(sc: Scenario, tmp: str) -> dict[str, Any]:
@@ -1019,7 +873,7 @@ def measure_kernel_cost(sc: Scenario, tmp: str) -> dict[str, Any]:
     with open(BPF_STATS) as f:
         previous = f.read().strip()
     args, wargs = sc.bound()
-    ns = Netsnoop(args, stdout_path=os.path.join(tmp, "kernel-cost")).start()
+    ns = netsnoop(args, stdout_path=os.path.join(tmp, "kernel-cost"))
     try:
         ns.wait_ready()
         with open(BPF_STATS, "w") as f:
@@ -1057,19 +911,13 @@ def measure_overview(opts: argparse.Namespace, log: Callable[[str], None]) -> di
         wargs = ["storm", "-n", str(opts.connections), "-c", str(opts.concurrency), "-p", port]
         before = loadgen(*wargs)
         started = time.monotonic()
-        proc = subprocess.Popen(NETSNOOP + ["overview", "--json", "-d", str(OVERVIEW_SECONDS)], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, cwd=ROOT)
-        assert proc.stderr is not None
-        line = proc.stderr.readline()
-        ready = time.monotonic() - started
-        if not line.startswith("Sampling"):
-            proc.kill()
-            raise RuntimeError(f"overview did not start: {line}{proc.stderr.read()[-300:]}")
+        ns = Netsnoop(["overview", "--json", "-d", str(OVERVIEW_SECONDS)], ready="Sampling").start()
+        ready = ns.wait_ready().ready_at or 0.0
         traced = loadgen(*wargs)
-        out, err = proc.communicate(timeout=120)
+        ns.wait(timeout=120)
         total = time.monotonic() - started
         after = loadgen(*wargs)
-        report = json.loads(out)
+        report = json.loads(ns.stdout)
         made = traced["connections"] - traced["failures"]
         seen = sum(c["attempts"] for c in report["connects"] if c["remote"].endswith(f":{port}"))
         run = {"ratio": traced["rate"] / ((before["rate"] + after["rate"]) / 2), "ready_s": ready, "total_s": total,

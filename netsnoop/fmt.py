@@ -41,6 +41,9 @@ class _Named(dict[int, Any]):
         return self._missing(value)
 
 
+# TCP header flag bits, in bcc's print order
+TCP_FLAGS = ("FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR")
+
 # the kernel's name of a TCP state (its number, for one the table lacks)
 tcp_state: Callable[[int], str] = _Named(TCP_STATES, str).__getitem__
 
@@ -54,6 +57,19 @@ def addr(family: int, raw: bytes) -> str:
     if family == AF_INET6:
         return _ntop(AF_INET6, raw)
     return _ntop(AF_INET, raw[:4])
+
+
+def endpoints(family: int, a: bytes, a_port: int, b: bytes, b_port: int) -> tuple[str, str, str, int, str, int]:
+    """Both ends in bcc's ``ADDR:PORT`` notation (IPv6 unbracketed, as bcc prints it)
+    for text, then as typed (address, port) pairs for JSON (the columns of
+    :func:`netsnoop.output.typed_endpoints`)."""
+    a_text, b_text = addr(family, a), addr(family, b)
+    return f"{a_text}:{a_port}", f"{b_text}:{b_port}", a_text, a_port, b_text, b_port
+
+
+def tcp_flags(bits: int) -> str:
+    """``SYN|ACK`` for the flags byte of a TCP header."""
+    return "|".join(name for i, name in enumerate(TCP_FLAGS) if bits & (1 << i))
 
 
 # 6 for AF_INET6, else 4

@@ -216,6 +216,25 @@ class Map:
             self.delete(k)
         return out
 
+    def take_all(self) -> list[tuple[bytes, bytes]]:
+        """Every entry of a (non per-CPU) hash map, each read and deleted in one step
+        (lookup-and-delete), so a byte counted while we read lands either in this
+        interval or in the next, never in neither."""
+        from errno import ENOENT
+
+        fn = lib().bpf_map_lookup_and_delete_elem
+        out = []
+        for key in list(self.keys()):
+            buf = ctypes.create_string_buffer(self.value_size)
+            rc = fn(self.fd, key, buf)
+            if rc == 0:
+                out.append((key, buf.raw))
+                continue
+            err = -rc if rc < 0 else last_errno()
+            if err != ENOENT:  # ENOENT: gone meanwhile; anything else is a real failure
+                raise LoadError(f"reading map {self.name} failed: {errno_message(err)}")
+        return out
+
     def sum_u64(self, key: bytes) -> int:
         """Sum of a u64 value over CPUs (or the plain value)."""
         v = self.lookup(key)

@@ -40,7 +40,6 @@ from netsnoop.errors import NetsnoopError
 from netsnoop.hist import Log2Hist, add_cpus, read_hists
 from netsnoop.loader import BPFObject
 from netsnoop.runner import Tracer
-from netsnoop.traffic import take_all
 
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
@@ -374,7 +373,7 @@ class MapSource(Source):
     def taken(self, map_name: str, key_struct: str) -> Iterator[tuple[Any, bytes]]:
         assert self.obj is not None
         decode = StructDecoder(self.obj.btf, key_struct).decode
-        for k, v in take_all(self.obj.map(map_name)):
+        for k, v in self.obj.map(map_name).take_all():
             yield decode(k), v
 
 
@@ -518,7 +517,7 @@ class Resets(MapSource):
 
     def poll(self) -> None:
         assert self.obj is not None
-        for k, v in take_all(self.obj.map("received")):
+        for k, v in self.obj.map("received").take_all():
             key = (self.ctx.netns.key(struct.unpack_from("=I", k)[0]),)
             self.counts[key] = self.counts.get(key, 0) + struct.unpack_from("=Q", v)[0]
 

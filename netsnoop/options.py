@@ -189,6 +189,12 @@ def duration_option(f: F) -> F:
     )(f)
 
 
+def count_option(help: str) -> Callable[[F], F]:
+    """-c/--count for the tools that can count in the kernel instead of streaming rows
+    (one table on exit: :func:`netsnoop.counts.show_counts`)."""
+    return click.option("-c", "--count", "count", is_flag=True, help=help)
+
+
 def interval_option(f: F) -> F:
     """-i SECONDS for the histogram tools (tcprtt, tcpsynbl): print and clear every
     interval; without it, once at the end (Ctrl-C or -d)."""

@@ -102,6 +102,12 @@ def time_columns(opts: OutputOptions) -> list[Column]:
     return cols
 
 
+def typed_endpoints(local: str = "L", remote: str = "R") -> list[Column]:
+    """The JSON-only columns for :func:`netsnoop.fmt.endpoints`' typed values, in its
+    order: ``LADDR LPORT RADDR RPORT`` (or ``SADDR SPORT DADDR DPORT`` with "S", "D")."""
+    return [Column(f"{end}{part}", text=False) for end in (local, remote) for part in ("ADDR", "PORT")]
+
+
 class Sink:
     """Writes rows; ``header()`` once, ``write()`` per batch, ``summary()`` at the end."""
 

@@ -11,15 +11,13 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
 from typing import Any, Iterator
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NETSNOOP = [sys.executable, "-m", "netsnoop"]
-READY_TIMEOUT = 20.0
+# the process driver shared with bench/run.py; the tests import these names from here
+from driver import NETSNOOP, READY_TIMEOUT, ROOT, DidNotStart, Netsnoop, bpf_fds, parse_hooks  # noqa: F401
 
 
 def bpf_unavailable_reason() -> str | None:
@@ -42,32 +40,7 @@ def run(args: list[str], timeout: float = 60, **kw: Any) -> subprocess.Completed
 PROG_TYPES = {1: "socket_filter", 2: "kprobe", 5: "tracepoint", 17: "raw_tracepoint", 26: "tracing"}
 
 
-def bpf_fds(pid: int) -> list[dict[str, str]]:
-    """What the BPF file descriptors a process holds say of themselves (fdinfo): a
-    program has ``prog_type``, a link (an attachment) ``link_type``. Read by the test,
-    from the kernel: a netsnoop that only claimed to trace holds none."""
-    out = []
-    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
-        try:
-            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
-                info = dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
-        except OSError:
-            continue
-        if "prog_type" in info or "link_type" in info:
-            out.append(info)
-    return out
-
-
-def parse_hooks(text: str) -> dict[str, str | None]:
-    """``hooks: set_state=tp_btf accept=none`` from a text summary line, as a dict."""
-    for line in reversed(text.splitlines()):
-        if line.startswith("netsnoop: ") and "hooks: " in line:
-            pairs = line.split("hooks: ", 1)[1].split(",", 1)[0].split()
-            return {k: (None if v == "none" else v) for k, v in (p.split("=", 1) for p in pairs)}
-    raise AssertionError(f"no summary with hooks in: {text[-500:]!r}")
-
-
-class Trace:
+class Trace(Netsnoop):
     """A netsnoop subcommand running in the background, ready once it says so.
 
     >>> with Trace(["states", "--json"], hooks="tracepoint") as t:
@@ -84,46 +57,21 @@ class Trace:
 
     def __init__(self, args: list[str], env: dict[str, str] | None = None, hooks: str | None = None,
                  prefix: list[str] | None = None) -> None:
-        self.args = args
-        self.prefix = prefix or []  # a command that execs netsnoop (unshare, ip netns exec)
-        self.env = {**os.environ, **(env or {})}
+        # NETSNOOP read here, not in driver: a fixture may set helpers.NETSNOOP to run every
+        # trace of its tests inside a namespace (test_netqtop)
+        super().__init__(args, env={**(env or {}), **({"NETSNOOP_HOOKS": hooks} if hooks else {})}, prefix=prefix,
+                         command=NETSNOOP)
         self.forced = hooks.split(",") if hooks else None
-        if hooks:
-            self.env["NETSNOOP_HOOKS"] = hooks
-        self.stdout = ""
-        self.stderr = ""
-        self.returncode: int | None = None
         self.links: list[dict[str, str]] = []
         self.prog_types: set[str] = set()
 
     def __enter__(self) -> "Trace":
-        self.proc = subprocess.Popen(
-            self.prefix + NETSNOOP + self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-            env=self.env,
-        )
-        self._out: list[str] = []
-        self._err: list[str] = []
-        ready = threading.Event()
-
-        def pump(stream: Any, sink: list[str], watch: bool) -> None:
-            for line in stream:
-                sink.append(line)
-                if watch and line.startswith("Tracing"):
-                    ready.set()
-            if watch:
-                ready.set()
-
-        # both pipes drained continuously, so a chatty trace never blocks on a full pipe
-        self._threads = [
-            threading.Thread(target=pump, args=(self.proc.stdout, self._out, False), daemon=True),
-            threading.Thread(target=pump, args=(self.proc.stderr, self._err, True), daemon=True),
-        ]
-        for th in self._threads:
-            th.start()
-        if not ready.wait(READY_TIMEOUT) or self.proc.poll() is not None:
-            self.stop()
-            raise AssertionError(f"netsnoop {' '.join(self.args)} did not start: rc={self.returncode} {self.stderr}")
-        fds = bpf_fds(self.proc.pid)
+        self.start()
+        try:
+            self.wait_ready(READY_TIMEOUT)
+        except DidNotStart as err:
+            raise AssertionError(str(err)) from None
+        fds = self.bpf_fds()
         types = {i["prog_id"]: PROG_TYPES.get(int(i["prog_type"]), i["prog_type"]) for i in fds if "prog_type" in i}
         self.links = [i for i in fds if "link_type" in i]
         self.prog_types = {types.get(i.get("prog_id", ""), "?") for i in self.links}  # of the attached ones
@@ -140,21 +88,11 @@ class Trace:
         time.sleep(0.05)
         return self
 
-    def stop(self, sig: int = signal.SIGINT, settle: float = 0.3) -> "Trace":
+    def stop(self, sig: int = signal.SIGINT, settle: float = 0.3, timeout: float = 20.0) -> "Trace":
+        """Stops it (after ``settle`` seconds for the last events to reach the ring
+        buffer); with ``hooks``, the summary must name only the forced kinds."""
         if self.returncode is None:
-            time.sleep(settle)  # let the last events reach the ring buffer
-            if self.proc.poll() is None:
-                self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            for th in self._threads:
-                th.join(5)
-            self.stdout = "".join(self._out)
-            self.stderr = "".join(self._err)
-            self.returncode = self.proc.returncode
+            super().stop(sig, settle, timeout)
             if self.forced and self.links:
                 ran = {k for k in self.hooks.values() if k}
                 assert ran and ran <= set(self.forced), f"NETSNOOP_HOOKS={self.forced} but hooks ran: {self.hooks}"
@@ -164,27 +102,9 @@ class Trace:
         self.stop()
 
     @property
-    def lines(self) -> list[str]:
-        return self.stdout.splitlines()
-
-    @property
-    def records(self) -> list[dict[str, Any]]:
-        """Parsed JSON lines, without the final summary record."""
-        return [r for r in self.all_records if r.get("type") != "summary"]
-
-    @property
-    def all_records(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.lines if line.startswith("{")]
-
-    @property
-    def summary(self) -> dict[str, Any]:
-        return next(r for r in self.all_records if r.get("type") == "summary")
-
-    @property
-    def hooks(self) -> dict[str, str | None]:
-        """The kind of hook each group ran on, from the summary (JSON or text)."""
-        summaries = [r for r in self.all_records if r.get("type") == "summary"]
-        return summaries[-1]["hooks"] if summaries else parse_hooks(self.stderr)
+    def _out(self) -> list[str]:
+        """The stdout lines so far, for a test that watches a running trace."""
+        return self.out_lines
 
 
 def free_port(family: int = socket.AF_INET) -> int:

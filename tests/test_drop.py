@@ -17,7 +17,7 @@ from traffic_helpers import Sink, flush_rules, in_netns, nft_input_chain, nft_ru
 from netsnoop.commands.drop import drop_reasons
 from netsnoop.ksyms import KernelSymbols
 from netsnoop.netns import HOST_NETNS_INODE
-from netsnoop.traffic import tcp_flags
+from netsnoop.fmt import tcp_flags
 
 HAVE_BTF = os.path.exists("/sys/kernel/btf/vmlinux")
 

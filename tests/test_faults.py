@@ -252,7 +252,8 @@ def test_a_skip_under_ci_is_a_failure(tmp_path: Any, ci: str) -> None:
     """Issue 19: a skip inside a test's body (not only the integration marker's) used
     to pass under CI=true. Run pytest on a file that skips, with this conftest."""
     (tmp_path / "conftest.py").write_text(open(CONFTEST).read())
-    (tmp_path / "helpers.py").write_text(open(os.path.join(ROOT, "tests", "helpers.py")).read())
+    for helper in ("helpers.py", "driver.py"):
+        (tmp_path / helper).write_text(open(os.path.join(ROOT, "tests", helper)).read())
     (tmp_path / "test_skipping.py").write_text(SKIPPING)
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
                           cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "CI": ci}, timeout=60)

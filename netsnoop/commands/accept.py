@@ -9,10 +9,10 @@ import click
 from netsnoop import conn
 from netsnoop import options as o
 from netsnoop import where
+from netsnoop.counts import show_counts
 from netsnoop.fmt import addr
 from netsnoop.output import Column, OutputOptions
 from netsnoop.runner import Tracer
-from netsnoop.traffic import count_option, show_counts
 
 # accept() is missing on some architectures (arm64 has only accept4).
 TRACER = Tracer(
@@ -42,7 +42,7 @@ def columns(wide: bool, json: bool = True) -> list[Column]:
 @o.output_options(csv=False)
 @where.pids_option("only trace accepts made by these processes")
 @o.ports_option("-P", "--port", "ports", help="only trace these local ports (e.g. 80,81)")
-@count_option("count accepts per local address, port and namespace in the kernel, print on exit")
+@o.count_option("count accepts per local address, port and namespace in the kernel, print on exit")
 @o.family_option
 @o.cgroup_option
 @where.netns_option

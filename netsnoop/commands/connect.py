@@ -14,11 +14,11 @@ from netsnoop import conn, dns
 from netsnoop import options as o
 from netsnoop import where
 from netsnoop.btf import StructDecoder
+from netsnoop.counts import show_counts
 from netsnoop.fmt import addr
 from netsnoop.loader import BPFObject
 from netsnoop.output import Column, OutputOptions
 from netsnoop.runner import Tracer
-from netsnoop.traffic import show_counts
 
 # sys_exit_connect only makes -L rows appear before the handshake resolves (not loaded
 # when counting); without sys_enter_getsockopt (so_error), an attempt whose owner took

@@ -14,11 +14,12 @@ from netsnoop import options as o
 from netsnoop import where
 from netsnoop.btf import BTF
 from netsnoop.errors import NetsnoopError
-from netsnoop.fmt import ip_version, tcp_state
+from netsnoop.counts import show_counts
+from netsnoop.fmt import endpoints, ip_version, tcp_flags, tcp_state
 from netsnoop.ksyms import kernel_symbols
-from netsnoop.output import Column, OutputOptions
+from netsnoop.output import Column, OutputOptions, typed_endpoints
+from netsnoop.owner import OWNER_GROUPS, owner
 from netsnoop.runner import Tracer, stream
-from netsnoop.traffic import OWNER_GROUPS, count_option, endpoints, owner, show_counts, tcp_flags, typed_endpoints
 
 TRACER = Tracer("drop", optional=OWNER_GROUPS, rows_only=OWNER_GROUPS)
 MAX_REASONS = 16  # drop.bpf.c, for each of the include and the exclude list
@@ -201,7 +202,7 @@ def count_row(k: Any, n: int) -> tuple[Any, ...]:
 @click.option("--normal", is_flag=True,
               help=f"also show the reasons of normal operation ({', '.join(NORMAL_REASONS)}), labelled (normal)")
 @click.option("--no-stack", is_flag=True, help="don't capture and print the kernel stack of each drop")
-@count_option("count drops per reason, network namespace and 4-tuple, print a table on exit")
+@o.count_option("count drops per reason, network namespace and 4-tuple, print a table on exit")
 @o.ports_option("-P", "--port", "ports", help="only trace these ports at either end (e.g. 80,443)")
 @where.pids_option("only drops of sockets these processes own")
 @o.family_option

@@ -9,10 +9,11 @@ import click
 
 from netsnoop import options as o
 from netsnoop import where
-from netsnoop.fmt import ip_version, tcp_state
-from netsnoop.output import Column, OutputOptions
+from netsnoop.counts import show_counts
+from netsnoop.fmt import endpoints, ip_version, tcp_state
+from netsnoop.output import Column, OutputOptions, typed_endpoints
+from netsnoop.owner import OWNER_GROUPS, owner
 from netsnoop.runner import Tracer, stream
-from netsnoop.traffic import OWNER_GROUPS, count_option, endpoints, owner, show_counts, typed_endpoints
 
 # SYN-ACK retransmits and tail loss probes are extras: without their hooks, data
 # and SYN retransmits are still traced. Loss probes need a kprobe (no tracepoint).
@@ -67,7 +68,7 @@ def count_row(k: Any, n: int) -> tuple[Any, ...]:
 
 @click.command("retrans")
 @o.output_options(csv=False, time=False)
-@count_option("count retransmitted segments per network namespace and flow, print a table on exit")
+@o.count_option("count retransmitted segments per network namespace and flow, print a table on exit")
 @click.option("-l", "--lossprobe", is_flag=True, help="include tail loss probe attempts (needs a kprobe)")
 @click.option("-s", "--sequence", is_flag=True, help="display TCP sequence numbers (SEQ column)")
 @o.ports_option("-P", "--port", "ports", help="only trace these ports at either end (e.g. 80,443)")

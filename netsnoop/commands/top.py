@@ -13,12 +13,11 @@ from netsnoop import dns
 from netsnoop import options as o
 from netsnoop import where
 from netsnoop.btf import StructDecoder
-from netsnoop.fmt import comm, ip_version
+from netsnoop.fmt import comm, endpoints, ip_version
 from netsnoop.live import LiveView, use_live
 from netsnoop.loader import BPFObject
-from netsnoop.output import Column, JsonSink, OutputOptions, TextSink
+from netsnoop.output import Column, JsonSink, OutputOptions, TextSink, typed_endpoints
 from netsnoop.runner import Tracer, every_interval
-from netsnoop.traffic import endpoints, take_all, typed_endpoints
 
 F = Callable[..., Any]
 
@@ -105,7 +104,7 @@ def collect(obj: BPFObject, keys: StructDecoder, values: StructDecoder, cached: 
     now = round(time.time(), 6)
     if cached:
         drain(obj)
-    entries = [(keys.decode(k), values.decode(v)) for k, v in take_all(obj.map("conns"))]
+    entries = [(keys.decode(k), values.decode(v)) for k, v in obj.map("conns").take_all()]
     entries = [(k, v) for k, v in entries if not v.excluded and (v.rx or v.tx)]
     order = _SORTS[SORT_ALIASES.get(sort, sort)]
     entries.sort(key=lambda kv: order(*kv))
