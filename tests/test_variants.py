@@ -120,8 +120,12 @@ def test_an_optional_group_without_a_hook_is_none_and_one_not_wanted_is_not_trie
         optional.reject(p.name, "refused")
     assert optional.choose(SET_STATE, nothing_missing, DEFAULT_ORDER).chosen == {"set_state": None}
     tried: list[str] = []
+
+    def record(p: Program) -> None:
+        tried.append(p.name)
+
     unwanted = VariantChooser("states", optional=frozenset({"set_state"}), without=frozenset({"set_state"}))
-    choice = unwanted.choose(SET_STATE, lambda p: tried.append(p.name) or None, DEFAULT_ORDER)
+    choice = unwanted.choose(SET_STATE, record, DEFAULT_ORDER)
     assert choice.chosen == {"set_state": None} and not loaded(choice.autoload) and tried == []
     # `without` leaves a required group alone
     required = VariantChooser("states", without=frozenset({"set_state"}))
