@@ -141,6 +141,7 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "ring_buffer__free": (None, [c_void_p]),
     "btf__load_vmlinux_btf": (c_void_p, []),
     "btf__parse": (c_void_p, [c_char_p, c_void_p]),
+    "btf__new": (c_void_p, [c_char_p, c_uint32]),
     "btf__free": (None, [c_void_p]),
     "btf__type_cnt": (c_uint32, [c_void_p]),
     "btf__find_by_name_kind": (ctypes.c_int32, [c_void_p, c_char_p, c_uint32]),
