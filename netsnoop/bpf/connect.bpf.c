@@ -9,6 +9,7 @@ enum report_mode {
 	REPORT_OUTCOME = 2, /* when the handshake resolves: state reached, sk_err, latency */
 	REPORT_COUNT = 3,   /* counted per (laddr, raddr, rport) in the kernel */
 };
+EXPORT_ENUM(report_mode);
 
 const volatile __u8 report_mode = REPORT_ATTEMPT;
 

@@ -4,8 +4,8 @@
 #include "traffic.h"
 #include "owner.h"
 
-#define RETRANSMIT 1
-#define TLP 2
+enum retrans_type { RETRANSMIT = 1, TLP = 2 };
+EXPORT_ENUM(retrans_type);
 
 struct event {
 	__u64 ts_ns;
