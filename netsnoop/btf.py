@@ -267,6 +267,27 @@ class BTF:
         return out
 
 
+def pack_globals(image: Any, variables: list[Variable], values: dict[str, Any]) -> str | None:
+    """Write ``values`` into a data section's initial image (``.rodata`` before load)
+    at the offsets and in the types BTF gives; returns the first name that is no
+    variable there (None: all written). A char array takes one bytes value, NUL-padded;
+    an array of integers a sequence, zero-filled."""
+    by_name = {v.name: v for v in variables}
+    for key, value in values.items():
+        var = by_name.get(key)
+        if var is None:
+            return key
+        if var.code == "s":
+            struct.pack_into(f"={var.size}s", image, var.offset, value)
+        elif var.count > 1:
+            items = list(value)[: var.count]
+            items += [0] * (var.count - len(items))
+            struct.pack_into(f"={var.count}{var.code}", image, var.offset, *items)
+        else:
+            struct.pack_into(f"={var.code}", image, var.offset, int(value))
+    return None
+
+
 def _format(size: int, fields: list[Field]) -> tuple[str, list[str]]:
     """A native struct format with explicit padding, and the names it yields in order."""
     fmt, names, pos = ["="], [], 0

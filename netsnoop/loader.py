@@ -27,7 +27,7 @@ from importlib import resources
 from typing import Any, Callable, Iterator
 
 from netsnoop import kernel
-from netsnoop.btf import BTF, StructDecoder
+from netsnoop.btf import BTF, StructDecoder, pack_globals
 from netsnoop.errors import LoadError, MissingFeature
 from netsnoop.libbpf import (
     BPF_F_TEST_RUN_ON_CPU,
@@ -425,20 +425,10 @@ class BPFObject:
             raise LoadError(f"{self.name}: object has no .rodata but filters were given: {sorted(self.rodata)}")
         size = ctypes.c_size_t()
         ptr = L.bpf_map__initial_value(ro, ctypes.byref(size))
-        buf = (ctypes.c_char * size.value).from_address(ptr)
-        variables = {v.name: v for v in self.btf.datasec(".rodata")}
-        for key, value in self.rodata.items():
-            var = variables.get(key)
-            if var is None:
-                raise LoadError(f"{self.name}: no filter variable {key!r} in the object")
-            if var.code == "s":  # char arrays (count > 1 too): one bytes value, NUL-padded
-                struct.pack_into(f"={var.size}s", buf, var.offset, value)
-            elif var.count > 1:
-                values = list(value)[: var.count]
-                values += [0] * (var.count - len(values))
-                struct.pack_into(f"={var.count}{var.code}", buf, var.offset, *values)
-            else:
-                struct.pack_into(f"={var.code}", buf, var.offset, int(value))
+        unknown = pack_globals((ctypes.c_char * size.value).from_address(ptr), self.btf.datasec(".rodata"),
+                               self.rodata)
+        if unknown:
+            raise LoadError(f"{self.name}: no filter variable {unknown!r} in the object")
 
     def _configure(self) -> None:
         L = lib()

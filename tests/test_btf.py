@@ -10,7 +10,7 @@ import struct
 import pytest
 
 from helpers import ROOT
-from netsnoop.btf import BTF, StructDecoder
+from netsnoop.btf import BTF, StructDecoder, Variable, pack_globals
 
 BTF_MAGIC = 0xEB9F
 INT, ARRAY, STRUCT, UNION, ENUM = 1, 3, 4, 5, 6
@@ -134,6 +134,19 @@ def test_enumerators_are_read_by_name() -> None:
                                                   "REPORT_COUNT": 3}
         assert btf.enum_values("report_mode")[3] == "REPORT_COUNT"
         assert btf.enumerators("absent") == {}
+
+
+def test_filters_are_written_where_btf_puts_them() -> None:
+    """As .rodata's variables come from BTF: a scalar, an integer array (short lists
+    zero-filled), a char array (NUL-padded), each at its own offset only."""
+    variables = [Variable("filter_pid", 0, 4, "I", 1), Variable("filter_lports", 4, 32, "H", 16),
+                 Variable("filter_comm", 36, 16, "s", 16), Variable("with_where", 52, 1, "B", 1)]
+    image = bytearray(b"\xee" * 56)
+    filters = {"filter_pid": 42, "filter_lports": [80, 443], "filter_comm": b"curl"}
+    assert pack_globals(image, variables, filters) is None
+    assert bytes(image) == struct.pack("=I16H16s", 42, 80, 443, *[0] * 14, b"curl") + b"\xee" * 4
+    assert pack_globals(image, variables, {"with_where": 1, "filter_cgroup": 7}) == "filter_cgroup"
+    assert image[52] == 1
 
 
 def test_bytes_that_are_not_btf_are_refused() -> None:
