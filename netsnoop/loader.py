@@ -279,7 +279,7 @@ class BPFObject:
         self.path = path or object_path(name)  # another path: tests' own objects
         self.rodata = {k: v for k, v in (rodata or {}).items() if v is not None}
         self.max_entries = {"events": ringbuf_bytes, **(max_entries or {})}
-        self.variants = VariantChooser(name, variants, optional, linked, without)
+        self.chooser = VariantChooser(name, variants, optional, linked, without)
         self.handle = 0
         self.links: list[int] = []
         self.rings: list[RingBuffer] = []
@@ -288,29 +288,29 @@ class BPFObject:
         self.loaded = False
         self.attached = False
 
-    # what the choice of variants came to (see netsnoop.variants.VariantChooser)
+    # what the choice of variants came to (see netsnoop.variants)
     @property
     def chosen(self) -> dict[str, str | None]:
         """Hook group -> kind of hook it runs on (None: an optional group without one)."""
-        return self.variants.chosen
+        return self.chooser.chosen
 
     @property
     def why(self) -> dict[str, str]:
         """Program name -> why it is not used."""
-        return self.variants.why
+        return self.chooser.why
 
     @property
     def skipped(self) -> list[str]:
         """On-demand programs this kernel cannot run."""
-        return self.variants.skipped
+        return self.chooser.skipped
 
     @property
     def without(self) -> frozenset[str]:
-        return self.variants.without
+        return self.chooser.without
 
     def tried(self, group: str) -> str:
         """What was tried for ``group`` and why each failed, for messages."""
-        return self.variants.tried(group)
+        return self.chooser.tried(group)
 
     # -- lifecycle --------------------------------------------------------------------
     def __enter__(self) -> "BPFObject":
@@ -371,7 +371,7 @@ class BPFObject:
                 return self
             variant, why = refused
             log.info("%s: variant %s refused by the kernel (%s), trying the next one", self.name, variant, why)
-            self.variants.reject(variant, why)
+            self.chooser.reject(variant, why)
             self._close_object()
 
     def _load_once(self) -> tuple[str, str] | None:
@@ -379,7 +379,7 @@ class BPFObject:
         L = lib()
         self._open()
         programs = self.programs()
-        choice = self.variants.choose(programs, obstacle)
+        choice = self.chooser.choose(programs, obstacle)
         for p in programs:
             if p.name in choice.autoload:
                 L.bpf_program__set_autoload(p.handle, choice.autoload[p.name])
@@ -389,16 +389,16 @@ class BPFObject:
         if err == 0:
             self.loaded = True
             return None
-        failed, line = self.variants.refused_at_load(messages)
+        failed, line = self.chooser.refused_at_load(messages)
         self._close_object()
-        if failed is None or self.variants.forced:
+        if failed is None or self.chooser.forced:
             raise LoadError(f"loading {self.name} failed: {errno_message(err)}" + _tail(messages))
         return failed, f"refused at load [libbpf: {line.strip()[:120]}]"
 
     def _attach_once(self) -> tuple[str, str] | None:
         """Attach what was loaded: None when all is attached, else the variant refused."""
         L = lib()
-        forced = bool(self.variants.forced)
+        forced = bool(self.chooser.forced)
         for p in self.programs():
             if not L.bpf_program__autoload(p.handle) or p.on_demand:
                 continue
