@@ -15,7 +15,7 @@ from netsnoop import conn, fmt, verdicts, where
 from netsnoop import dns as dns_mod
 from netsnoop import options as o
 from netsnoop.btf import BTF
-from netsnoop.commands import connect, drop, fdsnoop, retrans, rtt, subnet
+from netsnoop.commands import connect, drop, fdsnoop, netqtop, retrans, rtt, subnet
 
 BPF = os.path.join(ROOT, "netsnoop", "bpf")
 
@@ -80,6 +80,13 @@ def test_subnet_max_subnets_is_the_subnet_tables_length() -> None:
 
 def test_fdsnoop_comm_filter_fits_the_kernels_comm() -> None:
     assert rodata_lengths("fdsnoop")["filter_comm"] == fdsnoop.TASK_COMM_LEN
+
+
+def test_netqtop_size_columns_are_the_kernels_size_buckets() -> None:
+    with btf_of("netqtop") as btf:
+        _size, fields = btf.struct_fields("queue_stats")
+    buckets = next(f.count for f in fields if f.name == "sizes")
+    assert len(netqtop.SIZE_HEADERS) == len(netqtop.SIZE_KEYS) == buckets
 
 
 def test_connect_report_modes() -> None:
