@@ -100,7 +100,8 @@ class Tracer:
             if kind is None and cost is not None and group not in obj.without:
                 out.append(f"{self.obj}: no hook for {group} here, so {cost} ({obj.tried(group)})")
         for name in obj.skipped:
-            out.append(f"{self.obj}: {name} is skipped: it {obj.why[name]}; what it adds to the summary is missing")
+            out.append(f"{self.obj}: {name} is skipped: it {obj.why[name]}; "
+                       "what it adds to the summary is missing")
         return out
 
     def probe(self) -> dict[str, str | None]:
