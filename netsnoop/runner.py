@@ -55,7 +55,8 @@ class StopFlag:
 
 @dataclass(frozen=True)
 class Tracer:
-    """What a subcommand loads: its object and which hook groups it can do without.
+    """A load specification: the object a subcommand loads (by name) and which hook
+    groups it can do without.
 
     Declared at module level by each command, so ``netsnoop check`` can try every
     subcommand's object on this kernel exactly as the subcommand would load it.
