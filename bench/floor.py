@@ -16,7 +16,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from netsnoop.libbpf import lib  # noqa: E402
 from netsnoop.loader import BPFObject  # noqa: E402
 
 GROUPS = ("set_state", "send", "recv", "accept4", "accept", "connect_exit")
@@ -27,15 +26,13 @@ class Floor(BPFObject):
     loader's choice of kinds, and its report of them, stay the tools')."""
 
     def __init__(self, groups: set[str]) -> None:
-        super().__init__("floor", optional=frozenset(GROUPS))
+        super().__init__("floor", optional=frozenset(GROUPS), without=frozenset(GROUPS) - groups)
         self.groups = groups
 
-    def _choose_variants(self) -> None:
-        super()._choose_variants()
-        for p in self.programs():
-            if p.group not in self.groups:
-                lib().bpf_program__set_autoload(p.handle, False)
-                self.chosen.pop(p.group, None)
+    def health(self) -> dict[str, object]:
+        health = super().health()
+        health["hooks"] = {g: k for g, k in health["hooks"].items() if g in self.groups}
+        return health
 
 
 def main(argv: list[str]) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import os
 import struct
 from collections import namedtuple
 from dataclasses import dataclass
@@ -66,6 +67,29 @@ class BTF:
         if not handle:
             raise MissingFeature(f"kernel BTF not available ({path}): need CONFIG_DEBUG_INFO_BTF=y")
         return cls(handle, owned=True)
+
+    @classmethod
+    def parse(cls, path: str) -> "BTF":
+        """The types in a file: a compiled BPF object's ``.BTF`` section (no privilege
+        needed: nothing is loaded) or a raw BTF file."""
+        handle = lib().btf__parse(path.encode(), None)
+        if not handle:
+            raise OSError(ctypes.get_errno(), f"no BTF can be read from {path}")
+        return cls(handle, owned=True)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "BTF":
+        """Types from raw BTF bytes (header, types, strings), e.g. made by hand in a test."""
+        handle = lib().btf__new(data, len(data))
+        if not handle:
+            raise ValueError(f"not valid BTF: {os.strerror(ctypes.get_errno())}")
+        return cls(handle, owned=True)
+
+    def __enter__(self) -> "BTF":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def close(self) -> None:
         if self._owned and self.handle:
@@ -130,6 +154,11 @@ class BTF:
         tid = self.find(name, ENUM) or self.find(name, ENUM64)
         return self.enum_by_id(tid) if tid else {}
 
+    def enumerators(self, name: str) -> dict[str, int]:
+        """Name -> value of the enumerators of ``enum name``: a constant declared in C
+        once ({} if the enum is absent, e.g. never used in a type the object keeps)."""
+        return {n: v for v, n in self.enum_values(name).items()}
+
     def enum_containing(self, enumerator: str) -> dict[int, str]:
         """Value -> name of the enum declaring ``enumerator``, for the kernel's anonymous
         enums (e.g. ``NET_RX_SOFTIRQ``'s); {} if none. Scans the types: call it once."""
@@ -181,18 +210,41 @@ class BTF:
         raise TypeError(f"BTF type {tid} ({self.name_of(tid)}) is not a scalar")
 
     def struct_fields(self, name: str) -> tuple[int, list[Field]]:
-        """Size and flattened scalar fields of ``struct name``."""
+        """Size and flattened scalar fields of ``struct name``.
+
+        A member that is itself a struct (or union) flattens into its own fields, under
+        their own names, as C11 names an anonymous member's: an event that embeds
+        ``struct sock_tuple`` decodes to ``saddr``, ``sport``... beside its other
+        fields. Two fields of one name after flattening are an error naming both
+        places (name the nested members apart)."""
         tid = self.find(name, STRUCT)
         if not tid:
             raise KeyError(f"struct {name} not found in BTF")
-        fields = []
-        for mname, mtype, bit_offset in self.members(tid):
-            code, count = self.scalar(mtype)
-            fields.append(Field(mname, bit_offset // 8, self.size(mtype), code, count))
-        return self.size(tid), fields
+        fields = self._flattened(tid, 0, name)
+        seen: dict[str, str] = {}
+        for f, where in fields:
+            if f.name in seen:
+                raise TypeError(f"struct {name}: two fields named {f.name!r} once nested structs are flattened "
+                                f"({seen[f.name]} and {where})")
+            seen[f.name] = where
+        return self.size(tid), [f for f, _where in fields]
 
-    def datasec(self, name: str) -> list[Variable]:
-        """Variables of a data section such as ``.rodata``."""
+    def _flattened(self, tid: int, base: int, path: str) -> list[tuple[Field, str]]:
+        """The scalar fields of a struct/union at byte ``base``, nested ones flattened,
+        each with where it was found (``event.t.saddr``) for messages."""
+        out = []
+        for mname, mtype, bit_offset in self.members(tid):
+            offset, where = base + bit_offset // 8, f"{path}.{mname or '(anonymous)'}"
+            if self.kind(self.resolve(mtype)) in (STRUCT, UNION):
+                out.extend(self._flattened(mtype, offset, where))
+                continue
+            code, count = self.scalar(mtype)
+            out.append((Field(mname, offset, self.size(mtype), code, count), where))
+        return out
+
+    def section_variables(self, name: str) -> list[tuple[str, int, int, int]]:
+        """(name, type id, offset, size) of each variable in a data section such as
+        ``.rodata`` or ``.bss``, whatever its type."""
         tid = self.find(name, DATASEC)
         if not tid:
             return []
@@ -202,11 +254,38 @@ class BTF:
         for i in range(vlen):
             var_tid, offset, size = struct.unpack_from("III", raw, 12 * i)
             var_kind, _v, _k, name_off, var_type, _e = self._raw(var_tid)
-            if var_kind != VAR:
-                continue
-            code, count = self.scalar(var_type)
-            out.append(Variable(self._name(name_off), offset, size, code, count))
+            if var_kind == VAR:
+                out.append((self._name(name_off), var_type, offset, size))
         return out
+
+    def datasec(self, name: str) -> list[Variable]:
+        """Scalar variables (and arrays of them) of a data section such as ``.rodata``."""
+        out = []
+        for var_name, var_type, offset, size in self.section_variables(name):
+            code, count = self.scalar(var_type)
+            out.append(Variable(var_name, offset, size, code, count))
+        return out
+
+
+def pack_globals(image: Any, variables: list[Variable], values: dict[str, Any]) -> str | None:
+    """Write ``values`` into a data section's initial image (``.rodata`` before load)
+    at the offsets and in the types BTF gives; returns the first name that is no
+    variable there (None: all written). A char array takes one bytes value, NUL-padded;
+    an array of integers a sequence, zero-filled."""
+    by_name = {v.name: v for v in variables}
+    for key, value in values.items():
+        var = by_name.get(key)
+        if var is None:
+            return key
+        if var.code == "s":
+            struct.pack_into(f"={var.size}s", image, var.offset, value)
+        elif var.count > 1:
+            items = list(value)[: var.count]
+            items += [0] * (var.count - len(items))
+            struct.pack_into(f"={var.count}{var.code}", image, var.offset, *items)
+        else:
+            struct.pack_into(f"={var.code}", image, var.offset, int(value))
+    return None
 
 
 def _format(size: int, fields: list[Field]) -> tuple[str, list[str]]:

@@ -31,7 +31,6 @@ connect's row is printed, whichever ring the command reads first.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import socket
 import struct
@@ -442,8 +441,7 @@ class Watcher:
         if not mounts:
             self.fallback = "no cgroup v2 hierarchy is mounted: DNS over UDP only, from tracepoints"
             return None
-        attach = lib()._cdll.bpf_program__attach_cgroup
-        attach.restype, attach.argtypes = ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_int]
+        attach = lib().bpf_program__attach_cgroup
         obj = BPFObject("dns_sock", max_entries={"events": self.ringbuf})
         try:
             obj.load()

@@ -128,6 +128,7 @@ def ensure_tracefs() -> str:
 
 
 def tracefs_event_exists(category: str, name: str) -> bool:
+    """Whether tracefs lists the event, mounting tracefs first if it is not yet."""
     try:
         d = ensure_tracefs()
     except MissingFeature:

@@ -18,9 +18,7 @@ from ctypes import (
     c_bool,
     c_char_p,
     c_int,
-    c_long,
     c_size_t,
-    c_uint,
     c_uint32,
     c_void_p,
 )
@@ -118,6 +116,7 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "bpf_program__attach": (c_void_p, [c_void_p]),
     "bpf_program__fd": (c_int, [c_void_p]),
     "bpf_program__attach_iter": (c_void_p, [c_void_p, POINTER(IterAttachOpts)]),
+    "bpf_program__attach_cgroup": (c_void_p, [c_void_p, c_int]),
     "bpf_link__destroy": (c_int, [c_void_p]),
     "bpf_link__fd": (c_int, [c_void_p]),
     "bpf_iter_create": (c_int, [c_int]),
@@ -127,14 +126,11 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "bpf_map__type": (c_int, [c_void_p]),
     "bpf_map__key_size": (c_uint32, [c_void_p]),
     "bpf_map__value_size": (c_uint32, [c_void_p]),
-    "bpf_map__max_entries": (c_uint32, [c_void_p]),
     "bpf_map__set_max_entries": (c_int, [c_void_p, c_uint32]),
     "bpf_map__set_type": (c_int, [c_void_p, c_int]),
     "bpf_map__set_key_size": (c_int, [c_void_p, c_uint32]),
     "bpf_map__set_value_size": (c_int, [c_void_p, c_uint32]),
     "bpf_map__initial_value": (c_void_p, [c_void_p, POINTER(c_size_t)]),
-    "bpf_map__btf_value_type_id": (c_uint32, [c_void_p]),
-    "bpf_map__btf_key_type_id": (c_uint32, [c_void_p]),
     "bpf_map_lookup_elem": (c_int, [c_int, c_void_p, c_void_p]),
     "bpf_map_update_elem": (c_int, [c_int, c_void_p, c_void_p, ctypes.c_uint64]),
     "bpf_map_delete_elem": (c_int, [c_int, c_void_p]),
@@ -151,6 +147,7 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "perf_buffer__free": (None, [c_void_p]),
     "btf__load_vmlinux_btf": (c_void_p, []),
     "btf__parse": (c_void_p, [c_char_p, c_void_p]),
+    "btf__new": (c_void_p, [c_char_p, c_uint32]),
     "btf__free": (None, [c_void_p]),
     "btf__type_cnt": (c_uint32, [c_void_p]),
     "btf__find_by_name_kind": (ctypes.c_int32, [c_void_p, c_char_p, c_uint32]),
@@ -264,4 +261,4 @@ class capture_log:
 
 
 __all__ = ["lib", "OpenOpts", "IterAttachOpts", "IterLinkInfo", "TestRunOpts", "BPF_F_TEST_RUN_ON_CPU", "SAMPLE_FN",
-           "capture_log", "errno_message", "last_errno", "c_long", "c_uint"]
+           "capture_log", "errno_message", "last_errno"]

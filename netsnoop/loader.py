@@ -3,21 +3,12 @@
 A subcommand names its object (``netsnoop/bpf/<name>.bpf.o``) and hands over filter
 values; everything else is decided here:
 
-* **Attach variants.** A program named ``<group>__<kind>`` is one way to implement
-  ``<group>``; only one variant per group is loaded. Kinds are tried in the order
-  tp_btf, tracepoint, fentry, kprobe (``NETSNOOP_PREFER`` puts chosen kinds first),
-  and a variant that the kernel refuses at load or attach time is dropped and the
-  object reloaded without it. So a kernel without ``tp_btf`` falls back to the
-  classic tracepoint, and one without the tracepoint to fentry or a kprobe.
-* **Companions.** A program named ``<group>__<kind>__<role>`` belongs to the variant
-  ``<group>__<kind>`` and is loaded only with it (what a design needs beside its hook,
-  e.g. an iterator that only the typed variant's data structure calls for). Programs
-  run on demand are not attached with the rest: iterators (``iter/...``, see
-  :meth:`BPFObject.iterate`) and ``raw_tp`` programs without a tracepoint (see
-  :meth:`BPFObject.run_on_each_cpu`).
-* **Linked groups** must use the same kind of hook (a design that needs the typed
-  socket in every one of them): if one group's best kind is refused, the others give
-  it up too.
+* **Hook variants**: which of a group's programs to load (and the companions and
+  on-demand programs that come with it) is decided by :mod:`netsnoop.variants`; the
+  loader asks the kernel and reports each refusal back, reloading until a choice
+  loads and attaches. Programs run on demand are not attached with the rest:
+  iterators (see :meth:`BPFObject.iterate`) and ``raw_tp`` programs without a
+  tracepoint (see :meth:`BPFObject.run_on_each_cpu`).
 * **Event channel.** The ``events`` map is a BPF ring buffer, or where the kernel has
   none (or ``NETSNOOP_TRANSPORT=perf``) a perf event array, set before load with the
   programs' ``use_perf`` flag; :mod:`netsnoop.transport` reads either.
@@ -33,15 +24,12 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-import re
 import struct
-from dataclasses import dataclass
-from importlib import resources
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from netsnoop import kernel
-from netsnoop.btf import BTF, StructDecoder
-from netsnoop.errors import BadSetting, LoadError, MissingFeature
+from netsnoop.btf import BTF, StructDecoder, pack_globals
+from netsnoop.errors import LoadError, MissingFeature
 from netsnoop.libbpf import (
     BPF_F_TEST_RUN_ON_CPU,
     IterAttachOpts,
@@ -54,105 +42,49 @@ from netsnoop.libbpf import (
     lib,
 )
 from netsnoop.transport import BPF_MAP_TYPE_PERF_EVENT_ARRAY, DEFAULT_BYTES, PERF, Transport, choose, open_transport
+from netsnoop.variants import KERNEL_BTF_KINDS, Program, VariantChooser, hook_order
 
 log = logging.getLogger("netsnoop.loader")
 
-HOOK_KINDS = ("tp_btf", "tracepoint", "fentry", "fexit", "kprobe", "kretprobe")
-# kinds the kernel attaches through its own BTF (a type id in it): NETSNOOP_BTF cannot stand in
-KERNEL_BTF_KINDS = ("tp_btf", "fentry", "fexit", "fmod_ret", "iter", "lsm")
-DEFAULT_ORDER = ("tp_btf", "tracepoint", "fentry", "fexit", "kprobe", "kretprobe")
 BPF_MAP_TYPE_PERCPU_ARRAY = 6
 BPF_MAP_TYPE_PERCPU_HASH = 5
 BPF_MAP_TYPE_LRU_PERCPU_HASH = 10
 PERCPU_MAP_TYPES = {BPF_MAP_TYPE_PERCPU_HASH, BPF_MAP_TYPE_PERCPU_ARRAY, BPF_MAP_TYPE_LRU_PERCPU_HASH}
 
+__all__ = ["BPFObject", "Map", "Program", "hook_order", "object_path", "obstacle"]
+
 
 def object_path(name: str) -> str:
-    """Path of the compiled object shipped as package data."""
-    path = resources.files("netsnoop") / "bpf" / f"{name}.bpf.o"
-    if not path.is_file():
+    """Path of the compiled object shipped as package data (beside this module: a plain
+    path, as importlib.resources would cost start-up its imports for nothing)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bpf", f"{name}.bpf.o")
+    if not os.path.isfile(path):
         raise MissingFeature(f"BPF object {name}.bpf.o is missing from the installation (was it built? try: make)")
-    return str(path)
+    return path
 
 
-# kinds chosen elsewhere than among variant groups (netsnoop.dns picks its own programs)
-OTHER_KINDS = ("cgroup_skb",)
+def obstacle(program: Program) -> str | None:
+    """What this kernel lacks for ``program``, found without trying it (None: try it).
+    Classic tracepoints need their event in tracefs, which is mounted here if it is not
+    yet (as perf and bpftool do); BTF-typed kinds need the kernel's own BTF."""
+    if program.kind in KERNEL_BTF_KINDS and not kernel.has_kernel_btf():
+        return f"needs the kernel's own BTF ({kernel.VMLINUX_BTF} is missing)"
+    if program.kind == "tracepoint":
+        try:
+            events = os.path.join(kernel.ensure_tracefs(), "events")
+        except MissingFeature as err:
+            return str(err)
+        category, _, event = program.target.partition(":")
+        if not os.path.isdir(os.path.join(events, category, event)):
+            return f"no event {program.target} in tracefs"
+    return None
 
 
-def _kinds_from(variable: str) -> list[str]:
-    """The variant kinds listed in an environment variable; an unknown one is a usage error."""
-    kinds = [k.strip() for k in os.environ.get(variable, "").split(",") if k.strip()]
-    for k in kinds:
-        if k not in HOOK_KINDS + OTHER_KINDS:
-            raise BadSetting(f"{variable}: unknown hook kind {k!r} (valid: {', '.join(HOOK_KINDS + OTHER_KINDS)})")
-    return [k for k in kinds if k in HOOK_KINDS]
-
-
-def hook_order() -> tuple[str, ...]:
-    """Kinds to try, best first. ``NETSNOOP_PREFER`` moves kinds to the front;
-    ``NETSNOOP_HOOKS`` allows only the kinds it lists (to rule out a broken hook)."""
-    preferred = _kinds_from("NETSNOOP_PREFER")
-    order = tuple(preferred) + tuple(k for k in DEFAULT_ORDER if k not in preferred)
-    allowed = _kinds_from("NETSNOOP_HOOKS")
-    return tuple(k for k in order if k in allowed) if allowed else order
-
-
-def companion_of(name: str) -> str | None:
-    """``<group>__<kind>`` for a program named ``<group>__<kind>__<role>``, else None."""
-    parts = name.split("__")
-    return "__".join(parts[:2]) if len(parts) == 3 and parts[1] in HOOK_KINDS else None
-
-
-@dataclass
-class Program:
-    handle: int
-    name: str
-    section: str
-
-    @property
-    def kind(self) -> str:
-        return self.section.split("/", 1)[0].replace(".s", "")
-
-    @property
-    def group(self) -> str:
-        return self.name.rsplit("__", 1)[0] if "__" in self.name else self.name
-
-    @property
-    def is_variant(self) -> bool:
-        return "__" in self.name and self.kind in HOOK_KINDS and self.variant is None
-
-    @property
-    def variant(self) -> str | None:
-        """For a companion ``<group>__<kind>__<role>``: the variant it belongs to."""
-        return companion_of(self.name)
-
-    @property
-    def target(self) -> str:
-        """What it hooks: ``category:event`` for tracepoints, else the kernel name."""
-        rest = self.section.split("/", 1)[1] if "/" in self.section else ""
-        return rest.replace("/", ":")
-
-    @property
-    def on_demand(self) -> bool:
-        """Run by user space when it wants, never attached: an iterator, or a ``raw_tp``
-        program that names no tracepoint."""
-        return self.kind == "iter" or (self.kind in ("raw_tp", "raw_tracepoint") and not self.target)
-
-    def unavailable(self) -> str | None:
-        """Why this program cannot work here, found without trying it (None: try it).
-        Classic tracepoints need their event in tracefs; BTF-typed kinds need the
-        kernel's own BTF."""
-        if self.kind in KERNEL_BTF_KINDS and not kernel.has_kernel_btf():
-            return f"needs the kernel's own BTF ({kernel.VMLINUX_BTF} is missing)"
-        if self.kind == "tracepoint":
-            try:
-                events = os.path.join(kernel.ensure_tracefs(), "events")
-            except MissingFeature as err:
-                return str(err)
-            category, _, event = self.target.partition(":")
-            if not os.path.isdir(os.path.join(events, category, event)):
-                return f"no event {self.target} in tracefs"
-        return None
+def _each(next_of: Callable[[int, int | None], int | None], owner: int) -> Iterator[int]:
+    """Every item of a libbpf ``<owner>__next_<item>`` walk (programs, maps)."""
+    item = None
+    while item := next_of(owner, item):
+        yield item
 
 
 class Map:
@@ -245,7 +177,6 @@ class Map:
         return struct.unpack_from("=Q", v)[0]
 
 
-_FAILED_PROG = re.compile(r"prog '([^']+)'")
 
 
 class BPFObject:
@@ -273,20 +204,38 @@ class BPFObject:
         self.rodata = {k: v for k, v in (rodata or {}).items() if v is not None}
         self.max_entries = {"events": ring_bytes, **(max_entries or {})}
         self.transport = transport or choose()  # how events travel: transport.RING or PERF
-        self.forced = dict(variants or {})
-        self.optional = optional
-        self.linked = linked
-        self.without = without  # optional groups not wanted this time: none of their variants loads
+        self.chooser = VariantChooser(name, variants, optional, linked, without)
         self.handle = 0
         self.links: list[int] = []
         self.rings: list[Transport] = []
-        self.chosen: dict[str, str | None] = {}
         self._maps: dict[str, Map] = {}
         self._btf: BTF | None = None
-        self._rejected: set[str] = set()
-        self.why: dict[str, str] = {}  # program name -> why it is not used
-        self.skipped: list[str] = []  # on-demand programs this kernel cannot run (see _choose_variants)
         self.loaded = False
+        self.attached = False
+
+    # what the choice of variants came to (see netsnoop.variants)
+    @property
+    def chosen(self) -> dict[str, str | None]:
+        """Hook group -> kind of hook it runs on (None: an optional group without one)."""
+        return self.chooser.chosen
+
+    @property
+    def why(self) -> dict[str, str]:
+        """Program name -> why it is not used."""
+        return self.chooser.why
+
+    @property
+    def skipped(self) -> list[str]:
+        """On-demand programs this kernel cannot run."""
+        return self.chooser.skipped
+
+    @property
+    def without(self) -> frozenset[str]:
+        return self.chooser.without
+
+    def tried(self, group: str) -> str:
+        """What was tried for ``group`` and why each failed, for messages."""
+        return self.chooser.tried(group)
 
     # -- lifecycle --------------------------------------------------------------------
     def __enter__(self) -> "BPFObject":
@@ -317,75 +266,79 @@ class BPFObject:
             self._close_object()
 
     def programs(self) -> list[Program]:
-        L, prog = lib(), None
-        out: list[Program] = []
+        L = lib()
+        return [Program(L.bpf_program__name(p).decode(), L.bpf_program__section_name(p).decode(), p)
+                for p in _each(L.bpf_object__next_program, self.handle)]
+
+    def _map_handles(self) -> list[int]:
+        return list(_each(lib().bpf_object__next_map, self.handle))
+
+    def load(self) -> "BPFObject":
+        """Open, pick variants, set filters, and load; retry without refused variants."""
+        return self._start(attach=False)
+
+    def attach(self) -> "BPFObject":
+        """Load if not yet loaded, and attach every loaded program; retry without
+        variants refused at load or attach time."""
+        return self._start(attach=True)
+
+    def _start(self, attach: bool) -> "BPFObject":
+        """The one retry loop: each refusal of a variant (at load, at attach, or by an
+        on-demand companion that cannot run) is reported to the choice, and the object
+        opened again without it. A refusal that is no variant's, or of a forced one,
+        is an error."""
+        kernel.require_btf()
         while True:
-            prog = L.bpf_object__next_program(self.handle, prog)
-            if not prog:
-                return out
-            out.append(Program(prog, L.bpf_program__name(prog).decode(), L.bpf_program__section_name(prog).decode()))
+            refused = None if self.loaded else self._load_once()
+            if refused is None and attach and not self.attached:
+                refused = self._attach_once()
+            if refused is None:
+                return self
+            variant, why = refused
+            log.info("%s: variant %s refused by the kernel (%s), trying the next one", self.name, variant, why)
+            self.chooser.reject(variant, why)
+            self._close_object()
 
-    def _choose_variants(self) -> None:
-        """Enable one variant per group: forced, else the first not yet rejected."""
-        L, order = lib(), hook_order()
-        groups: dict[str, list[Program]] = {}
-        for p in self.programs():
-            if p.is_variant:
-                groups.setdefault(p.group, []).append(p)
-        while True:
-            picks = {group: self._pick(group, progs, order) for group, progs in groups.items()}
-            kinds = {pick.kind for g in self.linked if (pick := picks.get(g))}
-            if len(kinds) <= 1 or self.forced:
-                break
-            # linked groups disagree: none of them uses the best of those kinds
-            best = min(kinds, key=order.index)
-            self._rejected.update(f"{g}__{best}" for g in self.linked)
-        self.chosen = {}
-        for group, progs in groups.items():
-            pick = picks[group]
-            if pick is None and group not in self.optional:
-                raise MissingFeature(f"{self.name}: no hook for {group} can be used here ({self.tried(group)})")
-            for p in progs:
-                L.bpf_program__set_autoload(p.handle, p is pick)
-            self.chosen[group] = pick.kind if pick else None
-        self.skipped = []
-        for p in self.programs():
-            if p.variant:
-                group, kind = p.variant.split("__")
-                L.bpf_program__set_autoload(p.handle, self.chosen.get(group) == kind)
-            elif p.on_demand and (reason := p.unavailable()):  # an iterator without kernel BTF
-                L.bpf_program__set_autoload(p.handle, False)
-                self.why[p.name] = reason
-                self.skipped.append(p.name)
-
-    def tried(self, group: str) -> str:
-        """What was tried for ``group`` and why each failed, for messages."""
-        order = hook_order()
-        progs = [p for p in self.programs() if p.is_variant and p.group == group]
-        tried = sorted((p for p in progs if p.kind in order), key=lambda p: order.index(p.kind))
-        if not tried:
-            return (f"NETSNOOP_HOOKS={os.environ.get('NETSNOOP_HOOKS', '')} allows none of its kinds: "
-                    + ", ".join(p.kind for p in progs))
-        return "tried: " + "; ".join(f"{p.kind} {p.target}: {self.why.get(p.name, 'refused')}" for p in tried)
-
-    def _pick(self, group: str, progs: list[Program], order: tuple[str, ...]) -> Program | None:
-        """The group's variant: the forced one, else the best kind not yet rejected
-        (none for a group not wanted)."""
-        if group in self.without and group in self.optional:
+    def _load_once(self) -> tuple[str, str] | None:
+        """Open, choose, configure, load: None when loaded, else the variant refused."""
+        L = lib()
+        self._open()
+        programs = self.programs()
+        choice = self.chooser.choose(programs, obstacle)
+        for p in programs:
+            if p.name in choice.autoload:
+                L.bpf_program__set_autoload(p.handle, choice.autoload[p.name])
+        self._configure()
+        with capture_log() as messages:
+            err = L.bpf_object__load(self.handle)
+        if err == 0:
+            self.loaded = True
             return None
-        if group in self.forced:
-            pick = [p for p in progs if p.kind == self.forced[group]]
-            if not pick:
-                raise LoadError(f"{self.name}: no {self.forced[group]} variant for {group}")
-            return pick[0]
-        ranked = sorted((p for p in progs if p.kind in order), key=lambda p: order.index(p.kind))
-        for p in ranked:
-            if p.name in self._rejected:
+        failed, line = self.chooser.refused_at_load(messages)
+        self._close_object()
+        if failed is None or self.chooser.forced:
+            raise LoadError(f"loading {self.name} failed: {errno_message(err)}" + _tail(messages))
+        return failed, f"refused at load [libbpf: {line.strip()[:120]}]"
+
+    def _attach_once(self) -> tuple[str, str] | None:
+        """Attach what was loaded: None when all is attached, else the variant refused."""
+        L = lib()
+        forced = bool(self.chooser.forced)
+        for p in self.programs():
+            if not L.bpf_program__autoload(p.handle) or p.on_demand:
                 continue
-            why = p.unavailable()
-            if why is None:
-                return p
-            self.why[p.name] = why
+            with capture_log() as messages:
+                link = L.bpf_program__attach(p.handle)
+            if not link:
+                err = last_errno()
+                if p.is_variant and not forced:
+                    return p.name, f"attach failed: {errno_message(err)}"
+                raise LoadError(f"attaching {p.name} ({p.section}) failed: {errno_message(err)}" + _tail(messages))
+            self.links.append(link)
+        refused = None if forced else self._refused_on_demand()
+        if refused is not None:
+            return refused, "its raw_tp companion cannot run on a chosen CPU"
+        self.attached = True
         return None
 
     def _set_rodata(self) -> None:
@@ -397,29 +350,10 @@ class BPFObject:
             raise LoadError(f"{self.name}: object has no .rodata but filters were given: {sorted(self.rodata)}")
         size = ctypes.c_size_t()
         ptr = L.bpf_map__initial_value(ro, ctypes.byref(size))
-        buf = (ctypes.c_char * size.value).from_address(ptr)
-        variables = {v.name: v for v in self.btf.datasec(".rodata")}
-        for key, value in self.rodata.items():
-            var = variables.get(key)
-            if var is None:
-                raise LoadError(f"{self.name}: no filter variable {key!r} in the object")
-            if var.code == "s":  # char arrays (count > 1 too): one bytes value, NUL-padded
-                struct.pack_into(f"={var.size}s", buf, var.offset, value)
-            elif var.count > 1:
-                values = list(value)[: var.count]
-                values += [0] * (var.count - len(values))
-                struct.pack_into(f"={var.count}{var.code}", buf, var.offset, *values)
-            else:
-                struct.pack_into(f"={var.code}", buf, var.offset, int(value))
-
-    def _map_handles(self) -> list[int]:
-        L, m = lib(), None
-        out: list[int] = []
-        while True:
-            m = L.bpf_object__next_map(self.handle, m)
-            if not m:
-                return out
-            out.append(m)
+        unknown = pack_globals((ctypes.c_char * size.value).from_address(ptr), self.btf.datasec(".rodata"),
+                               self.rodata)
+        if unknown:
+            raise LoadError(f"{self.name}: no filter variable {unknown!r} in the object")
 
     def _configure(self) -> None:
         L = lib()
@@ -437,71 +371,6 @@ class BPFObject:
             self.rodata["use_perf"] = 1
         self._set_rodata()
 
-    def load(self) -> "BPFObject":
-        """Open, pick variants, set filters, and load; retry without refused variants."""
-        kernel.require_btf()
-        L = lib()
-        while True:
-            self._open()
-            self._choose_variants()
-            self._configure()
-            with capture_log() as messages:
-                err = L.bpf_object__load(self.handle)
-            if err == 0:
-                self.loaded = True
-                return self
-            failed, line = self._failed_variant(messages)
-            self._close_object()
-            if failed is None or self.forced:
-                raise LoadError(f"loading {self.name} failed: {errno_message(err)}" + _tail(messages))
-            log.info("%s: variant %s refused by the kernel, trying the next one", self.name, failed)
-            self._rejected.add(failed)
-            self.why[failed] = f"refused at load [libbpf: {line.strip()[:120]}]"
-
-    def _failed_variant(self, messages: list[str]) -> tuple[str | None, str]:
-        """The enabled variant libbpf's log names as refused, and that log line."""
-        enabled = {f"{g}__{k}" for g, k in self.chosen.items() if k}
-        for line in reversed(messages):
-            m = _FAILED_PROG.search(line)
-            if not m or "fail" not in line:  # relocation notes name programs too
-                continue
-            name = m.group(1)
-            owner = companion_of(name) or name  # a refused companion takes its variant along
-            # the last program that failed decides: one that is no variant is a real error
-            return (owner, line) if owner in enabled else (None, "")
-        return None, ""
-
-    def attach(self) -> "BPFObject":
-        """Attach every loaded program; a refused variant triggers a reload without it."""
-        if not self.loaded:
-            self.load()
-        L = lib()
-        while True:
-            failed = None
-            for p in self.programs():
-                if not L.bpf_program__autoload(p.handle) or p.on_demand:
-                    continue
-                with capture_log() as messages:
-                    link = L.bpf_program__attach(p.handle)
-                if not link:
-                    err = last_errno()
-                    if p.is_variant and not self.forced:
-                        failed = p.name
-                        self.why[failed] = f"attach failed: {errno_message(err)}"
-                        break
-                    raise LoadError(f"attaching {p.name} ({p.section}) failed: {errno_message(err)}" + _tail(messages))
-                self.links.append(link)
-            if failed is None and not self.forced:
-                failed = self._refused_on_demand()
-                if failed:
-                    self.why[failed] = "its raw_tp companion cannot run on a chosen CPU"
-            if failed is None:
-                return self
-            log.info("%s: attaching %s failed, trying the next variant", self.name, failed)
-            self._rejected.add(failed)
-            self._close_object()
-            self.load()
-
     def _close_object(self) -> None:
         L = lib()
         for ring in self.rings:
@@ -515,7 +384,7 @@ class BPFObject:
             L.bpf_object__close(self.handle)
         self.handle = 0
         self._btf = None
-        self.loaded = False
+        self.loaded = self.attached = False
 
     def close(self) -> None:
         self._close_object()
@@ -597,9 +466,9 @@ class BPFObject:
         kernel gets the next variant instead of an error at the first use."""
         L = lib()
         for p in self.programs():
-            if p.variant and p.on_demand and p.kind != "iter" and L.bpf_program__autoload(p.handle):
+            if p.belongs_to and p.on_demand and p.kind != "iter" and L.bpf_program__autoload(p.handle):
                 if self._run_on_cpu(p, 0)[0]:
-                    return p.variant
+                    return p.belongs_to
         return None
 
     def run_once(self, program: str) -> int:

@@ -56,7 +56,8 @@ class StopFlag:
 
 @dataclass(frozen=True)
 class Tracer:
-    """What a subcommand loads: its object and which hook groups it can do without.
+    """A load specification: the object a subcommand loads (by name) and which hook
+    groups it can do without.
 
     Declared at module level by each command, so ``netsnoop check`` can try every
     subcommand's object on this kernel exactly as the subcommand would load it.
@@ -102,7 +103,8 @@ class Tracer:
             if kind is None and cost is not None and group not in obj.without:
                 out.append(f"{self.obj}: no hook for {group} here, so {cost} ({obj.tried(group)})")
         for name in obj.skipped:
-            out.append(f"{self.obj}: {name} is skipped: it {obj.why[name]}; what it adds to the summary is missing")
+            out.append(f"{self.obj}: {name} is skipped: it {obj.why[name]}; "
+                       "what it adds to the summary is missing")
         return out
 
     def probe(self) -> dict[str, str | None]:

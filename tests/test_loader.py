@@ -176,3 +176,25 @@ def test_a_bad_netsnoop_btf_is_one_line_naming_it(tmp_path: Any, kind: str) -> N
             assert verdict["detail"].startswith(
                 f"0 of {tools} subcommands can run here; none: NETSNOOP_BTF={path}: {expected}"
             )
+
+
+@integration
+def test_variants_refused_at_load_and_at_attach_give_way_in_one_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Here fentry is refused at load (EPERM) and a kprobe at attach (no kprobes):
+    preferring both, the one retry loop passes both, names each refusal's stage, and
+    the tool traces on tp_btf (its own connection seen)."""
+    from netsnoop.loader import BPFObject
+
+    env = {"NETSNOOP_PREFER": "fentry,kprobe"}
+    monkeypatch.setenv("NETSNOOP_PREFER", env["NETSNOOP_PREFER"])
+    with BPFObject("states") as obj:
+        obj.attach()
+        assert obj.chosen == {"set_state": "tp_btf"}
+        assert obj.why["set_state__fentry"].startswith("refused at load [libbpf: "), obj.why
+        assert obj.why["set_state__kprobe"].startswith("attach failed: No such file or directory"), obj.why
+        assert obj.loaded_program("set_state__fentry") is None and obj.loaded_program("set_state__kprobe") is None
+    with PayloadServer(size=10) as srv:
+        with Trace(["states", "-P", str(srv.port)], env=env) as t:
+            fetch("127.0.0.1", srv.port)
+    assert t.hooks == {"set_state": "tp_btf"} and t.prog_types == {"tracing"}
+    assert sum(str(srv.port) in line for line in t.lines[1:]) >= 6

@@ -438,7 +438,7 @@ def test_send_and_recv_give_up_tp_btf_together() -> None:
     """The per-CPU cache needs both hooks typed and its companions loaded: a
     refused send__tp_btf (forced here) takes recv's tp_btf variant along."""
     with BPFObject("top", linked=TRACER.linked) as obj:
-        obj._rejected.add("send__tp_btf")  # as if this kernel had refused it
+        obj.chooser.reject("send__tp_btf", "refused")  # as if this kernel had refused it
         obj.load()
         assert obj.chosen == {"send": "tracepoint", "recv": "tracepoint"}
         assert obj.loaded_program(DRAIN) is None

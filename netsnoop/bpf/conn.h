@@ -13,6 +13,7 @@ enum conn_kind {
 	CONN_ACCEPT = 2,  /* accept() returned it */
 	CONN_CLOSE = 3,   /* an established connection was closed */
 };
+EXPORT_ENUM(conn_kind);
 
 /* One row of any of the four tools; each uses the fields its columns need. */
 struct event {

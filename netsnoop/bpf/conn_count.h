@@ -12,6 +12,7 @@ enum count_flags {
 	COUNT_PORT = 2,    /* connect: the remote port, accept: the local one */
 	COUNT_LATENCY = 4, /* connect --outcome: a latency histogram per key too */
 };
+EXPORT_ENUM(count_flags);
 
 const volatile __u8 count_only = 0; /* count instead of emitting rows */
 const volatile __u8 count_flags = COUNT_ADDRS | COUNT_PORT;

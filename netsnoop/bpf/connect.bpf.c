@@ -10,6 +10,7 @@ enum report_mode {
 	REPORT_LPORT = 1,   /* when connect() returns or the handshake resolves */
 	REPORT_OUTCOME = 2, /* when the handshake resolves: state reached, sk_err, latency */
 };
+EXPORT_ENUM(report_mode);
 
 /* Rows, or with count_only counts (conn_count.h): attempts at connect() (-c), or
  * outcomes once the handshake resolves (-c --outcome, export). */

@@ -17,6 +17,7 @@ enum dns_kind {
 	DNS_SENT = 1,     /* to port 53: a UDP query, or the SYN of a TCP connection */
 	DNS_RECEIVED = 2, /* from port 53: a UDP answer, or a TCP segment */
 };
+EXPORT_ENUM(dns_kind);
 
 /* The record's header; caplen payload bytes follow it. */
 struct dns_msg {

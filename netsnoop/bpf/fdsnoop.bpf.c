@@ -16,6 +16,7 @@
 #define MAX_FDS 32   /* descriptors reported per control message */
 
 enum action { ACTION_SEND, ACTION_RECV };
+EXPORT_ENUM(action);
 
 /* One passed descriptor (a message carrying n descriptors gives n events). */
 struct event {

@@ -21,6 +21,9 @@ char LICENSE[] SEC("license") = "GPL";
 /* Keep a struct in the object's BTF even though only pointers to it are used, so
  * user space can decode it from there (the layout is written down only once). */
 #define EXPORT_STRUCT(name) const struct name *__export_##name __attribute__((unused))
+/* The same for an enum whose values user space restates (tests/test_constants.py
+ * holds the two to each other). */
+#define EXPORT_ENUM(name) const enum name *__enum_##name __attribute__((unused))
 
 /* ---- delivery -------------------------------------------------------------------- */
 

@@ -5,8 +5,8 @@
 #include "hooks.h"
 #include "owner.h"
 
-#define RETRANSMIT 1
-#define TLP 2
+enum retrans_type { RETRANSMIT = 1, TLP = 2 };
+EXPORT_ENUM(retrans_type);
 
 struct event {
 	__u64 ts_ns;

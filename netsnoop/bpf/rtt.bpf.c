@@ -4,9 +4,8 @@
 #include "hist.h"
 #include "where.h"
 
-#define KEY_NONE 0
-#define KEY_LADDR 1
-#define KEY_RADDR 2
+enum rtt_key_by { KEY_NONE, KEY_LADDR, KEY_RADDR };
+EXPORT_ENUM(rtt_key_by);
 
 /* One histogram per local or remote address (-b/-B) and per network namespace
  * (by_netns), or a single one (all zero). */

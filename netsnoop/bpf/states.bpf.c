@@ -10,13 +10,9 @@ struct event {
 	__u64 cgroup;   /* of the task on the CPU (C-PID) */
 	__u32 pid;
 	__u32 netns;    /* the socket's network namespace (inode) */
-	__u16 family;
-	__u16 lport;
-	__u16 rport;
+	struct sock_tuple t; /* decoded flat: saddr, daddr, sport, dport, family */
 	__u8 oldstate;
 	__u8 newstate;
-	__u8 laddr[16];
-	__u8 raddr[16];
 	char comm[TASK_COMM_LEN];
 };
 EXPORT_STRUCT(event);
@@ -93,13 +89,9 @@ static __always_inline int on_state(void *ctx, const struct sock *sk, int oldsta
 	e->cgroup = cgroup;
 	e->pid = pid;
 	e->netns = netns;
-	e->family = t.family;
-	e->lport = t.sport;
-	e->rport = t.dport;
+	e->t = t;
 	e->oldstate = oldstate;
 	e->newstate = newstate;
-	__builtin_memcpy(e->laddr, t.saddr, 16);
-	__builtin_memcpy(e->raddr, t.daddr, 16);
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	submit_event(ctx, e, sizeof(*e));
 	return 0;

@@ -16,6 +16,7 @@ enum why_kind {
 	WHY_ICMP_SEND = 6,      /* an ICMP error sent about a TCP packet (value: type << 8 | code) */
 	WHY_SK_ERROR = 7,       /* a connecting socket was given an error (value: sk_err) */
 };
+EXPORT_ENUM(why_kind);
 
 struct event {
 	__u64 ts_ns;

@@ -118,7 +118,7 @@ def command(out: OutputOptions, lports: Any, rports: Any, ports: Any, pids: list
         def row(e: Any) -> tuple[Any, ...]:
             r = (
                 f"{e.skaddr:x}", e.pid, comm(e.comm), ip_version(e.family),
-                addr(e.family, e.laddr), e.lport, addr(e.family, e.raddr), e.rport,
+                addr(e.family, e.saddr), e.sport, addr(e.family, e.daddr), e.dport,
                 tcp_state(e.oldstate), "->", tcp_state(e.newstate), e.delta_ns / 1e6,
             )
             if log is not None:

@@ -125,13 +125,13 @@ def loadavg_line() -> str:
 class TextView:
     """bcc's scrolling layout: a blank line, the loadavg line, then the tables."""
 
-    def __init__(self, summary: bool, wide: bool = False, names: bool = False) -> None:
-        self.summary_line = summary
+    def __init__(self, loadavg: bool, wide: bool = False, names: bool = False) -> None:
+        self.loadavg = loadavg
         self.sinks = (TextSink(columns(False, wide, names)), TextSink(columns(True, wide, names)))
 
     def show(self, interval: Interval) -> None:
         out = sys.stdout
-        out.write("\n" + (loadavg_line() + "\n\n" if self.summary_line else ""))
+        out.write("\n" + (loadavg_line() + "\n\n" if self.loadavg else ""))
         if not (interval.ipv4 or interval.ipv6) and out.isatty():  # bcc shows nothing: say so to people
             self.sinks[0].header()
             out.write("no TCP traffic matched\n")
@@ -170,14 +170,14 @@ class Live(TextView):
     """The same tables, redrawn in place on a terminal, with the unit spelled out, a
     totals line, and a line saying so when nothing matched."""
 
-    def __init__(self, summary: bool, interval: float, wide: bool = False, names: bool = False) -> None:
-        super().__init__(summary, wide, names)
+    def __init__(self, loadavg: bool, interval: float, wide: bool = False, names: bool = False) -> None:
+        super().__init__(loadavg, wide, names)
         self.unit = f"RX_KB, TX_KB: KiB received and sent in each {interval:g} s interval; q quits"
         self.view = LiveView(drop=LIVE_DROP)
 
     def show(self, interval: Interval) -> None:
         n = interval.connections
-        head = ([loadavg_line()] if self.summary_line else []) + [self.unit]
+        head = ([loadavg_line()] if self.loadavg else []) + [self.unit]
         limited = f" ({len(interval.rows)} shown: -r {len(interval.rows)})" if interval.hidden else ""
         footer = [f"total: {n} connection{'' if n == 1 else 's'}{limited}, "
                   f"RX_KB {interval.rx // 1024}, TX_KB {interval.tx // 1024}"] if n else []
