@@ -272,9 +272,9 @@ def available(subcommand: str) -> str | None:
         return f"{module} does not import: {type(err).__name__}: {err}"
     if tracer is None:
         return "loads no BPF (no TRACER)"
-    obj = os.path.join(ROOT, "netsnoop", "bpf", f"{tracer.obj}.bpf.o")
+    obj = os.path.join(ROOT, "netsnoop", "bpf", f"{tracer.object_name}.bpf.o")
     if not os.path.exists(obj):
-        return f"netsnoop/bpf/{tracer.obj}.bpf.o is not built (make bpf)"
+        return f"netsnoop/bpf/{tracer.object_name}.bpf.o is not built (make bpf)"
     return None
 
 

@@ -409,14 +409,14 @@ class Watcher:
         self._ring: Any = None
 
     def __enter__(self) -> "Watcher":
-        from netsnoop.runner import Tracer
+        from netsnoop.runner import LoadSpec
 
         self.obj = self._open_sockets() if _sockets_allowed() else None
         if self.obj is not None:
             self.hooks = {"received": "cgroup_skb", "sent": "cgroup_skb", "tcp": "cgroup_skb"}
         else:
             self.fallback = self.fallback or "NETSNOOP_HOOKS leaves out cgroup_skb"
-            self.obj = Tracer("dns", max_entries={"events": self.ringbuf}).open()
+            self.obj = LoadSpec("dns", max_entries={"events": self.ringbuf}).open()
             self.hooks = {**self.obj.chosen, "tcp": None}
         try:
             self._header = self.obj.decoder("dns_msg")

@@ -432,7 +432,7 @@ class BPFObject:
         iterators) or over what its kind walks (``iter/tcp``: this namespace's TCP
         sockets); returns what it printed. The link lives only for the walk."""
         L = lib()
-        if program in self.skipped:  # said at start (runner.Tracer.open): nothing to walk with
+        if program in self.skipped:  # said at start (runner.LoadSpec.open): nothing to walk with
             return b""
         prog = self.loaded_program(program)
         if prog is None:

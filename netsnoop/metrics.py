@@ -39,7 +39,7 @@ from netsnoop.btf import StructDecoder
 from netsnoop.errors import NetsnoopError
 from netsnoop.hist import Log2Hist, add_cpus, read_hists
 from netsnoop.loader import BPFObject
-from netsnoop.runner import Tracer
+from netsnoop.runner import LoadSpec
 
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
@@ -327,7 +327,7 @@ class Source:
     time by ``families``. ``obj`` is its BPF object (None for kernel readings)."""
 
     name = ""
-    tracer: Tracer | None = None
+    tracer: LoadSpec | None = None
 
     def __init__(self, ctx: "Context") -> None:
         self.ctx = ctx
@@ -360,7 +360,7 @@ class Context:
     max_listeners: int
 
 
-def _tracer(module: str) -> Tracer:
+def _tracer(module: str) -> LoadSpec:
     import importlib
 
     return importlib.import_module(f"netsnoop.commands.{module}").TRACER

@@ -55,7 +55,7 @@ class StopFlag:
 
 
 @dataclass(frozen=True)
-class Tracer:
+class LoadSpec:
     """A load specification: the object a subcommand loads (by name) and which hook
     groups it can do without.
 
@@ -63,7 +63,7 @@ class Tracer:
     subcommand's object on this kernel exactly as the subcommand would load it.
     """
 
-    obj: str
+    object_name: str
     optional: frozenset[str] = frozenset()
     max_entries: dict[str, int] = field(default_factory=dict)
     linked: frozenset[str] = frozenset()
@@ -82,7 +82,7 @@ class Tracer:
         kernel.require_privileges()
         kernel.require_btf()
         without = self.rows_only if (rodata or {}).get("count_only") else frozenset()
-        obj = BPFObject(self.obj, rodata=rodata, optional=self.optional, linked=self.linked, without=without,
+        obj = BPFObject(self.object_name, rodata=rodata, optional=self.optional, linked=self.linked, without=without,
                         max_entries={**self.max_entries, **kwargs.pop("max_entries", {})},
                         ring_bytes=ring_bytes(), **kwargs)
         try:
@@ -101,9 +101,9 @@ class Tracer:
         for group, kind in obj.chosen.items():
             cost = self.costs.get(group, "what it shows is missing from the output")
             if kind is None and cost is not None and group not in obj.without:
-                out.append(f"{self.obj}: no hook for {group} here, so {cost} ({obj.tried(group)})")
+                out.append(f"{self.object_name}: no hook for {group} here, so {cost} ({obj.tried(group)})")
         for name in obj.skipped:
-            out.append(f"{self.obj}: {name} is skipped: it {obj.why[name]}; "
+            out.append(f"{self.object_name}: {name} is skipped: it {obj.why[name]}; "
                        "what it adds to the summary is missing")
         return out
 

@@ -39,9 +39,9 @@ def variants() -> list[tuple[str, str, str]]:
         tracer = getattr(__import__(module, fromlist=["TRACER"]), "TRACER", None)
         if tracer is None:
             continue
-        for p in BPFObject(tracer.obj).inspect():
+        for p in BPFObject(tracer.object_name).inspect():
             if p.is_variant and p.kind in ("kprobe", "kretprobe", "tracepoint"):
-                out.append((tracer.obj, p.group, p.kind))
+                out.append((tracer.object_name, p.group, p.kind))
     return sorted(set(out))
 
 

@@ -336,9 +336,9 @@ def test_ring_size_and_skipped_runs_come_from_fdinfo(recursion_object: str) -> N
     import platform
 
     from netsnoop.loader import BPFObject
-    from netsnoop.runner import Tracer
+    from netsnoop.runner import LoadSpec
 
-    with Tracer("states").open(max_entries={"events": 1 << 16}) as obj:
+    with LoadSpec("states").open(max_entries={"events": 1 << 16}) as obj:
         assert obj.ring_buffer().size == 1 << 16
     rodata = {"target_tgid": os.getpid(), "getppid_nr": GETPPID[platform.machine()]}
     with BPFObject("recursion", path=recursion_object, rodata=rodata) as obj:

@@ -301,7 +301,7 @@ def test_global_options_after_the_subcommand() -> None:
         seen.update(ringbuf=ring_bytes(), verbose=ctx.find_root().obj["verbose"])
         raise click.exceptions.Exit(0)
 
-    with mock.patch("netsnoop.runner.Tracer.open", fake_open):
+    with mock.patch("netsnoop.runner.LoadSpec.open", fake_open):
         for args, ring, verbose in [
             (["life", "--ringbuf", "16K", "-v"], 16384, True),
             (["--ringbuf", "64K", "-v", "life"], 65536, True),

@@ -12,10 +12,10 @@ from netsnoop import where
 from netsnoop.counts import show_counts
 from netsnoop.fmt import addr
 from netsnoop.output import Column, OutputOptions
-from netsnoop.runner import Tracer
+from netsnoop.runner import LoadSpec
 
 # accept() is missing on some architectures (arm64 has only accept4).
-TRACER = Tracer(
+TRACER = LoadSpec(
     "accept", optional=frozenset({"accept"}), costs={"accept": "connections returned by accept() are not shown"}
 )
 BANNER = "Tracing... Hit Ctrl-C to end."

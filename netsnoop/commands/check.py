@@ -15,7 +15,7 @@ import click
 from netsnoop import kernel, process
 from netsnoop.commands import COMMANDS
 from netsnoop.errors import NetsnoopError
-from netsnoop.runner import Tracer, check_settings
+from netsnoop.runner import LoadSpec, check_settings
 
 PROBE_KINDS = ("tp_btf", "tracepoint", "fentry", "kprobe")
 
@@ -102,7 +102,7 @@ def _tracepoints(modules: list[ModuleType]) -> list[Finding]:
         tracer = getattr(module, "TRACER", None)
         if tracer is None:
             continue
-        for prog in BPFObject(tracer.obj).inspect():
+        for prog in BPFObject(tracer.object_name).inspect():
             if prog.kind == "tracepoint":
                 targets.add(prog.target)
     vmlinux = BTF.vmlinux() if kernel.has_kernel_btf() else None  # tp_btf needs the kernel's own
@@ -129,7 +129,7 @@ def _kernel_btf() -> str:
             "tp_btf, fentry and iterators are unavailable")
 
 
-def _hooks(tracer: Tracer) -> str:
+def _hooks(tracer: LoadSpec) -> str:
     """The hooks ``tracer`` gets when loaded for real: ``set_state=tp_btf, tlp=none``, or
     ``tracepoint (8 hooks)`` when all agree."""
     chosen = tracer.probe()

@@ -18,12 +18,12 @@ from netsnoop.counts import show_counts
 from netsnoop.fmt import addr
 from netsnoop.loader import BPFObject
 from netsnoop.output import Column, OutputOptions
-from netsnoop.runner import Tracer
+from netsnoop.runner import LoadSpec
 
 # sys_exit_connect only makes -L rows appear before the handshake resolves (not loaded
 # when counting); without sys_enter_getsockopt (so_error), an attempt whose owner took
 # its soft error with SO_ERROR before closing shows as ABORTED.
-TRACER = Tracer("connect", optional=frozenset({"connect_exit", "so_error"}), rows_only=frozenset({"connect_exit"}))
+TRACER = LoadSpec("connect", optional=frozenset({"connect_exit", "so_error"}), rows_only=frozenset({"connect_exit"}))
 BANNER = "Tracing connect ... Hit Ctrl-C to end"
 # enum report_mode in connect.bpf.c; enum count_flags in conn_count.h
 ATTEMPT, LPORT, OUTCOME = range(3)

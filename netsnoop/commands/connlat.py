@@ -8,9 +8,9 @@ from netsnoop import conn
 from netsnoop import options as o
 from netsnoop import where
 from netsnoop.output import Column, OutputOptions
-from netsnoop.runner import Tracer
+from netsnoop.runner import LoadSpec
 
-TRACER = Tracer("connlat")
+TRACER = LoadSpec("connlat")
 
 
 def columns(lport: bool, wide: bool = False, json: bool = True) -> list[Column]:

@@ -19,9 +19,9 @@ from netsnoop.fmt import endpoints, ip_version, tcp_flags, tcp_state
 from netsnoop.ksyms import kernel_symbols
 from netsnoop.output import Column, OutputOptions, typed_endpoints
 from netsnoop.owner import OWNER_GROUPS, owner
-from netsnoop.runner import Tracer, stream
+from netsnoop.runner import LoadSpec, stream
 
-TRACER = Tracer("drop", optional=OWNER_GROUPS, rows_only=OWNER_GROUPS)
+TRACER = LoadSpec("drop", optional=OWNER_GROUPS, rows_only=OWNER_GROUPS)
 MAX_REASONS = 16  # drop.bpf.c, for each of the include and the exclude list
 BANNER = "Tracing TCP drops ... Hit Ctrl-C to end."
 # Reasons the kernel's own documentation of enum skb_drop_reason

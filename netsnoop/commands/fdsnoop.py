@@ -11,9 +11,9 @@ import click
 from netsnoop import options as o
 from netsnoop.fmt import comm
 from netsnoop.output import Column, OutputOptions
-from netsnoop.runner import Tracer, stream
+from netsnoop.runner import LoadSpec, stream
 
-TRACER = Tracer("fdsnoop")
+TRACER = LoadSpec("fdsnoop")
 
 ACTIONS = ("SEND", "RECV")  # enum action in fdsnoop.bpf.c
 TASK_COMM_LEN = 16

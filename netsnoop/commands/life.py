@@ -14,11 +14,11 @@ from netsnoop import where
 from netsnoop.fmt import addr, comm, ip_version
 from netsnoop.output import Column, OutputOptions
 from netsnoop.loader import BPFObject
-from netsnoop.runner import Tracer, stream, warn
+from netsnoop.runner import LoadSpec, stream, warn
 
 # The owner hooks (send/recv in process context) are an improvement, not a requirement.
 # destroy: rows for sessions whose CLOSE never reached the hook (see life.bpf.c).
-TRACER = Tracer("life", optional=frozenset({"send", "recv", "destroy"}))
+TRACER = LoadSpec("life", optional=frozenset({"send", "recv", "destroy"}))
 
 
 def ends_not_seen(obj: BPFObject) -> int:

@@ -18,10 +18,10 @@ from netsnoop.btf import StructDecoder
 from netsnoop.loader import BPFObject
 from netsnoop.hist import Writer
 from netsnoop.output import Column, OutputOptions
-from netsnoop.runner import Tracer, every_interval
+from netsnoop.runner import LoadSpec, every_interval
 
 # No ring buffer events: keep the shared one small.
-TRACER = Tracer("netqtop", max_entries={"events": 4096})
+TRACER = LoadSpec("netqtop", max_entries={"events": 4096})
 
 SIZE_HEADERS = ("[0, 64)", "[64, 512)", "[512, 2K)", "[2K, 16K)", "[16K, 64K)")
 SIZE_KEYS = ("size_0_64", "size_64_512", "size_512_2k", "size_2k_16k", "size_16k_64k")

@@ -27,10 +27,10 @@ from netsnoop import options as o
 from netsnoop.errors import NetsnoopError
 from netsnoop.commands.drop import NORMAL_LABEL, NORMAL_REASONS
 from netsnoop.fmt import addr, comm, printable, tcp_state
-from netsnoop.runner import StopFlag, Tracer, ready
+from netsnoop.runner import StopFlag, LoadSpec, ready
 
 # Resets received, per namespace: the kernel counts only those it sends (TcpOutRsts).
-RESETS = Tracer("resets")
+RESETS = LoadSpec("resets")
 TOP_ROWS = 5  # flows and destinations on the screen
 DROP_ROWS = 10  # (namespace, reason) pairs of drops on the screen
 JSON_ROWS = 100  # ... and in --json: a bound, so that a storm cannot make the record huge

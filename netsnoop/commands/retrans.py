@@ -13,11 +13,11 @@ from netsnoop.counts import show_counts
 from netsnoop.fmt import endpoints, ip_version, tcp_state
 from netsnoop.output import Column, OutputOptions, typed_endpoints
 from netsnoop.owner import OWNER_GROUPS, owner
-from netsnoop.runner import Tracer, stream
+from netsnoop.runner import LoadSpec, stream
 
 # SYN-ACK retransmits and tail loss probes are extras: without their hooks, data
 # and SYN retransmits are still traced. Loss probes need a kprobe (no tracepoint).
-TRACER = Tracer("retrans", optional=frozenset({"synack", "tlp", *OWNER_GROUPS}), costs={"tlp": None},
+TRACER = LoadSpec("retrans", optional=frozenset({"synack", "tlp", *OWNER_GROUPS}), costs={"tlp": None},
                  rows_only=OWNER_GROUPS)  # -l says it
 TYPES = {1: "R", 2: "L"}
 BANNER = "Tracing retransmits ... Hit Ctrl-C to end"

@@ -13,10 +13,10 @@ from netsnoop import where
 from netsnoop.fmt import addr
 from netsnoop.hist import Section, Writer, read_hists
 from netsnoop.output import OutputOptions
-from netsnoop.runner import Tracer, every_interval
+from netsnoop.runner import LoadSpec, every_interval
 
 # Histograms only: the ring buffer every object carries stays at one page.
-TRACER = Tracer("rtt", max_entries={"events": 4096})
+TRACER = LoadSpec("rtt", max_entries={"events": 4096})
 KEY_NONE, KEY_LADDR, KEY_RADDR = 0, 1, 2
 
 

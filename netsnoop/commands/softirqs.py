@@ -13,9 +13,9 @@ from netsnoop import options as o
 from netsnoop.btf import BTF
 from netsnoop.hist import Log2Hist, Section, Writer, read_hists
 from netsnoop.output import Column, OutputOptions
-from netsnoop.runner import Tracer, every_interval
+from netsnoop.runner import LoadSpec, every_interval
 
-TRACER = Tracer("softirqs", max_entries={"events": 4096})
+TRACER = LoadSpec("softirqs", max_entries={"events": 4096})
 
 
 @lru_cache(maxsize=1)

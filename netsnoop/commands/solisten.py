@@ -10,9 +10,9 @@ from netsnoop import options as o
 from netsnoop import where
 from netsnoop.fmt import addr, comm, ip_version
 from netsnoop.output import Column, OutputOptions
-from netsnoop.runner import Tracer, stream
+from netsnoop.runner import LoadSpec, stream
 
-TRACER = Tracer("solisten")
+TRACER = LoadSpec("solisten")
 
 
 def columns(show_netns: bool) -> list[Column]:

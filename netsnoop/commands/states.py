@@ -12,9 +12,9 @@ from netsnoop import where
 from netsnoop.journal import Journal
 from netsnoop.fmt import addr, comm, ip_version, printable, tcp_state
 from netsnoop.output import Column, OutputOptions
-from netsnoop.runner import Tracer, stream
+from netsnoop.runner import LoadSpec, stream
 
-TRACER = Tracer("states")
+TRACER = LoadSpec("states")
 JOURNAL_IDENTIFIER = "netsnoop"
 
 

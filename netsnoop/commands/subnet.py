@@ -18,9 +18,9 @@ from netsnoop.fmt import AF_INET, AF_INET6
 from netsnoop.loader import BPFObject
 from netsnoop.output import Column, OutputOptions, make_sink
 from netsnoop.hist import Writer
-from netsnoop.runner import Tracer, every_interval
+from netsnoop.runner import LoadSpec, every_interval
 
-TRACER = Tracer("subnet", max_entries={"events": 4096})
+TRACER = LoadSpec("subnet", max_entries={"events": 4096})
 MAX_SUBNETS = 32  # subnet.bpf.c
 DEFAULT_SUBNETS = "127.0.0.1/32,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,0.0.0.0/0"
 # -f: bcc's units (lower case: bits), plus G

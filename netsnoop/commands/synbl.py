@@ -13,9 +13,9 @@ from netsnoop import options as o
 from netsnoop import where
 from netsnoop.hist import Section, Writer, read_hists
 from netsnoop.output import Column, OutputOptions
-from netsnoop.runner import Tracer, every_interval, warn
+from netsnoop.runner import LoadSpec, every_interval, warn
 
-TRACER = Tracer("synbl", max_entries={"events": 4096})
+TRACER = LoadSpec("synbl", max_entries={"events": 4096})
 ANY = "*"  # the LISTENER of a namespace's total that no single listener can be given
 
 

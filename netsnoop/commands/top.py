@@ -17,7 +17,7 @@ from netsnoop.fmt import comm, endpoints, ip_version
 from netsnoop.live import LiveView, use_live
 from netsnoop.loader import BPFObject
 from netsnoop.output import Column, JsonSink, OutputOptions, TextSink, typed_endpoints
-from netsnoop.runner import Tracer, every_interval
+from netsnoop.runner import LoadSpec, every_interval
 
 F = Callable[..., Any]
 
@@ -25,7 +25,7 @@ F = Callable[..., Any]
 # the bytes wait in a per-CPU cache, which the DRAIN program (and the cache's other
 # companions, loaded with send__tp_btf) move to conns: so send and recv use the same
 # kind of hook or neither uses tp_btf (see top.bpf.c).
-TRACER = Tracer("top", max_entries={"events": 4096}, linked=frozenset({"send", "recv"}))
+TRACER = LoadSpec("top", max_entries={"events": 4096}, linked=frozenset({"send", "recv"}))
 DRAIN = "send__tp_btf__drain"
 DRAIN_TRIES = 3  # a CPU whose cache is being rewritten at that instant is asked again
 

@@ -11,10 +11,10 @@ from netsnoop import conn, dns
 from netsnoop import options as o
 from netsnoop import where
 from netsnoop.output import Column, OutputOptions
-from netsnoop.runner import Tracer
+from netsnoop.runner import LoadSpec
 
 # Without an accept hook, C and X rows still work.
-TRACER = Tracer("tracer", optional=frozenset({"accept4", "accept"}),
+TRACER = LoadSpec("tracer", optional=frozenset({"accept4", "accept"}),
                 costs={g: f"connections returned by {g}() have no A row" for g in ("accept4", "accept")})
 
 

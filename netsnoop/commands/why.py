@@ -24,11 +24,11 @@ from netsnoop import options as o
 from netsnoop import verdicts as V
 from netsnoop.fmt import Clock, addr, comm
 from netsnoop.output import OutputOptions, make_sink
-from netsnoop.runner import POLL_MS, StopFlag, Tracer, ready, silence_stdout, warn, warn_missed_runs
+from netsnoop.runner import POLL_MS, StopFlag, LoadSpec, ready, silence_stdout, warn, warn_missed_runs
 
 # Route lookups, ICMP sends and SYN-ACK retransmits sharpen verdicts; a kernel without
 # one of these tracepoints still gets the others.
-TRACER = Tracer("why", optional=frozenset({"fib", "fib6", "icmp", "synack", "error"}))
+TRACER = LoadSpec("why", optional=frozenset({"fib", "fib6", "icmp", "synack", "error"}))
 REFRESH_S = 0.5  # how often the state around the flows is read again
 GRACE_S = 1.0  # how long an attempt may stay unexplained before it gets a verdict
 RELEVANT_COUNTERS = ("TcpExtListenOverflows", "TcpExtListenDrops", "IpOutNoRoutes", "Ip6OutNoRoutes",
