@@ -64,14 +64,14 @@ FIELDS: dict[str, str] = {
     "UID": "e.uid",
     "COMM": "comm(e.comm)",
     "IP": "ip_version(e.family)",
-    "SADDR": "addr(e.family, e.laddr)",
-    "LADDR": "addr(e.family, e.laddr)",
-    "DADDR": "addr(e.family, e.raddr)",
-    "RADDR": "addr(e.family, e.raddr)",
-    "SPORT": "e.lport",
-    "LPORT": "e.lport",
-    "DPORT": "e.rport",
-    "RPORT": "e.rport",
+    "SADDR": "addr(e.family, e.saddr)",
+    "LADDR": "addr(e.family, e.saddr)",
+    "DADDR": "addr(e.family, e.daddr)",
+    "RADDR": "addr(e.family, e.daddr)",
+    "SPORT": "e.sport",
+    "LPORT": "e.sport",
+    "DPORT": "e.dport",
+    "RPORT": "e.dport",
     "RESULT": "outcome(e.state, e.err)",
     "LAT(ms)": "e.lat_ns / 1e6",
 }
@@ -113,7 +113,7 @@ def show(obj: BPFObject, columns: Sequence[Column], out: OutputOptions, duration
         at = next((i for i, c in enumerate(columns) if c.header in where.HEADERS), len(columns))
         columns.insert(at, Column("NAME", 24, truncate=True))
         blank = None if out.json else ""  # a width spec needs a str; JSON keeps null
-        extra = {"NAME": lambda e: names.name_of(e.family, e.raddr, e.netns or None) or blank}
+        extra = {"NAME": lambda e: names.name_of(e.family, e.daddr, e.netns or None) or blank}
         facts = lambda: {"dns": names.stats()}  # noqa: E731
     stream(obj, columns, row_of(columns, extra), out, duration, banner=banner, at_stop=at_stop, facts=facts)
 

@@ -26,7 +26,7 @@ answer that arrived before the connect it led to is always taken in before that
 connect's row is printed, whichever ring the command reads first.
 
 >>> with Watcher(max_names=4096) as names:
-...     names.name_of(event.family, event.raddr, event.netns)  # 'www.example.com' or None
+...     names.name_of(event.family, event.daddr, event.netns)  # 'www.example.com' or None
 """
 
 from __future__ import annotations

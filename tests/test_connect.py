@@ -69,7 +69,7 @@ def test_outcome_names() -> None:
 
 
 def test_rows_follow_the_columns() -> None:
-    fields = "ts_ns lat_ns pid uid netns err family lport rport kind state laddr raddr comm"
+    fields = "ts_ns lat_ns pid uid netns err family sport dport kind state saddr daddr comm"
     values = (1, 2_500_000, 42, 1000, 4026531840, 111, socket.AF_INET6, 40000, 80, 1, 7,
               socket.inet_pton(socket.AF_INET6, "::1"), socket.inet_pton(socket.AF_INET6, "fd00::2"), b"curl\0\0")
     event = SimpleNamespace(**dict(zip(fields.split(), values)))

@@ -364,8 +364,8 @@ def test_conn_rows_are_the_columns_in_order_with_extras_and_where_last() -> None
     from netsnoop.conn import row_of
 
     v4 = socket.inet_aton("10.1.2.3") + bytes(12)
-    e = SimpleNamespace(kind=9, pid=7, uid=0, comm=b"nc\0", family=socket.AF_INET, laddr=v4, raddr=bytes(16),
-                        lport=1, rport=2, state=7, err=111, lat_ns=1_500_000, netns=0, cgroup=0)
+    e = SimpleNamespace(kind=9, pid=7, uid=0, comm=b"nc\0", family=socket.AF_INET, saddr=v4, daddr=bytes(16),
+                        sport=1, dport=2, state=7, err=111, lat_ns=1_500_000, netns=0, cgroup=0)
     cols = [Column(h) for h in ("T", "TYPE", "PID", "COMM", "IP", "LADDR", "RADDR", "LPORT", "RPORT", "RESULT",
                                 "LAT(ms)", "NAME")]
     seen: list[Any] = []

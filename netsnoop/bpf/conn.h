@@ -24,13 +24,9 @@ struct event {
 	__u32 uid;
 	__u32 netns;
 	__s32 err;      /* conn_error(): why a connect attempt ended in CLOSE */
-	__u16 family;
-	__u16 lport;
-	__u16 rport;
+	struct sock_tuple t; /* decoded flat: saddr/sport local, daddr/dport remote */
 	__u8 kind;      /* enum conn_kind */
 	__u8 state;     /* the TCP state the socket reached */
-	__u8 laddr[16];
-	__u8 raddr[16];
 	char comm[TASK_COMM_LEN];
 };
 EXPORT_STRUCT(event);
@@ -216,13 +212,9 @@ static __always_inline int emit(void *ctx, const struct sock *sk, const struct s
 	e->cgroup = o->cgroup;
 	e->netns = o->netns;
 	e->err = conn_error(sk, o);
-	e->family = t->family;
-	e->lport = t->sport;
-	e->rport = t->dport;
+	e->t = *t;
 	e->kind = kind;
 	e->state = state;
-	__builtin_memcpy(e->laddr, t->saddr, 16);
-	__builtin_memcpy(e->raddr, t->daddr, 16);
 	__builtin_memcpy(e->comm, o->comm, TASK_COMM_LEN);
 	submit_event(ctx, e, sizeof(*e));
 	return 0;

@@ -93,8 +93,8 @@ def pending(obj: BPFObject) -> list[Any]:
     owners = sorted((owner.decode(raw) for _key, raw in obj.map("conn_owners").items()), key=lambda o: o.start_ns)
     return [
         event.type(ts_ns=now, lat_ns=now - o.start_ns, cgroup=o.cgroup, pid=o.pid, uid=o.uid, netns=o.netns, err=0,
-                   family=o.family, lport=0, rport=o.rport, kind=conn.CONNECT, state=conn.TCP_SYN_SENT, laddr=o.laddr,
-                   raddr=o.raddr, comm=o.comm)
+                   family=o.family, sport=0, dport=o.rport, kind=conn.CONNECT, state=conn.TCP_SYN_SENT, saddr=o.laddr,
+                   daddr=o.raddr, comm=o.comm)
         for o in owners
     ]
 
