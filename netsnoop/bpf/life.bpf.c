@@ -13,11 +13,7 @@ struct event {
 	__u64 cgroup;   /* the owner's cgroup v2 id */
 	__u32 pid;
 	__u32 netns;    /* the socket's network namespace (inode) */
-	__u16 family;
-	__u16 lport;
-	__u16 rport;
-	__u8 laddr[16];
-	__u8 raddr[16];
+	struct sock_tuple t; /* decoded flat: saddr/sport local, daddr/dport remote */
 	char comm[TASK_COMM_LEN];
 };
 EXPORT_STRUCT(event);
@@ -163,11 +159,7 @@ static __always_inline void end_session(void *ctx, const struct sock *sk, __u64 
 	e->cgroup = s->cgroup;
 	e->pid = s->pid;
 	e->netns = s->netns;
-	e->family = t.family;
-	e->lport = t.sport;
-	e->rport = t.dport;
-	__builtin_memcpy(e->laddr, t.saddr, 16);
-	__builtin_memcpy(e->raddr, t.daddr, 16);
+	e->t = t;
 	__builtin_memcpy(e->comm, s->comm, TASK_COMM_LEN);
 	submit_event(ctx, e, sizeof(*e));
 done:

@@ -103,11 +103,11 @@ def command(out: OutputOptions, pids: list[int] | None, lports: Any, rports: Any
         def row(e: Any) -> tuple[Any, ...]:
             r: tuple[Any, ...] = (
                 e.pid, comm(e.comm) if e.pid else "?", ip_version(e.family),
-                addr(e.family, e.laddr), e.lport, addr(e.family, e.raddr), e.rport,
+                addr(e.family, e.saddr), e.sport, addr(e.family, e.daddr), e.dport,
                 e.tx_bytes // 1024, e.rx_bytes // 1024, e.span_ns / 1e6, e.tx_bytes, e.rx_bytes,
             )
             if names is not None:
-                r += (names.name_of(e.family, e.raddr, e.netns or None) or blank,)
+                r += (names.name_of(e.family, e.daddr, e.netns or None) or blank,)
             return r + named(e.netns, e.cgroup) if named else r
 
         def facts() -> dict[str, Any]:
