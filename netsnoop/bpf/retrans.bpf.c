@@ -16,13 +16,9 @@ struct event {
 	__u32 segs; /* segments this retransmit sent (tcp_skb_pcount), 0 for a TLP row */
 	__u32 netns; /* the socket's network namespace (inode) */
 	char comm[TASK_COMM_LEN];
-	__u16 family;
-	__u16 lport;
-	__u16 rport;
+	struct sock_tuple t; /* decoded flat: saddr/sport local, daddr/dport remote */
 	__u8 state;
 	__u8 type; /* RETRANSMIT or TLP */
-	__u8 laddr[16];
-	__u8 raddr[16];
 };
 EXPORT_STRUCT(event);
 
@@ -81,13 +77,9 @@ static __always_inline int report(void *ctx, const struct sock *sk, const struct
 	e->netns = netns;
 	e->seq = seq;
 	e->segs = segs;
-	e->family = t->family;
-	e->lport = t->sport;
-	e->rport = t->dport;
+	e->t = *t;
 	e->state = state;
 	e->type = type;
-	__builtin_memcpy(e->laddr, t->saddr, 16);
-	__builtin_memcpy(e->raddr, t->daddr, 16);
 	submit_event(ctx, e, sizeof(*e));
 	return 0;
 }

@@ -56,13 +56,8 @@ COUNT_COLUMNS = [
 ]
 
 
-def flow(e: Any) -> tuple[Any, ...]:
-    """An event's or a count key's two ends, as text and typed (same field names)."""
-    return endpoints(e.family, e.laddr, e.lport, e.raddr, e.rport)
-
-
 def count_row(k: Any, n: int) -> tuple[Any, ...]:
-    local, remote, *typed = flow(k)
+    local, remote, *typed = endpoints(k.family, k.laddr, k.lport, k.raddr, k.rport)
     return (local, remote, n, where.printable(where.netns_label(k.netns)), ip_version(k.family), *typed, k.netns)
 
 
@@ -119,7 +114,7 @@ def command(out: OutputOptions, count: bool, lossprobe: bool, sequence: bool, po
         named = where.values if out.wide or out.json else None  # as where.columns()
 
         def row(e: Any) -> tuple[Any, ...]:
-            local, remote, *typed = flow(e)
+            local, remote, *typed = endpoints(e.family, e.saddr, e.sport, e.daddr, e.dport)
             kind = TYPES.get(e.type, "?")
             pid, name = owner(e)
             r = (pid or "-", ip_version(e.family), local, kind + ">", remote, tcp_state(e.state), e.segs, e.seq,
