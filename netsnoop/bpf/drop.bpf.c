@@ -15,13 +15,9 @@ struct event {
 	__u64 cgroup; /* the owner's cgroup v2 id, or 0 */
 	__u32 pid; /* the owner of the socket that had the packet (sock_owners), or 0 */
 	__u32 reason; /* enum skb_drop_reason; names come from kernel BTF */
-	__u16 family;
-	__u16 sport;
-	__u16 dport;
+	struct sock_tuple t; /* the packet's ends, decoded flat: saddr, daddr, sport, dport, family */
 	__u8 state; /* 0 when no socket is attached */
 	__u8 tcpflags;
-	__u8 saddr[16];
-	__u8 daddr[16];
 	char comm[TASK_COMM_LEN];
 	__s32 stack_bytes; /* bytes of stack[] filled, or a negative error */
 	__u32 netns; /* packet_netns() */
@@ -99,13 +95,9 @@ static __always_inline int on_drop(void *ctx, const struct sk_buff *skb, void *l
 	owner_copy(o, &e->pid, e->comm, &e->cgroup);
 	e->netns = netns;
 	e->reason = reason;
-	e->family = t.family;
-	e->sport = t.sport;
-	e->dport = t.dport;
+	e->t = t;
 	e->state = sk ? BPF_CORE_READ(sk, __sk_common.skc_state) : 0;
 	e->tcpflags = flags;
-	__builtin_memcpy(e->saddr, t.saddr, 16);
-	__builtin_memcpy(e->daddr, t.daddr, 16);
 	e->stack_bytes = with_stack ? bpf_get_stack(ctx, e->stack, sizeof(e->stack), 0) : 0;
 	submit_event(ctx, e, sizeof(*e));
 	return 0;
