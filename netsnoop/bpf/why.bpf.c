@@ -25,16 +25,11 @@ struct event {
 	__u32 pid;       /* the task on the CPU; only meaningful for a connect() start */
 	__s32 value;     /* drop reason / sk_err / route lookup errno / ICMP type and code */
 	__u32 extra;     /* retransmits (STATE), receiving ifindex (SYN_IN, DROP) */
-	__u16 family;
-	__u16 sport;     /* as on the wire or in the socket: source / local end */
-	__u16 dport;
+	struct sock_tuple t; /* decoded flat; s = source on the wire or local end of the socket */
 	__u8 kind;       /* enum why_kind */
 	__u8 state;      /* new state (STATE); state of the packet's socket (DROP), 0 = none */
 	__u8 oldstate;
 	__u8 tcpflags;
-	__u8 pad[2];
-	__u8 saddr[16];
-	__u8 daddr[16];
 	char comm[TASK_COMM_LEN];
 };
 EXPORT_STRUCT(event);
@@ -59,11 +54,7 @@ static __always_inline struct event *new_event(__u8 kind, const struct sock_tupl
 	__builtin_memset(e, 0, sizeof(*e));
 	e->ts_ns = bpf_ktime_get_ns();
 	e->kind = kind;
-	e->family = t->family;
-	e->sport = t->sport;
-	e->dport = t->dport;
-	__builtin_memcpy(e->saddr, t->saddr, 16);
-	__builtin_memcpy(e->daddr, t->daddr, 16);
+	e->t = *t;
 	return e;
 }
 
