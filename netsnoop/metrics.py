@@ -465,7 +465,7 @@ class Connects(MapSource):
         waiting = dict.fromkeys(self.waiting, 0)
         for _key, raw in self.obj.map("conn_owners").items():
             o = owner(raw)
-            key = (self.ctx.netns.key(o.netns), *self.ctx.ports.of(o.rport))
+            key = (self.ctx.netns.key(o.netns), *self.ctx.ports.of(o.dport))
             waiting[key] = waiting.get(key, 0) + 1
         self.waiting.update(waiting)
         f = family("netsnoop_tcp_connects_pending", self.ctx.ports.enabled)

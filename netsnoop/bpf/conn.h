@@ -40,10 +40,7 @@ struct conn_owner {
 	__u32 uid;
 	__u32 netns;    /* the socket's network namespace (inode) */
 	char comm[TASK_COMM_LEN];
-	__u16 family;
-	__u16 rport;
-	__u8 laddr[16];
-	__u8 raddr[16];
+	struct sock_tuple t; /* decoded flat; sport: what connect() began with, often 0 */
 	__s32 err;      /* a soft error the owner already took with SO_ERROR (so_error hook) */
 	__u64 closed_ns; /* tracer only: see OWNED in tracer.bpf.c */
 };
@@ -118,10 +115,7 @@ static __always_inline bool connect_begins(const struct sock *sk, struct conn_ow
 	owner_current(o, now);
 	if (!owner_allowed(o) || !sock_allowed(sk, t, o))
 		return false;
-	o->family = t->family;
-	o->rport = t->dport;
-	__builtin_memcpy(o->laddr, t->saddr, 16);
-	__builtin_memcpy(o->raddr, t->daddr, 16);
+	o->t = *t;
 	return true;
 }
 

@@ -80,11 +80,7 @@ static __always_inline int report(void *ctx, const struct sock *sk, __u8 state, 
 		return 0;
 	if (count_only) {
 		/* the ends as connect() saw them: the count keys on no local port */
-		__builtin_memcpy(t.saddr, o->laddr, 16);
-		__builtin_memcpy(t.daddr, o->raddr, 16);
-		t.dport = o->rport;
-		t.family = o->family;
-		count(sk, &t, o, state, now);
+		count(sk, &o->t, o, state, now);
 	} else {
 		read_sock_tuple(sk, &t);
 		emit(ctx, sk, &t, o, CONN_CONNECT, state, now);

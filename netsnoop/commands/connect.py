@@ -93,8 +93,8 @@ def pending(obj: BPFObject) -> list[Any]:
     owners = sorted((owner.decode(raw) for _key, raw in obj.map("conn_owners").items()), key=lambda o: o.start_ns)
     return [
         event.type(ts_ns=now, lat_ns=now - o.start_ns, cgroup=o.cgroup, pid=o.pid, uid=o.uid, netns=o.netns, err=0,
-                   family=o.family, sport=0, dport=o.rport, kind=conn.CONNECT, state=conn.TCP_SYN_SENT, saddr=o.laddr,
-                   daddr=o.raddr, comm=o.comm)
+                   family=o.family, sport=0, dport=o.dport, kind=conn.CONNECT, state=conn.TCP_SYN_SENT, saddr=o.saddr,
+                   daddr=o.daddr, comm=o.comm)
         for o in owners
     ]
 
@@ -106,7 +106,7 @@ def pending_counts(obj: BPFObject) -> list[tuple[Any, int]]:
     waiting: dict[tuple[Any, ...], int] = {}
     for _key, raw in obj.map("conn_owners").items():
         o = owner(raw)
-        k = (o.netns, o.family, o.laddr, o.raddr, o.rport)
+        k = (o.netns, o.family, o.saddr, o.daddr, o.dport)
         waiting[k] = waiting.get(k, 0) + 1
     return [(key(laddr=laddr, raddr=raddr, netns=ino, err=0, port=port, family=family, state=conn.TCP_SYN_SENT,
                  pad=b"\0" * 3), n)
