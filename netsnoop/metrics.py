@@ -604,7 +604,7 @@ class Bytes(MapSource):
             v = self.values(raw)
             if v.excluded:
                 continue
-            key = (self.ctx.netns.key(v.netns), *self.ctx.ports.of(v.lport, v.rport))
+            key = (self.ctx.netns.key(v.netns), *self.ctx.ports.of(v.sport, v.dport))
             self.sent[key] = self.sent.get(key, 0) + v.tx
             self.received[key] = self.received.get(key, 0) + v.rx
 

@@ -38,13 +38,9 @@ EXPORT_STRUCT(conn_key);
 struct conn_bytes {
 	__u64 rx;
 	__u64 tx;
-	__u16 family;
-	__u16 lport;
-	__u16 rport;
+	struct sock_tuple t; /* decoded flat: saddr/sport local, daddr/dport remote */
 	__u8 excluded; /* not TCP, or filtered out: counted nowhere, remembered so */
 	__u8 pad;
-	__u8 laddr[16];
-	__u8 raddr[16];
 	char comm[TASK_COMM_LEN];
 	__u64 cgroup; /* the process's cgroup v2 id */
 	__u32 netns;  /* the socket's network namespace (inode) */
@@ -85,11 +81,7 @@ static __always_inline void describe(const struct sock *sk, struct conn_bytes *e
 	entry->excluded = !counted(sk, &t, entry->netns);
 	if (entry->excluded)
 		return;
-	entry->family = t.family;
-	entry->lport = t.sport;
-	entry->rport = t.dport;
-	__builtin_memcpy(entry->laddr, t.saddr, 16);
-	__builtin_memcpy(entry->raddr, t.daddr, 16);
+	entry->t = t;
 }
 
 /* The conns entry of key, made from fresh if missing; NULL if the map is full. */

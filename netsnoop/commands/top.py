@@ -60,10 +60,10 @@ TOTALS = {c.header: i for i, c in enumerate(columns(False))}
 SORT_ALIASES = {"bytes": "all", "tx": "sent", "rx": "received"}
 SORT_KEYS = ("all", "sent", "received", "pid", *SORT_ALIASES)
 _SORTS = {
-    "all": lambda k, v: (-(v.rx + v.tx), k.pid, v.lport, v.rport),
-    "sent": lambda k, v: (-v.tx, -(v.rx + v.tx), k.pid, v.lport, v.rport),
-    "received": lambda k, v: (-v.rx, -(v.rx + v.tx), k.pid, v.lport, v.rport),
-    "pid": lambda k, v: (k.pid, -(v.rx + v.tx), v.lport, v.rport),
+    "all": lambda k, v: (-(v.rx + v.tx), k.pid, v.sport, v.dport),
+    "sent": lambda k, v: (-v.tx, -(v.rx + v.tx), k.pid, v.sport, v.dport),
+    "received": lambda k, v: (-v.rx, -(v.rx + v.tx), k.pid, v.sport, v.dport),
+    "pid": lambda k, v: (k.pid, -(v.rx + v.tx), v.sport, v.dport),
 }
 
 
@@ -110,7 +110,7 @@ def collect(obj: BPFObject, keys: StructDecoder, values: StructDecoder, cached: 
     entries.sort(key=lambda kv: order(*kv))
     out = Interval([], len(entries), sum(v.rx for _, v in entries), sum(v.tx for _, v in entries))
     for k, v in entries[:rows]:
-        local, remote, *typed = endpoints(v.family, v.laddr, v.lport, v.raddr, v.rport)
+        local, remote, *typed = endpoints(v.family, v.saddr, v.sport, v.daddr, v.dport)
         out.rows.append((k.pid, comm(v.comm), local, remote, v.rx // 1024, v.tx // 1024, ip_version(v.family),
                          *typed, v.rx, v.tx, now, *where.values(v.netns, v.cgroup),
                          *((name(v),) if name else ())))
@@ -196,7 +196,7 @@ def run(obj: BPFObject, view: Any, json: bool, interval: float, count: int | Non
     keys, values = StructDecoder(obj.btf, "conn_key"), StructDecoder(obj.btf, "conn_bytes")
     cached = obj.loaded_program(DRAIN) is not None
     blank = None if json else ""  # no name: JSON null, an empty text field
-    name = (lambda v: names.name_of(v.family, v.raddr, v.netns) or blank) if names else None
+    name = (lambda v: names.name_of(v.family, v.daddr, v.netns) or blank) if names else None
     return every_interval(obj, lambda last: view.show(collect(obj, keys, values, cached, sort, rows, name)),
                           OutputOptions(json=json), interval, count,
                           banner=f"Tracing... Output every {interval:g} secs. Hit Ctrl-C to end", finish=view.close,
