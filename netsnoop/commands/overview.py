@@ -380,8 +380,8 @@ def gather(seconds: float, progress: Callable[[float], None],
 def _connect_record(e: Any, spaces: dict[int, netns.Netns], conn: Any, names: Any) -> dict[str, Any]:
     where = spaces.get(e.netns)
     return {"netns": where.label if where else f"netns:{e.netns}",
-            "remote": _endpoint(addr(e.family, e.raddr), e.rport),
-            **({"name": names.name_of(e.family, e.raddr, e.netns)} if names is not None else {}),
+            "remote": _endpoint(addr(e.family, e.daddr), e.dport),
+            **({"name": names.name_of(e.family, e.daddr, e.netns)} if names is not None else {}),
             "outcome": conn.outcome(e.state, e.err), "latency_ms": e.lat_ns / 1e6, "pid": e.pid, "comm": comm(e.comm)}
 
 
