@@ -20,7 +20,6 @@ EXPORT_ENUM(action);
 
 /* One passed descriptor (a message carrying n descriptors gives n events). */
 struct event {
-	__u64 cgroup;  /* the process's cgroup v2 id */
 	__u32 netns;   /* the sending/receiving socket's network namespace (inode) */
 	__u64 ts_ns;
 	__u32 pid;
@@ -104,8 +103,13 @@ static __always_inline int on_enter(int sock_fd, __u64 msgs, __u8 action, __u8 m
  * (checked with their caller's state) because they pass on the hook's ctx, which
  * bpf_perf_event_output() needs and a global function cannot take on older kernels. */
 
-/* One event per descriptor in a SCM_RIGHTS payload of n ints at user address data. */
-static __noinline int emit_fds(void *ctx, __u64 data, __u32 n, const struct call *c)
+/* One event per descriptor in a SCM_RIGHTS payload of n ints at user address data;
+ * sock is the call's action << 32 | its socket fd. Scalars rather than a pointer to
+ * the struct call, and no more fields than these: the verifier walks these loops per
+ * message and per descriptor, and the perf transport's variant is near its limit
+ * (with the cgroup id stored here too it is refused; user space reads the process's
+ * cgroup instead, as it reads the descriptors' names). */
+static __noinline int emit_fds(void *ctx, __u64 data, __u32 n, __u32 netns, __u64 sock)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct event *e;
@@ -118,14 +122,13 @@ static __noinline int emit_fds(void *ctx, __u64 data, __u32 n, const struct call
 		e = reserve_event(sizeof(*e));
 		if (!e)
 			return 0;
-		e->cgroup = bpf_get_current_cgroup_id();
-		e->netns = c->netns;
+		e->netns = netns;
 		e->ts_ns = bpf_ktime_get_ns();
 		e->pid = id >> 32;
 		e->tid = (__u32)id;
-		e->sock_fd = c->sock_fd;
+		e->sock_fd = (__s32)sock;
 		e->fd = fd;
-		e->action = c->action;
+		e->action = sock >> 32;
 		bpf_get_current_comm(e->comm, sizeof(e->comm));
 		submit_event(ctx, e, sizeof(*e));
 	}
@@ -133,7 +136,7 @@ static __noinline int emit_fds(void *ctx, __u64 data, __u32 n, const struct call
 }
 
 /* Every SCM_RIGHTS control message of one message header (user memory). */
-static __noinline int scan_msg(void *ctx, __u64 uhdr, const struct call *c)
+static __noinline int scan_msg(void *ctx, __u64 uhdr, __u32 netns, __u64 sock)
 {
 	struct user_msghdr h;
 	struct cmsghdr cm;
@@ -152,7 +155,7 @@ static __noinline int scan_msg(void *ctx, __u64 uhdr, const struct call *c)
 		if (cm.cmsg_level == SOL_SOCKET && cm.cmsg_type == SCM_RIGHTS) {
 			data = pos + CMSG_HDR_LEN;
 			len = pos + cm.cmsg_len > end ? end - data : cm.cmsg_len - CMSG_HDR_LEN;
-			emit_fds(ctx, data, len / sizeof(__s32), c);
+			emit_fds(ctx, data, len / sizeof(__s32), netns, sock);
 		}
 		pos += (cm.cmsg_len + 7) & ~7UL;
 	}
@@ -163,19 +166,21 @@ static __always_inline int on_exit(void *ctx, long ret)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct call *found = bpf_map_lookup_elem(&calls, &id), c;
+	__u64 sock;
 	int i;
 
 	if (!found)
 		return 0;
 	c = *found;
 	bpf_map_delete_elem(&calls, &id);
+	sock = (__u64)c.action << 32 | (__u32)c.sock_fd;
 	if (ret < 0)
 		return 0;
 	if (!c.multi)
-		return scan_msg(ctx, c.msgs, &c);
+		return scan_msg(ctx, c.msgs, c.netns, sock);
 	/* sendmmsg/recvmmsg return how many messages went through */
 	for (i = 0; i < MAX_MSGS && i < ret; i++)
-		scan_msg(ctx, c.msgs + i * sizeof(struct mmsghdr), &c);
+		scan_msg(ctx, c.msgs + i * sizeof(struct mmsghdr), c.netns, sock);
 	return 0;
 }
 

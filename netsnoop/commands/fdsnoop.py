@@ -51,6 +51,21 @@ def fd_name(tid: int, fd: int) -> str:
         return "N/A"
 
 
+def cgroup_id(pid: int) -> int:
+    """The cgroup v2 id (its directory's inode) process ``pid`` is in now, or 0 once it
+    is gone: read when the row is shown, like the names (the event carries no cgroup id:
+    see emit_fds() in fdsnoop.bpf.c)."""
+    try:
+        with open(f"/proc/{pid}/cgroup", "rb") as f:
+            path = next((line[3:].rstrip(b"\n") for line in f if line.startswith(b"0::")), None)
+        mounts = o.cgroup2_mounts()
+        if path is None or not mounts:
+            return 0
+        return os.stat(os.fsencode(mounts[0]) + path).st_ino
+    except OSError:
+        return 0
+
+
 def comm_filter(ctx: click.Context, param: click.Parameter, value: str | None) -> bytes | None:
     """-n NAME becomes the kernel's substring filter; comm holds at most 15 bytes."""
     if value is None:
@@ -93,14 +108,15 @@ def command(out: OutputOptions, pids: list[int] | None, tid: int | None, name: b
     syscall tracepoints).
 
     NETNS is the network namespace of the sending or receiving socket, CONTAINER
-    the container, pod or systemd unit of the process (-w; always in --json).
-    -N/--netns and --cgroup filter on them in the kernel.
+    the container, pod or systemd unit of the process (-w; always in --json; read
+    when the row is printed, like NAME: "-" once the process is gone). -N/--netns
+    and --cgroup filter on them in the kernel, when the call is made.
     """
     rodata = {**where.filters(pids, netns), "filter_tid": tid, "filter_comm": name, "filter_cgroup": cgroup}
     named = out.wide or out.json  # as where.columns(): no names looked up for rows that show none
 
     def full_row(e: Any) -> tuple[Any, ...]:
-        return row(e) + where.values(e.netns, e.cgroup) if named else row(e)
+        return row(e) + where.values(e.netns, cgroup_id(e.pid)) if named else row(e)
 
     with TRACER.open(rodata) as obj:
         if stream(obj, columns(out.wide, out.json), full_row, out, duration) == 0:
