@@ -15,7 +15,8 @@ from typing import Iterator
 
 import pytest
 from click.testing import CliRunner
-from helpers import Trace
+from helpers import NetnsPair, Trace
+from test_where import Cgroups
 
 from netsnoop.cli import cli
 
@@ -218,6 +219,60 @@ def test_http_traffic_passes_no_descriptor_and_the_end_says_so(files: list) -> N
     assert done.stdout == "200"
     assert http.records == [] and "no file descriptor was passed" in http.stderr and "HTTP" in http.stderr
     assert len(control.records) == 2 and "no file descriptor was passed" not in control.stderr
+
+
+# waits for "go" (meanwhile it is moved into its cgroup), passes /dev/null over a
+# socket pair of its own namespace, says so, and keeps the descriptors until stdin closes
+PASS_ON_GO = (
+    "import socket, sys; sys.stdin.readline(); a, b = socket.socketpair(); f = open('/dev/null'); "
+    "socket.send_fds(a, [b'x'], [f.fileno()]); got = socket.recv_fds(b, 16, 4); print('passed', flush=True); "
+    "sys.stdin.read()"
+)
+
+
+@integration
+def test_who_and_where_columns_and_filters(files: list) -> None:
+    """A process in a docker-style cgroup and a named namespace of the test's, and this
+    process (outside both) pass a descriptor each: -w names the first's namespace and
+    container; --cgroup and --netns keep only the first, --netns host only this
+    process, while the unfiltered trace of the same run has both."""
+    me = os.getpid()
+    with NetnsPair() as ns, Cgroups() as cg:
+        child = subprocess.Popen(["ip", "netns", "exec", ns.a, sys.executable, "-c", PASS_ON_GO],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert child.stdin and child.stdout
+            Cgroups.move(cg.docker, child.pid)
+            a, b = socket.socketpair()
+            pids = f"{me},{child.pid}"
+            with a, b, Trace(["fdsnoop", "-w", "-p", pids]) as text, \
+                    Trace(["fdsnoop", "--json", "--cgroup", cg.docker]) as by_cgroup, \
+                    Trace(["fdsnoop", "--json", "-N", ns.a]) as by_netns, \
+                    Trace(["fdsnoop", "--json", "-p", pids, "-N", "host"]) as by_host, \
+                    Trace(["fdsnoop", "--json", "-p", pids]) as everything:
+                socket.send_fds(a, [b"x"], [files[0].fileno()])
+                closing(socket.recv_fds(b, 16, MAX_FDS)[1])
+                child.stdin.write("go\n")
+                child.stdin.flush()
+                assert child.stdout.readline() == "passed\n"
+        finally:
+            child.kill()
+            child.wait()
+    inode = os.stat("/proc/self/ns/net").st_ino
+    seen = {(r["pid"], r["action"], r["netns"], r["container"] == cg.docker_label) for r in everything.records}
+    assert seen == {(p, action, netns, p == child.pid) for p, netns in ((me, "host"), (child.pid, ns.a))
+                    for action in ("SEND", "RECV")}, everything.stdout  # the control
+    assert {r["netns_inode"] for r in everything.records if r["pid"] == me} == {inode}
+    assert {(r["pid"], r["container"]) for r in by_cgroup.records} == {(child.pid, cg.docker_label)}, by_cgroup.stdout
+    assert len(by_cgroup.records) == 2
+    assert {(r["pid"], r["netns"]) for r in by_netns.records} == {(child.pid, ns.a)}, by_netns.stdout
+    assert len(by_netns.records) == 2
+    assert {r["pid"] for r in by_host.records} == {me} and len(by_host.records) == 2, by_host.stdout
+
+    header, *rows = text.lines
+    assert header.split()[-2:] == ["NETNS", "CONTAINER"]
+    tail = {(r.split()[-2], r.split()[-1]) for r in rows if r.split()[1] == str(child.pid)}
+    assert tail == {(ns.a, cg.docker_label)}, text.stdout
 
 
 def test_help_says_only_descriptor_passing_is_shown() -> None:

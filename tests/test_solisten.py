@@ -12,6 +12,7 @@ import time
 import pytest
 from click.testing import CliRunner
 from helpers import NETSNOOP, ROOT, NetnsPair, Trace
+from test_where import Cgroups
 
 from netsnoop.cli import cli
 
@@ -41,7 +42,7 @@ def test_listen_row_with_backlog_port_and_address(family: int, host: str, proto:
     assert (row["proto"], row["backlog"], row["addr"]) == (proto, 37, host)
     with open("/proc/self/comm") as f:
         assert row["comm"] == f.read().strip()
-    assert row["netns"] == netns_inode()
+    assert (row["netns"], row["netns_inode"]) == ("host", netns_inode())
     assert t.summary["lost_events"] == 0
 
 
@@ -71,11 +72,55 @@ def test_netns_filter_and_column() -> None:
             child = pair.popen(pair.a, [sys.executable, "-c", LISTENER])
             port, _ = child.communicate(timeout=20)
     header, *rows = t.lines
-    assert header.split() == ["PID", "COMM", "NETNS", "PROTO", "BACKLOG", "PORT", "ADDR"]
+    assert header.split() == ["PID", "COMM", "PROTO", "BACKLOG", "PORT", "ADDR", "NETNS", "CONTAINER"]
     assert len(rows) == 1, t.stdout
-    pid, _comm, netns, *rest = rows[0].split()
-    assert (int(pid), int(netns)) == (child.pid, inode)
+    pid, _comm, *rest, netns, _container = rows[0].split()
+    assert (int(pid), netns) == (child.pid, pair.a)
     assert rest == ["TCPv4", "11", port.strip(), "0.0.0.0"]
+
+
+# waits for "go" (meanwhile it is moved into its cgroup), listens, prints its port,
+# and keeps the socket until stdin closes
+LISTEN_ON_GO = (
+    "import socket, sys; sys.stdin.readline(); s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(6); "
+    "print(s.getsockname()[1], flush=True); sys.stdin.read()"
+)
+
+
+@integration
+def test_container_column_and_cgroup_filter() -> None:
+    """A listener in a docker-style cgroup of the test's and this process (outside it):
+    -w names the first's container and both namespaces; --cgroup keeps only the first,
+    while the unfiltered trace of the same run has both."""
+    me = os.getpid()
+    with Cgroups() as cg:
+        child = subprocess.Popen([sys.executable, "-c", LISTEN_ON_GO], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, text=True)
+        try:
+            assert child.stdin and child.stdout
+            Cgroups.move(cg.docker, child.pid)
+            with socket.socket() as s, Trace(["solisten", "-w", "-p", f"{me},{child.pid}"]) as text, \
+                    Trace(["solisten", "--json", "--cgroup", cg.docker]) as by_cgroup, \
+                    Trace(["solisten", "--json", "-p", f"{me},{child.pid}"]) as everything:
+                s.listen(3)
+                my_port = s.getsockname()[1]
+                child.stdin.write("go\n")
+                child.stdin.flush()
+                port = int(child.stdout.readline())
+        finally:
+            child.kill()
+            child.wait()
+    by_pid = {r["pid"]: r for r in everything.records}
+    assert set(by_pid) == {me, child.pid}, everything.stdout  # the control
+    assert (by_pid[child.pid]["port"], by_pid[child.pid]["container"]) == (port, cg.docker_label)
+    assert by_pid[me]["port"] == my_port and by_pid[me]["container"] != cg.docker_label
+    assert {(r["netns"], r["netns_inode"]) for r in everything.records} == {("host", netns_inode())}
+    assert [(r["pid"], r["port"]) for r in by_cgroup.records] == [(child.pid, port)], by_cgroup.stdout
+
+    header, *rows = text.lines
+    assert header.split()[-2:] == ["NETNS", "CONTAINER"]
+    cells = {int(r.split()[0]): r.split() for r in rows}
+    assert cells[child.pid][-2:] == ["host", cg.docker_label] and cells[me][-2] == "host", text.stdout
 
 
 @integration

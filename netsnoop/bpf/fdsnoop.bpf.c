@@ -6,7 +6,7 @@
  * the user pointer are remembered at sys_enter and the control messages are read
  * from user memory at sys_exit, once the call has succeeded: a send that failed
  * passed nothing, and a receive has only then written the new descriptors. */
-#include "netsnoop.h"
+#include "where.h"
 
 #define SOL_SOCKET 1
 #define SCM_RIGHTS 1
@@ -20,6 +20,7 @@ EXPORT_ENUM(action);
 
 /* One passed descriptor (a message carrying n descriptors gives n events). */
 struct event {
+	__u32 netns;   /* the sending/receiving socket's network namespace (inode) */
 	__u64 ts_ns;
 	__u32 pid;
 	__u32 tid;
@@ -35,6 +36,7 @@ const volatile char filter_comm[TASK_COMM_LEN] = {}; /* substring of comm, "" = 
 
 /* A send/receive in flight on one thread, from sys_enter to sys_exit. */
 struct call {
+	__u32 netns;    /* the socket's, judged at sys_enter */
 	__u64 msgs;     /* user pointer: one struct user_msghdr, or a struct mmsghdr array */
 	__s32 sock_fd;
 	__u8 action;
@@ -77,6 +79,7 @@ static __always_inline int on_enter(int sock_fd, __u64 msgs, __u8 action, __u8 m
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct call c = { .msgs = msgs, .sock_fd = sock_fd, .action = action, .multi = multi };
+	const struct sock *sk;
 	__u64 controllen;
 
 	/* The common case, a single message without control data, costs no map update. */
@@ -85,7 +88,11 @@ static __always_inline int on_enter(int sock_fd, __u64 msgs, __u8 action, __u8 m
 				 &((struct user_msghdr *)msgs)->msg_controllen) ||
 	     controllen < sizeof(struct cmsghdr)))
 		return 0;
-	if (!thread_allowed(id))
+	if (!thread_allowed(id) || !cgroup_allowed())
+		return 0;
+	sk = fd_sock(sock_fd);
+	c.netns = sk ? sock_netns(sk) : 0;
+	if (!netns_allowed(c.netns))
 		return 0;
 	bpf_map_update_elem(&calls, &id, &c, BPF_ANY);
 	return 0;
@@ -96,8 +103,13 @@ static __always_inline int on_enter(int sock_fd, __u64 msgs, __u8 action, __u8 m
  * (checked with their caller's state) because they pass on the hook's ctx, which
  * bpf_perf_event_output() needs and a global function cannot take on older kernels. */
 
-/* One event per descriptor in a SCM_RIGHTS payload of n ints at user address data. */
-static __noinline int emit_fds(void *ctx, __u64 data, __u32 n, __s32 sock_fd, __u32 action)
+/* One event per descriptor in a SCM_RIGHTS payload of n ints at user address data;
+ * sock is the call's action << 32 | its socket fd. Scalars rather than a pointer to
+ * the struct call, and no more fields than these: the verifier walks these loops per
+ * message and per descriptor, and the perf transport's variant is near its limit
+ * (with the cgroup id stored here too it is refused; user space reads the process's
+ * cgroup instead, as it reads the descriptors' names). */
+static __noinline int emit_fds(void *ctx, __u64 data, __u32 n, __u32 netns, __u64 sock)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct event *e;
@@ -110,12 +122,13 @@ static __noinline int emit_fds(void *ctx, __u64 data, __u32 n, __s32 sock_fd, __
 		e = reserve_event(sizeof(*e));
 		if (!e)
 			return 0;
+		e->netns = netns;
 		e->ts_ns = bpf_ktime_get_ns();
 		e->pid = id >> 32;
 		e->tid = (__u32)id;
-		e->sock_fd = sock_fd;
+		e->sock_fd = (__s32)sock;
 		e->fd = fd;
-		e->action = action;
+		e->action = sock >> 32;
 		bpf_get_current_comm(e->comm, sizeof(e->comm));
 		submit_event(ctx, e, sizeof(*e));
 	}
@@ -123,7 +136,7 @@ static __noinline int emit_fds(void *ctx, __u64 data, __u32 n, __s32 sock_fd, __
 }
 
 /* Every SCM_RIGHTS control message of one message header (user memory). */
-static __noinline int scan_msg(void *ctx, __u64 uhdr, __s32 sock_fd, __u32 action)
+static __noinline int scan_msg(void *ctx, __u64 uhdr, __u32 netns, __u64 sock)
 {
 	struct user_msghdr h;
 	struct cmsghdr cm;
@@ -142,7 +155,7 @@ static __noinline int scan_msg(void *ctx, __u64 uhdr, __s32 sock_fd, __u32 actio
 		if (cm.cmsg_level == SOL_SOCKET && cm.cmsg_type == SCM_RIGHTS) {
 			data = pos + CMSG_HDR_LEN;
 			len = pos + cm.cmsg_len > end ? end - data : cm.cmsg_len - CMSG_HDR_LEN;
-			emit_fds(ctx, data, len / sizeof(__s32), sock_fd, action);
+			emit_fds(ctx, data, len / sizeof(__s32), netns, sock);
 		}
 		pos += (cm.cmsg_len + 7) & ~7UL;
 	}
@@ -153,19 +166,21 @@ static __always_inline int on_exit(void *ctx, long ret)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct call *found = bpf_map_lookup_elem(&calls, &id), c;
+	__u64 sock;
 	int i;
 
 	if (!found)
 		return 0;
 	c = *found;
 	bpf_map_delete_elem(&calls, &id);
+	sock = (__u64)c.action << 32 | (__u32)c.sock_fd;
 	if (ret < 0)
 		return 0;
 	if (!c.multi)
-		return scan_msg(ctx, c.msgs, c.sock_fd, c.action);
+		return scan_msg(ctx, c.msgs, c.netns, sock);
 	/* sendmmsg/recvmmsg return how many messages went through */
 	for (i = 0; i < MAX_MSGS && i < ret; i++)
-		scan_msg(ctx, c.msgs + i * sizeof(struct mmsghdr), c.sock_fd, c.action);
+		scan_msg(ctx, c.msgs + i * sizeof(struct mmsghdr), c.netns, sock);
 	return 0;
 }
 

@@ -8,6 +8,7 @@
 #include "where.h"
 
 struct event {
+	__u64 cgroup; /* the listening process's cgroup v2 id */
 	__u64 ts_ns;
 	__u32 pid;
 	__u32 netns;
@@ -33,7 +34,7 @@ int listen_enter__tracepoint(struct trace_event_raw_sys_enter *ctx)
 	__u64 id = bpf_get_current_pid_tgid();
 	__s32 fd = ctx->args[0];
 
-	if (!pid_allowed(id >> 32))
+	if (!pid_allowed(id >> 32) || !cgroup_allowed())
 		return 0;
 	bpf_map_update_elem(&listen_fds, &id, &fd, BPF_ANY);
 	return 0;
@@ -68,6 +69,7 @@ int listen_exit__tracepoint(struct trace_event_raw_sys_exit *ctx)
 	e = reserve_event(sizeof(*e));
 	if (!e)
 		return 0;
+	e->cgroup = bpf_get_current_cgroup_id();
 	e->ts_ns = bpf_ktime_get_ns();
 	e->pid = id >> 32;
 	e->netns = netns;
