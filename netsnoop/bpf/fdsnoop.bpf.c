@@ -98,10 +98,12 @@ static __always_inline int on_enter(int sock_fd, __u64 msgs, __u8 action, __u8 m
 	return 0;
 }
 
-/* The loops below live in non-inlined functions: the verifier checks each once per
- * call site instead of once per iteration of the loop that calls it. They are static
- * (checked with their caller's state) because they pass on the hook's ctx, which
- * bpf_perf_event_output() needs and a global function cannot take on older kernels. */
+/* The loops below live in non-inlined functions: the verifier checks a global function
+ * once, on its own, instead of once per iteration of the loop that calls it. The ring
+ * buffer's path is global; the perf buffer's needs the hook's ctx (for
+ * bpf_perf_event_output), which a global function cannot take before 6.8, so it has
+ * static copies, checked with their caller's state (slower to verify: ~0.5 s more to
+ * start). use_perf, a constant to the verifier, leaves the other path unchecked. */
 
 /* One event per descriptor in a SCM_RIGHTS payload of n ints at user address data;
  * sock is the call's action << 32 | its socket fd. Scalars rather than a pointer to
@@ -109,7 +111,7 @@ static __always_inline int on_enter(int sock_fd, __u64 msgs, __u8 action, __u8 m
  * message and per descriptor, and the perf transport's variant is near its limit
  * (with the cgroup id stored here too it is refused; user space reads the process's
  * cgroup instead, as it reads the descriptors' names). */
-static __noinline int emit_fds(void *ctx, __u64 data, __u32 n, __u32 netns, __u64 sock)
+static __always_inline int emit_fds_in(void *ctx, __u64 data, __u32 n, __u32 netns, __u64 sock)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct event *e;
@@ -135,8 +137,20 @@ static __noinline int emit_fds(void *ctx, __u64 data, __u32 n, __u32 netns, __u6
 	return 0;
 }
 
+__noinline int emit_fds(__u64 data, __u32 n, __u32 netns, __u64 sock)
+{
+	if (use_perf)
+		return 0; /* not called then: emit_fds_perf is */
+	return emit_fds_in(NULL, data, n, netns, sock);
+}
+
+static __noinline int emit_fds_perf(void *ctx, __u64 data, __u32 n, __u32 netns, __u64 sock)
+{
+	return emit_fds_in(ctx, data, n, netns, sock);
+}
+
 /* Every SCM_RIGHTS control message of one message header (user memory). */
-static __noinline int scan_msg(void *ctx, __u64 uhdr, __u32 netns, __u64 sock)
+static __always_inline int scan_msg_in(void *ctx, __u64 uhdr, __u32 netns, __u64 sock, bool perf)
 {
 	struct user_msghdr h;
 	struct cmsghdr cm;
@@ -155,11 +169,31 @@ static __noinline int scan_msg(void *ctx, __u64 uhdr, __u32 netns, __u64 sock)
 		if (cm.cmsg_level == SOL_SOCKET && cm.cmsg_type == SCM_RIGHTS) {
 			data = pos + CMSG_HDR_LEN;
 			len = pos + cm.cmsg_len > end ? end - data : cm.cmsg_len - CMSG_HDR_LEN;
-			emit_fds(ctx, data, len / sizeof(__s32), netns, sock);
+			if (perf)
+				emit_fds_perf(ctx, data, len / sizeof(__s32), netns, sock);
+			else
+				emit_fds(data, len / sizeof(__s32), netns, sock);
 		}
 		pos += (cm.cmsg_len + 7) & ~7UL;
 	}
 	return 0;
+}
+
+__noinline int scan_msg(__u64 uhdr, __u32 netns, __u64 sock)
+{
+	if (use_perf)
+		return 0; /* not called then: scan_msg_perf is */
+	return scan_msg_in(NULL, uhdr, netns, sock, false);
+}
+
+static __noinline int scan_msg_perf(void *ctx, __u64 uhdr, __u32 netns, __u64 sock)
+{
+	return scan_msg_in(ctx, uhdr, netns, sock, true);
+}
+
+static __always_inline int scan(void *ctx, __u64 uhdr, __u32 netns, __u64 sock)
+{
+	return use_perf ? scan_msg_perf(ctx, uhdr, netns, sock) : scan_msg(uhdr, netns, sock);
 }
 
 static __always_inline int on_exit(void *ctx, long ret)
@@ -177,10 +211,10 @@ static __always_inline int on_exit(void *ctx, long ret)
 	if (ret < 0)
 		return 0;
 	if (!c.multi)
-		return scan_msg(ctx, c.msgs, c.netns, sock);
+		return scan(ctx, c.msgs, c.netns, sock);
 	/* sendmmsg/recvmmsg return how many messages went through */
 	for (i = 0; i < MAX_MSGS && i < ret; i++)
-		scan_msg(ctx, c.msgs + i * sizeof(struct mmsghdr), c.netns, sock);
+		scan(ctx, c.msgs + i * sizeof(struct mmsghdr), c.netns, sock);
 	return 0;
 }
 
