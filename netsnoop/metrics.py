@@ -376,6 +376,22 @@ class MapSource(Source):
         for k, v in self.obj.map(map_name).take_all():
             yield decode(k), v
 
+    def add_counts(self, sums: dict[Any, int], map_name: str, key_struct: str,
+                   key_of: Callable[[Any], tuple[Any, ...]]) -> None:
+        """Empty the kernel's u64 counts of ``map_name`` into ``sums``, each under
+        ``key_of(its decoded key)``."""
+        for k, v in self.taken(map_name, key_struct):
+            key = key_of(k)
+            sums[key] = sums.get(key, 0) + struct.unpack_from("=Q", v)[0]
+
+    def netns_family(self, name: str, sums: dict[Any, int], ports: bool | None = None) -> Metric:
+        """The family ``name`` of sums keyed (netns, *other labels), the namespace
+        written as its label; a port label where --port-labels asks (``ports``)."""
+        f = family(name, self.ctx.ports.enabled if ports is None else ports)
+        for (ino, *rest), n in sorted(sums.items(), key=str):
+            f.add_metric([self.ctx.netns.label(ino), *rest], n)
+        return f
+
 
 def take_hists(obj: BPFObject, map_name: str, key_struct: str) -> list[tuple[Any, Log2Hist]]:
     """Every histogram of a per-CPU hist map (hist.h) with its decoded key, each entry
@@ -431,9 +447,7 @@ class Connects(MapSource):
 
     def poll(self) -> None:
         assert self.obj is not None
-        for k, v in self.taken("counts", "conn_count_key"):
-            key = self._key(k)
-            self.counts[key] = self.counts.get(key, 0) + struct.unpack_from("=Q", v)[0]
+        self.add_counts(self.counts, "counts", "conn_count_key", self._key)
         for k, h in take_hists(self.obj, "latency", "conn_count_key"):
             key = self._key(k)
             was = self.latency.get(key)
@@ -443,10 +457,7 @@ class Connects(MapSource):
     def families(self) -> Iterator[Metric]:
         label = self.ctx.netns.label
         with_ports = self.ctx.ports.enabled
-        f = family("netsnoop_tcp_connects_total", with_ports)
-        for (ino, outcome, *port), n in sorted(self.counts.items(), key=str):
-            f.add_metric([label(ino), outcome, *port], n)
-        yield f
+        yield self.netns_family("netsnoop_tcp_connects_total", self.counts)
         h = family("netsnoop_tcp_connect_duration_seconds", with_ports)
         for (ino, outcome, *port), hist in sorted(self.latency.items(), key=str):
             # slots of microseconds (ns / 1000), the sum in nanoseconds
@@ -468,10 +479,7 @@ class Connects(MapSource):
             key = (self.ctx.netns.key(o.netns), *self.ctx.ports.of(o.dport))
             waiting[key] = waiting.get(key, 0) + 1
         self.waiting.update(waiting)
-        f = family("netsnoop_tcp_connects_pending", self.ctx.ports.enabled)
-        for (ino, *port), n in sorted(waiting.items(), key=str):
-            f.add_metric([self.ctx.netns.label(ino), *port], n)
-        return f
+        return self.netns_family("netsnoop_tcp_connects_pending", waiting)
 
 
 class Accepts(MapSource):
@@ -491,15 +499,11 @@ class Accepts(MapSource):
         return {"count_only": 1, "count_flags": COUNT_PORT if self.ctx.ports.enabled else 0}
 
     def poll(self) -> None:
-        for k, v in self.taken("counts", "conn_count_key"):
-            key = (self.ctx.netns.key(k.netns), *self.ctx.ports.of(k.port))
-            self.counts[key] = self.counts.get(key, 0) + struct.unpack_from("=Q", v)[0]
+        self.add_counts(self.counts, "counts", "conn_count_key",
+                        lambda k: (self.ctx.netns.key(k.netns), *self.ctx.ports.of(k.port)))
 
     def families(self) -> Iterator[Metric]:
-        f = family("netsnoop_tcp_accepts_total", self.ctx.ports.enabled)
-        for (ino, *port), n in sorted(self.counts.items(), key=str):
-            f.add_metric([self.ctx.netns.label(ino), *port], n)
-        yield f
+        yield self.netns_family("netsnoop_tcp_accepts_total", self.counts)
 
 
 class Resets(MapSource):
@@ -522,10 +526,7 @@ class Resets(MapSource):
             self.counts[key] = self.counts.get(key, 0) + struct.unpack_from("=Q", v)[0]
 
     def families(self) -> Iterator[Metric]:
-        f = family("netsnoop_tcp_resets_received_total", False)
-        for (ino,), n in sorted(self.counts.items()):
-            f.add_metric([self.ctx.netns.label(ino)], n)
-        yield f
+        yield self.netns_family("netsnoop_tcp_resets_received_total", self.counts, ports=False)
 
 
 class Drops(MapSource):
@@ -542,16 +543,14 @@ class Drops(MapSource):
     def poll(self) -> None:
         from netsnoop.commands.drop import reason_name
 
-        for k, v in self.taken("counts", "drop_key"):
+        def key_of(k: Any) -> tuple[Any, ...]:
             reason = reason_name(k.reason) if k.reason else "unknown"  # a kernel without drop reasons
-            key = (self.ctx.netns.key(k.netns), reason, *self.ctx.ports.of(k.dport, k.sport))
-            self.counts[key] = self.counts.get(key, 0) + struct.unpack_from("=Q", v)[0]
+            return (self.ctx.netns.key(k.netns), reason, *self.ctx.ports.of(k.dport, k.sport))
+
+        self.add_counts(self.counts, "counts", "drop_key", key_of)
 
     def families(self) -> Iterator[Metric]:
-        f = family("netsnoop_tcp_drops_total", self.ctx.ports.enabled)
-        for (ino, *rest), n in sorted(self.counts.items(), key=str):
-            f.add_metric([self.ctx.netns.label(ino), *rest], n)
-        yield f
+        yield self.netns_family("netsnoop_tcp_drops_total", self.counts)
 
 
 class Retransmits(MapSource):
@@ -566,15 +565,11 @@ class Retransmits(MapSource):
         return {"count_only": 1}
 
     def poll(self) -> None:
-        for k, v in self.taken("counts", "flow_key"):
-            key = (self.ctx.netns.key(k.netns), *self.ctx.ports.of(k.lport, k.rport))
-            self.counts[key] = self.counts.get(key, 0) + struct.unpack_from("=Q", v)[0]
+        self.add_counts(self.counts, "counts", "flow_key",
+                        lambda k: (self.ctx.netns.key(k.netns), *self.ctx.ports.of(k.lport, k.rport)))
 
     def families(self) -> Iterator[Metric]:
-        f = family("netsnoop_tcp_retransmits_total", self.ctx.ports.enabled)
-        for (ino, *port), n in sorted(self.counts.items(), key=str):
-            f.add_metric([self.ctx.netns.label(ino), *port], n)
-        yield f
+        yield self.netns_family("netsnoop_tcp_retransmits_total", self.counts)
 
 
 class Bytes(MapSource):
@@ -609,13 +604,8 @@ class Bytes(MapSource):
             self.received[key] = self.received.get(key, 0) + v.rx
 
     def families(self) -> Iterator[Metric]:
-        label = self.ctx.netns.label
-        for name, sums in (("netsnoop_tcp_sent_bytes_total", self.sent),
-                           ("netsnoop_tcp_received_bytes_total", self.received)):
-            f = family(name, self.ctx.ports.enabled)
-            for (ino, *port), n in sorted(sums.items(), key=str):
-                f.add_metric([label(ino), *port], n)
-            yield f
+        yield self.netns_family("netsnoop_tcp_sent_bytes_total", self.sent)
+        yield self.netns_family("netsnoop_tcp_received_bytes_total", self.received)
 
 
 class NetnsHists:
