@@ -441,12 +441,18 @@ SCENARIOS: list[type[Scenario]] = [Ok, NoListener, OtherAddress, OtherNamespace,
                                    Timeout, Unreachable, OutputDrop]
 
 
+# Below the ephemeral range, so no client port collides; drawn without replacement,
+# because the module's `world` stays up while other tests run their own scenarios
+# and `why` reports every namespace's listener on a port.
+PORT_BASES = random.sample(range(10000, 32000, 100), 50)
+
+
 @contextlib.contextmanager
 def scenarios_traced(classes: list[type[Scenario]], args: list[str],
                      env: dict[str, str] | None = None) -> Iterator[tuple[dict[type[Scenario], Scenario], Trace]]:
     """Every scenario set up (in parallel), ``netsnoop why ARGS -P <their ports>``
     started, all traffic run in parallel, netsnoop stopped."""
-    base = random.randrange(10000, 32000, 100)  # below the ephemeral range: no client port collides
+    base = PORT_BASES.pop()
     scenarios = [cls(base + 2 * i) for i, cls in enumerate(classes)]
     entered: list[Scenario] = []
     try:
