@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import importlib
-import logging
 import sys
 from typing import Any
 
@@ -13,6 +12,7 @@ import click
 from netsnoop import __version__
 from netsnoop.commands import ALIASES, COMMANDS
 from netsnoop.errors import NetsnoopError
+from netsnoop.log import set_verbose
 
 # The kernel takes a ring buffer's size as a 32-bit max_entries that must be a power
 # of two (kernel/bpf/ringbuf.c), so 2 GiB is the largest it can create.
@@ -122,7 +122,7 @@ class RingSize(click.ParamType):
 def _set_verbose(ctx: click.Context, param: click.Parameter, value: bool) -> None:
     if value:
         ctx.find_root().ensure_object(dict)["verbose"] = True
-        logging.getLogger().setLevel(logging.DEBUG)
+        set_verbose(True)
 
 
 def _set_ringbuf(ctx: click.Context, param: click.Parameter, value: int | None) -> None:
@@ -195,11 +195,7 @@ def cli(ctx: click.Context, verbose: bool, ringbuf: int) -> None:
     """
     ctx.obj = {"verbose": verbose, "ringbuf": ringbuf}
     _escape_unencodable_output()
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.ERROR + 10,
-        format="netsnoop: %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    set_verbose(verbose)
 
 
 def main() -> None:

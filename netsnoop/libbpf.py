@@ -9,7 +9,6 @@ signatures themselves.
 from __future__ import annotations
 
 import ctypes
-import logging
 import os
 from ctypes import (
     CFUNCTYPE,
@@ -25,8 +24,7 @@ from ctypes import (
 from typing import TYPE_CHECKING, Any, Callable
 
 from netsnoop.errors import MissingFeature
-
-log = logging.getLogger("netsnoop.libbpf")
+from netsnoop.log import say, verbose
 
 LIBBPF_NAMES = ("libbpf.so.1", "libbpf.so")
 # The copy a wheel carries (built by `make bundle`): preferred, so that an installed
@@ -224,13 +222,12 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.vsnprintf.argtypes = [c_char_p, c_size_t, c_char_p, c_void_p]
 _libc.vsnprintf.restype = c_int
 
-_LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG}
 _captured: list[str] | None = None
 
 
 @PRINT_FN
 def _print(level: int, fmt: bytes, args: int) -> int:
-    if level >= 2 and not log.isEnabledFor(logging.DEBUG):
+    if level >= 2 and not verbose():
         return 0  # libbpf's debug lines (~950 per load) only ever go to --verbose
     buf = ctypes.create_string_buffer(2048)
     _libc.vsnprintf(buf, len(buf), fmt, args)
@@ -238,7 +235,7 @@ def _print(level: int, fmt: bytes, args: int) -> int:
     if _captured is not None:
         _captured.append(text)
     if text:
-        log.log(_LEVELS.get(level, logging.DEBUG), "%s", text)
+        say("netsnoop.libbpf", text)
     return 0
 
 

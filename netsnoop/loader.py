@@ -22,7 +22,6 @@ values; everything else is decided here:
 from __future__ import annotations
 
 import ctypes
-import logging
 import os
 import struct
 from typing import Any, Callable, Iterator
@@ -41,10 +40,9 @@ from netsnoop.libbpf import (
     last_errno,
     lib,
 )
+from netsnoop.log import say, verbose
 from netsnoop.transport import BPF_MAP_TYPE_PERF_EVENT_ARRAY, DEFAULT_BYTES, PERF, Transport, choose, open_transport
 from netsnoop.variants import KERNEL_BTF_KINDS, Program, VariantChooser, hook_order
-
-log = logging.getLogger("netsnoop.loader")
 
 BPF_MAP_TYPE_PERCPU_ARRAY = 6
 BPF_MAP_TYPE_PERCPU_HASH = 5
@@ -295,7 +293,7 @@ class BPFObject:
             if refused is None:
                 return self
             variant, why = refused
-            log.info("%s: variant %s refused by the kernel (%s), trying the next one", self.name, variant, why)
+            say("netsnoop.loader", f"{self.name}: variant {variant} refused by the kernel ({why}), trying the next one")
             self.chooser.reject(variant, why)
             self._close_object()
 
@@ -544,7 +542,7 @@ class BPFObject:
 
 def _tail(messages: list[str]) -> str:
     """Point at libbpf's log (shown by --verbose) without breaking the one-line error."""
-    if not messages or log.isEnabledFor(logging.INFO):
+    if not messages or verbose():
         return ""
     last = next((m for m in reversed(messages) if m.strip() and not m.startswith(("processed", "verification"))), "")
     return f" [libbpf: {last.strip()[:160]}; --verbose shows its full log]" if last else ""
