@@ -61,12 +61,20 @@ def object_path(name: str) -> str:
     return path
 
 
-def obstacle(program: Program) -> str | None:
+KPROBE_PMU = "/sys/bus/event_source/devices/kprobe"
+
+
+def obstacle(program: Program, attaching: bool = True) -> str | None:
     """What this kernel lacks for ``program``, found without trying it (None: try it).
     Classic tracepoints need their event in tracefs, which is mounted here if it is not
-    yet (as perf and bpftool do); BTF-typed kinds need the kernel's own BTF."""
+    yet (as perf and bpftool do); BTF-typed kinds need the kernel's own BTF. A kprobe
+    loads anywhere, but attaches only through the kprobe PMU or, before it (4.17),
+    kprobe_events in tracefs; a kernel without CONFIG_KPROBES has neither, and telling
+    it here saves loading the whole object once more without the variant."""
     if program.kind in KERNEL_BTF_KINDS and not kernel.has_kernel_btf():
         return f"needs the kernel's own BTF ({kernel.VMLINUX_BTF} is missing)"
+    if attaching and program.kind in ("kprobe", "kretprobe") and not _has_kprobes():
+        return f"cannot attach: no kprobes here (neither {KPROBE_PMU} nor kprobe_events in tracefs)"
     if program.kind == "tracepoint":
         try:
             events = os.path.join(kernel.ensure_tracefs(), "events")
@@ -76,6 +84,11 @@ def obstacle(program: Program) -> str | None:
         if not os.path.isdir(os.path.join(events, category, event)):
             return f"no event {program.target} in tracefs"
     return None
+
+
+def _has_kprobes() -> bool:
+    return os.path.isdir(KPROBE_PMU) or any(os.path.exists(os.path.join(d, "kprobe_events"))
+                                            for d in kernel.TRACEFS_DIRS)
 
 
 def _each(next_of: Callable[[int, int | None], int | None], owner: int) -> Iterator[int]:
@@ -210,6 +223,7 @@ class BPFObject:
         self._btf: BTF | None = None
         self.loaded = False
         self.attached = False
+        self._attaching = True  # whether the variants are chosen for attaching (see obstacle())
 
     # what the choice of variants came to (see netsnoop.variants)
     @property
@@ -286,6 +300,7 @@ class BPFObject:
         opened again without it. A refusal that is no variant's, or of a forced one,
         is an error."""
         kernel.require_btf()
+        self._attaching = attach
         while True:
             refused = None if self.loaded else self._load_once()
             if refused is None and attach and not self.attached:
@@ -302,7 +317,7 @@ class BPFObject:
         L = lib()
         self._open()
         programs = self.programs()
-        choice = self.chooser.choose(programs, obstacle)
+        choice = self.chooser.choose(programs, lambda p: obstacle(p, attaching=self._attaching))
         for p in programs:
             if p.name in choice.autoload:
                 L.bpf_program__set_autoload(p.handle, choice.autoload[p.name])

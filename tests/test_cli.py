@@ -41,9 +41,43 @@ def test_without_kernel_btf_names_it() -> None:
 
 def test_no_usable_hook_names_the_tracepoint() -> None:
     # allow only fentry and kprobe: here fentry is refused (EPERM) and kprobes cannot
-    # attach, so the loader really tries both, then gives up naming what it tried
+    # attach (known without trying: no kprobe PMU), so the loader gives up naming what
+    # it tried and why each failed
     result = run(["states"], env={"PATH": "/usr/bin:/bin", "NETSNOOP_HOOKS": "fentry,kprobe"})
     assert_one_line_error(result, 1, "set_state", "fentry tcp_set_state", "kprobe tcp_set_state")
+
+
+def test_a_kprobe_variant_is_passed_over_without_a_second_load_where_kprobes_cannot_attach(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """retrans's tail loss probes have only a kprobe. On a kernel without kprobes (this
+    one) that is known before loading, so the object is loaded once, not loaded with
+    the kprobe, refused at attach and loaded again. Control: told that kprobes exist,
+    the loader tries and pays the second load."""
+    from netsnoop import loader
+    from netsnoop.commands.retrans import TRACER
+    from netsnoop.libbpf import lib
+
+    if loader._has_kprobes():
+        pytest.skip("this kernel has kprobes: nothing to pass over")
+    L = lib()
+    real = L.bpf_object__load
+    loads: list[int] = []
+
+    def counted(handle: int) -> int:
+        loads.append(handle)
+        return int(real(handle))
+
+    monkeypatch.setattr(L, "bpf_object__load", counted)
+    with TRACER.open(quiet=True) as obj:
+        assert obj.attached and obj.chosen["tlp"] is None
+        assert obj.why["tlp__kprobe"].startswith("cannot attach: no kprobes here")
+    assert len(loads) == 1
+    loads.clear()
+    monkeypatch.setattr(loader, "_has_kprobes", lambda: True)
+    with TRACER.open(quiet=True) as obj:
+        assert obj.attached and obj.chosen["tlp"] is None
+        assert obj.why["tlp__kprobe"].startswith("attach failed: ")
+    assert len(loads) == 2
 
 
 @pytest.mark.parametrize("args", [["states", "-L", "70000"], ["life", "-p", "-5"], ["states", "-P", "abc"]])
