@@ -7,7 +7,9 @@ What is measured, and how:
 * **Start-up**: from just before exec to the first line on stdout (the header; the
   "Tracing..." line goes to stderr first). Tools that print nothing until their first
   interval are timed to the "Tracing..." line and marked so. Peak RSS is VmHWM from
-  /proc/<pid>/status, read just before stopping.
+  /proc/<pid>/status, read just before stopping. netsnoop is found as a wheel's
+  install finds it, through a plain path entry (the Makefile's venv); the run says
+  so, or names the editable install's import hook every start would pay for.
 * **Storm**: bench/loadgen makes N loopback connections (connect, accept, close with
   an RST) untraced, traced and untraced again, side by side in the same repeat; the
   ratio is traced connections per second over the mean of the two untraced runs.
@@ -330,7 +332,18 @@ def interpreter_floor(runs: int) -> dict[str, Any]:
     return {
         "python_s": stats(timed([sys.executable, "-c", "pass"]) for _ in range(runs)),
         "help_s": stats(timed(NETSNOOP + ["--help"]) for _ in range(runs)),
+        "import_hooks": import_hooks(),
     }
+
+
+def import_hooks() -> list[str]:
+    """The editable installs' import-hook finders this interpreter's site imports at
+    every start (setuptools' default editable mode): ~11 ms and ~2 MiB that a wheel's
+    install does not cost, so start-up here would not be what users get. The Makefile's
+    venv is a plain path entry instead; an empty list says so."""
+    code = "import sys; print(' '.join(m for m in sys.modules if m.startswith('__editable__')))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    return out.stdout.split()
 
 
 # -- workloads under tracing --------------------------------------------------------------
@@ -605,6 +618,11 @@ def print_startup(results: dict[str, Any], floor: dict[str, Any] | None) -> None
     if floor:
         print(f"  for scale: python -c pass {fmt_stat(floor['python_s'], '.3f')} s, "
               f"netsnoop --help {fmt_stat(floor['help_s'], '.3f')} s")
+        if floor.get("import_hooks"):
+            print(f"  NOT what users get: every start here imports {', '.join(floor['import_hooks'])} (an editable "
+                  "install's import hook, which a wheel's install has not); `make venv` makes a plain path entry")
+        else:
+            print("  netsnoop is found through a plain path entry, as a wheel's install has it (no import hook)")
 
 
 def floors_for(scs: list[Scenario]) -> dict[int, Scenario]:
