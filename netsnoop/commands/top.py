@@ -14,7 +14,6 @@ from netsnoop import options as o
 from netsnoop import where
 from netsnoop.btf import StructDecoder
 from netsnoop.fmt import comm, endpoints, ip_version
-from netsnoop.live import LiveView, use_live
 from netsnoop.loader import BPFObject
 from netsnoop.output import Column, JsonSink, OutputOptions, TextSink, typed_endpoints
 from netsnoop.runner import LoadSpec, every_interval
@@ -172,6 +171,8 @@ class Live(TextView):
 
     def __init__(self, loadavg: bool, interval: float, wide: bool = False, names: bool = False) -> None:
         super().__init__(loadavg, wide, names)
+        from netsnoop.live import LiveView  # rich: imported once the BPF object is loaded, a smaller peak
+
         self.unit = f"RX_KB, TX_KB: KiB received and sent in each {interval:g} s interval; q quits"
         self.view = LiveView(drop=LIVE_DROP)
 
@@ -263,6 +264,8 @@ def command(noclear: bool, nosummary: bool, pids: list[int] | None, ports: Any, 
     rodata = {**o.port_filters(ports=ports), **where.filters(pids, netns), "filter_family": family,
               "filter_cgroup": cgroup}
     with TRACER.open(rodata) as obj, (dns.Watcher() if dns_names else contextlib.nullcontext()) as names:
+        from netsnoop.live import use_live  # rich: after the load, so its memory is not under libbpf's peak
+
         view: Any = (
             JsonLines(dns_names)
             if json
