@@ -181,8 +181,10 @@ INET_DIAG_SKMEMINFO = 7  # the attribute carrying the socket's memory and drop c
 SK_MEMINFO_DROPS = 8  # sk_drops, ``ss -m``'s "d"
 NLA_HDR = struct.Struct("=HH")
 # struct tcp_info (uapi, append-only): tcpi_rtt at 68, tcpi_total_retrans at 100,
-# tcpi_bytes_acked at 120, tcpi_bytes_received at 128
+# tcpi_bytes_acked at 120, tcpi_bytes_received at 128; tcpi_bytes_sent at 200 and
+# tcpi_bytes_retrans at 208 (kernels from 4.19 on)
 TCP_INFO_RTT, TCP_INFO_TOTAL_RETRANS, TCP_INFO_BYTES_ACKED, TCP_INFO_BYTES_RECEIVED = 68, 100, 120, 128
+TCP_INFO_BYTES_SENT, TCP_INFO_BYTES_RETRANS = 200, 208
 
 
 @dataclass(frozen=True)
@@ -233,6 +235,10 @@ class DiagSocket:
     total_retrans: int | None = None  # segments retransmitted over the connection's life
     # from the memory info, when asked for (meminfo=True)
     drops: int | None = None  # sk_drops: for a listener, SYNs and final ACKs it dropped
+    cookie: int = 0  # the kernel's socket cookie (what BPF reads as sk->__sk_common.skc_cookie)
+    # tcp_info's payload bytes put on the wire (retransmissions included) and retransmitted
+    bytes_sent: int | None = None
+    bytes_retrans: int | None = None
 
 
 def _attributes(attrs: bytes) -> dict[str, int]:
@@ -249,10 +255,19 @@ def _attributes(attrs: bytes) -> dict[str, int]:
                        total_retrans=struct.unpack_from("=I", attrs, at + TCP_INFO_TOTAL_RETRANS)[0],
                        bytes_acked=struct.unpack_from("=Q", attrs, at + TCP_INFO_BYTES_ACKED)[0],
                        bytes_received=struct.unpack_from("=Q", attrs, at + TCP_INFO_BYTES_RECEIVED)[0])
+            if size >= TCP_INFO_BYTES_RETRANS + 8:
+                out.update(bytes_sent=struct.unpack_from("=Q", attrs, at + TCP_INFO_BYTES_SENT)[0],
+                           bytes_retrans=struct.unpack_from("=Q", attrs, at + TCP_INFO_BYTES_RETRANS)[0])
         elif kind == INET_DIAG_SKMEMINFO and size >= 4 * (SK_MEMINFO_DROPS + 1):
             out["drops"] = struct.unpack_from("=I", attrs, at + 4 * SK_MEMINFO_DROPS)[0]
         off += (length + 3) & ~3
     return out
+
+
+def _cookie(raw: bytes) -> int:
+    """inet_diag_sockid's cookie: two u32 in host order, the low half first."""
+    low, high = struct.unpack("=II", raw)
+    return high << 32 | low
 
 
 def _diag_dump(family: int, states: int = 1 << TCP_LISTEN, info: bool = False,
@@ -279,14 +294,14 @@ def _diag_dump(family: int, states: int = 1 << TCP_LISTEN, info: bool = False,
                         raise OSError(err, f"sock_diag: {os.strerror(err)}")
                     return
                 if kind == SOCK_DIAG_BY_FAMILY:
-                    (fam, state, _t, _r, sport, dport, src, dst, _if, _cookie,
+                    (fam, state, _t, _r, sport, dport, src, dst, _if, cookie,
                      _exp, rq, wq, uid, inode) = DIAG_MSG.unpack_from(data, off + NLMSG_HDR.size)
                     size = 4 if fam == socket.AF_INET else 16
                     body = off + NLMSG_HDR.size + DIAG_MSG.size
                     extra = _attributes(data[body : off + length]) if info or meminfo else {}
                     yield DiagSocket(fam, state, socket.inet_ntop(fam, src[:size]), int.from_bytes(sport, "big"),
                                      socket.inet_ntop(fam, dst[:size]), int.from_bytes(dport, "big"), rq, wq, uid,
-                                     inode, **extra)
+                                     inode, cookie=_cookie(cookie), **extra)
                 if length == 0:
                     return
                 off += (length + 3) & ~3
