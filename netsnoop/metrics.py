@@ -635,7 +635,7 @@ class Bytes(Source):
         """A namespace keeps the key it first got while it lives (a live socket's bytes
         and its final ones land under one label, whatever labels free up meanwhile)."""
         k = self.keys.get(inode)
-        if k is None:
+        if k is None or (k and k not in self.ctx.netns.admitted):  # new, or gone and its label freed
             k = self.keys[inode] = self.ctx.netns.key(inode)
         return (k, *self.ctx.ports.of(lport, rport))
 

@@ -18,7 +18,7 @@ from traffic_helpers import Sink, in_netns, wait_for
 
 from netsnoop import metrics
 from netsnoop.btf import StructDecoder
-from netsnoop.runner import warn
+from netsnoop.runner import LoadSpec, warn
 
 pytestmark = pytest.mark.integration
 
@@ -159,3 +159,42 @@ def test_a_socket_listed_live_and_closed_in_one_scrape_counts_once_and_the_sum_n
     # (both ends), so counting both would have given twice the bytes
     assert [r["bytes_received"] for r in listed] == [size], listed
     assert src.overlaps - overlaps == 2
+
+
+def test_closed_sockets_a_full_table_cannot_take_are_counted_as_lost() -> None:
+    """With room for two closed sockets, eight that closed with bytes before a poll
+    leave at most two counted and the rest in lost_events; the same closes, seen by a
+    table of the usual size in the same run, all count (positive control)."""
+    conns, size = 4, 1000
+    with NetnsPair() as net:
+        ino = {ns: os.stat(f"/run/netns/{ns}").st_ino for ns in (net.a, net.b)}
+        ctx = metrics.Context(metrics.PortLabels(), metrics.NetnsLabels(64), 10)
+        small, usual = metrics.Bytes(ctx), metrics.Bytes(ctx)
+        small.tracer = LoadSpec("sockbytes", max_entries={"closed": 2})
+        try:
+            small.open()
+            usual.open()
+            with in_netns(net.b):
+                listener = socket.socket()
+                listener.bind((net.addr_b, 0))
+                listener.listen(conns)
+            for _ in range(conns):
+                with in_netns(net.a):
+                    c = socket.create_connection((net.addr_b, listener.getsockname()[1]), timeout=10)
+                s, _ = listener.accept()
+                c.sendall(b"y" * size)
+                assert len(s.recv(size, socket.MSG_WAITALL)) == size
+                c.close()
+                s.close()
+            listener.close()
+            assert wait_for(lambda: closed_entries(usual, set(ino.values())) == 2 * conns, timeout=10)
+            for src in (small, usual):
+                src.poll()
+            assert small.obj is not None
+            lost = small.obj.health()["lost_events"]
+        finally:
+            small.close()
+            usual.close()
+    assert (usual.sent.get((ino[net.a],)), usual.received.get((ino[net.b],))) == (conns * size, conns * size)
+    taken = (small.sent.get((ino[net.a],), 0) + small.received.get((ino[net.b],), 0)) // size
+    assert taken <= 2 and lost >= 2 * conns - taken, (taken, lost)
