@@ -657,7 +657,7 @@ class Bytes(Source):
         out = []
         for ns in netns.namespaces():
             try:
-                out.append((ns.inode, netns.tcp_sockets(ns, BYTES_STATES, info=True)))
+                out.append((ns.inode, netns.tcp_sockets_one_walk(ns, BYTES_STATES, info=True)))
             except OSError:
                 continue
         return out

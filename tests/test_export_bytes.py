@@ -198,3 +198,34 @@ def test_closed_sockets_a_full_table_cannot_take_are_counted_as_lost() -> None:
     assert (usual.sent.get((ino[net.a],)), usual.received.get((ino[net.b],))) == (conns * size, conns * size)
     taken = (small.sent.get((ino[net.a],), 0) + small.received.get((ino[net.b],), 0)) // size
     assert taken <= 2 and lost >= 2 * conns - taken, (taken, lost)
+
+
+def test_live_sockets_of_both_families_count() -> None:
+    """One IPv4 and one IPv6 connection, alive, listed in one request for both
+    families: each namespace's sums are what the test sent over the two."""
+    with NetnsPair() as net:
+        ino = {ns: os.stat(f"/run/netns/{ns}").st_ino for ns in (net.a, net.b)}
+        src = metrics.Bytes(metrics.Context(metrics.PortLabels(), metrics.NetnsLabels(64), 10))
+        held = []
+        try:
+            src.open()
+            for family, addr, size in ((socket.AF_INET, net.addr_b, 70_000), (socket.AF_INET6, net.addr6_b, 50_000)):
+                with in_netns(net.b):
+                    listener = socket.socket(family)
+                    listener.bind((addr, 0))
+                    listener.listen(1)
+                with in_netns(net.a):
+                    c = socket.create_connection((addr, listener.getsockname()[1]), timeout=10)
+                s, _ = listener.accept()
+                listener.close()
+                c.sendall(b"v" * size)
+                assert len(s.recv(size, socket.MSG_WAITALL)) == size
+                held += [c, s]
+            sent, received = src.read()
+            families = {sock.family for sock in held}
+        finally:
+            for sock in held:
+                sock.close()
+            src.close()
+    assert families == {socket.AF_INET, socket.AF_INET6}
+    assert (sent.get((ino[net.a],)), received.get((ino[net.b],))) == (120_000, 120_000), (sent, received)
