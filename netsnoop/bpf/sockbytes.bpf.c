@@ -36,22 +36,24 @@ struct {
 	__type(value, struct closed_bytes);
 } closed SEC(".maps");
 
-static __always_inline int on_set_state(void *ctx, const struct sock *sk, int oldstate, int newstate)
+/* What a closing socket moved, as read by each hook kind. */
+struct final_counts {
+	__u64 sent;
+	__u64 retrans;
+	__u64 received;
+	unsigned long flags;
+};
+
+static __always_inline int record(const struct sock *sk, const struct final_counts *c)
 {
-	const struct tcp_sock *tp = (const struct tcp_sock *)sk;
 	struct closed_key key = {};
 	struct closed_bytes v, *have;
-	unsigned long flags;
 
-	/* TCP_CLOSE again (close() after a reset or a disconnect) moved no more bytes */
-	if (newstate != TCP_CLOSE || oldstate == TCP_CLOSE || !sock_is_tcp(sk))
-		return 0;
-	v.sent = BPF_CORE_READ(tp, bytes_sent) - BPF_CORE_READ(tp, bytes_retrans);
-	v.received = BPF_CORE_READ(tp, bytes_received);
-	flags = BPF_CORE_READ(sk, __sk_common.skc_flags);
+	v.sent = c->sent - c->retrans;
+	v.received = c->received;
 	/* tcp_fin() sets SOCK_DONE when the peer's FIN is in, and the FIN advanced
 	 * rcv_nxt, so bytes_received, by one */
-	if (v.received && (flags & (1UL << SOCK_DONE)))
+	if (v.received && (c->flags & (1UL << SOCK_DONE)))
 		v.received--;
 	if (!v.sent && !v.received)
 		return 0; /* a failed connect, a listener, a connection that moved nothing */
@@ -73,4 +75,61 @@ static __always_inline int on_set_state(void *ctx, const struct sock *sk, int ol
 	return 0;
 }
 
-SET_STATE_HOOKS(on_set_state)
+/* TCP_CLOSE again (close() after a reset or a disconnect) moved no more bytes */
+#define CLOSING(oldstate, newstate) ((newstate) == TCP_CLOSE && (oldstate) != TCP_CLOSE)
+
+/* Every variant but tp_btf reads the socket through bpf_probe_read_kernel. */
+static __always_inline int probed(const struct sock *sk, int oldstate, int newstate)
+{
+	const struct tcp_sock *tp = (const struct tcp_sock *)sk;
+	struct final_counts c;
+
+	if (!CLOSING(oldstate, newstate) || !sock_is_tcp(sk))
+		return 0;
+	c.sent = BPF_CORE_READ(tp, bytes_sent);
+	c.retrans = BPF_CORE_READ(tp, bytes_retrans);
+	c.received = BPF_CORE_READ(tp, bytes_received);
+	c.flags = BPF_CORE_READ(sk, __sk_common.skc_flags);
+	return record(sk, &c);
+}
+
+/* The one that runs on every state change of a storm's connections: its typed socket
+ * is read directly, and bpf_skc_to_tcp_sock() both checks for TCP and gives the
+ * tcp_sock, with no helper call per field. */
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(set_state__tp_btf, struct sock *sk, int oldstate, int newstate)
+{
+	struct final_counts c;
+	struct tcp_sock *tp;
+
+	if (!CLOSING(oldstate, newstate))
+		return 0;
+	tp = bpf_skc_to_tcp_sock(sk);
+	if (!tp)
+		return 0;
+	c.sent = tp->bytes_sent;
+	c.retrans = tp->bytes_retrans;
+	c.received = tp->bytes_received;
+	c.flags = sk->__sk_common.skc_flags;
+	return record(sk, &c);
+}
+
+SEC("tracepoint/sock/inet_sock_set_state")
+int set_state__tracepoint(struct trace_event_raw_inet_sock_set_state *ctx)
+{
+	if (ctx->protocol != IPPROTO_TCP)
+		return 0;
+	return probed((const struct sock *)ctx->skaddr, ctx->oldstate, ctx->newstate);
+}
+
+SEC("fentry/tcp_set_state")
+int BPF_PROG(set_state__fentry, struct sock *sk, int state)
+{
+	return probed(sk, BPF_CORE_READ(sk, __sk_common.skc_state), state);
+}
+
+SEC("kprobe/tcp_set_state")
+int BPF_KPROBE(set_state__kprobe, struct sock *sk, int state)
+{
+	return probed(sk, BPF_CORE_READ(sk, __sk_common.skc_state), state);
+}
