@@ -2,7 +2,8 @@
 its figures come from, and the collector that reads them at scrape time.
 
 Every figure is counted in the kernel. The BPF side is the subcommands' own objects,
-loaded in their counting modes (one program per signal, never a second copy):
+loaded in their counting modes (one program per signal, never a second copy), and one
+of export's own for the signal no subcommand counts (the bytes of closed sockets):
 
 * ``connect -c --outcome``, ``accept -c``, ``drop -c``, ``retrans -c`` and
   overview's resets count in kernel hash maps (connect also keeps latency histograms),
