@@ -696,10 +696,13 @@ class Bytes(Source):
         labelled = set(self.ctx.netns.admitted) | {0}
         for name, sums in (("netsnoop_tcp_sent_bytes_total", sent), ("netsnoop_tcp_received_bytes_total", received)):
             f = family(name, self.ctx.ports.enabled)
-            for key, n in sorted(sums.items(), key=str):
+            # a series shown before stays, even if what it counted is gone meanwhile
+            # (a socket that closed when the kernel's table was full: a lost event)
+            keys = set(sums) | {key for shown_name, key in self.shown if shown_name == name}
+            for key in sorted(keys, key=str):
                 if key[0] not in labelled:
                     continue  # its namespace lost its label (gone): its series went with it
-                n = max(n, self.shown.get((name, key), 0))
+                n = max(sums.get(key, 0), self.shown.get((name, key), 0))
                 self.shown[(name, key)] = n
                 f.add_metric([self.ctx.netns.label(key[0]), *key[1:]], n)
             yield f
