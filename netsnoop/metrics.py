@@ -2,15 +2,19 @@
 its figures come from, and the collector that reads them at scrape time.
 
 Every figure is counted in the kernel. The BPF side is the subcommands' own objects,
-loaded in their counting modes (one program per signal, never a second copy):
+loaded in their counting modes (one program per signal, never a second copy), and one
+of export's own for the signal no subcommand counts (the bytes of closed sockets):
 
-* ``connect -c --outcome``, ``accept -c``, ``drop -c``, ``retrans -c``, ``top`` and
+* ``connect -c --outcome``, ``accept -c``, ``drop -c``, ``retrans -c`` and
   overview's resets count in kernel hash maps (connect also keeps latency histograms),
   which are read and emptied (lookup-and-delete) every second and at each scrape, so
   the maps stay small however many flows and namespaces come and go, and their sums
   live here under bounded labels: nothing per connection or packet crosses over;
 * ``rtt`` and ``synbl`` keep log2 histograms per namespace in the kernel, read as they
-  are at scrape time (a gone namespace's move here, out of the kernel's map).
+  are at scrape time (a gone namespace's move here, out of the kernel's map);
+* bytes are read off the sockets at scrape time (sock_diag's tcp_info), plus those of
+  the sockets closed meanwhile, which export's own sockbytes object keeps: nothing
+  runs per send or receive call (see :class:`Bytes`).
 
 The namespace-wide kernel counters (what ``nstat`` shows inside each namespace) and the
 listeners' accept queues (sock_diag, what ``ss -lt`` shows) are read at scrape time by
@@ -98,11 +102,13 @@ METRICS: list[MetricDoc] = [
               "TCP retransmissions the kernel sent (tcp:tcp_retransmit_skb and SYN-ACK retransmits, as netsnoop "
               "retrans -c counts them), per network namespace of the socket.", ("netns", PORT), "retrans"),
     MetricDoc("netsnoop_tcp_sent_bytes_total", "counter",
-              "Bytes processes sent on TCP sockets (sendmsg return values), per network namespace of the socket.",
-              ("netns", PORT), "bytes"),
+              "Payload bytes TCP sockets sent, each byte once however often it was retransmitted (tcp_info's "
+              "bytes_sent less bytes_retrans; bytes_acked would add the SYN and FIN), per network namespace of the "
+              "socket: live sockets read at scrape time, closed ones as they closed.", ("netns", PORT), "bytes"),
     MetricDoc("netsnoop_tcp_received_bytes_total", "counter",
-              "Bytes processes received from TCP sockets (recvmsg return values), per network namespace of the "
-              "socket.", ("netns", PORT), "bytes"),
+              "Payload bytes TCP sockets received in order, read by a process or not yet (tcp_info's "
+              "bytes_received less the peer's FIN), per network namespace of the socket: live sockets read at "
+              "scrape time, closed ones as they closed.", ("netns", PORT), "bytes"),
     MetricDoc("netsnoop_tcp_rtt_seconds", "histogram",
               "Smoothed round-trip time of established TCP sockets, sampled on every segment they receive, "
               "per network namespace (log2 buckets of microseconds).", ("netns",), "rtt"),
@@ -572,40 +578,135 @@ class Retransmits(MapSource):
         yield self.netns_family("netsnoop_tcp_retransmits_total", self.counts)
 
 
-class Bytes(MapSource):
+SOCKBYTES = LoadSpec("sockbytes")
+TCP_TIME_WAIT, TCP_LISTEN = 6, 10
+# sockets with tcp_info's byte counts: every state but LISTEN and TIME_WAIT (whose
+# sockets are no full sockets: their bytes were taken when they closed)
+BYTES_STATES = netns.ALL_STATES & ~(1 << TCP_LISTEN) & ~(1 << TCP_TIME_WAIT)
+# CLOSE_WAIT, LAST_ACK, CLOSING: the peer's FIN is in, one in tcp_info's bytes_received
+FIN_RECEIVED_STATES = frozenset({8, 9, 11})
+
+
+class Bytes(Source):
+    """Payload bytes per namespace, read off the sockets rather than off every send and
+    receive call (those hooks cost a bulk transfer more than export may).
+
+    A counter is the bytes of the sockets that closed (taken from the kernel) plus
+    those of the sockets alive at the scrape (sock_diag's tcp_info, in every
+    namespace). sockbytes.bpf.c keeps each closing socket's final counts in a table by
+    its cookie until a poll or scrape takes them (lookup-and-delete) into ``sent`` /
+    ``received``. A scrape first lists the live sockets, then takes the table: a socket
+    that closed in between is in both, and counts only by its final figures (its
+    cookie is among those just taken). So each socket counts live (never less than
+    before: tcp_info's counts only grow) until the scrape that takes its final counts,
+    and by those alone from then on: the sum never goes back. The cookies of the take
+    before are checked too, for a socket whose close straddled a take. A socket made
+    anew from the same one (connect() after a disconnect: same cookie, counts from 0)
+    therefore counts live only from the scrape after.
+
+    What is left: the kernel takes a closing socket out of the tables a moment before
+    it stores (and the hook sees) the new state, and reads tcp_info's state apart from
+    its byte counts (a FIN arriving right then reads one byte high once). Either can
+    make one scrape read a little low or high, for that scrape only; the counters shown
+    never go below what they showed (``shown``), so neither is ever a counter reset.
+    Sockets of a namespace that neither a process nor an ``ip netns`` name holds are
+    not listed: they count when they close.
+    """
+
     name = "bytes"
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
-        self.tracer = _tracer("top")
+        self.tracer = SOCKBYTES
         self.sent: dict[tuple[Any, ...], int] = ctx.netns.track({})
         self.received: dict[tuple[Any, ...], int] = ctx.netns.track({})
+        self.shown: dict[tuple[str, tuple[Any, ...]], int] = {}
+        self.taken_before: set[int] = set()
+        self.taken_now: set[int] = set()
+        self.keys: dict[int, int] = {}  # namespace inode -> its netns key, fixed while it lives
+        self.overlaps = 0  # sockets a scrape found both live and just closed (counted once)
 
     def open(self) -> None:
         super().open()
-        from netsnoop.commands.top import DRAIN
-
         assert self.obj is not None
-        self.cached = self.obj.loaded_program(DRAIN) is not None
-        self.values = StructDecoder(self.obj.btf, "conn_bytes").decode
+        self.closed_key = StructDecoder(self.obj.btf, "closed_key").decode
+        self.closed_bytes = StructDecoder(self.obj.btf, "closed_bytes").decode
+
+    def _key(self, inode: int, lport: int, rport: int) -> tuple[Any, ...]:
+        """A namespace keeps the key it first got while it lives (a live socket's bytes
+        and its final ones land under one label, whatever labels free up meanwhile)."""
+        k = self.keys.get(inode)
+        if k is None or (k and k not in self.ctx.netns.admitted):  # new, or gone and its label freed
+            k = self.keys[inode] = self.ctx.netns.key(inode)
+        return (k, *self.ctx.ports.of(lport, rport))
 
     def poll(self) -> None:
-        from netsnoop.commands.top import drain
-
+        """Take the final counts of the sockets closed since the last take."""
         assert self.obj is not None
-        if self.cached:
-            drain(self.obj)
-        for _k, raw in self.taken("conns", "conn_key"):
-            v = self.values(raw)
-            if v.excluded:
+        self.taken_before, self.taken_now = self.taken_now, set()
+        for raw_key, raw in self.obj.map("closed").take_all():
+            k, v = self.closed_key(raw_key), self.closed_bytes(raw)
+            key = self._key(k.netns, k.lport, k.rport)
+            self.sent[key] = self.sent.get(key, 0) + v.sent
+            self.received[key] = self.received.get(key, 0) + v.received
+            if k.cookie:
+                self.taken_now.add(k.cookie)
+
+    def live(self) -> list[tuple[int, list[netns.DiagSocket]]]:
+        """The sockets of every namespace with their tcp_info (one gone meanwhile has
+        none)."""
+        out = []
+        for ns in netns.namespaces():
+            try:
+                out.append((ns.inode, netns.tcp_sockets_one_walk(ns, BYTES_STATES, info=True)))
+            except OSError:
                 continue
-            key = (self.ctx.netns.key(v.netns), *self.ctx.ports.of(v.sport, v.dport))
-            self.sent[key] = self.sent.get(key, 0) + v.tx
-            self.received[key] = self.received.get(key, 0) + v.rx
+        return out
+
+    def read(self, after_listing: Callable[[], None] | None = None) -> tuple[dict[Any, int], dict[Any, int]]:
+        """(sent, received) by key: the closed sockets' and the live ones', each socket
+        once. ``after_listing`` runs between the listing and the take (a test closes a
+        listed socket there)."""
+        listed = self.live()
+        if after_listing is not None:
+            after_listing()
+        self.poll()
+        sent, received = dict(self.sent), dict(self.received)
+        done = self.taken_now | self.taken_before
+        for inode, socks in listed:
+            for s in socks:
+                if s.bytes_sent is None or s.bytes_received is None:
+                    continue  # a kernel before 4.19: no bytes_sent in tcp_info
+                if s.cookie in done:
+                    self.overlaps += 1
+                    continue
+                out = s.bytes_sent - (s.bytes_retrans or 0)
+                into = s.bytes_received - (1 if s.state in FIN_RECEIVED_STATES and s.bytes_received else 0)
+                if not out and not into:
+                    continue
+                key = self._key(inode, s.lport, s.rport)
+                sent[key] = sent.get(key, 0) + out
+                received[key] = received.get(key, 0) + into
+        alive = {inode for inode, _socks in listed}
+        self.keys = {i: k for i, k in self.keys.items() if i in alive}
+        return sent, received
 
     def families(self) -> Iterator[Metric]:
-        yield self.netns_family("netsnoop_tcp_sent_bytes_total", self.sent)
-        yield self.netns_family("netsnoop_tcp_received_bytes_total", self.received)
+        sent, received = self.read()
+        labelled = set(self.ctx.netns.admitted) | {0}
+        for name, sums in (("netsnoop_tcp_sent_bytes_total", sent), ("netsnoop_tcp_received_bytes_total", received)):
+            f = family(name, self.ctx.ports.enabled)
+            # a series shown before stays, even if what it counted is gone meanwhile
+            # (a socket that closed when the kernel's table was full: a lost event)
+            keys = set(sums) | {key for shown_name, key in self.shown if shown_name == name}
+            for key in sorted(keys, key=str):
+                if key[0] not in labelled:
+                    continue  # its namespace lost its label (gone): its series went with it
+                n = max(sums.get(key, 0), self.shown.get((name, key), 0))
+                self.shown[(name, key)] = n
+                f.add_metric([self.ctx.netns.label(key[0]), *key[1:]], n)
+            yield f
+        self.shown = {k: v for k, v in self.shown.items() if k[1][0] in labelled}
 
 
 class NetnsHists:

@@ -173,6 +173,12 @@ ALL_STATES = (1 << 12) - 2  # every state, TCP_ESTABLISHED (1) to TCP_CLOSING (1
 NLMSG_HDR = struct.Struct("=IHHII")
 # struct inet_diag_req_v2: family, protocol, ext, pad, states, then inet_diag_sockid
 DIAG_REQ = struct.Struct("=BBBxI" + "HH16s16sI8s")
+# The older request (TCPDIAG_GETSOCK, struct inet_diag_req): the kernel answers it for
+# both families in one walk of its socket tables, where the one above walks them once
+# per family (the established table is shared by all namespaces: a walk costs the
+# same however few sockets a namespace has)
+TCPDIAG_GETSOCK = 18
+DIAG_REQ_V1 = struct.Struct("=BBBB" + "HH16s16sI8s" + "II")
 # struct inet_diag_msg: family, state, timer, retrans, sockid (ports big-endian),
 # expires, rqueue, wqueue, uid, inode
 DIAG_MSG = struct.Struct("=BBBB" + "2s2s16s16sI8s" + "IIIII")
@@ -181,8 +187,10 @@ INET_DIAG_SKMEMINFO = 7  # the attribute carrying the socket's memory and drop c
 SK_MEMINFO_DROPS = 8  # sk_drops, ``ss -m``'s "d"
 NLA_HDR = struct.Struct("=HH")
 # struct tcp_info (uapi, append-only): tcpi_rtt at 68, tcpi_total_retrans at 100,
-# tcpi_bytes_acked at 120, tcpi_bytes_received at 128
+# tcpi_bytes_acked at 120, tcpi_bytes_received at 128; tcpi_bytes_sent at 200 and
+# tcpi_bytes_retrans at 208 (kernels from 4.19 on)
 TCP_INFO_RTT, TCP_INFO_TOTAL_RETRANS, TCP_INFO_BYTES_ACKED, TCP_INFO_BYTES_RECEIVED = 68, 100, 120, 128
+TCP_INFO_BYTES_SENT, TCP_INFO_BYTES_RETRANS = 200, 208
 
 
 @dataclass(frozen=True)
@@ -233,6 +241,10 @@ class DiagSocket:
     total_retrans: int | None = None  # segments retransmitted over the connection's life
     # from the memory info, when asked for (meminfo=True)
     drops: int | None = None  # sk_drops: for a listener, SYNs and final ACKs it dropped
+    cookie: int = 0  # the kernel's socket cookie (what BPF reads as sk->__sk_common.skc_cookie)
+    # tcp_info's payload bytes put on the wire (retransmissions included) and retransmitted
+    bytes_sent: int | None = None
+    bytes_retrans: int | None = None
 
 
 def _attributes(attrs: bytes) -> dict[str, int]:
@@ -249,22 +261,36 @@ def _attributes(attrs: bytes) -> dict[str, int]:
                        total_retrans=struct.unpack_from("=I", attrs, at + TCP_INFO_TOTAL_RETRANS)[0],
                        bytes_acked=struct.unpack_from("=Q", attrs, at + TCP_INFO_BYTES_ACKED)[0],
                        bytes_received=struct.unpack_from("=Q", attrs, at + TCP_INFO_BYTES_RECEIVED)[0])
+            if size >= TCP_INFO_BYTES_RETRANS + 8:
+                out.update(bytes_sent=struct.unpack_from("=Q", attrs, at + TCP_INFO_BYTES_SENT)[0],
+                           bytes_retrans=struct.unpack_from("=Q", attrs, at + TCP_INFO_BYTES_RETRANS)[0])
         elif kind == INET_DIAG_SKMEMINFO and size >= 4 * (SK_MEMINFO_DROPS + 1):
             out["drops"] = struct.unpack_from("=I", attrs, at + 4 * SK_MEMINFO_DROPS)[0]
         off += (length + 3) & ~3
     return out
 
 
+def _cookie(raw: bytes) -> int:
+    """inet_diag_sockid's cookie: two u32 in host order, the low half first."""
+    low, high = struct.unpack("=II", raw)
+    return high << 32 | low
+
+
 def _diag_dump(family: int, states: int = 1 << TCP_LISTEN, info: bool = False,
                meminfo: bool = False) -> Iterator[DiagSocket]:
     """The TCP sockets of ``family`` in the current namespace whose state is in the
     ``states`` bit mask (bit N: TCP state N), with tcp_info figures when ``info`` and
-    the drop count when ``meminfo``."""
+    the drop count when ``meminfo``; ``family`` 0: both families, in one walk."""
     s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG)
     try:
         ext = (1 << (INET_DIAG_INFO - 1) if info else 0) | (1 << (INET_DIAG_SKMEMINFO - 1) if meminfo else 0)
-        req = DIAG_REQ.pack(family, socket.IPPROTO_TCP, ext, states, 0, 0, b"", b"", 0, b"\xff" * 8)
-        s.sendto(NLMSG_HDR.pack(NLMSG_HDR.size + len(req), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, 1, 0)
+        if family:
+            reply = SOCK_DIAG_BY_FAMILY
+            req = DIAG_REQ.pack(family, socket.IPPROTO_TCP, ext, states, 0, 0, b"", b"", 0, b"\xff" * 8)
+        else:
+            reply = TCPDIAG_GETSOCK
+            req = DIAG_REQ_V1.pack(socket.AF_INET, 0, 0, ext, 0, 0, b"", b"", 0, b"\xff" * 8, states, 0)
+        s.sendto(NLMSG_HDR.pack(NLMSG_HDR.size + len(req), reply, NLM_F_REQUEST | NLM_F_DUMP, 1, 0)
                  + req, (0, 0))
         while True:
             data = s.recv(1 << 16)
@@ -278,15 +304,15 @@ def _diag_dump(family: int, states: int = 1 << TCP_LISTEN, info: bool = False,
                     if err:
                         raise OSError(err, f"sock_diag: {os.strerror(err)}")
                     return
-                if kind == SOCK_DIAG_BY_FAMILY:
-                    (fam, state, _t, _r, sport, dport, src, dst, _if, _cookie,
+                if kind == reply:
+                    (fam, state, _t, _r, sport, dport, src, dst, _if, cookie,
                      _exp, rq, wq, uid, inode) = DIAG_MSG.unpack_from(data, off + NLMSG_HDR.size)
                     size = 4 if fam == socket.AF_INET else 16
                     body = off + NLMSG_HDR.size + DIAG_MSG.size
                     extra = _attributes(data[body : off + length]) if info or meminfo else {}
                     yield DiagSocket(fam, state, socket.inet_ntop(fam, src[:size]), int.from_bytes(sport, "big"),
                                      socket.inet_ntop(fam, dst[:size]), int.from_bytes(dport, "big"), rq, wq, uid,
-                                     inode, **extra)
+                                     inode, cookie=_cookie(cookie), **extra)
                 if length == 0:
                     return
                 off += (length + 3) & ~3
@@ -307,6 +333,18 @@ def tcp_sockets(ns: Netns, states: int = ALL_STATES, info: bool = False, meminfo
                     continue  # that family is not built into this kernel
                 raise
     return out
+
+
+def tcp_sockets_one_walk(ns: Netns, states: int = ALL_STATES, info: bool = False) -> list[DiagSocket]:
+    """:func:`tcp_sockets` asked in one request for both families (half the kernel's
+    work for states outside LISTEN), or per family where the kernel refuses it."""
+    with entered(ns):
+        try:
+            return [s for s in _diag_dump(0, states, info) if states >> s.state & 1]
+        except OSError as err:
+            if err.errno not in (errno.EINVAL, errno.ENOENT, errno.EOPNOTSUPP):
+                raise
+    return tcp_sockets(ns, states, info)
 
 
 def listeners(ns: Netns) -> list[Listener]:

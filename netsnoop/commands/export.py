@@ -113,10 +113,11 @@ def command(listen: tuple[str, int], sources: list[str] | None, ports: list[int]
 
     Everything is counted in the kernel and read when Prometheus scrapes: connects by
     outcome and their latency, accepts, resets received, drops by kernel reason,
-    retransmits, bytes, RTT and accept queue lengths (the BPF programs of connect -c
-    --outcome, accept -c, overview's resets, drop -c, retrans -c, top, rtt and synbl),
-    and each network namespace's own counters and listeners (read inside every
-    namespace, as nstat and ss would show them there). netsnoop's own health comes
+    retransmits, RTT and accept queue lengths (the BPF programs of connect -c
+    --outcome, accept -c, overview's resets, drop -c, retrans -c, rtt and synbl),
+    each network namespace's own counters and listeners, and the bytes of its TCP
+    sockets (read inside every namespace, as nstat and ss -ti would show them there;
+    a socket's final bytes are kept in the kernel when it closes). netsnoop's own health comes
     along: events it could not count, hook runs the kernel skipped, the hook kind of
     each group.
 
