@@ -13,7 +13,6 @@ here touches the kernel, so every rule is tested from recorded evidence.
 from __future__ import annotations
 
 import json
-import statistics
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -70,7 +69,7 @@ def errno_name(err: int) -> str:
     return ERRNO_NAMES.get(err, f"errno {err}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Record:
     """One event from why.bpf.c with addresses as text (see ``struct event`` there)."""
 
@@ -95,7 +94,7 @@ class Record:
 FlowKey = tuple[str, int, str, int]  # server address, server port, client address, client port
 
 
-@dataclass
+@dataclass(slots=True)
 class Drop:
     reason: str
     netns: int
@@ -105,7 +104,7 @@ class Drop:
     ts_ns: int
 
 
-@dataclass
+@dataclass(slots=True)
 class Client:
     pid: int
     comm: str
@@ -132,7 +131,7 @@ class Client:
         return (self.end_ns - self.start_ns) / 1e6 if self.state == ESTABLISHED else None
 
 
-@dataclass
+@dataclass(slots=True)
 class Flow:
     """Everything seen of one attempt."""
 
@@ -184,15 +183,25 @@ class Flow:
 
 
 class Recorder:
-    """Folds records into flows, keyed by the attempt's four addresses and ports."""
+    """Folds records into flows, keyed by the attempt's four addresses and ports.
 
-    def __init__(self) -> None:
+    At most ``max_flows`` attempts are held at once (current and archived together):
+    past that, the oldest is let go and counted in ``evicted`` (its verdict is lost,
+    and the command says so), so a storm costs bounded memory whatever its length.
+    The command folds succeeded attempts away long before that (see why.py)."""
+
+    def __init__(self, max_flows: int = 4096) -> None:
         self.flows: dict[FlowKey, Flow] = {}
         self._connecting: dict[int, Client] = {}  # sk -> client whose local port is not known yet
         self._ended: dict[int, Client] = {}  # sk -> client resolved, for an error reported after
-        self.fib_unmatched: list[Record] = []
+        self.fib_unmatched = 0  # failed route lookups that matched no flow (a SYN-ACK's needs one)
         self.archived: dict[int, Flow] = {}  # finished flows whose key a newer attempt took
         self.on_reuse: Callable[[FlowKey], None] = lambda key: None
+        self.on_forget: Callable[[FlowKey], None] = lambda key: None
+        self.max_flows = max(1, max_flows)
+        self.evicted = 0  # attempts let go unjudged to stay within max_flows
+        self.peak = 0  # the most attempts held at once
+        self.last_ns = 0  # the newest record's time
 
     def _flow(self, key: FlowKey, r: Record, new_attempt: bool = False) -> Flow:
         """The flow of ``key``; a new one when ``new_attempt`` finds the current one
@@ -201,12 +210,29 @@ class Recorder:
         f = self.flows.get(key)
         if f is not None and new_attempt and f.finished:
             self.archived[id(f)] = f
+            del self.flows[key]  # re-inserted below: the table stays oldest first
             self.on_reuse(key)
             f = None
         if f is None:
+            held = len(self.flows) + len(self.archived)
+            if held >= self.max_flows:
+                self._evict()
+            else:
+                self.peak = max(self.peak, held + 1)
             f = self.flows[key] = Flow(key, r.family, r.ts_ns)
         f.last_ns = max(f.last_ns, r.ts_ns)
         return f
+
+    def _evict(self) -> None:
+        """Let the oldest held attempt go (archived ones first: they are finished)."""
+        if self.archived:
+            self.forget(next(iter(self.archived.values())))
+        else:
+            self.forget(next(iter(self.flows.values())))
+        self.evicted += 1
+
+    def __len__(self) -> int:
+        return len(self.flows) + len(self.archived)
 
     def all_flows(self) -> list[Flow]:
         return [*self.archived.values(), *self.flows.values()]
@@ -215,12 +241,14 @@ class Recorder:
         """Drop a flow that needs no more evidence (it succeeded and was reported)."""
         if self.flows.get(flow.key) is flow:
             del self.flows[flow.key]
-        else:
-            self.archived.pop(id(flow), None)
+        elif self.archived.pop(id(flow), None) is None:
+            return
+        self.on_forget(flow.key)
 
     def add(self, r: Record) -> Flow | None:
         """Fold one record in; returns the flow it belongs to (None when it opens no
         flow yet, e.g. a connect() whose local port is not chosen)."""
+        self.last_ns = max(self.last_ns, r.ts_ns)
         if r.kind == SYN_IN:
             f = self._flow((r.daddr, r.dport, r.saddr, r.sport), r, new_attempt=True)
             f.syns_in += 1
@@ -244,7 +272,7 @@ class Recorder:
                 f = self._flow(key, r)
                 f.fib_errors.append(r.value)
                 return f
-            self.fib_unmatched.append(r)
+            self.fib_unmatched += 1
             return None
         if r.kind == ICMP_SEND:
             f = self._flow((r.daddr, r.dport, r.saddr, r.sport), r)
@@ -807,6 +835,56 @@ def _listener_for(facts: Facts, ns: int, addr: str, port: int) -> ListenerView |
 # ---- grouping and reporting -------------------------------------------------------------
 
 
+class Latencies:
+    """Connect latencies, bounded whatever their number: a count per value rounded
+    to three significant digits (of nanoseconds; at most ~900 values a decade), with
+    the exact minimum and maximum. The median is the middle of those values (of the
+    two middle ones when even), within 0.5 % of the exact one."""
+
+    __slots__ = ("counts", "n", "low", "high")
+
+    def __init__(self) -> None:
+        self.counts: dict[int, int] = {}
+        self.n = 0
+        self.low = self.high = 0.0
+
+    def add(self, ms: float) -> None:
+        ns = max(0, round(ms * 1e6))
+        if ns >= 1000:
+            step = 10 ** (len(str(ns)) - 3)
+            ns = (ns + step // 2) // step * step
+        self.counts[ns] = self.counts.get(ns, 0) + 1
+        self.low, self.high = (min(self.low, ms), max(self.high, ms)) if self.n else (ms, ms)
+        self.n += 1
+
+    def merge(self, other: "Latencies") -> "Latencies":
+        out = Latencies()
+        for src in (self, other):
+            for ns, k in src.counts.items():
+                out.counts[ns] = out.counts.get(ns, 0) + k
+        if self.n and other.n:
+            out.low, out.high = min(self.low, other.low), max(self.high, other.high)
+        else:
+            out.low, out.high = (self.low, self.high) if self.n else (other.low, other.high)
+        out.n = self.n + other.n
+        return out
+
+    def values(self) -> list[float]:
+        """Every latency as kept (rounded), ascending."""
+        return [ns / 1e6 for ns in sorted(self.counts) for _ in range(self.counts[ns])]
+
+    @property
+    def median(self) -> float:
+        want, seen, middle = ((self.n - 1) // 2, self.n // 2), 0, []
+        for ns in sorted(self.counts):
+            seen += self.counts[ns]
+            while len(middle) < 2 and seen > want[len(middle)]:
+                middle.append(ns)
+            if len(middle) == 2:
+                break
+        return sum(middle) / 2 / 1e6
+
+
 @dataclass
 class Group:
     """Attempts with the same verdict, server and namespace: those kept whole, and
@@ -817,17 +895,21 @@ class Group:
     folded: int = 0
     folded_syns: int = 0
     folded_clients: set[str] = field(default_factory=set)
-    latencies: list[float] = field(default_factory=list)  # of the folded attempts
+    latencies: Latencies = field(default_factory=Latencies)  # of the folded attempts
     sample: Verdict | None = None  # a folded attempt, to speak for them
 
     def fold(self, v: Verdict) -> None:
-        self.folded += 1
-        self.folded_syns += v.flow.syns
-        self.folded_clients.add(v.flow.key[2])
-        if v.figures.get("latency_ms") is not None:
-            self.latencies.append(v.figures["latency_ms"])
+        self.fold_counts(v.flow.syns, v.flow.key[2], v.figures.get("latency_ms"))
         if self.sample is None:
             self.sample = v
+
+    def fold_counts(self, syns: int, client: str, latency_ms: float | None) -> None:
+        """Count one succeeded attempt without keeping it (a sample is set apart)."""
+        self.folded += 1
+        self.folded_syns += syns
+        self.folded_clients.add(client)
+        if latency_ms is not None:
+            self.latencies.add(latency_ms)
 
     def copy(self) -> "Group":
         return Group([], self.folded, self.folded_syns, self.folded_clients, self.latencies, self.sample)
@@ -858,9 +940,15 @@ class Group:
 
     @property
     def all_latencies(self) -> list[float]:
-        return self.latencies + [
-            v.figures["latency_ms"] for v in self.verdicts if v.figures.get("latency_ms") is not None
-        ]
+        return self.latency_summary().values()
+
+    def latency_summary(self) -> Latencies:
+        """The folded attempts' latencies and those of the attempts kept whole."""
+        kept = Latencies()
+        for v in self.verdicts:
+            if v.figures.get("latency_ms") is not None:
+                kept.add(v.figures["latency_ms"])
+        return self.latencies.merge(kept)
 
     def server_name(self, facts: Facts) -> str | None:
         """The host name this machine last resolved to the server's address, where the
@@ -882,14 +970,14 @@ class Group:
 
     def record(self, facts: Facts) -> dict[str, Any]:
         v = self.first
-        lats = self.all_latencies
+        lats = self.latency_summary()
         out = {"type": "verdict", "verdict": v.name, "netns": facts.label(v.netns), "netns_inode": v.netns,
                "address": v.flow.server[0], "port": v.flow.server[1],
                **({"name": self.server_name(facts)} if facts.name_of is not None else {}), "clients": self.clients,
                "attempts": self.attempts, "syns": self.syns, "why": v.why, "evidence": v.evidence,
                "next": v.next_step or None, **{k: x for k, x in v.figures.items() if k not in ("syns",)}}
-        if lats:
-            out["latency_ms"] = {"min": min(lats), "median": statistics.median(lats), "max": max(lats)}
+        if lats.n:
+            out["latency_ms"] = {"min": lats.low, "median": lats.median, "max": lats.high}
         if v.name != "OK":  # every failing attempt; succeeded ones are only counted
             out["flows"] = [{"client": f"{x.flow.key[2]}:{x.flow.key[3]}", "syns": x.flow.syns} for x in self.verdicts]
         return out
@@ -926,8 +1014,10 @@ def healthy_line(groups: list[Group]) -> str:
     attempts = sum(g.attempts for g in groups)
     if not attempts:
         return "OK: no TCP connection attempts seen"
-    lats = [x for g in groups for x in g.all_latencies]
-    median = f" (median connect {statistics.median(lats):.3f} ms)" if lats else ""
+    lats = Latencies()
+    for g in groups:
+        lats = lats.merge(g.latency_summary())
+    median = f" (median connect {lats.median:.3f} ms)" if lats.n else ""
     ports = sorted({g.first.flow.server[1] for g in groups})
     return (f"OK: {attempts} connection attempt{'s' if attempts > 1 else ''} to port{'s' if len(ports) > 1 else ''} "
             f"{','.join(map(str, ports))}, all connected{median}")

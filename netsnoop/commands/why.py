@@ -31,6 +31,13 @@ from netsnoop.runner import POLL_MS, StopFlag, LoadSpec, ready, silence_stdout, 
 TRACER = LoadSpec("why", optional=frozenset({"fib", "fib6", "icmp", "synack", "error"}))
 REFRESH_S = 0.5  # how often the state around the flows is read again
 GRACE_S = 1.0  # how long an attempt may stay unexplained before it gets a verdict
+MAX_FLOWS = 4096  # attempts held at once awaiting a verdict (see V.Recorder)
+# The accept queue is FIFO: of the children a listener completed before a moment, all
+# but the last QUEUE (its length then) have been accept()ed. Two CPUs may set two
+# children ESTABLISHED in the other order than they entered the queue: these many
+# more stay waiting for the next look.
+REORDER_MARGIN = 16
+QUEUE_LOOKS = 16  # accept queue lengths kept per listener until the records before them are in
 RELEVANT_COUNTERS = ("TcpExtListenOverflows", "TcpExtListenDrops", "IpOutNoRoutes", "Ip6OutNoRoutes",
                      "TcpExtSyncookiesSent", "TcpExtTCPReqQFullDrop", "TcpExtTCPReqQFullDoCookies",
                      "TcpExtIPReversePathFilter", "TcpAttemptFails", "TcpExtTCPSynRetrans")
@@ -101,9 +108,12 @@ def _run_in(ns: N.Netns, args: list[str]) -> str | None:
 class Watch:
     """The state of one run: flows recorded so far and the facts around them."""
 
-    def __init__(self, ports: list[int], target: str | None) -> None:
+    def __init__(self, ports: list[int], target: str | None, max_flows: int = MAX_FLOWS) -> None:
         self.ports, self.target = set(ports), target
-        self.recorder = V.Recorder()
+        self.recorder = V.Recorder(max_flows)
+        self.fold_step = max(1, max_flows // 8)
+        self.next_fold_at = self.fold_step
+        self.queue_looks: dict[tuple[int, int], list[tuple[int, int]]] = {}  # (netns, port) -> (when, queue)
         self.facts = V.Facts(grace_s=GRACE_S)
         self.namespaces: dict[int, N.Netns] = {}
         self._ns_read_at = 0.0
@@ -113,6 +123,7 @@ class Watch:
         self.nft_read: set[int] = set()
         self.no_ifname: set[tuple[int, int]] = set()
         self.recorder.on_reuse = self._forget_accept
+        self.recorder.on_forget = self._forget_accept
         self.refresh_namespaces()
         for ns in self.namespaces.values():
             try:
@@ -288,6 +299,64 @@ class Watch:
             words = out.split()
             self.facts.routes[(ns_inode, client)] = " ".join(words[:-1] if words[-1:] == ["cache"] else words)
 
+    # -- succeeded attempts, folded away ------------------------------------------------
+    def fold_done(self, folded: dict[V.GroupKey, V.Group]) -> None:
+        """Count and let go, without judging each in full, the attempts whose handshake
+        completed on this host's server and which it accept()ed: nothing later can
+        change their verdict (a client on this host turned ESTABLISHED before its ACK
+        left, so its record is already in). The first of each group is judged in full
+        and speaks for the rest. Attempts the command does not report are let go too."""
+        rec, f = self.recorder, self.facts
+        waiting: dict[tuple[int, int], list[V.Flow]] = {}
+        for fl in rec.all_flows():
+            if not self.keep(fl):
+                rec.forget(fl)
+            elif fl.server_established_ns and fl.key not in f.unaccepted:
+                waiting.setdefault((fl.server_netns, fl.key[1]), []).append(fl)
+        for where, flows in waiting.items():
+            for fl in self._accepted(where, flows):
+                gk = ("OK", fl.netns, fl.key[0], fl.key[1])
+                g = folded.get(gk)
+                if g is None or g.sample is None:
+                    v = V.decide(fl, f)
+                    if v is None or v.name != "OK":
+                        continue
+                    folded.setdefault(V.group_key(v), V.Group()).fold(v)
+                else:
+                    c = fl.client
+                    lat = c.latency_ms if c is not None else None
+                    if lat is None and fl.first_syn_ns:
+                        lat = (fl.server_established_ns - fl.first_syn_ns) / 1e6
+                    g.fold_counts(fl.syns, fl.key[2], lat)
+                rec.forget(fl)
+        self.next_fold_at = len(rec) + self.fold_step
+
+    def _accepted(self, where: tuple[int, int], flows: list[V.Flow]) -> list[V.Flow]:
+        """Of these server-side children (one namespace and port), those known to be
+        accept()ed: seen so by sock_diag, or by the accept queue's length at a moment
+        every record before which is in (the ring is read in order, so once a record
+        after it is): all but that many of the last children completed before it."""
+        known = [fl for fl in flows if fl.key in self.facts.accepted]
+        looks = self.queue_looks.setdefault(where, [])
+        usable = [x for x in looks if x[0] < self.recorder.last_ns]
+        del looks[:len(usable)]
+        inode, port = where
+        ns = self.ns(inode)
+        if ns is not None and len(looks) < QUEUE_LOOKS:
+            now_ns = time.monotonic_ns()
+            try:
+                queue = [lst.queue for lst in N.listeners(ns) if lst.port == port]
+            except OSError:
+                queue = []
+            if queue:  # without a listener sock_diag tells (see _check_accepts)
+                looks.append((now_ns, sum(queue)))
+        if not usable:
+            return known
+        at, queue_len = usable[-1]
+        before = sorted((fl for fl in flows if fl.key not in self.facts.accepted and fl.server_established_ns < at),
+                        key=lambda fl: fl.server_established_ns)
+        return known + before[:max(0, len(before) - queue_len - REORDER_MARGIN)]
+
     def keep(self, fl: V.Flow) -> bool:
         return (self.target is None or fl.server[0] == self.target) and (not self.ports or fl.server[1] in self.ports)
 
@@ -348,10 +417,12 @@ VERDICT_HELP = "\n".join(f"  {name:<28} {text}" for name, text in V.VERDICTS.ite
 @o.ports_option("-P", "--port", "ports", help="the server port(s) to watch (e.g. 80,443); default: every port")
 @o.duration_option
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per verdict, with every figure behind it")
+@click.option("--max-flows", type=click.IntRange(16, 1 << 22), default=MAX_FLOWS, show_default=True,
+              help="attempts held at once awaiting a verdict; past it the oldest are let go, counted in the summary")
 @click.option("--dns", "dns_names", is_flag=True,
               help="name the server: the host name last resolved to its address (answers seen)")
 def command(target: tuple[str | None, int | None] | None, ports: list[int] | None, duration: float | None,
-            as_json: bool, dns_names: bool) -> None:
+            as_json: bool, max_flows: int, dns_names: bool) -> None:
     """Say why TCP connections fail: watch attempts to a local port (server side) or
     from this host to ADDR[:PORT] (client side), in every network namespace, and give
     one verdict per failing flow with the evidence and the next step.
@@ -370,7 +441,7 @@ def command(target: tuple[str | None, int | None] | None, ports: list[int] | Non
         raise click.UsageError(f"at most {o.MAX_PORTS} ports can be watched")
     with TRACER.open({"filter_ports": watch_ports}) as obj, \
             (dns.Watcher() if dns_names else contextlib.nullcontext()) as names:
-        w = Watch(watch_ports, addr_filter)
+        w = Watch(watch_ports, addr_filter, max_flows)
         if names is not None:
             w.facts.name_of = lambda address, netns: names.name_of(0, address, netns)
         decoder = obj.decoder("event")
@@ -407,6 +478,7 @@ def _follow(w: Watch, obj: Any, ring: Any, decoder: Any, clock: Clock, duration:
 
     def update(ended: bool = False) -> list[V.Group]:
         w.refresh(ended)
+        w.fold_done(folded)
         kept = []
         for v in V.decide_all(w.recorder, w.facts, w.keep):
             # a connection that succeeded (and was accepted) is done with: counted, let go
@@ -428,10 +500,14 @@ def _follow(w: Watch, obj: Any, ring: Any, decoder: Any, clock: Clock, duration:
             emit(out)
         return groups
 
+    rec = w.recorder
+    add = rec.add
     with StopFlag(duration) as stop:
         while not stop:
             for e in ring.poll_events(stop.remaining_ms(POLL_MS), decoder):
-                w.recorder.add(record(e))
+                add(record(e))
+                if len(rec) >= w.next_fold_at:  # a storm: let the succeeded go between refreshes
+                    w.fold_done(folded)
             if time.monotonic() >= next_refresh:
                 update()
                 next_refresh = time.monotonic() + REFRESH_S
@@ -440,7 +516,9 @@ def _follow(w: Watch, obj: Any, ring: Any, decoder: Any, clock: Clock, duration:
             if not events:
                 break
             for e in events:
-                w.recorder.add(record(e))
+                add(record(e))
+                if len(rec) >= w.next_fold_at:
+                    w.fold_done(folded)
     w.recorder.finish()
     return update(ended=True)
 
@@ -450,7 +528,9 @@ def _report(w: Watch, groups: list[V.Group], failed: list[V.Group], as_json: boo
     attempts = sum(g.attempts for g in groups)
     health = obj.health()
     summary = make_sink(OutputOptions(json=as_json), [])
-    facts = {"attempts": attempts, "failed": sum(g.attempts for g in failed), **health, **more}
+    rec = w.recorder
+    facts = {"attempts": attempts, "failed": sum(g.attempts for g in failed), "attempts_held_peak": rec.peak,
+             "attempts_evicted": rec.evicted, **health, **more}
     if as_json:
         emit([V.json.dumps(g.record(w.facts)) for g in groups])
         summary.summary(facts)
@@ -470,3 +550,6 @@ def _report(w: Watch, groups: list[V.Group], failed: list[V.Group], as_json: boo
     summary.summary(facts)
     if health.get("lost_events"):
         warn("events were lost: some verdicts may lack evidence (raise --ringbuf)")
+    if rec.evicted:
+        warn(f"{rec.evicted} attempts were let go unjudged to hold at most {rec.max_flows} at once "
+             "(raise --max-flows)")
