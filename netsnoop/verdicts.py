@@ -69,7 +69,7 @@ def errno_name(err: int) -> str:
     return ERRNO_NAMES.get(err, f"errno {err}")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Record:
     """One event from why.bpf.c with addresses as text (see ``struct event`` there)."""
 
@@ -94,7 +94,7 @@ class Record:
 FlowKey = tuple[str, int, str, int]  # server address, server port, client address, client port
 
 
-@dataclass(slots=True)
+@dataclass
 class Drop:
     reason: str
     netns: int
@@ -104,7 +104,7 @@ class Drop:
     ts_ns: int
 
 
-@dataclass(slots=True)
+@dataclass
 class Client:
     pid: int
     comm: str
@@ -131,7 +131,7 @@ class Client:
         return (self.end_ns - self.start_ns) / 1e6 if self.state == ESTABLISHED else None
 
 
-@dataclass(slots=True)
+@dataclass
 class Flow:
     """Everything seen of one attempt."""
 
@@ -875,7 +875,8 @@ class Latencies:
 
     @property
     def median(self) -> float:
-        want, seen, middle = ((self.n - 1) // 2, self.n // 2), 0, []
+        want, seen = ((self.n - 1) // 2, self.n // 2), 0
+        middle: list[int] = []
         for ns in sorted(self.counts):
             seen += self.counts[ns]
             while len(middle) < 2 and seen > want[len(middle)]:
