@@ -201,7 +201,6 @@ class Recorder:
         self.max_flows = max(1, max_flows)
         self.evicted = 0  # attempts let go unjudged to stay within max_flows
         self.peak = 0  # the most attempts held at once
-        self.last_ns = 0  # the newest record's time
 
     def _flow(self, key: FlowKey, r: Record, new_attempt: bool = False) -> Flow:
         """The flow of ``key``; a new one when ``new_attempt`` finds the current one
@@ -248,7 +247,6 @@ class Recorder:
     def add(self, r: Record) -> Flow | None:
         """Fold one record in; returns the flow it belongs to (None when it opens no
         flow yet, e.g. a connect() whose local port is not chosen)."""
-        self.last_ns = max(self.last_ns, r.ts_ns)
         if r.kind == SYN_IN:
             f = self._flow((r.daddr, r.dport, r.saddr, r.sport), r, new_attempt=True)
             f.syns_in += 1

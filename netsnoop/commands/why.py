@@ -32,12 +32,9 @@ TRACER = LoadSpec("why", optional=frozenset({"fib", "fib6", "icmp", "synack", "e
 REFRESH_S = 0.5  # how often the state around the flows is read again
 GRACE_S = 1.0  # how long an attempt may stay unexplained before it gets a verdict
 MAX_FLOWS = 4096  # attempts held at once awaiting a verdict (see V.Recorder)
-# The accept queue is FIFO: of the children a listener completed before a moment, all
-# but the last QUEUE (its length then) have been accept()ed. Two CPUs may set two
-# children ESTABLISHED in the other order than they entered the queue: these many
-# more stay waiting for the next look.
+# Two CPUs may set two children ESTABLISHED in another order than they entered the
+# accept queue: these many more than the queue holds wait for the next look.
 REORDER_MARGIN = 16
-QUEUE_LOOKS = 16  # accept queue lengths kept per listener until the records before them are in
 RELEVANT_COUNTERS = ("TcpExtListenOverflows", "TcpExtListenDrops", "IpOutNoRoutes", "Ip6OutNoRoutes",
                      "TcpExtSyncookiesSent", "TcpExtTCPReqQFullDrop", "TcpExtTCPReqQFullDoCookies",
                      "TcpExtIPReversePathFilter", "TcpAttemptFails", "TcpExtTCPSynRetrans")
@@ -113,7 +110,6 @@ class Watch:
         self.recorder = V.Recorder(max_flows)
         self.fold_step = max(1, max_flows // 8)
         self.next_fold_at = self.fold_step
-        self.queue_looks: dict[tuple[int, int], list[tuple[int, int]]] = {}  # (netns, port) -> (when, queue)
         self.facts = V.Facts(grace_s=GRACE_S)
         self.namespaces: dict[int, N.Netns] = {}
         self._ns_read_at = 0.0
@@ -333,29 +329,28 @@ class Watch:
 
     def _accepted(self, where: tuple[int, int], flows: list[V.Flow]) -> list[V.Flow]:
         """Of these server-side children (one namespace and port), those known to be
-        accept()ed: seen so by sock_diag, or by the accept queue's length at a moment
-        every record before which is in (the ring is read in order, so once a record
-        after it is): all but that many of the last children completed before it."""
+        accept()ed: seen so by sock_diag, or by the accept queue. The queue is FIFO: of
+        the children completed before a moment, all but the last Q (its length then)
+        were accept()ed. Children whose records are not read yet can only be among
+        those last Q (on a per-CPU buffer too), so of the ones read, all but their own
+        last Q were."""
         known = [fl for fl in flows if fl.key in self.facts.accepted]
-        looks = self.queue_looks.setdefault(where, [])
-        usable = [x for x in looks if x[0] < self.recorder.last_ns]
-        del looks[:len(usable)]
+        rest = [fl for fl in flows if fl.key not in self.facts.accepted]
+        if len(rest) <= REORDER_MARGIN:
+            return known
         inode, port = where
         ns = self.ns(inode)
-        if ns is not None and len(looks) < QUEUE_LOOKS:
-            now_ns = time.monotonic_ns()
-            try:
-                queue = [lst.queue for lst in N.listeners(ns) if lst.port == port]
-            except OSError:
-                queue = []
-            if queue:  # without a listener sock_diag tells (see _check_accepts)
-                looks.append((now_ns, sum(queue)))
-        if not usable:
+        if ns is None:
             return known
-        at, queue_len = usable[-1]
-        before = sorted((fl for fl in flows if fl.key not in self.facts.accepted and fl.server_established_ns < at),
-                        key=lambda fl: fl.server_established_ns)
-        return known + before[:max(0, len(before) - queue_len - REORDER_MARGIN)]
+        at = time.monotonic_ns()
+        try:
+            queue = [lst.queue for lst in N.listeners(ns) if lst.port == port]
+        except OSError:
+            return known
+        if not queue:  # the listener is gone: sock_diag tells (see _check_accepts)
+            return known
+        before = sorted((fl for fl in rest if fl.server_established_ns < at), key=lambda fl: fl.server_established_ns)
+        return known + before[:max(0, len(before) - sum(queue) - REORDER_MARGIN)]
 
     def keep(self, fl: V.Flow) -> bool:
         return (self.target is None or fl.server[0] == self.target) and (not self.ports or fl.server[1] in self.ports)
