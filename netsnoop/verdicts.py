@@ -201,6 +201,7 @@ class Recorder:
         self.max_flows = max(1, max_flows)
         self.evicted = 0  # attempts let go unjudged to stay within max_flows
         self.peak = 0  # the most attempts held at once
+        self.created = 0  # attempts opened so far
 
     def _flow(self, key: FlowKey, r: Record, new_attempt: bool = False) -> Flow:
         """The flow of ``key``; a new one when ``new_attempt`` finds the current one
@@ -219,6 +220,7 @@ class Recorder:
             else:
                 self.peak = max(self.peak, held + 1)
             f = self.flows[key] = Flow(key, r.family, r.ts_ns)
+            self.created += 1
         f.last_ns = max(f.last_ns, r.ts_ns)
         return f
 

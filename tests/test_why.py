@@ -768,3 +768,76 @@ def test_every_connection_counts_even_on_one_reused_client_port() -> None:
     assert (rec["verdict"], rec["attempts"], rec["syns"], rec["clients"]) == ("OK", n, n, [net.addr_b])
     assert before == n  # the kernel's own count of connects in the client's namespace
     assert trace.returncode == 0
+
+
+class Storm(Scenario):
+    """Many good connections one after another (closed with a reset, as a storm's
+    clients do), to a server that accepts each at once."""
+
+    verdict = "OK"
+    connections = 1500
+
+    def setup(self) -> None:
+        self.server(accept=True, backlog=self.connections)
+
+    def traffic(self) -> None:
+        done = 0
+        for _ in range(self.connections):
+            with in_netns(self.net.b):
+                c = socket.socket()
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            c.connect((self.net.addr_a, self.port))
+            c.close()
+            done += 1
+        self.facts["connected"] = done
+
+
+def test_a_storm_holds_bounded_state_and_a_failure_still_gets_its_verdict() -> None:
+    """1500 good connections under --max-flows 256, a refused one beside them: every
+    good one counted (against the server namespace's own count of passive opens),
+    never more than 256 attempts held, none let go, and the refused one judged."""
+    bound = 256
+    with scenarios_traced([Storm, NoListener], ["--json", "--max-flows", str(bound)]) as (scenarios, trace):
+        pass
+    storm, refused = scenarios[Storm], scenarios[NoListener]
+    for s in (storm, refused):
+        if s.error is not None:
+            raise s.error
+    (ok,) = verdicts_on(trace, storm.port)
+    passive = storm.delta(storm.net.a, "TcpPassiveOpens")
+    assert (ok["verdict"], ok["attempts"], ok["clients"]) == ("OK", Storm.connections, [storm.net.addr_b])
+    assert storm.facts["connected"] == passive == Storm.connections
+    # the bound held, without letting anything go: the state did not grow with the storm
+    assert 0 < trace.summary["attempts_held_peak"] <= bound < Storm.connections
+    assert trace.summary["attempts_evicted"] == 0
+    assert trace.summary["attempts"] == Storm.connections + 1 and trace.summary["failed"] == 1
+    (rec,) = verdicts_on(trace, refused.port)
+    assert (rec["verdict"], rec["netns"], rec["address"], rec["drop_reason"]) == \
+        ("NO_LISTENER", refused.net.a, refused.net.addr_a, "NO_SOCKET")
+    assert rec["client"]["error"] == "ECONNREFUSED"
+
+
+def test_past_the_bound_attempts_are_let_go_and_counted() -> None:
+    """The negative side of the bound: a server that never accept()s keeps every
+    child waiting (nothing may be folded), so with --max-flows 16 the oldest of 40
+    are let go, and the summary and a warning say how many."""
+    bound, n = 16, 40
+    with NetnsPair() as net:
+        srv = python_server(net, net.a, net.addr_a, 18, backlog=n)
+        try:
+            with Trace(["why", "--json", "--max-flows", str(bound), "-P", "18"]) as trace:
+                socks = []
+                for _ in range(n):
+                    with in_netns(net.b):
+                        c = socket.socket()
+                    c.connect((net.addr_a, 18))
+                    socks.append(c)
+            for c in socks:
+                c.close()
+        finally:
+            srv.kill()
+            srv.wait()
+    held = sum(r["attempts"] for r in trace.records if r.get("type") == "verdict" and r["port"] == 18)
+    assert trace.summary["attempts_held_peak"] == bound
+    assert trace.summary["attempts_evicted"] == n - held > 0
+    assert f"{n - held} attempts were let go unjudged" in trace.stderr

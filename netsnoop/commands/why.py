@@ -31,7 +31,7 @@ from netsnoop.runner import POLL_MS, StopFlag, LoadSpec, ready, silence_stdout, 
 TRACER = LoadSpec("why", optional=frozenset({"fib", "fib6", "icmp", "synack", "error"}))
 REFRESH_S = 0.5  # how often the state around the flows is read again
 GRACE_S = 1.0  # how long an attempt may stay unexplained before it gets a verdict
-MAX_FLOWS = 4096  # attempts held at once awaiting a verdict (see V.Recorder)
+MAX_FLOWS = 8192  # attempts held at once awaiting a verdict (see V.Recorder)
 # Two CPUs may set two children ESTABLISHED in another order than they entered the
 # accept queue: these many more than the queue holds wait for the next look.
 REORDER_MARGIN = 16
@@ -108,7 +108,7 @@ class Watch:
     def __init__(self, ports: list[int], target: str | None, max_flows: int = MAX_FLOWS) -> None:
         self.ports, self.target = set(ports), target
         self.recorder = V.Recorder(max_flows)
-        self.fold_step = max(1, max_flows // 8)
+        self.fold_step = max(1, max_flows // 16)
         self.next_fold_at = self.fold_step
         self.facts = V.Facts(grace_s=GRACE_S)
         self.namespaces: dict[int, N.Netns] = {}
@@ -325,7 +325,7 @@ class Watch:
                         lat = (fl.server_established_ns - fl.first_syn_ns) / 1e6
                     g.fold_counts(fl.syns, fl.key[2], lat)
                 rec.forget(fl)
-        self.next_fold_at = len(rec) + self.fold_step
+        self.next_fold_at = rec.created + self.fold_step
 
     def _accepted(self, where: tuple[int, int], flows: list[V.Flow]) -> list[V.Flow]:
         """Of these server-side children (one namespace and port), those known to be
@@ -459,6 +459,9 @@ def command(target: tuple[str | None, int | None] | None, ports: list[int] | Non
         except BrokenPipeError:
             silence_stdout()
         warn_missed_runs(obj)
+        if w.recorder.evicted:
+            warn(f"{w.recorder.evicted} attempts were let go unjudged to hold at most {w.recorder.max_flows} "
+                 "at once (raise --max-flows)")
     if failed:
         raise SystemExit(1)
 
@@ -501,7 +504,7 @@ def _follow(w: Watch, obj: Any, ring: Any, decoder: Any, clock: Clock, duration:
         while not stop:
             for e in ring.poll_events(stop.remaining_ms(POLL_MS), decoder):
                 add(record(e))
-                if len(rec) >= w.next_fold_at:  # a storm: let the succeeded go between refreshes
+                if rec.created >= w.next_fold_at:  # a storm: let the succeeded go between refreshes
                     w.fold_done(folded)
             if time.monotonic() >= next_refresh:
                 update()
@@ -512,7 +515,7 @@ def _follow(w: Watch, obj: Any, ring: Any, decoder: Any, clock: Clock, duration:
                 break
             for e in events:
                 add(record(e))
-                if len(rec) >= w.next_fold_at:
+                if rec.created >= w.next_fold_at:
                     w.fold_done(folded)
     w.recorder.finish()
     return update(ended=True)
@@ -545,6 +548,4 @@ def _report(w: Watch, groups: list[V.Group], failed: list[V.Group], as_json: boo
     summary.summary(facts)
     if health.get("lost_events"):
         warn("events were lost: some verdicts may lack evidence (raise --ringbuf)")
-    if rec.evicted:
-        warn(f"{rec.evicted} attempts were let go unjudged to hold at most {rec.max_flows} at once "
-             "(raise --max-flows)")
+
