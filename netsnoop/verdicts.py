@@ -89,6 +89,7 @@ class Record:
     sk: int = 0
     pid: int = 0
     comm: str = ""
+    start_ns: int = 0  # STATE out of SYN_SENT: when its connect() began (0: not seen)
 
 
 FlowKey = tuple[str, int, str, int]  # server address, server port, client address, client port
@@ -298,7 +299,10 @@ class Recorder:
             self._connecting[r.sk] = Client(r.pid, r.comm, r.netns, r.ts_ns, (r.daddr, r.dport), r.saddr)
             return None
         if r.oldstate == SYN_SENT:
-            client = self._connecting.pop(r.sk, None) or Client(0, "", r.netns, 0)
+            client = self._connecting.pop(r.sk, None)
+            if client is None:  # the kernel kept its start: the outcome carries it
+                client = Client(r.pid, r.comm, r.netns, r.start_ns, (r.daddr, r.dport), r.saddr)
+            client.icmp_error = client.icmp_error or bool(r.tcpflags & 1)
             client.end_ns, client.state, client.retransmits = r.ts_ns, r.state, r.extra
             client.err = client.err or r.value
             self._ended[r.sk] = client

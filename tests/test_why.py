@@ -841,3 +841,30 @@ def test_past_the_bound_attempts_are_let_go_and_counted() -> None:
     assert trace.summary["attempts_held_peak"] == bound
     assert trace.summary["attempts_evicted"] == n - held > 0
     assert f"{n - held} attempts were let go unjudged" in trace.stderr
+
+
+def test_a_connect_still_waiting_at_the_end_is_named_with_its_process() -> None:
+    """A connect() whose SYN never gets out (its neighbour does not answer ARP) is
+    under way when the trace ends: its start, kept in the kernel until an outcome
+    that never came, still names it: TIMEOUT, this process, its namespace."""
+    with NetnsPair() as net:
+        silent = net.addr_a.rsplit(".", 1)[0] + ".3"  # in the pair's subnet, held by nobody
+        with Trace(["why", "--json", "-P", "19"]) as trace:
+            with in_netns(net.b):
+                c = socket.socket()
+            c.setblocking(False)
+            assert c.connect_ex((silent, 19)) == 115  # EINPROGRESS: in SYN_SENT now
+            try:
+                deadline = time.monotonic() + 5
+                while f"{silent}:19" not in net.exec(net.b, "ss -tnH state syn-sent").stdout:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.02)
+                trace.stop()
+            finally:
+                c.close()
+    (rec,) = [r for r in trace.records if r.get("type") == "verdict" and r["port"] == 19]
+    with open("/proc/self/comm") as f:
+        me = f.read().strip()
+    assert (rec["verdict"], rec["address"], rec["netns"]) == ("TIMEOUT", silent, net.b)
+    assert (rec["client"]["pid"], rec["client"]["comm"], rec["client"]["syns_sent"]) == (os.getpid(), me, None)
+    assert "yet when the trace ended" in rec["why"]

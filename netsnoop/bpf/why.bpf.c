@@ -21,6 +21,7 @@ EXPORT_ENUM(why_kind);
 struct event {
 	__u64 ts_ns;
 	__u64 sk;        /* socket address, to follow one connect() (0: none) */
+	__u64 start_ns;  /* STATE out of SYN_SENT: when the connect() began (0: not seen) */
 	__u32 netns;     /* inode of the network namespace (0: not known) */
 	__u32 pid;       /* the task on the CPU; only meaningful for a connect() start */
 	__s32 value;     /* drop reason / sk_err / route lookup errno / ICMP type and code */
@@ -29,10 +30,32 @@ struct event {
 	__u8 kind;       /* enum why_kind */
 	__u8 state;      /* new state (STATE); state of the packet's socket (DROP), 0 = none */
 	__u8 oldstate;
-	__u8 tcpflags;
+	__u8 tcpflags;   /* STATE out of SYN_SENT: 1 when an error was reported while connecting */
 	char comm[TASK_COMM_LEN];
 };
 EXPORT_STRUCT(event);
+
+/* A connect() under way: what its start showed (the caller's pid and comm exist only
+ * in its context), kept here until its outcome's event carries it, so a connect()
+ * costs one event. A full table sends the start as an event of its own (nothing is
+ * lost); user space takes what is left at the end (connect()s still waiting). */
+struct connecting {
+	__u64 start_ns;
+	__u32 pid;
+	__u32 netns;
+	__s32 err;       /* sk_err when an error was reported while connecting (an ICMP error) */
+	__u8 reported;
+	struct sock_tuple t;
+	char comm[TASK_COMM_LEN];
+};
+EXPORT_STRUCT(connecting);
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8192);
+	__type(key, __u64); /* the socket's address */
+	__type(value, struct connecting);
+} connecting SEC(".maps");
 
 static __always_inline __u32 skb_netns(const struct sk_buff *skb)
 {
@@ -318,13 +341,15 @@ int BPF_PROG(icmp__tp_btf, const struct sk_buff *skb, int type, int code)
 /* ---- handshake states ---------------------------------------------------------------- */
 
 /* A connect() starting (CLOSE -> SYN_SENT, in the caller's context: its pid and
- * comm), its outcome (SYN_SENT -> ESTABLISHED or CLOSE, with sk_err and how many
- * times the SYN was retransmitted), and a server's handshake completing
- * (SYN_RECV -> ESTABLISHED, the child socket). */
+ * comm; kept in `connecting`), its outcome (SYN_SENT -> ESTABLISHED or CLOSE, with
+ * sk_err, how many times the SYN was retransmitted and the start), and a server's
+ * handshake completing (SYN_RECV -> ESTABLISHED, the child socket). */
 static __always_inline int on_state(void *ctx, const struct sock *sk, int oldstate, int newstate)
 {
 	struct sock_tuple t = {};
+	struct connecting *c = NULL;
 	struct event *e;
+	__u64 key = (__u64)sk;
 	__u16 server_port;
 
 	if (!sock_is_tcp(sk))
@@ -339,20 +364,42 @@ static __always_inline int on_state(void *ctx, const struct sock *sk, int oldsta
 	server_port = oldstate == TCP_SYN_RECV ? t.sport : t.dport;
 	if (!family_allowed(t.family) || !port_in(filter_ports, server_port))
 		return 0;
-	e = new_event(WHY_STATE, &t);
-	if (!e)
-		return 0;
-	e->sk = (__u64)sk;
-	e->netns = sock_netns(sk);
-	e->state = newstate;
-	e->oldstate = oldstate;
-	e->value = BPF_CORE_READ(sk, sk_err);
-	e->extra = BPF_CORE_READ((const struct inet_connection_sock *)sk, icsk_retransmits);
 	if (newstate == TCP_SYN_SENT) {
-		e->pid = current_pid();
-		bpf_get_current_comm(e->comm, sizeof(e->comm));
+		struct connecting start = {};
+
+		start.start_ns = bpf_ktime_get_ns();
+		start.pid = current_pid();
+		start.netns = sock_netns(sk);
+		start.t = t;
+		bpf_get_current_comm(start.comm, sizeof(start.comm));
+		if (bpf_map_update_elem(&connecting, &key, &start, BPF_ANY) == 0)
+			return 0;
+	} else if (oldstate == TCP_SYN_SENT) {
+		c = bpf_map_lookup_elem(&connecting, &key);
 	}
-	submit_event(ctx, e, sizeof(*e));
+	e = new_event(WHY_STATE, &t);
+	if (e) {
+		e->sk = key;
+		e->netns = sock_netns(sk);
+		e->state = newstate;
+		e->oldstate = oldstate;
+		e->value = BPF_CORE_READ(sk, sk_err);
+		e->extra = BPF_CORE_READ((const struct inet_connection_sock *)sk, icsk_retransmits);
+		if (newstate == TCP_SYN_SENT) {
+			e->pid = current_pid();
+			bpf_get_current_comm(e->comm, sizeof(e->comm));
+		} else if (c) {
+			e->start_ns = c->start_ns;
+			e->pid = c->pid;
+			__builtin_memcpy(e->comm, c->comm, sizeof(e->comm));
+			if (c->reported && c->err)
+				e->value = c->err;
+			e->tcpflags = c->reported;
+		}
+		submit_event(ctx, e, sizeof(*e));
+	}
+	if (c)
+		bpf_map_delete_elem(&connecting, &key);
 	return 0;
 }
 
@@ -373,6 +420,16 @@ static __always_inline int on_error(void *ctx, const struct sock *sk)
 	state = BPF_CORE_READ(sk, __sk_common.skc_state);
 	if (state != TCP_SYN_SENT && state != TCP_CLOSE)
 		return 0;
+	if (state == TCP_SYN_SENT) { /* a connect() under way: its outcome's event says so */
+		__u64 key = (__u64)sk;
+		struct connecting *c = bpf_map_lookup_elem(&connecting, &key);
+
+		if (c) {
+			c->err = BPF_CORE_READ(sk, sk_err);
+			c->reported = 1;
+			return 0;
+		}
+	}
 	read_sock_tuple(sk, &t);
 	if (!family_allowed(t.family) || !port_in(filter_ports, t.dport))
 		return 0;

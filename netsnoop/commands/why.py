@@ -88,7 +88,24 @@ def record(e: Any) -> V.Record:
     fam, src = unmap(e.family, e.saddr)
     _, dst = unmap(e.family, e.daddr)
     return V.Record(e.kind, e.ts_ns, e.netns, fam, src, e.sport, dst, e.dport, e.value, e.extra, e.state,
-                    e.oldstate, e.tcpflags, e.sk, e.pid, comm(e.comm) if e.pid else "")
+                    e.oldstate, e.tcpflags, e.sk, e.pid, comm(e.comm) if e.pid else "", e.start_ns)
+
+
+def still_connecting(obj: Any) -> list[V.Record]:
+    """The connect()s the kernel still holds as under way (why.bpf.c: connecting), as
+    the records of their start; each taken (read and deleted) at once."""
+    decoder = obj.decoder("connecting")
+    out = []
+    for key, raw in obj.map("connecting").take_all():
+        c = decoder.decode(raw)
+        fam, src = unmap(c.family, c.saddr)
+        _, dst = unmap(c.family, c.daddr)
+        out.append(V.Record(V.STATE, c.start_ns, c.netns, fam, src, c.sport, dst, c.dport, 0, 0, V.SYN_SENT,
+                            V.CLOSE, 0, int.from_bytes(key, sys.byteorder), c.pid, comm(c.comm)))
+        if c.reported:
+            out.append(V.Record(V.SK_ERROR, c.start_ns, c.netns, fam, src, c.sport, dst, c.dport, c.err,
+                                state=V.SYN_SENT, sk=int.from_bytes(key, sys.byteorder)))
+    return out
 
 
 def _run_in(ns: N.Netns, args: list[str]) -> str | None:
@@ -517,6 +534,8 @@ def _follow(w: Watch, obj: Any, ring: Any, decoder: Any, clock: Clock, duration:
                 add(record(e))
                 if rec.created >= w.next_fold_at:
                     w.fold_done(folded)
+        for r in still_connecting(obj):
+            add(r)
     w.recorder.finish()
     return update(ended=True)
 
