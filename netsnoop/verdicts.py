@@ -89,7 +89,9 @@ class Record:
     sk: int = 0
     pid: int = 0
     comm: str = ""
-    start_ns: int = 0  # STATE out of SYN_SENT: when its connect() began (0: not seen)
+    start_ns: int = 0  # STATE out of SYN_SENT: when its connect() began; SYN_RECV -> ESTABLISHED: its SYN's
+    syn_netns: int = 0  # SYN_RECV -> ESTABLISHED: where the SYN it carries arrived
+    syn_ifindex: int = 0
 
 
 FlowKey = tuple[str, int, str, int]  # server address, server port, client address, client port
@@ -196,6 +198,7 @@ class Recorder:
         self._connecting: dict[int, Client] = {}  # sk -> client whose local port is not known yet
         self._ended: dict[int, Client] = {}  # sk -> client resolved, for an error reported after
         self.fib_unmatched = 0  # failed route lookups that matched no flow (a SYN-ACK's needs one)
+        self._fib_waiting: dict[FlowKey, list[Record]] = {}
         self.archived: dict[int, Flow] = {}  # finished flows whose key a newer attempt took
         self.on_reuse: Callable[[FlowKey], None] = lambda key: None
         self.on_forget: Callable[[FlowKey], None] = lambda key: None
@@ -251,10 +254,11 @@ class Recorder:
         """Fold one record in; returns the flow it belongs to (None when it opens no
         flow yet, e.g. a connect() whose local port is not chosen)."""
         if r.kind == SYN_IN:
-            f = self._flow((r.daddr, r.dport, r.saddr, r.sport), r, new_attempt=True)
-            f.syns_in += 1
-            f.syn_netns, f.syn_ifindex = r.netns, r.extra
-            f.first_syn_ns = f.first_syn_ns or r.ts_ns
+            # a SYN the kernel held back comes late: it belongs to the attempt it precedes
+            key = (r.daddr, r.dport, r.saddr, r.sport)
+            cur = self.flows.get(key)
+            f = self._flow(key, r, new_attempt=cur is None or r.ts_ns > cur.last_ns)
+            self._syn(f, r.ts_ns, r.netns, r.extra)
             return f
         if r.kind == DROP:
             synack = bool(r.tcpflags & TCP_ACK)
@@ -273,7 +277,11 @@ class Recorder:
                 f = self._flow(key, r)
                 f.fib_errors.append(r.value)
                 return f
-            self.fib_unmatched += 1
+            # its SYN may still be held in the kernel: kept (bounded) until it comes
+            self._fib_waiting.setdefault(key, []).append(r)
+            if len(self._fib_waiting) > 1024:
+                self._fib_waiting.pop(next(iter(self._fib_waiting)))
+                self.fib_unmatched += 1
             return None
         if r.kind == ICMP_SEND:
             f = self._flow((r.daddr, r.dport, r.saddr, r.sport), r)
@@ -294,6 +302,8 @@ class Recorder:
             f = self._flow((r.saddr, r.sport, r.daddr, r.dport), r, new_attempt=bool(
                 (cur := self.flows.get((r.saddr, r.sport, r.daddr, r.dport))) and cur.server_established_ns))
             f.server_established_ns, f.server_netns = r.ts_ns, r.netns
+            if r.start_ns:  # the SYN the kernel held back, carried
+                self._syn(f, r.start_ns, r.syn_netns, r.syn_ifindex)
             return f
         if r.state == SYN_SENT:
             self._connecting[r.sk] = Client(r.pid, r.comm, r.netns, r.ts_ns, (r.daddr, r.dport), r.saddr)
@@ -314,6 +324,14 @@ class Recorder:
             f.client = client
             return f
         return None
+
+    def _syn(self, f: Flow, ts_ns: int, netns: int, ifindex: int) -> None:
+        f.syns_in += 1
+        f.syn_netns, f.syn_ifindex = netns, ifindex
+        f.first_syn_ns = min(f.first_syn_ns, ts_ns) if f.first_syn_ns else ts_ns
+        f.first_ns = min(f.first_ns, ts_ns) if f.first_ns else ts_ns
+        for fib in self._fib_waiting.pop(f.key, ()):  # its SYN-ACK's route lookup came first
+            f.fib_errors.append(fib.value)
 
     def finish(self) -> None:
         """At the end: connect()s still waiting for an answer, whose local port no

@@ -31,6 +31,7 @@ from netsnoop.runner import POLL_MS, StopFlag, LoadSpec, ready, silence_stdout, 
 TRACER = LoadSpec("why", optional=frozenset({"fib", "fib6", "icmp", "synack", "error"}))
 REFRESH_S = 0.5  # how often the state around the flows is read again
 GRACE_S = 1.0  # how long an attempt may stay unexplained before it gets a verdict
+HELD_SYN_NS = 250_000_000  # a SYN the kernel holds back longer is taken from it (see why.bpf.c)
 MAX_FLOWS = 8192  # attempts held at once awaiting a verdict (see V.Recorder)
 # Two CPUs may set two children ESTABLISHED in another order than they entered the
 # accept queue: these many more than the queue holds wait for the next look.
@@ -88,8 +89,24 @@ def record(e: Any) -> V.Record:
     fam, src = unmap(e.family, e.saddr)
     _, dst = unmap(e.family, e.daddr)
     return V.Record(e.kind, e.ts_ns, e.netns, fam, src, e.sport, dst, e.dport, e.value, e.extra, e.state,
-                    e.oldstate, e.tcpflags, e.sk, e.pid, comm(e.comm) if e.pid else "", e.start_ns)
+                    e.oldstate, e.tcpflags, e.sk, e.pid, comm(e.comm) if e.pid else "", e.start_ns, e.syn_netns,
+                    e.syn_ifindex)
 
+
+def held_syns(obj: Any, before_ns: int | None = None) -> list[V.Record]:
+    """The SYNs the kernel holds back (why.bpf.c: syns) that arrived before
+    ``before_ns`` (all: None), as their records, oldest first; each taken (read and
+    deleted in one step: the kernel may take it at the same moment) at once."""
+    m = obj.map("syns")
+    key_of, seen_of = obj.decoder("syn_key"), obj.decoder("syn_seen")
+    out = []
+    for key, raw in m.take_all(lambda raw: before_ns is None or seen_of.decode(raw).ts_ns < before_ns):
+        k, v = key_of.decode(key), seen_of.decode(raw)
+        fam, src = unmap(k.family, k.saddr)
+        _, dst = unmap(k.family, k.daddr)
+        out.append(V.Record(V.SYN_IN, v.ts_ns, k.netns, fam, src, k.sport, dst, k.dport, 0, v.ifindex,
+                            tcpflags=v.tcpflags))
+    return sorted(out, key=lambda r: r.ts_ns)
 
 def still_connecting(obj: Any) -> list[V.Record]:
     """The connect()s the kernel still holds as under way (why.bpf.c: connecting), as
@@ -492,6 +509,8 @@ def _follow(w: Watch, obj: Any, ring: Any, decoder: Any, clock: Clock, duration:
     folded: dict[V.GroupKey, V.Group] = {}
 
     def update(ended: bool = False) -> list[V.Group]:
+        for r in held_syns(obj, time.monotonic_ns() - HELD_SYN_NS):
+            rec.add(r)
         w.refresh(ended)
         w.fold_done(folded)
         kept = []
@@ -534,7 +553,7 @@ def _follow(w: Watch, obj: Any, ring: Any, decoder: Any, clock: Clock, duration:
                 add(record(e))
                 if rec.created >= w.next_fold_at:
                     w.fold_done(folded)
-        for r in still_connecting(obj):
+        for r in held_syns(obj) + still_connecting(obj):
             add(r)
     w.recorder.finish()
     return update(ended=True)
