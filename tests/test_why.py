@@ -798,7 +798,8 @@ class Storm(Scenario):
 def test_a_storm_holds_bounded_state_and_a_failure_still_gets_its_verdict() -> None:
     """1500 good connections under --max-flows 256, a refused one beside them: every
     good one counted (against the server namespace's own count of passive opens),
-    never more than 256 attempts held, none let go, and the refused one judged."""
+    never more than 256 attempts held, none let go, two events per good connection,
+    and the refused one judged."""
     bound = 256
     with scenarios_traced([Storm, NoListener], ["--json", "--max-flows", str(bound)]) as (scenarios, trace):
         pass
@@ -814,6 +815,10 @@ def test_a_storm_holds_bounded_state_and_a_failure_still_gets_its_verdict() -> N
     # the bound held, without letting anything go: the state did not grow with the storm
     assert 0 < trace.summary["attempts_held_peak"] <= bound < Storm.connections
     assert trace.summary["attempts_evicted"] == 0
+    # a good connection costs two events (the client's outcome, the server's
+    # handshake carrying its SYN); the refused one four (its SYN, its drop, the client's
+    # error report and close)
+    assert trace.summary["events"] == 2 * Storm.connections + 4
     assert trace.summary["attempts"] == Storm.connections + 1 and trace.summary["failed"] == 1
     (rec,) = verdicts_on(trace, refused.port)
     assert (rec["verdict"], rec["netns"], rec["address"], rec["drop_reason"]) == \

@@ -144,6 +144,7 @@ class Watch:
         self.recorder = V.Recorder(max_flows)
         self.fold_step = max(1, max_flows // 16)
         self.next_fold_at = self.fold_step
+        self.events = 0  # read from the kernel
         self.facts = V.Facts(grace_s=GRACE_S)
         self.namespaces: dict[int, N.Netns] = {}
         self._ns_read_at = 0.0
@@ -538,7 +539,9 @@ def _follow(w: Watch, obj: Any, ring: Any, decoder: Any, clock: Clock, duration:
     add = rec.add
     with StopFlag(duration) as stop:
         while not stop:
-            for e in ring.poll_events(stop.remaining_ms(POLL_MS), decoder):
+            events = ring.poll_events(stop.remaining_ms(POLL_MS), decoder)
+            w.events += len(events)
+            for e in events:
                 add(record(e))
                 if rec.created >= w.next_fold_at:  # a storm: let the succeeded go between refreshes
                     w.fold_done(folded)
@@ -549,6 +552,7 @@ def _follow(w: Watch, obj: Any, ring: Any, decoder: Any, clock: Clock, duration:
             events = ring.read_events(decoder)
             if not events:
                 break
+            w.events += len(events)
             for e in events:
                 add(record(e))
                 if rec.created >= w.next_fold_at:
@@ -566,7 +570,7 @@ def _report(w: Watch, groups: list[V.Group], failed: list[V.Group], as_json: boo
     summary = make_sink(OutputOptions(json=as_json), [])
     rec = w.recorder
     facts = {"attempts": attempts, "failed": sum(g.attempts for g in failed), "attempts_held_peak": rec.peak,
-             "attempts_evicted": rec.evicted, **health, **more}
+             "attempts_evicted": rec.evicted, "events": w.events, **health, **more}
     if as_json:
         emit([V.json.dumps(g.record(w.facts)) for g in groups])
         summary.summary(facts)
