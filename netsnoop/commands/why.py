@@ -108,6 +108,7 @@ def held_syns(obj: Any, before_ns: int | None = None) -> list[V.Record]:
                             tcpflags=v.tcpflags))
     return sorted(out, key=lambda r: r.ts_ns)
 
+
 def still_connecting(obj: Any) -> list[V.Record]:
     """The connect()s the kernel still holds as under way (why.bpf.c: connecting), as
     the records of their start; each taken (read and deleted) at once."""
@@ -590,4 +591,3 @@ def _report(w: Watch, groups: list[V.Group], failed: list[V.Group], as_json: boo
     summary.summary(facts)
     if health.get("lost_events"):
         warn("events were lost: some verdicts may lack evidence (raise --ringbuf)")
-
