@@ -818,7 +818,7 @@ def test_a_storm_holds_bounded_state_and_a_failure_still_gets_its_verdict() -> N
     # a good connection costs two events (the client's outcome, the server's
     # handshake carrying its SYN); the refused one four (its SYN, its drop, the client's
     # error report and close)
-    assert trace.summary["events"] == 2 * Storm.connections + 4
+    assert trace.summary["kernel_events"] == 2 * Storm.connections + 4
     assert trace.summary["attempts"] == Storm.connections + 1 and trace.summary["failed"] == 1
     (rec,) = verdicts_on(trace, refused.port)
     assert (rec["verdict"], rec["netns"], rec["address"], rec["drop_reason"]) == \

@@ -571,7 +571,7 @@ def _report(w: Watch, groups: list[V.Group], failed: list[V.Group], as_json: boo
     summary = make_sink(OutputOptions(json=as_json), [])
     rec = w.recorder
     facts = {"attempts": attempts, "failed": sum(g.attempts for g in failed), "attempts_held_peak": rec.peak,
-             "attempts_evicted": rec.evicted, "events": w.events, **health, **more}
+             "attempts_evicted": rec.evicted, "kernel_events": w.events, **health, **more}
     if as_json:
         emit([V.json.dumps(g.record(w.facts)) for g in groups])
         summary.summary(facts)
