@@ -24,7 +24,9 @@ from netsnoop import options as o
 from netsnoop import verdicts as V
 from netsnoop.fmt import Clock, addr, comm
 from netsnoop.output import OutputOptions, make_sink
-from netsnoop.runner import POLL_MS, StopFlag, LoadSpec, ready, silence_stdout, warn, warn_missed_runs
+from netsnoop.runner import (POLL_MS, StopFlag, LoadSpec, _coalesce_seconds, ready, silence_stdout, warn,
+                             warn_missed_runs)
+from netsnoop.transport import BATCH_EVENTS
 
 # Route lookups, ICMP sends and SYN-ACK retransmits sharpen verdicts; a kernel without
 # one of these tracepoints still gets the others.
@@ -538,6 +540,7 @@ def _follow(w: Watch, obj: Any, ring: Any, decoder: Any, clock: Clock, duration:
 
     rec = w.recorder
     add = rec.add
+    coalesce = _coalesce_seconds(ring)
     with StopFlag(duration) as stop:
         while not stop:
             events = ring.poll_events(stop.remaining_ms(POLL_MS), decoder)
@@ -546,6 +549,8 @@ def _follow(w: Watch, obj: Any, ring: Any, decoder: Any, clock: Clock, duration:
                 add(record(e))
                 if rec.created >= w.next_fold_at:  # a storm: let the succeeded go between refreshes
                     w.fold_done(folded)
+            if events and len(events) < BATCH_EVENTS and coalesce:  # caught up: let the next ones gather
+                time.sleep(coalesce)
             if time.monotonic() >= next_refresh:
                 update()
                 next_refresh = time.monotonic() + REFRESH_S
