@@ -159,15 +159,19 @@ class Map:
             self.delete(k)
         return out
 
-    def take_all(self) -> list[tuple[bytes, bytes]]:
-        """Every entry of a (non per-CPU) hash map, each read and deleted in one step
-        (lookup-and-delete), so a byte counted while we read lands either in this
-        interval or in the next, never in neither."""
+    def take_all(self, wanted: Callable[[bytes], bool] | None = None) -> list[tuple[bytes, bytes]]:
+        """Every entry of a (non per-CPU) hash map (those whose value is ``wanted``),
+        each read and deleted in one step (lookup-and-delete), so a byte counted while
+        we read lands either in this interval or in the next, never in neither."""
         from errno import ENOENT
 
         fn = lib().bpf_map_lookup_and_delete_elem
         out = []
         for key in list(self.keys()):
+            if wanted is not None:
+                value = self.lookup(key)
+                if not isinstance(value, bytes) or not wanted(value):
+                    continue
             buf = ctypes.create_string_buffer(self.value_size)
             rc = fn(self.fd, key, buf)
             if rc == 0:

@@ -768,3 +768,112 @@ def test_every_connection_counts_even_on_one_reused_client_port() -> None:
     assert (rec["verdict"], rec["attempts"], rec["syns"], rec["clients"]) == ("OK", n, n, [net.addr_b])
     assert before == n  # the kernel's own count of connects in the client's namespace
     assert trace.returncode == 0
+
+
+class Storm(Scenario):
+    """Many good connections one after another (closed with a reset, as a storm's
+    clients do), each accept()ed before the next starts (whatever the machine's load,
+    the accept queue never holds what the bound must then hold)."""
+
+    verdict = "OK"
+    connections = 1500
+
+    def setup(self) -> None:
+        self.server(accept=True, backlog=self.connections)
+
+    def traffic(self) -> None:
+        done = 0
+        for _ in range(self.connections):
+            with in_netns(self.net.b):
+                c = socket.socket()
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            c.connect((self.net.addr_a, self.port))
+            c.settimeout(5)
+            assert c.recv(1) == b""  # the server accept()ed and closed it: the queue never grows
+            c.close()
+            done += 1
+        self.facts["connected"] = done
+
+
+def test_a_storm_holds_bounded_state_and_a_failure_still_gets_its_verdict() -> None:
+    """1500 good connections under --max-flows 256, a refused one beside them: every
+    good one counted (against the server namespace's own count of passive opens),
+    never more than 256 attempts held, none let go, two events per good connection,
+    and the refused one judged."""
+    bound = 256
+    with scenarios_traced([Storm, NoListener], ["--json", "--max-flows", str(bound)]) as (scenarios, trace):
+        pass
+    storm, refused = scenarios[Storm], scenarios[NoListener]
+    for s in (storm, refused):
+        if s.error is not None:
+            raise s.error
+    (ok,) = verdicts_on(trace, storm.port)
+    passive = storm.delta(storm.net.a, "TcpPassiveOpens")
+    assert (ok["verdict"], ok["attempts"], ok["clients"]) == ("OK", Storm.connections, [storm.net.addr_b]), \
+        trace.summary
+    assert storm.facts["connected"] == passive == Storm.connections
+    # the bound held, without letting anything go: the state did not grow with the storm
+    assert 0 < trace.summary["attempts_held_peak"] <= bound < Storm.connections
+    assert trace.summary["attempts_evicted"] == 0
+    # a good connection costs two events (the client's outcome, the server's
+    # handshake carrying its SYN); the refused one four (its SYN, its drop, the client's
+    # error report and close)
+    assert trace.summary["kernel_events"] == 2 * Storm.connections + 4
+    assert trace.summary["attempts"] == Storm.connections + 1 and trace.summary["failed"] == 1
+    (rec,) = verdicts_on(trace, refused.port)
+    assert (rec["verdict"], rec["netns"], rec["address"], rec["drop_reason"]) == \
+        ("NO_LISTENER", refused.net.a, refused.net.addr_a, "NO_SOCKET")
+    assert rec["client"]["error"] == "ECONNREFUSED"
+
+
+def test_past_the_bound_attempts_are_let_go_and_counted() -> None:
+    """The negative side of the bound: a server that never accept()s keeps every
+    child waiting (nothing may be folded), so with --max-flows 16 the oldest of 40
+    are let go, and the summary and a warning say how many."""
+    bound, n = 16, 40
+    with NetnsPair() as net:
+        srv = python_server(net, net.a, net.addr_a, 18, backlog=n)
+        try:
+            with Trace(["why", "--json", "--max-flows", str(bound), "-P", "18"]) as trace:
+                socks = []
+                for _ in range(n):
+                    with in_netns(net.b):
+                        c = socket.socket()
+                    c.connect((net.addr_a, 18))
+                    socks.append(c)
+            for c in socks:
+                c.close()
+        finally:
+            srv.kill()
+            srv.wait()
+    held = sum(r["attempts"] for r in trace.records if r.get("type") == "verdict" and r["port"] == 18)
+    assert trace.summary["attempts_held_peak"] == bound
+    assert trace.summary["attempts_evicted"] == n - held > 0
+    assert f"{n - held} attempts were let go unjudged" in trace.stderr
+
+
+def test_a_connect_still_waiting_at_the_end_is_named_with_its_process() -> None:
+    """A connect() whose SYN never gets out (its neighbour does not answer ARP) is
+    under way when the trace ends: its start, kept in the kernel until an outcome
+    that never came, still names it: TIMEOUT, this process, its namespace."""
+    with NetnsPair() as net:
+        silent = net.addr_a.rsplit(".", 1)[0] + ".3"  # in the pair's subnet, held by nobody
+        with Trace(["why", "--json", "-P", "19"]) as trace:
+            with in_netns(net.b):
+                c = socket.socket()
+            c.setblocking(False)
+            assert c.connect_ex((silent, 19)) == 115  # EINPROGRESS: in SYN_SENT now
+            try:
+                deadline = time.monotonic() + 5
+                while f"{silent}:19" not in net.exec(net.b, "ss -tnH state syn-sent").stdout:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.02)
+                trace.stop()
+            finally:
+                c.close()
+    (rec,) = [r for r in trace.records if r.get("type") == "verdict" and r["port"] == 19]
+    with open("/proc/self/comm") as f:
+        me = f.read().strip()
+    assert (rec["verdict"], rec["address"], rec["netns"]) == ("TIMEOUT", silent, net.b)
+    assert (rec["client"]["pid"], rec["client"]["comm"], rec["client"]["syns_sent"]) == (os.getpid(), me, None)
+    assert "yet when the trace ended" in rec["why"]

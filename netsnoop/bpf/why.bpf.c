@@ -21,6 +21,10 @@ EXPORT_ENUM(why_kind);
 struct event {
 	__u64 ts_ns;
 	__u64 sk;        /* socket address, to follow one connect() (0: none) */
+	__u64 start_ns;  /* STATE out of SYN_SENT: when the connect() began; STATE SYN_RECV ->
+			  * ESTABLISHED: when the SYN it carries arrived (0: none) */
+	__u32 syn_netns; /* STATE SYN_RECV -> ESTABLISHED: where the SYN it carries arrived */
+	__u32 syn_ifindex;
 	__u32 netns;     /* inode of the network namespace (0: not known) */
 	__u32 pid;       /* the task on the CPU; only meaningful for a connect() start */
 	__s32 value;     /* drop reason / sk_err / route lookup errno / ICMP type and code */
@@ -29,21 +33,32 @@ struct event {
 	__u8 kind;       /* enum why_kind */
 	__u8 state;      /* new state (STATE); state of the packet's socket (DROP), 0 = none */
 	__u8 oldstate;
-	__u8 tcpflags;
+	__u8 tcpflags;   /* STATE out of SYN_SENT: 1 when an error was reported while connecting */
 	char comm[TASK_COMM_LEN];
 };
 EXPORT_STRUCT(event);
 
-static __always_inline __u32 skb_netns(const struct sk_buff *skb)
-{
-	__u32 ns = dev_netns(BPF_CORE_READ(skb, dev));
-	const struct sock *sk;
+/* A connect() under way: what its start showed (the caller's pid and comm exist only
+ * in its context), kept here until its outcome's event carries it, so a connect()
+ * costs one event. A full table sends the start as an event of its own (nothing is
+ * lost); user space takes what is left at the end (connect()s still waiting). */
+struct connecting {
+	__u64 start_ns;
+	__u32 pid;
+	__u32 netns;
+	__s32 err;       /* sk_err when an error was reported while connecting (an ICMP error) */
+	__u8 reported;
+	struct sock_tuple t;
+	char comm[TASK_COMM_LEN];
+};
+EXPORT_STRUCT(connecting);
 
-	if (ns)
-		return ns;
-	sk = BPF_CORE_READ(skb, sk);
-	return sk ? sock_netns(sk) : 0;
-}
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8192);
+	__type(key, __u64); /* the socket's address */
+	__type(value, struct connecting);
+} connecting SEC(".maps");
 
 static __always_inline struct event *new_event(__u8 kind, const struct sock_tuple *t)
 {
@@ -56,6 +71,99 @@ static __always_inline struct event *new_event(__u8 kind, const struct sock_tupl
 	e->kind = kind;
 	e->t = *t;
 	return e;
+}
+
+/* The first SYN of an attempt, held back: a handshake that completes carries it in
+ * its SYN_RECV -> ESTABLISHED event (a good connection costs no event of its own for
+ * it). Anything else about the attempt (another SYN, the SYN dropped, an ICMP error
+ * about it, a SYN-ACK retransmitted) sends it out first as its own SYN_IN event, and
+ * user space takes what stays here too long. A full table sends it at once. */
+struct syn_key {
+	__u32 netns;
+	__u32 pad;
+	struct sock_tuple t; /* as on the wire: s = the client */
+};
+
+struct syn_seen {
+	__u64 ts_ns;
+	__u32 ifindex;
+	__u8 tcpflags;
+};
+EXPORT_STRUCT(syn_key);
+EXPORT_STRUCT(syn_seen);
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct syn_key);
+	__type(value, struct syn_seen);
+} syns SEC(".maps");
+
+/* The key of an attempt: IPv4-mapped addresses (a dual-stack socket's view of an
+ * IPv4 client) as IPv4, as the packet had them. */
+static __always_inline void syn_key_of(struct syn_key *k, __u32 netns, const struct sock_tuple *t, bool swap)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	k->netns = netns;
+	k->t.family = t->family;
+	k->t.sport = swap ? t->dport : t->sport;
+	k->t.dport = swap ? t->sport : t->dport;
+	__builtin_memcpy(k->t.saddr, swap ? t->daddr : t->saddr, 16);
+	__builtin_memcpy(k->t.daddr, swap ? t->saddr : t->daddr, 16);
+	if (k->t.family == AF_INET6 && ((__u32 *)k->t.saddr)[0] == 0 && ((__u32 *)k->t.saddr)[1] == 0 &&
+	    ((__u32 *)k->t.saddr)[2] == bpf_htonl(0xffff)) {
+		k->t.family = AF_INET;
+		((__u32 *)k->t.saddr)[0] = ((__u32 *)k->t.saddr)[3];
+		((__u32 *)k->t.daddr)[0] = ((__u32 *)k->t.daddr)[3];
+		((__u32 *)k->t.saddr)[2] = ((__u32 *)k->t.saddr)[3] = 0;
+		((__u32 *)k->t.daddr)[2] = ((__u32 *)k->t.daddr)[3] = 0;
+	}
+}
+
+/* Take the held SYN of ``k`` (if this program is the one that deletes it). */
+static __always_inline bool take_syn(struct syn_key *k, struct syn_seen *out)
+{
+	struct syn_seen *v = bpf_map_lookup_elem(&syns, k);
+
+	if (!v)
+		return false;
+	*out = *v;
+	return bpf_map_delete_elem(&syns, k) == 0;
+}
+
+static __always_inline void emit_syn(void *ctx, const struct syn_key *k, const struct syn_seen *v)
+{
+	struct event *e = new_event(WHY_SYN_IN, &k->t);
+
+	if (!e)
+		return;
+	e->ts_ns = v->ts_ns;
+	e->netns = k->netns;
+	e->extra = v->ifindex;
+	e->tcpflags = v->tcpflags;
+	submit_event(ctx, e, sizeof(*e));
+}
+
+/* Send the held SYN of an attempt out before an event about it. */
+static __always_inline void flush_syn(void *ctx, __u32 netns, const struct sock_tuple *t, bool swap)
+{
+	struct syn_key k;
+	struct syn_seen v;
+
+	syn_key_of(&k, netns, t, swap);
+	if (take_syn(&k, &v))
+		emit_syn(ctx, &k, &v);
+}
+
+static __always_inline __u32 skb_netns(const struct sk_buff *skb)
+{
+	__u32 ns = dev_netns(BPF_CORE_READ(skb, dev));
+	const struct sock *sk;
+
+	if (ns)
+		return ns;
+	sk = BPF_CORE_READ(skb, sk);
+	return sk ? sock_netns(sk) : 0;
 }
 
 /* ---- a SYN arrives ------------------------------------------------------------------ */
@@ -74,13 +182,30 @@ static __always_inline int on_receive(void *ctx, const struct sk_buff *skb)
 		return 0;
 	if (!family_allowed(t.family) || !port_in(filter_ports, t.dport))
 		return 0;
-	e = new_event(WHY_SYN_IN, &t);
-	if (!e)
-		return 0;
-	e->netns = dev_netns(BPF_CORE_READ(skb, dev));
-	e->extra = BPF_CORE_READ(skb, dev, ifindex);
-	e->tcpflags = flags;
-	submit_event(ctx, e, sizeof(*e));
+	{
+		struct syn_key k;
+		struct syn_seen v = {};
+		__u32 netns = dev_netns(BPF_CORE_READ(skb, dev));
+		__u32 ifindex = BPF_CORE_READ(skb, dev, ifindex);
+
+		syn_key_of(&k, netns, &t, false);
+		if (take_syn(&k, &v)) { /* a SYN again: both go out */
+			emit_syn(ctx, &k, &v);
+		} else {
+			v.ts_ns = bpf_ktime_get_ns();
+			v.ifindex = ifindex;
+			v.tcpflags = flags;
+			if (bpf_map_update_elem(&syns, &k, &v, BPF_NOEXIST) == 0)
+				return 0;
+		}
+		e = new_event(WHY_SYN_IN, &t);
+		if (!e)
+			return 0;
+		e->netns = netns;
+		e->extra = ifindex;
+		e->tcpflags = flags;
+		submit_event(ctx, e, sizeof(*e));
+	}
 	return 0;
 }
 
@@ -111,6 +236,8 @@ static __always_inline int on_drop(void *ctx, const struct sk_buff *skb, __u32 r
 		return 0;
 	if (!family_allowed(t.family) || !(port_in(filter_ports, t.dport) || port_in(filter_ports, t.sport)))
 		return 0;
+	if (!(flags & TCP_FLAG_ACK))
+		flush_syn(ctx, skb_netns(skb), &t, false);
 	e = new_event(WHY_DROP, &t);
 	if (!e)
 		return 0;
@@ -154,6 +281,7 @@ static __always_inline int on_synack_retrans(void *ctx, const struct sock *sk, c
 	read_req_tuple(req, &t);
 	if (!family_allowed(t.family) || !port_in(filter_ports, t.sport))
 		return 0;
+	flush_syn(ctx, sock_netns(sk), &t, true);
 	e = new_event(WHY_SYNACK_RETRANS, &t);
 	if (!e)
 		return 0;
@@ -299,6 +427,8 @@ static __always_inline int on_icmp(void *ctx, const struct sk_buff *skb, int typ
 		return 0;
 	if (!family_allowed(t.family) || !port_in(filter_ports, t.dport))
 		return 0;
+	if (!(flags & TCP_FLAG_ACK))
+		flush_syn(ctx, skb_netns(skb), &t, false);
 	e = new_event(WHY_ICMP_SEND, &t);
 	if (!e)
 		return 0;
@@ -318,13 +448,18 @@ int BPF_PROG(icmp__tp_btf, const struct sk_buff *skb, int type, int code)
 /* ---- handshake states ---------------------------------------------------------------- */
 
 /* A connect() starting (CLOSE -> SYN_SENT, in the caller's context: its pid and
- * comm), its outcome (SYN_SENT -> ESTABLISHED or CLOSE, with sk_err and how many
- * times the SYN was retransmitted), and a server's handshake completing
- * (SYN_RECV -> ESTABLISHED, the child socket). */
+ * comm; kept in `connecting`), its outcome (SYN_SENT -> ESTABLISHED or CLOSE, with
+ * sk_err, how many times the SYN was retransmitted and the start), and a server's
+ * handshake completing (SYN_RECV -> ESTABLISHED, the child socket). */
 static __always_inline int on_state(void *ctx, const struct sock *sk, int oldstate, int newstate)
 {
 	struct sock_tuple t = {};
+	struct connecting *c = NULL;
+	struct syn_key held;
+	struct syn_seen syn = {};
+	bool carried = false;
 	struct event *e;
+	__u64 key = (__u64)sk;
 	__u16 server_port;
 
 	if (!sock_is_tcp(sk))
@@ -339,20 +474,49 @@ static __always_inline int on_state(void *ctx, const struct sock *sk, int oldsta
 	server_port = oldstate == TCP_SYN_RECV ? t.sport : t.dport;
 	if (!family_allowed(t.family) || !port_in(filter_ports, server_port))
 		return 0;
-	e = new_event(WHY_STATE, &t);
-	if (!e)
-		return 0;
-	e->sk = (__u64)sk;
-	e->netns = sock_netns(sk);
-	e->state = newstate;
-	e->oldstate = oldstate;
-	e->value = BPF_CORE_READ(sk, sk_err);
-	e->extra = BPF_CORE_READ((const struct inet_connection_sock *)sk, icsk_retransmits);
 	if (newstate == TCP_SYN_SENT) {
-		e->pid = current_pid();
-		bpf_get_current_comm(e->comm, sizeof(e->comm));
+		struct connecting start = {};
+
+		start.start_ns = bpf_ktime_get_ns();
+		start.pid = current_pid();
+		start.netns = sock_netns(sk);
+		start.t = t;
+		bpf_get_current_comm(start.comm, sizeof(start.comm));
+		if (bpf_map_update_elem(&connecting, &key, &start, BPF_ANY) == 0)
+			return 0;
+	} else if (oldstate == TCP_SYN_SENT) {
+		c = bpf_map_lookup_elem(&connecting, &key);
+	} else {
+		syn_key_of(&held, sock_netns(sk), &t, true);
+		carried = take_syn(&held, &syn);
 	}
-	submit_event(ctx, e, sizeof(*e));
+	e = new_event(WHY_STATE, &t);
+	if (e) {
+		e->sk = key;
+		e->netns = sock_netns(sk);
+		e->state = newstate;
+		e->oldstate = oldstate;
+		e->value = BPF_CORE_READ(sk, sk_err);
+		e->extra = BPF_CORE_READ((const struct inet_connection_sock *)sk, icsk_retransmits);
+		if (newstate == TCP_SYN_SENT) {
+			e->pid = current_pid();
+			bpf_get_current_comm(e->comm, sizeof(e->comm));
+		} else if (c) {
+			e->start_ns = c->start_ns;
+			e->pid = c->pid;
+			__builtin_memcpy(e->comm, c->comm, sizeof(e->comm));
+			if (c->reported && c->err)
+				e->value = c->err;
+			e->tcpflags = c->reported;
+		} else if (carried) {
+			e->start_ns = syn.ts_ns;
+			e->syn_netns = held.netns;
+			e->syn_ifindex = syn.ifindex;
+		}
+		submit_event(ctx, e, sizeof(*e));
+	}
+	if (c)
+		bpf_map_delete_elem(&connecting, &key);
 	return 0;
 }
 
@@ -373,6 +537,16 @@ static __always_inline int on_error(void *ctx, const struct sock *sk)
 	state = BPF_CORE_READ(sk, __sk_common.skc_state);
 	if (state != TCP_SYN_SENT && state != TCP_CLOSE)
 		return 0;
+	if (state == TCP_SYN_SENT) { /* a connect() under way: its outcome's event says so */
+		__u64 key = (__u64)sk;
+		struct connecting *c = bpf_map_lookup_elem(&connecting, &key);
+
+		if (c) {
+			c->err = BPF_CORE_READ(sk, sk_err);
+			c->reported = 1;
+			return 0;
+		}
+	}
 	read_sock_tuple(sk, &t);
 	if (!family_allowed(t.family) || !port_in(filter_ports, t.dport))
 		return 0;

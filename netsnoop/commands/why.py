@@ -24,13 +24,20 @@ from netsnoop import options as o
 from netsnoop import verdicts as V
 from netsnoop.fmt import Clock, addr, comm
 from netsnoop.output import OutputOptions, make_sink
-from netsnoop.runner import POLL_MS, StopFlag, LoadSpec, ready, silence_stdout, warn, warn_missed_runs
+from netsnoop.runner import (POLL_MS, StopFlag, LoadSpec, _coalesce_seconds, ready, silence_stdout, warn,
+                             warn_missed_runs)
+from netsnoop.transport import BATCH_EVENTS
 
 # Route lookups, ICMP sends and SYN-ACK retransmits sharpen verdicts; a kernel without
 # one of these tracepoints still gets the others.
 TRACER = LoadSpec("why", optional=frozenset({"fib", "fib6", "icmp", "synack", "error"}))
 REFRESH_S = 0.5  # how often the state around the flows is read again
 GRACE_S = 1.0  # how long an attempt may stay unexplained before it gets a verdict
+HELD_SYN_NS = 250_000_000  # a SYN the kernel holds back longer is taken from it (see why.bpf.c)
+MAX_FLOWS = 8192  # attempts held at once awaiting a verdict (see V.Recorder)
+# Two CPUs may set two children ESTABLISHED in another order than they entered the
+# accept queue: these many more than the queue holds wait for the next look.
+REORDER_MARGIN = 16
 RELEVANT_COUNTERS = ("TcpExtListenOverflows", "TcpExtListenDrops", "IpOutNoRoutes", "Ip6OutNoRoutes",
                      "TcpExtSyncookiesSent", "TcpExtTCPReqQFullDrop", "TcpExtTCPReqQFullDoCookies",
                      "TcpExtIPReversePathFilter", "TcpAttemptFails", "TcpExtTCPSynRetrans")
@@ -84,7 +91,41 @@ def record(e: Any) -> V.Record:
     fam, src = unmap(e.family, e.saddr)
     _, dst = unmap(e.family, e.daddr)
     return V.Record(e.kind, e.ts_ns, e.netns, fam, src, e.sport, dst, e.dport, e.value, e.extra, e.state,
-                    e.oldstate, e.tcpflags, e.sk, e.pid, comm(e.comm) if e.pid else "")
+                    e.oldstate, e.tcpflags, e.sk, e.pid, comm(e.comm) if e.pid else "", e.start_ns, e.syn_netns,
+                    e.syn_ifindex)
+
+
+def held_syns(obj: Any, before_ns: int | None = None) -> list[V.Record]:
+    """The SYNs the kernel holds back (why.bpf.c: syns) that arrived before
+    ``before_ns`` (all: None), as their records, oldest first; each taken (read and
+    deleted in one step: the kernel may take it at the same moment) at once."""
+    m = obj.map("syns")
+    key_of, seen_of = obj.decoder("syn_key"), obj.decoder("syn_seen")
+    out = []
+    for key, raw in m.take_all(lambda raw: before_ns is None or seen_of.decode(raw).ts_ns < before_ns):
+        k, v = key_of.decode(key), seen_of.decode(raw)
+        fam, src = unmap(k.family, k.saddr)
+        _, dst = unmap(k.family, k.daddr)
+        out.append(V.Record(V.SYN_IN, v.ts_ns, k.netns, fam, src, k.sport, dst, k.dport, 0, v.ifindex,
+                            tcpflags=v.tcpflags))
+    return sorted(out, key=lambda r: r.ts_ns)
+
+
+def still_connecting(obj: Any) -> list[V.Record]:
+    """The connect()s the kernel still holds as under way (why.bpf.c: connecting), as
+    the records of their start; each taken (read and deleted) at once."""
+    decoder = obj.decoder("connecting")
+    out = []
+    for key, raw in obj.map("connecting").take_all():
+        c = decoder.decode(raw)
+        fam, src = unmap(c.family, c.saddr)
+        _, dst = unmap(c.family, c.daddr)
+        out.append(V.Record(V.STATE, c.start_ns, c.netns, fam, src, c.sport, dst, c.dport, 0, 0, V.SYN_SENT,
+                            V.CLOSE, 0, int.from_bytes(key, sys.byteorder), c.pid, comm(c.comm)))
+        if c.reported:
+            out.append(V.Record(V.SK_ERROR, c.start_ns, c.netns, fam, src, c.sport, dst, c.dport, c.err,
+                                state=V.SYN_SENT, sk=int.from_bytes(key, sys.byteorder)))
+    return out
 
 
 def _run_in(ns: N.Netns, args: list[str]) -> str | None:
@@ -101,9 +142,12 @@ def _run_in(ns: N.Netns, args: list[str]) -> str | None:
 class Watch:
     """The state of one run: flows recorded so far and the facts around them."""
 
-    def __init__(self, ports: list[int], target: str | None) -> None:
+    def __init__(self, ports: list[int], target: str | None, max_flows: int = MAX_FLOWS) -> None:
         self.ports, self.target = set(ports), target
-        self.recorder = V.Recorder()
+        self.recorder = V.Recorder(max_flows)
+        self.fold_step = max(1, max_flows // 16)
+        self.next_fold_at = self.fold_step
+        self.events = 0  # read from the kernel
         self.facts = V.Facts(grace_s=GRACE_S)
         self.namespaces: dict[int, N.Netns] = {}
         self._ns_read_at = 0.0
@@ -113,6 +157,7 @@ class Watch:
         self.nft_read: set[int] = set()
         self.no_ifname: set[tuple[int, int]] = set()
         self.recorder.on_reuse = self._forget_accept
+        self.recorder.on_forget = self._forget_accept
         self.refresh_namespaces()
         for ns in self.namespaces.values():
             try:
@@ -288,6 +333,63 @@ class Watch:
             words = out.split()
             self.facts.routes[(ns_inode, client)] = " ".join(words[:-1] if words[-1:] == ["cache"] else words)
 
+    # -- succeeded attempts, folded away ------------------------------------------------
+    def fold_done(self, folded: dict[V.GroupKey, V.Group]) -> None:
+        """Count and let go, without judging each in full, the attempts whose handshake
+        completed on this host's server and which it accept()ed: nothing later can
+        change their verdict (a client on this host turned ESTABLISHED before its ACK
+        left, so its record is already in). The first of each group is judged in full
+        and speaks for the rest. Attempts the command does not report are let go too."""
+        rec, f = self.recorder, self.facts
+        waiting: dict[tuple[int, int], list[V.Flow]] = {}
+        for fl in rec.all_flows():
+            if not self.keep(fl):
+                rec.forget(fl)
+            elif fl.server_established_ns and fl.key not in f.unaccepted:
+                waiting.setdefault((fl.server_netns, fl.key[1]), []).append(fl)
+        for where, flows in waiting.items():
+            for fl in self._accepted(where, flows):
+                gk = ("OK", fl.netns, fl.key[0], fl.key[1])
+                g = folded.get(gk)
+                if g is None or g.sample is None:
+                    v = V.decide(fl, f)
+                    if v is None or v.name != "OK":
+                        continue
+                    folded.setdefault(V.group_key(v), V.Group()).fold(v)
+                else:
+                    c = fl.client
+                    lat = c.latency_ms if c is not None else None
+                    if lat is None and fl.first_syn_ns:
+                        lat = (fl.server_established_ns - fl.first_syn_ns) / 1e6
+                    g.fold_counts(fl.syns, fl.key[2], lat)
+                rec.forget(fl)
+        self.next_fold_at = rec.created + self.fold_step
+
+    def _accepted(self, where: tuple[int, int], flows: list[V.Flow]) -> list[V.Flow]:
+        """Of these server-side children (one namespace and port), those known to be
+        accept()ed: seen so by sock_diag, or by the accept queue. The queue is FIFO: of
+        the children completed before a moment, all but the last Q (its length then)
+        were accept()ed. Children whose records are not read yet can only be among
+        those last Q (on a per-CPU buffer too), so of the ones read, all but their own
+        last Q were."""
+        known = [fl for fl in flows if fl.key in self.facts.accepted]
+        rest = [fl for fl in flows if fl.key not in self.facts.accepted]
+        if len(rest) <= REORDER_MARGIN:
+            return known
+        inode, port = where
+        ns = self.ns(inode)
+        if ns is None:
+            return known
+        at = time.monotonic_ns()
+        try:
+            queue = [lst.queue for lst in N.listeners(ns) if lst.port == port]
+        except OSError:
+            return known
+        if not queue:  # the listener is gone: sock_diag tells (see _check_accepts)
+            return known
+        before = sorted((fl for fl in rest if fl.server_established_ns < at), key=lambda fl: fl.server_established_ns)
+        return known + before[:max(0, len(before) - sum(queue) - REORDER_MARGIN)]
+
     def keep(self, fl: V.Flow) -> bool:
         return (self.target is None or fl.server[0] == self.target) and (not self.ports or fl.server[1] in self.ports)
 
@@ -348,10 +450,12 @@ VERDICT_HELP = "\n".join(f"  {name:<28} {text}" for name, text in V.VERDICTS.ite
 @o.ports_option("-P", "--port", "ports", help="the server port(s) to watch (e.g. 80,443); default: every port")
 @o.duration_option
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per verdict, with every figure behind it")
+@click.option("--max-flows", type=click.IntRange(16, 1 << 22), default=MAX_FLOWS, show_default=True,
+              help="attempts held at once awaiting a verdict; past it the oldest are let go, counted in the summary")
 @click.option("--dns", "dns_names", is_flag=True,
               help="name the server: the host name last resolved to its address (answers seen)")
 def command(target: tuple[str | None, int | None] | None, ports: list[int] | None, duration: float | None,
-            as_json: bool, dns_names: bool) -> None:
+            as_json: bool, max_flows: int, dns_names: bool) -> None:
     """Say why TCP connections fail: watch attempts to a local port (server side) or
     from this host to ADDR[:PORT] (client side), in every network namespace, and give
     one verdict per failing flow with the evidence and the next step.
@@ -370,7 +474,7 @@ def command(target: tuple[str | None, int | None] | None, ports: list[int] | Non
         raise click.UsageError(f"at most {o.MAX_PORTS} ports can be watched")
     with TRACER.open({"filter_ports": watch_ports}) as obj, \
             (dns.Watcher() if dns_names else contextlib.nullcontext()) as names:
-        w = Watch(watch_ports, addr_filter)
+        w = Watch(watch_ports, addr_filter, max_flows)
         if names is not None:
             w.facts.name_of = lambda address, netns: names.name_of(0, address, netns)
         decoder = obj.decoder("event")
@@ -393,6 +497,9 @@ def command(target: tuple[str | None, int | None] | None, ports: list[int] | Non
         except BrokenPipeError:
             silence_stdout()
         warn_missed_runs(obj)
+        if w.recorder.evicted:
+            warn(f"{w.recorder.evicted} attempts were let go unjudged to hold at most {w.recorder.max_flows} "
+                 "at once (raise --max-flows)")
     if failed:
         raise SystemExit(1)
 
@@ -406,7 +513,10 @@ def _follow(w: Watch, obj: Any, ring: Any, decoder: Any, clock: Clock, duration:
     folded: dict[V.GroupKey, V.Group] = {}
 
     def update(ended: bool = False) -> list[V.Group]:
+        for r in held_syns(obj, time.monotonic_ns() - HELD_SYN_NS):
+            rec.add(r)
         w.refresh(ended)
+        w.fold_done(folded)
         kept = []
         for v in V.decide_all(w.recorder, w.facts, w.keep):
             # a connection that succeeded (and was accepted) is done with: counted, let go
@@ -428,10 +538,19 @@ def _follow(w: Watch, obj: Any, ring: Any, decoder: Any, clock: Clock, duration:
             emit(out)
         return groups
 
+    rec = w.recorder
+    add = rec.add
+    coalesce = _coalesce_seconds(ring)
     with StopFlag(duration) as stop:
         while not stop:
-            for e in ring.poll_events(stop.remaining_ms(POLL_MS), decoder):
-                w.recorder.add(record(e))
+            events = ring.poll_events(stop.remaining_ms(POLL_MS), decoder)
+            w.events += len(events)
+            for e in events:
+                add(record(e))
+                if rec.created >= w.next_fold_at:  # a storm: let the succeeded go between refreshes
+                    w.fold_done(folded)
+            if events and len(events) < BATCH_EVENTS and coalesce:  # caught up: let the next ones gather
+                time.sleep(coalesce)
             if time.monotonic() >= next_refresh:
                 update()
                 next_refresh = time.monotonic() + REFRESH_S
@@ -439,8 +558,13 @@ def _follow(w: Watch, obj: Any, ring: Any, decoder: Any, clock: Clock, duration:
             events = ring.read_events(decoder)
             if not events:
                 break
+            w.events += len(events)
             for e in events:
-                w.recorder.add(record(e))
+                add(record(e))
+                if rec.created >= w.next_fold_at:
+                    w.fold_done(folded)
+        for r in held_syns(obj) + still_connecting(obj):
+            add(r)
     w.recorder.finish()
     return update(ended=True)
 
@@ -450,7 +574,9 @@ def _report(w: Watch, groups: list[V.Group], failed: list[V.Group], as_json: boo
     attempts = sum(g.attempts for g in groups)
     health = obj.health()
     summary = make_sink(OutputOptions(json=as_json), [])
-    facts = {"attempts": attempts, "failed": sum(g.attempts for g in failed), **health, **more}
+    rec = w.recorder
+    facts = {"attempts": attempts, "failed": sum(g.attempts for g in failed), "attempts_held_peak": rec.peak,
+             "attempts_evicted": rec.evicted, "kernel_events": w.events, **health, **more}
     if as_json:
         emit([V.json.dumps(g.record(w.facts)) for g in groups])
         summary.summary(facts)
