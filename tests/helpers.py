@@ -231,12 +231,16 @@ class NetnsPair:
         self.addr6_a, self.addr6_b = f"fd77:{n:x}::1", f"fd77:{n:x}::2"
 
     def __enter__(self) -> "NetnsPair":
-        sh(f"ip netns add {self.a} && ip netns add {self.b}")
-        sh(f"ip link add {self.dev_a} netns {self.a} type veth peer name {self.dev_b} netns {self.b}")
-        for ns, dev, a4, a6 in ((self.a, self.dev_a, self.addr_a, self.addr6_a),
-                                (self.b, self.dev_b, self.addr_b, self.addr6_b)):
-            sh(f"ip -n {ns} link set lo up && ip -n {ns} link set {dev} up")
-            sh(f"ip -n {ns} addr add {a4}/24 dev {dev} && ip -n {ns} addr add {a6}/64 dev {dev} nodad")
+        try:
+            sh(f"ip netns add {self.a} && ip netns add {self.b}")
+            sh(f"ip link add {self.dev_a} netns {self.a} type veth peer name {self.dev_b} netns {self.b}")
+            for ns, dev, a4, a6 in ((self.a, self.dev_a, self.addr_a, self.addr6_a),
+                                    (self.b, self.dev_b, self.addr_b, self.addr6_b)):
+                sh(f"ip -n {ns} link set lo up && ip -n {ns} link set {dev} up")
+                sh(f"ip -n {ns} addr add {a4}/24 dev {dev} && ip -n {ns} addr add {a6}/64 dev {dev} nodad")
+        except BaseException:
+            self.__exit__()  # a half-made pair would outlive the test: later tests see every namespace
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -12,9 +12,10 @@ import pytest
 
 from driver import DidNotStart, Netsnoop, parse_summary_text
 
-# Says it is tracing, writes a header and NETSNOOP_TEST_ROWS rows (from its
-# environment), then waits; SIGINT: the JSON summary on stdout, the text one on
-# stderr, exit 0.
+# Writes a header and NETSNOOP_TEST_ROWS rows (from its environment), then says it
+# is tracing and waits; SIGINT: the JSON summary on stdout, the text one on stderr,
+# exit 0. The rows come before the ready line so that a test which stops it once it
+# is ready knows every row was written: a SIGINT between two rows would end it there.
 STAND_IN = r"""
 import json, os, signal, sys, time
 def stop(*_):
@@ -24,10 +25,10 @@ def stop(*_):
     sys.exit(0)
 signal.signal(signal.SIGINT, stop)
 rows = int(os.environ["NETSNOOP_TEST_ROWS"])
-print("Tracing ... Hit Ctrl-C to end.", file=sys.stderr, flush=True)
 print("HEADER", flush=True)
 for n in range(rows):
     print(json.dumps({"n": n}), flush=True)
+print("Tracing ... Hit Ctrl-C to end.", file=sys.stderr, flush=True)
 while True:
     time.sleep(1)
 """

@@ -55,13 +55,15 @@ def test_every_interval_stops_after_count(capsys: pytest.CaptureFixture[str]) ->
 
 @pytest.mark.integration
 def test_the_six_tools_end_with_one_summary_shape() -> None:
+    # each must still run when Trace reads its attached programs, just after its ready
+    # line: on a busy machine that read can come a few hundred ms late
     runs = {
-        "top": ["top", "--json", "0.2", "1"],
-        "subnet": ["subnet", "--json", "-i", "0.2", "-d", "0.3"],
-        "netqtop": ["netqtop", "-n", "lo", "--json", "-i", "0.2", "-d", "0.3"],
-        "rtt": ["rtt", "--json", "-d", "0.3"],
-        "synbl": ["synbl", "--json", "-d", "0.3"],
-        "softirqs": ["softirqs", "--json", "-d", "0.3"],
+        "top": ["top", "--json", "0.6", "2"],
+        "subnet": ["subnet", "--json", "-i", "0.6", "-d", "1.5"],
+        "netqtop": ["netqtop", "-n", "lo", "--json", "-i", "0.6", "-d", "1.5"],
+        "rtt": ["rtt", "--json", "-d", "1.5"],
+        "synbl": ["synbl", "--json", "-d", "1.5"],
+        "softirqs": ["softirqs", "--json", "-d", "1.5"],
     }
     with contextlib.ExitStack() as stack:
         traces = {tool: stack.enter_context(Trace(args)) for tool, args in runs.items()}

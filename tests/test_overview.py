@@ -165,7 +165,21 @@ def test_a_healthy_scene_has_no_finding_in_its_namespaces() -> None:
     with NetnsPair() as pair:
         report, before, after, _server, client_pid = run_scene(pair, "healthy")
         ours = {pair.a, pair.b}
-        assert [f for f in report["findings"] if f.get("netns") in ours] == []
+        mine = [f for f in report["findings"] if f.get("netns") in ours]
+        resent = {ns: after[ns]["TcpRetransSegs"] - before[ns]["TcpRetransSegs"] for ns in ours}
+        if not any(resent.values()):
+            assert mine == []
+        else:
+            # a starved machine can hold an ACK past the sender's timer: the kernel sent data
+            # again (nstat says so), and the copy the receiver already had is dropped as old.
+            # The scene was not healthy; each finding must be that, and no more than it.
+            peer = {pair.a: pair.b, pair.b: pair.a}
+            for f in mine:
+                if f["kind"] == "retransmits":
+                    assert f["retransmitted_segments"] == resent[f["netns"]], (f, resent)
+                else:
+                    assert (f["kind"], f["reason"]) == ("drops", "TCP_OLD_DATA"), (f, resent)
+                    assert 0 < f["count"] <= resent[peer[f["netns"]]], (f, resent)
         # positive control: the healthy connect was seen, established, with its owner
         seen = [c for c in report["connects"] if c["netns"] == pair.a]
         assert [(c["remote"], c["attempts"], c["failures"], c["pid"]) for c in seen] == [

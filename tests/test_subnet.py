@@ -55,7 +55,9 @@ def test_bytes_by_subnet_and_first_match_wins() -> None:
         with (
             Trace(["subnet", "--json", "-i", "0.2", f"{server_ip}/32,{NET}.0/24,0.0.0.0/0"]) as narrow_first,
             Trace(["subnet", "--json", "-i", "0.2", f"{NET}.0/24,{server_ip}/32"]) as wide_first,
-            Trace(["subnet", "-f", "K", "-i", "5", f"{server_ip}/32,{client_ip}/32"]) as text,
+            # one interval, ended by Ctrl-C: the traces start one after another, and the
+            # rows below are one interval's (a busy machine's start-ups may take seconds)
+            Trace(["subnet", "-f", "K", "-i", "60", f"{server_ip}/32,{client_ip}/32"]) as text,
             Trace(
                 ["subnet", "--json", "-i", "0.2", f"{server_ip}/32,{NET}.0/24"], env={"NETSNOOP_HOOKS": "tracepoint"}
             ) as classic,
@@ -130,7 +132,7 @@ def test_ipv6_subnets_in_a_private_namespace() -> None:
         with in_netns(net.b):
             server = Sink(net.addr6_b)
         subnets = f"{net.addr6_b}/128,{net.addr6_a}/128,::/0"
-        with Trace(["subnet", "--json", "-f", "b", "-i", "5", subnets]) as t:
+        with Trace(["subnet", "--json", "-f", "b", "-i", "60", subnets]) as t:  # one interval, ended by Ctrl-C
             with in_netns(net.a):
                 send(server, net.addr6_a, net.addr6_b, 100_000, 50_000)
         server.close()

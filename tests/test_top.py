@@ -273,7 +273,11 @@ class TwoConnections:
     """Two loopback connections with known byte counts, four rows in all:
     A, both ends in this process: the client sends 50,000 B and reads 200,000;
     B: a child process sends 300,000 B and reads 1 of the server's 1,000.
-    ``expected`` maps each row's name to (pid, local port or None, rx, tx)."""
+    ``expected`` maps each row's name to (pid, local port or None, rx, tx).
+
+    The child starts with the servers and waits for a line on stdin: ``run()`` makes
+    only traffic, quickly, where a Python started there would take the interval it
+    must fit in (seconds on a loaded machine)."""
 
     def __init__(self) -> None:
         self.a = PayloadServer(size=200_000, request_bytes=50_000)
@@ -284,9 +288,13 @@ class TwoConnections:
         self.a.__enter__()
         self.b.__enter__()
         self.ports = f"{self.a.port},{self.b.port}"
+        self.child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.readline(); " + CLIENT,
+                                       str(self.b.port)], stdin=subprocess.PIPE, text=True)
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.child.kill()
+        self.child.wait()
         self.b.__exit__()
         self.a.__exit__()
 
@@ -294,7 +302,10 @@ class TwoConnections:
         me = os.getpid()
         a_lport, got = fetch("127.0.0.1", self.a.port, send=50_000)
         assert got == 200_000
-        child = subprocess.Popen([sys.executable, "-c", CLIENT, str(self.b.port)])
+        child = self.child
+        assert child.stdin is not None
+        child.stdin.write("go\n")
+        child.stdin.flush()
         assert child.wait(timeout=30) == 0
         self.expected = {"A_srv": (me, self.a.port, 50_000, 200_000), "A_cli": (me, a_lport, 200_000, 50_000),
                          "B_srv": (me, self.b.port, 300_000, 1000), "B_cli": (child.pid, None, 1, 300_000)}
@@ -330,7 +341,7 @@ def test_sort_keys_and_row_limit() -> None:
     short names); -r keeps the first ROWS in that order: the rows it leaves out
     are there in the same run without it. Bytes from what the test sent."""
     with TwoConnections() as conns:
-        top = ["top", "10", "-P", conns.ports]
+        top = ["top", "60", "-P", conns.ports]  # one interval: the six start one after another, Ctrl-C ends it
         with (
             Trace([*top, "--json"]) as by_all,
             Trace([*top, "--json", "-s", "sent"]) as by_sent,

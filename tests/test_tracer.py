@@ -220,6 +220,42 @@ def test_uid_filter_and_column() -> None:
     ])
 
 
+def aborted_children_then_connects(rounds: int = 4, children: int = 100) -> None:
+    """Connections a listener never accepts, aborted when it closes (their sockets are
+    freed, their memory soon reused), then as many connects of this process: a connect
+    whose socket takes a freed child's place is still this process's, whoever it is."""
+    for _ in range(rounds):
+        with socket.create_server(("127.0.0.1", 0), backlog=children) as lst:
+            clients = [socket.create_connection(lst.getsockname()) for _ in range(children)]
+        for c in clients:
+            c.close()
+        with socket.create_server(("127.0.0.1", 0), backlog=children) as srv:
+            for _ in range(children):
+                with socket.socket() as c:
+                    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    c.connect(srv.getsockname())
+                    srv.accept()[0].close()
+
+
+@integration
+def test_filters_hold_for_sockets_reusing_a_never_accepted_childs_place() -> None:
+    """A child that no accept() took once left its (ownerless) entry behind, and the
+    next connect at that address completed as a row with no process: hundreds of
+    uid 0, pid 0 rows through -u. The other user's connect is the positive control."""
+    lo, nobody = "127.0.0.1", 65534
+    with listening() as lsock, Trace(["tracer", "--json", "-u", str(nobody)]) as only:
+        port = lsock.getsockname()[1]
+        aborted_children_then_connects()
+        theirs, their_port = client(lo, port, uid=nobody)
+        conn, _ = lsock.accept()
+        close_client(theirs)
+        drain_and_close(conn)
+    assert rows_for(only.records, port) == [
+        ("connect", theirs.pid, lo, their_port, lo, port), ("close", theirs.pid, lo, their_port, lo, port)]
+    # the filter's claim, over every row (other users' rows, had any, would show here)
+    assert {(r["uid"], r["pid"] > 0) for r in only.records} == {(nobody, True)}, only.records[:3]
+
+
 @integration
 def test_netns_filter_and_column() -> None:
     server = ("import socket, sys; s = socket.create_server(('', 7070)); print(flush=True); "

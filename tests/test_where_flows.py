@@ -116,5 +116,6 @@ def test_synbl_overflows_and_histograms_in_their_namespace() -> None:
         (net.b, 1, 2)]
     rows = [r for r in only_b.records if "listener" in r]
     assert [(r["netns"], r["overflows"]) for r in rows] == [(net.b, counted[net.b])], only_b.records
-    assert {r["netns"] for r in both.records if "listener" in r} == {net.a, net.b}
+    # the control: both namespaces' listeners (other namespaces' overflows, the host's too, may come with them)
+    assert {net.a, net.b} <= {r["netns"] for r in both.records if "listener" in r}
     assert only_b.summary["only"] == {"netns": [net.b]}

@@ -127,6 +127,8 @@ static __always_inline int remember_connect(const struct sock *sk, __u64 now)
 
 	if (connect_begins(sk, &o, &t, now))
 		conn_remember(sk, &o);
+	else /* an entry left at this address by a freed socket is not this connect's owner */
+		conn_forget(sk);
 	return 0;
 }
 

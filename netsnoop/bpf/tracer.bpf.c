@@ -35,6 +35,8 @@ static __always_inline int connect_started(const struct sock *sk, __u64 now)
 	if (connect_begins(sk, &o, &t, now)) {
 		o.closed_ns = OWNED;
 		conn_remember(sk, &o);
+	} else { /* a freed socket's entry at this address (a child never accepted) is not its owner */
+		conn_forget(sk);
 	}
 	return 0;
 }
