@@ -130,7 +130,9 @@ def nft_packets(net: NetnsPair, ns: str, comment: str) -> int:
 def exporter(*args: str) -> Iterator[tuple[Trace, str]]:
     port = free_port()
     target = f"127.0.0.1:{port}"
-    with Trace(["export", "--listen", target, *args]) as t:
+    # every namespace its own label unless a test asks otherwise (a later --max-netns wins):
+    # past the default 64 a busy host's other namespaces could push the test's into "other"
+    with Trace(["export", "--listen", target, "--max-netns", "4096", *args]) as t:
         yield t, target
 
 
