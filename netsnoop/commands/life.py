@@ -133,4 +133,4 @@ def command(out: OutputOptions, pids: list[int] | None, lports: Any, rports: Any
         extra = None
         if names is not None:
             extra = {"NAME": lambda e: names.name_of(e.family, e.daddr, e.netns or None) or blank}
-        stream(obj, cols, row_of(cols, extra, FIELDS, _SCOPE), out, duration, facts=facts)
+        stream(obj, cols, row_of(cols, extra, FIELDS, _SCOPE, obj.decoder().names), out, duration, facts=facts)

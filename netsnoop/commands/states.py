@@ -135,21 +135,22 @@ def command(out: OutputOptions, lports: Any, rports: Any, ports: Any, pids: list
 
     with contextlib.ExitStack() as stack:
         log = stack.enter_context(Journal()) if journal else None  # before loading: no journal, no trace
+        obj = stack.enter_context(TRACER.open(rodata))
+        names = obj.decoder().names
         row: Callable[[Any], tuple[Any, ...]]
         if log is None:
             if not (out.json or out.csv):  # text: the rows hold only what it shows, SKADDR as a number
                 cols = [c if c.header != "SKADDR" else Column("SKADDR", 16, spec="x") for c in cols if c.text]
-            row = row_of(cols, fields={**FIELDS, "SKADDR": "e.skaddr"} if cols[0].spec else FIELDS, scope=_SCOPE)
+            row = row_of(cols, fields={**FIELDS, "SKADDR": "e.skaddr"} if cols[0].spec else FIELDS, scope=_SCOPE,
+                         names=names)
         else:
-            full = row_of(columns(False, False), fields=FIELDS, scope=_SCOPE)  # what journal_fields() reads
+            full = row_of(columns(False, False), fields=FIELDS, scope=_SCOPE, names=names)  # journal_fields() reads it
             journal_log = log
 
             def row(e: Any) -> tuple[Any, ...]:
                 r = full(e)
                 journal_log.send(journal_fields(e, r, where.values(e.netns, e.cgroup)))
                 return r + named(e.netns, e.cgroup) if named else r
-
-        obj = stack.enter_context(TRACER.open(rodata))
 
         def facts() -> dict[str, int]:
             more = {"journal_entries": log.sent, "journal_lost": log.lost} if log is not None else {}
