@@ -16,6 +16,7 @@ key into :data:`FIELDS`, so a new column is one line in one place.
 from __future__ import annotations
 
 import errno
+import re
 from typing import Any, Callable, Sequence
 
 from netsnoop import where
@@ -75,30 +76,40 @@ FIELDS: dict[str, str] = {
     "RESULT": "outcome(e.state, e.err)",
     "LAT(ms)": "e.lat_ns / 1e6",
 }
-_SCOPE = {"KINDS": KINDS, "comm": comm, "ip_version": ip_version, "addr": addr, "outcome": outcome,
-          "values": where.values}
+_SCOPE = {"KINDS": KINDS, "comm": comm, "ip_version": ip_version, "addr": addr, "outcome": outcome}
 
 
-def row_of(columns: Sequence[Column],
-           extra: dict[str, Callable[[Any], Any]] | None = None) -> Callable[[Any], tuple[Any, ...]]:
+def row_of(
+    columns: Sequence[Column], extra: dict[str, Callable[[Any], Any]] | None = None,
+    fields: dict[str, str] | None = None, scope: dict[str, Any] | None = None, names: Sequence[str] = (),
+) -> Callable[[Any], tuple[Any, ...]]:
     """The ``row`` function for :func:`runner.stream`: values in column order; the
-    where columns (NETNS...), when there, are the last and come in one piece.
+    where columns (NETNS...), when there, are the last, as many as are shown.
     ``extra`` adds columns that need more than the event (NAME: a DNS watcher).
-    The function is compiled from :data:`FIELDS`' expressions (our own text, nothing
-    from outside), one tuple display for the whole row."""
+    The function is compiled from the expressions of ``fields`` (default
+    :data:`FIELDS`; our own text, nothing from outside), whose names come from
+    ``scope`` (default the names FIELDS uses), one tuple display for the whole row.
+    ``names``, the event's fields in order (its decoder's ``names``), turns ``e.NAME``
+    into ``e[i]``: an index into the decoded tuple costs a third of a field lookup."""
     named = [c for c in columns if c.header in where.HEADERS]
     shown = [c.header for c in columns if c.header not in where.HEADERS]
     assert [c.header for c in named] == list(where.HEADERS[: len(named)]) and list(columns[len(shown):]) == named
-    scope = dict(_SCOPE)
+    scope = {**(_SCOPE if scope is None else scope), "values": where.values}
+    fields = FIELDS if fields is None else fields
     parts = []
     for n, header in enumerate(shown):
         if extra and header in extra:
             scope[f"extra_{n}"] = extra[header]
             parts.append(f"extra_{n}(e)")
         else:
-            parts.append(FIELDS[header])
-    body = "(" + "".join(f"{p}, " for p in parts) + ")" + (" + values(e.netns, e.cgroup)" if named else "")
-    row: Callable[[Any], tuple[Any, ...]] = eval(f"lambda e: {body}", scope)  # noqa: S307 - FIELDS' own text
+            parts.append(fields[header])
+    body = "(" + "".join(f"{p}, " for p in parts) + ")"
+    if named:  # where.values() gives all of where.HEADERS; text shows the first ones
+        body += " + values(e.netns, e.cgroup)" + ("" if len(named) == len(where.HEADERS) else f"[:{len(named)}]")
+    if names:
+        at = {name: i for i, name in enumerate(names)}
+        body = re.sub(r"\be\.([A-Za-z_]\w*)", lambda m: f"e[{at[m.group(1)]}]" if m.group(1) in at else m.group(), body)
+    row: Callable[[Any], tuple[Any, ...]] = eval(f"lambda e: {body}", scope)  # noqa: S307 - our own text
     return row
 
 

@@ -59,6 +59,32 @@ def addr(family: int, raw: bytes) -> str:
     return _ntop(AF_INET, raw[:4])
 
 
+class _Addresses(dict[bytes, str]):
+    """One family's addresses, raw -> text, bounded: looked up through ``__getitem__``
+    (a bound C method) it costs a row one dict lookup, where :func:`addr`'s cache
+    builds and hashes a key tuple on every call."""
+
+    LIMIT = 4096
+
+    def __init__(self, family: int) -> None:
+        super().__init__()
+        self._family = family
+        self._size = 16 if family == AF_INET6 else 4
+
+    def __missing__(self, raw: bytes) -> str:
+        if len(self) >= self.LIMIT:
+            self.clear()
+        text = self[raw] = _ntop(self._family, raw[: self._size])
+        return text
+
+
+_V4_ADDRESSES = _Addresses(AF_INET).__getitem__
+
+# the address lookup for a family: ``addresses(family)(raw)`` == ``addr(family, raw)``
+addresses: Callable[[int], Callable[[bytes], str]] = _Named(
+    {AF_INET6: _Addresses(AF_INET6).__getitem__}, lambda family: _V4_ADDRESSES).__getitem__
+
+
 def endpoints(family: int, a: bytes, a_port: int, b: bytes, b_port: int) -> tuple[str, str, str, int, str, int]:
     """Both ends in bcc's ``ADDR:PORT`` notation (IPv6 unbracketed, as bcc prints it)
     for text, then as typed (address, port) pairs for JSON (the columns of

@@ -381,20 +381,20 @@ def _strings_match(rows: list[Sequence[Any]], indexes: Sequence[int], pattern: r
 
 
 _NUMBERS = (int, float, bool)
-_SHOWN_ASCII = bytes(range(0x20, 0x7F)) + b"\n"  # what a terminal shows as it is, and the row ends
+_SHOWN_ASCII = bytes(range(0x20, 0x7F))  # what a terminal shows as it is
 
 
 def _shown_as_is(text: str, lines: int) -> bool:
     """Whether ``text`` is ``lines`` lines holding no character a terminal may act on
     (:data:`netsnoop.fmt.UNSAFE`): then no value needs escaping. ASCII text (nearly
     every batch) is checked by deleting the harmless bytes, which is faster than a
-    regular expression; the line count catches a line break inside a value."""
+    regular expression: what is left must be the rows' line breaks, no more (one
+    inside a value would be one more)."""
     if not text:
         return False
     if text.isascii():
-        if text.encode("ascii").translate(None, _SHOWN_ASCII):
-            return False
-    elif UNSAFE_BUT_NEWLINE.search(text):
+        return text.encode("ascii").translate(None, _SHOWN_ASCII) == b"\n" * lines
+    if UNSAFE_BUT_NEWLINE.search(text):
         return False
     return text.count("\n") == lines
 

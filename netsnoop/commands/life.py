@@ -11,7 +11,8 @@ import click
 from netsnoop import dns
 from netsnoop import options as o
 from netsnoop import where
-from netsnoop.fmt import addr, comm, ip_version
+from netsnoop.conn import row_of
+from netsnoop.fmt import addresses, comm, ip_version
 from netsnoop.output import Column, OutputOptions
 from netsnoop.loader import BPFObject
 from netsnoop.runner import LoadSpec, stream, warn
@@ -19,6 +20,26 @@ from netsnoop.runner import LoadSpec, stream, warn
 # The owner hooks (send/recv in process context) are an improvement, not a requirement.
 # destroy: rows for sessions whose CLOSE never reached the hook (see life.bpf.c).
 TRACER = LoadSpec("life", optional=frozenset({"send", "recv", "destroy"}))
+
+
+# Each column's value, from an event ``e`` (names from _SCOPE; ``a`` is the address
+# lookup of the event's family, bound by LADDR, which comes before RADDR), compiled
+# into one row function by conn.row_of.
+FIELDS: dict[str, str] = {
+    "PID": "e.pid",
+    "COMM": 'comm(e.comm) if e.pid else "?"',
+    "IP": "ip_version(e.family)",
+    "LADDR": "(a := addresses(e.family))(e.saddr)",
+    "LPORT": "e.sport",
+    "RADDR": "a(e.daddr)",
+    "RPORT": "e.dport",
+    "TX_KB": "e.tx_bytes // 1024",
+    "RX_KB": "e.rx_bytes // 1024",
+    "MS": "e.span_ns / 1e6",
+    "TX_BYTES": "e.tx_bytes",
+    "RX_BYTES": "e.rx_bytes",
+}
+_SCOPE = {"comm": comm, "ip_version": ip_version, "addresses": addresses}
 
 
 def ends_not_seen(obj: BPFObject) -> int:
@@ -96,20 +117,11 @@ def command(out: OutputOptions, pids: list[int] | None, lports: Any, rports: Any
               "own_netns": os.stat("/proc/self/ns/net").st_ino}
 
     cols = columns(out.wide, out.json, dns_names)
-    named = where.values if out.wide or out.json else None  # as where.columns()
+    if not (out.json or out.csv):  # text: the rows hold only what it shows (see conn.row_of)
+        cols = [c for c in cols if c.text]
     blank = None if out.json else ""  # no name: JSON null, an empty text field
 
     with TRACER.open(rodata) as obj, (dns.Watcher() if dns_names else contextlib.nullcontext()) as names:
-        def row(e: Any) -> tuple[Any, ...]:
-            r: tuple[Any, ...] = (
-                e.pid, comm(e.comm) if e.pid else "?", ip_version(e.family),
-                addr(e.family, e.saddr), e.sport, addr(e.family, e.daddr), e.dport,
-                e.tx_bytes // 1024, e.rx_bytes // 1024, e.span_ns / 1e6, e.tx_bytes, e.rx_bytes,
-            )
-            if names is not None:
-                r += (names.name_of(e.family, e.daddr, e.netns or None) or blank,)
-            return r + named(e.netns, e.cgroup) if named else r
-
         def facts() -> dict[str, Any]:
             unseen = ends_not_seen(obj)
             if unseen:
@@ -118,4 +130,7 @@ def command(out: OutputOptions, pids: list[int] | None, lports: Any, rports: Any
             more = {"dns": names.stats()} if names is not None else {}
             return {"closes_without_start": obj.counter("closes_without_start"), "ends_not_seen": unseen, **more}
 
-        stream(obj, cols, row, out, duration, facts=facts)
+        extra = None
+        if names is not None:
+            extra = {"NAME": lambda e: names.name_of(e.family, e.daddr, e.netns or None) or blank}
+        stream(obj, cols, row_of(cols, extra, FIELDS, _SCOPE, obj.decoder().names), out, duration, facts=facts)

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import Any, Callable
 
 import click
 
 from netsnoop import options as o
 from netsnoop import where
 from netsnoop.journal import Journal
-from netsnoop.fmt import addr, comm, ip_version, printable, tcp_state
+from netsnoop.conn import row_of
+from netsnoop.fmt import addresses, comm, ip_version, printable, tcp_state
 from netsnoop.output import Column, OutputOptions
 from netsnoop.runner import LoadSpec, stream
 
@@ -43,6 +44,26 @@ def journal_fields(e: Any, r: tuple[Any, ...], named: tuple[str, str, int, str])
         "NETSNOOP_NETNS_INODE": named[2],
         "NETSNOOP_CONTAINER": named[1],
     }
+
+
+# Each column's value, from an event ``e`` (names from _SCOPE; ``a`` is the address
+# lookup of the event's family, bound by LADDR, which comes before RADDR), compiled
+# into one row function by conn.row_of.
+FIELDS: dict[str, str] = {
+    "SKADDR": 'f"{e.skaddr:x}"',
+    "C-PID": "e.pid",
+    "C-COMM": "comm(e.comm)",
+    "IP": "ip_version(e.family)",
+    "LADDR": "(a := addresses(e.family))(e.saddr)",
+    "LPORT": "e.sport",
+    "RADDR": "a(e.daddr)",
+    "RPORT": "e.dport",
+    "OLDSTATE": "tcp_state(e.oldstate)",
+    "->": '"->"',
+    "NEWSTATE": "tcp_state(e.newstate)",
+    "MS": "e.delta_ns / 1e6",
+}
+_SCOPE = {"comm": comm, "ip_version": ip_version, "addresses": addresses, "tcp_state": tcp_state}
 
 
 def columns(wide: bool, json: bool = True) -> list[Column]:
@@ -114,18 +135,22 @@ def command(out: OutputOptions, lports: Any, rports: Any, ports: Any, pids: list
 
     with contextlib.ExitStack() as stack:
         log = stack.enter_context(Journal()) if journal else None  # before loading: no journal, no trace
-
-        def row(e: Any) -> tuple[Any, ...]:
-            r = (
-                f"{e.skaddr:x}", e.pid, comm(e.comm), ip_version(e.family),
-                addr(e.family, e.saddr), e.sport, addr(e.family, e.daddr), e.dport,
-                tcp_state(e.oldstate), "->", tcp_state(e.newstate), e.delta_ns / 1e6,
-            )
-            if log is not None:
-                log.send(journal_fields(e, r, where.values(e.netns, e.cgroup)))
-            return r + named(e.netns, e.cgroup) if named else r
-
         obj = stack.enter_context(TRACER.open(rodata))
+        names = obj.decoder().names
+        row: Callable[[Any], tuple[Any, ...]]
+        if log is None:
+            if not (out.json or out.csv):  # text: the rows hold only what it shows, SKADDR as a number
+                cols = [c if c.header != "SKADDR" else Column("SKADDR", 16, spec="x") for c in cols if c.text]
+            row = row_of(cols, fields={**FIELDS, "SKADDR": "e.skaddr"} if cols[0].spec else FIELDS, scope=_SCOPE,
+                         names=names)
+        else:
+            full = row_of(columns(False, False), fields=FIELDS, scope=_SCOPE, names=names)  # journal_fields() reads it
+            journal_log = log
+
+            def row(e: Any) -> tuple[Any, ...]:
+                r = full(e)
+                journal_log.send(journal_fields(e, r, where.values(e.netns, e.cgroup)))
+                return r + named(e.netns, e.cgroup) if named else r
 
         def facts() -> dict[str, int]:
             more = {"journal_entries": log.sent, "journal_lost": log.lost} if log is not None else {}
