@@ -9,6 +9,7 @@ nftables rules, sysctls, routes: each inside its namespace) and hands both to
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import sys
 import threading
@@ -94,9 +95,11 @@ class Target(click.ParamType):
         return str(ip), port
 
 
+@functools.lru_cache(maxsize=4096)
 def unmap(family: int, raw: bytes) -> tuple[int, str]:
     """An address as text; an IPv4-mapped IPv6 address (a dual-stack server's view of
-    an IPv4 client) as the IPv4 address, so both ends of one attempt name it alike."""
+    an IPv4 client) as the IPv4 address, so both ends of one attempt name it alike.
+    Cached: a storm's events name the same few addresses over and over."""
     text = addr(family, raw)
     if family == 10 and text.startswith("::ffff:") and "." in text:
         return 2, text[7:]
