@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
+
+from netsnoop.verdict_names import FAILED
+from netsnoop.verdict_names import VERDICTS as VERDICTS  # the rules and their names, from one module
 
 # why.bpf.c: enum why_kind
 SYN_IN, DROP, SYNACK_RETRANS, FIB_FAIL, STATE, ICMP_SEND, SK_ERROR = 1, 2, 3, 4, 5, 6, 7
@@ -29,30 +32,6 @@ ICMP_UNREACH_CODES = {0: "net unreachable", 1: "host unreachable", 2: "protocol 
                       3: "port unreachable", 9: "net prohibited", 10: "host prohibited",
                       13: "administratively prohibited"}
 ICMP_DEST_UNREACH = 3
-
-# One line each, in the order --help lists them.
-VERDICTS: dict[str, str] = {
-    "OK": "the handshake completed (and the server accepted it); shows the connect latency",
-    "FIREWALL_DROP": "an nftables/iptables rule dropped the SYN (or the SYN-ACK); tcpdump still sees such SYNs",
-    "FIREWALL_REJECT": "a firewall rule rejected the SYN, answering with an ICMP error or a reset",
-    "RP_FILTER": "reverse-path filtering dropped the SYN: the route back to the client leaves by another device",
-    "NO_LISTENER": "nothing listens on the port in the namespace the SYN reached: it was answered with a reset",
-    "LISTENER_ON_OTHER_ADDRESS": "a server listens on the port, but bound to another address than the one called",
-    "LISTENER_IN_OTHER_NAMESPACE": "a server listens on the port, but in another network namespace",
-    "ACCEPT_QUEUE_FULL": ("the listener's accept queue is full (the server does not accept() fast enough): "
-                          "SYNs are ignored"),
-    "SYN_QUEUE_FULL": "the listener's SYN queue is full: SYNs are dropped or answered with SYN cookies",
-    "NO_ROUTE_BACK": "the SYN arrived but the SYN-ACK has no route back to the client",
-    "SYNACK_UNANSWERED": "SYN-ACKs were sent and retransmitted, no ACK came back: the reply is lost on the way",
-    "NOT_ACCEPTED": "the handshake completed but the server process never accept()ed the connection",
-    "REFUSED": "the client's connect() was refused (a reset came back)",
-    "TIMEOUT": "the client's SYNs got no answer at all",
-    "UNREACHABLE": "an ICMP error said the destination cannot be reached",
-    "DROPPED": "the kernel dropped the SYN for another reason, which it names",
-    "NO_ANSWER": "the SYN arrived and nothing on this host answered it or said why",
-    "PASSED_ON": "not a failure here: the namespace the SYN reached forwarded or NATed it elsewhere",
-}
-FAILED = frozenset(VERDICTS) - {"OK", "PASSED_ON"}
 
 
 def printable(text: str) -> str:
@@ -69,9 +48,9 @@ def errno_name(err: int) -> str:
     return ERRNO_NAMES.get(err, f"errno {err}")
 
 
-@dataclass(frozen=True)
-class Record:
-    """One event from why.bpf.c with addresses as text (see ``struct event`` there)."""
+class Record(NamedTuple):
+    """One event from why.bpf.c with addresses as text (see ``struct event`` there); a
+    tuple, made once per event of a storm (a frozen dataclass costs twice its time)."""
 
     kind: int
     ts_ns: int

@@ -9,24 +9,39 @@ nftables rules, sysctls, routes: each inside its namespace) and hands both to
 from __future__ import annotations
 
 import contextlib
-import ipaddress
-import subprocess
+import functools
+import importlib.util
 import sys
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from netsnoop import dns
 from netsnoop import netns as N
 from netsnoop import options as o
-from netsnoop import verdicts as V
+from netsnoop.verdict_names import FAILED, VERDICTS
 from netsnoop.fmt import Clock, addr, comm
 from netsnoop.output import OutputOptions, make_sink
 from netsnoop.runner import (POLL_MS, StopFlag, LoadSpec, _coalesce_seconds, ready, silence_stdout, warn,
                              warn_missed_runs)
 from netsnoop.transport import BATCH_EVENTS
+
+if TYPE_CHECKING:
+    from netsnoop import verdicts as V
+else:
+    def _on_first_use(name: str) -> Any:
+        """The module, executed on first use: what only runs after the BPF load (the
+        verdicts' rules, json) is then not in memory during libbpf's peak."""
+        if name in sys.modules:
+            return sys.modules[name]
+        spec = importlib.util.find_spec(name)
+        spec.loader = importlib.util.LazyLoader(spec.loader)
+        module = sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    V = _on_first_use("netsnoop.verdicts")
 
 # Route lookups, ICMP sends and SYN-ACK retransmits sharpen verdicts; a kernel without
 # one of these tracepoints still gets the others.
@@ -69,6 +84,8 @@ class Target(click.ParamType):
             port = int(port_text)
         if not host:
             return None, port
+        import ipaddress  # only for an address on the command line
+
         try:
             ip = ipaddress.ip_address(host)
         except ValueError:
@@ -78,9 +95,11 @@ class Target(click.ParamType):
         return str(ip), port
 
 
+@functools.lru_cache(maxsize=4096)
 def unmap(family: int, raw: bytes) -> tuple[int, str]:
     """An address as text; an IPv4-mapped IPv6 address (a dual-stack server's view of
-    an IPv4 client) as the IPv4 address, so both ends of one attempt name it alike."""
+    an IPv4 client) as the IPv4 address, so both ends of one attempt name it alike.
+    Cached: a storm's events name the same few addresses over and over."""
     text = addr(family, raw)
     if family == 10 and text.startswith("::ffff:") and "." in text:
         return 2, text[7:]
@@ -131,6 +150,8 @@ def still_connecting(obj: Any) -> list[V.Record]:
 def _run_in(ns: N.Netns, args: list[str]) -> str | None:
     """A command's stdout, run inside ``ns``: a child forked by a thread that has
     entered a namespace starts there."""
+    import subprocess  # after the BPF load: not under libbpf's peak of memory
+
     try:
         with N.entered(ns):
             done = subprocess.run(args, capture_output=True, text=True, timeout=5)
@@ -442,7 +463,7 @@ def emit(lines: list[str]) -> None:
         sys.stdout.flush()
 
 
-VERDICT_HELP = "\n".join(f"  {name:<28} {text}" for name, text in V.VERDICTS.items())
+VERDICT_HELP = "\n".join(f"  {name:<28} {text}" for name, text in VERDICTS.items())
 
 
 @click.command("why", epilog="\b\nVerdicts:\n" + VERDICT_HELP)
@@ -473,7 +494,7 @@ def command(target: tuple[str | None, int | None] | None, ports: list[int] | Non
     if len(watch_ports) > o.MAX_PORTS:
         raise click.UsageError(f"at most {o.MAX_PORTS} ports can be watched")
     with TRACER.open({"filter_ports": watch_ports}) as obj, \
-            (dns.Watcher() if dns_names else contextlib.nullcontext()) as names:
+            (_dns_watcher() if dns_names else contextlib.nullcontext()) as names:
         w = Watch(watch_ports, addr_filter, max_flows)
         if names is not None:
             w.facts.name_of = lambda address, netns: names.name_of(0, address, netns)
@@ -491,7 +512,7 @@ def command(target: tuple[str | None, int | None] | None, ports: list[int] | Non
         except BrokenPipeError:
             silence_stdout()
             return
-        failed = [g for g in groups if g.name in V.FAILED]
+        failed = [g for g in groups if g.name in FAILED]
         try:
             _report(w, groups, failed, as_json, obj, {"dns": names.stats()} if names is not None else {})
         except BrokenPipeError:
@@ -502,6 +523,12 @@ def command(target: tuple[str | None, int | None] | None, ports: list[int] | Non
                  "at once (raise --max-flows)")
     if failed:
         raise SystemExit(1)
+
+
+def _dns_watcher() -> Any:
+    from netsnoop import dns
+
+    return dns.Watcher()
 
 
 def _follow(w: Watch, obj: Any, ring: Any, decoder: Any, clock: Clock, duration: float | None,
@@ -531,7 +558,7 @@ def _follow(w: Watch, obj: Any, ring: Any, decoder: Any, clock: Clock, duration:
             out = []
             for g in groups:
                 key = (g.name, g.first.netns, *g.first.flow.server)
-                if key not in shown and (g.name in V.FAILED or not ended):
+                if key not in shown and (g.name in FAILED or not ended):
                     shown.add(key)
                     if not ended:
                         out.append(f"{clock.hms(time.monotonic_ns())} {V.printable(g.headline(w.facts))}")
