@@ -393,6 +393,14 @@ for port in map(int, sys.argv[2:]):
 """
 
 
+def timeout_and_unreachable(ns: NetnsPair, silent: int, unreachable: int) -> tuple[Trace, Any]:
+    with Trace(["connect", "--json", "--outcome", "-P", f"{silent},{unreachable}"]) as t:
+        proc = ns.popen(ns.a, [sys.executable, "-c", NS_CLIENT, ns.addr_b, str(silent), str(unreachable)])
+        out, err = proc.communicate(timeout=20)
+    assert out.split() == [str(silent), "110", str(unreachable), "113"], err
+    return t, proc
+
+
 @integration
 def test_outcome_timeout_and_unreachable_in_namespaces() -> None:
     silent, unreachable = 5001, 5002
@@ -402,13 +410,17 @@ def test_outcome_timeout_and_unreachable_in_namespaces() -> None:
         ns.exec(ns.b, f"nft add rule inet t in tcp dport {silent} tcp flags syn drop")
         ns.exec(ns.b, f"nft add rule inet t in tcp dport {unreachable} reject with icmp type host-unreachable")
         ns.exec(ns.a, "sysctl -q -w net.ipv4.tcp_syn_retries=1")
-        with Trace(["connect", "--json", "--outcome", "-P", f"{silent},{unreachable}"]) as t:
-            proc = ns.popen(ns.a, [sys.executable, "-c", NS_CLIENT, ns.addr_b, str(silent), str(unreachable)])
-            out, err = proc.communicate(timeout=20)
-    assert out.split() == [str(silent), "110", str(unreachable), "113"], err
-    rows = {r["dport"]: r for r in t.records if r["daddr"] == ns.addr_b}
-    assert rows[silent]["result"] == "TIMEOUT" and rows[unreachable]["result"] == "UNREACHABLE"
-    for r in rows.values():
+        for _ in range(3):
+            t, proc = timeout_and_unreachable(ns, silent, unreachable)
+            mine = [r for r in t.records if r.get("daddr") == ns.addr_b]
+            # a state change the kernel skipped our hook for (it was already running on that
+            # CPU: counted, and reported in the summary) leaves its attempt PENDING: that run
+            # proves nothing either way, so it is run again
+            if t.summary["skipped_hook_runs"] == 0 or all(r["result"] != "PENDING" for r in mine):
+                break
+        assert sorted((r["dport"], r["result"]) for r in mine) == [(silent, "TIMEOUT"), (unreachable, "UNREACHABLE")], \
+            (mine, t.summary)
+    for r in mine:
         assert (r["pid"], r["saddr"], r["daddr"]) == (proc.pid, ns.addr_a, ns.addr_b)
         assert r["lat_ms"] > 0
 
