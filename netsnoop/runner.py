@@ -22,7 +22,7 @@ from netsnoop.output import Column, OutputOptions, Sink, make_sink, time_columns
 from netsnoop.transport import BATCH_EVENTS, DEFAULT_BYTES, Transport, forced
 
 POLL_MS = 100
-COALESCE_MAX_S = 0.005  # see _coalesce_seconds()
+COALESCE_MAX_S = 0.005  # see coalesce_seconds()
 COALESCE_WORST_RATE = 64e6  # bytes/s of events a pause must leave room for
 
 
@@ -231,7 +231,7 @@ def stream(
     decoder = obj.decoder("event")
     ring = obj.ring_buffer()
     rows = _row_builder(row, out)
-    coalesce = _coalesce_seconds(ring)
+    coalesce = coalesce_seconds(ring)
 
     ready(banner)
     try:
@@ -344,7 +344,7 @@ def _row_builder(
     return rows
 
 
-def _coalesce_seconds(ring: Transport) -> float:
+def coalesce_seconds(ring: Transport) -> float:
     """How long to let events gather after a reader has caught up, before waiting again.
 
     A reader that wakes for every few events spends its time (and the traced

@@ -23,7 +23,7 @@ from netsnoop import options as o
 from netsnoop.verdict_names import FAILED, VERDICTS
 from netsnoop.fmt import Clock, addr, comm
 from netsnoop.output import OutputOptions, make_sink
-from netsnoop.runner import (POLL_MS, StopFlag, LoadSpec, _coalesce_seconds, ready, silence_stdout, warn,
+from netsnoop.runner import (POLL_MS, StopFlag, LoadSpec, coalesce_seconds, ready, silence_stdout, warn,
                              warn_missed_runs)
 from netsnoop.transport import BATCH_EVENTS
 
@@ -567,7 +567,7 @@ def _follow(w: Watch, obj: Any, ring: Any, decoder: Any, clock: Clock, duration:
 
     rec = w.recorder
     add = rec.add
-    coalesce = _coalesce_seconds(ring)
+    coalesce = coalesce_seconds(ring)
     with StopFlag(duration) as stop:
         while not stop:
             events = ring.poll_events(stop.remaining_ms(POLL_MS), decoder)
