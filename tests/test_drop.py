@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+from driver import parse_summary_text
 from helpers import NetnsPair, Trace, closed_port, refused_connect, run
 from loss_scene import loss_scene, per_netns
 from traffic_helpers import Sink, flush_rules, in_netns, nft_input_chain, nft_rule_packets, wait_for
@@ -250,23 +251,31 @@ def test_who_and_where_of_drops() -> None:
     that had the packet (not whoever was on the CPU) and that owner's container; the
     filters keep one side each; -c counts per namespace what each firewall counted.
     The unfiltered trace is the control for every absence."""
-    with loss_scene() as scene:
-        ns, cg, a, b = scene.ns, scene.cg, scene.a.pid, scene.b.pid
-        fw = ["--reason", "NETFILTER_DROP", "--no-stack"]
-        with Trace(["drop", "--json", *fw]) as everything, \
-             Trace(["drop", "-w", *fw, "--netns", ns.a]) as by_ns, \
-             Trace(["drop", "--json", "-w", *fw, "--cgroup", cg.kube]) as by_cgroup, \
-             Trace(["drop", "--json", *fw, "-p", f"{a},{os.getpid()}"]) as by_pid, \
-             Trace(["drop", "-c", "--json", *fw]) as counted, \
-             Trace(["drop", "-c", "--json", *fw, "--cgroup", cg.docker]) as counted_docker:
-            scene.start()
-            scene.lose()
+    for _ in range(3):
+        with loss_scene() as scene:
+            ns, cg, a, b = scene.ns, scene.cg, scene.a.pid, scene.b.pid
+            fw = ["--reason", "NETFILTER_DROP", "--no-stack"]
+            with Trace(["drop", "--json", *fw]) as everything, \
+                 Trace(["drop", "-w", *fw, "--netns", ns.a]) as by_ns, \
+                 Trace(["drop", "--json", "-w", *fw, "--cgroup", cg.kube]) as by_cgroup, \
+                 Trace(["drop", "--json", *fw, "-p", f"{a},{os.getpid()}"]) as by_pid, \
+                 Trace(["drop", "-c", "--json", *fw]) as counted, \
+                 Trace(["drop", "-c", "--json", *fw, "--cgroup", cg.docker]) as counted_docker:
+                scene.start()
+                scene.lose()
+        # six traces on kfree_skb at once: a run in which one of them reports a drop it
+        # could not see (a hook run the kernel skipped, an event lost) proves nothing
+        # about exact counts, so the scene is played again
+        summaries = [t.summary for t in (everything, by_cgroup, by_pid, counted, counted_docker)]
+        summaries.append(parse_summary_text(by_ns.stderr) or {})
+        if all(sm.get("lost_events", 0) == 0 and sm.get("skipped_hook_runs", 0) == 0 for sm in summaries):
+            break
     dropped = scene.dropped
     assert dropped[ns.a] > 0 and dropped[ns.b] > 0
 
     for name in (ns.a, ns.b):
         rows = [r for r in everything.records if r["netns"] == name]
-        assert len(rows) == dropped[name], (name, everything.records, dropped)
+        assert len(rows) == dropped[name], (name, everything.records, dropped, summaries)
         pid, comm, container = scene.owner(name)
         assert {(r["pid"], r["comm"], r["container"], r["netns_inode"]) for r in rows} == {
             (pid, comm, container, scene.inode[name])}
