@@ -41,10 +41,14 @@ static __always_inline int on_queued(const struct sock *sk, bool queued)
 	return 0;
 }
 
-/* The listener is woken (sk_data_ready) once per child put on its accept queue. */
+/* The listener is woken (sk_data_ready) once per child put on its accept queue; every
+ * other socket too, on every segment of data it receives: those leave at once, by a
+ * direct read of the typed socket (no helper call). */
 SEC("tp_btf/sk_data_ready")
 int BPF_PROG(queued__tp_btf, const struct sock *sk)
 {
+	if (!sk || sk->__sk_common.skc_state != TCP_LISTEN)
+		return 0;
 	return on_queued(sk, true);
 }
 
