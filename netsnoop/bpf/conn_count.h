@@ -33,6 +33,41 @@ EXPORT_STRUCT(conn_count_key);
  * second); a full map counts what it could not take as lost events. */
 COUNT_MAP(counts, struct conn_count_key, 16384);
 
+/* Whether counting must know the process: only to filter by it (-p, -u, --cgroup),
+ * as no count key holds one. The settings are constants of the loaded program, so the
+ * verifier drops the path not taken. */
+static __always_inline bool count_needs_owner(void)
+{
+	return filter_pids[0] || filter_uid != 0xffffffff || filter_cgroup;
+}
+
+/* Whether counting must read the socket's ends: to key by them or filter by them. */
+static __always_inline bool count_needs_tuple(void)
+{
+	return (count_flags & (COUNT_ADDRS | COUNT_PORT)) || filter_family || filter_lports[0] || filter_rports[0] ||
+	       filter_ports[0];
+}
+
+/* What a count needs of a socket (of TCP) and of the current task, filters passed:
+ * its namespace in o->netns, and only what the key or a filter reads (process,
+ * ends); false when filtered out. Export counts per namespace: it reads no more. */
+static __always_inline bool count_sock_allowed(const struct sock *sk, struct conn_owner *o, struct sock_tuple *t,
+					       __u64 now)
+{
+	if (!sock_is_tcp(sk))
+		return false;
+	o->start_ns = now;
+	if (count_needs_owner()) {
+		owner_current(o, now);
+		if (!owner_allowed(o))
+			return false;
+	}
+	if (count_needs_tuple())
+		return sock_allowed(sk, t, o);
+	o->netns = sock_netns(sk);
+	return netns_allowed(o->netns);
+}
+
 /* The count key of a connection in namespace netns, with the fields count_flags asks
  * for (remote: connect's remote address too); the caller adds an outcome. */
 static __always_inline void count_key_of(struct conn_count_key *k, const struct sock_tuple *t, __u32 netns,

@@ -48,12 +48,17 @@ static __always_inline void count(const struct sock *sk, const struct sock_tuple
 static __always_inline int begin(void *ctx, const struct sock *sk, __u64 now)
 {
 	struct conn_owner o = {};
-	struct sock_tuple t;
+	struct sock_tuple t = {};
 	__u64 key = (__u64)sk;
 	__u32 tid;
 
-	if (!connect_begins(sk, &o, &t, now))
+	if (count_only) {
+		if (!count_sock_allowed(sk, &o, &t, now))
+			return 0;
+		o.t = t;
+	} else if (!connect_begins(sk, &o, &t, now)) {
 		return 0;
+	}
 	switch (report_mode) {
 	case REPORT_ATTEMPT:
 		if (count_only) {
