@@ -21,35 +21,47 @@ static __always_inline bool is_tcp_listener(const struct sock *sk)
 	       family_allowed(BPF_CORE_READ(sk, __sk_common.skc_family));
 }
 
-/* A connection was just queued on `sk` for accept(): sample the queue length as it
- * was when the connection arrived (`queued` says whether it is already counted). */
-static __always_inline int on_queued(const struct sock *sk, bool queued)
+/* One sample: the queue length a new connection found on a listener of namespace netns
+ * whose listen() backlog is backlog_max. */
+static __always_inline int sample(__u32 netns, __u32 len, __u32 backlog_max)
 {
-	struct synbl_key key = {};
-	__u32 len;
+	struct synbl_key key = {.backlog_max = backlog_max, .netns = netns};
 
-	if (!is_tcp_listener(sk))
+	if (!netns_allowed(netns))
 		return 0;
-	key.netns = sock_netns(sk);
-	if (!netns_allowed(key.netns))
-		return 0;
-	len = BPF_CORE_READ(sk, sk_ack_backlog);
-	if (queued && len > 0)
-		len -= 1;
-	key.backlog_max = BPF_CORE_READ(sk, sk_max_ack_backlog);
 	hist_add(&backlog, &key, len);
 	return 0;
 }
 
+/* A connection was just queued on `sk` for accept(): sample the queue length as it
+ * was when the connection arrived (`queued` says whether it is already counted). */
+static __always_inline int on_queued(const struct sock *sk, bool queued)
+{
+	__u32 len;
+
+	if (!is_tcp_listener(sk))
+		return 0;
+	len = BPF_CORE_READ(sk, sk_ack_backlog);
+	if (queued && len > 0)
+		len -= 1;
+	return sample(sock_netns(sk), len, BPF_CORE_READ(sk, sk_max_ack_backlog));
+}
+
 /* The listener is woken (sk_data_ready) once per child put on its accept queue; every
- * other socket too, on every segment of data it receives: those leave at once, by a
- * direct read of the typed socket (no helper call). */
+ * other socket too, on every segment of data it receives. The typed socket is read
+ * directly (no helper call per field), so those leave at the cost of one load. */
 SEC("tp_btf/sk_data_ready")
 int BPF_PROG(queued__tp_btf, const struct sock *sk)
 {
-	if (!sk || sk->__sk_common.skc_state != TCP_LISTEN)
+	__u32 len;
+
+	if (!sk || sk->__sk_common.skc_state != TCP_LISTEN || sk->sk_protocol != IPPROTO_TCP ||
+	    !family_allowed(sk->__sk_common.skc_family))
 		return 0;
-	return on_queued(sk, true);
+	len = sk->sk_ack_backlog;
+	if (len > 0)
+		len -= 1; /* the new connection is counted already */
+	return sample(sk->__sk_common.skc_net.net->ns.inum, len, sk->sk_max_ack_backlog);
 }
 
 SEC("tracepoint/sock/sk_data_ready")
