@@ -5,12 +5,21 @@
 
 COUNT_MAP(received, __u32, 4096); /* resets received per network namespace (inode) */
 
-static __always_inline int on_receive_reset(void *ctx, const struct sock *sk)
+static __always_inline int count_reset(__u32 netns)
 {
-	__u32 netns = sock_netns(sk);
-
 	count_key(&received, &netns); /* a full table counts as a lost event */
 	return 0;
 }
 
-TCP_SK_EVENT_HOOKS(receive_reset, tcp_receive_reset, on_receive_reset)
+/* The typed socket's namespace is read directly: no helper call per field. */
+SEC("tp_btf/tcp_receive_reset")
+int BPF_PROG(receive_reset__tp_btf, struct sock *sk)
+{
+	return count_reset(sk->__sk_common.skc_net.net->ns.inum);
+}
+
+SEC("tracepoint/tcp/tcp_receive_reset")
+int receive_reset__tracepoint(struct trace_event_raw_tcp_event_sk *ctx)
+{
+	return count_reset(sock_netns((const struct sock *)ctx->skaddr));
+}
