@@ -176,6 +176,22 @@ def test_pid_filter_keeps_only_that_process() -> None:
 
 
 @integration
+@pytest.mark.parametrize("outcome", [[], ["--outcome"]], ids=["attempts", "outcomes"])
+def test_count_modes_filter_by_process(outcome: list[str]) -> None:
+    """The count modes read the connecting process only when a filter asks for it
+    (export's per-namespace counts read none): -p still counts only that process's
+    connects. This process's connects to the same port are the negative control."""
+    with PayloadServer() as srv:
+        proc = child("127.0.0.1", srv.port)
+        with Trace(["connect", "-c", *outcome, "--json", "-P", str(srv.port), "-p", str(proc.pid)]) as t:
+            fetch("127.0.0.1", srv.port)  # this process: filtered out
+            go(proc)
+            fetch("127.0.0.1", srv.port)
+    assert sum(r["connects"] for r in t.records) == 1, t.records
+    assert t.summary["lost_events"] == 0
+
+
+@integration
 def test_uid_filter_and_column() -> None:
     nobody = 65534
     with PayloadServer() as srv:
