@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--connections", type=int, default=20000)
     p.add_argument("--metrics", default=None, help="export's --metrics (default: all)")
     p.add_argument("--json", default=None, help="also write the figures here")
+    p.add_argument("--checkout", default=None,
+                   help="run the netsnoop of another checkout (its .venv, from its directory): before/after")
     opts = p.parse_args(argv)
     if os.geteuid() != 0:
         print("export_cost: needs root", file=sys.stderr)
@@ -82,7 +84,11 @@ def main(argv: list[str] | None = None) -> int:
         f.write("1")
     target = f"127.0.0.1:{free_port()}"
     only = ["--metrics", opts.metrics] if opts.metrics else []
-    ns = Netsnoop(["export", "--listen", target, *only]).start().wait_ready()
+    command = None
+    if opts.checkout:
+        where = os.path.abspath(opts.checkout)
+        command = ["env", "-C", where, os.path.join(where, ".venv", "bin", "python"), "-m", "netsnoop"]
+    ns = Netsnoop(["export", "--listen", target, *only], command=command).start().wait_ready()
     result: dict[str, Any] = {}
     try:
         label = names()
